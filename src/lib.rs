@@ -1,3 +1,11 @@
 //! engine: a GPU compute engine in Rust and WGSL for the dense-prediction
 //! network of "Dense Prediction of Mammography".
+//!
+//! Data flows one way: `data` -> `graph` -> `ops` -> `gpu`.
 pub mod data;
+pub mod error;
+pub mod gpu;
+pub mod ops;
+
+pub use error::{EngineError, Result};
+pub use gpu::{Gpu, Tensor};

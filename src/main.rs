@@ -1,7 +1,11 @@
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "engine", version, about = "Train and run the mammography dense-prediction network on any GPU wgpu reaches")]
+#[command(
+    name = "engine",
+    version,
+    about = "Train and run the mammography dense-prediction network on any GPU wgpu reaches"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

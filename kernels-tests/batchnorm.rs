@@ -1,0 +1,132 @@
+use crate::common::*;
+use engine::ops::batchnorm::{self, BnParams, cpu};
+
+/// Normalised outputs are O(1): 1e-4 absolute after f32 mean/variance.
+fn check(n: usize, c: usize, h: usize, w: usize, seed: u64) {
+    let gpu = gpu();
+    let tag = format!("batchnorm n{n} c{c} {h}x{w}");
+    let hw = h * w;
+    // Offset and scale per channel so the statistics matter.
+    let x: Vec<f32> = rand_vec(seed, n * c * hw)
+        .iter()
+        .enumerate()
+        .map(|(i, v)| v * (1.0 + ((i / hw) % c) as f32) + 0.5 * ((i / hw) % c) as f32)
+        .collect();
+    let gamma: Vec<f32> = rand_vec(seed + 1, c)
+        .iter()
+        .map(|v| 1.0 + 0.5 * v)
+        .collect();
+    let beta = rand_vec(seed + 2, c);
+    let rm0 = rand_vec(seed + 3, c);
+    let rv0: Vec<f32> = rand_vec(seed + 4, c)
+        .iter()
+        .map(|v| 1.0 + 0.5 * v)
+        .collect();
+    let (x64, g64, b64) = (to64(&x), to64(&gamma), to64(&beta));
+    let xt = up(gpu, &[n, c, h, w], &x);
+    let (gt, bt) = (up(gpu, &[c], &gamma), up(gpu, &[c], &beta));
+    let (rmt, rvt) = (up(gpu, &[c], &rm0), up(gpu, &[c], &rv0));
+    let p = BnParams {
+        gamma: &gt,
+        beta: &bt,
+        running_mean: &rmt,
+        running_var: &rvt,
+    };
+    let (y, stats) = batchnorm::batchnorm_train(gpu, &xt, &p, true).unwrap();
+    let (want, mean, var) = cpu::batchnorm_train(&x64, (n, c, hw), &g64, &b64);
+    assert_close(&format!("{tag} forward"), &read(gpu, &y), &want, 1e-4, 1e-4);
+    let m = (n * hw) as f64;
+    let want_rm: Vec<f64> = (0..c)
+        .map(|i| 0.99 * rm0[i] as f64 + 0.01 * mean[i])
+        .collect();
+    let want_rv: Vec<f64> = (0..c)
+        .map(|i| 0.99 * rv0[i] as f64 + 0.01 * var[i] * m / (m - 1.0))
+        .collect();
+    assert_close(
+        &format!("{tag} running mean"),
+        &read(gpu, &rmt),
+        &want_rm,
+        1e-5,
+        1e-5,
+    );
+    assert_close(
+        &format!("{tag} running var"),
+        &read(gpu, &rvt),
+        &want_rv,
+        1e-5,
+        1e-4,
+    );
+
+    // Inference uses the running statistics.
+    let yi = read(gpu, &batchnorm::batchnorm_infer(gpu, &xt, &p).unwrap());
+    let rm = to64(&read(gpu, &rmt));
+    let rv = to64(&read(gpu, &rvt));
+    let want_i: Vec<f64> = x64
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let ci = (i / hw) % c;
+            (v - rm[ci]) / (rv[ci] + 1e-5).sqrt() * g64[ci] + b64[ci]
+        })
+        .collect();
+    assert_close(&format!("{tag} inference"), &yi, &want_i, 1e-4, 1e-4);
+
+    let dy = rand_vec(seed + 5, n * c * hw);
+    let dy64 = to64(&dy);
+    let dyt = up(gpu, &[n, c, h, w], &dy);
+    let (dgt, dbt) = (gpu.empty(&[c]).unwrap(), gpu.empty(&[c]).unwrap());
+    let dx = read(
+        gpu,
+        &batchnorm::batchnorm_backward(gpu, &xt, &dyt, &gt, &stats, &dgt, &dbt, false).unwrap(),
+    );
+    let (wdx, wdg, wdb) = cpu::batchnorm_backward(&x64, &dy64, (n, c, hw), &g64);
+    assert_close(&format!("{tag} dx"), &dx, &wdx, 1e-4, 1e-3);
+    let dg = read(gpu, &dgt);
+    let db = read(gpu, &dbt);
+    assert_close(&format!("{tag} dgamma"), &dg, &wdg, 1e-3, 1e-4);
+    assert_close(&format!("{tag} dbeta"), &db, &wdb, 1e-3, 1e-4);
+    let fx = |xv: &[f64]| dot(&dy64, &cpu::batchnorm_train(xv, (n, c, hw), &g64, &b64).0);
+    assert_fd(&format!("{tag} dx"), fx, &x64, &dx, 40, 2e-3);
+    let fg = |gv: &[f64]| dot(&dy64, &cpu::batchnorm_train(&x64, (n, c, hw), gv, &b64).0);
+    assert_fd(&format!("{tag} dgamma"), fg, &g64, &dg, 40, 1e-3);
+    let fb = |bv: &[f64]| dot(&dy64, &cpu::batchnorm_train(&x64, (n, c, hw), &g64, bv).0);
+    assert_fd(&format!("{tag} dbeta"), fb, &b64, &db, 40, 1e-3);
+}
+
+#[test]
+fn batchnorm_small() {
+    check(3, 5, 7, 9, 1);
+}
+
+#[test]
+fn batchnorm_48_channels() {
+    check(2, 48, 5, 5, 2);
+}
+
+#[test]
+fn batchnorm_planes_longer_than_a_chunk() {
+    check(2, 3, 40, 37, 3);
+}
+
+#[test]
+fn batchnorm_is_deterministic() {
+    let gpu = gpu();
+    let xt = up(gpu, &[4, 8, 33, 33], &rand_vec(9, 4 * 8 * 33 * 33));
+    let one = up(gpu, &[8], &[1.0; 8]);
+    let zero = up(gpu, &[8], &[0.0; 8]);
+    let p = BnParams {
+        gamma: &one,
+        beta: &zero,
+        running_mean: &zero,
+        running_var: &one,
+    };
+    let a = read(
+        gpu,
+        &batchnorm::batchnorm_train(gpu, &xt, &p, false).unwrap().0,
+    );
+    let b = read(
+        gpu,
+        &batchnorm::batchnorm_train(gpu, &xt, &p, false).unwrap().0,
+    );
+    assert!(a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()));
+}

@@ -1,0 +1,372 @@
+use crate::common::*;
+use engine::ops::conv::{self, conv_geom, cpu, tconv_geom};
+use engine::ops::reduce::{self, cpu as rcpu};
+
+/// Tolerances: f32 sums of up to C*k*k products of values in [-1, 1];
+/// absolute 1e-4 covers the rounding of ~600-term sums with margin.
+const ATOL: f64 = 1e-4;
+const RTOL: f64 = 1e-4;
+
+struct Case {
+    n: usize,
+    c: usize,
+    o: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+    s: usize,
+    d: usize,
+}
+
+fn check_conv(case: Case, seed: u64) {
+    let gpu = gpu();
+    let Case {
+        n,
+        c,
+        o,
+        h,
+        w,
+        k,
+        s,
+        d,
+    } = case;
+    let tag = format!("conv n{n} c{c} o{o} {h}x{w} k{k} s{s} d{d}");
+    let (oh, ow, g) = conv_geom(h, w, k, s, d);
+    let x = rand_vec(seed, n * c * h * w);
+    let wt = rand_vec(seed + 1, o * c * k * k);
+    let b = rand_vec(seed + 2, o);
+    let dy = rand_vec(seed + 3, n * o * oh * ow);
+    let (x64, w64, b64, dy64) = (to64(&x), to64(&wt), to64(&b), to64(&dy));
+
+    let xt = up(gpu, &[n, c, h, w], &x);
+    let wtt = up(gpu, &[o, c, k, k], &wt);
+    let bt = up(gpu, &[o], &b);
+    let y = conv::conv2d(gpu, &xt, &wtt, &bt, s, d).unwrap();
+    assert_eq!(y.shape(), [n, o, oh, ow]);
+    let want = cpu::conv2d(&x64, (n, c, h, w), &w64, &b64, o, g, (oh, ow));
+    assert_close(&format!("{tag} forward"), &read(gpu, &y), &want, ATOL, RTOL);
+
+    let dyt = up(gpu, &[n, o, oh, ow], &dy);
+    let dx = read(
+        gpu,
+        &conv::conv2d_backward_input(gpu, &dyt, &wtt, (h, w), s, d).unwrap(),
+    );
+    let want = cpu::conv2d_backward_input(&dy64, (n, o, oh, ow), &w64, c, g, (h, w));
+    assert_close(&format!("{tag} dx"), &dx, &want, ATOL, RTOL);
+    let loss_x = |xv: &[f64]| {
+        dot(
+            &dy64,
+            &cpu::conv2d(xv, (n, c, h, w), &w64, &b64, o, g, (oh, ow)),
+        )
+    };
+    assert_fd(&format!("{tag} dx"), loss_x, &x64, &dx, 40, 1e-3);
+
+    let dwt = gpu.empty(&[o, c, k, k]).unwrap();
+    conv::conv2d_backward_weight(gpu, &dyt, &xt, &dwt, s, d, false).unwrap();
+    let dw = read(gpu, &dwt);
+    let want = cpu::conv2d_backward_weight(&dy64, (n, o, oh, ow), &x64, (c, h, w), g);
+    // dw sums n*oh*ow products: allow for the longer sums.
+    assert_close(&format!("{tag} dw"), &dw, &want, 5e-4, RTOL);
+    let loss_w = |wv: &[f64]| {
+        dot(
+            &dy64,
+            &cpu::conv2d(&x64, (n, c, h, w), wv, &b64, o, g, (oh, ow)),
+        )
+    };
+    assert_fd(&format!("{tag} dw"), loss_w, &w64, &dw, 40, 1e-3);
+
+    // Accumulation adds a second gradient onto the first.
+    conv::conv2d_backward_weight(gpu, &dyt, &xt, &dwt, s, d, true).unwrap();
+    let twice: Vec<f64> = want.iter().map(|v| 2.0 * v).collect();
+    assert_close(
+        &format!("{tag} dw accumulated"),
+        &read(gpu, &dwt),
+        &twice,
+        1e-3,
+        RTOL,
+    );
+
+    let dbt = gpu.empty(&[o]).unwrap();
+    reduce::channel_sum(gpu, &dyt, &dbt, false).unwrap();
+    let db = read(gpu, &dbt);
+    assert_close(
+        &format!("{tag} db"),
+        &db,
+        &rcpu::channel_sum(&dy64, (n, o, oh * ow)),
+        5e-4,
+        RTOL,
+    );
+    let loss_b = |bv: &[f64]| {
+        dot(
+            &dy64,
+            &cpu::conv2d(&x64, (n, c, h, w), &w64, bv, o, g, (oh, ow)),
+        )
+    };
+    assert_fd(&format!("{tag} db"), loss_b, &b64, &db, 40, 1e-3);
+}
+
+#[test]
+fn conv3x3_stride2_one_input_channel_odd_size() {
+    check_conv(
+        Case {
+            n: 2,
+            c: 1,
+            o: 32,
+            h: 17,
+            w: 13,
+            k: 3,
+            s: 2,
+            d: 1,
+        },
+        10,
+    );
+}
+
+#[test]
+fn conv3x3_stride2_even_size_pads_bottom_right() {
+    let (_, _, g) = conv_geom(8, 8, 3, 2, 1);
+    assert_eq!(
+        (g.pad_t, g.pad_l),
+        (0, 0),
+        "MODEL.md: 3x3/s2 on an even input pads 0 top/left"
+    );
+    check_conv(
+        Case {
+            n: 2,
+            c: 3,
+            o: 9,
+            h: 8,
+            w: 10,
+            k: 3,
+            s: 2,
+            d: 1,
+        },
+        20,
+    );
+}
+
+#[test]
+fn conv3x3_48_channels() {
+    check_conv(
+        Case {
+            n: 1,
+            c: 48,
+            o: 48,
+            h: 10,
+            w: 9,
+            k: 3,
+            s: 1,
+            d: 1,
+        },
+        30,
+    );
+}
+
+#[test]
+fn conv3x3_dilation2() {
+    let (_, _, g) = conv_geom(9, 9, 3, 1, 2);
+    assert_eq!(
+        (g.pad_t, g.pad_l),
+        (2, 2),
+        "MODEL.md: dilation 2 pads 2 on each side"
+    );
+    check_conv(
+        Case {
+            n: 2,
+            c: 5,
+            o: 11,
+            h: 9,
+            w: 10,
+            k: 3,
+            s: 1,
+            d: 2,
+        },
+        40,
+    );
+}
+
+#[test]
+fn conv1x1_batch3() {
+    check_conv(
+        Case {
+            n: 3,
+            c: 7,
+            o: 3,
+            h: 6,
+            w: 7,
+            k: 1,
+            s: 1,
+            d: 1,
+        },
+        50,
+    );
+}
+
+#[test]
+fn conv3x3_many_input_channels_split_for_the_loop_budget() {
+    // 320 summed channels x 150 loop iterations each exceed the budget, so
+    // the summed channels go in accumulating groups (as for conv5: 512).
+    check_conv(
+        Case {
+            n: 1,
+            c: 320,
+            o: 9,
+            h: 5,
+            w: 6,
+            k: 3,
+            s: 1,
+            d: 2,
+        },
+        65,
+    );
+}
+
+#[test]
+fn conv_wide_rows_split_weight_gradient_chunks() {
+    check_conv(
+        Case {
+            n: 2,
+            c: 2,
+            o: 3,
+            h: 9,
+            w: 210,
+            k: 3,
+            s: 1,
+            d: 1,
+        },
+        66,
+    );
+}
+
+#[test]
+fn conv3x3_larger_than_a_workgroup() {
+    check_conv(
+        Case {
+            n: 2,
+            c: 4,
+            o: 12,
+            h: 23,
+            w: 29,
+            k: 3,
+            s: 1,
+            d: 1,
+        },
+        60,
+    );
+}
+
+fn check_tconv(n: usize, c: usize, o: usize, h: usize, w: usize, s: usize, seed: u64) {
+    let gpu = gpu();
+    let tag = format!("tconv n{n} c{c} o{o} {h}x{w} s{s}");
+    let x = rand_vec(seed, n * c * h * w);
+    let wt = rand_vec(seed + 1, c * o * 16);
+    let b = rand_vec(seed + 2, o);
+    let dy = rand_vec(seed + 3, n * o * h * s * w * s);
+    let (x64, w64, b64, dy64) = (to64(&x), to64(&wt), to64(&b), to64(&dy));
+    let xt = up(gpu, &[n, c, h, w], &x);
+    let wtt = up(gpu, &[c, o, 4, 4], &wt);
+    let bt = up(gpu, &[o], &b);
+    let y = conv::tconv2d(gpu, &xt, &wtt, &bt, s).unwrap();
+    assert_eq!(y.shape(), [n, o, h * s, w * s]);
+    let want = cpu::tconv2d(&x64, (n, c, h, w), &w64, &b64, o, s);
+    assert_close(&format!("{tag} forward"), &read(gpu, &y), &want, ATOL, RTOL);
+
+    let dyt = up(gpu, &[n, o, h * s, w * s], &dy);
+    let (want_dx, want_dw) = cpu::tconv2d_backward(&dy64, &x64, (n, c, h, w), &w64, o, s);
+    let dx = read(
+        gpu,
+        &conv::tconv2d_backward_input(gpu, &dyt, &wtt, s).unwrap(),
+    );
+    assert_close(&format!("{tag} dx"), &dx, &want_dx, ATOL, RTOL);
+    let loss_x = |xv: &[f64]| dot(&dy64, &cpu::tconv2d(xv, (n, c, h, w), &w64, &b64, o, s));
+    assert_fd(&format!("{tag} dx"), loss_x, &x64, &dx, 40, 1e-3);
+
+    let dwt = gpu.empty(&[c, o, 4, 4]).unwrap();
+    conv::tconv2d_backward_weight(gpu, &dyt, &xt, &dwt, s, false).unwrap();
+    let dw = read(gpu, &dwt);
+    assert_close(&format!("{tag} dw"), &dw, &want_dw, 5e-4, RTOL);
+    let loss_w = |wv: &[f64]| dot(&dy64, &cpu::tconv2d(&x64, (n, c, h, w), wv, &b64, o, s));
+    assert_fd(&format!("{tag} dw"), loss_w, &w64, &dw, 40, 1e-3);
+}
+
+#[test]
+fn tconv4x4_stride2() {
+    assert_eq!(tconv_geom(2).pad_t, 1);
+    check_tconv(2, 3, 5, 5, 6, 2, 70);
+}
+
+#[test]
+fn tconv4x4_stride1() {
+    check_tconv(1, 4, 9, 7, 5, 1, 80);
+}
+
+#[test]
+fn tconv4x4_stride2_many_channels() {
+    check_tconv(1, 16, 12, 6, 6, 2, 90);
+}
+
+#[test]
+fn conv_shape_errors_name_the_op() {
+    let gpu = gpu();
+    let x = up(gpu, &[1, 3, 8, 8], &rand_vec(1, 192));
+    let w = up(gpu, &[4, 2, 3, 3], &rand_vec(2, 72));
+    let b = up(gpu, &[4], &rand_vec(3, 4));
+    let e = conv::conv2d(gpu, &x, &w, &b, 1, 1).unwrap_err().to_string();
+    assert!(e.starts_with("conv2d:") && e.contains("3 channels"), "{e}");
+    let w = up(gpu, &[4, 3, 3, 3], &rand_vec(2, 108));
+    let b5 = up(gpu, &[5], &rand_vec(3, 5));
+    let e = conv::conv2d(gpu, &x, &w, &b5, 1, 1)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("bias [5]"), "{e}");
+    let empty = gpu.empty(&[1, 3, 0, 8]).unwrap();
+    let e = conv::conv2d(gpu, &empty, &w, &b, 1, 1)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("empty"), "{e}");
+    let flat = up(gpu, &[3, 64], &rand_vec(1, 192));
+    let e = conv::conv2d(gpu, &flat, &w, &b, 1, 1)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("4 dimensions"), "{e}");
+    let dy = up(gpu, &[1, 4, 5, 5], &rand_vec(4, 100));
+    let e = conv::conv2d_backward_input(gpu, &dy, &w, (8, 8), 1, 1)
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with("conv2d_backward_input:"), "{e}");
+}
+
+#[test]
+fn conv_is_deterministic() {
+    let gpu = gpu();
+    let (n, c, o, h, w) = (2, 16, 16, 20, 20);
+    let xt = up(gpu, &[n, c, h, w], &rand_vec(5, n * c * h * w));
+    let wt = up(gpu, &[o, c, 3, 3], &rand_vec(6, o * c * 9));
+    let bt = up(gpu, &[o], &rand_vec(7, o));
+    let dy = up(gpu, &[n, o, h, w], &rand_vec(8, n * o * h * w));
+    let run = || {
+        let y = read(gpu, &conv::conv2d(gpu, &xt, &wt, &bt, 1, 1).unwrap());
+        let dw = gpu.empty(&[o, c, 3, 3]).unwrap();
+        conv::conv2d_backward_weight(gpu, &dy, &xt, &dw, 1, 1, false).unwrap();
+        let db = gpu.empty(&[o]).unwrap();
+        reduce::channel_sum(gpu, &dy, &db, false).unwrap();
+        (y, read(gpu, &dw), read(gpu, &db))
+    };
+    let a = run();
+    let b = run();
+    assert!(
+        a.0.iter()
+            .zip(&b.0)
+            .all(|(p, q)| p.to_bits() == q.to_bits())
+    );
+    assert!(
+        a.1.iter()
+            .zip(&b.1)
+            .all(|(p, q)| p.to_bits() == q.to_bits())
+    );
+    assert!(
+        a.2.iter()
+            .zip(&b.2)
+            .all(|(p, q)| p.to_bits() == q.to_bits())
+    );
+}

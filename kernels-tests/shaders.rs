@@ -1,0 +1,34 @@
+use engine::ops::SHADERS;
+
+#[test]
+fn naga_parses_and_validates_every_shader() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wgsl"))
+        .collect();
+    files.sort();
+    assert_eq!(
+        files.len(),
+        SHADERS.len(),
+        "every file in shaders/ is registered in ops::SHADERS"
+    );
+    for path in files {
+        let src = std::fs::read_to_string(&path).unwrap();
+        let module = naga::front::wgsl::parse_str(&src)
+            .unwrap_or_else(|e| panic!("{}: {}", path.display(), e.emit_to_string(&src)));
+        naga::valid::Validator::new(
+            naga::valid::ValidationFlags::all(),
+            naga::valid::Capabilities::default(),
+        )
+        .validate(&module)
+        .unwrap_or_else(|e| panic!("{}: {}", path.display(), e.emit_to_string(&src)));
+        let name = path.file_stem().unwrap().to_str().unwrap();
+        let registered = SHADERS.iter().find(|s| s.name == name).expect("registered");
+        assert_eq!(
+            registered.source, src,
+            "{name}: embedded source is the file"
+        );
+    }
+}

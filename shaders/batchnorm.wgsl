@@ -1,0 +1,91 @@
+// Batch norm over (N, H, W) per channel (MODEL.md: eps 1e-5, momentum 0.01,
+// running_var takes the unbiased batch variance). The reductions run in
+// reduce.wgsl (plane_sums + combine_channels); this file holds the
+// per-channel finalisation and the elementwise passes.
+//
+// stats is [2, C]: mean, then rstd = 1 / sqrt(var + eps).
+
+struct Params {
+    n: u32,            // elements in this dispatch (apply/backward); channels (finalize)
+    plane_len: u32,
+    c_total: u32,
+    c_first: u32,      // channel of the first plane of the window
+    x_base: u32,
+    y_base: u32,
+    dy_base: u32,
+    count: f32,        // M = N*H*W
+    eps: f32,
+    momentum: f32,
+    flags: u32,        // finalize: bit 0 update running statistics
+}
+
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> stats: array<f32>;
+@group(0) @binding(3) var<storage, read> gamma: array<f32>;
+@group(0) @binding(4) var<storage, read> beta: array<f32>;
+@group(0) @binding(5) var<storage, read_write> y: array<f32>;
+@group(0) @binding(6) var<storage, read> dy: array<f32>;
+@group(0) @binding(7) var<storage, read> sums: array<f32>;   // [dgamma(C), dbeta(C)] of this batch
+@group(0) @binding(8) var<storage, read_write> stats_rw: array<f32>;
+@group(0) @binding(9) var<storage, read_write> running_mean: array<f32>;
+@group(0) @binding(10) var<storage, read_write> running_var: array<f32>;
+@group(0) @binding(11) var<storage, read> infer_mean: array<f32>;
+@group(0) @binding(12) var<storage, read> infer_var: array<f32>;
+
+const WG: u32 = 64u;
+
+// On entry stats_rw = [mean, biased var]; on exit [mean, rstd].
+@compute @workgroup_size(WG)
+fn bn_finalize(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let c = gid.x;
+    if (c >= P.c_total) {
+        return;
+    }
+    let mean = stats_rw[c];
+    let var_b = stats_rw[P.c_total + c];
+    stats_rw[P.c_total + c] = 1.0 / sqrt(var_b + P.eps);
+    if ((P.flags & 1u) != 0u) {
+        let unbiased = var_b * P.count / max(P.count - 1.0, 1.0);
+        running_mean[c] = (1.0 - P.momentum) * running_mean[c] + P.momentum * mean;
+        running_var[c] = (1.0 - P.momentum) * running_var[c] + P.momentum * unbiased;
+    }
+}
+
+// y = (x - mean) * rstd * gamma + beta with the batch statistics.
+@compute @workgroup_size(WG)
+fn bn_apply(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let e = gid.x + gid.y * nwg.x * WG;
+    if (e >= P.n) {
+        return;
+    }
+    let c = (P.c_first + e / P.plane_len) % P.c_total;
+    y[P.y_base + e] = (x[P.x_base + e] - stats[c]) * stats[P.c_total + c] * gamma[c] + beta[c];
+}
+
+// Inference: the same with the running statistics.
+@compute @workgroup_size(WG)
+fn bn_infer(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let e = gid.x + gid.y * nwg.x * WG;
+    if (e >= P.n) {
+        return;
+    }
+    let c = (P.c_first + e / P.plane_len) % P.c_total;
+    let rstd = 1.0 / sqrt(infer_var[c] + P.eps);
+    y[P.y_base + e] = (x[P.x_base + e] - infer_mean[c]) * rstd * gamma[c] + beta[c];
+}
+
+// dx = gamma * rstd * (dy - dbeta / M - xhat * dgamma / M), xhat = (x - mean) * rstd.
+@compute @workgroup_size(WG)
+fn bn_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let e = gid.x + gid.y * nwg.x * WG;
+    if (e >= P.n) {
+        return;
+    }
+    let c = (P.c_first + e / P.plane_len) % P.c_total;
+    let rstd = stats[P.c_total + c];
+    let xhat = (x[P.x_base + e] - stats[c]) * rstd;
+    let dgamma = sums[c];
+    let dbeta = sums[P.c_total + c];
+    y[P.y_base + e] = gamma[c] * rstd * (dy[P.dy_base + e] - (dbeta + xhat * dgamma) / P.count);
+}

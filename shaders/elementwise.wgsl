@@ -1,0 +1,75 @@
+// Elementwise ops: relu and its backward, residual add, sigmoid, axpy (used
+// to accumulate gradients). One invocation per element.
+
+struct Params {
+    n: u32,
+    a_base: u32,
+    b_base: u32,
+    y_base: u32,
+    alpha: f32,
+}
+
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read> a: array<f32>;
+@group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+
+const WG: u32 = 64u;
+
+fn index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return gid.x + gid.y * nwg.x * WG;
+}
+
+@compute @workgroup_size(WG)
+fn relu(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let e = index(gid, nwg);
+    if (e < P.n) {
+        y[P.y_base + e] = max(a[P.a_base + e], 0.0);
+    }
+}
+
+// a = relu output, b = dy: dx = dy where the output is positive.
+@compute @workgroup_size(WG)
+fn relu_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let e = index(gid, nwg);
+    if (e < P.n) {
+        y[P.y_base + e] = select(0.0, b[P.b_base + e], a[P.a_base + e] > 0.0);
+    }
+}
+
+@compute @workgroup_size(WG)
+fn add(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let e = index(gid, nwg);
+    if (e < P.n) {
+        y[P.y_base + e] = a[P.a_base + e] + b[P.b_base + e];
+    }
+}
+
+// relu(a + b): the residual join of MODEL.md ("+skip(A)").
+@compute @workgroup_size(WG)
+fn add_relu(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let e = index(gid, nwg);
+    if (e < P.n) {
+        y[P.y_base + e] = max(a[P.a_base + e] + b[P.b_base + e], 0.0);
+    }
+}
+
+// Numerically stable logistic function.
+@compute @workgroup_size(WG)
+fn sigmoid(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let e = index(gid, nwg);
+    if (e < P.n) {
+        let z = a[P.a_base + e];
+        let t = exp(-abs(z));
+        y[P.y_base + e] = select(t / (1.0 + t), 1.0 / (1.0 + t), z >= 0.0);
+    }
+}
+
+// y += alpha * a.
+@compute @workgroup_size(WG)
+fn axpy(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let e = index(gid, nwg);
+    if (e < P.n) {
+        y[P.y_base + e] += P.alpha * a[P.a_base + e];
+    }
+}

@@ -1,0 +1,40 @@
+// Adam (PyTorch's form: eps added to sqrt(v_hat)) with an optional L2 term
+// folded into the gradient: g = grad_scale * grad + l2 * p, which is the
+// gradient of l2 * sum(p^2) / 2 (MODEL.md: 0.0025 on fc_1 and logits).
+
+struct Params {
+    n: u32,
+    lr: f32,
+    beta1: f32,
+    beta2: f32,
+    eps: f32,
+    bias_c1: f32,      // 1 - beta1^step
+    bias_c2: f32,      // 1 - beta2^step
+    l2: f32,
+    grad_scale: f32,
+    base: u32,         // element offset of this run in every binding
+}
+
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read_write> param: array<f32>;
+@group(0) @binding(2) var<storage, read> grad: array<f32>;
+@group(0) @binding(3) var<storage, read_write> m: array<f32>;
+@group(0) @binding(4) var<storage, read_write> v: array<f32>;
+
+const WG: u32 = 64u;
+
+@compute @workgroup_size(WG)
+fn adam_step(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let e = gid.x + gid.y * nwg.x * WG;
+    if (e >= P.n) {
+        return;
+    }
+    let i = P.base + e;
+    let p = param[i];
+    let g = P.grad_scale * grad[i] + P.l2 * p;
+    let m1 = P.beta1 * m[i] + (1.0 - P.beta1) * g;
+    let v1 = P.beta2 * v[i] + (1.0 - P.beta2) * g * g;
+    m[i] = m1;
+    v[i] = v1;
+    param[i] = p - P.lr * (m1 / P.bias_c1) / (sqrt(v1 / P.bias_c2) + P.eps);
+}

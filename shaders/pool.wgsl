@@ -1,0 +1,93 @@
+// Max-pool with TensorFlow SAME padding (pads are -inf, never selected).
+// Backward sends each output's gradient to the first maximal input of its
+// window in row-major order, as a gather over the inputs (no atomics, so it
+// is deterministic).
+
+struct Params {
+    planes: u32,
+    in_h: u32,
+    in_w: u32,
+    out_h: u32,
+    out_w: u32,
+    k: u32,
+    stride: u32,
+    pad_t: u32,
+    pad_l: u32,
+    x_base: u32,
+    dy_base: u32,
+    y_base: u32,
+}
+
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> dy: array<f32>;
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+
+const WG: u32 = 64u;
+
+// Row-major index (in the plane) of the first maximum of output (i, j)'s window.
+fn argmax(plane: u32, i: u32, j: u32) -> u32 {
+    var best = -3.4028235e38;
+    var best_idx = 0xffffffffu;
+    for (var p = 0u; p < P.k; p++) {
+        let h = i32(i * P.stride + p) - i32(P.pad_t);
+        if (h < 0 || h >= i32(P.in_h)) {
+            continue;
+        }
+        for (var q = 0u; q < P.k; q++) {
+            let w = i32(j * P.stride + q) - i32(P.pad_l);
+            if (w < 0 || w >= i32(P.in_w)) {
+                continue;
+            }
+            let at = u32(h) * P.in_w + u32(w);
+            let v = x[plane + at];
+            if (best_idx == 0xffffffffu || v > best) {
+                best = v;
+                best_idx = at;
+            }
+        }
+    }
+    return best_idx;
+}
+
+@compute @workgroup_size(WG)
+fn maxpool_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let e = gid.x + gid.y * nwg.x * WG;
+    let ohw = P.out_h * P.out_w;
+    if (e >= P.planes * ohw) {
+        return;
+    }
+    let pl = e / ohw;
+    let i = (e % ohw) / P.out_w;
+    let j = e % P.out_w;
+    let plane = P.x_base + pl * P.in_h * P.in_w;
+    y[P.y_base + e] = x[plane + argmax(plane, i, j)];
+}
+
+@compute @workgroup_size(WG)
+fn maxpool_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let e = gid.x + gid.y * nwg.x * WG;
+    let hw = P.in_h * P.in_w;
+    if (e >= P.planes * hw) {
+        return;
+    }
+    let pl = e / hw;
+    let at = e % hw;
+    let h = at / P.in_w;
+    let w = at % P.in_w;
+    let plane = P.x_base + pl * hw;
+    // Outputs whose window covers (h, w): i*stride - pad_t <= h <= i*stride - pad_t + k - 1.
+    let i_lo = max(i32(h + P.pad_t) - i32(P.k) + 1, 0);
+    let i_hi = min(i32(h + P.pad_t) / i32(P.stride), i32(P.out_h) - 1);
+    let j_lo = max(i32(w + P.pad_l) - i32(P.k) + 1, 0);
+    let j_hi = min(i32(w + P.pad_l) / i32(P.stride), i32(P.out_w) - 1);
+    var g = 0.0;
+    for (var i = (i_lo + i32(P.stride) - 1) / i32(P.stride); i <= i_hi; i++) {
+        for (var j = (j_lo + i32(P.stride) - 1) / i32(P.stride); j <= j_hi; j++) {
+            if (argmax(plane, u32(i), u32(j)) == at) {
+                g += dy[P.dy_base + pl * P.out_h * P.out_w + u32(i) * P.out_w + u32(j)];
+            }
+        }
+    }
+    y[P.y_base + e] = g;
+}

@@ -1,0 +1,542 @@
+//! `gpu`: adapter selection, the device with the adapter's real limits,
+//! pipelines compiled once per shader and specialisation, the buffer pool,
+//! upload/readback, and a recorder that batches many dispatches into one
+//! command encoder and one submit.
+mod pool;
+mod tensor;
+
+pub use pool::{BufferPool, PooledBuffer, size_class};
+pub use tensor::Tensor;
+
+use crate::error::{EngineError, Result};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Loop iterations one invocation may run, counted over all nested loops
+/// (each iteration and each loop exit counts one).
+///
+/// Why: Mesa's llvmpipe/lavapipe (measured on Mesa 22.3) stops any loop nest
+/// after 65535 counted iterations per invocation, silently, to guard against
+/// hangs; a longer loop gives wrong numbers, not an error. Every kernel's
+/// planner keeps its per-invocation work under this budget (with margin) by
+/// splitting channels, rows or chunks over more invocations or dispatches.
+pub const LOOP_BUDGET: usize = 40_000;
+
+/// Environment variable that picks an adapter by (part of its) name.
+pub const ADAPTER_ENV: &str = "ENGINE_ADAPTER";
+
+/// One WGSL source file under `shaders/`.
+pub struct Shader {
+    pub name: &'static str,
+    pub source: &'static str,
+}
+
+/// A compute entry point plus its pipeline-override constants: one pipeline.
+#[derive(Clone, Copy)]
+pub struct Kernel {
+    pub shader: &'static Shader,
+    pub entry: &'static str,
+    pub workgroup: u32,
+}
+
+/// A storage binding: a byte range of one buffer.
+pub struct Window<'a> {
+    pub buffer: &'a wgpu::Buffer,
+    pub offset: u64,
+    pub size: u64,
+}
+
+/// Bytes per parameter slot in the uniform arena (>= every adapter's
+/// `min_uniform_buffer_offset_alignment`, which is at most 256).
+const PARAM_SLOT: u64 = 256;
+/// Dispatches recorded before the recorder submits on its own.
+const PARAM_SLOTS: u64 = 2048;
+
+struct Recorder {
+    encoder: Option<wgpu::CommandEncoder>,
+    params: Vec<u8>,
+    params_buf: wgpu::Buffer,
+    slots_used: u64,
+}
+
+/// Summary of one adapter, for `engine devices`.
+pub struct AdapterSummary {
+    pub index: usize,
+    pub info: wgpu::AdapterInfo,
+    pub limits: wgpu::Limits,
+    pub timestamps: bool,
+}
+
+pub struct Gpu {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub limits: wgpu::Limits,
+    pub timestamps: bool,
+    /// Largest storage binding the ops plan for, in bytes. Starts at the
+    /// adapter's limit; tests lower it to prove that splitting works.
+    binding_limit: AtomicU64,
+    pipelines: Mutex<HashMap<(&'static str, &'static str), Arc<wgpu::ComputePipeline>>>,
+    pool: BufferPool,
+    rec: Mutex<Recorder>,
+}
+
+fn backends() -> wgpu::Backends {
+    wgpu::Backends::VULKAN | wgpu::Backends::METAL | wgpu::Backends::DX12
+}
+
+fn instance() -> wgpu::Instance {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    desc.backends = wgpu::Backends::from_env().unwrap_or(backends());
+    wgpu::Instance::new(desc)
+}
+
+fn rank(t: wgpu::DeviceType) -> u8 {
+    match t {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Other => 3,
+        wgpu::DeviceType::Cpu => 4,
+    }
+}
+
+fn sorted_adapters(instance: &wgpu::Instance) -> Vec<wgpu::Adapter> {
+    let mut adapters = pollster::block_on(instance.enumerate_adapters(backends()));
+    // Compute needs compute shaders; GL-only downlevel adapters are dropped.
+    adapters.retain(|a| {
+        a.get_downlevel_capabilities()
+            .flags
+            .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS)
+    });
+    adapters.sort_by_key(|a| rank(a.get_info().device_type));
+    adapters
+}
+
+/// Every adapter wgpu reaches, best first (discrete > integrated > CPU).
+pub fn list_adapters() -> Vec<AdapterSummary> {
+    sorted_adapters(&instance())
+        .into_iter()
+        .enumerate()
+        .map(|(index, a)| AdapterSummary {
+            index,
+            info: a.get_info(),
+            limits: a.limits(),
+            timestamps: a.features().contains(wgpu::Features::TIMESTAMP_QUERY),
+        })
+        .collect()
+}
+
+impl Gpu {
+    /// Opens the best adapter, or the one named by `name` (a case-insensitive
+    /// substring of its name, or its index in `engine devices`), or by the
+    /// `ENGINE_ADAPTER` environment variable.
+    pub fn new(name: Option<&str>) -> Result<Gpu> {
+        let instance = instance();
+        let adapters = sorted_adapters(&instance);
+        if adapters.is_empty() {
+            return Err(EngineError::NoAdapter {
+                hint: String::new(),
+            });
+        }
+        let wanted = name
+            .map(str::to_owned)
+            .or_else(|| std::env::var(ADAPTER_ENV).ok().filter(|s| !s.is_empty()));
+        let adapter = match wanted {
+            None => adapters.into_iter().next().unwrap(),
+            Some(w) => {
+                let by_index = w.parse::<usize>().ok();
+                let lw = w.to_lowercase();
+                adapters
+                    .into_iter()
+                    .enumerate()
+                    .find(|(i, a)| {
+                        Some(*i) == by_index || a.get_info().name.to_lowercase().contains(&lw)
+                    })
+                    .map(|(_, a)| a)
+                    .ok_or(EngineError::AdapterNotFound(w))?
+            }
+        };
+        Self::from_adapter(adapter)
+    }
+
+    fn from_adapter(adapter: wgpu::Adapter) -> Result<Gpu> {
+        let info = adapter.get_info();
+        // Ask for everything the adapter has, not wgpu's portable defaults:
+        // the binding size and workgroup storage decide how work is split.
+        let limits = adapter.limits();
+        let mut features = wgpu::Features::empty();
+        let timestamps = adapter.features().contains(wgpu::Features::TIMESTAMP_QUERY);
+        if timestamps {
+            features |= wgpu::Features::TIMESTAMP_QUERY;
+        }
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("engine"),
+            required_features: features,
+            required_limits: limits.clone(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        }))
+        .map_err(|e| EngineError::Device {
+            adapter: info.name.clone(),
+            reason: e.to_string(),
+        })?;
+        let params_buf = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("params arena"),
+            size: PARAM_SLOT * PARAM_SLOTS,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let binding_limit = limits
+            .max_storage_buffer_binding_size
+            .min(limits.max_buffer_size);
+        Ok(Gpu {
+            pool: BufferPool::new(device.clone()),
+            device,
+            queue,
+            info,
+            limits,
+            timestamps,
+            binding_limit: AtomicU64::new(binding_limit),
+            pipelines: Mutex::new(HashMap::new()),
+            rec: Mutex::new(Recorder {
+                encoder: None,
+                params: Vec::new(),
+                params_buf,
+                slots_used: 0,
+            }),
+        })
+    }
+
+    /// The largest storage binding (bytes) that ops plan for.
+    pub fn binding_limit(&self) -> u64 {
+        self.binding_limit.load(Ordering::Relaxed)
+    }
+
+    /// Lowers (or restores) the binding size the ops assume. Never above the
+    /// adapter's own limit.
+    pub fn set_binding_limit(&self, bytes: u64) {
+        let hw = self
+            .limits
+            .max_storage_buffer_binding_size
+            .min(self.limits.max_buffer_size);
+        self.binding_limit.store(bytes.min(hw), Ordering::Relaxed);
+    }
+
+    /// Elements of f32 that one window may hold at any start offset.
+    pub fn window_elems(&self) -> usize {
+        let align = self.limits.min_storage_buffer_offset_alignment as u64;
+        (self.binding_limit().saturating_sub(align) / 4) as usize
+    }
+
+    pub fn pool(&self) -> &BufferPool {
+        &self.pool
+    }
+
+    fn pipeline(&self, k: &Kernel) -> Arc<wgpu::ComputePipeline> {
+        let mut cache = self.pipelines.lock().unwrap();
+        cache
+            .entry((k.shader.name, k.entry))
+            .or_insert_with(|| {
+                let module = self
+                    .device
+                    .create_shader_module(wgpu::ShaderModuleDescriptor {
+                        label: Some(k.shader.name),
+                        source: wgpu::ShaderSource::Wgsl(k.shader.source.into()),
+                    });
+                Arc::new(
+                    self.device
+                        .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                            label: Some(k.entry),
+                            layout: None,
+                            module: &module,
+                            entry_point: Some(k.entry),
+                            compilation_options: Default::default(),
+                            cache: None,
+                        }),
+                )
+            })
+            .clone()
+    }
+
+    /// Allocates an uninitialised tensor from the pool.
+    pub fn empty(&self, shape: &[usize]) -> Result<Tensor> {
+        let numel: usize = shape.iter().product();
+        let bytes = (numel.max(1) * 4) as u64;
+        if bytes > self.limits.max_buffer_size {
+            return Err(EngineError::TooLarge {
+                op: "alloc",
+                detail: format!(
+                    "tensor {shape:?} needs {bytes} bytes, more than the adapter's max buffer size {}",
+                    self.limits.max_buffer_size
+                ),
+            });
+        }
+        Ok(Tensor::new(Arc::new(self.pool.get(bytes)), shape.to_vec()))
+    }
+
+    /// A tensor filled with zeros (cleared inside the command stream).
+    pub fn zeros(&self, shape: &[usize]) -> Result<Tensor> {
+        let t = self.empty(shape)?;
+        let mut rec = self.rec.lock().unwrap();
+        let enc = self.encoder(&mut rec);
+        enc.clear_buffer(t.buffer(), 0, Some(t.bytes()));
+        Ok(t)
+    }
+
+    /// Uploads host data into a new tensor. The copy is recorded in the
+    /// command stream, so it is ordered after everything recorded before it.
+    pub fn upload(&self, shape: &[usize], data: &[f32]) -> Result<Tensor> {
+        let numel: usize = shape.iter().product();
+        if numel != data.len() {
+            return crate::error::shape_err(
+                "upload",
+                format!("shape {shape:?} holds {numel} values, got {}", data.len()),
+            );
+        }
+        let t = self.empty(shape)?;
+        if numel > 0 {
+            self.write(&t, data);
+        }
+        Ok(t)
+    }
+
+    /// Overwrites a tensor's contents from the host, in stream order.
+    pub fn write(&self, t: &Tensor, data: &[f32]) {
+        assert_eq!(t.numel(), data.len(), "write: length mismatch");
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("upload"),
+            size: t.bytes(),
+            usage: wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: true,
+        });
+        staging
+            .slice(..)
+            .get_mapped_range_mut()
+            .expect("a buffer mapped at creation has a mapped range")
+            .copy_from_slice(bytemuck::cast_slice(data));
+        staging.unmap();
+        let mut rec = self.rec.lock().unwrap();
+        let enc = self.encoder(&mut rec);
+        enc.copy_buffer_to_buffer(&staging, 0, t.buffer(), 0, t.bytes());
+    }
+
+    /// Copies `src` into `dst` (same number of elements), in stream order.
+    pub fn copy(&self, src: &Tensor, dst: &Tensor) {
+        assert_eq!(src.numel(), dst.numel(), "copy: length mismatch");
+        let mut rec = self.rec.lock().unwrap();
+        let enc = self.encoder(&mut rec);
+        enc.copy_buffer_to_buffer(src.buffer(), 0, dst.buffer(), 0, src.bytes());
+    }
+
+    /// Submits everything recorded and waits for it, then reads back.
+    pub fn read(&self, t: &Tensor) -> Result<Vec<f32>> {
+        if t.numel() == 0 {
+            return Ok(Vec::new());
+        }
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size: t.bytes(),
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        {
+            let mut rec = self.rec.lock().unwrap();
+            let enc = self.encoder(&mut rec);
+            enc.copy_buffer_to_buffer(t.buffer(), 0, &staging, 0, t.bytes());
+        }
+        self.flush();
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            let _ = tx.send(r);
+        });
+        self.wait()?;
+        rx.recv()
+            .map_err(|e| EngineError::Gpu(e.to_string()))?
+            .map_err(|e| EngineError::Gpu(format!("readback map failed: {e}")))?;
+        let out = {
+            let view = staging
+                .get_mapped_range(..)
+                .map_err(|e| EngineError::Gpu(format!("readback view failed: {e}")))?;
+            bytemuck::cast_slice::<u8, f32>(&view).to_vec()
+        };
+        staging.unmap();
+        Ok(out)
+    }
+
+    /// Blocks until the GPU is idle.
+    pub fn wait(&self) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map(|_| ())
+            .map_err(|e| EngineError::Gpu(format!("device poll failed: {e}")))
+    }
+
+    /// Submits what has been recorded (no wait).
+    pub fn flush(&self) {
+        let mut rec = self.rec.lock().unwrap();
+        self.submit(&mut rec);
+    }
+
+    fn submit(&self, rec: &mut Recorder) {
+        if let Some(enc) = rec.encoder.take() {
+            if !rec.params.is_empty() {
+                self.queue.write_buffer(&rec.params_buf, 0, &rec.params);
+            }
+            self.queue.submit([enc.finish()]);
+            rec.params.clear();
+            rec.slots_used = 0;
+        }
+    }
+
+    fn encoder<'r>(&self, rec: &'r mut Recorder) -> &'r mut wgpu::CommandEncoder {
+        rec.encoder.get_or_insert_with(|| {
+            self.device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None })
+        })
+    }
+
+    /// Records one dispatch of `kernel` with `params` (the shader's uniform
+    /// `Params` struct, as 32-bit words, bound at binding 0) and storage
+    /// `windows` at the given binding numbers. `threads` invocations are launched in
+    /// workgroups of `kernel.workgroup`, on a 2-D grid when one dimension is
+    /// not enough; shaders index with `gid.x + gid.y * nwg.x * WG`.
+    pub fn dispatch(
+        &self,
+        kernel: &Kernel,
+        params: &[u32],
+        windows: &[(u32, &Window)],
+        threads: usize,
+    ) {
+        if threads == 0 {
+            return;
+        }
+        assert!(params.len() * 4 <= PARAM_SLOT as usize);
+        let pipeline = self.pipeline(kernel);
+        let mut rec = self.rec.lock().unwrap();
+        if rec.slots_used == PARAM_SLOTS {
+            self.submit(&mut rec);
+        }
+        let slot = rec.slots_used;
+        rec.slots_used += 1;
+        rec.params.resize((slot * PARAM_SLOT) as usize, 0);
+        rec.params.extend_from_slice(bytemuck::cast_slice(params));
+        rec.params.resize(((slot + 1) * PARAM_SLOT) as usize, 0);
+
+        let layout = pipeline.get_bind_group_layout(0);
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: &rec.params_buf,
+                offset: slot * PARAM_SLOT,
+                size: wgpu::BufferSize::new(PARAM_SLOT),
+            }),
+        }];
+        for (binding, w) in windows {
+            entries.push(wgpu::BindGroupEntry {
+                binding: *binding,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: w.buffer,
+                    offset: w.offset,
+                    size: wgpu::BufferSize::new(w.size.max(4)),
+                }),
+            });
+        }
+        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &layout,
+            entries: &entries,
+        });
+        let groups = threads.div_ceil(kernel.workgroup as usize) as u64;
+        let max = self.limits.max_compute_workgroups_per_dimension as u64;
+        let (gx, gy) = if groups <= max {
+            (groups, 1)
+        } else {
+            (max, groups.div_ceil(max))
+        };
+        assert!(gy <= max, "dispatch of {threads} invocations is too large");
+        let enc = self.encoder(&mut rec);
+        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some(kernel.entry),
+            timestamp_writes: None,
+        });
+        pass.set_pipeline(&pipeline);
+        pass.set_bind_group(0, &bind_group, &[]);
+        pass.dispatch_workgroups(gx as u32, gy as u32, 1);
+    }
+
+    /// Records an empty pass that writes a timestamp (`begin` or end slot).
+    pub fn timestamp(&self, set: &wgpu::QuerySet, index: u32, begin: bool) {
+        let mut rec = self.rec.lock().unwrap();
+        let enc = self.encoder(&mut rec);
+        let writes = wgpu::ComputePassTimestampWrites {
+            query_set: set,
+            beginning_of_pass_write_index: begin.then_some(index),
+            end_of_pass_write_index: (!begin).then_some(index),
+        };
+        let _pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("timestamp"),
+            timestamp_writes: Some(writes),
+        });
+    }
+
+    /// Records a query resolve into `dst` (QUERY_RESOLVE | COPY_SRC buffer).
+    pub fn resolve_timestamps(&self, set: &wgpu::QuerySet, count: u32, dst: &wgpu::Buffer) {
+        let mut rec = self.rec.lock().unwrap();
+        let enc = self.encoder(&mut rec);
+        enc.resolve_query_set(set, 0..count, dst, 0);
+    }
+
+    /// Reads a raw buffer back (used for timestamps).
+    pub fn read_raw(&self, src: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback raw"),
+            size: bytes,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        {
+            let mut rec = self.rec.lock().unwrap();
+            let enc = self.encoder(&mut rec);
+            enc.copy_buffer_to_buffer(src, 0, &staging, 0, bytes);
+        }
+        self.flush();
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            let _ = tx.send(r);
+        });
+        self.wait()?;
+        rx.recv()
+            .map_err(|e| EngineError::Gpu(e.to_string()))?
+            .map_err(|e| EngineError::Gpu(format!("map failed: {e}")))?;
+        let out = staging
+            .get_mapped_range(..)
+            .map_err(|e| EngineError::Gpu(format!("view failed: {e}")))?
+            .to_vec();
+        staging.unmap();
+        Ok(out)
+    }
+
+    /// A binding window over elements `[start, start + len)` of `t`. The
+    /// buffer offset is aligned down to the adapter's storage-offset
+    /// alignment; the returned element base is where `start` lies inside the
+    /// window, and goes to the shader in its params.
+    pub fn window<'a>(&self, t: &'a Tensor, start: usize, len: usize) -> (Window<'a>, u32) {
+        let align = self.limits.min_storage_buffer_offset_alignment as u64;
+        let start_b = start as u64 * 4;
+        let offset = start_b / align * align;
+        let base = ((start_b - offset) / 4) as u32;
+        let size = (start_b + len as u64 * 4 - offset).max(4);
+        debug_assert!(offset + size <= t.buffer().size());
+        (
+            Window {
+                buffer: t.buffer(),
+                offset,
+                size,
+            },
+            base,
+        )
+    }
+}

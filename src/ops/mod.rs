@@ -1,0 +1,154 @@
+//! `ops`: one module per op family. Each holds the GPU entry points (which
+//! validate shapes, plan how the work is split so that every binding fits
+//! the adapter, and record dispatches) and `cpu`, a plain Rust f64
+//! reference used by the tests and by nothing else.
+pub mod batchnorm;
+pub mod conv;
+pub mod elementwise;
+pub mod loss;
+pub mod optim;
+pub mod pool;
+pub mod reduce;
+pub mod resize;
+
+use crate::error::{EngineError, Result};
+use crate::gpu::{Gpu, Kernel, Shader, Tensor, Window};
+
+pub(crate) static CONV2D: Shader = Shader {
+    name: "conv2d",
+    source: include_str!("../../shaders/conv2d.wgsl"),
+};
+pub(crate) static REDUCE: Shader = Shader {
+    name: "reduce",
+    source: include_str!("../../shaders/reduce.wgsl"),
+};
+pub(crate) static BATCHNORM: Shader = Shader {
+    name: "batchnorm",
+    source: include_str!("../../shaders/batchnorm.wgsl"),
+};
+pub(crate) static POOL: Shader = Shader {
+    name: "pool",
+    source: include_str!("../../shaders/pool.wgsl"),
+};
+pub(crate) static RESIZE: Shader = Shader {
+    name: "resize",
+    source: include_str!("../../shaders/resize.wgsl"),
+};
+pub(crate) static ELEMENTWISE: Shader = Shader {
+    name: "elementwise",
+    source: include_str!("../../shaders/elementwise.wgsl"),
+};
+pub(crate) static LOSS: Shader = Shader {
+    name: "loss",
+    source: include_str!("../../shaders/loss.wgsl"),
+};
+pub(crate) static OPTIM: Shader = Shader {
+    name: "optim",
+    source: include_str!("../../shaders/optim.wgsl"),
+};
+
+/// Every shader file, for validation tests and `engine bench`.
+pub static SHADERS: [&Shader; 8] = [
+    &CONV2D,
+    &REDUCE,
+    &BATCHNORM,
+    &POOL,
+    &RESIZE,
+    &ELEMENTWISE,
+    &LOSS,
+    &OPTIM,
+];
+
+pub(crate) const fn kernel(shader: &'static Shader, entry: &'static str) -> Kernel {
+    Kernel {
+        shader,
+        entry,
+        workgroup: 64,
+    }
+}
+
+/// Builds a shader's uniform `Params` struct word by word, in field order.
+#[derive(Default)]
+pub(crate) struct Params(Vec<u32>);
+
+impl Params {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn u(mut self, v: usize) -> Self {
+        self.0.push(u32::try_from(v).expect("param exceeds u32"));
+        self
+    }
+    pub fn f(mut self, v: f32) -> Self {
+        self.0.push(v.to_bits());
+        self
+    }
+    pub fn words(&self) -> &[u32] {
+        &self.0
+    }
+}
+
+/// Records a dispatch with windows bound at the given binding numbers.
+pub(crate) fn launch(
+    gpu: &Gpu,
+    k: &Kernel,
+    params: &Params,
+    windows: &[(u32, &Window)],
+    threads: usize,
+) {
+    gpu.dispatch(k, params.words(), windows, threads);
+}
+
+/// `[start, start + len)` runs of at most `max` items covering `total`.
+pub(crate) fn runs(total: usize, max: usize) -> impl Iterator<Item = (usize, usize)> {
+    let max = max.max(1);
+    (0..total.div_ceil(max)).map(move |i| (i * max, max.min(total - i * max)))
+}
+
+/// How many items of `item_elems` elements fit one window; an error naming
+/// the op when not even one does.
+pub(crate) fn items_per_window(
+    gpu: &Gpu,
+    op: &'static str,
+    item_elems: usize,
+    what: &str,
+) -> Result<usize> {
+    let n = gpu.window_elems() / item_elems.max(1);
+    if n == 0 {
+        return Err(EngineError::TooLarge {
+            op,
+            detail: format!(
+                "one {what} of {item_elems} values ({} bytes) exceeds the storage binding limit of {} bytes; use smaller tiles",
+                item_elems * 4,
+                gpu.binding_limit()
+            ),
+        });
+    }
+    Ok(n)
+}
+
+pub(crate) fn check_nonempty(op: &'static str, name: &str, t: &Tensor) -> Result<()> {
+    if t.numel() == 0 {
+        return crate::error::shape_err(op, format!("{name} {:?} is empty", t.shape()));
+    }
+    Ok(())
+}
+
+pub(crate) fn check_rank(op: &'static str, name: &str, t: &Tensor, rank: usize) -> Result<()> {
+    if t.shape().len() != rank {
+        return crate::error::shape_err(
+            op,
+            format!("{name} must have {rank} dimensions, got {:?}", t.shape()),
+        );
+    }
+    check_nonempty(op, name, t)
+}
+
+/// TensorFlow SAME padding (MODEL.md): output `ceil(in / s)` and the pad
+/// before (top/left); the rest of the total pad goes after.
+pub fn same_padding(input: usize, k: usize, stride: usize, dil: usize) -> (usize, usize) {
+    let out = input.div_ceil(stride);
+    let need = (out - 1) * stride + (k - 1) * dil + 1;
+    let pad = need.saturating_sub(input);
+    (out, pad / 2)
+}

@@ -1,0 +1,159 @@
+//! Max-pool with SAME padding (MODEL.md: 3x3/s2 and 2x2/s2); backward sends
+//! each output's gradient to the first maximum of its window (row-major).
+use super::{POOL, Params, check_rank, items_per_window, kernel, launch, runs, same_padding};
+use crate::error::{Result, shape_err};
+use crate::gpu::{Gpu, Kernel, Tensor};
+
+const FORWARD: Kernel = kernel(&POOL, "maxpool_forward");
+const BACKWARD: Kernel = kernel(&POOL, "maxpool_backward");
+
+/// (out_h, out_w, pad_t, pad_l).
+pub fn pool_geom(h: usize, w: usize, k: usize, s: usize) -> (usize, usize, usize, usize) {
+    let (oh, pt) = same_padding(h, k, s, 1);
+    let (ow, pl) = same_padding(w, k, s, 1);
+    (oh, ow, pt, pl)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run(
+    gpu: &Gpu,
+    op: &'static str,
+    k: &Kernel,
+    x: &Tensor,
+    dy: Option<&Tensor>,
+    y: &Tensor,
+    ks: usize,
+    s: usize,
+) -> Result<()> {
+    let (n, c, h, w) = x.nchw();
+    let (oh, ow, pt, pl) = pool_geom(h, w, ks, s);
+    let per = items_per_window(gpu, op, h * w, "plane")?;
+    for (p0, np) in runs(n * c, per) {
+        let (xw, xb) = gpu.window(x, p0 * h * w, np * h * w);
+        let (dw, db) = gpu.window(dy.unwrap_or(x), p0 * oh * ow, np * oh * ow);
+        let (yw, yb) = match dy {
+            Some(_) => gpu.window(y, p0 * h * w, np * h * w),
+            None => gpu.window(y, p0 * oh * ow, np * oh * ow),
+        };
+        let p = Params::new()
+            .u(np)
+            .u(h)
+            .u(w)
+            .u(oh)
+            .u(ow)
+            .u(ks)
+            .u(s)
+            .u(pt)
+            .u(pl)
+            .u(xb as usize)
+            .u(db as usize)
+            .u(yb as usize);
+        match dy {
+            Some(_) => launch(gpu, k, &p, &[(1, &xw), (2, &dw), (3, &yw)], np * h * w),
+            None => launch(gpu, k, &p, &[(1, &xw), (3, &yw)], np * oh * ow),
+        }
+    }
+    Ok(())
+}
+
+fn check(op: &'static str, x: &Tensor, k: usize, s: usize) -> Result<()> {
+    check_rank(op, "input", x, 4)?;
+    if k == 0 || s == 0 {
+        return shape_err(op, format!("kernel {k} and stride {s} must be >= 1"));
+    }
+    Ok(())
+}
+
+pub fn maxpool2d(gpu: &Gpu, x: &Tensor, k: usize, s: usize) -> Result<Tensor> {
+    check("maxpool2d", x, k, s)?;
+    let (n, c, h, w) = x.nchw();
+    let (oh, ow, _, _) = pool_geom(h, w, k, s);
+    let y = gpu.empty(&[n, c, oh, ow])?;
+    run(gpu, "maxpool2d", &FORWARD, x, None, &y, k, s)?;
+    Ok(y)
+}
+
+/// dx of `maxpool2d` from its input x and the output gradient dy.
+pub fn maxpool2d_backward(
+    gpu: &Gpu,
+    x: &Tensor,
+    dy: &Tensor,
+    k: usize,
+    s: usize,
+) -> Result<Tensor> {
+    const OP: &str = "maxpool2d_backward";
+    check(OP, x, k, s)?;
+    let (n, c, h, w) = x.nchw();
+    let (oh, ow, _, _) = pool_geom(h, w, k, s);
+    if dy.shape() != [n, c, oh, ow] {
+        return shape_err(
+            OP,
+            format!(
+                "dy {:?} must be {:?} for x {:?}",
+                dy.shape(),
+                [n, c, oh, ow],
+                x.shape()
+            ),
+        );
+    }
+    let dx = gpu.empty(x.shape())?;
+    run(gpu, OP, &BACKWARD, x, Some(dy), &dx, k, s)?;
+    Ok(dx)
+}
+
+pub mod cpu {
+    use super::pool_geom;
+
+    /// (y, argmax index within the plane per output).
+    pub fn maxpool2d(
+        x: &[f64],
+        (n, c, h, w): (usize, usize, usize, usize),
+        k: usize,
+        s: usize,
+    ) -> (Vec<f64>, Vec<usize>) {
+        let (oh, ow, pt, pl) = pool_geom(h, w, k, s);
+        let mut y = Vec::with_capacity(n * c * oh * ow);
+        let mut arg = Vec::with_capacity(n * c * oh * ow);
+        for plane in 0..n * c {
+            let xp = &x[plane * h * w..(plane + 1) * h * w];
+            for i in 0..oh {
+                for j in 0..ow {
+                    let mut best: Option<(f64, usize)> = None;
+                    for p in 0..k {
+                        for q in 0..k {
+                            let hh = (i * s + p) as isize - pt as isize;
+                            let ww = (j * s + q) as isize - pl as isize;
+                            if hh < 0 || ww < 0 || hh >= h as isize || ww >= w as isize {
+                                continue;
+                            }
+                            let at = hh as usize * w + ww as usize;
+                            if best.is_none_or(|(b, _)| xp[at] > b) {
+                                best = Some((xp[at], at));
+                            }
+                        }
+                    }
+                    let (v, at) = best.expect("SAME windows always hold an input");
+                    y.push(v);
+                    arg.push(at);
+                }
+            }
+        }
+        (y, arg)
+    }
+
+    pub fn maxpool2d_backward(
+        x: &[f64],
+        dy: &[f64],
+        (n, c, h, w): (usize, usize, usize, usize),
+        k: usize,
+        s: usize,
+    ) -> Vec<f64> {
+        let (_, arg) = maxpool2d(x, (n, c, h, w), k, s);
+        let per = arg.len() / (n * c);
+        let mut dx = vec![0.0; x.len()];
+        for (o, at) in arg.iter().enumerate() {
+            dx[(o / per) * h * w + at] += dy[o];
+        }
+        dx
+    }
+}

@@ -1,0 +1,266 @@
+//! Deterministic reductions (no float atomics): per-(plane, chunk) partial
+//! sums in a fixed order, then one invocation per channel adds them in a
+//! fixed order. Used for bias gradients, batch-norm statistics, the mean
+//! loss and the L2 term.
+use super::{Params, REDUCE, check_nonempty, items_per_window, kernel, launch, runs};
+use crate::error::{Result, shape_err};
+use crate::gpu::{Gpu, Kernel, LOOP_BUDGET, Tensor};
+
+const PLANE_SUMS: Kernel = kernel(&REDUCE, "plane_sums");
+const COMBINE: Kernel = kernel(&REDUCE, "combine_channels");
+/// Elements one invocation sums before the combine pass, at least.
+const CHUNK: usize = 1024;
+/// Partial sums one combine invocation adds, at most (loop budget).
+const MAX_COMBINE: usize = LOOP_BUDGET / 4;
+
+/// What `plane_sums` adds up (mode numbers of reduce.wgsl).
+#[derive(Clone, Copy)]
+pub enum SumOf {
+    /// a
+    A = 0,
+    /// (a - mean[c])^2
+    SqDev = 1,
+    /// a * (b - mean[c]) * rstd[c]
+    ANormB = 3,
+    /// a * a
+    Sq = 4,
+}
+
+/// Partial sums of every (plane, chunk) of `a` viewed as `planes` planes of
+/// `plane_len` (the last one may be cut short at `total` elements) with
+/// `c_total` channels cycling over the planes; `images` planes per channel
+/// are combined later, so the chunk count keeps images * chunks within the
+/// loop budget. Returns the partials [planes * chunks] and `chunks`.
+#[allow(clippy::too_many_arguments)]
+pub fn plane_partials(
+    gpu: &Gpu,
+    op: &'static str,
+    mode: SumOf,
+    a: &Tensor,
+    b: Option<&Tensor>,
+    stats: Option<&Tensor>,
+    (planes, plane_len, c_total): (usize, usize, usize),
+    total: usize,
+) -> Result<(Tensor, usize)> {
+    let images = planes / c_total;
+    // Few chunks when there are many images, so the combine stays one level.
+    let chunks = plane_len
+        .div_ceil(CHUNK)
+        .clamp(1, (MAX_COMBINE / images.max(1)).max(1));
+    let chunk_len = plane_len.div_ceil(chunks);
+    if chunk_len > MAX_COMBINE {
+        return Err(crate::error::EngineError::TooLarge {
+            op,
+            detail: format!(
+                "{images} planes of {plane_len} values exceed the per-invocation loop budget"
+            ),
+        });
+    }
+    let partials = gpu.empty(&[planes * chunks])?;
+    let per_window = items_per_window(gpu, op, plane_len, "plane")?.min(items_per_window(
+        gpu,
+        op,
+        chunks,
+        "partial row",
+    )?);
+    for (p0, np) in runs(planes, per_window) {
+        let valid = (total - p0 * plane_len).min(np * plane_len);
+        let (aw, ab) = gpu.window(a, p0 * plane_len, valid);
+        let (bw, bb) = gpu.window(b.unwrap_or(a), p0 * plane_len, valid);
+        let (sw, sb) = match stats {
+            Some(s) => gpu.window(s, 0, s.numel()),
+            None => gpu.window(a, 0, 1),
+        };
+        let (ow, ob) = gpu.window(&partials, p0 * chunks, np * chunks);
+        let p = Params::new()
+            .u(np)
+            .u(plane_len)
+            .u(chunks)
+            .u(chunk_len)
+            .u(mode as usize)
+            .u(c_total)
+            .u(p0 % c_total)
+            .u(ab as usize)
+            .u(bb as usize)
+            .u(sb as usize)
+            .u(ob as usize)
+            .u(0)
+            .f(0.0)
+            .u(0)
+            .u(0)
+            .u(0)
+            .u(valid);
+        launch(
+            gpu,
+            &PLANE_SUMS,
+            &p,
+            &[(1, &aw), (2, &bw), (3, &sw), (4, &ow)],
+            np * chunks,
+        );
+    }
+    Ok((partials, chunks))
+}
+
+/// out[offset + c] (+)= scale * sum over images and chunks of the partials
+/// (laid out [image][channel][chunk]). More images than one invocation may
+/// add are first combined in groups (a level of partials of partials).
+#[allow(clippy::too_many_arguments)]
+pub fn combine(
+    gpu: &Gpu,
+    partials: &Tensor,
+    (images, c_total, chunks): (usize, usize, usize),
+    scale: f32,
+    out: &Tensor,
+    offset: usize,
+    accumulate: bool,
+) -> Result<()> {
+    if images * chunks <= MAX_COMBINE {
+        combine_once(
+            gpu,
+            partials,
+            0,
+            (images, c_total, chunks),
+            scale,
+            out,
+            offset,
+            accumulate,
+        );
+        return Ok(());
+    }
+    let group = (MAX_COMBINE / chunks).max(1);
+    let groups = images.div_ceil(group);
+    let level = gpu.empty(&[groups * c_total])?;
+    for (g, (i0, len)) in runs(images, group).enumerate() {
+        let start = i0 * c_total * chunks;
+        combine_once(
+            gpu,
+            partials,
+            start,
+            (len, c_total, chunks),
+            1.0,
+            &level,
+            g * c_total,
+            false,
+        );
+    }
+    combine(
+        gpu,
+        &level,
+        (groups, c_total, 1),
+        scale,
+        out,
+        offset,
+        accumulate,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn combine_once(
+    gpu: &Gpu,
+    partials: &Tensor,
+    start: usize,
+    (images, c_total, chunks): (usize, usize, usize),
+    scale: f32,
+    out: &Tensor,
+    offset: usize,
+    accumulate: bool,
+) {
+    let (pw, pb) = gpu.window(partials, start, images * c_total * chunks);
+    let (ow, ob) = gpu.window(out, offset, c_total);
+    let p = Params::new()
+        .u(images)
+        .u(0)
+        .u(chunks)
+        .u(0)
+        .u(0)
+        .u(c_total)
+        .u(0)
+        .u(pb as usize)
+        .u(0)
+        .u(0)
+        .u(ob as usize)
+        .u(accumulate as usize)
+        .f(scale);
+    launch(gpu, &COMBINE, &p, &[(1, &pw), (4, &ow)], c_total);
+}
+
+/// Per-channel sums over (N, H, W) of x [N, C, H, W]: partials and their
+/// combination into `out[offset..offset + C]`.
+pub(crate) fn channel_sums(
+    gpu: &Gpu,
+    op: &'static str,
+    mode: SumOf,
+    x: &Tensor,
+    b: Option<&Tensor>,
+    stats: Option<&Tensor>,
+) -> Result<(Tensor, usize)> {
+    let (n, c, h, w) = x.nchw();
+    plane_partials(gpu, op, mode, x, b, stats, (n * c, h * w, c), x.numel())
+}
+
+/// Per-channel sum over (N, H, W) of x [N, C, H, W] into `out` [C] (added to
+/// it when `accumulate`): the bias gradient of a conv.
+pub fn channel_sum(gpu: &Gpu, x: &Tensor, out: &Tensor, accumulate: bool) -> Result<()> {
+    const OP: &str = "channel_sum";
+    super::check_rank(OP, "input", x, 4)?;
+    let (n, c, _, _) = x.nchw();
+    if out.shape() != [c] {
+        return shape_err(
+            OP,
+            format!(
+                "output {:?} must be [{c}] for input {:?}",
+                out.shape(),
+                x.shape()
+            ),
+        );
+    }
+    let (partials, chunks) = channel_sums(gpu, OP, SumOf::A, x, None, None)?;
+    combine(gpu, &partials, (n, c, chunks), 1.0, out, 0, accumulate)
+}
+
+/// scale * sum of all elements (or of their squares) of x, as a [1] tensor.
+/// Flat sums reduce in levels (partials of partials) until one combine
+/// invocation can add what is left.
+pub fn sum(gpu: &Gpu, x: &Tensor, squares: bool, scale: f32) -> Result<Tensor> {
+    const OP: &str = "sum";
+    check_nonempty(OP, "input", x)?;
+    let mut mode = if squares { SumOf::Sq } else { SumOf::A };
+    let mut level = x.clone();
+    loop {
+        let len = level.numel();
+        let plane_len = len.min(64 * CHUNK).min(gpu.window_elems());
+        let planes = len.div_ceil(plane_len);
+        let (partials, chunks) = plane_partials(
+            gpu,
+            OP,
+            mode,
+            &level,
+            None,
+            None,
+            (planes, plane_len, 1),
+            len,
+        )?;
+        if planes * chunks <= MAX_COMBINE {
+            let out = gpu.empty(&[1])?;
+            combine(gpu, &partials, (planes, 1, chunks), scale, &out, 0, false)?;
+            return Ok(out);
+        }
+        level = partials;
+        mode = SumOf::A;
+    }
+}
+
+pub mod cpu {
+    /// Per-channel sums of x [n, c, hw].
+    pub fn channel_sum(x: &[f64], (n, c, hw): (usize, usize, usize)) -> Vec<f64> {
+        let mut s = vec![0.0; c];
+        for ni in 0..n {
+            for (ci, sc) in s.iter_mut().enumerate() {
+                *sc += x[(ni * c + ci) * hw..(ni * c + ci + 1) * hw]
+                    .iter()
+                    .sum::<f64>();
+            }
+        }
+        s
+    }
+}
