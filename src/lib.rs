@@ -2,6 +2,8 @@
 //! network of "Dense Prediction of Mammography".
 //!
 //! Data flows one way: `data` -> `graph` -> `ops` -> `gpu`.
+pub mod bench;
+pub mod cli;
 pub mod data;
 pub mod error;
 pub mod gpu;

@@ -1,25 +1,11 @@
-use clap::{Parser, Subcommand};
-
-#[derive(Debug, Parser)]
-#[command(
-    name = "engine",
-    version,
-    about = "Train and run the mammography dense-prediction network on any GPU wgpu reaches"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    #[command(flatten)]
-    Data(engine::data::cli::DataCommand),
-}
+use clap::Parser;
+use engine::cli::{Cli, Command};
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Devices => engine::cli::devices(),
+        Command::Bench(args) => engine::cli::bench(args),
         Command::Data(c) => c.run(),
     }
 }
