@@ -1,11 +1,213 @@
-//! The data commands of the `engine` binary (`inspect`, `prepare`, `synth`).
-use clap::Subcommand;
+//! The data commands of the `engine` binary: `inspect`, `prepare mias|cbis`,
+//! `synth` and `bench-loader`.
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::{Subcommand, ValueEnum};
+
+use super::loader::{Loader, LoaderConfig};
+use super::prepared::PreparedSet;
+use super::synth::SynthOptions;
 
 #[derive(Debug, Subcommand)]
-pub enum DataCommand {}
+pub enum DataCommand {
+    /// Print what the readers see in each file (format, size, bit depth,
+    /// photometric interpretation, transfer syntax, rescale, window, 8-bit
+    /// intensity range), or the reason it cannot be read.
+    Inspect {
+        /// Image files: DICOM, PNG, PGM/PNM, JPEG.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Convert a data set to the combined training format (see data/README.md).
+    Prepare {
+        #[command(subcommand)]
+        what: PrepareCommand,
+    },
+    /// Write synthetic phantom mammograms with exact masks.
+    Synth {
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Number of phantoms.
+        #[arg(short, long, default_value_t = 32)]
+        n: usize,
+        /// Width in pixels.
+        #[arg(long, default_value_t = 288)]
+        width: usize,
+        /// Height in pixels (default: the width).
+        #[arg(long)]
+        height: Option<usize>,
+        /// `combined`: the prepared format, ready for `engine train`;
+        /// `cbis`: a CBIS-DDSM-like DICOM tree with case-description CSVs.
+        #[arg(long, value_enum, default_value_t = Layout::Combined)]
+        layout: Layout,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Time the training loader on a prepared set (batches of augmented crops).
+    BenchLoader {
+        /// A prepared directory (with manifest.json).
+        #[arg(long)]
+        input: PathBuf,
+        #[arg(long, default_value_t = 640)]
+        size: usize,
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+        /// Batches to time.
+        #[arg(long, default_value_t = 8)]
+        batches: usize,
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Layout {
+    Combined,
+    Cbis,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PrepareCommand {
+    /// mini-MIAS: PGM files and Info.txt.
+    Mias {
+        /// Directory with Info.txt and mdbNNN.pgm.
+        #[arg(long)]
+        input: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Fraction of patients for validation.
+        #[arg(long, default_value_t = 0.1)]
+        val: f64,
+        /// Fraction of patients for test.
+        #[arg(long, default_value_t = 0.1)]
+        test: f64,
+        /// Seed of the patient split.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Keep images with an abnormality that has no coordinates, as image-level
+        /// positives for evaluation (never used for training).
+        #[arg(long)]
+        keep_uncoordinated: bool,
+        /// Minimum side of ROI crops (crops covering nearly the whole image are not written).
+        #[arg(long, default_value_t = 1280)]
+        crop_min: usize,
+    },
+    /// CBIS-DDSM: the official case-description CSVs and the DICOM tree.
+    Cbis {
+        /// Directory with the *case_description*.csv files and the DICOM tree
+        /// (in INPUT/CBIS-DDSM if that exists, else INPUT).
+        #[arg(long)]
+        input: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// CSV files to use instead of INPUT/*case_description*.csv.
+        #[arg(long)]
+        csv: Vec<PathBuf>,
+        /// Root of the DICOM tree, if not INPUT/CBIS-DDSM or INPUT.
+        #[arg(long)]
+        dicom_root: Option<PathBuf>,
+        /// Fraction of the training patients held out for validation (the test
+        /// split is CBIS-DDSM's own).
+        #[arg(long, default_value_t = 0.1)]
+        val: f64,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Minimum side of ROI crops.
+        #[arg(long, default_value_t = 1280)]
+        crop_min: usize,
+    },
+}
 
 impl DataCommand {
     pub fn run(self) -> anyhow::Result<()> {
-        match self {}
+        match self {
+            DataCommand::Inspect { files } => inspect(&files),
+            DataCommand::Prepare { what } => match what {
+                PrepareCommand::Mias { input, out, val, test, seed, keep_uncoordinated, crop_min } => {
+                    let opt = super::mias::MiasOptions { val, test, seed, keep_uncoordinated, crop_min };
+                    let w = super::mias::prepare(&input, &out, &opt)?;
+                    print!("{}", w.summary());
+                    println!("wrote {}", out.display());
+                    Ok(())
+                }
+                PrepareCommand::Cbis { input, out, csv, dicom_root, val, seed, crop_min } => {
+                    let opt = super::cbis::CbisOptions { csv, dicom_root, val, seed, crop_min };
+                    let w = super::cbis::prepare(&input, &out, &opt)?;
+                    print!("{}", w.summary());
+                    println!("wrote {}", out.display());
+                    Ok(())
+                }
+            },
+            DataCommand::Synth { out, n, width, height, layout, seed } => {
+                let opt = SynthOptions { height: height.unwrap_or(width), ..SynthOptions::square(width) };
+                match layout {
+                    Layout::Combined => {
+                        let w = super::synth::write_combined_set(&out, n, &opt, seed)?;
+                        print!("{}", w.summary());
+                    }
+                    Layout::Cbis => {
+                        let (scans, rows) = super::synth::write_cbis_tree(&out, n, &opt, seed)?;
+                        println!("{scans} scans, {rows} abnormality rows (CBIS-DDSM-like layout)");
+                    }
+                }
+                println!("wrote {}", out.display());
+                Ok(())
+            }
+            DataCommand::BenchLoader { input, size, batch, batches, threads } => {
+                bench_loader(&input, size, batch, batches, threads)
+            }
+        }
     }
+}
+
+fn inspect(files: &[PathBuf]) -> anyhow::Result<()> {
+    let mut failed = 0;
+    for f in files {
+        match super::read::read_with_info(f) {
+            Ok((_, info)) => println!("{}: {info}", f.display()),
+            Err(e) => {
+                failed += 1;
+                println!("{}: ERROR {e}", f.display());
+            }
+        }
+    }
+    if failed > 0 {
+        // Each failure was already reported with its reason: exit non-zero
+        // without a second, redundant error report.
+        eprintln!("{failed} of {} files could not be read", files.len());
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+fn bench_loader(input: &std::path::Path, size: usize, batch: usize, batches: usize, threads: Option<usize>) -> anyhow::Result<()> {
+    let set = PreparedSet::open(input)?;
+    let samples = set.training();
+    anyhow::ensure!(!samples.is_empty(), "{}: no training samples", input.display());
+    let mut cfg = LoaderConfig { size, batch, ..LoaderConfig::default() };
+    if let Some(t) = threads {
+        cfg.threads = t;
+    }
+    println!("{} training samples, {} threads, batch {batch} at {size}", samples.len(), cfg.threads);
+    // Epoch 0 decodes (cold cache); epoch 1 reuses the decoded images (warm).
+    let cache = std::sync::Arc::new(super::loader::ImageCache::default());
+    for epoch in 0..2 {
+        let mut loader = Loader::with_cache(samples.clone(), LoaderConfig { epoch, ..cfg.clone() }, cache.clone());
+        let t0 = Instant::now();
+        let mut got = 0;
+        for b in loader.by_ref().take(batches) {
+            b?;
+            got += 1;
+        }
+        let dt = t0.elapsed().as_secs_f64();
+        println!(
+            "epoch {epoch} ({}): {got} batches in {dt:.2} s = {:.3} s per batch; positive pixels {:.3}%",
+            if epoch == 0 { "cold cache" } else { "warm cache" },
+            dt / got.max(1) as f64,
+            100.0 * loader.positive_fraction()
+        );
+    }
+    Ok(())
 }
