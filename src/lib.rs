@@ -7,6 +7,8 @@ pub mod cli;
 pub mod data;
 pub mod error;
 pub mod gpu;
+pub mod graph;
+pub mod model;
 pub mod ops;
 
 pub use error::{EngineError, Result};

@@ -40,6 +40,11 @@ impl Tensor {
         }
     }
 
+    /// Whether another tensor shares this buffer.
+    pub fn is_shared(&self) -> bool {
+        Arc::strong_count(&self.buf) > 1
+    }
+
     /// Whether two tensors share a buffer.
     pub fn same_buffer(&self, other: &Tensor) -> bool {
         Arc::ptr_eq(&self.buf, &other.buf)
