@@ -20,7 +20,11 @@ fn tmp(name: &str) -> PathBuf {
 }
 
 fn cbis_tree(dir: &Path) -> usize {
-    let opt = SynthOptions { width: 384, height: 512, ..SynthOptions::square(384) };
+    let opt = SynthOptions {
+        width: 384,
+        height: 512,
+        ..SynthOptions::square(384)
+    };
     let (scans, rows) = write_cbis_tree(dir, 10, &opt, 5).unwrap();
     assert_eq!(scans, 10);
     rows
@@ -31,7 +35,12 @@ fn cbis_csvs_parse_with_their_column_variants_and_multiline_cells() {
     let dir = tmp("cbis-csv");
     let rows = cbis_tree(&dir);
     let mut n = 0;
-    for f in ["mass_case_description_train_set.csv", "calc_case_description_train_set.csv", "mass_case_description_test_set.csv", "calc_case_description_test_set.csv"] {
+    for f in [
+        "mass_case_description_train_set.csv",
+        "calc_case_description_train_set.csv",
+        "mass_case_description_test_set.csv",
+        "calc_case_description_test_set.csv",
+    ] {
         let r = read_csv(&dir.join(f)).unwrap();
         for row in &r {
             // The quoted cell ended in a newline; the parser trimmed it.
@@ -49,7 +58,10 @@ fn cbis_csvs_parse_with_their_column_variants_and_multiline_cells() {
     let bad = dir.join("bad.csv");
     std::fs::write(&bad, "patient_id,foo\nP_1,2\n").unwrap();
     let e = read_csv(&bad).unwrap_err().to_string();
-    assert!(e.contains("bad.csv") && e.contains("left or right breast"), "{e}");
+    assert!(
+        e.contains("bad.csv") && e.contains("left or right breast"),
+        "{e}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -62,23 +74,49 @@ fn prepare_cbis_on_synthetic_tree_and_train_loader_consumes_it() {
     // Corrupt one case: replace one ROI mask with a mask of the wrong size.
     let csv = read_csv(&input.join("mass_case_description_train_set.csv")).unwrap();
     let victim = &csv[0];
-    write_dicom(&input.join("CBIS-DDSM").join(&victim.mask_path), &Gray8::new(100, 80), false, "1.2.3", "ROI mask images")
-        .unwrap();
-    let opt = CbisOptions { csv: vec![], dicom_root: None, val: 0.2, seed: 1, crop_min: 200 };
+    write_dicom(
+        &input.join("CBIS-DDSM").join(&victim.mask_path),
+        &Gray8::new(100, 80),
+        false,
+        "1.2.3",
+        "ROI mask images",
+    )
+    .unwrap();
+    let opt = CbisOptions {
+        csv: vec![],
+        dicom_root: None,
+        val: 0.2,
+        seed: 1,
+        crop_min: 200,
+    };
     let w = prepare_cbis(&input, &out, &opt).unwrap();
     let m = &w.manifest;
     let full: Vec<_> = m.images.iter().filter(|e| !e.crop).collect();
     assert_eq!(full.len(), 10, "one combined image per scan");
     // The bad mask is reported (not resized) and its scan is kept for image-level use only.
     assert_eq!(m.skipped.len(), 1, "{:?}", m.skipped);
-    assert!(m.skipped[0].reason.contains("does not match its scan's size"), "{:?}", m.skipped[0]);
+    assert!(
+        m.skipped[0]
+            .reason
+            .contains("does not match its scan's size"),
+        "{:?}",
+        m.skipped[0]
+    );
     let scan_name = format!("{}_{}_{}", victim.patient, victim.side, victim.view);
-    let e = m.images.iter().find(|e| e.file.contains(&scan_name) && !e.crop).unwrap();
+    let e = m
+        .images
+        .iter()
+        .find(|e| e.file.contains(&scan_name) && !e.crop)
+        .unwrap();
     assert!(!e.mask_complete);
     // Splits are by patient; CBIS test patients stay in test.
     for e in &m.images {
         let same: Vec<_> = m.images.iter().filter(|o| o.patient == e.patient).collect();
-        assert!(same.iter().all(|o| o.split == e.split), "patient {} in two splits", e.patient);
+        assert!(
+            same.iter().all(|o| o.split == e.split),
+            "patient {} in two splits",
+            e.patient
+        );
     }
     assert!(m.images.iter().any(|e| e.split == "test"));
     assert!(m.images.iter().any(|e| e.crop));
@@ -91,13 +129,25 @@ fn prepare_cbis_on_synthetic_tree_and_train_loader_consumes_it() {
             assert!(e.positive_pixels > 0, "{}", e.file);
         }
         let img = image::open(out.join(&e.file)).unwrap().to_rgb8();
-        assert!(img.pixels().all(|p| p[2] == 0 && (p[1] == 0 || p[1] == 255)));
+        assert!(
+            img.pixels()
+                .all(|p| p[2] == 0 && (p[1] == 0 || p[1] == 255))
+        );
     }
     // The loader consumes it.
     let set = PreparedSet::open(&out).unwrap();
     let train = set.training();
     assert!(!train.is_empty());
-    let cfg = LoaderConfig { size: 64, batch: 4, seed: 2, epoch: 0, augment: true, threads: 2, prefetch: 2, ..LoaderConfig::default() };
+    let cfg = LoaderConfig {
+        size: 64,
+        batch: 4,
+        seed: 2,
+        epoch: 0,
+        augment: true,
+        threads: 2,
+        prefetch: 2,
+        ..LoaderConfig::default()
+    };
     let mut loader = Loader::new(train, cfg);
     let nb = loader.batches_per_epoch();
     let batches: Vec<_> = loader.by_ref().map(|b| b.unwrap()).collect();
@@ -105,7 +155,11 @@ fn prepare_cbis_on_synthetic_tree_and_train_loader_consumes_it() {
     for b in &batches {
         assert_eq!(b.images.len(), b.n * 64 * 64);
         assert!(b.masks.iter().all(|&v| v == 0.0 || v == 1.0));
-        assert!(b.images.iter().all(|&v| (-127.0 / 255.0..=128.0 / 255.0).contains(&v)));
+        assert!(
+            b.images
+                .iter()
+                .all(|&v| (-127.0 / 255.0..=128.0 / 255.0).contains(&v))
+        );
     }
     assert!(loader.positive_fraction() > 0.0);
     let _ = std::fs::remove_dir_all(&dir);
@@ -152,7 +206,10 @@ fn augmentation_keeps_lesions_within_a_pixel_and_moves_mask_with_image() {
             let d = ((sx - cx).powi(2) + (sy - cy).powi(2)).sqrt();
             if m[k] == 1 {
                 // No positive pixel lands more than one output pixel outside the lesion.
-                assert!(d <= r + px * std::f64::consts::SQRT_2, "positive at distance {d} (r {r}, px {px})");
+                assert!(
+                    d <= r + px * std::f64::consts::SQRT_2,
+                    "positive at distance {d} (r {r}, px {px})"
+                );
                 checked += 1;
             }
             if d <= r - px {
@@ -160,12 +217,20 @@ fn augmentation_keeps_lesions_within_a_pixel_and_moves_mask_with_image() {
                 // The image moved with the mask: inside the lesion it is bright.
                 assert!(img[k] > 200.0, "image {} at lesion pixel", img[k]);
             }
-            if d > r + 2.0 * px && sx >= 1.0 && sy >= 1.0 && sx < w as f64 - 1.0 && sy < h as f64 - 1.0 {
+            if d > r + 2.0 * px
+                && sx >= 1.0
+                && sy >= 1.0
+                && sx < w as f64 - 1.0
+                && sy < h as f64 - 1.0
+            {
                 assert!(img[k] < 20.0, "image {} outside lesion", img[k]);
             }
         }
     }
-    assert!(checked > 1000, "the lesion must be in view often enough ({checked})");
+    assert!(
+        checked > 1000,
+        "the lesion must be in view often enough ({checked})"
+    );
 }
 
 #[test]
@@ -176,8 +241,19 @@ fn loader_is_deterministic_whatever_the_thread_count() {
         .map(|(i, p)| Sample::in_memory(format!("p{i}"), p.image, p.mask))
         .collect();
     let run = |threads: usize, epoch: u64| -> Vec<_> {
-        let cfg = LoaderConfig { size: 48, batch: 3, seed: 11, epoch, augment: true, threads, prefetch: 1, ..LoaderConfig::default() };
-        Loader::new(samples.clone(), cfg).map(|b| b.unwrap()).collect()
+        let cfg = LoaderConfig {
+            size: 48,
+            batch: 3,
+            seed: 11,
+            epoch,
+            augment: true,
+            threads,
+            prefetch: 1,
+            ..LoaderConfig::default()
+        };
+        Loader::new(samples.clone(), cfg)
+            .map(|b| b.unwrap())
+            .collect()
     };
     let a = run(1, 0);
     let b = run(3, 0);
@@ -187,10 +263,25 @@ fn loader_is_deterministic_whatever_the_thread_count() {
     assert_eq!(a, b);
     assert_ne!(a, c, "another epoch gives other crops");
     // Evaluation mode: the centred crop, samples in order.
-    let cfg = LoaderConfig { size: 48, batch: 4, augment: false, threads: 2, ..LoaderConfig::default() };
-    let e: Vec<_> = Loader::new(samples.clone(), cfg).map(|b| b.unwrap()).collect();
+    let cfg = LoaderConfig {
+        size: 48,
+        batch: 4,
+        augment: false,
+        threads: 2,
+        ..LoaderConfig::default()
+    };
+    let e: Vec<_> = Loader::new(samples.clone(), cfg)
+        .map(|b| b.unwrap())
+        .collect();
     assert_eq!(e[0].ids, vec!["p0", "p1", "p2", "p3"]);
-    let cfg2 = LoaderConfig { size: 48, batch: 4, augment: false, threads: 1, seed: 99, ..LoaderConfig::default() };
+    let cfg2 = LoaderConfig {
+        size: 48,
+        batch: 4,
+        augment: false,
+        threads: 1,
+        seed: 99,
+        ..LoaderConfig::default()
+    };
     let e2: Vec<_> = Loader::new(samples, cfg2).map(|b| b.unwrap()).collect();
     assert_eq!(e, e2, "evaluation ignores the seed");
 }
@@ -206,7 +297,12 @@ fn loader_mixes_crops_towards_the_target_fraction() {
     };
     let mut samples: Vec<Sample> = (0..20).map(|i| mk(false, 0.01, i)).collect();
     samples.extend((0..10).map(|i| mk(true, 0.2, i)));
-    let cfg = LoaderConfig { size: 8, batch: 4, threads: 1, ..LoaderConfig::default() };
+    let cfg = LoaderConfig {
+        size: 8,
+        batch: 4,
+        threads: 1,
+        ..LoaderConfig::default()
+    };
     let plan = engine::data::loader::plan_epoch(&samples, &cfg);
     assert_eq!(plan.len(), 27);
     assert_eq!(plan.iter().filter(|&&i| i >= 20).count(), 7);
@@ -217,12 +313,40 @@ fn bad_files_are_clear_errors_not_panics() {
     let dir = tmp("bad");
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("empty.png", vec![], "empty"),
-        ("garbage.bin", b"hello world, not an image".to_vec(), "unknown file format"),
-        ("trunc.png", b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0".to_vec(), "cannot decode PNG"),
-        ("trunc.pgm", b"P5\n1024 1024\n255\n\x01\x02".to_vec(), "cannot decode PGM"),
-        ("trunc.jpg", vec![0xFF, 0xD8, 0xFF, 0xE0, 0, 16], "cannot decode JPEG"),
-        ("fake.dcm", { let mut v = vec![0u8; 128]; v.extend_from_slice(b"DICM\x02\x00"); v }, "not a readable DICOM file"),
-        ("nopreamble.dcm", b"\x08\x00\x05\x00CS\x0a\x00ISO_IR 100".to_vec(), "without the preamble"),
+        (
+            "garbage.bin",
+            b"hello world, not an image".to_vec(),
+            "unknown file format",
+        ),
+        (
+            "trunc.png",
+            b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0".to_vec(),
+            "cannot decode PNG",
+        ),
+        (
+            "trunc.pgm",
+            b"P5\n1024 1024\n255\n\x01\x02".to_vec(),
+            "cannot decode PGM",
+        ),
+        (
+            "trunc.jpg",
+            vec![0xFF, 0xD8, 0xFF, 0xE0, 0, 16],
+            "cannot decode JPEG",
+        ),
+        (
+            "fake.dcm",
+            {
+                let mut v = vec![0u8; 128];
+                v.extend_from_slice(b"DICM\x02\x00");
+                v
+            },
+            "not a readable DICOM file",
+        ),
+        (
+            "nopreamble.dcm",
+            b"\x08\x00\x05\x00CS\x0a\x00ISO_IR 100".to_vec(),
+            "without the preamble",
+        ),
     ];
     for (name, bytes, phrase) in cases {
         let p = dir.join(name);
@@ -231,23 +355,37 @@ fn bad_files_are_clear_errors_not_panics() {
         assert!(e.contains(name), "error names the file: {e}");
         assert!(e.contains(phrase), "{name}: {e:?} lacks {phrase:?}");
     }
-    let e = read_gray8(&dir.join("missing.png")).unwrap_err().to_string();
-    assert!(e.contains("missing.png") && e.contains("cannot read file"), "{e}");
+    let e = read_gray8(&dir.join("missing.png"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("missing.png") && e.contains("cannot read file"),
+        "{e}"
+    );
     // A DICOM without pixel data.
     let p = dir.join("nopixels.dcm");
     {
         use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
         let obj = dicom_object::InMemDicomObject::from_element_iter([
-            DataElement::new(Tag(0x0008, 0x0016), VR::UI, PrimitiveValue::from("1.2.840.10008.5.1.4.1.1.7")),
+            DataElement::new(
+                Tag(0x0008, 0x0016),
+                VR::UI,
+                PrimitiveValue::from("1.2.840.10008.5.1.4.1.1.7"),
+            ),
             DataElement::new(Tag(0x0008, 0x0018), VR::UI, PrimitiveValue::from("1.2.3.4")),
         ]);
-        obj.with_meta(dicom_object::FileMetaTableBuilder::new().transfer_syntax("1.2.840.10008.1.2.1"))
-            .unwrap()
-            .write_to_file(&p)
-            .unwrap();
+        obj.with_meta(
+            dicom_object::FileMetaTableBuilder::new().transfer_syntax("1.2.840.10008.1.2.1"),
+        )
+        .unwrap()
+        .write_to_file(&p)
+        .unwrap();
     }
     let e = read_gray8(&p).unwrap_err().to_string();
-    assert!(e.contains("nopixels.dcm") && e.contains("no pixel data"), "{e}");
+    assert!(
+        e.contains("nopixels.dcm") && e.contains("no pixel data"),
+        "{e}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -256,11 +394,17 @@ fn png_16bit_and_colour_read_as_gray8() {
     let dir = tmp("png16");
     let p = dir.join("a16.png");
     let v: Vec<u16> = vec![0, 257, 65535, 32896];
-    image::ImageBuffer::<image::Luma<u16>, _>::from_raw(2, 2, v).unwrap().save(&p).unwrap();
+    image::ImageBuffer::<image::Luma<u16>, _>::from_raw(2, 2, v)
+        .unwrap()
+        .save(&p)
+        .unwrap();
     let g = read_gray8(&p).unwrap();
     assert_eq!(g.pixels, vec![0, 1, 255, 128]);
     let p = dir.join("rgb.png");
-    image::RgbImage::from_raw(1, 1, vec![255, 255, 255]).unwrap().save(&p).unwrap();
+    image::RgbImage::from_raw(1, 1, vec![255, 255, 255])
+        .unwrap()
+        .save(&p)
+        .unwrap();
     assert_eq!(read_gray8(&p).unwrap().pixels, vec![255]);
     let p = dir.join("g.pgm");
     std::fs::write(&p, b"P5\n2 1\n255\n\x05\xfa").unwrap();

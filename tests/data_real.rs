@@ -24,17 +24,63 @@ fn data_dir() -> PathBuf {
 /// JPEG 2000 without extra plugins, so the lossless JPEG 2000 file is checked
 /// against the uncompressed MR_small it was made from.
 /// (file, width, height, min, max, sum of all 8-bit values, pixel (0,0), pixel (w/2, h/2))
-const DECODES: &[(&str, usize, usize, u8, u8, u64, u8, u8)] = &[
+type Expected = (&'static str, usize, usize, u8, u8, u64, u8, u8);
+const DECODES: &[Expected] = &[
     ("dicom/CR_mono1_6154.dcm", 16, 16, 80, 131, 25_020, 131, 98),
     ("dicom/CT_small.dcm", 128, 128, 0, 255, 1_573_473, 6, 222),
     ("dicom/MR_small.dcm", 64, 64, 52, 255, 463_120, 176, 61),
     ("dicom/MR_small_RLE.dcm", 64, 64, 52, 255, 463_120, 176, 61),
-    ("dicom/MR_small_bigendian.dcm", 64, 64, 52, 255, 463_120, 176, 61),
-    ("dicom/MR_small_implicit.dcm", 64, 64, 52, 255, 463_120, 176, 61),
-    ("dicom/MR_small_jp2klossless.dcm", 64, 64, 52, 255, 463_120, 176, 61),
+    (
+        "dicom/MR_small_bigendian.dcm",
+        64,
+        64,
+        52,
+        255,
+        463_120,
+        176,
+        61,
+    ),
+    (
+        "dicom/MR_small_implicit.dcm",
+        64,
+        64,
+        52,
+        255,
+        463_120,
+        176,
+        61,
+    ),
+    (
+        "dicom/MR_small_jp2klossless.dcm",
+        64,
+        64,
+        52,
+        255,
+        463_120,
+        176,
+        61,
+    ),
     ("dicom/image_dfl.dcm", 512, 512, 0, 255, 33_322_688, 213, 65),
-    ("cbis-ddsm/1-130.dcm", 2864, 4432, 0, 255, 289_993_738, 237, 5),
-    ("cbis-ddsm/1-131.dcm", 2848, 4464, 0, 255, 508_537_864, 255, 0),
+    (
+        "cbis-ddsm/1-130.dcm",
+        2864,
+        4432,
+        0,
+        255,
+        289_993_738,
+        237,
+        5,
+    ),
+    (
+        "cbis-ddsm/1-131.dcm",
+        2848,
+        4464,
+        0,
+        255,
+        508_537_864,
+        255,
+        0,
+    ),
 ];
 
 /// Files that must fail, and a phrase their error must contain (besides the file name).
@@ -42,14 +88,21 @@ const FAILS: &[(&str, &str)] = &[
     ("dicom/JPGExtended.dcm", "SamplePrecision(12)"),
     ("dicom/MR_small_jpeg_ls_lossless.dcm", "JPEG-LS"),
     ("dicom/MR_truncated.dcm", "failed to fill whole buffer"),
-    ("dicom/no_meta.dcm", "without the preamble and file meta header"),
+    (
+        "dicom/no_meta.dcm",
+        "without the preamble and file meta header",
+    ),
 ];
 
 #[test]
 #[ignore = "needs real data: set MAMMO_DATA (see data/README.md)"]
 fn every_real_dicom_decodes_or_fails_clearly() {
     let root = data_dir();
-    let mut listed: Vec<&str> = DECODES.iter().map(|d| d.0).chain(FAILS.iter().map(|f| f.0)).collect();
+    let mut listed: Vec<&str> = DECODES
+        .iter()
+        .map(|d| d.0)
+        .chain(FAILS.iter().map(|f| f.0))
+        .collect();
     listed.sort();
     // Every .dcm in the two folders is covered by one of the tables.
     let mut present = Vec::new();
@@ -77,7 +130,10 @@ fn every_real_dicom_decodes_or_fails_clearly() {
     for &(f, phrase) in FAILS {
         let path = root.join(f);
         let e = read_gray8(&path).expect_err(f).to_string();
-        assert!(e.contains(&path.display().to_string()), "{f}: error must name the file: {e}");
+        assert!(
+            e.contains(&path.display().to_string()),
+            "{f}: error must name the file: {e}"
+        );
         assert!(e.contains(phrase), "{f}: error {e:?} lacks {phrase:?}");
     }
 }
@@ -90,7 +146,10 @@ fn dicom_details_seen_by_inspect() {
     let d = i.dicom.unwrap();
     assert_eq!(d.photometric, "MONOCHROME1");
     assert_eq!((d.rescale_slope, d.rescale_intercept), (0.684, 200.0));
-    assert_eq!(d.window.as_ref().map(|w| (w.0, w.1)), Some((1600.0, 2800.0)));
+    assert_eq!(
+        d.window.as_ref().map(|w| (w.0, w.1)),
+        Some((1600.0, 2800.0))
+    );
     assert_eq!((d.bits_allocated, d.bits_stored), (16, 12));
     let (_, i) = read_with_info(&root.join("dicom/CT_small.dcm")).unwrap();
     let d = i.dicom.unwrap();
@@ -99,7 +158,11 @@ fn dicom_details_seen_by_inspect() {
     assert_eq!((d.value_min, d.value_max), (-896.0, 1167.0));
     let (_, i) = read_with_info(&root.join("cbis-ddsm/1-130.dcm")).unwrap();
     let d = i.dicom.unwrap();
-    assert!(d.transfer_syntax.starts_with("RLE Lossless"), "{}", d.transfer_syntax);
+    assert!(
+        d.transfer_syntax.starts_with("RLE Lossless"),
+        "{}",
+        d.transfer_syntax
+    );
     assert_eq!((d.value_min, d.value_max), (0.0, 55879.0));
     assert!(d.window.is_none());
 }
@@ -118,7 +181,15 @@ fn mias_info_txt_counts() {
     assert_eq!(refs.len(), 216);
     let count = |c: &str| rows.iter().filter(|r| r.class == c).count();
     assert_eq!(
-        [count("NORM"), count("CALC"), count("CIRC"), count("SPIC"), count("MISC"), count("ARCH"), count("ASYM")],
+        [
+            count("NORM"),
+            count("CALC"),
+            count("CIRC"),
+            count("SPIC"),
+            count("MISC"),
+            count("ARCH"),
+            count("ASYM")
+        ],
         [138, 20, 16, 14, 10, 13, 9]
     );
     // Rows without coordinates: the 138 NORM rows; this subset has no CALC row
@@ -147,7 +218,13 @@ fn prepare_mias_on_real_data() {
     let root = data_dir();
     let out = std::env::temp_dir().join(format!("engine-test-mias-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
-    let opt = MiasOptions { val: 0.1, test: 0.1, seed: 0, keep_uncoordinated: false, crop_min: 1280 };
+    let opt = MiasOptions {
+        val: 0.1,
+        test: 0.1,
+        seed: 0,
+        keep_uncoordinated: false,
+        crop_min: 1280,
+    };
     let w = prepare(&root.join("mias"), &out, &opt).unwrap();
     let m = &w.manifest;
     assert_eq!(m.images.len(), 216);
@@ -162,13 +239,24 @@ fn prepare_mias_on_real_data() {
     // No patient in two splits.
     let mut seen = std::collections::BTreeMap::new();
     for e in &m.images {
-        assert_eq!(seen.entry(e.patient.clone()).or_insert(e.split.clone()), &e.split, "{}", e.patient);
+        assert_eq!(
+            seen.entry(e.patient.clone()).or_insert(e.split.clone()),
+            &e.split,
+            "{}",
+            e.patient
+        );
     }
     // mdb001: one circle of radius 197 -> the disc has the lattice count of r=197 unless clipped.
     let e = m.images.iter().find(|e| e.source == "mdb001.pgm").unwrap();
     let (scan, mask) = load_combined(&out.join(&e.file)).unwrap();
     assert_eq!(mask.count_nonzero(), e.positive_pixels);
-    let disc = (-197i64..=197).map(|dy| (-197i64..=197).filter(|dx| dx * dx + dy * dy <= 197 * 197).count()).sum::<usize>();
+    let disc = (-197i64..=197)
+        .map(|dy| {
+            (-197i64..=197)
+                .filter(|dx| dx * dx + dy * dy <= 197 * 197)
+                .count()
+        })
+        .sum::<usize>();
     assert_eq!(e.positive_pixels, disc);
     assert_eq!((scan.width, scan.height), (e.width, e.height));
     let _ = std::fs::remove_dir_all(&out);
