@@ -36,17 +36,33 @@ pub struct AugmentParams {
 }
 
 /// Draw the random parameters for a `width x height` image and output `size`.
-pub fn sample_params<R: Rng>(rng: &mut R, width: usize, height: usize, size: usize) -> AugmentParams {
+pub fn sample_params<R: Rng>(
+    rng: &mut R,
+    width: usize,
+    height: usize,
+    size: usize,
+) -> AugmentParams {
     let normal = Normal::new(1.0, 0.025).unwrap_or_else(|_| unreachable!("fixed valid parameters"));
     let side = (size as f64 * CROP_SCALE * normal.sample(rng)).max(1.0);
     let mut place = |len: usize| {
         let slack = len as f64 - side;
         // slack < 0: the crop is larger than the image; the image lies inside it.
-        if slack >= 0.0 { rng.random_range(0.0..=slack) } else { rng.random_range(slack..=0.0) }
+        if slack >= 0.0 {
+            rng.random_range(0.0..=slack)
+        } else {
+            rng.random_range(slack..=0.0)
+        }
     };
     let x0 = place(width);
     let y0 = place(height);
-    AugmentParams { x0, y0, side, flip_h: rng.random(), flip_v: rng.random(), rot90: rng.random_range(0..4) }
+    AugmentParams {
+        x0,
+        y0,
+        side,
+        flip_h: rng.random(),
+        flip_v: rng.random(),
+        rot90: rng.random_range(0..4),
+    }
 }
 
 /// The deterministic evaluation crop: centred, side `size / 0.66`, no flips.
@@ -81,7 +97,11 @@ pub fn resample_image(src: &Gray8, x0: f64, y0: f64, side: f64, size: usize) -> 
     let ys = taps(y0, src.height);
     let (w, h) = (src.width as isize, src.height as isize);
     let px = |x: isize, y: isize| -> f32 {
-        if x < 0 || y < 0 || x >= w || y >= h { 0.0 } else { src.pixels[(y * w + x) as usize] as f32 }
+        if x < 0 || y < 0 || x >= w || y >= h {
+            0.0
+        } else {
+            src.pixels[(y * w + x) as usize] as f32
+        }
     };
     let mut out = vec![0f32; size * size];
     for (oy, &(y, fy)) in ys.iter().enumerate() {
@@ -109,21 +129,36 @@ pub fn resample_mask(src: &Gray8, x0: f64, y0: f64, side: f64, size: usize) -> V
                 let b = origin + (d + 1) as f64 * scale - 1e-9;
                 let i0 = a.floor().max(0.0);
                 let i1 = b.ceil().min(len as f64);
-                if i1 <= i0 { (0, 0) } else { (i0 as usize, i1 as usize) }
+                if i1 <= i0 {
+                    (0, 0)
+                } else {
+                    (i0 as usize, i1 as usize)
+                }
             })
             .collect()
     };
     let xr = ranges(x0, src.width);
     let yr = ranges(y0, src.height);
-    // Prefix sums per row make each footprint test O(rows under it).
-    let w = src.width;
-    let mut prefix = vec![0u32; (w + 1) * src.height];
-    for y in 0..src.height {
-        let p = &mut prefix[y * (w + 1)..(y + 1) * (w + 1)];
-        for x in 0..w {
-            p[x + 1] = p[x] + (src.pixels[y * w + x] != 0) as u32;
+    // Prefix sums per row make each footprint test O(rows under it). They cover
+    // only the window's columns and rows: full-field scans are ~12 Mpixel.
+    let (cx0, cx1) = (
+        xr.iter().map(|r| r.0).min().unwrap_or(0),
+        xr.iter().map(|r| r.1).max().unwrap_or(0),
+    );
+    let (cy0, cy1) = (
+        yr.iter().map(|r| r.0).min().unwrap_or(0),
+        yr.iter().map(|r| r.1).max().unwrap_or(0),
+    );
+    let cw = cx1.saturating_sub(cx0);
+    let mut prefix = vec![0u32; (cw + 1) * cy1.saturating_sub(cy0)];
+    for y in cy0..cy1 {
+        let p = &mut prefix[(y - cy0) * (cw + 1)..(y - cy0 + 1) * (cw + 1)];
+        let row = &src.pixels[y * src.width + cx0..y * src.width + cx1];
+        for (x, &v) in row.iter().enumerate() {
+            p[x + 1] = p[x] + (v != 0) as u32;
         }
     }
+    let w = cw;
     let mut out = vec![0u8; size * size];
     for (oy, &(ya, yb)) in yr.iter().enumerate() {
         if ya == yb {
@@ -133,7 +168,9 @@ pub fn resample_mask(src: &Gray8, x0: f64, y0: f64, side: f64, size: usize) -> V
             if xa == xb {
                 continue;
             }
-            let hit = (ya..yb).any(|y| prefix[y * (w + 1) + xb] > prefix[y * (w + 1) + xa]);
+            let (xa, xb) = (xa - cx0, xb - cx0);
+            let hit =
+                (ya - cy0..yb - cy0).any(|y| prefix[y * (w + 1) + xb] > prefix[y * (w + 1) + xa]);
             out[oy * size + ox] = hit as u8;
         }
     }
@@ -181,31 +218,58 @@ mod tests {
     use super::*;
 
     fn params(rot90: u8, flip_h: bool, flip_v: bool) -> AugmentParams {
-        AugmentParams { x0: 0.0, y0: 0.0, side: 4.0, flip_h, flip_v, rot90 }
+        AugmentParams {
+            x0: 0.0,
+            y0: 0.0,
+            side: 4.0,
+            flip_h,
+            flip_v,
+            rot90,
+        }
     }
 
     #[test]
     fn flips_and_rotations_move_pixels_as_expected() {
         // 3x3: value = index; (x, y) = (2, 0) is 2.
         let d: Vec<u8> = (0..9).collect();
-        assert_eq!(flip_rotate(&d, 3, &params(0, true, false)), vec![2, 1, 0, 5, 4, 3, 8, 7, 6]);
-        assert_eq!(flip_rotate(&d, 3, &params(0, false, true)), vec![6, 7, 8, 3, 4, 5, 0, 1, 2]);
+        assert_eq!(
+            flip_rotate(&d, 3, &params(0, true, false)),
+            vec![2, 1, 0, 5, 4, 3, 8, 7, 6]
+        );
+        assert_eq!(
+            flip_rotate(&d, 3, &params(0, false, true)),
+            vec![6, 7, 8, 3, 4, 5, 0, 1, 2]
+        );
         // One CCW turn: the top row (0 1 2) becomes the left column read bottom-up.
-        assert_eq!(flip_rotate(&d, 3, &params(1, false, false)), vec![2, 5, 8, 1, 4, 7, 0, 3, 6]);
+        assert_eq!(
+            flip_rotate(&d, 3, &params(1, false, false)),
+            vec![2, 5, 8, 1, 4, 7, 0, 3, 6]
+        );
         // Four turns are the identity; two turns equal both flips.
         assert_eq!(flip_rotate(&d, 3, &params(4 % 4, false, false)), d);
-        assert_eq!(flip_rotate(&d, 3, &params(2, false, false)), flip_rotate(&d, 3, &params(0, true, true)));
+        assert_eq!(
+            flip_rotate(&d, 3, &params(2, false, false)),
+            flip_rotate(&d, 3, &params(0, true, true))
+        );
     }
 
     #[test]
     fn identity_resample_is_exact() {
-        let g = Gray8 { width: 4, height: 4, pixels: (0..16).map(|v| v * 10).collect() };
+        let g = Gray8 {
+            width: 4,
+            height: 4,
+            pixels: (0..16).map(|v| v * 10).collect(),
+        };
         let out = resample_image(&g, 0.0, 0.0, 4.0, 4);
         assert_eq!(out, g.pixels.iter().map(|&v| v as f32).collect::<Vec<_>>());
         // Half-pixel rule: 4 -> 2 averages 2x2 blocks' centres: (0+10+40+50)/4 = 25.
         let out = resample_image(&g, 0.0, 0.0, 4.0, 2);
         assert_eq!(out[0], 25.0);
-        let m = Gray8 { width: 4, height: 4, pixels: vec![0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0] };
+        let m = Gray8 {
+            width: 4,
+            height: 4,
+            pixels: vec![0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        };
         assert_eq!(resample_mask(&m, 0.0, 0.0, 4.0, 4), m.pixels);
         // Downscale 2x: the single pixel at (1,1) survives in output (0,0) only.
         assert_eq!(resample_mask(&m, 0.0, 0.0, 4.0, 2), vec![1, 0, 0, 0]);

@@ -57,10 +57,12 @@ pub fn read_csv(path: &Path) -> Result<Vec<CbisRow>, DataError> {
         .map(norm)
         .collect();
     let col = |name: &str| -> Result<usize, DataError> {
-        headers
-            .iter()
-            .position(|h| h == name)
-            .ok_or_else(|| DataError::invalid(path, format!("no column {name:?} (columns: {})", headers.join(", "))))
+        headers.iter().position(|h| h == name).ok_or_else(|| {
+            DataError::invalid(
+                path,
+                format!("no column {name:?} (columns: {})", headers.join(", ")),
+            )
+        })
     };
     let c_patient = col("patient id")?;
     let c_side = col("left or right breast")?;
@@ -70,7 +72,11 @@ pub fn read_csv(path: &Path) -> Result<Vec<CbisRow>, DataError> {
     let c_path = col("pathology")?;
     let c_image = col("image file path")?;
     let c_mask = col("roi mask file path")?;
-    let fname = path.file_name().and_then(|f| f.to_str()).unwrap_or("").to_lowercase();
+    let fname = path
+        .file_name()
+        .and_then(|f| f.to_str())
+        .unwrap_or("")
+        .to_lowercase();
     let mut rows = Vec::new();
     for (i, rec) in rd.records().enumerate() {
         let rec = rec.map_err(|e| DataError::invalid(path, format!("record {}: {e}", i + 1)))?;
@@ -101,13 +107,19 @@ pub fn read_csv(path: &Path) -> Result<Vec<CbisRow>, DataError> {
 }
 
 fn dicoms_under(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
     let mut entries: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
     entries.sort();
     for p in entries {
         if p.is_dir() {
             dicoms_under(&p, out);
-        } else if p.extension().and_then(|e| e.to_str()).is_some_and(|e| e.eq_ignore_ascii_case("dcm")) {
+        } else if p
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| e.eq_ignore_ascii_case("dcm"))
+        {
             out.push(p);
         }
     }
@@ -138,16 +150,26 @@ fn resolve_scan(root: &Path, rel: &str) -> Result<PathBuf, String> {
         1 => Ok(c[0].clone()),
         _ => c
             .iter()
-            .find(|p| series_description(p).is_some_and(|d| d.to_lowercase().contains("full mammogram")))
+            .find(|p| {
+                series_description(p).is_some_and(|d| d.to_lowercase().contains("full mammogram"))
+            })
             .cloned()
-            .ok_or_else(|| format!("scan {rel:?}: {} DICOM files in its case folder, none marked full mammogram", c.len())),
+            .ok_or_else(|| {
+                format!(
+                    "scan {rel:?}: {} DICOM files in its case folder, none marked full mammogram",
+                    c.len()
+                )
+            }),
     }
 }
 
 fn resolve_mask(root: &Path, rel: &str, size: (usize, usize)) -> Result<PathBuf, String> {
     let c = candidates(root, rel);
     if c.is_empty() {
-        return Err(format!("ROI mask {rel:?} not found under {}", root.display()));
+        return Err(format!(
+            "ROI mask {rel:?} not found under {}",
+            root.display()
+        ));
     }
     let mut seen = Vec::new();
     for p in &c {
@@ -157,7 +179,12 @@ fn resolve_mask(root: &Path, rel: &str, size: (usize, usize)) -> Result<PathBuf,
             Err(e) => seen.push(e.to_string()),
         }
     }
-    Err(format!("ROI mask {rel:?} does not match its scan's size {}x{} ({}); not resized", size.0, size.1, seen.join("; ")))
+    Err(format!(
+        "ROI mask {rel:?} does not match its scan's size {}x{} ({}); not resized",
+        size.0,
+        size.1,
+        seen.join("; ")
+    ))
 }
 
 #[derive(Debug, Clone)]
@@ -175,20 +202,31 @@ pub fn find_csvs(input: &Path) -> Result<Vec<PathBuf>, DataError> {
     let mut v: Vec<PathBuf> = rd
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
-            let n = p.file_name().and_then(|n| n.to_str()).unwrap_or("").to_lowercase();
+            let n = p
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("")
+                .to_lowercase();
             n.ends_with(".csv") && n.contains("case_description")
         })
         .collect();
     v.sort();
     if v.is_empty() {
-        return Err(DataError::invalid(input, "no *case_description*.csv files here (use --csv)"));
+        return Err(DataError::invalid(
+            input,
+            "no *case_description*.csv files here (use --csv)",
+        ));
     }
     Ok(v)
 }
 
 /// `engine prepare cbis`.
 pub fn prepare(input: &Path, out: &Path, opt: &CbisOptions) -> Result<SetWriter, DataError> {
-    let csvs = if opt.csv.is_empty() { find_csvs(input)? } else { opt.csv.clone() };
+    let csvs = if opt.csv.is_empty() {
+        find_csvs(input)?
+    } else {
+        opt.csv.clone()
+    };
     let root = match &opt.dicom_root {
         Some(r) => r.clone(),
         None if input.join("CBIS-DDSM").is_dir() => input.join("CBIS-DDSM"),
@@ -206,7 +244,10 @@ pub fn prepare(input: &Path, out: &Path, opt: &CbisOptions) -> Result<SetWriter,
     // listed in both CSVs, under two folder names.
     let mut scans: BTreeMap<String, Vec<CbisRow>> = BTreeMap::new();
     for r in rows {
-        scans.entry(format!("{}_{}_{}", r.patient, r.side, r.view)).or_default().push(r);
+        scans
+            .entry(format!("{}_{}_{}", r.patient, r.side, r.view))
+            .or_default()
+            .push(r);
     }
     // Patients: test if any of their rows is in a test CSV (so no patient is in two
     // splits), else train/val by a seeded patient split.
@@ -226,7 +267,8 @@ pub fn prepare(input: &Path, out: &Path, opt: &CbisOptions) -> Result<SetWriter,
         split.insert(p.clone(), "test".into());
     }
     let bar = ProgressBar::new(scans.len() as u64).with_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} {elapsed} {msg}").unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template("{bar:40} {pos}/{len} {elapsed} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     for (name, rs) in &scans {
         bar.inc(1);
@@ -270,7 +312,10 @@ pub fn prepare(input: &Path, out: &Path, opt: &CbisOptions) -> Result<SetWriter,
                         Some(b) if any => rois.push(b),
                         _ => {
                             complete = false;
-                            w.skip(format!("{name} abnormality {}", r.abnormality_id), "ROI mask is empty");
+                            w.skip(
+                                format!("{name} abnormality {}", r.abnormality_id),
+                                "ROI mask is empty",
+                            );
                         }
                     }
                 }
@@ -284,7 +329,11 @@ pub fn prepare(input: &Path, out: &Path, opt: &CbisOptions) -> Result<SetWriter,
         let mut classes: Vec<String> = rs.iter().map(|r| r.kind.clone()).collect();
         classes.sort();
         classes.dedup();
-        let rel = scan_path.strip_prefix(&root).unwrap_or(&scan_path).display().to_string();
+        let rel = scan_path
+            .strip_prefix(&root)
+            .unwrap_or(&scan_path)
+            .display()
+            .to_string();
         if let Err(e) = w.add(Prepared {
             name,
             split: &split[patient],

@@ -125,23 +125,61 @@ impl DataCommand {
         match self {
             DataCommand::Inspect { files } => inspect(&files),
             DataCommand::Prepare { what } => match what {
-                PrepareCommand::Mias { input, out, val, test, seed, keep_uncoordinated, crop_min } => {
-                    let opt = super::mias::MiasOptions { val, test, seed, keep_uncoordinated, crop_min };
+                PrepareCommand::Mias {
+                    input,
+                    out,
+                    val,
+                    test,
+                    seed,
+                    keep_uncoordinated,
+                    crop_min,
+                } => {
+                    let opt = super::mias::MiasOptions {
+                        val,
+                        test,
+                        seed,
+                        keep_uncoordinated,
+                        crop_min,
+                    };
                     let w = super::mias::prepare(&input, &out, &opt)?;
                     print!("{}", w.summary());
                     println!("wrote {}", out.display());
                     Ok(())
                 }
-                PrepareCommand::Cbis { input, out, csv, dicom_root, val, seed, crop_min } => {
-                    let opt = super::cbis::CbisOptions { csv, dicom_root, val, seed, crop_min };
+                PrepareCommand::Cbis {
+                    input,
+                    out,
+                    csv,
+                    dicom_root,
+                    val,
+                    seed,
+                    crop_min,
+                } => {
+                    let opt = super::cbis::CbisOptions {
+                        csv,
+                        dicom_root,
+                        val,
+                        seed,
+                        crop_min,
+                    };
                     let w = super::cbis::prepare(&input, &out, &opt)?;
                     print!("{}", w.summary());
                     println!("wrote {}", out.display());
                     Ok(())
                 }
             },
-            DataCommand::Synth { out, n, width, height, layout, seed } => {
-                let opt = SynthOptions { height: height.unwrap_or(width), ..SynthOptions::square(width) };
+            DataCommand::Synth {
+                out,
+                n,
+                width,
+                height,
+                layout,
+                seed,
+            } => {
+                let opt = SynthOptions {
+                    height: height.unwrap_or(width),
+                    ..SynthOptions::square(width)
+                };
                 match layout {
                     Layout::Combined => {
                         let w = super::synth::write_combined_set(&out, n, &opt, seed)?;
@@ -155,9 +193,13 @@ impl DataCommand {
                 println!("wrote {}", out.display());
                 Ok(())
             }
-            DataCommand::BenchLoader { input, size, batch, batches, threads } => {
-                bench_loader(&input, size, batch, batches, threads)
-            }
+            DataCommand::BenchLoader {
+                input,
+                size,
+                batch,
+                batches,
+                threads,
+            } => bench_loader(&input, size, batch, batches, threads),
         }
     }
 }
@@ -182,19 +224,44 @@ fn inspect(files: &[PathBuf]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn bench_loader(input: &std::path::Path, size: usize, batch: usize, batches: usize, threads: Option<usize>) -> anyhow::Result<()> {
+fn bench_loader(
+    input: &std::path::Path,
+    size: usize,
+    batch: usize,
+    batches: usize,
+    threads: Option<usize>,
+) -> anyhow::Result<()> {
     let set = PreparedSet::open(input)?;
     let samples = set.training();
-    anyhow::ensure!(!samples.is_empty(), "{}: no training samples", input.display());
-    let mut cfg = LoaderConfig { size, batch, ..LoaderConfig::default() };
+    anyhow::ensure!(
+        !samples.is_empty(),
+        "{}: no training samples",
+        input.display()
+    );
+    let mut cfg = LoaderConfig {
+        size,
+        batch,
+        ..LoaderConfig::default()
+    };
     if let Some(t) = threads {
         cfg.threads = t;
     }
-    println!("{} training samples, {} threads, batch {batch} at {size}", samples.len(), cfg.threads);
+    println!(
+        "{} training samples, {} threads, batch {batch} at {size}",
+        samples.len(),
+        cfg.threads
+    );
     // Epoch 0 decodes (cold cache); epoch 1 reuses the decoded images (warm).
     let cache = std::sync::Arc::new(super::loader::ImageCache::default());
     for epoch in 0..2 {
-        let mut loader = Loader::with_cache(samples.clone(), LoaderConfig { epoch, ..cfg.clone() }, cache.clone());
+        let mut loader = Loader::with_cache(
+            samples.clone(),
+            LoaderConfig {
+                epoch,
+                ..cfg.clone()
+            },
+            cache.clone(),
+        );
         let t0 = Instant::now();
         let mut got = 0;
         for b in loader.by_ref().take(batches) {
@@ -204,7 +271,11 @@ fn bench_loader(input: &std::path::Path, size: usize, batch: usize, batches: usi
         let dt = t0.elapsed().as_secs_f64();
         println!(
             "epoch {epoch} ({}): {got} batches in {dt:.2} s = {:.3} s per batch; positive pixels {:.3}%",
-            if epoch == 0 { "cold cache" } else { "warm cache" },
+            if epoch == 0 {
+                "cold cache"
+            } else {
+                "warm cache"
+            },
             dt / got.max(1) as f64,
             100.0 * loader.positive_fraction()
         );

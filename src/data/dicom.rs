@@ -87,7 +87,10 @@ fn known_unsupported(uid: &str) -> Option<&'static str> {
 fn open(path: &Path) -> Result<DefaultDicomObject, DataError> {
     OpenFileOptions::new().open_file(path).map_err(|e| {
         // dicom-object's errors are layered; show the chain so the cause is visible.
-        DataError::decode(path, format!("not a readable DICOM file: {}", error_chain(&e)))
+        DataError::decode(
+            path,
+            format!("not a readable DICOM file: {}", error_chain(&e)),
+        )
     })
 }
 
@@ -114,7 +117,11 @@ pub fn read_dicom(path: &Path) -> Result<Gray8, DataError> {
 /// Read a DICOM file and report what was seen.
 pub fn read_dicom_with_info(path: &Path) -> Result<(Gray8, DicomInfo), DataError> {
     let obj = open(path)?;
-    let ts_uid = obj.meta().transfer_syntax().trim_end_matches(['\0', ' ']).to_string();
+    let ts_uid = obj
+        .meta()
+        .transfer_syntax()
+        .trim_end_matches(['\0', ' '])
+        .to_string();
     let ts = transfer_syntax_name(&ts_uid);
     if obj.element_opt(PIXEL_DATA).ok().flatten().is_none() {
         let why = if obj.element_opt(FLOAT_PIXEL_DATA).ok().flatten().is_some()
@@ -127,16 +134,31 @@ pub fn read_dicom_with_info(path: &Path) -> Result<(Gray8, DicomInfo), DataError
         return Err(DataError::invalid(path, why));
     }
     if let Some(why) = known_unsupported(&ts_uid) {
-        return Err(DataError::unsupported(path, format!("transfer syntax {ts}: {why}")));
+        return Err(DataError::unsupported(
+            path,
+            format!("transfer syntax {ts}: {why}"),
+        ));
     }
     // Decoders can panic on malformed streams: turn that into an error too.
-    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| obj.decode_pixel_data()))
-        .map_err(|_| DataError::decode(path, format!("the {ts} decoder crashed on this pixel data")))?
-        .map_err(|e| DataError::decode(path, format!("cannot decode pixel data ({ts}): {}", error_chain(&e))))?;
+    let decoded =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| obj.decode_pixel_data()))
+            .map_err(|_| {
+                DataError::decode(path, format!("the {ts} decoder crashed on this pixel data"))
+            })?
+            .map_err(|e| {
+                DataError::decode(
+                    path,
+                    format!("cannot decode pixel data ({ts}): {}", error_chain(&e)),
+                )
+            })?;
     to_gray8(path, &decoded, ts)
 }
 
-fn to_gray8(path: &Path, d: &DecodedPixelData<'_>, ts: String) -> Result<(Gray8, DicomInfo), DataError> {
+fn to_gray8(
+    path: &Path,
+    d: &DecodedPixelData<'_>,
+    ts: String,
+) -> Result<(Gray8, DicomInfo), DataError> {
     let photometric = d.photometric_interpretation().to_string();
     let (w, h) = (d.columns() as usize, d.rows() as usize);
     if d.samples_per_pixel() != 1 || !d.photometric_interpretation().is_monochrome() {
@@ -151,7 +173,10 @@ fn to_gray8(path: &Path, d: &DecodedPixelData<'_>, ts: String) -> Result<(Gray8,
     if d.number_of_frames() != 1 {
         return Err(DataError::unsupported(
             path,
-            format!("multi-frame image ({} frames): only single images are supported", d.number_of_frames()),
+            format!(
+                "multi-frame image ({} frames): only single images are supported",
+                d.number_of_frames()
+            ),
         ));
     }
     if w == 0 || h == 0 {
@@ -161,27 +186,48 @@ fn to_gray8(path: &Path, d: &DecodedPixelData<'_>, ts: String) -> Result<(Gray8,
     if d.data().len() < expected {
         return Err(DataError::invalid(
             path,
-            format!("pixel data is truncated: {} bytes, {w}x{h} needs {expected}", d.data().len()),
+            format!(
+                "pixel data is truncated: {} bytes, {w}x{h} needs {expected}",
+                d.data().len()
+            ),
         ));
     }
-    let rescale = d
-        .rescale()
-        .ok()
-        .and_then(|r| r.first().copied())
-        .unwrap_or(dicom_pixeldata::Rescale { slope: 1.0, intercept: 0.0 });
+    let rescale =
+        d.rescale()
+            .ok()
+            .and_then(|r| r.first().copied())
+            .unwrap_or(dicom_pixeldata::Rescale {
+                slope: 1.0,
+                intercept: 0.0,
+            });
     // Modality values only (rescale applied, no VOI): the window is applied below
     // so that the rule stays ours and documented.
     let opts = ConvertOptions::new()
         .with_modality_lut(ModalityLutOption::Default)
         .with_voi_lut(VoiLutOption::Identity);
-    let values: Vec<f64> = d
-        .to_vec_frame_with_options(0, &opts)
-        .map_err(|e| DataError::decode(path, format!("cannot convert pixel values: {}", error_chain(&e))))?;
+    let values: Vec<f64> = d.to_vec_frame_with_options(0, &opts).map_err(|e| {
+        DataError::decode(
+            path,
+            format!("cannot convert pixel values: {}", error_chain(&e)),
+        )
+    })?;
     if values.len() != w * h {
-        return Err(DataError::invalid(path, format!("{} pixel values for a {w}x{h} image", values.len())));
+        return Err(DataError::invalid(
+            path,
+            format!("{} pixel values for a {w}x{h} image", values.len()),
+        ));
     }
-    let (vmin, vmax) = values.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
-    let window = d.window().ok().flatten().and_then(|ws| ws.first().copied()).filter(|wl| wl.width >= 1.0);
+    let (vmin, vmax) = values
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
+            (a.min(v), b.max(v))
+        });
+    let window = d
+        .window()
+        .ok()
+        .flatten()
+        .and_then(|ws| ws.first().copied())
+        .filter(|wl| wl.width >= 1.0);
     let function = d
         .voi_lut_function()
         .ok()
@@ -195,16 +241,17 @@ fn to_gray8(path: &Path, d: &DecodedPixelData<'_>, ts: String) -> Result<(Gray8,
                 VoiLutFunction::Linear => Box::new(move |v| {
                     if v <= c - 0.5 - (wd - 1.0) / 2.0 {
                         0.0
-                    } else if v > c - 0.5 + (wd - 1.0) / 2.0 {
-                        255.0
-                    } else if wd <= 1.0 {
+                    } else if v > c - 0.5 + (wd - 1.0) / 2.0 || wd <= 1.0 {
+                        // (width 1 is a threshold: anything not below it is white)
                         255.0
                     } else {
                         ((v - (c - 0.5)) / (wd - 1.0) + 0.5) * 255.0
                     }
                 }),
                 VoiLutFunction::LinearExact => Box::new(move |v| ((v - c) / wd + 0.5) * 255.0),
-                VoiLutFunction::Sigmoid => Box::new(move |v| 255.0 / (1.0 + (-4.0 * (v - c) / wd).exp())),
+                VoiLutFunction::Sigmoid => {
+                    Box::new(move |v| 255.0 / (1.0 + (-4.0 * (v - c) / wd).exp()))
+                }
             }
         }
         None if vmax > vmin => Box::new(move |v| (v - vmin) / (vmax - vmin) * 255.0),
@@ -234,7 +281,14 @@ fn to_gray8(path: &Path, d: &DecodedPixelData<'_>, ts: String) -> Result<(Gray8,
         value_min: vmin,
         value_max: vmax,
     };
-    Ok((Gray8 { width: w, height: h, pixels }, info))
+    Ok((
+        Gray8 {
+            width: w,
+            height: h,
+            pixels,
+        },
+        info,
+    ))
 }
 
 /// Read only the image size from the header (cheap: stops before pixel data).
@@ -242,7 +296,12 @@ pub fn dicom_size(path: &Path) -> Result<(usize, usize), DataError> {
     let obj = OpenFileOptions::new()
         .read_until(PIXEL_DATA)
         .open_file(path)
-        .map_err(|e| DataError::decode(path, format!("not a readable DICOM file: {}", error_chain(&e))))?;
+        .map_err(|e| {
+            DataError::decode(
+                path,
+                format!("not a readable DICOM file: {}", error_chain(&e)),
+            )
+        })?;
     let get = |tag: Tag, name: &str| -> Result<usize, DataError> {
         obj.element(tag)
             .ok()
@@ -250,12 +309,22 @@ pub fn dicom_size(path: &Path) -> Result<(usize, usize), DataError> {
             .map(|v| v as usize)
             .ok_or_else(|| DataError::invalid(path, format!("missing or bad {name}")))
     };
-    Ok((get(Tag(0x0028, 0x0011), "Columns")?, get(Tag(0x0028, 0x0010), "Rows")?))
+    Ok((
+        get(Tag(0x0028, 0x0011), "Columns")?,
+        get(Tag(0x0028, 0x0010), "Rows")?,
+    ))
 }
 
 /// Series Description (0008,103E) of a file, if readable (used to tell CBIS-DDSM
 /// ROI masks from cropped images).
 pub fn series_description(path: &Path) -> Option<String> {
-    let obj = OpenFileOptions::new().read_until(PIXEL_DATA).open_file(path).ok()?;
-    obj.element(Tag(0x0008, 0x103E)).ok()?.to_str().ok().map(|s| s.trim().to_string())
+    let obj = OpenFileOptions::new()
+        .read_until(PIXEL_DATA)
+        .open_file(path)
+        .ok()?;
+    obj.element(Tag(0x0008, 0x103E))
+        .ok()?
+        .to_str()
+        .ok()
+        .map(|s| s.trim().to_string())
 }

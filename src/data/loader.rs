@@ -56,7 +56,9 @@ impl Default for LoaderConfig {
             seed: 0,
             epoch: 0,
             augment: true,
-            threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            threads: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
             prefetch: 4,
             target_positive: 0.06,
             drop_last: false,
@@ -92,12 +94,11 @@ impl ImageCache {
         }
         let v = Arc::new(s.load()?);
         let size = v.0.pixels.len() * 2;
-        if self.bytes.load(Ordering::Relaxed) + size <= limit {
-            if let Ok(mut m) = self.map.lock() {
-                if m.insert(s.id.clone(), v.clone()).is_none() {
-                    self.bytes.fetch_add(size, Ordering::Relaxed);
-                }
-            }
+        if self.bytes.load(Ordering::Relaxed) + size <= limit
+            && let Ok(mut m) = self.map.lock()
+            && m.insert(s.id.clone(), v.clone()).is_none()
+        {
+            self.bytes.fetch_add(size, Ordering::Relaxed);
         }
         Ok(v)
     }
@@ -108,18 +109,32 @@ pub fn plan_epoch(samples: &[Sample], cfg: &LoaderConfig) -> Vec<usize> {
     if !cfg.augment {
         return (0..samples.len()).collect();
     }
-    let mut rng = ChaCha8Rng::seed_from_u64(mix_seed(cfg.seed, cfg.epoch.wrapping_mul(2).wrapping_add(1)));
+    let mut rng = ChaCha8Rng::seed_from_u64(mix_seed(
+        cfg.seed,
+        cfg.epoch.wrapping_mul(2).wrapping_add(1),
+    ));
     // Training never uses images whose mask is incomplete.
-    let full: Vec<usize> = (0..samples.len()).filter(|&i| !samples[i].crop && samples[i].mask_complete).collect();
-    let crops: Vec<usize> = (0..samples.len()).filter(|&i| samples[i].crop && samples[i].mask_complete).collect();
+    let full: Vec<usize> = (0..samples.len())
+        .filter(|&i| !samples[i].crop && samples[i].mask_complete)
+        .collect();
+    let crops: Vec<usize> = (0..samples.len())
+        .filter(|&i| samples[i].crop && samples[i].mask_complete)
+        .collect();
     let mut plan = full.clone();
     if !crops.is_empty() {
         let f_full = if full.is_empty() {
             0.0
         } else {
-            full.iter().map(|&i| samples[i].positive_fraction).sum::<f64>() / full.len() as f64
+            full.iter()
+                .map(|&i| samples[i].positive_fraction)
+                .sum::<f64>()
+                / full.len() as f64
         };
-        let f_crop = crops.iter().map(|&i| samples[i].positive_fraction).sum::<f64>() / crops.len() as f64;
+        let f_crop = crops
+            .iter()
+            .map(|&i| samples[i].positive_fraction)
+            .sum::<f64>()
+            / crops.len() as f64;
         let t = cfg.target_positive;
         // (n_full * f_full + k * f_crop) / (n_full + k) = t  =>  k = n_full (t - f_full) / (f_crop - t).
         let k = if f_full >= t {
@@ -131,10 +146,18 @@ pub fn plan_epoch(samples: &[Sample], cfg: &LoaderConfig) -> Vec<usize> {
         } else {
             ((full.len() as f64 * (t - f_full) / (f_crop - t)).round() as usize).max(1)
         };
-        let k = if full.is_empty() { crops.len() } else { k.min(crops.len() * 4) };
+        let k = if full.is_empty() {
+            crops.len()
+        } else {
+            k.min(crops.len() * 4)
+        };
         for j in 0..k {
             // Every crop once before any repeats, then random ones.
-            plan.push(if j < crops.len() { crops[j] } else { crops[rng.random_range(0..crops.len())] });
+            plan.push(if j < crops.len() {
+                crops[j]
+            } else {
+                crops[rng.random_range(0..crops.len())]
+            });
         }
     }
     plan.shuffle(&mut rng);
@@ -169,11 +192,25 @@ impl Loader {
 
     /// Like [`Loader::new`], reusing a cache of decoded images across epochs.
     pub fn with_cache(samples: Vec<Sample>, cfg: LoaderConfig, cache: Arc<ImageCache>) -> Loader {
-        let cfg = LoaderConfig { batch: cfg.batch.max(1), threads: cfg.threads.max(1), ..cfg };
+        let cfg = LoaderConfig {
+            batch: cfg.batch.max(1),
+            threads: cfg.threads.max(1),
+            ..cfg
+        };
         let plan = plan_epoch(&samples, &cfg);
-        let n_batches = if cfg.drop_last { plan.len() / cfg.batch } else { plan.len().div_ceil(cfg.batch) };
-        let shared =
-            Arc::new(Shared { samples, plan, cfg: cfg.clone(), next: AtomicUsize::new(0), stop: AtomicBool::new(false), cache });
+        let n_batches = if cfg.drop_last {
+            plan.len() / cfg.batch
+        } else {
+            plan.len().div_ceil(cfg.batch)
+        };
+        let shared = Arc::new(Shared {
+            samples,
+            plan,
+            cfg: cfg.clone(),
+            next: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
+            cache,
+        });
         let (tx, rx) = sync_channel(cfg.prefetch.max(1));
         let workers = (0..cfg.threads)
             .map(|_| {
@@ -182,7 +219,16 @@ impl Loader {
                 std::thread::spawn(move || worker(&shared, n_batches, tx))
             })
             .collect();
-        Loader { shared, rx, workers, pending: BTreeMap::new(), next_out: 0, n_batches, positive: 0, total: 0 }
+        Loader {
+            shared,
+            rx,
+            workers,
+            pending: BTreeMap::new(),
+            next_out: 0,
+            n_batches,
+            positive: 0,
+            total: 0,
+        }
     }
 
     /// Batches in this epoch.
@@ -192,7 +238,11 @@ impl Loader {
 
     /// Samples in this epoch's plan (full images plus mixed-in crops).
     pub fn samples_per_epoch(&self) -> usize {
-        if self.shared.cfg.drop_last { self.n_batches * self.shared.cfg.batch } else { self.shared.plan.len() }
+        if self.shared.cfg.drop_last {
+            self.n_batches * self.shared.cfg.batch
+        } else {
+            self.shared.plan.len()
+        }
     }
 
     /// Fraction of positive mask pixels in the batches delivered so far.
@@ -236,7 +286,8 @@ fn make_batch(sh: &Shared, b: usize) -> Result<Batch, DataError> {
         let pair = sh.cache.get_or_load(s, cfg.cache_bytes)?;
         let (scan, mask) = (&pair.0, &pair.1);
         let p = if cfg.augment {
-            let mut rng = ChaCha8Rng::seed_from_u64(mix_seed(mix_seed(cfg.seed, cfg.epoch), pos as u64));
+            let mut rng =
+                ChaCha8Rng::seed_from_u64(mix_seed(mix_seed(cfg.seed, cfg.epoch), pos as u64));
             sample_params(&mut rng, scan.width, scan.height, size)
         } else {
             eval_params(scan.width, scan.height, size)
@@ -246,7 +297,13 @@ fn make_batch(sh: &Shared, b: usize) -> Result<Batch, DataError> {
         masks.extend(m.iter().map(|&v| v as f32));
         ids.push(s.id.clone());
     }
-    Ok(Batch { n, size, images, masks, ids })
+    Ok(Batch {
+        n,
+        size,
+        images,
+        masks,
+        ids,
+    })
 }
 
 impl Iterator for Loader {

@@ -36,7 +36,11 @@ pub struct MiasRow {
 impl MiasRow {
     /// Patient number: left and right films are consecutive (mdb001 + mdb002 = 1).
     pub fn patient(&self) -> String {
-        let n: u32 = self.reference.trim_start_matches("mdb").parse().unwrap_or(0);
+        let n: u32 = self
+            .reference
+            .trim_start_matches("mdb")
+            .parse()
+            .unwrap_or(0);
         format!("{:03}", n.div_ceil(2))
     }
 }
@@ -47,7 +51,9 @@ pub fn parse_info(text: &str) -> Result<Vec<MiasRow>, String> {
     let mut rows = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let t: Vec<&str> = line.split_whitespace().collect();
-        let is_ref = |s: &str| s.len() == 6 && s.starts_with("mdb") && s[3..].bytes().all(|b| b.is_ascii_digit());
+        let is_ref = |s: &str| {
+            s.len() == 6 && s.starts_with("mdb") && s[3..].bytes().all(|b| b.is_ascii_digit())
+        };
         if t.is_empty() || !is_ref(t[0]) {
             continue; // prose header, notes, blank lines
         }
@@ -121,10 +127,21 @@ pub fn draw_circle(mask: &mut Gray8, x: u32, y: u32, r: u32, value: u8) {
 }
 
 /// Bounding box (exclusive ends) of a drawn circle, clipped to the image.
-pub fn circle_box(width: usize, height: usize, x: u32, y: u32, r: u32) -> (usize, usize, usize, usize) {
+pub fn circle_box(
+    width: usize,
+    height: usize,
+    x: u32,
+    y: u32,
+    r: u32,
+) -> (usize, usize, usize, usize) {
     let (cx, cy, r) = (x as i64, height as i64 - y as i64, r as i64);
     let c = |v: i64, len: usize| v.clamp(0, len as i64) as usize;
-    (c(cx - r, width), c(cy - r, height), c(cx + r + 1, width), c(cy + r + 1, height))
+    (
+        c(cx - r, width),
+        c(cy - r, height),
+        c(cx + r + 1, width),
+        c(cy + r + 1, height),
+    )
 }
 
 /// Options of `engine prepare mias`.
@@ -154,15 +171,25 @@ pub fn prepare(input: &Path, out: &Path, opt: &MiasOptions) -> Result<SetWriter,
     let split = split_patients(&patients, opt.val, opt.test, opt.seed);
     let mut w = SetWriter::new(out, "mias", opt.crop_min)?;
     let bar = ProgressBar::new(images.len() as u64).with_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} {msg}").unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template("{bar:40} {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     for (reference, rows) in &images {
         bar.inc(1);
-        let uncoordinated: Vec<&MiasRow> = rows.iter().filter(|r| r.class != "NORM" && r.circle.is_none()).collect();
+        let uncoordinated: Vec<&MiasRow> = rows
+            .iter()
+            .filter(|r| r.class != "NORM" && r.circle.is_none())
+            .collect();
         if !uncoordinated.is_empty() && !opt.keep_uncoordinated {
             let what = uncoordinated
                 .iter()
-                .map(|r| format!("{} {}", r.class, r.note.as_deref().unwrap_or("without coordinates")))
+                .map(|r| {
+                    format!(
+                        "{} {}",
+                        r.class,
+                        r.note.as_deref().unwrap_or("without coordinates")
+                    )
+                })
                 .collect::<Vec<_>>()
                 .join(", ");
             w.skip(reference.clone(), format!("abnormality without coordinates ({what}); --keep-uncoordinated keeps it for image-level evaluation"));
@@ -185,7 +212,11 @@ pub fn prepare(input: &Path, out: &Path, opt: &MiasOptions) -> Result<SetWriter,
             }
         }
         let patient = rows[0].patient();
-        let mut classes: Vec<String> = rows.iter().filter(|r| r.class != "NORM").map(|r| r.class.clone()).collect();
+        let mut classes: Vec<String> = rows
+            .iter()
+            .filter(|r| r.class != "NORM")
+            .map(|r| r.class.clone())
+            .collect();
         classes.dedup();
         w.add(Prepared {
             name: reference,
@@ -200,10 +231,7 @@ pub fn prepare(input: &Path, out: &Path, opt: &MiasOptions) -> Result<SetWriter,
             classes,
             trim: true,
         })
-        .map_err(|e| {
-            bar.abandon();
-            e
-        })?;
+        .inspect_err(|_| bar.abandon())?;
     }
     bar.finish_and_clear();
     w.finish()?;
@@ -248,8 +276,10 @@ mod tests {
         // pixels (3,8), (2,8), (4,8), (3,7), (3,9) (col,row), nothing else.
         let mut m = Gray8::new(10, 10);
         draw_circle(&mut m, 3, 2, 1, 1);
-        let on: Vec<(usize, usize)> =
-            (0..100).filter(|i| m.pixels[*i] == 1).map(|i| (i % 10, i / 10)).collect();
+        let on: Vec<(usize, usize)> = (0..100)
+            .filter(|i| m.pixels[*i] == 1)
+            .map(|i| (i % 10, i / 10))
+            .collect();
         assert_eq!(on, vec![(3, 7), (2, 8), (3, 8), (4, 8), (3, 9)]);
         assert_eq!(circle_box(10, 10, 3, 2, 1), (2, 7, 5, 10));
         // Radius 2 at (5, 5) -> row 5: 13 pixels (the disc x^2+y^2<=4).

@@ -32,7 +32,11 @@ impl std::fmt::Debug for Gray8 {
 
 impl Gray8 {
     pub fn new(width: usize, height: usize) -> Self {
-        Gray8 { width, height, pixels: vec![0; width * height] }
+        Gray8 {
+            width,
+            height,
+            pixels: vec![0; width * height],
+        }
     }
 
     #[inline]
@@ -65,7 +69,10 @@ impl Gray8 {
         let (mut x0, mut y0, mut x1, mut y1) = (usize::MAX, usize::MAX, 0, 0);
         for y in 0..self.height {
             let row = &self.pixels[y * self.width..(y + 1) * self.width];
-            if let (Some(a), Some(b)) = (row.iter().position(|&v| v != 0), row.iter().rposition(|&v| v != 0)) {
+            if let (Some(a), Some(b)) = (
+                row.iter().position(|&v| v != 0),
+                row.iter().rposition(|&v| v != 0),
+            ) {
                 x0 = x0.min(a);
                 x1 = x1.max(b + 1);
                 y0 = y0.min(y);
@@ -95,15 +102,27 @@ pub enum DataError {
 
 impl DataError {
     pub fn io(path: &Path, source: std::io::Error) -> Self {
-        DataError::Io { path: path.to_path_buf(), source }
+        DataError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
     }
     pub fn decode(path: &Path, reason: impl Into<String>) -> Self {
-        DataError::Decode { path: path.to_path_buf(), reason: reason.into() }
+        DataError::Decode {
+            path: path.to_path_buf(),
+            reason: reason.into(),
+        }
     }
     pub fn unsupported(path: &Path, reason: impl Into<String>) -> Self {
-        DataError::Unsupported { path: path.to_path_buf(), reason: reason.into() }
+        DataError::Unsupported {
+            path: path.to_path_buf(),
+            reason: reason.into(),
+        }
     }
     pub fn invalid(path: &Path, reason: impl Into<String>) -> Self {
-        DataError::Invalid { path: path.to_path_buf(), reason: reason.into() }
+        DataError::Invalid {
+            path: path.to_path_buf(),
+            reason: reason.into(),
+        }
     }
 }

@@ -153,7 +153,10 @@ impl PreparedSet {
                 format!("manifest format {:?}, expected {FORMAT:?}", manifest.format),
             ));
         }
-        Ok(PreparedSet { dir: dir.to_path_buf(), manifest })
+        Ok(PreparedSet {
+            dir: dir.to_path_buf(),
+            manifest,
+        })
     }
 
     fn sample(&self, e: &Entry) -> Sample {
@@ -206,7 +209,10 @@ pub fn load_combined(path: &Path) -> Result<(Gray8, Gray8), DataError> {
         other => {
             return Err(DataError::invalid(
                 path,
-                format!("a combined image must be 8-bit RGB (R = scan, G = mask), found {:?}", other.color()),
+                format!(
+                    "a combined image must be 8-bit RGB (R = scan, G = mask), found {:?}",
+                    other.color()
+                ),
             ));
         }
     };
@@ -226,7 +232,10 @@ pub fn write_combined(path: &Path, scan: &Gray8, mask: &Gray8) -> Result<(), Dat
     if (scan.width, scan.height) != (mask.width, mask.height) {
         return Err(DataError::invalid(
             path,
-            format!("scan {}x{} and mask {}x{} differ", scan.width, scan.height, mask.width, mask.height),
+            format!(
+                "scan {}x{} and mask {}x{} differ",
+                scan.width, scan.height, mask.width, mask.height
+            ),
         ));
     }
     let mut raw = Vec::with_capacity(scan.pixels.len() * 3);
@@ -236,8 +245,14 @@ pub fn write_combined(path: &Path, scan: &Gray8, mask: &Gray8) -> Result<(), Dat
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
     }
-    image::save_buffer(path, &raw, scan.width as u32, scan.height as u32, image::ExtendedColorType::Rgb8)
-        .map_err(|e| DataError::decode(path, format!("cannot write PNG: {e}")))
+    image::save_buffer(
+        path,
+        &raw,
+        scan.width as u32,
+        scan.height as u32,
+        image::ExtendedColorType::Rgb8,
+    )
+    .map_err(|e| DataError::decode(path, format!("cannot write PNG: {e}")))
 }
 
 /// Intensity above which a pixel counts as tissue when trimming the background.
@@ -251,9 +266,9 @@ pub fn trim_box(scan: &Gray8, mask: &Gray8) -> (usize, usize, usize, usize) {
     let (w, h) = (scan.width, scan.height);
     let mut rows = vec![0usize; h];
     let mut cols = vec![0usize; w];
-    for y in 0..h {
-        for x in 0..w {
-            if scan.pixels[y * w + x] > TRIM_LEVEL {
+    for (y, row) in scan.pixels.chunks_exact(w.max(1)).enumerate() {
+        for (x, &v) in row.iter().enumerate() {
+            if v > TRIM_LEVEL {
                 rows[y] += 1;
                 cols[x] += 1;
             }
@@ -302,7 +317,12 @@ pub fn roi_crop_box(
 
 /// Assign patients to train/val/test: a seeded shuffle of the sorted patient ids,
 /// then `round(test * n)` to test, `round(val * n)` to val, the rest to train.
-pub fn split_patients(patients: &[String], val: f64, test: f64, seed: u64) -> BTreeMap<String, String> {
+pub fn split_patients(
+    patients: &[String],
+    val: f64,
+    test: f64,
+    seed: u64,
+) -> BTreeMap<String, String> {
     let mut ids: Vec<String> = patients.to_vec();
     ids.sort();
     ids.dedup();
@@ -353,19 +373,30 @@ impl SetWriter {
         std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
         Ok(SetWriter {
             dir: dir.to_path_buf(),
-            manifest: Manifest { format: FORMAT.into(), source: source.into(), images: vec![], skipped: vec![] },
+            manifest: Manifest {
+                format: FORMAT.into(),
+                source: source.into(),
+                images: vec![],
+                skipped: vec![],
+            },
             crop_min,
         })
     }
 
     pub fn skip(&mut self, item: impl Into<String>, reason: impl Into<String>) {
-        self.manifest.skipped.push(Skipped { item: item.into(), reason: reason.into() });
+        self.manifest.skipped.push(Skipped {
+            item: item.into(),
+            reason: reason.into(),
+        });
     }
 
     /// Trim, write the full image and (for the training split) its ROI crops.
     pub fn add(&mut self, p: Prepared<'_>) -> Result<(), DataError> {
-        let (x0, y0, x1, y1) =
-            if p.trim { trim_box(&p.scan, &p.mask) } else { (0, 0, p.scan.width, p.scan.height) };
+        let (x0, y0, x1, y1) = if p.trim {
+            trim_box(&p.scan, &p.mask)
+        } else {
+            (0, 0, p.scan.width, p.scan.height)
+        };
         let (w, h) = (x1 - x0, y1 - y0);
         let scan = p.scan.crop(x0, y0, w, h);
         let mask = p.mask.crop(x0, y0, w, h);
@@ -445,7 +476,11 @@ pub fn summarize(m: &Manifest) -> String {
     let mut s = String::new();
     for split in ["train", "val", "test"] {
         for crop in [false, true] {
-            let es: Vec<&Entry> = m.images.iter().filter(|e| e.split == split && e.crop == crop).collect();
+            let es: Vec<&Entry> = m
+                .images
+                .iter()
+                .filter(|e| e.split == split && e.crop == crop)
+                .collect();
             if es.is_empty() {
                 continue;
             }
@@ -455,15 +490,24 @@ pub fn summarize(m: &Manifest) -> String {
             let incomplete = es.iter().filter(|e| !e.mask_complete).count();
             s += &format!(
                 "{:<12} {:>5} images, {:>5} positive, positive pixels {:.4}%{}\n",
-                if crop { format!("{split}_crops") } else { split.to_string() },
+                if crop {
+                    format!("{split}_crops")
+                } else {
+                    split.to_string()
+                },
                 es.len(),
                 pos,
                 100.0 * px as f64 / all.max(1) as f64,
-                if incomplete > 0 { format!(", {incomplete} image-level only (no mask)") } else { String::new() }
+                if incomplete > 0 {
+                    format!(", {incomplete} image-level only (no mask)")
+                } else {
+                    String::new()
+                }
             );
         }
     }
-    let patients: std::collections::BTreeSet<&str> = m.images.iter().map(|e| e.patient.as_str()).collect();
+    let patients: std::collections::BTreeSet<&str> =
+        m.images.iter().map(|e| e.patient.as_str()).collect();
     s += &format!("{} patients\n", patients.len());
     if m.skipped.is_empty() {
         s += "skipped: nothing\n";

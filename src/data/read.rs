@@ -52,7 +52,11 @@ pub fn detect_format(path: &Path) -> Result<Format, DataError> {
     if head.len() >= 2 && head[0] == b'P' && (b'1'..=b'6').contains(&head[1]) {
         return Ok(Format::Pnm);
     }
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
     if ext == "dcm" || ext == "dicom" {
         // A .dcm file without the 128-byte preamble and "DICM" marker: dicom-object
         // needs the file meta header to know the transfer syntax.
@@ -65,7 +69,10 @@ pub fn detect_format(path: &Path) -> Result<Format, DataError> {
     if head.is_empty() {
         return Err(DataError::invalid(path, "the file is empty"));
     }
-    Err(DataError::unsupported(path, "unknown file format (not DICOM, PNG, PGM/PNM or JPEG)"))
+    Err(DataError::unsupported(
+        path,
+        "unknown file format (not DICOM, PNG, PGM/PNM or JPEG)",
+    ))
 }
 
 /// Read any supported image as 8-bit grey.
@@ -92,7 +99,11 @@ pub struct ImageInfo {
 
 impl fmt::Display for ImageInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}x{}, {}-bit, {}", self.format, self.width, self.height, self.bit_depth, self.colour)?;
+        write!(
+            f,
+            "{} {}x{}, {}-bit, {}",
+            self.format, self.width, self.height, self.bit_depth, self.colour
+        )?;
         if let Some(d) = &self.dicom {
             write!(
                 f,
@@ -112,7 +123,11 @@ impl fmt::Display for ImageInfo {
                 d.value_max
             )?;
         }
-        write!(f, "\n  8-bit intensity: min {} max {} mean {:.3}", self.min, self.max, self.mean)
+        write!(
+            f,
+            "\n  8-bit intensity: min {} max {} mean {:.3}",
+            self.min, self.max, self.mean
+        )
     }
 }
 
@@ -136,9 +151,13 @@ pub fn read_with_info(path: &Path) -> Result<(Gray8, ImageInfo), DataError> {
         }
         _ => {
             let img = std::panic::catch_unwind(|| {
-                image::ImageReader::open(path).and_then(|r| r.with_guessed_format()).map(|r| r.decode())
+                image::ImageReader::open(path)
+                    .and_then(|r| r.with_guessed_format())
+                    .map(|r| r.decode())
             })
-            .map_err(|_| DataError::decode(path, format!("the {format} decoder crashed on this file")))?
+            .map_err(|_| {
+                DataError::decode(path, format!("the {format} decoder crashed on this file"))
+            })?
             .map_err(|e| DataError::io(path, e))?
             .map_err(|e| DataError::decode(path, format!("cannot decode {format}: {e}")))?;
             let colour = format!("{:?}", img.color());
@@ -148,7 +167,17 @@ pub fn read_with_info(path: &Path) -> Result<(Gray8, ImageInfo), DataError> {
         }
     };
     let (min, max, mean) = stats(&g);
-    let info = ImageInfo { format, width: g.width, height: g.height, bit_depth, colour, dicom, min, max, mean };
+    let info = ImageInfo {
+        format,
+        width: g.width,
+        height: g.height,
+        bit_depth,
+        colour,
+        dicom,
+        min,
+        max,
+        mean,
+    };
     Ok((g, info))
 }
 
@@ -158,17 +187,34 @@ fn to_gray8(img: image::DynamicImage) -> Gray8 {
     let (w, h) = (img.width() as usize, img.height() as usize);
     let pixels = match img {
         D::ImageLuma8(b) => b.into_raw(),
-        D::ImageLuma16(b) => b.into_raw().into_iter().map(|v| ((v as u32 * 255 + 32767) / 65535) as u8).collect(),
-        D::ImageLumaA16(_) | D::ImageRgb16(_) | D::ImageRgba16(_) => {
-            img.to_luma16().into_raw().into_iter().map(|v| ((v as u32 * 255 + 32767) / 65535) as u8).collect()
-        }
+        D::ImageLuma16(b) => b
+            .into_raw()
+            .into_iter()
+            .map(|v| ((v as u32 * 255 + 32767) / 65535) as u8)
+            .collect(),
+        D::ImageLumaA16(_) | D::ImageRgb16(_) | D::ImageRgba16(_) => img
+            .to_luma16()
+            .into_raw()
+            .into_iter()
+            .map(|v| ((v as u32 * 255 + 32767) / 65535) as u8)
+            .collect(),
         other => other.to_luma8().into_raw(),
     };
-    Gray8 { width: w, height: h, pixels }
+    Gray8 {
+        width: w,
+        height: h,
+        pixels,
+    }
 }
 
 /// Write an 8-bit grey PNG.
 pub fn write_gray_png(path: &Path, g: &Gray8) -> Result<(), DataError> {
-    image::save_buffer(path, &g.pixels, g.width as u32, g.height as u32, image::ExtendedColorType::L8)
-        .map_err(|e| DataError::decode(path, format!("cannot write PNG: {e}")))
+    image::save_buffer(
+        path,
+        &g.pixels,
+        g.width as u32,
+        g.height as u32,
+        image::ExtendedColorType::L8,
+    )
+    .map_err(|e| DataError::decode(path, format!("cannot write PNG: {e}")))
 }

@@ -84,7 +84,9 @@ pub fn mix_seed(seed: u64, i: u64) -> u64 {
 /// `n` square phantoms of side `size` (default options), seeded.
 pub fn generate(n: usize, size: usize, seed: u64) -> Vec<Phantom> {
     let opt = SynthOptions::square(size);
-    (0..n).map(|i| phantom(&opt, mix_seed(seed, i as u64))).collect()
+    (0..n)
+        .map(|i| phantom(&opt, mix_seed(seed, i as u64)))
+        .collect()
 }
 
 /// Smooth value noise in [0, 1): random values on a grid of `cell` pixels,
@@ -138,7 +140,8 @@ pub fn phantom(opt: &SynthOptions, seed: u64) -> Phantom {
                 let fade = (1.0 - r.powi(6)) as f32;
                 let gland = (1.0 - r as f32).clamp(0.0, 1.0);
                 let t = tex[y * w + x];
-                field[y * w + x] = fade * (60.0 + 70.0 * density * gland + 60.0 * t) + rng.random_range(-3.0..3.0);
+                field[y * w + x] =
+                    fade * (60.0 + 70.0 * density * gland + 60.0 * t) + rng.random_range(-3.0..3.0);
             }
         }
     }
@@ -168,7 +171,15 @@ pub fn phantom(opt: &SynthOptions, seed: u64) -> Phantom {
             };
             let lesion = match kind {
                 LesionKind::Calcifications => calcifications(&mut rng, w, h, px, py, &mut field),
-                _ => mass(&mut rng, w, h, px, py, kind == LesionKind::SpiculatedMass, &mut field),
+                _ => mass(
+                    &mut rng,
+                    w,
+                    h,
+                    px,
+                    py,
+                    kind == LesionKind::SpiculatedMass,
+                    &mut field,
+                ),
             };
             if let Some(l) = lesion {
                 lesions.push(l);
@@ -181,7 +192,13 @@ pub fn phantom(opt: &SynthOptions, seed: u64) -> Phantom {
         pixels: field
             .iter()
             .zip(&inside)
-            .map(|(&v, &r)| if r >= 1.0 && v == 0.0 { 0 } else { v.round().clamp(0.0, 255.0) as u8 })
+            .map(|(&v, &r)| {
+                if r >= 1.0 && v == 0.0 {
+                    0
+                } else {
+                    v.round().clamp(0.0, 255.0) as u8
+                }
+            })
             .collect(),
     };
     let mut mask = Gray8::new(w, h);
@@ -190,7 +207,12 @@ pub fn phantom(opt: &SynthOptions, seed: u64) -> Phantom {
             *m |= v;
         }
     }
-    Phantom { image, mask, lesions, right }
+    Phantom {
+        image,
+        mask,
+        lesions,
+        right,
+    }
 }
 
 fn finish_lesion(kind: LesionKind, mask: Gray8) -> Option<Lesion> {
@@ -209,14 +231,33 @@ fn mass(
 ) -> Option<Lesion> {
     // At least 4 px so that tiny phantoms (64x64) still show a clear lesion.
     let r0 = (w.min(h) as f64 * rng.random_range(0.045..0.09)).max(4.0);
-    let harmonics: Vec<(f64, f64, f64)> =
-        (2..5).map(|k| (k as f64, rng.random_range(0.0..0.12), rng.random_range(0.0..2.0 * PI))).collect();
-    let radius = |t: f64| r0 * (1.0 + harmonics.iter().map(|(k, a, p)| a * (k * t + p).cos()).sum::<f64>());
+    let harmonics: Vec<(f64, f64, f64)> = (2..5)
+        .map(|k| {
+            (
+                k as f64,
+                rng.random_range(0.0..0.12),
+                rng.random_range(0.0..2.0 * PI),
+            )
+        })
+        .collect();
+    let radius = |t: f64| {
+        r0 * (1.0
+            + harmonics
+                .iter()
+                .map(|(k, a, p)| a * (k * t + p).cos())
+                .sum::<f64>())
+    };
     let contrast = rng.random_range(55.0..85.0f32);
     let mut mask = Gray8::new(w, h);
     let reach = r0 * 2.6;
-    let (x0, x1) = ((px - reach).max(0.0) as usize, ((px + reach).ceil() as usize).min(w));
-    let (y0, y1) = ((py - reach).max(0.0) as usize, ((py + reach).ceil() as usize).min(h));
+    let (x0, x1) = (
+        (px - reach).max(0.0) as usize,
+        ((px + reach).ceil() as usize).min(w),
+    );
+    let (y0, y1) = (
+        (py - reach).max(0.0) as usize,
+        ((py + reach).ceil() as usize).min(h),
+    );
     for y in y0..y1 {
         for x in x0..x1 {
             let (dx, dy) = (x as f64 - px, y as f64 - py);
@@ -250,22 +291,41 @@ fn mass(
             }
         }
     }
-    let kind = if spiculated { LesionKind::SpiculatedMass } else { LesionKind::Mass };
+    let kind = if spiculated {
+        LesionKind::SpiculatedMass
+    } else {
+        LesionKind::Mass
+    };
     finish_lesion(kind, mask)
 }
 
-fn calcifications(rng: &mut ChaCha8Rng, w: usize, h: usize, px: f64, py: f64, field: &mut [f32]) -> Option<Lesion> {
+fn calcifications(
+    rng: &mut ChaCha8Rng,
+    w: usize,
+    h: usize,
+    px: f64,
+    py: f64,
+    field: &mut [f32],
+) -> Option<Lesion> {
     let spread = (w.min(h) as f64 * rng.random_range(0.02..0.05)).max(3.0);
     let n = rng.random_range(4..15);
     let mut mask = Gray8::new(w, h);
     for _ in 0..n {
-        let (sx, sy) = (px + rng.random_range(-spread..spread), py + rng.random_range(-spread..spread));
+        let (sx, sy) = (
+            px + rng.random_range(-spread..spread),
+            py + rng.random_range(-spread..spread),
+        );
         let r = rng.random_range(0.6..1.6f64);
         let ri = r.ceil() as i64;
         for dy in -ri..=ri {
             for dx in -ri..=ri {
                 let (x, y) = (sx.round() as i64 + dx, sy.round() as i64 + dy);
-                if x < 0 || y < 0 || x >= w as i64 || y >= h as i64 || ((dx * dx + dy * dy) as f64) > r * r {
+                if x < 0
+                    || y < 0
+                    || x >= w as i64
+                    || y >= h as i64
+                    || ((dx * dx + dy * dy) as f64) > r * r
+                {
                     continue;
                 }
                 let i = y as usize * w + x as usize;
@@ -281,10 +341,19 @@ fn calcifications(rng: &mut ChaCha8Rng, w: usize, h: usize, px: f64, py: f64, fi
 
 /// `engine synth --layout combined`: `n` phantoms in the prepared format, split by
 /// "patient" (two phantoms per patient, like left/right films).
-pub fn write_combined_set(out: &Path, n: usize, opt: &SynthOptions, seed: u64) -> Result<SetWriter, DataError> {
+pub fn write_combined_set(
+    out: &Path,
+    n: usize,
+    opt: &SynthOptions,
+    seed: u64,
+) -> Result<SetWriter, DataError> {
     let patients: Vec<String> = (0..n).map(|i| format!("S{:04}", i / 2 + 1)).collect();
     let split = split_patients(&patients, 0.15, 0.15, seed);
-    let mut w = SetWriter::new(out, "synth", 1280.min(opt.width.min(opt.height) / 2).max(16))?;
+    let mut w = SetWriter::new(
+        out,
+        "synth",
+        1280.min(opt.width.min(opt.height) / 2).max(16),
+    )?;
     for (i, patient) in patients.iter().enumerate() {
         let p = phantom(opt, mix_seed(seed, i as u64));
         let name = format!("synth{:04}", i + 1);
@@ -345,34 +414,62 @@ const CALC_HEADER: [&str; 14] = [
 ];
 
 fn uid(rng: &mut ChaCha8Rng) -> String {
-    format!("1.3.6.1.4.1.9590.100.1.2.{}{}", rng.random_range(100_000_000u64..999_999_999), rng.random_range(100_000_000u64..999_999_999))
+    format!(
+        "1.3.6.1.4.1.9590.100.1.2.{}{}",
+        rng.random_range(100_000_000u64..999_999_999),
+        rng.random_range(100_000_000u64..999_999_999)
+    )
 }
 
 /// Write a single-frame greyscale DICOM (Explicit VR Little Endian, uncompressed).
 /// 16-bit when `sixteen` (values scaled by 257 from 8 bits, as a 16-bit scanner
 /// would span the range), else 8-bit.
-pub fn write_dicom(path: &Path, g: &Gray8, sixteen: bool, sop_uid: &str, description: &str) -> Result<(), DataError> {
+pub fn write_dicom(
+    path: &Path,
+    g: &Gray8,
+    sixteen: bool,
+    sop_uid: &str,
+    description: &str,
+) -> Result<(), DataError> {
     let el = |group, elem, vr, v: PrimitiveValue| DataElement::new(Tag(group, elem), vr, v);
     let bits: u16 = if sixteen { 16 } else { 8 };
     let data: Vec<u8> = if sixteen {
-        g.pixels.iter().flat_map(|&v| (v as u16 * 257).to_le_bytes()).collect()
+        g.pixels
+            .iter()
+            .flat_map(|&v| (v as u16 * 257).to_le_bytes())
+            .collect()
     } else {
         g.pixels.clone()
     };
     let obj = InMemDicomObject::from_element_iter([
-        el(0x0008, 0x0016, VR::UI, PrimitiveValue::from("1.2.840.10008.5.1.4.1.1.7")),
+        el(
+            0x0008,
+            0x0016,
+            VR::UI,
+            PrimitiveValue::from("1.2.840.10008.5.1.4.1.1.7"),
+        ),
         el(0x0008, 0x0018, VR::UI, PrimitiveValue::from(sop_uid)),
         el(0x0008, 0x0060, VR::CS, PrimitiveValue::from("MG")),
         el(0x0008, 0x103E, VR::LO, PrimitiveValue::from(description)),
         el(0x0028, 0x0002, VR::US, PrimitiveValue::from(1u16)),
         el(0x0028, 0x0004, VR::CS, PrimitiveValue::from("MONOCHROME2")),
-        el(0x0028, 0x0010, VR::US, PrimitiveValue::from(g.height as u16)),
+        el(
+            0x0028,
+            0x0010,
+            VR::US,
+            PrimitiveValue::from(g.height as u16),
+        ),
         el(0x0028, 0x0011, VR::US, PrimitiveValue::from(g.width as u16)),
         el(0x0028, 0x0100, VR::US, PrimitiveValue::from(bits)),
         el(0x0028, 0x0101, VR::US, PrimitiveValue::from(bits)),
         el(0x0028, 0x0102, VR::US, PrimitiveValue::from(bits - 1)),
         el(0x0028, 0x0103, VR::US, PrimitiveValue::from(0u16)),
-        el(0x7FE0, 0x0010, if sixteen { VR::OW } else { VR::OB }, PrimitiveValue::from(data)),
+        el(
+            0x7FE0,
+            0x0010,
+            if sixteen { VR::OW } else { VR::OB },
+            PrimitiveValue::from(data),
+        ),
     ]);
     let file = obj
         .with_meta(FileMetaTableBuilder::new().transfer_syntax("1.2.840.10008.1.2.1"))
@@ -380,16 +477,25 @@ pub fn write_dicom(path: &Path, g: &Gray8, sixteen: bool, sop_uid: &str, descrip
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
     }
-    file.write_to_file(path).map_err(|e| DataError::invalid(path, format!("cannot write DICOM: {e}")))
+    file.write_to_file(path)
+        .map_err(|e| DataError::invalid(path, format!("cannot write DICOM: {e}")))
 }
 
 /// `engine synth --layout cbis`: a CBIS-DDSM-like tree under `out`:
 /// `out/CBIS-DDSM/<Type>-<Training|Test>_P_NNNNN_<SIDE>_<VIEW>[_K]/<uid>/<uid>/00000K.dcm`
 /// and the four case-description CSVs, with every phantom abnormal (CBIS has only
 /// abnormal cases). Returns the number of scans and of abnormality rows.
-pub fn write_cbis_tree(out: &Path, n: usize, opt: &SynthOptions, seed: u64) -> Result<(usize, usize), DataError> {
+pub fn write_cbis_tree(
+    out: &Path,
+    n: usize,
+    opt: &SynthOptions,
+    seed: u64,
+) -> Result<(usize, usize), DataError> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let opt = SynthOptions { lesion_probability: 1.0, ..opt.clone() };
+    let opt = SynthOptions {
+        lesion_probability: 1.0,
+        ..opt.clone()
+    };
     let mut rows: Vec<(bool, bool, Vec<String>)> = Vec::new(); // (is_mass, is_train, row)
     let root = out.join("CBIS-DDSM");
     for i in 0..n {
@@ -411,7 +517,13 @@ pub fn write_cbis_tree(out: &Path, n: usize, opt: &SynthOptions, seed: u64) -> R
                 Some((_, rel)) => rel.clone(),
                 None => {
                     let rel = format!("{case}/{}/{}/000000.dcm", uid(&mut rng), uid(&mut rng));
-                    write_dicom(&root.join(&rel), &p.image, true, &uid(&mut rng), "full mammogram images")?;
+                    write_dicom(
+                        &root.join(&rel),
+                        &p.image,
+                        true,
+                        &uid(&mut rng),
+                        "full mammogram images",
+                    )?;
                     written.push((is_mass, rel.clone()));
                     rel
                 }
@@ -422,10 +534,26 @@ pub fn write_cbis_tree(out: &Path, n: usize, opt: &SynthOptions, seed: u64) -> R
             let crop_rel = format!("{roi_case}/{study}/{}/000001.dcm", uid(&mut rng));
             let mut m = l.mask.clone();
             m.pixels.iter_mut().for_each(|v| *v *= 255);
-            write_dicom(&root.join(&mask_rel), &m, false, &uid(&mut rng), "ROI mask images")?;
+            write_dicom(
+                &root.join(&mask_rel),
+                &m,
+                false,
+                &uid(&mut rng),
+                "ROI mask images",
+            )?;
             let (x0, y0, x1, y1) = l.bbox;
-            write_dicom(&root.join(&crop_rel), &p.image.crop(x0, y0, x1 - x0, y1 - y0), true, &uid(&mut rng), "cropped images")?;
-            let pathology = if rng.random_bool(0.4) { "MALIGNANT" } else { "BENIGN" };
+            write_dicom(
+                &root.join(&crop_rel),
+                &p.image.crop(x0, y0, x1 - x0, y1 - y0),
+                true,
+                &uid(&mut rng),
+                "cropped images",
+            )?;
+            let pathology = if rng.random_bool(0.4) {
+                "MALIGNANT"
+            } else {
+                "BENIGN"
+            };
             let (shape_or_type, margins_or_dist) = match l.kind {
                 LesionKind::Mass => ("OVAL", "CIRCUMSCRIBED"),
                 LesionKind::SpiculatedMass => ("IRREGULAR", "SPICULATED"),
@@ -462,11 +590,14 @@ pub fn write_cbis_tree(out: &Path, n: usize, opt: &SynthOptions, seed: u64) -> R
             if train { "train" } else { "test" }
         );
         let path = out.join(name);
-        let mut wr = csv::Writer::from_path(&path).map_err(|e| DataError::invalid(&path, e.to_string()))?;
+        let mut wr =
+            csv::Writer::from_path(&path).map_err(|e| DataError::invalid(&path, e.to_string()))?;
         let header = if is_mass { MASS_HEADER } else { CALC_HEADER };
-        wr.write_record(header).map_err(|e| DataError::invalid(&path, e.to_string()))?;
+        wr.write_record(header)
+            .map_err(|e| DataError::invalid(&path, e.to_string()))?;
         for (_, _, r) in rows.iter().filter(|(m, t, _)| *m == is_mass && *t == train) {
-            wr.write_record(r).map_err(|e| DataError::invalid(&path, e.to_string()))?;
+            wr.write_record(r)
+                .map_err(|e| DataError::invalid(&path, e.to_string()))?;
         }
         wr.flush().map_err(|e| DataError::io(&path, e))?;
     }
@@ -482,7 +613,10 @@ mod tests {
         let a = generate(6, 64, 7);
         let b = generate(6, 64, 7);
         let c = generate(6, 64, 8);
-        assert_eq!(a.iter().map(|p| &p.image).collect::<Vec<_>>(), b.iter().map(|p| &p.image).collect::<Vec<_>>());
+        assert_eq!(
+            a.iter().map(|p| &p.image).collect::<Vec<_>>(),
+            b.iter().map(|p| &p.image).collect::<Vec<_>>()
+        );
         assert_ne!(a[0].image, c[0].image);
         for p in &a {
             assert_eq!(p.mask.count_nonzero() > 0, !p.lesions.is_empty());
@@ -497,7 +631,10 @@ mod tests {
 
     #[test]
     fn lesions_are_brighter_than_surroundings() {
-        let opt = SynthOptions { lesion_probability: 1.0, ..SynthOptions::square(128) };
+        let opt = SynthOptions {
+            lesion_probability: 1.0,
+            ..SynthOptions::square(128)
+        };
         let mut brighter = 0;
         for i in 0..20 {
             let p = phantom(&opt, mix_seed(1, i));
