@@ -31,20 +31,62 @@ pub struct BnRef<'a> {
 }
 
 enum Node {
-    Conv { x: Var, y: Var, w: Tensor, dw: Tensor, db: Tensor, stride: usize, dil: usize },
-    Tconv { x: Var, y: Var, w: Tensor, dw: Tensor, db: Tensor, stride: usize },
-    Bn { x: Var, y: Var, gamma: Tensor, dgamma: Tensor, dbeta: Tensor, stats: Tensor },
-    Relu { y: Var, x: Var },
-    AddRelu { a: Var, b: Var, y: Var },
-    MaxPool { x: Var, y: Var, k: usize, s: usize },
-    Resize { x: Var, y: Var, mode: Mode, in_hw: (usize, usize) },
+    Conv {
+        x: Var,
+        y: Var,
+        w: Tensor,
+        dw: Tensor,
+        db: Tensor,
+        stride: usize,
+        dil: usize,
+    },
+    Tconv {
+        x: Var,
+        y: Var,
+        w: Tensor,
+        dw: Tensor,
+        db: Tensor,
+        stride: usize,
+    },
+    Bn {
+        x: Var,
+        y: Var,
+        gamma: Tensor,
+        dgamma: Tensor,
+        dbeta: Tensor,
+        stats: Tensor,
+    },
+    Relu {
+        y: Var,
+        x: Var,
+    },
+    AddRelu {
+        a: Var,
+        b: Var,
+        y: Var,
+    },
+    MaxPool {
+        x: Var,
+        y: Var,
+        k: usize,
+        s: usize,
+    },
+    Resize {
+        x: Var,
+        y: Var,
+        mode: Mode,
+        in_hw: (usize, usize),
+    },
 }
 
 impl Node {
     /// Values the backward pass of this node reads.
     fn saved(&self) -> Vec<Var> {
         match self {
-            Node::Conv { x, .. } | Node::Tconv { x, .. } | Node::Bn { x, .. } | Node::MaxPool { x, .. } => vec![*x],
+            Node::Conv { x, .. }
+            | Node::Tconv { x, .. }
+            | Node::Bn { x, .. }
+            | Node::MaxPool { x, .. } => vec![*x],
             Node::Relu { y, .. } | Node::AddRelu { y, .. } => vec![*y],
             Node::Resize { .. } => vec![],
         }
@@ -66,7 +108,14 @@ pub struct Graph<'g> {
 
 impl<'g> Graph<'g> {
     pub fn new(gpu: &'g Gpu, train: bool) -> Self {
-        Graph { gpu, train, nodes: Vec::new(), vals: Vec::new(), forward_done: Vec::new(), input_grad: false }
+        Graph {
+            gpu,
+            train,
+            nodes: Vec::new(),
+            vals: Vec::new(),
+            forward_done: Vec::new(),
+            input_grad: false,
+        }
     }
 
     pub fn gpu(&self) -> &'g Gpu {
@@ -89,7 +138,9 @@ impl<'g> Graph<'g> {
 
     /// The tensor of a value that is still alive.
     pub fn value(&self, v: Var) -> &Tensor {
-        self.vals[v.0].as_ref().expect("value used after it was freed")
+        self.vals[v.0]
+            .as_ref()
+            .expect("value used after it was freed")
     }
 
     /// Takes a value out of the graph (e.g. the network output).
@@ -107,7 +158,14 @@ impl<'g> Graph<'g> {
         }
     }
 
-    pub fn conv(&mut self, x: Var, w: &ParamRef, b: &ParamRef, stride: usize, dil: usize) -> Result<Var> {
+    pub fn conv(
+        &mut self,
+        x: Var,
+        w: &ParamRef,
+        b: &ParamRef,
+        stride: usize,
+        dil: usize,
+    ) -> Result<Var> {
         let y = conv::conv2d(self.gpu, self.value(x), w.value, b.value, stride, dil)?;
         let y = self.push(y);
         if self.train {
@@ -128,7 +186,14 @@ impl<'g> Graph<'g> {
         let y = conv::tconv2d(self.gpu, self.value(x), w.value, b.value, stride)?;
         let y = self.push(y);
         if self.train {
-            self.nodes.push(Node::Tconv { x, y, w: w.value.clone(), dw: w.grad.clone(), db: b.grad.clone(), stride });
+            self.nodes.push(Node::Tconv {
+                x,
+                y,
+                w: w.value.clone(),
+                dw: w.grad.clone(),
+                db: b.grad.clone(),
+                stride,
+            });
         }
         Ok(y)
     }
@@ -225,26 +290,58 @@ impl<'g> Graph<'g> {
             };
             if let Some(g) = grads[out_var.0].take() {
                 match &node {
-                    Node::Conv { x, w, dw, db, stride, dil, .. } => {
+                    Node::Conv {
+                        x,
+                        w,
+                        dw,
+                        db,
+                        stride,
+                        dil,
+                        ..
+                    } => {
                         let xt = self.value(*x);
                         let (h, wd) = (xt.shape()[2], xt.shape()[3]);
                         conv::conv2d_backward_weight(gpu, &g, xt, dw, *stride, *dil, true)?;
                         reduce::channel_sum(gpu, &g, db, true)?;
                         // The network input needs no gradient unless asked.
                         if x.0 != 0 || self.input_grad {
-                            let dx = conv::conv2d_backward_input(gpu, &g, w, (h, wd), *stride, *dil)?;
+                            let dx =
+                                conv::conv2d_backward_input(gpu, &g, w, (h, wd), *stride, *dil)?;
                             accumulate(gpu, &mut grads, *x, dx)?;
                         }
                     }
-                    Node::Tconv { x, w, dw, db, stride, .. } => {
+                    Node::Tconv {
+                        x,
+                        w,
+                        dw,
+                        db,
+                        stride,
+                        ..
+                    } => {
                         let xt = self.value(*x);
                         conv::tconv2d_backward_weight(gpu, &g, xt, dw, *stride, true)?;
                         reduce::channel_sum(gpu, &g, db, true)?;
                         let dx = conv::tconv2d_backward_input(gpu, &g, w, *stride)?;
                         accumulate(gpu, &mut grads, *x, dx)?;
                     }
-                    Node::Bn { x, gamma, dgamma, dbeta, stats, .. } => {
-                        let dx = batchnorm::batchnorm_backward(gpu, self.value(*x), &g, gamma, stats, dgamma, dbeta, true)?;
+                    Node::Bn {
+                        x,
+                        gamma,
+                        dgamma,
+                        dbeta,
+                        stats,
+                        ..
+                    } => {
+                        let dx = batchnorm::batchnorm_backward(
+                            gpu,
+                            self.value(*x),
+                            &g,
+                            gamma,
+                            stats,
+                            dgamma,
+                            dbeta,
+                            true,
+                        )?;
                         accumulate(gpu, &mut grads, *x, dx)?;
                     }
                     Node::Relu { y, x } => {
@@ -283,7 +380,9 @@ impl<'g> Graph<'g> {
 fn accumulate(gpu: &Gpu, grads: &mut [Option<Tensor>], v: Var, g: Tensor) -> Result<()> {
     match grads[v.0].take() {
         None => grads[v.0] = Some(g),
-        Some(existing) if existing.is_shared() => grads[v.0] = Some(elementwise::add(gpu, &existing, &g)?),
+        Some(existing) if existing.is_shared() => {
+            grads[v.0] = Some(elementwise::add(gpu, &existing, &g)?)
+        }
         Some(existing) => {
             elementwise::axpy(gpu, 1.0, &g, &existing)?;
             grads[v.0] = Some(existing);

@@ -58,7 +58,9 @@ const LAYERS: [(&str, Kind, usize, usize); 28] = [
 
 /// The first conv of each residual block: its post-bn value is the skip
 /// that the block's last conv adds ("+skip(A)" in MODEL.md).
-const SKIP_FROM: [&str; 6] = ["conv0_1", "conv1_1", "conv2_1", "conv3_1", "conv4_0", "conv5_0"];
+const SKIP_FROM: [&str; 6] = [
+    "conv0_1", "conv1_1", "conv2_1", "conv3_1", "conv4_0", "conv5_0",
+];
 
 /// Weights with MODEL.md's L2 term (0.0025 * sum(w^2) / 2).
 pub const L2_WEIGHTS: [&str; 2] = ["fc_1.weight", "logits.weight"];
@@ -72,7 +74,10 @@ pub struct ModelConfig {
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        ModelConfig { width: 1.0, resize: Mode::Bilinear }
+        ModelConfig {
+            width: 1.0,
+            resize: Mode::Bilinear,
+        }
     }
 }
 
@@ -80,7 +85,11 @@ impl ModelConfig {
     /// MODEL.md's width rule: `max(4, floor(c * w + 0.5))`, except the
     /// network's input and output (1 channel).
     pub fn channels(&self, c: usize) -> usize {
-        if c == 1 { 1 } else { ((c as f32 * self.width + 0.5).floor() as usize).max(4) }
+        if c == 1 {
+            1
+        } else {
+            ((c as f32 * self.width + 0.5).floor() as usize).max(4)
+        }
     }
 }
 
@@ -128,7 +137,11 @@ impl Model {
                         Kind::Cbr(k, ..) | Kind::CbSkip(k, ..) => k,
                         _ => 1,
                     };
-                    out.push((format!("{name}.weight"), vec![o, i, k, k], Some((i * k * k) as f32)));
+                    out.push((
+                        format!("{name}.weight"),
+                        vec![o, i, k, k],
+                        Some((i * k * k) as f32),
+                    ));
                     out.push((format!("{name}.bias"), vec![o], None));
                     if kind != Kind::Logits {
                         for (suffix, _) in BN_TENSORS {
@@ -137,7 +150,11 @@ impl Model {
                     }
                 }
                 Kind::TconvRelu(s) => {
-                    out.push((format!("{name}.weight"), vec![i, o, 4, 4], Some((i * 16) as f32 / (s * s) as f32)));
+                    out.push((
+                        format!("{name}.weight"),
+                        vec![i, o, 4, 4],
+                        Some((i * 16) as f32 / (s * s) as f32),
+                    ));
                     out.push((format!("{name}.bias"), vec![o], None));
                 }
             }
@@ -157,7 +174,9 @@ impl Model {
                     let normal = Normal::new(0.0f32, (2.0 / f).sqrt()).expect("positive std");
                     (0..n).map(|_| normal.sample(&mut rng)).collect()
                 }
-                None if name.ends_with("bn.weight") || name.ends_with("running_var") => vec![1.0; n],
+                None if name.ends_with("bn.weight") || name.ends_with("running_var") => {
+                    vec![1.0; n]
+                }
                 None => vec![0.0; n],
             };
             host.push((name, shape, data));
@@ -165,18 +184,30 @@ impl Model {
         Self::from_host(gpu, cfg, host)
     }
 
-    fn from_host(gpu: &Gpu, cfg: ModelConfig, host: Vec<(String, Vec<usize>, Vec<f32>)>) -> Result<Model> {
+    fn from_host(
+        gpu: &Gpu,
+        cfg: ModelConfig,
+        host: Vec<(String, Vec<usize>, Vec<f32>)>,
+    ) -> Result<Model> {
         let mut params = Vec::new();
         let mut index = HashMap::new();
         for (name, shape, data) in host {
             let trainable = !name.ends_with("running_mean") && !name.ends_with("running_var");
             let train = if trainable {
-                Some(TrainState { grad: gpu.zeros(&shape)?, m: gpu.zeros(&shape)?, v: gpu.zeros(&shape)? })
+                Some(TrainState {
+                    grad: gpu.zeros(&shape)?,
+                    m: gpu.zeros(&shape)?,
+                    v: gpu.zeros(&shape)?,
+                })
             } else {
                 None
             };
             index.insert(name.clone(), params.len());
-            params.push(Param { name, value: gpu.upload(&shape, &data)?, train });
+            params.push(Param {
+                name,
+                value: gpu.upload(&shape, &data)?,
+                train,
+            });
         }
         Ok(Model { cfg, params, index })
     }
@@ -187,13 +218,20 @@ impl Model {
 
     /// Number of trainable scalars.
     pub fn parameter_count(&self) -> usize {
-        self.params.iter().filter(|p| p.train.is_some()).map(|p| p.value.numel()).sum()
+        self.params
+            .iter()
+            .filter(|p| p.train.is_some())
+            .map(|p| p.value.numel())
+            .sum()
     }
 
     fn pref(&self, name: &str) -> ParamRef<'_> {
         let p = self.param(name);
         let t = p.train.as_ref().expect("trainable");
-        ParamRef { value: &p.value, grad: &t.grad }
+        ParamRef {
+            value: &p.value,
+            grad: &t.grad,
+        }
     }
 
     fn bnref(&self, layer: &str) -> BnRef<'_> {
@@ -207,7 +245,13 @@ impl Model {
 
     /// conv -> bn of one layer; returns the post-bn value.
     fn conv_bn(&self, g: &mut Graph, layer: &str, x: Var, s: usize, d: usize) -> Result<Var> {
-        let c = g.conv(x, &self.pref(&format!("{layer}.weight")), &self.pref(&format!("{layer}.bias")), s, d)?;
+        let c = g.conv(
+            x,
+            &self.pref(&format!("{layer}.weight")),
+            &self.pref(&format!("{layer}.bias")),
+            s,
+            d,
+        )?;
         let b = g.bn(c, &self.bnref(layer))?;
         g.done(c);
         Ok(b)
@@ -238,19 +282,32 @@ impl Model {
                 }
                 Kind::CbSkip(_, s, d) => {
                     let b = self.conv_bn(g, name, prev, s, d)?;
-                    let a = skip.take().expect("a block's first conv precedes its skip join");
+                    let a = skip
+                        .take()
+                        .expect("a block's first conv precedes its skip join");
                     let r = g.add_relu(b, a)?;
                     g.done(b);
                     g.done(a);
                     r
                 }
                 Kind::TconvRelu(s) => {
-                    let t = g.tconv(prev, &self.pref(&format!("{name}.weight")), &self.pref(&format!("{name}.bias")), s)?;
+                    let t = g.tconv(
+                        prev,
+                        &self.pref(&format!("{name}.weight")),
+                        &self.pref(&format!("{name}.bias")),
+                        s,
+                    )?;
                     let r = g.relu(t)?;
                     g.done(t);
                     r
                 }
-                Kind::Logits => g.conv(prev, &self.pref("logits.weight"), &self.pref("logits.bias"), 1, 1)?,
+                Kind::Logits => g.conv(
+                    prev,
+                    &self.pref("logits.weight"),
+                    &self.pref("logits.bias"),
+                    1,
+                    1,
+                )?,
             };
             if prev != x {
                 g.done(prev);
@@ -265,7 +322,11 @@ impl Model {
                 _ => None,
             };
             if let Some((k, rh, rw)) = between {
-                let next = if k > 0 { g.maxpool(cur, k, 2)? } else { g.resize(cur, rh, rw, self.cfg.resize)? };
+                let next = if k > 0 {
+                    g.maxpool(cur, k, 2)?
+                } else {
+                    g.resize(cur, rh, rw, self.cfg.resize)?
+                };
                 g.done(cur);
                 cur = next;
             }
@@ -290,10 +351,22 @@ impl Model {
         let mut host: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
         for p in &self.params {
             let shape = p.value.shape().to_vec();
-            host.push((p.name.clone(), shape.clone(), bytemuck::cast_slice(&gpu.read(&p.value)?).to_vec()));
+            host.push((
+                p.name.clone(),
+                shape.clone(),
+                bytemuck::cast_slice(&gpu.read(&p.value)?).to_vec(),
+            ));
             if let (true, Some(t)) = (with_adam, &p.train) {
-                host.push((format!("{}.adam_m", p.name), shape.clone(), bytemuck::cast_slice(&gpu.read(&t.m)?).to_vec()));
-                host.push((format!("{}.adam_v", p.name), shape, bytemuck::cast_slice(&gpu.read(&t.v)?).to_vec()));
+                host.push((
+                    format!("{}.adam_m", p.name),
+                    shape.clone(),
+                    bytemuck::cast_slice(&gpu.read(&t.m)?).to_vec(),
+                ));
+                host.push((
+                    format!("{}.adam_v", p.name),
+                    shape,
+                    bytemuck::cast_slice(&gpu.read(&t.v)?).to_vec(),
+                ));
             }
         }
         let mut info: HashMap<String, String> = meta.extra.clone().into_iter().collect();
@@ -305,13 +378,19 @@ impl Model {
         info.insert("epoch".into(), meta.epoch.to_string());
         let views = host
             .iter()
-            .map(|(n, s, d)| Ok((n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d)?)))
+            .map(|(n, s, d)| {
+                Ok((
+                    n.clone(),
+                    safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d)?,
+                ))
+            })
             .collect::<std::result::Result<Vec<_>, safetensors::SafeTensorError>>()?;
         let bytes = safetensors::tensor::serialize(views, Some(info))?;
         let tmp = path.with_extension("safetensors.tmp");
         {
             use std::io::Write;
-            let mut f = std::fs::File::create(&tmp).map_err(|e| anyhow::anyhow!("{}: {e}", tmp.display()))?;
+            let mut f = std::fs::File::create(&tmp)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", tmp.display()))?;
             f.write_all(&bytes)?;
             f.sync_all()?;
         }
@@ -328,10 +407,16 @@ impl Model {
         let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)?;
         let info = header.metadata().clone().unwrap_or_default();
         let get = |k: &str| {
-            info.get(k).cloned().ok_or_else(|| anyhow::anyhow!("{}: metadata has no '{k}'", path.display()))
+            info.get(k)
+                .cloned()
+                .ok_or_else(|| anyhow::anyhow!("{}: metadata has no '{k}'", path.display()))
         };
         if get("format")? != FORMAT {
-            anyhow::bail!("{}: format is '{}', expected '{FORMAT}'", path.display(), get("format")?);
+            anyhow::bail!(
+                "{}: format is '{}', expected '{FORMAT}'",
+                path.display(),
+                get("format")?
+            );
         }
         let width: f32 = get("width")?.parse()?;
         let resize = match get("resize")?.as_str() {
@@ -353,7 +438,11 @@ impl Model {
                     t.shape()
                 );
             }
-            host.push((name, shape, bytemuck::pod_collect_to_vec::<u8, f32>(t.data())));
+            host.push((
+                name,
+                shape,
+                bytemuck::pod_collect_to_vec::<u8, f32>(t.data()),
+            ));
         }
         let model = Self::from_host(gpu, cfg, host)?;
         for p in &model.params {
@@ -367,7 +456,9 @@ impl Model {
         }
         let extra = info
             .iter()
-            .filter(|(k, _)| !["format", "width", "resize", "pos_weight", "step", "epoch"].contains(&k.as_str()))
+            .filter(|(k, _)| {
+                !["format", "width", "resize", "pos_weight", "step", "epoch"].contains(&k.as_str())
+            })
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         let meta = Meta {
@@ -380,7 +471,12 @@ impl Model {
     }
 }
 
-const BN_TENSORS: [(&str, ()); 4] = [("weight", ()), ("bias", ()), ("running_mean", ()), ("running_var", ())];
+const BN_TENSORS: [(&str, ()); 4] = [
+    ("weight", ()),
+    ("bias", ()),
+    ("running_mean", ()),
+    ("running_var", ()),
+];
 
 impl From<safetensors::SafeTensorError> for EngineError {
     fn from(e: safetensors::SafeTensorError) -> Self {

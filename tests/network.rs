@@ -17,7 +17,9 @@ const POS_WEIGHT: f32 = 15.0;
 
 fn batch(n: usize, s: usize, seed: u64) -> (Vec<f32>, Vec<f32>) {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let x: Vec<f32> = (0..n * s * s).map(|_| rng.random_range(-0.5..0.5)).collect();
+    let x: Vec<f32> = (0..n * s * s)
+        .map(|_| rng.random_range(-0.5..0.5))
+        .collect();
     // A bright square lesion in each image, marked in the mask.
     let mut t = vec![0.0; n * s * s];
     for b in 0..n {
@@ -45,7 +47,10 @@ fn loss_of(model: &Model, x: &[f32], t: &[f32], n: usize, s: usize) -> f64 {
 fn network_gradients_match_finite_differences() {
     let gpu = gpu();
     let (n, s) = (2, 64);
-    let cfg = ModelConfig { width: 0.125, resize: Mode::Bilinear };
+    let cfg = ModelConfig {
+        width: 0.125,
+        resize: Mode::Bilinear,
+    };
     let model = Model::new(gpu, cfg, 7).unwrap();
     let (x, t) = batch(n, s, 1);
     let tt = gpu.upload(&[n, 1, s, s], &t).unwrap();
@@ -56,20 +61,28 @@ fn network_gradients_match_finite_differences() {
     let xv = g.input(gpu.upload(&[n, 1, s, s], &x).unwrap());
     let out = model.forward(&mut g, xv).unwrap();
     let dz = loss::bce_with_logits_backward(gpu, g.value(out), &tt, POS_WEIGHT).unwrap();
-    let dx = gpu.read(&g.backward(out, dz).unwrap().expect("input gradient")).unwrap();
+    let dx = gpu
+        .read(&g.backward(out, dz).unwrap().expect("input gradient"))
+        .unwrap();
 
-    // f32 finite differences through 28 layers with batch norm and relus:
-    // steps of 1e-2 cross relu kinks (measured: FD off by up to 35%), so a
-    // step of 5e-4, where FD converges to within ~3% of backprop; tolerance
-    // 8% of the gradient plus 5e-3 absolute (f32 loss noise / step).
-    let eps = 5e-4f32;
-    let check = |what: String, analytic: f64, plus: f64, minus: f64| {
-        let fd = (plus - minus) / (2.0 * eps as f64);
-        assert!(
-            (analytic - fd).abs() <= 0.08 * fd.abs().max(analytic.abs()) + 5e-3,
-            "{what}: backprop {analytic:e} vs finite difference {fd:e}"
-        );
-        fd
+    // f32 finite differences through 28 layers with batch norm, relus and
+    // max-pools: a step crosses relu kinks and max-pool switches, which
+    // moves the difference quotient (measured: up to 35% at a step of 1e-2,
+    // 3-15% at 3e-4..1e-3, in either direction, converging on backprop as
+    // the step shrinks until f32 noise takes over). So each gradient is
+    // compared with central differences at steps 1e-3, 3e-4, 1e-4 and 3e-5 and
+    // must be within 10% (+ 2e-3 absolute) of at least one. A wrong backward
+    // pass (sign, factor, missing term) matches none.
+    let check = |what: String, analytic: f64, loss_at: &dyn Fn(f32) -> f64| {
+        let mut fds = Vec::new();
+        for eps in [1e-3f32, 3e-4, 1e-4, 3e-5] {
+            let fd = (loss_at(eps) - loss_at(-eps)) / (2.0 * eps as f64);
+            if (analytic - fd).abs() <= 0.1 * fd.abs().max(analytic.abs()) + 2e-3 {
+                return;
+            }
+            fds.push(fd);
+        }
+        panic!("{what}: backprop {analytic:e} vs finite differences {fds:?}");
     };
     let mut checked = 0;
     for name in [
@@ -90,28 +103,31 @@ fn network_gradients_match_finite_differences() {
         let grad = gpu.read(&p.train.as_ref().unwrap().grad).unwrap();
         let orig = gpu.read(&p.value).unwrap();
         // The element with the largest gradient: well above f32 noise.
-        let (i, _) = grad.iter().enumerate().max_by(|a, b| a.1.abs().total_cmp(&b.1.abs())).unwrap();
-        let mut v = orig.clone();
-        v[i] = orig[i] + eps;
-        gpu.write(&p.value, &v);
-        let plus = loss_of(&model, &x, &t, n, s);
-        v[i] = orig[i] - eps;
-        gpu.write(&p.value, &v);
-        let minus = loss_of(&model, &x, &t, n, s);
+        let (i, _) = grad
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.abs().total_cmp(&b.1.abs()))
+            .unwrap();
+        let loss_at = |step: f32| {
+            let mut v = orig.clone();
+            v[i] += step;
+            gpu.write(&p.value, &v);
+            loss_of(&model, &x, &t, n, s)
+        };
+        check(format!("{name}[{i}]"), grad[i] as f64, &loss_at);
         gpu.write(&p.value, &orig);
-        check(format!("{name}[{i}]"), grad[i] as f64, plus, minus);
         checked += 1;
     }
     // The input gradient at the pixels where it is largest.
     let mut order: Vec<usize> = (0..dx.len()).collect();
     order.sort_by(|&a, &b| dx[b].abs().total_cmp(&dx[a].abs()));
     for &i in &order[..3] {
-        let mut xp = x.clone();
-        xp[i] += eps;
-        let plus = loss_of(&model, &xp, &t, n, s);
-        xp[i] = x[i] - eps;
-        let minus = loss_of(&model, &xp, &t, n, s);
-        check(format!("input[{i}]"), dx[i] as f64, plus, minus);
+        let loss_at = |step: f32| {
+            let mut xp = x.clone();
+            xp[i] += step;
+            loss_of(&model, &xp, &t, n, s)
+        };
+        check(format!("input[{i}]"), dx[i] as f64, &loss_at);
         checked += 1;
     }
     assert_eq!(checked, 15);
@@ -123,8 +139,19 @@ fn network_shapes_for_odd_sizes_and_parameter_count() {
     let full = Model::new(gpu, ModelConfig::default(), 1).unwrap();
     // MODEL.md: about 11.5 M parameters at width 1.
     let count = full.parameter_count();
-    assert!((11_000_000..12_000_000).contains(&count), "{count} parameters");
-    let model = Model::new(gpu, ModelConfig { width: 0.125, resize: Mode::Nearest }, 1).unwrap();
+    assert!(
+        (11_000_000..12_000_000).contains(&count),
+        "{count} parameters"
+    );
+    let model = Model::new(
+        gpu,
+        ModelConfig {
+            width: 0.125,
+            resize: Mode::Nearest,
+        },
+        1,
+    )
+    .unwrap();
     for (h, w) in [(37, 45), (64, 64), (33, 96)] {
         let mut g = Graph::new(gpu, false);
         let xv = g.input(gpu.zeros(&[1, 1, h, w]).unwrap());
@@ -136,12 +163,20 @@ fn network_shapes_for_odd_sizes_and_parameter_count() {
 #[test]
 fn checkpoint_round_trips() {
     let gpu = gpu();
-    let cfg = ModelConfig { width: 0.125, resize: Mode::Bilinear };
+    let cfg = ModelConfig {
+        width: 0.125,
+        resize: Mode::Bilinear,
+    };
     let model = Model::new(gpu, cfg, 3).unwrap();
     let dir = std::env::temp_dir().join(format!("engine-ckpt-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("model.safetensors");
-    let meta = Meta { pos_weight: 15.0, step: 42, epoch: 3, ..Default::default() };
+    let meta = Meta {
+        pos_weight: 15.0,
+        step: 42,
+        epoch: 3,
+        ..Default::default()
+    };
     model.save(gpu, &path, &meta, true).unwrap();
     let (loaded, lmeta) = Model::load(gpu, &path).unwrap();
     assert_eq!(lmeta, meta);
@@ -154,10 +189,16 @@ fn checkpoint_round_trips() {
         gpu.read(g.value(out)).unwrap()
     };
     let (a, b) = (infer(&model), infer(&loaded));
-    assert!(a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()), "same outputs after load");
+    assert!(
+        a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()),
+        "same outputs after load"
+    );
     // A corrupt file is a clear error naming it.
     std::fs::write(dir.join("bad.safetensors"), b"not a checkpoint").unwrap();
-    let e = Model::load(gpu, &dir.join("bad.safetensors")).err().unwrap().to_string();
+    let e = Model::load(gpu, &dir.join("bad.safetensors"))
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("bad.safetensors"), "{e}");
     std::fs::remove_dir_all(&dir).ok();
 }
