@@ -27,8 +27,160 @@ pub enum Command {
     Devices,
     /// Time each kernel at one shape (GFLOP/s or GB/s).
     Bench(BenchArgs),
+    /// Train the network (on a prepared folder, or on synthetic phantoms).
+    Train(TrainArgs),
+    /// Probability maps, masks and heatmap overlays for images (PNG, PGM, JPEG, DICOM).
+    Infer(InferArgs),
     #[command(flatten)]
     Data(crate::data::cli::DataCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub adapter: AdapterArg,
+    /// Prepared folder (`engine prepare ...` or `engine synth` output).
+    #[arg(long, conflicts_with = "synthetic")]
+    pub data: Option<std::path::PathBuf>,
+    /// Train on N synthetic phantoms generated in memory instead.
+    #[arg(long)]
+    pub synthetic: Option<usize>,
+    /// Side of the synthetic phantoms.
+    #[arg(long, default_value_t = 192)]
+    pub synthetic_size: usize,
+    /// Run folder: checkpoint.safetensors and metrics.jsonl go here.
+    #[arg(long, default_value = "runs/train")]
+    pub out: std::path::PathBuf,
+    /// Continue the run in --out from its checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    /// Crop sizes and their epoch counts, e.g. 320:20,480:10,640:10.
+    #[arg(long, default_value = "320:20,480:10,640:10")]
+    pub sizes: String,
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// Images per forward/backward pass (gradients are accumulated).
+    #[arg(long, default_value_t = 4)]
+    pub micro_batch: usize,
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f32,
+    /// lr is multiplied by 0.85 every this many epochs.
+    #[arg(long, default_value_t = 10)]
+    pub decay_every: usize,
+    #[arg(long, default_value_t = 15.0)]
+    pub pos_weight: f32,
+    /// Width multiplier (MODEL.md); e.g. 0.25 for CPU-sized experiments.
+    #[arg(long, default_value_t = 1.0)]
+    pub width: f32,
+    /// Use nearest resizes (the original code's choice) instead of bilinear.
+    #[arg(long)]
+    pub nearest: bool,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Fraction held out for validation when the data has no val split.
+    #[arg(long, default_value_t = 0.15)]
+    pub val_fraction: f64,
+    /// Data loader threads.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct InferArgs {
+    #[command(flatten)]
+    pub adapter: AdapterArg,
+    #[arg(long)]
+    pub checkpoint: std::path::PathBuf,
+    /// Output folder.
+    #[arg(long, default_value = "runs/infer")]
+    pub out: std::path::PathBuf,
+    /// Probability above which a pixel is marked in the mask.
+    #[arg(long, default_value_t = 0.5)]
+    pub threshold: f32,
+    /// Input images (PNG, PGM, JPEG or DICOM), any size.
+    #[arg(required = true)]
+    pub inputs: Vec<std::path::PathBuf>,
+}
+
+pub fn train(a: TrainArgs) -> anyhow::Result<()> {
+    let gpu = Gpu::new(a.adapter.adapter.as_deref())?;
+    let cfg = crate::train::TrainConfig {
+        sizes: crate::train::parse_sizes(&a.sizes)?,
+        batch: a.batch,
+        micro_batch: a.micro_batch.min(a.batch),
+        lr: a.lr,
+        decay: 0.85,
+        decay_every: a.decay_every,
+        pos_weight: a.pos_weight,
+        width: a.width,
+        resize: if a.nearest {
+            crate::ops::resize::Mode::Nearest
+        } else {
+            crate::ops::resize::Mode::Bilinear
+        },
+        seed: a.seed,
+        threads: a.threads.max(1),
+    };
+    let synthetic = a.synthetic.map(|n| (n, a.synthetic_size));
+    let (train, val) = crate::train::samples(
+        a.data.as_deref(),
+        synthetic.or(a.data.is_none().then_some((64, a.synthetic_size))),
+        a.val_fraction,
+        a.seed,
+    )?;
+    println!(
+        "adapter: {}; {} training and {} validation images; sizes {}; batch {} in micro-batches of {}",
+        gpu.info.name,
+        train.len(),
+        val.len(),
+        a.sizes,
+        cfg.batch,
+        cfg.micro_batch
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        // First Ctrl-C: checkpoint after the current step and exit.
+        let _ = ctrlc::set_handler(move || stop.store(true, std::sync::atomic::Ordering::SeqCst));
+    }
+    let run = crate::train::RunDir(a.out.clone());
+    let start = std::time::Instant::now();
+    crate::train::train(&gpu, &cfg, train, val, &run, a.resume, stop, false)?;
+    println!(
+        "done in {:.1} s; checkpoint {}; metrics {}",
+        start.elapsed().as_secs_f64(),
+        run.checkpoint().display(),
+        run.metrics().display()
+    );
+    Ok(())
+}
+
+pub fn infer(a: InferArgs) -> anyhow::Result<()> {
+    let gpu = Gpu::new(a.adapter.adapter.as_deref())?;
+    let (model, _) = crate::model::Model::load(&gpu, &a.checkpoint)?;
+    let mut failed = 0;
+    for input in &a.inputs {
+        match crate::infer::infer_file(&gpu, &model, input, &a.out, a.threshold) {
+            Ok(o) => println!(
+                "{}: max probability {:.3}, {} pixels above {}; wrote {}, {}, {}",
+                input.display(),
+                o.max_probability,
+                o.positive_pixels,
+                a.threshold,
+                o.probability.display(),
+                o.mask.display(),
+                o.overlay.display()
+            ),
+            Err(e) => {
+                eprintln!("{}: {e:#}", input.display());
+                failed += 1;
+            }
+        }
+    }
+    if failed > 0 {
+        anyhow::bail!("{failed} of {} inputs failed", a.inputs.len());
+    }
+    Ok(())
 }
 
 #[derive(Debug, Args)]

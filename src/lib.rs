@@ -8,8 +8,10 @@ pub mod data;
 pub mod error;
 pub mod gpu;
 pub mod graph;
+pub mod infer;
 pub mod model;
 pub mod ops;
+pub mod train;
 
 pub use error::{EngineError, Result};
 pub use gpu::{Gpu, Tensor};

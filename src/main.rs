@@ -6,6 +6,8 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Devices => engine::cli::devices(),
         Command::Bench(args) => engine::cli::bench(args),
+        Command::Train(args) => engine::cli::train(args),
+        Command::Infer(args) => engine::cli::infer(args),
         Command::Data(c) => c.run(),
     }
 }

@@ -1,6 +1,6 @@
 //! Real-data tests: every file in `$MAMMO_DATA/dicom`, `$MAMMO_DATA/cbis-ddsm` and
 //! the mini-MIAS set. Run with
-//! `MAMMO_DATA=DEST cargo test --test data_real -- --include-ignored`
+//! `MAMMO_DATA=DEST cargo test` (build.rs turns the ignore off when MAMMO_DATA is set at build time)
 //! after `../shared/data/unpack.sh DEST`.
 use std::path::PathBuf;
 
@@ -95,7 +95,10 @@ const FAILS: &[(&str, &str)] = &[
 ];
 
 #[test]
-#[ignore = "needs real data: set MAMMO_DATA (see data/README.md)"]
+#[cfg_attr(
+    not(mammo_data),
+    ignore = "needs real data: set MAMMO_DATA when building the tests (see data/README.md)"
+)]
 fn every_real_dicom_decodes_or_fails_clearly() {
     let root = data_dir();
     let mut listed: Vec<&str> = DECODES
@@ -139,7 +142,10 @@ fn every_real_dicom_decodes_or_fails_clearly() {
 }
 
 #[test]
-#[ignore = "needs real data: set MAMMO_DATA (see data/README.md)"]
+#[cfg_attr(
+    not(mammo_data),
+    ignore = "needs real data: set MAMMO_DATA when building the tests (see data/README.md)"
+)]
 fn dicom_details_seen_by_inspect() {
     let root = data_dir();
     let (_, i) = read_with_info(&root.join("dicom/CR_mono1_6154.dcm")).unwrap();
@@ -168,7 +174,10 @@ fn dicom_details_seen_by_inspect() {
 }
 
 #[test]
-#[ignore = "needs real data: set MAMMO_DATA (see data/README.md)"]
+#[cfg_attr(
+    not(mammo_data),
+    ignore = "needs real data: set MAMMO_DATA when building the tests (see data/README.md)"
+)]
 fn mias_info_txt_counts() {
     let root = data_dir();
     let text = std::fs::read_to_string(root.join("mias/Info.txt")).unwrap();
@@ -211,7 +220,10 @@ fn mias_info_txt_counts() {
 }
 
 #[test]
-#[ignore = "needs real data: set MAMMO_DATA (see data/README.md)"]
+#[cfg_attr(
+    not(mammo_data),
+    ignore = "needs real data: set MAMMO_DATA when building the tests (see data/README.md)"
+)]
 fn prepare_mias_on_real_data() {
     use engine::data::mias::{MiasOptions, prepare};
     use engine::data::prepared::{PreparedSet, load_combined};

@@ -1,0 +1,119 @@
+//! `engine infer`: a probability map per input (16-bit grey PNG), a binary
+//! mask at the threshold, and a heatmap overlay on the scan. The network is
+//! fully convolutional and runs on the whole image; tensors larger than one
+//! storage binding are split by the ops themselves.
+use crate::data::read::read_gray8;
+use crate::gpu::Gpu;
+use crate::model::Model;
+use anyhow::Context;
+use std::path::{Path, PathBuf};
+
+/// Scales 8-bit grey values as MODEL.md says: (x - 127) / 255.
+pub fn scale_input(pixels: &[u8]) -> Vec<f32> {
+    pixels.iter().map(|&v| (v as f32 - 127.0) / 255.0).collect()
+}
+
+/// A colour for probability p (blue -> cyan -> yellow -> red).
+fn heat(p: f32) -> [f32; 3] {
+    let p = p.clamp(0.0, 1.0);
+    let stops = [
+        [0.0, 0.0, 1.0],
+        [0.0, 1.0, 1.0],
+        [1.0, 1.0, 0.0],
+        [1.0, 0.0, 0.0],
+    ];
+    let x = p * 3.0;
+    let i = (x.floor() as usize).min(2);
+    let f = x - i as f32;
+    let (a, b) = (stops[i], stops[i + 1]);
+    [
+        a[0] + (b[0] - a[0]) * f,
+        a[1] + (b[1] - a[1]) * f,
+        a[2] + (b[2] - a[2]) * f,
+    ]
+}
+
+/// The written files of one input.
+pub struct Outputs {
+    pub probability: PathBuf,
+    pub mask: PathBuf,
+    pub overlay: PathBuf,
+    pub max_probability: f32,
+    pub positive_pixels: usize,
+}
+
+/// The scan of an input: channel 1 of the project's combined format (RGB
+/// PNG with the mask in channel 2 and black in channel 3), else the reader's
+/// 8-bit grey (colour images go to luma).
+pub fn read_scan(path: &Path) -> anyhow::Result<crate::data::Gray8> {
+    let is_png = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("png"));
+    if is_png
+        && let Ok(image::DynamicImage::ImageRgb8(rgb)) = image::open(path)
+        && rgb.pixels().all(|p| p[2] == 0)
+    {
+        return Ok(crate::data::prepared::load_combined(path)?.0);
+    }
+    Ok(read_gray8(path)?)
+}
+
+/// Runs the model on one image file and writes its outputs into `out_dir`.
+pub fn infer_file(
+    gpu: &Gpu,
+    model: &Model,
+    input: &Path,
+    out_dir: &Path,
+    threshold: f32,
+) -> anyhow::Result<Outputs> {
+    let img = read_scan(input)?;
+    let (h, w) = (img.height, img.width);
+    let prob = crate::train::predict(gpu, model, &scale_input(&img.pixels), 1, h, w)
+        .with_context(|| format!("{}: inference on {w}x{h}", input.display()))?;
+    let stem = input
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("image");
+    std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let probability = out_dir.join(format!("{stem}_prob.png"));
+    let mask = out_dir.join(format!("{stem}_mask.png"));
+    let overlay = out_dir.join(format!("{stem}_overlay.png"));
+    let p16: Vec<u16> = prob
+        .iter()
+        .map(|&p| (p.clamp(0.0, 1.0) * 65535.0).round() as u16)
+        .collect();
+    image::ImageBuffer::<image::Luma<u16>, _>::from_raw(w as u32, h as u32, p16)
+        .expect("size matches")
+        .save(&probability)
+        .with_context(|| format!("writing {}", probability.display()))?;
+    let m: Vec<u8> = prob
+        .iter()
+        .map(|&p| if p > threshold { 255 } else { 0 })
+        .collect();
+    let positive_pixels = m.iter().filter(|&&v| v > 0).count();
+    image::GrayImage::from_raw(w as u32, h as u32, m)
+        .expect("size matches")
+        .save(&mask)
+        .with_context(|| format!("writing {}", mask.display()))?;
+    // Overlay: the scan in grey, tinted by the heat colour where p is high.
+    let mut rgb = Vec::with_capacity(h * w * 3);
+    for (&g, &p) in img.pixels.iter().zip(&prob) {
+        let c = heat(p);
+        // Tint only where the probability rises above a quarter.
+        let a = ((p - 0.25) / 0.75).clamp(0.0, 1.0) * 0.6;
+        for ch in c {
+            rgb.push(((1.0 - a) * g as f32 + a * 255.0 * ch).round() as u8);
+        }
+    }
+    image::RgbImage::from_raw(w as u32, h as u32, rgb)
+        .expect("size matches")
+        .save(&overlay)
+        .with_context(|| format!("writing {}", overlay.display()))?;
+    Ok(Outputs {
+        probability,
+        mask,
+        overlay,
+        max_probability: prob.iter().cloned().fold(0.0, f32::max),
+        positive_pixels,
+    })
+}

@@ -1,0 +1,444 @@
+//! `engine train`: progressive crop sizes, micro-batches with gradient
+//! accumulation, Adam with MODEL.md's schedule and L2 term, validation
+//! metrics each epoch, atomic checkpoints every epoch and on Ctrl-C, resume,
+//! and a stop with a clear message on a NaN or infinite loss.
+use crate::data::loader::{Batch, Loader, LoaderConfig};
+use crate::data::prepared::{PreparedSet, Sample};
+use crate::gpu::Gpu;
+use crate::graph::Graph;
+use crate::model::{L2, L2_WEIGHTS, Meta, Model, ModelConfig};
+use crate::ops::resize::Mode;
+use crate::ops::{elementwise, loss, optim, reduce};
+use anyhow::{Context, bail};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+#[derive(Clone, Debug)]
+pub struct TrainConfig {
+    /// (crop size, epochs) in order, e.g. 320 for 20 epochs then 480 for 10.
+    pub sizes: Vec<(usize, usize)>,
+    pub batch: usize,
+    /// Images per forward/backward pass; gradients of a batch's micro-batches add up.
+    pub micro_batch: usize,
+    pub lr: f32,
+    /// lr x `decay` every `decay_every` epochs (staircase).
+    pub decay: f32,
+    pub decay_every: usize,
+    pub pos_weight: f32,
+    pub width: f32,
+    pub resize: Mode,
+    pub seed: u64,
+    pub threads: usize,
+}
+
+impl TrainConfig {
+    pub fn epochs(&self) -> usize {
+        self.sizes.iter().map(|s| s.1).sum()
+    }
+
+    pub fn size_at(&self, epoch: usize) -> usize {
+        let mut e = epoch;
+        for &(size, n) in &self.sizes {
+            if e < n {
+                return size;
+            }
+            e -= n;
+        }
+        self.sizes.last().map(|s| s.0).unwrap_or(320)
+    }
+
+    pub fn lr_at(&self, epoch: usize) -> f32 {
+        self.lr * self.decay.powi((epoch / self.decay_every.max(1)) as i32)
+    }
+
+    /// The settings a resumed run must keep, as checkpoint metadata.
+    fn to_meta(&self) -> Vec<(String, String)> {
+        let sizes: Vec<String> = self.sizes.iter().map(|(s, e)| format!("{s}:{e}")).collect();
+        vec![
+            ("train.sizes".into(), sizes.join(",")),
+            ("train.batch".into(), self.batch.to_string()),
+            ("train.micro_batch".into(), self.micro_batch.to_string()),
+            ("train.lr".into(), self.lr.to_string()),
+            ("train.decay".into(), self.decay.to_string()),
+            ("train.decay_every".into(), self.decay_every.to_string()),
+            ("train.seed".into(), self.seed.to_string()),
+        ]
+    }
+}
+
+/// Parses `320:20,480:10` (size:epochs pairs).
+pub fn parse_sizes(s: &str) -> anyhow::Result<Vec<(usize, usize)>> {
+    s.split(',')
+        .map(|p| {
+            let (a, b) = p
+                .split_once(':')
+                .with_context(|| format!("'{p}' is not SIZE:EPOCHS"))?;
+            let size: usize = a
+                .trim()
+                .parse()
+                .with_context(|| format!("bad size in '{p}'"))?;
+            let epochs: usize = b
+                .trim()
+                .parse()
+                .with_context(|| format!("bad epoch count in '{p}'"))?;
+            if size < 32 || epochs == 0 {
+                bail!("'{p}': sizes are at least 32 and epoch counts at least 1");
+            }
+            Ok((size, epochs))
+        })
+        .collect()
+}
+
+/// Pixel-level confusion counts at a threshold.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Counts {
+    pub tp: u64,
+    pub fp: u64,
+    pub fn_: u64,
+    pub tn: u64,
+}
+
+impl Counts {
+    pub fn add(&mut self, prob: &[f32], truth: &[f32], threshold: f32) {
+        for (&p, &t) in prob.iter().zip(truth) {
+            match (p > threshold, t > 0.5) {
+                (true, true) => self.tp += 1,
+                (true, false) => self.fp += 1,
+                (false, true) => self.fn_ += 1,
+                (false, false) => self.tn += 1,
+            }
+        }
+    }
+    fn ratio(a: u64, b: u64) -> f64 {
+        if b == 0 { 0.0 } else { a as f64 / b as f64 }
+    }
+    pub fn precision(&self) -> f64 {
+        Self::ratio(self.tp, self.tp + self.fp)
+    }
+    pub fn recall(&self) -> f64 {
+        Self::ratio(self.tp, self.tp + self.fn_)
+    }
+    pub fn f1(&self) -> f64 {
+        Self::ratio(2 * self.tp, 2 * self.tp + self.fp + self.fn_)
+    }
+    pub fn iou(&self) -> f64 {
+        Self::ratio(self.tp, self.tp + self.fp + self.fn_)
+    }
+    pub fn accuracy(&self) -> f64 {
+        Self::ratio(self.tp + self.tn, self.tp + self.tn + self.fp + self.fn_)
+    }
+}
+
+/// Probabilities for a batch in inference mode (running statistics).
+pub fn predict(
+    gpu: &Gpu,
+    model: &Model,
+    images: &[f32],
+    n: usize,
+    h: usize,
+    w: usize,
+) -> anyhow::Result<Vec<f32>> {
+    let mut g = Graph::new(gpu, false);
+    let x = g.input(gpu.upload(&[n, 1, h, w], images)?);
+    let out = model.forward(&mut g, x)?;
+    let p = elementwise::sigmoid(gpu, g.value(out))?;
+    Ok(gpu.read(&p)?)
+}
+
+/// Validation pixel counts over `samples` at `size` (centred crops).
+pub fn validate(
+    gpu: &Gpu,
+    model: &Model,
+    samples: &[Sample],
+    size: usize,
+    batch: usize,
+    threads: usize,
+) -> anyhow::Result<Counts> {
+    let mut counts = Counts::default();
+    if samples.is_empty() {
+        return Ok(counts);
+    }
+    let cfg = LoaderConfig {
+        size,
+        batch,
+        augment: false,
+        threads,
+        drop_last: false,
+        ..LoaderConfig::default()
+    };
+    for b in Loader::new(samples.to_vec(), cfg) {
+        let b = b?;
+        let p = predict(gpu, model, &b.images, b.n, size, size)?;
+        counts.add(&p, &b.masks, 0.5);
+    }
+    Ok(counts)
+}
+
+/// Where a run keeps its files.
+pub struct RunDir(pub PathBuf);
+
+impl RunDir {
+    pub fn checkpoint(&self) -> PathBuf {
+        self.0.join("checkpoint.safetensors")
+    }
+    pub fn metrics(&self) -> PathBuf {
+        self.0.join("metrics.jsonl")
+    }
+}
+
+/// Trains on `train` (validating on `val`) into the run folder, starting
+/// fresh or from `resume` (a checkpoint written by this command).
+pub fn train(
+    gpu: &Gpu,
+    cfg: &TrainConfig,
+    train: Vec<Sample>,
+    val: Vec<Sample>,
+    run: &RunDir,
+    resume: bool,
+    stop: Arc<AtomicBool>,
+    quiet: bool,
+) -> anyhow::Result<Model> {
+    if train.is_empty() {
+        bail!("no training images");
+    }
+    if cfg.micro_batch == 0 || cfg.batch == 0 || cfg.batch % cfg.micro_batch != 0 {
+        bail!(
+            "--batch {} must be a multiple of --micro-batch {}",
+            cfg.batch,
+            cfg.micro_batch
+        );
+    }
+    std::fs::create_dir_all(&run.0).with_context(|| format!("creating {}", run.0.display()))?;
+    let (model, mut step, start_epoch, mut skip) = if resume {
+        let (model, meta) = Model::load(gpu, &run.checkpoint())?;
+        let skip: usize = meta
+            .extra
+            .get("train.batch_in_epoch")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        (model, meta.step, meta.epoch as usize, skip)
+    } else {
+        (
+            Model::new(
+                gpu,
+                ModelConfig {
+                    width: cfg.width,
+                    resize: cfg.resize,
+                },
+                cfg.seed,
+            )?,
+            0,
+            0,
+            0,
+        )
+    };
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(run.metrics())
+        .with_context(|| format!("opening {}", run.metrics().display()))?;
+    let micro = cfg.batch / cfg.micro_batch;
+    let adam = optim::Adam::default();
+    let l2_params: Vec<_> = L2_WEIGHTS
+        .iter()
+        .map(|n| model.param(n).value.clone())
+        .collect();
+    let save =
+        |model: &Model, step: u64, epoch: usize, batch_in_epoch: usize| -> anyhow::Result<()> {
+            let mut meta = Meta {
+                pos_weight: cfg.pos_weight,
+                step,
+                epoch: epoch as u64,
+                ..Default::default()
+            };
+            meta.extra.extend(cfg.to_meta());
+            meta.extra
+                .insert("train.batch_in_epoch".into(), batch_in_epoch.to_string());
+            model.save(gpu, &run.checkpoint(), &meta, true)
+        };
+    for epoch in start_epoch..cfg.epochs() {
+        let size = cfg.size_at(epoch);
+        let lr = cfg.lr_at(epoch);
+        let loader_cfg = LoaderConfig {
+            size,
+            batch: cfg.batch,
+            seed: cfg.seed,
+            epoch: epoch as u64,
+            augment: true,
+            threads: cfg.threads,
+            drop_last: true,
+            ..LoaderConfig::default()
+        };
+        let loader = Loader::new(train.clone(), loader_cfg);
+        let batches = loader.batches_per_epoch();
+        let bar = if quiet {
+            indicatif::ProgressBar::hidden()
+        } else {
+            indicatif::ProgressBar::new(batches as u64)
+        };
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "epoch {prefix} [{bar:30}] {pos}/{len} {per_sec} eta {eta} {msg}",
+            )
+            .expect("template")
+            .progress_chars("=> "),
+        );
+        bar.set_prefix(format!("{}/{} @{size}", epoch + 1, cfg.epochs()));
+        let (mut loss_sum, mut loss_n) = (0.0f64, 0usize);
+        for (bi, b) in loader.enumerate() {
+            let b = b?;
+            if bi < skip {
+                continue;
+            }
+            let (data_loss, total) = train_step(
+                gpu, &model, cfg, &adam, lr, &mut step, &b, micro, &l2_params,
+            )?;
+            if !data_loss.is_finite() || !total.is_finite() {
+                bail!(
+                    "the loss became {data_loss} at epoch {} batch {bi} (step {step}); training stopped. The last good checkpoint is {} (lower --lr or check the data)",
+                    epoch + 1,
+                    run.checkpoint().display()
+                );
+            }
+            loss_sum += data_loss;
+            loss_n += 1;
+            writeln!(
+                metrics,
+                "{{\"kind\":\"step\",\"epoch\":{},\"batch\":{bi},\"step\":{step},\"size\":{size},\"lr\":{lr},\"loss\":{data_loss},\"total_loss\":{total}}}",
+                epoch + 1
+            )?;
+            bar.set_message(format!("loss {data_loss:.4} (with L2 {total:.4})"));
+            bar.inc(1);
+            if stop.load(Ordering::SeqCst) {
+                save(&model, step, epoch, bi + 1)?;
+                bar.abandon_with_message(format!(
+                    "interrupted; checkpoint {} (resume with --resume)",
+                    run.checkpoint().display()
+                ));
+                return Ok(model);
+            }
+        }
+        skip = 0;
+        bar.finish();
+        let counts = validate(gpu, &model, &val, size, cfg.micro_batch, cfg.threads)?;
+        let mean_loss = loss_sum / loss_n.max(1) as f64;
+        writeln!(
+            metrics,
+            "{{\"kind\":\"epoch\",\"epoch\":{},\"size\":{size},\"train_loss\":{mean_loss},\"val_precision\":{},\"val_recall\":{},\"val_f1\":{},\"val_iou\":{},\"val_accuracy\":{}}}",
+            epoch + 1,
+            counts.precision(),
+            counts.recall(),
+            counts.f1(),
+            counts.iou(),
+            counts.accuracy()
+        )?;
+        if !quiet {
+            println!(
+                "epoch {}: train loss {mean_loss:.4}; validation precision {:.3} recall {:.3} F1 {:.3} lesion IoU {:.3}",
+                epoch + 1,
+                counts.precision(),
+                counts.recall(),
+                counts.f1(),
+                counts.iou()
+            );
+        }
+        save(&model, step, epoch + 1, 0)?;
+    }
+    Ok(model)
+}
+
+/// One optimiser step over a batch split in micro-batches; returns the
+/// data loss and the loss with the L2 term (one readback).
+#[allow(clippy::too_many_arguments)]
+fn train_step(
+    gpu: &Gpu,
+    model: &Model,
+    cfg: &TrainConfig,
+    adam: &optim::Adam,
+    lr: f32,
+    step: &mut u64,
+    b: &Batch,
+    micro: usize,
+    l2_params: &[crate::gpu::Tensor],
+) -> anyhow::Result<(f64, f64)> {
+    let s = b.size;
+    let per = b.n / micro;
+    model.zero_grads(gpu)?;
+    let loss_acc = gpu.zeros(&[1])?;
+    for m in 0..micro {
+        let range = m * per * s * s..(m + 1) * per * s * s;
+        let mut g = Graph::new(gpu, true);
+        let x = g.input(gpu.upload(&[per, 1, s, s], &b.images[range.clone()])?);
+        let t = gpu.upload(&[per, 1, s, s], &b.masks[range])?;
+        let out = model.forward(&mut g, x)?;
+        let l = loss::bce_with_logits(gpu, g.value(out), &t, cfg.pos_weight)?;
+        elementwise::axpy(gpu, 1.0 / micro as f32, &l, &loss_acc)?;
+        let dz = loss::bce_with_logits_backward(gpu, g.value(out), &t, cfg.pos_weight)?;
+        g.backward(out, dz)?;
+    }
+    *step += 1;
+    let adam = optim::Adam { lr, ..*adam };
+    let mut l2_total = Vec::new();
+    for p in &model.params {
+        if let Some(t) = &p.train {
+            let l2 = if L2_WEIGHTS.contains(&p.name.as_str()) {
+                L2
+            } else {
+                0.0
+            };
+            optim::adam_step(
+                gpu,
+                &adam,
+                *step,
+                &p.value,
+                &t.grad,
+                &t.m,
+                &t.v,
+                l2,
+                1.0 / micro as f32,
+            )?;
+        }
+    }
+    for w in l2_params {
+        l2_total.push(reduce::sum(gpu, w, true, L2 / 2.0)?);
+    }
+    let data = gpu.read(&loss_acc)?[0] as f64;
+    let l2: f64 = l2_total
+        .iter()
+        .map(|t| gpu.read(t).map(|v| v[0] as f64))
+        .sum::<Result<f64, _>>()?;
+    Ok((data, data + l2))
+}
+
+/// The training and validation samples of a prepared folder, or of `n`
+/// synthetic phantoms of `size` (split by `val_fraction`).
+pub fn samples(
+    data: Option<&Path>,
+    synthetic: Option<(usize, usize)>,
+    val_fraction: f64,
+    seed: u64,
+) -> anyhow::Result<(Vec<Sample>, Vec<Sample>)> {
+    if let Some(dir) = data {
+        let set = PreparedSet::open(dir)?;
+        let mut train = set.training();
+        let mut val = set.split("val");
+        if val.is_empty() && val_fraction > 0.0 {
+            let k = ((train.len() as f64 * val_fraction).round() as usize)
+                .clamp(1, train.len().saturating_sub(1));
+            val = train.split_off(train.len() - k);
+        }
+        return Ok((train, val));
+    }
+    let (n, size) = synthetic.unwrap_or((64, 160));
+    let phantoms = crate::data::synth::generate(n, size, seed);
+    let mut all: Vec<Sample> = phantoms
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| Sample::in_memory(format!("phantom{i}"), p.image, p.mask))
+        .collect();
+    let k = ((n as f64 * val_fraction).round() as usize).clamp(1, n.saturating_sub(1).max(1));
+    let val = all.split_off(n - k);
+    Ok((all, val))
+}
