@@ -190,6 +190,7 @@ impl RunDir {
 
 /// Trains on `train` (validating on `val`) into the run folder, starting
 /// fresh or from `resume` (a checkpoint written by this command).
+#[allow(clippy::too_many_arguments)]
 pub fn train(
     gpu: &Gpu,
     cfg: &TrainConfig,
@@ -203,7 +204,7 @@ pub fn train(
     if train.is_empty() {
         bail!("no training images");
     }
-    if cfg.micro_batch == 0 || cfg.batch == 0 || cfg.batch % cfg.micro_batch != 0 {
+    if cfg.micro_batch == 0 || cfg.batch == 0 || !cfg.batch.is_multiple_of(cfg.micro_batch) {
         bail!(
             "--batch {} must be a multiple of --micro-batch {}",
             cfg.batch,
