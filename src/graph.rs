@@ -100,8 +100,6 @@ pub struct Graph<'g> {
     train: bool,
     nodes: Vec<Node>,
     vals: Vec<Option<Tensor>>,
-    /// Forward consumers still to come, per value (`done` marks the end).
-    forward_done: Vec<bool>,
     /// Compute the gradient of the first input too (gradient checks).
     pub input_grad: bool,
 }
@@ -113,7 +111,6 @@ impl<'g> Graph<'g> {
             train,
             nodes: Vec::new(),
             vals: Vec::new(),
-            forward_done: Vec::new(),
             input_grad: false,
         }
     }
@@ -132,7 +129,6 @@ impl<'g> Graph<'g> {
 
     fn push(&mut self, t: Tensor) -> Var {
         self.vals.push(Some(t));
-        self.forward_done.push(false);
         Var(self.vals.len() - 1)
     }
 
@@ -151,7 +147,6 @@ impl<'g> Graph<'g> {
     /// The forward code will not read `v` again: free it unless a recorded
     /// node's backward needs it.
     pub fn done(&mut self, v: Var) {
-        self.forward_done[v.0] = true;
         let needed = self.train && self.nodes.iter().any(|n| n.saved().contains(&v));
         if !needed {
             self.vals[v.0] = None;

@@ -36,7 +36,7 @@ fn run(gpu: &Gpu, k: &Kernel, a: &Tensor, b: Option<&Tensor>, y: &Tensor, alpha:
             .u(bb as usize)
             .u(yb as usize)
             .f(alpha);
-        let binds: Vec<(u32, &crate::gpu::Window)> = if b.is_some() || k.entry == "relu_backward" {
+        let binds: Vec<(u32, &crate::gpu::Window)> = if b.is_some() {
             vec![(1, &aw), (2, &bw), (3, &yw)]
         } else {
             vec![(1, &aw), (3, &yw)]
