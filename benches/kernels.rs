@@ -1,0 +1,20 @@
+//! `cargo bench`: the same kernel timings as `engine bench` at the
+//! network-sized default shape (n=4, 64 channels, 80x80), on the best adapter
+//! (or ENGINE_ADAPTER).
+fn main() -> anyhow::Result<()> {
+    let gpu = engine::Gpu::new(None)?;
+    let shape = engine::bench::Shape {
+        n: 4,
+        c: 64,
+        h: 80,
+        w: 80,
+    };
+    println!("adapter: {} ({:?})", gpu.info.name, gpu.info.backend);
+    for m in engine::bench::run(&gpu, shape, 5, "")? {
+        println!(
+            "{:<40} {:>10.3} ms {:>8.2} {}",
+            m.name, m.ms, m.rate, m.unit
+        );
+    }
+    Ok(())
+}
