@@ -556,9 +556,47 @@ fn wgrad(
     Ok(())
 }
 
-/// Plain f64 references, following MODEL.md's index rules literally.
+/// Plain f64 references, following MODEL.md's index rules literally. Each
+/// pass is one visit of every (output, input, weight) index triple that the
+/// rule connects, so the three passes of a conv (and the two of a tconv)
+/// cannot disagree about the indexing.
 pub mod cpu {
     use super::Geom;
+
+    /// Calls `f(y_index, x_index, w_index)` for every term of MODEL.md's conv
+    /// sum: y [n, o, oh, ow], x [n, c, h, w], w [o, c, k, k].
+    #[allow(clippy::too_many_arguments)]
+    fn conv_terms(
+        (n, c, h, w): (usize, usize, usize, usize),
+        o: usize,
+        g: Geom,
+        (oh, ow): (usize, usize),
+        mut f: impl FnMut(usize, usize, usize),
+    ) {
+        let k = g.k;
+        for ni in 0..n {
+            for oi in 0..o {
+                for i in 0..oh {
+                    for j in 0..ow {
+                        let yi = ((ni * o + oi) * oh + i) * ow + j;
+                        for ci in 0..c {
+                            for p in 0..k {
+                                for q in 0..k {
+                                    let hh = (i * g.stride + p * g.dil) as isize - g.pad_t as isize;
+                                    let ww = (j * g.stride + q * g.dil) as isize - g.pad_l as isize;
+                                    if hh < 0 || ww < 0 || hh >= h as isize || ww >= w as isize {
+                                        continue;
+                                    }
+                                    let xi = ((ni * c + ci) * h + hh as usize) * w + ww as usize;
+                                    f(yi, xi, ((oi * c + ci) * k + p) * k + q);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 
     /// x [n, c, h, w] with w [o, c, k, k] -> y [n, o, oh, ow].
     #[allow(clippy::too_many_arguments)]
@@ -571,31 +609,12 @@ pub mod cpu {
         g: Geom,
         (oh, ow): (usize, usize),
     ) -> Vec<f64> {
-        let k = g.k;
-        let mut y = vec![0.0; n * o * oh * ow];
-        for ni in 0..n {
-            for oi in 0..o {
-                for i in 0..oh {
-                    for j in 0..ow {
-                        let mut s = b[oi];
-                        for ci in 0..c {
-                            for p in 0..k {
-                                for q in 0..k {
-                                    let hh = (i * g.stride + p * g.dil) as isize - g.pad_t as isize;
-                                    let ww = (j * g.stride + q * g.dil) as isize - g.pad_l as isize;
-                                    if hh < 0 || ww < 0 || hh >= h as isize || ww >= w as isize {
-                                        continue;
-                                    }
-                                    s += wt[((oi * c + ci) * k + p) * k + q]
-                                        * x[((ni * c + ci) * h + hh as usize) * w + ww as usize];
-                                }
-                            }
-                        }
-                        y[((ni * o + oi) * oh + i) * ow + j] = s;
-                    }
-                }
-            }
-        }
+        let mut y: Vec<f64> = (0..n * o * oh * ow)
+            .map(|i| b[(i / (oh * ow)) % o])
+            .collect();
+        conv_terms((n, c, h, w), o, g, (oh, ow), |yi, xi, wi| {
+            y[yi] += wt[wi] * x[xi]
+        });
         y
     }
 
@@ -609,30 +628,10 @@ pub mod cpu {
         g: Geom,
         (h, w): (usize, usize),
     ) -> Vec<f64> {
-        let k = g.k;
         let mut dx = vec![0.0; n * c * h * w];
-        for ni in 0..n {
-            for oi in 0..o {
-                for i in 0..oh {
-                    for j in 0..ow {
-                        let d = dy[((ni * o + oi) * oh + i) * ow + j];
-                        for ci in 0..c {
-                            for p in 0..k {
-                                for q in 0..k {
-                                    let hh = (i * g.stride + p * g.dil) as isize - g.pad_t as isize;
-                                    let ww = (j * g.stride + q * g.dil) as isize - g.pad_l as isize;
-                                    if hh < 0 || ww < 0 || hh >= h as isize || ww >= w as isize {
-                                        continue;
-                                    }
-                                    dx[((ni * c + ci) * h + hh as usize) * w + ww as usize] +=
-                                        d * wt[((oi * c + ci) * k + p) * k + q];
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
+        conv_terms((n, c, h, w), o, g, (oh, ow), |yi, xi, wi| {
+            dx[xi] += dy[yi] * wt[wi]
+        });
         dx
     }
 
@@ -644,84 +643,23 @@ pub mod cpu {
         (c, h, w): (usize, usize, usize),
         g: Geom,
     ) -> Vec<f64> {
-        let k = g.k;
-        let mut dw = vec![0.0; o * c * k * k];
-        for ni in 0..n {
-            for oi in 0..o {
-                for i in 0..oh {
-                    for j in 0..ow {
-                        let d = dy[((ni * o + oi) * oh + i) * ow + j];
-                        for ci in 0..c {
-                            for p in 0..k {
-                                for q in 0..k {
-                                    let hh = (i * g.stride + p * g.dil) as isize - g.pad_t as isize;
-                                    let ww = (j * g.stride + q * g.dil) as isize - g.pad_l as isize;
-                                    if hh < 0 || ww < 0 || hh >= h as isize || ww >= w as isize {
-                                        continue;
-                                    }
-                                    dw[((oi * c + ci) * k + p) * k + q] +=
-                                        d * x[((ni * c + ci) * h + hh as usize) * w + ww as usize];
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
+        let mut dw = vec![0.0; o * c * g.k * g.k];
+        conv_terms((n, c, h, w), o, g, (oh, ow), |yi, xi, wi| {
+            dw[wi] += dy[yi] * x[xi]
+        });
         dw
     }
 
-    /// MODEL.md's tconv, scattered literally: x [n, c, h, w], w [c, o, 4, 4].
-    pub fn tconv2d(
-        x: &[f64],
+    /// Calls `f(y_index, x_index, w_index)` for every term of MODEL.md's
+    /// tconv scatter `y[n,o,i*s+p-1, j*s+q-1] += x[n,c,i,j] * w[c,o,p,q]`,
+    /// keeping outputs inside [0, in*s).
+    fn tconv_terms(
         (n, c, h, w): (usize, usize, usize, usize),
-        wt: &[f64],
-        b: &[f64],
         o: usize,
         s: usize,
-    ) -> Vec<f64> {
+        mut f: impl FnMut(usize, usize, usize),
+    ) {
         let (oh, ow) = (h * s, w * s);
-        let mut y = vec![0.0; n * o * oh * ow];
-        for ni in 0..n {
-            for oi in 0..o {
-                for v in &mut y[(ni * o + oi) * oh * ow..(ni * o + oi + 1) * oh * ow] {
-                    *v = b[oi];
-                }
-                for ci in 0..c {
-                    for i in 0..h {
-                        for j in 0..w {
-                            let xv = x[((ni * c + ci) * h + i) * w + j];
-                            for p in 0..4 {
-                                for q in 0..4 {
-                                    let yy = (i * s + p) as isize - 1;
-                                    let yx = (j * s + q) as isize - 1;
-                                    if yy < 0 || yx < 0 || yy >= oh as isize || yx >= ow as isize {
-                                        continue;
-                                    }
-                                    y[((ni * o + oi) * oh + yy as usize) * ow + yx as usize] +=
-                                        xv * wt[((ci * o + oi) * 4 + p) * 4 + q];
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        y
-    }
-
-    /// Adjoint of `tconv2d` in x and in w: (dx [n, c, h, w], dw [c, o, 4, 4]).
-    pub fn tconv2d_backward(
-        dy: &[f64],
-        x: &[f64],
-        (n, c, h, w): (usize, usize, usize, usize),
-        wt: &[f64],
-        o: usize,
-        s: usize,
-    ) -> (Vec<f64>, Vec<f64>) {
-        let (oh, ow) = (h * s, w * s);
-        let mut dx = vec![0.0; n * c * h * w];
-        let mut dw = vec![0.0; c * o * 16];
         for ni in 0..n {
             for oi in 0..o {
                 for ci in 0..c {
@@ -735,11 +673,8 @@ pub mod cpu {
                                     if yy < 0 || yx < 0 || yy >= oh as isize || yx >= ow as isize {
                                         continue;
                                     }
-                                    let d =
-                                        dy[((ni * o + oi) * oh + yy as usize) * ow + yx as usize];
-                                    let wi = ((ci * o + oi) * 4 + p) * 4 + q;
-                                    dx[xi] += d * wt[wi];
-                                    dw[wi] += d * x[xi];
+                                    let yi = ((ni * o + oi) * oh + yy as usize) * ow + yx as usize;
+                                    f(yi, xi, ((ci * o + oi) * 4 + p) * 4 + q);
                                 }
                             }
                         }
@@ -747,6 +682,38 @@ pub mod cpu {
                 }
             }
         }
+    }
+
+    /// MODEL.md's tconv: x [n, c, h, w], w [c, o, 4, 4] -> y [n, o, h*s, w*s].
+    pub fn tconv2d(
+        x: &[f64],
+        (n, c, h, w): (usize, usize, usize, usize),
+        wt: &[f64],
+        b: &[f64],
+        o: usize,
+        s: usize,
+    ) -> Vec<f64> {
+        let plane = h * s * w * s;
+        let mut y: Vec<f64> = (0..n * o * plane).map(|i| b[(i / plane) % o]).collect();
+        tconv_terms((n, c, h, w), o, s, |yi, xi, wi| y[yi] += x[xi] * wt[wi]);
+        y
+    }
+
+    /// Adjoint of `tconv2d` in x and in w: (dx [n, c, h, w], dw [c, o, 4, 4]).
+    pub fn tconv2d_backward(
+        dy: &[f64],
+        x: &[f64],
+        (n, c, h, w): (usize, usize, usize, usize),
+        wt: &[f64],
+        o: usize,
+        s: usize,
+    ) -> (Vec<f64>, Vec<f64>) {
+        let mut dx = vec![0.0; n * c * h * w];
+        let mut dw = vec![0.0; c * o * 16];
+        tconv_terms((n, c, h, w), o, s, |yi, xi, wi| {
+            dx[xi] += dy[yi] * wt[wi];
+            dw[wi] += dy[yi] * x[xi];
+        });
         (dx, dw)
     }
 }
