@@ -43,232 +43,168 @@ fn random(gpu: &Gpu, shape: &[usize], seed: u64) -> Result<Tensor> {
     gpu.upload(shape, &v)
 }
 
-fn cases<'a>(gpu: &'a Gpu, s: Shape, filter: &str) -> Result<Vec<Case<'a>>> {
+/// The tensors the cases read and write, made once per run.
+struct Inputs {
+    x: Tensor,
+    dy: Tensor,
+    dy2: Tensor,
+    dy_half: Tensor,
+    target: Tensor,
+    w3: Tensor,
+    w1: Tensor,
+    wt: Tensor,
+    b: Tensor,
+    ones: Tensor,
+    zeros: Tensor,
+    dw3: Tensor,
+    dwt: Tensor,
+    dgamma: Tensor,
+    dbeta: Tensor,
+    m: Tensor,
+    v: Tensor,
+}
+
+impl Inputs {
+    fn new(gpu: &Gpu, Shape { n, c, h, w }: Shape) -> Result<Self> {
+        Ok(Inputs {
+            x: random(gpu, &[n, c, h, w], 1)?,
+            w3: random(gpu, &[c, c, 3, 3], 2)?,
+            w1: random(gpu, &[c, c, 1, 1], 3)?,
+            wt: random(gpu, &[c, c, 4, 4], 4)?,
+            b: random(gpu, &[c], 5)?,
+            dy: random(gpu, &[n, c, h, w], 6)?,
+            dy2: random(gpu, &[n, c, h * 2, w * 2], 7)?,
+            dy_half: random(gpu, &[n, c, h.div_ceil(2), w.div_ceil(2)], 8)?,
+            target: random(gpu, &[n, c, h, w], 9)?,
+            ones: gpu.upload(&[c], &vec![1.0; c])?,
+            zeros: gpu.zeros(&[c])?,
+            dw3: gpu.empty(&[c, c, 3, 3])?,
+            dwt: gpu.empty(&[c, c, 4, 4])?,
+            dgamma: gpu.empty(&[c])?,
+            dbeta: gpu.empty(&[c])?,
+            m: gpu.zeros(&[c, c, 3, 3])?,
+            v: gpu.zeros(&[c, c, 3, 3])?,
+        })
+    }
+
+    fn bn(&self) -> BnParams<'_> {
+        BnParams {
+            gamma: &self.ones,
+            beta: &self.zeros,
+            running_mean: &self.zeros,
+            running_var: &self.ones,
+        }
+    }
+}
+
+fn case<'a>(
+    name: impl Into<String>,
+    work: f64,
+    flops: bool,
+    run: impl Fn() -> Result<()> + 'a,
+) -> Case<'a> {
+    Case {
+        name: name.into(),
+        work,
+        flops,
+        run: Box::new(run),
+    }
+}
+
+fn cases<'a>(gpu: &'a Gpu, s: Shape, t: &'a Inputs, filter: &str) -> Vec<Case<'a>> {
     let Shape { n, c, h, w } = s;
-    let x = random(gpu, &[n, c, h, w], 1)?;
-    let w3 = random(gpu, &[c, c, 3, 3], 2)?;
-    let w1 = random(gpu, &[c, c, 1, 1], 3)?;
-    let wt = random(gpu, &[c, c, 4, 4], 4)?;
-    let b = random(gpu, &[c], 5)?;
-    let dy = random(gpu, &[n, c, h, w], 6)?;
-    let dy2 = random(gpu, &[n, c, h * 2, w * 2], 7)?;
-    let (hs, ws) = (h.div_ceil(2), w.div_ceil(2));
-    let dy_half = random(gpu, &[n, c, hs, ws], 8)?;
-    let ones = gpu.upload(&[c], &vec![1.0; c])?;
-    let zeros = gpu.zeros(&[c])?;
-    let dw3 = gpu.empty(&[c, c, 3, 3])?;
-    let dwt = gpu.empty(&[c, c, 4, 4])?;
-    let dg = gpu.empty(&[c])?;
-    let db = gpu.empty(&[c])?;
-    let t = random(gpu, &[n, c, h, w], 9)?;
-    let (m, v) = (gpu.zeros(&[c, c, 3, 3])?, gpu.zeros(&[c, c, 3, 3])?);
     let act = (n * c * h * w) as f64;
     let conv_flops = |k: usize, out: f64| 2.0 * out * (c * k * k) as f64;
+    let half = (n * c * h.div_ceil(2) * w.div_ceil(2)) as f64;
     let bytes = |tensors: f64| tensors * act * 4.0;
-    let all: Vec<Case<'a>> = vec![
-        Case {
-            name: format!("conv3x3 fwd {n}x{c}x{h}x{w} -> {c}"),
-            work: conv_flops(3, act),
-            flops: true,
-            run: Box::new({
-                let (x, w3, b) = (x.clone(), w3.clone(), b.clone());
-                move || conv::conv2d(gpu, &x, &w3, &b, 1, 1).map(drop)
-            }),
-        },
-        Case {
-            name: "conv3x3 bwd input".into(),
-            work: conv_flops(3, act),
-            flops: true,
-            run: Box::new({
-                let (dy, w3) = (dy.clone(), w3.clone());
-                move || conv::conv2d_backward_input(gpu, &dy, &w3, (h, w), 1, 1).map(drop)
-            }),
-        },
-        Case {
-            name: "conv3x3 bwd weight".into(),
-            work: conv_flops(3, act),
-            flops: true,
-            run: Box::new({
-                let (dy, x, dw3) = (dy.clone(), x.clone(), dw3.clone());
-                move || conv::conv2d_backward_weight(gpu, &dy, &x, &dw3, 1, 1, false)
-            }),
-        },
-        Case {
-            name: "conv3x3 dil2 fwd".into(),
-            work: conv_flops(3, act),
-            flops: true,
-            run: Box::new({
-                let (x, w3, b) = (x.clone(), w3.clone(), b.clone());
-                move || conv::conv2d(gpu, &x, &w3, &b, 1, 2).map(drop)
-            }),
-        },
-        Case {
-            name: "conv3x3 s2 fwd".into(),
-            work: conv_flops(3, (n * c * hs * ws) as f64),
-            flops: true,
-            run: Box::new({
-                let (x, w3, b) = (x.clone(), w3.clone(), b.clone());
-                move || conv::conv2d(gpu, &x, &w3, &b, 2, 1).map(drop)
-            }),
-        },
-        Case {
-            name: "conv1x1 fwd".into(),
-            work: conv_flops(1, act),
-            flops: true,
-            run: Box::new({
-                let (x, w1, b) = (x.clone(), w1.clone(), b.clone());
-                move || conv::conv2d(gpu, &x, &w1, &b, 1, 1).map(drop)
-            }),
-        },
-        Case {
-            name: "tconv4x4 s2 fwd".into(),
-            work: 2.0 * act * (c * 16) as f64,
-            flops: true,
-            run: Box::new({
-                let (x, wt, b) = (x.clone(), wt.clone(), b.clone());
-                move || conv::tconv2d(gpu, &x, &wt, &b, 2).map(drop)
-            }),
-        },
-        Case {
-            name: "tconv4x4 s2 bwd input".into(),
-            work: 2.0 * act * (c * 16) as f64,
-            flops: true,
-            run: Box::new({
-                let (dy2, wt) = (dy2.clone(), wt.clone());
-                move || conv::tconv2d_backward_input(gpu, &dy2, &wt, 2).map(drop)
-            }),
-        },
-        Case {
-            name: "tconv4x4 s2 bwd weight".into(),
-            work: 2.0 * act * (c * 16) as f64,
-            flops: true,
-            run: Box::new({
-                let (dy2, x, dwt) = (dy2.clone(), x.clone(), dwt.clone());
-                move || conv::tconv2d_backward_weight(gpu, &dy2, &x, &dwt, 2, false)
-            }),
-        },
-        Case {
-            name: "maxpool3x3 s2 fwd".into(),
-            work: bytes(1.25),
-            flops: false,
-            run: Box::new({
-                let x = x.clone();
-                move || pool::maxpool2d(gpu, &x, 3, 2).map(drop)
-            }),
-        },
-        Case {
-            name: "maxpool3x3 s2 bwd".into(),
-            work: bytes(2.25),
-            flops: false,
-            run: Box::new({
-                let (x, dy_half) = (x.clone(), dy_half.clone());
-                move || pool::maxpool2d_backward(gpu, &x, &dy_half, 3, 2).map(drop)
-            }),
-        },
-        Case {
-            name: "resize bilinear x2 fwd".into(),
-            work: bytes(5.0),
-            flops: false,
-            run: Box::new({
-                let x = x.clone();
-                move || resize::resize(gpu, &x, 2 * h, 2 * w, resize::Mode::Bilinear).map(drop)
-            }),
-        },
-        Case {
-            name: "resize bilinear x2 bwd".into(),
-            work: bytes(5.0),
-            flops: false,
-            run: Box::new({
-                let dy2 = dy2.clone();
-                move || resize::resize_backward(gpu, &dy2, h, w, resize::Mode::Bilinear).map(drop)
-            }),
-        },
-        Case {
-            name: "batchnorm train fwd".into(),
-            work: bytes(4.0),
-            flops: false,
-            run: Box::new({
-                let (x, ones, zeros) = (x.clone(), ones.clone(), zeros.clone());
-                move || {
-                    let p = BnParams {
-                        gamma: &ones,
-                        beta: &zeros,
-                        running_mean: &zeros,
-                        running_var: &ones,
-                    };
-                    batchnorm::batchnorm_train(gpu, &x, &p, false).map(drop)
-                }
-            }),
-        },
-        Case {
-            name: "batchnorm bwd".into(),
-            work: bytes(7.0),
-            flops: false,
-            run: Box::new({
-                let (x, dy, ones, zeros, dg, db) = (
-                    x.clone(),
-                    dy.clone(),
-                    ones.clone(),
-                    zeros.clone(),
-                    dg.clone(),
-                    db.clone(),
-                );
-                move || {
-                    let p = BnParams {
-                        gamma: &ones,
-                        beta: &zeros,
-                        running_mean: &zeros,
-                        running_var: &ones,
-                    };
-                    let (_, stats) = batchnorm::batchnorm_train(gpu, &x, &p, false)?;
-                    batchnorm::batchnorm_backward(gpu, &x, &dy, &ones, &stats, &dg, &db, false)
-                        .map(drop)
-                }
-            }),
-        },
-        Case {
-            name: "relu".into(),
-            work: bytes(2.0),
-            flops: false,
-            run: Box::new({
-                let x = x.clone();
-                move || elementwise::relu(gpu, &x).map(drop)
-            }),
-        },
-        Case {
-            name: "add_relu".into(),
-            work: bytes(3.0),
-            flops: false,
-            run: Box::new({
-                let (x, dy) = (x.clone(), dy.clone());
-                move || elementwise::add_relu(gpu, &x, &dy).map(drop)
-            }),
-        },
-        Case {
-            name: "bce loss fwd (mean)".into(),
-            work: bytes(3.0),
-            flops: false,
-            run: Box::new({
-                let (x, t) = (x.clone(), t.clone());
-                move || loss::bce_with_logits(gpu, &x, &t, 15.0).map(drop)
-            }),
-        },
-        Case {
-            name: format!("adam step ({} params)", c * c * 9),
-            work: (c * c * 9 * 4 * 7) as f64,
-            flops: false,
-            run: Box::new({
-                let (w3, dw3, m, v) = (w3.clone(), dw3.clone(), m.clone(), v.clone());
-                move || {
-                    optim::adam_step(gpu, &optim::Adam::default(), 1, &w3, &dw3, &m, &v, 0.0, 1.0)
-                }
-            }),
-        },
+    let (gf, gb) = (true, false);
+    let all = vec![
+        case(
+            format!("conv3x3 fwd {n}x{c}x{h}x{w} -> {c}"),
+            conv_flops(3, act),
+            gf,
+            || conv::conv2d(gpu, &t.x, &t.w3, &t.b, 1, 1).map(drop),
+        ),
+        case("conv3x3 bwd input", conv_flops(3, act), gf, move || {
+            conv::conv2d_backward_input(gpu, &t.dy, &t.w3, (h, w), 1, 1).map(drop)
+        }),
+        case("conv3x3 bwd weight", conv_flops(3, act), gf, move || {
+            conv::conv2d_backward_weight(gpu, &t.dy, &t.x, &t.dw3, 1, 1, false)
+        }),
+        case("conv3x3 dil2 fwd", conv_flops(3, act), gf, move || {
+            conv::conv2d(gpu, &t.x, &t.w3, &t.b, 1, 2).map(drop)
+        }),
+        case("conv3x3 s2 fwd", conv_flops(3, half), gf, move || {
+            conv::conv2d(gpu, &t.x, &t.w3, &t.b, 2, 1).map(drop)
+        }),
+        case("conv1x1 fwd", conv_flops(1, act), gf, move || {
+            conv::conv2d(gpu, &t.x, &t.w1, &t.b, 1, 1).map(drop)
+        }),
+        case("tconv4x4 s2 fwd", conv_flops(4, act), gf, move || {
+            conv::tconv2d(gpu, &t.x, &t.wt, &t.b, 2).map(drop)
+        }),
+        case("tconv4x4 s2 bwd input", conv_flops(4, act), gf, move || {
+            conv::tconv2d_backward_input(gpu, &t.dy2, &t.wt, 2).map(drop)
+        }),
+        case(
+            "tconv4x4 s2 bwd weight",
+            conv_flops(4, act),
+            gf,
+            move || conv::tconv2d_backward_weight(gpu, &t.dy2, &t.x, &t.dwt, 2, false),
+        ),
+        case("maxpool3x3 s2 fwd", bytes(1.25), gb, move || {
+            pool::maxpool2d(gpu, &t.x, 3, 2).map(drop)
+        }),
+        case("maxpool3x3 s2 bwd", bytes(2.25), gb, move || {
+            pool::maxpool2d_backward(gpu, &t.x, &t.dy_half, 3, 2).map(drop)
+        }),
+        case("resize bilinear x2 fwd", bytes(5.0), gb, move || {
+            resize::resize(gpu, &t.x, 2 * h, 2 * w, resize::Mode::Bilinear).map(drop)
+        }),
+        case("resize bilinear x2 bwd", bytes(5.0), gb, move || {
+            resize::resize_backward(gpu, &t.dy2, h, w, resize::Mode::Bilinear).map(drop)
+        }),
+        case("batchnorm train fwd", bytes(4.0), gb, move || {
+            batchnorm::batchnorm_train(gpu, &t.x, &t.bn(), false).map(drop)
+        }),
+        case("batchnorm bwd", bytes(7.0), gb, move || {
+            let (_, stats) = batchnorm::batchnorm_train(gpu, &t.x, &t.bn(), false)?;
+            batchnorm::batchnorm_backward(
+                gpu, &t.x, &t.dy, &t.ones, &stats, &t.dgamma, &t.dbeta, false,
+            )
+            .map(drop)
+        }),
+        case("relu", bytes(2.0), gb, move || {
+            elementwise::relu(gpu, &t.x).map(drop)
+        }),
+        case("add_relu", bytes(3.0), gb, move || {
+            elementwise::add_relu(gpu, &t.x, &t.dy).map(drop)
+        }),
+        case("bce loss fwd (mean)", bytes(3.0), gb, move || {
+            loss::bce_with_logits(gpu, &t.x, &t.target, 15.0).map(drop)
+        }),
+        case(
+            format!("adam step ({} params)", c * c * 9),
+            (c * c * 9 * 4 * 7) as f64,
+            gb,
+            || {
+                optim::adam_step(
+                    gpu,
+                    &optim::Adam::default(),
+                    1,
+                    &t.w3,
+                    &t.dw3,
+                    &t.m,
+                    &t.v,
+                    0.0,
+                    1.0,
+                )
+            },
+        ),
     ];
-    Ok(all
-        .into_iter()
+    all.into_iter()
         .filter(|c| c.name.contains(filter))
-        .collect())
+        .collect()
 }
 
 /// Times every case whose name contains `filter`, `iters` runs each after
@@ -289,7 +225,8 @@ pub fn run(gpu: &Gpu, shape: Shape, iters: usize, filter: &str) -> Result<Vec<Me
         (set, resolve)
     });
     let mut out = Vec::new();
-    for case in cases(gpu, shape, filter)? {
+    let inputs = Inputs::new(gpu, shape)?;
+    for case in cases(gpu, shape, &inputs, filter) {
         (case.run)()?;
         gpu.flush();
         gpu.wait()?;
