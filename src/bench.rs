@@ -240,7 +240,7 @@ pub fn run(gpu: &Gpu, shape: Shape, iters: usize, filter: &str) -> Result<Vec<Me
         let secs = if let Some((set, resolve)) = &timer {
             gpu.timestamp(set, 1, false);
             gpu.resolve_timestamps(set, 2, resolve);
-            let raw = gpu.read_raw(resolve, 16)?;
+            let raw = gpu.read_bytes(&[(resolve, 16)])?.remove(0);
             let ticks: &[u64] = bytemuck::cast_slice(&raw);
             ticks[1].saturating_sub(ticks[0]) as f64
                 * gpu.queue.get_timestamp_period() as f64

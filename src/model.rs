@@ -335,14 +335,12 @@ impl Model {
     }
 
     /// Zeroes every gradient (before a step's first micro-batch).
-    pub fn zero_grads(&self, gpu: &Gpu) -> Result<()> {
+    pub fn zero_grads(&self, gpu: &Gpu) {
         for p in &self.params {
             if let Some(t) = &p.train {
-                let z = gpu.zeros(t.grad.shape())?;
-                gpu.copy(&z, &t.grad);
+                gpu.clear(&t.grad);
             }
         }
-        Ok(())
     }
 
     /// Writes the checkpoint atomically (temporary file, then rename), with

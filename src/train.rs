@@ -366,7 +366,7 @@ fn train_step(
 ) -> anyhow::Result<(f64, f64)> {
     let s = b.size;
     let per = b.n / micro;
-    model.zero_grads(gpu)?;
+    model.zero_grads(gpu);
     let loss_acc = gpu.zeros(&[1])?;
     for m in 0..micro {
         let range = m * per * s * s..(m + 1) * per * s * s;
@@ -379,9 +379,13 @@ fn train_step(
         let dz = loss::bce_with_logits_backward(gpu, g.value(out), &t, cfg.pos_weight)?;
         g.backward(out, dz)?;
     }
+    // The L2 term of the weights this step's data loss was computed with.
+    let l2_acc = gpu.zeros(&[1])?;
+    for w in l2_params {
+        elementwise::axpy(gpu, 1.0, &reduce::sum(gpu, w, true, L2 / 2.0)?, &l2_acc)?;
+    }
     *step += 1;
     let adam = optim::Adam { lr, ..*adam };
-    let mut l2_total = Vec::new();
     for p in &model.params {
         if let Some(t) = &p.train {
             let l2 = if L2_WEIGHTS.contains(&p.name.as_str()) {
@@ -402,14 +406,9 @@ fn train_step(
             )?;
         }
     }
-    for w in l2_params {
-        l2_total.push(reduce::sum(gpu, w, true, L2 / 2.0)?);
-    }
-    let data = gpu.read(&loss_acc)?[0] as f64;
-    let l2: f64 = l2_total
-        .iter()
-        .map(|t| gpu.read(t).map(|v| v[0] as f64))
-        .sum::<Result<f64, _>>()?;
+    // The step's one readback: what the log shows.
+    let read = gpu.read_many(&[&loss_acc, &l2_acc])?;
+    let (data, l2) = (read[0][0] as f64, read[1][0] as f64);
     Ok((data, data + l2))
 }
 

@@ -280,9 +280,7 @@ impl Gpu {
     /// A tensor filled with zeros (cleared inside the command stream).
     pub fn zeros(&self, shape: &[usize]) -> Result<Tensor> {
         let t = self.empty(shape)?;
-        let mut rec = self.rec.lock().unwrap();
-        let enc = self.encoder(&mut rec);
-        enc.clear_buffer(t.buffer(), 0, Some(t.bytes()));
+        self.clear(&t);
         Ok(t)
     }
 
@@ -333,19 +331,46 @@ impl Gpu {
 
     /// Submits everything recorded and waits for it, then reads back.
     pub fn read(&self, t: &Tensor) -> Result<Vec<f32>> {
-        if t.numel() == 0 {
-            return Ok(Vec::new());
+        Ok(self.read_many(&[t])?.pop().expect("one tensor read"))
+    }
+
+    /// Reads several tensors with one submit and one wait.
+    pub fn read_many(&self, ts: &[&Tensor]) -> Result<Vec<Vec<f32>>> {
+        let srcs: Vec<_> = ts.iter().map(|t| (t.buffer(), t.bytes())).collect();
+        Ok(self
+            .read_bytes(&srcs)?
+            .into_iter()
+            .map(|b| bytemuck::pod_collect_to_vec::<u8, f32>(&b))
+            .collect())
+    }
+
+    /// Copies the first `bytes` of each buffer into one staging buffer (in
+    /// stream order), submits, waits, and returns the bytes.
+    pub fn read_bytes(&self, srcs: &[(&wgpu::Buffer, u64)]) -> Result<Vec<Vec<u8>>> {
+        // Offsets into the staging buffer keep wgpu's map alignment.
+        let mut offsets = Vec::with_capacity(srcs.len());
+        let mut total = 0u64;
+        for (_, bytes) in srcs {
+            offsets.push(total);
+            total += bytes.next_multiple_of(wgpu::MAP_ALIGNMENT);
+        }
+        if total == 0 {
+            return Ok(srcs.iter().map(|_| Vec::new()).collect());
         }
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("readback"),
-            size: t.bytes(),
+            size: total,
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
         {
             let mut rec = self.rec.lock().unwrap();
             let enc = self.encoder(&mut rec);
-            enc.copy_buffer_to_buffer(t.buffer(), 0, &staging, 0, t.bytes());
+            for ((src, bytes), off) in srcs.iter().zip(&offsets) {
+                if *bytes > 0 {
+                    enc.copy_buffer_to_buffer(src, 0, &staging, *off, *bytes);
+                }
+            }
         }
         self.flush();
         let (tx, rx) = std::sync::mpsc::channel();
@@ -360,10 +385,20 @@ impl Gpu {
             let view = staging
                 .get_mapped_range(..)
                 .map_err(|e| EngineError::Gpu(format!("readback view failed: {e}")))?;
-            bytemuck::cast_slice::<u8, f32>(&view).to_vec()
+            srcs.iter()
+                .zip(&offsets)
+                .map(|((_, bytes), off)| view[*off as usize..(off + bytes) as usize].to_vec())
+                .collect()
         };
         staging.unmap();
         Ok(out)
+    }
+
+    /// Zeroes a tensor in stream order.
+    pub fn clear(&self, t: &Tensor) {
+        let mut rec = self.rec.lock().unwrap();
+        let enc = self.encoder(&mut rec);
+        enc.clear_buffer(t.buffer(), 0, Some(t.bytes()));
     }
 
     /// Blocks until the GPU is idle.
@@ -487,36 +522,6 @@ impl Gpu {
         let mut rec = self.rec.lock().unwrap();
         let enc = self.encoder(&mut rec);
         enc.resolve_query_set(set, 0..count, dst, 0);
-    }
-
-    /// Reads a raw buffer back (used for timestamps).
-    pub fn read_raw(&self, src: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
-        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("readback raw"),
-            size: bytes,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        {
-            let mut rec = self.rec.lock().unwrap();
-            let enc = self.encoder(&mut rec);
-            enc.copy_buffer_to_buffer(src, 0, &staging, 0, bytes);
-        }
-        self.flush();
-        let (tx, rx) = std::sync::mpsc::channel();
-        staging.map_async(wgpu::MapMode::Read, .., move |r| {
-            let _ = tx.send(r);
-        });
-        self.wait()?;
-        rx.recv()
-            .map_err(|e| EngineError::Gpu(e.to_string()))?
-            .map_err(|e| EngineError::Gpu(format!("map failed: {e}")))?;
-        let out = staging
-            .get_mapped_range(..)
-            .map_err(|e| EngineError::Gpu(format!("view failed: {e}")))?
-            .to_vec();
-        staging.unmap();
-        Ok(out)
     }
 
     /// A binding window over elements `[start, start + len)` of `t`. The
