@@ -42,7 +42,8 @@ pub struct TrainArgs {
     /// Prepared folder (`engine prepare ...` or `engine synth` output).
     #[arg(long, conflicts_with = "synthetic")]
     pub data: Option<std::path::PathBuf>,
-    /// Train on N synthetic phantoms generated in memory instead.
+    /// Train on N synthetic phantoms generated in memory instead (the
+    /// default, with 64, when --data is not given).
     #[arg(long)]
     pub synthetic: Option<usize>,
     /// Side of the synthetic phantoms.
@@ -121,13 +122,14 @@ pub fn train(a: TrainArgs) -> anyhow::Result<()> {
         seed: a.seed,
         threads: a.threads.max(1),
     };
-    let synthetic = a.synthetic.map(|n| (n, a.synthetic_size));
-    let (train, val) = crate::train::samples(
-        a.data.as_deref(),
-        synthetic.or(a.data.is_none().then_some((64, a.synthetic_size))),
-        a.val_fraction,
-        a.seed,
-    )?;
+    let source = match a.data {
+        Some(dir) => crate::train::Source::Prepared(dir),
+        None => crate::train::Source::Synthetic {
+            n: a.synthetic.unwrap_or(64),
+            size: a.synthetic_size,
+        },
+    };
+    let (train, val) = crate::train::samples(&source, a.val_fraction, a.seed)?;
     println!(
         "adapter: {}; {} training and {} validation images; sizes {}; batch {} in micro-batches of {}",
         gpu.info.name,

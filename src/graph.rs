@@ -80,15 +80,28 @@ enum Node {
 }
 
 impl Node {
-    /// Values the backward pass of this node reads.
-    fn saved(&self) -> Vec<Var> {
+    /// The value the backward pass of this node reads, if any.
+    fn saved(&self) -> Option<Var> {
         match self {
             Node::Conv { x, .. }
             | Node::Tconv { x, .. }
             | Node::Bn { x, .. }
-            | Node::MaxPool { x, .. } => vec![*x],
-            Node::Relu { y, .. } | Node::AddRelu { y, .. } => vec![*y],
-            Node::Resize { .. } => vec![],
+            | Node::MaxPool { x, .. } => Some(*x),
+            Node::Relu { y, .. } | Node::AddRelu { y, .. } => Some(*y),
+            Node::Resize { .. } => None,
+        }
+    }
+
+    /// The value this node produces.
+    fn output(&self) -> Var {
+        match self {
+            Node::Conv { y, .. }
+            | Node::Tconv { y, .. }
+            | Node::Bn { y, .. }
+            | Node::Relu { y, .. }
+            | Node::AddRelu { y, .. }
+            | Node::MaxPool { y, .. }
+            | Node::Resize { y, .. } => *y,
         }
     }
 }
@@ -100,6 +113,8 @@ pub struct Graph<'g> {
     train: bool,
     nodes: Vec<Node>,
     vals: Vec<Option<Tensor>>,
+    /// Per value, how many recorded nodes read it in backward.
+    backward_reads: Vec<usize>,
     /// Compute the gradient of the first input too (gradient checks).
     pub input_grad: bool,
 }
@@ -111,6 +126,7 @@ impl<'g> Graph<'g> {
             train,
             nodes: Vec::new(),
             vals: Vec::new(),
+            backward_reads: Vec::new(),
             input_grad: false,
         }
     }
@@ -129,7 +145,15 @@ impl<'g> Graph<'g> {
 
     fn push(&mut self, t: Tensor) -> Var {
         self.vals.push(Some(t));
+        self.backward_reads.push(0);
         Var(self.vals.len() - 1)
+    }
+
+    fn record(&mut self, node: Node) {
+        if let Some(v) = node.saved() {
+            self.backward_reads[v.0] += 1;
+        }
+        self.nodes.push(node);
     }
 
     /// The tensor of a value that is still alive.
@@ -147,8 +171,7 @@ impl<'g> Graph<'g> {
     /// The forward code will not read `v` again: free it unless a recorded
     /// node's backward needs it.
     pub fn done(&mut self, v: Var) {
-        let needed = self.train && self.nodes.iter().any(|n| n.saved().contains(&v));
-        if !needed {
+        if self.backward_reads[v.0] == 0 {
             self.vals[v.0] = None;
         }
     }
@@ -164,7 +187,7 @@ impl<'g> Graph<'g> {
         let y = conv::conv2d(self.gpu, self.value(x), w.value, b.value, stride, dil)?;
         let y = self.push(y);
         if self.train {
-            self.nodes.push(Node::Conv {
+            self.record(Node::Conv {
                 x,
                 y,
                 w: w.value.clone(),
@@ -181,7 +204,7 @@ impl<'g> Graph<'g> {
         let y = conv::tconv2d(self.gpu, self.value(x), w.value, b.value, stride)?;
         let y = self.push(y);
         if self.train {
-            self.nodes.push(Node::Tconv {
+            self.record(Node::Tconv {
                 x,
                 y,
                 w: w.value.clone(),
@@ -208,7 +231,7 @@ impl<'g> Graph<'g> {
         }
         let (y, stats) = batchnorm::batchnorm_train(self.gpu, self.value(x), &params, true)?;
         let y = self.push(y);
-        self.nodes.push(Node::Bn {
+        self.record(Node::Bn {
             x,
             y,
             gamma: p.gamma.value.clone(),
@@ -223,7 +246,7 @@ impl<'g> Graph<'g> {
         let y = elementwise::relu(self.gpu, self.value(x))?;
         let y = self.push(y);
         if self.train {
-            self.nodes.push(Node::Relu { y, x });
+            self.record(Node::Relu { y, x });
         }
         Ok(y)
     }
@@ -233,7 +256,7 @@ impl<'g> Graph<'g> {
         let y = elementwise::add_relu(self.gpu, self.value(a), self.value(b))?;
         let y = self.push(y);
         if self.train {
-            self.nodes.push(Node::AddRelu { a, b, y });
+            self.record(Node::AddRelu { a, b, y });
         }
         Ok(y)
     }
@@ -242,7 +265,7 @@ impl<'g> Graph<'g> {
         let y = pool::maxpool2d(self.gpu, self.value(x), k, s)?;
         let y = self.push(y);
         if self.train {
-            self.nodes.push(Node::MaxPool { x, y, k, s });
+            self.record(Node::MaxPool { x, y, k, s });
         }
         Ok(y)
     }
@@ -253,7 +276,7 @@ impl<'g> Graph<'g> {
         let y = resize::resize(self.gpu, xt, h, w, mode)?;
         let y = self.push(y);
         if self.train {
-            self.nodes.push(Node::Resize { x, y, mode, in_hw });
+            self.record(Node::Resize { x, y, mode, in_hw });
         }
         Ok(y)
     }
@@ -265,25 +288,9 @@ impl<'g> Graph<'g> {
         let gpu = self.gpu;
         let mut grads: Vec<Option<Tensor>> = vec![None; self.vals.len()];
         grads[out.0] = Some(dy);
-        // Backward reads of each value still to come.
-        let mut uses = vec![0usize; self.vals.len()];
-        for n in &self.nodes {
-            for v in n.saved() {
-                uses[v.0] += 1;
-            }
-        }
         let nodes = std::mem::take(&mut self.nodes);
         for node in nodes.into_iter().rev() {
-            let out_var = match &node {
-                Node::Conv { y, .. }
-                | Node::Tconv { y, .. }
-                | Node::Bn { y, .. }
-                | Node::Relu { y, .. }
-                | Node::AddRelu { y, .. }
-                | Node::MaxPool { y, .. }
-                | Node::Resize { y, .. } => *y,
-            };
-            if let Some(g) = grads[out_var.0].take() {
+            if let Some(g) = grads[node.output().0].take() {
                 match &node {
                     Node::Conv {
                         x,
@@ -358,9 +365,9 @@ impl<'g> Graph<'g> {
                     }
                 }
             }
-            for v in node.saved() {
-                uses[v.0] -= 1;
-                if uses[v.0] == 0 {
+            if let Some(v) = node.saved() {
+                self.backward_reads[v.0] -= 1;
+                if self.backward_reads[v.0] == 0 {
                     self.vals[v.0] = None;
                 }
             }

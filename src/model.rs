@@ -1,7 +1,7 @@
 //! `model`: the 28-layer dense-prediction network of MODEL.md, its
 //! parameters (He-normal init, seeded), and checkpoints in safetensors with
 //! MODEL.md's names, layouts and metadata (PyTorch-compatible).
-use crate::error::{EngineError, Result};
+use crate::error::Result;
 use crate::gpu::{Gpu, Tensor};
 use crate::graph::{BnRef, Graph, ParamRef, Var};
 use crate::ops::resize::Mode;
@@ -144,7 +144,7 @@ impl Model {
                     ));
                     out.push((format!("{name}.bias"), vec![o], None));
                     if kind != Kind::Logits {
-                        for (suffix, _) in BN_TENSORS {
+                        for suffix in BN_TENSORS {
                             out.push((format!("{name}.bn.{suffix}"), vec![o], None));
                         }
                     }
@@ -469,15 +469,5 @@ impl Model {
     }
 }
 
-const BN_TENSORS: [(&str, ()); 4] = [
-    ("weight", ()),
-    ("bias", ()),
-    ("running_mean", ()),
-    ("running_var", ()),
-];
-
-impl From<safetensors::SafeTensorError> for EngineError {
-    fn from(e: safetensors::SafeTensorError) -> Self {
-        EngineError::Gpu(e.to_string())
-    }
-}
+/// The batch-norm tensors of a layer, `NAME.bn.SUFFIX` (MODEL.md).
+const BN_TENSORS: [&str; 4] = ["weight", "bias", "running_mean", "running_var"];

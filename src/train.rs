@@ -11,7 +11,7 @@ use crate::ops::resize::Mode;
 use crate::ops::{elementwise, loss, optim, reduce};
 use anyhow::{Context, bail};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -412,33 +412,50 @@ fn train_step(
     Ok((data, data + l2))
 }
 
-/// The training and validation samples of a prepared folder, or of `n`
-/// synthetic phantoms of `size` (split by `val_fraction`).
+/// Where training images come from.
+#[derive(Clone, Debug)]
+pub enum Source {
+    /// A prepared folder (`engine prepare`, `engine synth`).
+    Prepared(PathBuf),
+    /// `n` synthetic phantoms of side `size`, generated in memory.
+    Synthetic { n: usize, size: usize },
+}
+
+/// Moves the last `fraction` of `train` (at least one, never all) to a
+/// validation set.
+fn hold_out(train: &mut Vec<Sample>, fraction: f64) -> Vec<Sample> {
+    if train.len() < 2 || fraction <= 0.0 {
+        return Vec::new();
+    }
+    let k = ((train.len() as f64 * fraction).round() as usize).clamp(1, train.len() - 1);
+    train.split_off(train.len() - k)
+}
+
+/// Training and validation samples. A prepared folder's `val` split is the
+/// validation set; without one, and for phantoms, `val_fraction` is held out.
 pub fn samples(
-    data: Option<&Path>,
-    synthetic: Option<(usize, usize)>,
+    source: &Source,
     val_fraction: f64,
     seed: u64,
 ) -> anyhow::Result<(Vec<Sample>, Vec<Sample>)> {
-    if let Some(dir) = data {
-        let set = PreparedSet::open(dir)?;
-        let mut train = set.training();
-        let mut val = set.split("val");
-        if val.is_empty() && val_fraction > 0.0 {
-            let k = ((train.len() as f64 * val_fraction).round() as usize)
-                .clamp(1, train.len().saturating_sub(1));
-            val = train.split_off(train.len() - k);
+    match source {
+        Source::Prepared(dir) => {
+            let set = PreparedSet::open(dir)?;
+            let mut train = set.training();
+            let mut val = set.split("val");
+            if val.is_empty() {
+                val = hold_out(&mut train, val_fraction);
+            }
+            Ok((train, val))
         }
-        return Ok((train, val));
+        &Source::Synthetic { n, size } => {
+            let mut train: Vec<Sample> = crate::data::synth::generate(n, size, seed)
+                .into_iter()
+                .enumerate()
+                .map(|(i, p)| Sample::in_memory(format!("phantom{i}"), p.image, p.mask))
+                .collect();
+            let val = hold_out(&mut train, val_fraction);
+            Ok((train, val))
+        }
     }
-    let (n, size) = synthetic.unwrap_or((64, 160));
-    let phantoms = crate::data::synth::generate(n, size, seed);
-    let mut all: Vec<Sample> = phantoms
-        .into_iter()
-        .enumerate()
-        .map(|(i, p)| Sample::in_memory(format!("phantom{i}"), p.image, p.mask))
-        .collect();
-    let k = ((n as f64 * val_fraction).round() as usize).clamp(1, n.saturating_sub(1).max(1));
-    let val = all.split_off(n - k);
-    Ok((all, val))
 }
