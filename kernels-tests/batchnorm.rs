@@ -32,7 +32,7 @@ fn check(n: usize, c: usize, h: usize, w: usize, seed: u64) {
         running_mean: &rmt,
         running_var: &rvt,
     };
-    let (y, stats) = batchnorm::batchnorm_train(gpu, &xt, &p, true).unwrap();
+    let (y, stats) = batchnorm::batchnorm_train(gpu, &xt, &p, Some(batchnorm::MOMENTUM)).unwrap();
     let (want, mean, var) = cpu::batchnorm_train(&x64, (n, c, hw), &g64, &b64);
     assert_close(&format!("{tag} forward"), &read(gpu, &y), &want, 1e-4, 1e-4);
     let m = (n * hw) as f64;
@@ -53,6 +53,24 @@ fn check(n: usize, c: usize, h: usize, w: usize, seed: u64) {
         &format!("{tag} running var"),
         &read(gpu, &rvt),
         &want_rv,
+        1e-5,
+        1e-4,
+    );
+    // Momentum 1 (the first batch of a statistics recomputation) replaces
+    // the running statistics by the batch's, with the unbiased variance.
+    batchnorm::batchnorm_train(gpu, &xt, &p, Some(1.0)).unwrap();
+    let unbiased: Vec<f64> = var.iter().map(|v| v * m / (m - 1.0)).collect();
+    assert_close(
+        &format!("{tag} running mean, momentum 1"),
+        &read(gpu, &rmt),
+        &mean,
+        1e-5,
+        1e-5,
+    );
+    assert_close(
+        &format!("{tag} running var, momentum 1"),
+        &read(gpu, &rvt),
+        &unbiased,
         1e-5,
         1e-4,
     );
@@ -122,11 +140,11 @@ fn batchnorm_is_deterministic() {
     };
     let a = read(
         gpu,
-        &batchnorm::batchnorm_train(gpu, &xt, &p, false).unwrap().0,
+        &batchnorm::batchnorm_train(gpu, &xt, &p, None).unwrap().0,
     );
     let b = read(
         gpu,
-        &batchnorm::batchnorm_train(gpu, &xt, &p, false).unwrap().0,
+        &batchnorm::batchnorm_train(gpu, &xt, &p, None).unwrap().0,
     );
     assert!(a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()));
 }

@@ -144,7 +144,7 @@ fn pool_resize_bn_elementwise_loss_adam_split() {
         running_mean: &zero,
         running_var: &rv,
     };
-    let (bn, _) = batchnorm::batchnorm_train(gpu, &xt, &p, false).unwrap();
+    let (bn, _) = batchnorm::batchnorm_train(gpu, &xt, &p, None).unwrap();
     let want = batchnorm::cpu::batchnorm_train(&x64, (n, c, h * w), &[1.0; 6], &[0.0; 6]).0;
     assert_close("tiny batchnorm", &read(gpu, &bn), &want, 1e-4, 1e-4);
 

@@ -165,10 +165,10 @@ fn cases<'a>(gpu: &'a Gpu, s: Shape, t: &'a Inputs, filter: &str) -> Vec<Case<'a
             resize::resize_backward(gpu, &t.dy2, h, w, resize::Mode::Bilinear).map(drop)
         }),
         case("batchnorm train fwd", bytes(4.0), gb, move || {
-            batchnorm::batchnorm_train(gpu, &t.x, &t.bn(), false).map(drop)
+            batchnorm::batchnorm_train(gpu, &t.x, &t.bn(), None).map(drop)
         }),
         case("batchnorm bwd", bytes(7.0), gb, move || {
-            let (_, stats) = batchnorm::batchnorm_train(gpu, &t.x, &t.bn(), false)?;
+            let (_, stats) = batchnorm::batchnorm_train(gpu, &t.x, &t.bn(), None)?;
             batchnorm::batchnorm_backward(
                 gpu, &t.x, &t.dy, &t.ones, &stats, &t.dgamma, &t.dbeta, false,
             )

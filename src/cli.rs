@@ -81,6 +81,11 @@ pub struct TrainArgs {
     /// Fraction held out for validation when the data has no val split.
     #[arg(long, default_value_t = 0.15)]
     pub val_fraction: f64,
+    /// Recompute the batch-norm running statistics over this many training
+    /// micro-batches at the end of each epoch (0: MODEL.md's moving averages
+    /// only). Short runs need it: the moving averages move 1% per step.
+    #[arg(long, default_value_t = 0)]
+    pub precise_bn: usize,
     /// Data loader threads.
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
@@ -98,6 +103,16 @@ pub struct InferArgs {
     /// Probability above which a pixel is marked in the mask.
     #[arg(long, default_value_t = 0.5)]
     pub threshold: f32,
+    /// Scans with more pixels than this (after padding to a multiple of 32)
+    /// run as overlapping tiles.
+    #[arg(long, default_value_t = 2048 * 2048)]
+    pub tile_above: usize,
+    /// Side of a tile's kept core, in pixels.
+    #[arg(long, default_value_t = 1024)]
+    pub tile: usize,
+    /// Context around each tile's core, in pixels.
+    #[arg(long, default_value_t = crate::infer::MARGIN)]
+    pub tile_margin: usize,
     /// Input images (PNG, PGM, JPEG or DICOM), any size.
     #[arg(required = true)]
     pub inputs: Vec<std::path::PathBuf>,
@@ -121,6 +136,7 @@ pub fn train(a: TrainArgs) -> anyhow::Result<()> {
         },
         seed: a.seed,
         threads: a.threads.max(1),
+        precise_bn: a.precise_bn,
     };
     let source = match a.data {
         Some(dir) => crate::train::Source::Prepared(dir),
@@ -160,9 +176,14 @@ pub fn train(a: TrainArgs) -> anyhow::Result<()> {
 pub fn infer(a: InferArgs) -> anyhow::Result<()> {
     let gpu = Gpu::new(a.adapter.adapter.as_deref())?;
     let (model, _) = crate::model::Model::load(&gpu, &a.checkpoint)?;
+    let tiles = crate::infer::TileOptions {
+        max_pixels: a.tile_above,
+        tile: a.tile,
+        margin: a.tile_margin,
+    };
     let mut failed = 0;
     for input in &a.inputs {
-        match crate::infer::infer_file(&gpu, &model, input, &a.out, a.threshold) {
+        match crate::infer::infer_file(&gpu, &model, input, &a.out, a.threshold, &tiles) {
             Ok(o) => println!(
                 "{}: max probability {:.3}, {} pixels above {}; wrote {}, {}, {}",
                 input.display(),

@@ -117,6 +117,9 @@ pub struct Graph<'g> {
     backward_reads: Vec<usize>,
     /// Compute the gradient of the first input too (gradient checks).
     pub input_grad: bool,
+    /// Weight of the batch in the running batch-norm statistics when
+    /// training (MODEL.md: 0.01; `train::recompute_bn_stats` uses 1/k).
+    pub bn_momentum: f32,
 }
 
 impl<'g> Graph<'g> {
@@ -128,6 +131,7 @@ impl<'g> Graph<'g> {
             vals: Vec::new(),
             backward_reads: Vec::new(),
             input_grad: false,
+            bn_momentum: batchnorm::MOMENTUM,
         }
     }
 
@@ -229,7 +233,8 @@ impl<'g> Graph<'g> {
             let y = batchnorm::batchnorm_infer(self.gpu, self.value(x), &params)?;
             return Ok(self.push(y));
         }
-        let (y, stats) = batchnorm::batchnorm_train(self.gpu, self.value(x), &params, true)?;
+        let (y, stats) =
+            batchnorm::batchnorm_train(self.gpu, self.value(x), &params, Some(self.bn_momentum))?;
         let y = self.push(y);
         self.record(Node::Bn {
             x,

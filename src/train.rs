@@ -31,6 +31,10 @@ pub struct TrainConfig {
     pub resize: Mode,
     pub seed: u64,
     pub threads: usize,
+    /// Training batches over which the batch-norm running statistics are
+    /// recomputed at the end of each epoch (0: keep MODEL.md's moving
+    /// averages as they are). See `recompute_bn_stats`.
+    pub precise_bn: usize,
 }
 
 impl TrainConfig {
@@ -174,6 +178,48 @@ pub fn validate(
         counts.add(&p, &b.masks, 0.5);
     }
     Ok(counts)
+}
+
+/// Replaces every batch-norm layer's running statistics by their average
+/// over `batches` training batches under the current weights (PreciseBN).
+///
+/// Why: MODEL.md's running statistics move by 1% per step, so after a
+/// short run they are still mostly their initial values (mean 0, var 1) and
+/// statistics of earlier weights; inference with them can be far off what
+/// training sees (measured: a phantom model with held-out IoU 0.86 using
+/// batch statistics scored 0.00 with its running statistics after 96
+/// steps). Batch k is folded in with momentum 1/k, which gives the plain
+/// average. Nothing else changes: no gradients, no parameter updates.
+#[allow(clippy::too_many_arguments)]
+pub fn recompute_bn_stats(
+    gpu: &Gpu,
+    model: &Model,
+    samples: &[Sample],
+    size: usize,
+    batch: usize,
+    batches: usize,
+    seed: u64,
+    threads: usize,
+) -> anyhow::Result<()> {
+    let cfg = LoaderConfig {
+        size,
+        batch,
+        seed,
+        // Its own stream of crops, apart from the training epochs'.
+        epoch: u64::MAX,
+        augment: true,
+        threads,
+        drop_last: true,
+        ..LoaderConfig::default()
+    };
+    for (k, b) in Loader::new(samples.to_vec(), cfg).take(batches).enumerate() {
+        let b = b?;
+        let mut g = Graph::new(gpu, true);
+        g.bn_momentum = 1.0 / (k + 1) as f32;
+        let x = g.input(gpu.upload(&[b.n, 1, size, size], &b.images)?);
+        model.forward(&mut g, x)?;
+    }
+    Ok(())
 }
 
 /// Where a run keeps its files.
@@ -323,6 +369,18 @@ pub fn train(
         }
         skip = 0;
         bar.finish();
+        if cfg.precise_bn > 0 {
+            recompute_bn_stats(
+                gpu,
+                &model,
+                &train,
+                size,
+                cfg.micro_batch,
+                cfg.precise_bn,
+                cfg.seed,
+                cfg.threads,
+            )?;
+        }
         let counts = validate(gpu, &model, &val, size, cfg.micro_batch, cfg.threads)?;
         let mean_loss = loss_sum / loss_n.max(1) as f64;
         writeln!(

@@ -91,14 +91,16 @@ fn per_plane(
     Ok(())
 }
 
-/// Training forward: normalises with the batch statistics and (when
-/// `update_running`) updates the running statistics in place. Returns y and
-/// the statistics [2, C] (mean, rstd) that the backward pass needs.
+/// Training forward: normalises with the batch statistics and, given a
+/// momentum m, updates the running statistics in place:
+/// `running = (1 - m) * running + m * batch` (MODEL.md's m is `MOMENTUM`).
+/// Returns y and the statistics [2, C] (mean, rstd) that the backward pass
+/// needs.
 pub fn batchnorm_train(
     gpu: &Gpu,
     x: &Tensor,
     p: &BnParams,
-    update_running: bool,
+    momentum: Option<f32>,
 ) -> Result<(Tensor, Tensor)> {
     const OP: &str = "batchnorm_train";
     let c = check(OP, x, p)?;
@@ -122,8 +124,8 @@ pub fn batchnorm_train(
         .u(0)
         .f(m)
         .f(EPS)
-        .f(MOMENTUM)
-        .u(update_running as usize);
+        .f(momentum.unwrap_or(0.0))
+        .u(momentum.is_some() as usize);
     launch(gpu, &FINALIZE, &fp, &[(8, &sw), (9, &mw), (10, &vw)], c);
     let y = gpu.empty(x.shape())?;
     per_plane(
