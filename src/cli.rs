@@ -163,7 +163,17 @@ pub fn train(a: TrainArgs) -> anyhow::Result<()> {
     }
     let run = crate::train::RunDir(a.out.clone());
     let start = std::time::Instant::now();
-    crate::train::train(&gpu, &cfg, train, val, &run, a.resume, stop, false)?;
+    let stop_requested = |_step: u64| stop.load(std::sync::atomic::Ordering::SeqCst);
+    crate::train::train(
+        &gpu,
+        &cfg,
+        train,
+        val,
+        &run,
+        a.resume,
+        &stop_requested,
+        false,
+    )?;
     println!(
         "done in {:.1} s; checkpoint {}; metrics {}",
         start.elapsed().as_secs_f64(),

@@ -11,9 +11,7 @@ use crate::ops::resize::Mode;
 use crate::ops::{elementwise, loss, optim, reduce};
 use anyhow::{Context, bail};
 use std::io::Write;
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::{Path, PathBuf};
 
 #[derive(Clone, Debug)]
 pub struct TrainConfig {
@@ -222,6 +220,47 @@ pub fn recompute_bn_stats(
     Ok(())
 }
 
+/// A resumed run must use the settings it was started with, or it would
+/// not continue the same run: names what differs.
+fn check_resume_settings(
+    cfg: &TrainConfig,
+    model: &Model,
+    meta: &Meta,
+    path: &Path,
+) -> anyhow::Result<()> {
+    let mut differ = Vec::new();
+    for (key, now) in cfg.to_meta() {
+        match meta.extra.get(&key) {
+            Some(was) if *was != now => differ.push(format!("{key} was {was}, now {now}")),
+            _ => {}
+        }
+    }
+    if model.cfg.width != cfg.width {
+        differ.push(format!("width was {}, now {}", model.cfg.width, cfg.width));
+    }
+    if model.cfg.resize != cfg.resize {
+        differ.push(format!(
+            "resize was {}, now {}",
+            model.cfg.resize.name(),
+            cfg.resize.name()
+        ));
+    }
+    if meta.pos_weight != cfg.pos_weight {
+        differ.push(format!(
+            "pos_weight was {}, now {}",
+            meta.pos_weight, cfg.pos_weight
+        ));
+    }
+    if !differ.is_empty() {
+        bail!(
+            "{}: --resume needs the run's own settings: {}",
+            path.display(),
+            differ.join("; ")
+        );
+    }
+    Ok(())
+}
+
 /// Where a run keeps its files.
 pub struct RunDir(pub PathBuf);
 
@@ -235,7 +274,8 @@ impl RunDir {
 }
 
 /// Trains on `train` (validating on `val`) into the run folder, starting
-/// fresh or from `resume` (a checkpoint written by this command).
+/// fresh or from `resume` (a checkpoint written by this command). After each
+/// step `stop(step)` is asked whether to checkpoint and return (Ctrl-C).
 #[allow(clippy::too_many_arguments)]
 pub fn train(
     gpu: &Gpu,
@@ -244,7 +284,7 @@ pub fn train(
     val: Vec<Sample>,
     run: &RunDir,
     resume: bool,
-    stop: Arc<AtomicBool>,
+    stop: &dyn Fn(u64) -> bool,
     quiet: bool,
 ) -> anyhow::Result<Model> {
     if train.is_empty() {
@@ -260,6 +300,7 @@ pub fn train(
     std::fs::create_dir_all(&run.0).with_context(|| format!("creating {}", run.0.display()))?;
     let (model, mut step, start_epoch, mut skip) = if resume {
         let (model, meta) = Model::load(gpu, &run.checkpoint())?;
+        check_resume_settings(cfg, &model, &meta, &run.checkpoint())?;
         let skip: usize = meta
             .extra
             .get("train.batch_in_epoch")
@@ -358,7 +399,7 @@ pub fn train(
             )?;
             bar.set_message(format!("loss {data_loss:.4} (with L2 {total:.4})"));
             bar.inc(1);
-            if stop.load(Ordering::SeqCst) {
+            if stop(step) {
                 save(&model, step, epoch, bi + 1)?;
                 bar.abandon_with_message(format!(
                     "interrupted; checkpoint {} (resume with --resume)",
