@@ -193,13 +193,17 @@ pub fn infer(a: InferArgs) -> anyhow::Result<()> {
     };
     let mut failed = 0;
     for input in &a.inputs {
+        gpu.pool().reset_peak();
+        let started = std::time::Instant::now();
         match crate::infer::infer_file(&gpu, &model, input, &a.out, a.threshold, &tiles) {
             Ok(o) => println!(
-                "{}: max probability {:.3}, {} pixels above {}; wrote {}, {}, {}",
+                "{}: max probability {:.3}, {} pixels above {} ({:.2} s, peak tensors {} MiB); wrote {}, {}, {}",
                 input.display(),
                 o.max_probability,
                 o.positive_pixels,
                 a.threshold,
+                started.elapsed().as_secs_f64(),
+                gpu.pool().stats().2 >> 20,
                 o.probability.display(),
                 o.mask.display(),
                 o.overlay.display()

@@ -375,14 +375,20 @@ pub fn train(
         );
         bar.set_prefix(format!("{}/{} @{size}", epoch + 1, cfg.epochs()));
         let (mut loss_sum, mut loss_n) = (0.0f64, 0usize);
+        // Wall time of the steps (GPU work included: each step ends with a
+        // readback) and peak tensor memory, for the epoch's log line.
+        let mut step_secs = 0.0f64;
+        gpu.pool().reset_peak();
         for (bi, b) in loader.enumerate() {
             let b = b?;
             if bi < skip {
                 continue;
             }
+            let started = std::time::Instant::now();
             let (data_loss, total) = train_step(
                 gpu, &model, cfg, &adam, lr, &mut step, &b, micro, &l2_params,
             )?;
+            step_secs += started.elapsed().as_secs_f64();
             if !data_loss.is_finite() || !total.is_finite() {
                 bail!(
                     "the loss became {data_loss} at epoch {} batch {bi} (step {step}); training stopped. The last good checkpoint is {} (lower --lr or check the data)",
@@ -424,9 +430,11 @@ pub fn train(
         }
         let counts = validate(gpu, &model, &val, size, cfg.micro_batch, cfg.threads)?;
         let mean_loss = loss_sum / loss_n.max(1) as f64;
+        let step_ms = step_secs * 1e3 / loss_n.max(1) as f64;
+        let peak_mib = gpu.pool().stats().2 as f64 / (1 << 20) as f64;
         writeln!(
             metrics,
-            "{{\"kind\":\"epoch\",\"epoch\":{},\"size\":{size},\"train_loss\":{mean_loss},\"val_precision\":{},\"val_recall\":{},\"val_f1\":{},\"val_iou\":{},\"val_accuracy\":{}}}",
+            "{{\"kind\":\"epoch\",\"epoch\":{},\"size\":{size},\"train_loss\":{mean_loss},\"val_precision\":{},\"val_recall\":{},\"val_f1\":{},\"val_iou\":{},\"val_accuracy\":{},\"step_ms\":{step_ms:.1},\"peak_tensor_mib\":{peak_mib:.1}}}",
             epoch + 1,
             counts.precision(),
             counts.recall(),
@@ -436,7 +444,7 @@ pub fn train(
         )?;
         if !quiet {
             println!(
-                "epoch {}: train loss {mean_loss:.4}; validation precision {:.3} recall {:.3} F1 {:.3} lesion IoU {:.3}",
+                "epoch {}: train loss {mean_loss:.4}; validation precision {:.3} recall {:.3} F1 {:.3} lesion IoU {:.3}; {step_ms:.0} ms/step, peak tensors {peak_mib:.0} MiB",
                 epoch + 1,
                 counts.precision(),
                 counts.recall(),
