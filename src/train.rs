@@ -346,6 +346,36 @@ pub fn train(
                 .insert("train.batch_in_epoch".into(), batch_in_epoch.to_string());
             model.save(gpu, &run.checkpoint(), &meta, true)
         };
+    if !resume {
+        // The untrained model's numbers: the baseline training must beat.
+        let counts = validate(
+            gpu,
+            &model,
+            &val,
+            cfg.size_at(0),
+            cfg.micro_batch,
+            cfg.threads,
+        )?;
+        writeln!(
+            metrics,
+            "{{\"kind\":\"baseline\",\"size\":{},\"val_precision\":{},\"val_recall\":{},\"val_f1\":{},\"val_iou\":{},\"val_accuracy\":{}}}",
+            cfg.size_at(0),
+            counts.precision(),
+            counts.recall(),
+            counts.f1(),
+            counts.iou(),
+            counts.accuracy()
+        )?;
+        if !quiet {
+            println!(
+                "untrained: validation precision {:.3} recall {:.3} F1 {:.3} lesion IoU {:.3}",
+                counts.precision(),
+                counts.recall(),
+                counts.f1(),
+                counts.iou()
+            );
+        }
+    }
     for epoch in start_epoch..cfg.epochs() {
         let size = cfg.size_at(epoch);
         let lr = cfg.lr_at(epoch);
