@@ -369,7 +369,8 @@ impl Model {
         }
         let mut info: HashMap<String, String> = meta.extra.clone().into_iter().collect();
         info.insert("format".into(), FORMAT.into());
-        info.insert("width".into(), format!("{}", self.cfg.width));
+        // MODEL.md writes the width like "0.25" or "1.0" (Debug keeps the ".0").
+        info.insert("width".into(), format!("{:?}", self.cfg.width));
         info.insert("resize".into(), self.cfg.resize.name().into());
         info.insert("pos_weight".into(), format!("{}", meta.pos_weight));
         info.insert("step".into(), meta.step.to_string());
