@@ -113,6 +113,9 @@ pub struct InferArgs {
     /// Context around each tile's core, in pixels.
     #[arg(long, default_value_t = crate::infer::MARGIN)]
     pub tile_margin: usize,
+    /// Also write the probability map as float32 NAME_prob.npy.
+    #[arg(long)]
+    pub npy: bool,
     /// Input images (PNG, PGM, JPEG or DICOM), any size.
     #[arg(required = true)]
     pub inputs: Vec<std::path::PathBuf>,
@@ -195,7 +198,7 @@ pub fn infer(a: InferArgs) -> anyhow::Result<()> {
     for input in &a.inputs {
         gpu.pool().reset_peak();
         let started = std::time::Instant::now();
-        match crate::infer::infer_file(&gpu, &model, input, &a.out, a.threshold, &tiles) {
+        match crate::infer::infer_file(&gpu, &model, input, &a.out, a.threshold, &tiles, a.npy) {
             Ok(o) => println!(
                 "{}: max probability {:.3}, {} pixels above {} ({:.2} s, peak tensors {} MiB); wrote {}, {}, {}",
                 input.display(),

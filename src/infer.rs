@@ -118,6 +118,8 @@ pub struct Outputs {
     pub probability: PathBuf,
     pub mask: PathBuf,
     pub overlay: PathBuf,
+    /// The probability map as float32 `.npy` (H x W), when asked for.
+    pub npy: Option<PathBuf>,
     pub max_probability: f32,
     pub positive_pixels: usize,
 }
@@ -146,6 +148,7 @@ pub fn infer_file(
     out_dir: &Path,
     threshold: f32,
     tiles: &TileOptions,
+    npy: bool,
 ) -> anyhow::Result<Outputs> {
     let img = read_scan(input)?;
     let (h, w) = (img.height, img.width);
@@ -190,11 +193,32 @@ pub fn infer_file(
         .expect("size matches")
         .save(&overlay)
         .with_context(|| format!("writing {}", overlay.display()))?;
+    let npy = if npy {
+        let path = out_dir.join(format!("{stem}_prob.npy"));
+        write_npy(&path, &prob, h, w).with_context(|| format!("writing {}", path.display()))?;
+        Some(path)
+    } else {
+        None
+    };
     Ok(Outputs {
+        npy,
         probability,
         mask,
         overlay,
         max_probability: prob.iter().cloned().fold(0.0, f32::max),
         positive_pixels,
     })
+}
+
+/// Writes an H x W float32 array in NumPy's `.npy` format (C order).
+pub fn write_npy(path: &Path, data: &[f32], h: usize, w: usize) -> std::io::Result<()> {
+    use npyz::WriterBuilder;
+    let file = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut writer = npyz::WriteOptions::<f32>::new()
+        .default_dtype()
+        .shape(&[h as u64, w as u64])
+        .writer(file)
+        .begin_nd()?;
+    writer.extend(data.iter().copied())?;
+    writer.finish()
 }
