@@ -31,6 +31,8 @@ pub enum Command {
     Train(TrainArgs),
     /// Probability maps, masks and heatmap overlays for images (PNG, PGM, JPEG, DICOM).
     Infer(InferArgs),
+    /// Evaluate a checkpoint on a prepared set: metrics, curves, thresholds, panels
+    Eval(crate::eval::EvalArgs),
     #[command(flatten)]
     Data(crate::data::cli::DataCommand),
 }
