@@ -15,7 +15,9 @@
 //! `j > k`, so the confusion counts at every grid threshold are exact; only
 //! thresholds between grid points are not represented. The pixel
 //! precision-recall curve and its average precision are therefore exactly
-//! those of the scores rounded up to the grid.
+//! those of the scores rounded up to the grid, except that pixels with
+//! `p <= 0` are predicted by no threshold `t >= 0` (the curve ends at the
+//! recall of `t = 0`).
 //!
 //! **Average precision** is scikit-learn's `average_precision_score`: the
 //! step-wise sum `AP = sum_n (R_n - R_{n-1}) P_n` over the operating points

@@ -136,7 +136,7 @@ impl EvalOptions {
                 self.target_recall
             )));
         }
-        if self.bins == 0 || self.bins % 100 != 0 {
+        if self.bins == 0 || !self.bins.is_multiple_of(100) {
             return Err(bad(format!(
                 "--bins {} is not a positive multiple of 100",
                 self.bins

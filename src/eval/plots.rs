@@ -55,6 +55,7 @@ fn draw(plot: &Plot, path: &Path) -> anyhow::Result<()> {
             .map_err(to_anyhow)?;
         chart
             .configure_mesh()
+            .light_line_style(RGBColor(238, 238, 238))
             .x_desc(plot.x_label)
             .y_desc(plot.y_label)
             .label_style(("sans-serif", 13))
