@@ -194,24 +194,35 @@ pub fn infer(a: InferArgs) -> anyhow::Result<()> {
         margin: a.tile_margin,
     };
     let mut failed = 0;
+    // Progress with rate and ETA on stderr (hidden when it is not a terminal).
+    let bar = indicatif::ProgressBar::new(a.inputs.len() as u64).with_style(
+        indicatif::ProgressStyle::with_template(
+            "infer {bar:30} {pos}/{len} images  {per_sec}  ETA {eta}",
+        )
+        .expect("valid template"),
+    );
     for input in &a.inputs {
         match crate::infer::infer_file(&gpu, &model, input, &a.out, a.threshold, &tiles) {
-            Ok(o) => println!(
-                "{}: max probability {:.3}, {} pixels above {}; wrote {}, {}, {}",
-                input.display(),
-                o.max_probability,
-                o.positive_pixels,
-                a.threshold,
-                o.probability.display(),
-                o.mask.display(),
-                o.overlay.display()
-            ),
+            Ok(o) => bar.suspend(|| {
+                println!(
+                    "{}: max probability {:.3}, {} pixels above {}; wrote {}, {}, {}",
+                    input.display(),
+                    o.max_probability,
+                    o.positive_pixels,
+                    a.threshold,
+                    o.probability.display(),
+                    o.mask.display(),
+                    o.overlay.display()
+                )
+            }),
             Err(e) => {
-                eprintln!("{}: {e:#}", input.display());
+                bar.suspend(|| eprintln!("{}: {e:#}", input.display()));
                 failed += 1;
             }
         }
+        bar.inc(1);
     }
+    bar.finish_and_clear();
     if failed > 0 {
         anyhow::bail!("{failed} of {} inputs failed", a.inputs.len());
     }
