@@ -90,6 +90,15 @@ pub enum ImageScore {
 }
 
 impl ImageScore {
+    /// The command-line and JSON name.
+    pub fn name(self) -> &'static str {
+        match self {
+            ImageScore::Area => "area",
+            ImageScore::Max => "max",
+            ImageScore::TopMean => "top-mean",
+        }
+    }
+
     pub fn describe(self) -> &'static str {
         match self {
             ImageScore::Area => {

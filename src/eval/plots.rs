@@ -159,8 +159,9 @@ pub fn write_plots(s: &Summary, out: &Path) -> anyhow::Result<Vec<String>> {
     draw(
         &Plot {
             title: format!(
-                "Image precision-recall, AP {:.3} (score: {:?})",
-                s.image.average_precision, s.image_score
+                "Image precision-recall, AP {:.3} (score: {})",
+                s.image.average_precision,
+                s.image_score.name()
             ),
             x_label: "recall",
             y_label: "precision",
@@ -173,7 +174,7 @@ pub fn write_plots(s: &Summary, out: &Path) -> anyhow::Result<Vec<String>> {
     draw(
         &Plot {
             title: match s.image.roc_auc {
-                Some(a) => format!("Image ROC, AUC {a:.3} (score: {:?})", s.image_score),
+                Some(a) => format!("Image ROC, AUC {a:.3} (score: {})", s.image_score.name()),
                 None => "Image ROC (AUC undefined: one class only)".to_string(),
             },
             x_label: "false-positive rate",
