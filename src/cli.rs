@@ -31,6 +31,8 @@ pub enum Command {
     Train(TrainArgs),
     /// Probability maps, masks and heatmap overlays for images (PNG, PGM, JPEG, DICOM).
     Infer(InferArgs),
+    /// Evaluate a checkpoint on a prepared set: metrics, curves, thresholds, panels
+    Eval(crate::eval::EvalArgs),
     #[command(flatten)]
     Data(crate::data::cli::DataCommand),
 }
@@ -195,28 +197,40 @@ pub fn infer(a: InferArgs) -> anyhow::Result<()> {
         margin: a.tile_margin,
     };
     let mut failed = 0;
+    // Progress with rate and ETA on stderr (hidden when it is not a terminal).
+    let bar = indicatif::ProgressBar::new(a.inputs.len() as u64).with_style(
+        indicatif::ProgressStyle::with_template(
+            "infer {bar:30} {pos}/{len} images  {per_sec}  ETA {eta}",
+        )
+        .expect("valid template"),
+    );
     for input in &a.inputs {
         gpu.pool().reset_peak();
         let started = std::time::Instant::now();
         match crate::infer::infer_file(&gpu, &model, input, &a.out, a.threshold, &tiles, a.npy) {
-            Ok(o) => println!(
-                "{}: max probability {:.3}, {} pixels above {} ({:.2} s, peak tensors {} MiB); wrote {}, {}, {}",
-                input.display(),
-                o.max_probability,
-                o.positive_pixels,
-                a.threshold,
-                started.elapsed().as_secs_f64(),
-                gpu.pool().stats().2 >> 20,
-                o.probability.display(),
-                o.mask.display(),
-                o.overlay.display()
-            ),
+            Ok(o) => bar.suspend(|| {
+                println!(
+                    "{}: max probability {:.3}, {} pixels above {} ({:.2} s, peak tensors {} MiB); wrote {}, {}, {}{}",
+                    input.display(),
+                    o.max_probability,
+                    o.positive_pixels,
+                    a.threshold,
+                    started.elapsed().as_secs_f64(),
+                    gpu.pool().stats().2 >> 20,
+                    o.probability.display(),
+                    o.mask.display(),
+                    o.overlay.display(),
+                    o.npy.map(|p| format!(", {}", p.display())).unwrap_or_default()
+                )
+            }),
             Err(e) => {
-                eprintln!("{}: {e:#}", input.display());
+                bar.suspend(|| eprintln!("{}: {e:#}", input.display()));
                 failed += 1;
             }
         }
+        bar.inc(1);
     }
+    bar.finish_and_clear();
     if failed > 0 {
         anyhow::bail!("{failed} of {} inputs failed", a.inputs.len());
     }

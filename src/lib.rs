@@ -6,6 +6,7 @@ pub mod bench;
 pub mod cli;
 pub mod data;
 pub mod error;
+pub mod eval;
 pub mod gpu;
 pub mod graph;
 pub mod infer;

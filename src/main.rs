@@ -8,6 +8,13 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(args) => engine::cli::bench(args),
         Command::Train(args) => engine::cli::train(args),
         Command::Infer(args) => engine::cli::infer(args),
+        Command::Eval(args) => {
+            if let Err(e) = engine::eval::run(args) {
+                eprintln!("Error: {e:#}");
+                std::process::exit(engine::eval::exit_code(&e));
+            }
+            Ok(())
+        }
         Command::Data(c) => c.run(),
     }
 }

@@ -1,0 +1,344 @@
+//! `engine eval`: a checkpoint on a prepared split. Pixel- and image-level
+//! metrics at a threshold, a threshold sweep with precision-recall and ROC
+//! curves, the thresholds that reach a target recall or maximise F1, and
+//! the pictures: curve plots and one panel per image with an HTML index.
+//!
+//! Full scans run through [`crate::infer::probability_map`], the same fully
+//! convolutional path as `engine infer`. Metric definitions: [`metrics`].
+//!
+//! Exit codes ([`exit_code`]): 0 success, 2 bad input (missing or corrupt
+//! checkpoint or data, bad arguments; clap's own usage errors are 2 too),
+//! 1 internal error (GPU, inference, writing the outputs).
+pub mod metrics;
+pub mod panels;
+pub mod plots;
+pub mod report;
+
+use crate::data::Gray8;
+use crate::data::prepared::{PreparedSet, Sample};
+use crate::gpu::Gpu;
+use crate::infer::TileOptions;
+use crate::model::Model;
+use anyhow::Context;
+use clap::Args;
+use metrics::{Counts, ImageScore, PixelHistogram};
+use report::{ImageRecord, Summary};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub adapter: crate::cli::AdapterArg,
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Prepared folder (`engine prepare ...` or `engine synth` output).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Split to evaluate (full images): test or val.
+    #[arg(long, default_value = "test")]
+    pub split: String,
+    /// Output folder: summary.json, images.csv, sweep.csv, plots, panels/,
+    /// index.html.
+    #[arg(long, default_value = "runs/eval")]
+    pub out: PathBuf,
+    /// A pixel is positive when its probability exceeds this (p > t).
+    #[arg(long, default_value_t = 0.5)]
+    pub threshold: f32,
+    /// Report the highest threshold whose recall reaches this.
+    #[arg(long, default_value_t = 0.9)]
+    pub target_recall: f64,
+    /// Statistic of a probability map that scores an image for the
+    /// image-level curves.
+    #[arg(long, value_enum, default_value_t = ImageScore::Area)]
+    pub image_score: ImageScore,
+    /// Histogram bins of the pixel sweep (thresholds k/bins, exact there);
+    /// a multiple of 100.
+    #[arg(long, default_value_t = 1000)]
+    pub bins: usize,
+    /// Longest side of each of the four pictures in a panel.
+    #[arg(long, default_value_t = 512)]
+    pub panel_size: usize,
+    /// Skip the per-image panels and the HTML index.
+    #[arg(long)]
+    pub no_panels: bool,
+    /// Print the summary JSON to stdout instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Scans with more (padded) pixels than this run as overlapping tiles
+    /// (as in `engine infer`).
+    #[arg(long, default_value_t = 2048 * 2048)]
+    pub tile_above: usize,
+}
+
+/// An error caused by the user's input (exit code 2).
+#[derive(Debug)]
+pub struct BadInput(pub String);
+
+impl std::fmt::Display for BadInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BadInput {}
+
+fn bad(msg: impl std::fmt::Display) -> anyhow::Error {
+    BadInput(msg.to_string()).into()
+}
+
+/// The process exit code for an error of [`run`]: 2 for bad input, else 1.
+pub fn exit_code(err: &anyhow::Error) -> i32 {
+    if err.chain().any(|e| e.downcast_ref::<BadInput>().is_some()) {
+        2
+    } else {
+        1
+    }
+}
+
+/// Settings of one evaluation.
+#[derive(Clone, Debug)]
+pub struct EvalOptions {
+    pub threshold: f32,
+    pub target_recall: f64,
+    pub image_score: ImageScore,
+    pub bins: usize,
+    pub panel_size: usize,
+    pub panels: bool,
+    pub tiles: TileOptions,
+}
+
+impl Default for EvalOptions {
+    fn default() -> Self {
+        EvalOptions {
+            threshold: 0.5,
+            target_recall: 0.9,
+            image_score: ImageScore::Area,
+            bins: 1000,
+            panel_size: 512,
+            panels: true,
+            tiles: TileOptions::default(),
+        }
+    }
+}
+
+impl EvalOptions {
+    /// Checks the settings (errors are [`BadInput`]).
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if !(0.0..=1.0).contains(&self.threshold) {
+            return Err(bad(format!(
+                "--threshold {} is not in [0, 1]",
+                self.threshold
+            )));
+        }
+        if !(self.target_recall > 0.0 && self.target_recall <= 1.0) {
+            return Err(bad(format!(
+                "--target-recall {} is not in (0, 1]",
+                self.target_recall
+            )));
+        }
+        if self.bins == 0 || !self.bins.is_multiple_of(100) {
+            return Err(bad(format!(
+                "--bins {} is not a positive multiple of 100",
+                self.bins
+            )));
+        }
+        if self.panel_size < 16 {
+            return Err(bad("--panel-size must be at least 16"));
+        }
+        Ok(())
+    }
+}
+
+/// Accumulates per-image results; [`Accumulator::finish`] makes the summary.
+pub struct Accumulator {
+    opts: EvalOptions,
+    hist: PixelHistogram,
+    pixel: Counts,
+    records: Vec<ImageRecord>,
+}
+
+impl Accumulator {
+    pub fn new(opts: EvalOptions) -> Self {
+        Accumulator {
+            hist: PixelHistogram::new(opts.bins),
+            opts,
+            pixel: Counts::default(),
+            records: Vec::new(),
+        }
+    }
+
+    /// Adds one image: its probability map and 0/1 mask (same size).
+    pub fn add(&mut self, file: &str, mask: &Gray8, prob: &[f32]) -> &ImageRecord {
+        let t = self.opts.threshold;
+        let c = metrics::pixel_counts(prob, &mask.pixels, t);
+        self.pixel.tp += c.tp;
+        self.pixel.fp += c.fp;
+        self.pixel.fn_ += c.fn_;
+        self.pixel.tn += c.tn;
+        self.hist.add(prob, &mask.pixels);
+        let truth = c.tp + c.fn_ > 0;
+        let predicted = metrics::image_predicted(prob, t);
+        self.records.push(ImageRecord {
+            file: file.to_string(),
+            width: mask.width,
+            height: mask.height,
+            truth: truth as u8,
+            score: self.opts.image_score.score(prob),
+            predicted: predicted as u8,
+            outcome: report::outcome(truth, predicted).into(),
+            mask_pixels: c.tp + c.fn_,
+            predicted_pixels: c.tp + c.fp,
+            min_predicted_pixels: metrics::area_min_pixels(prob.len()) as u64,
+            tp: c.tp,
+            fp: c.fp,
+            fn_: c.fn_,
+            tn: c.tn,
+            dice: c.f1(),
+            iou: c.iou(),
+            max_probability: prob.iter().copied().fold(0.0f32, f32::max) as f64,
+            panel: String::new(),
+        });
+        self.records.last().expect("just pushed")
+    }
+
+    pub fn records(&self) -> &[ImageRecord] {
+        &self.records
+    }
+
+    pub fn records_mut(&mut self) -> &mut [ImageRecord] {
+        &mut self.records
+    }
+
+    pub fn finish(self) -> Summary {
+        report::summarize(&self.opts, self.pixel, &self.hist, self.records)
+    }
+}
+
+/// The file name of image `index`'s panel: index plus a sanitised id.
+pub fn panel_name(index: usize, id: &str) -> String {
+    let stem = Path::new(id)
+        .with_extension("")
+        .to_string_lossy()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect::<String>();
+    format!("{index:04}_{stem}.png")
+}
+
+/// Evaluates `model` on `samples` and writes every output into `out`.
+/// Load failures of a sample are [`BadInput`].
+pub fn evaluate(
+    gpu: &Gpu,
+    model: &Model,
+    samples: &[Sample],
+    opts: &EvalOptions,
+    source: report::Source,
+    out: &Path,
+    progress: bool,
+) -> anyhow::Result<Summary> {
+    opts.validate()?;
+    if samples.is_empty() {
+        return Err(bad("no images to evaluate"));
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let panel_dir = out.join("panels");
+    if opts.panels {
+        std::fs::create_dir_all(&panel_dir)
+            .with_context(|| format!("creating {}", panel_dir.display()))?;
+    }
+    let bar = if progress {
+        indicatif::ProgressBar::new(samples.len() as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "eval {bar:30} {pos}/{len} images  {per_sec}  ETA {eta}  {msg}",
+        )
+        .expect("valid template"),
+    );
+    let mut acc = Accumulator::new(opts.clone());
+    for (i, s) in samples.iter().enumerate() {
+        bar.set_message(s.id.clone());
+        let (scan, mask) = s.load().map_err(|e| bad(format!("{}: {e}", s.id)))?;
+        if (scan.width, scan.height) != (mask.width, mask.height) {
+            return Err(bad(format!("{}: scan and mask differ in size", s.id)));
+        }
+        let prob = crate::infer::probability_map(gpu, model, &scan, &opts.tiles)
+            .with_context(|| format!("{}: inference on {}x{}", s.id, scan.width, scan.height))?;
+        acc.add(&s.id, &mask, &prob);
+        if opts.panels {
+            let name = panel_name(i, &s.id);
+            panels::write_panel(
+                &panel_dir.join(&name),
+                &scan,
+                &mask,
+                &prob,
+                opts.threshold,
+                opts.panel_size,
+            )
+            .with_context(|| format!("{}: writing its panel", s.id))?;
+            acc.records_mut()[i].panel = format!("panels/{name}");
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let mut summary = acc.finish();
+    summary.source = source;
+    report::write_all(&mut summary, out, opts.panels)?;
+    Ok(summary)
+}
+
+/// `engine eval`.
+pub fn run(a: EvalArgs) -> anyhow::Result<()> {
+    let opts = EvalOptions {
+        threshold: a.threshold,
+        target_recall: a.target_recall,
+        image_score: a.image_score,
+        bins: a.bins,
+        panel_size: a.panel_size,
+        panels: !a.no_panels,
+        tiles: TileOptions {
+            max_pixels: a.tile_above,
+            ..TileOptions::default()
+        },
+    };
+    opts.validate()?;
+    if !a.checkpoint.is_file() {
+        return Err(bad(format!(
+            "checkpoint {} does not exist",
+            a.checkpoint.display()
+        )));
+    }
+    let set = PreparedSet::open(&a.data).map_err(|e| bad(format!("{e}")))?;
+    let samples = set.split(&a.split);
+    if samples.is_empty() {
+        return Err(bad(format!(
+            "{} has no full images in split {:?}",
+            a.data.display(),
+            a.split
+        )));
+    }
+    let gpu = Gpu::new(a.adapter.adapter.as_deref())?;
+    let (model, _) = Model::load(&gpu, &a.checkpoint)
+        .map_err(|e| bad(format!("{}: {e:#}", a.checkpoint.display())))?;
+    let source = report::Source {
+        checkpoint: a.checkpoint.display().to_string(),
+        data: a.data.display().to_string(),
+        split: a.split.clone(),
+    };
+    let summary = evaluate(&gpu, &model, &samples, &opts, source, &a.out, true)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        print!("{}", report::table(&summary));
+        println!("wrote {}", a.out.display());
+    }
+    Ok(())
+}
