@@ -222,3 +222,20 @@ pub fn write_npy(path: &Path, data: &[f32], h: usize, w: usize) -> std::io::Resu
     writer.extend(data.iter().copied())?;
     writer.finish()
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn npy_round_trips_shape_and_values() {
+        let dir = std::env::temp_dir().join(format!("engine-npy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("p.npy");
+        let data: Vec<f32> = (0..6).map(|i| i as f32 / 8.0).collect();
+        super::write_npy(&path, &data, 2, 3).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let npy = npyz::NpyFile::new(&bytes[..]).unwrap();
+        assert_eq!(npy.shape(), &[2, 3]);
+        assert_eq!(npy.into_vec::<f32>().unwrap(), data);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
