@@ -93,9 +93,10 @@ pub fn probability_map(
         .collect())
 }
 
-/// A colour for probability p (blue -> cyan -> yellow -> red).
-fn heat(p: f32) -> [f32; 3] {
-    let p = p.clamp(0.0, 1.0);
+/// The heat colour of probability p (blue -> cyan -> yellow -> red), as
+/// RGB in [0, 1]; used by the overlays and by `engine eval`'s panels.
+pub fn heat(p: f32) -> [f32; 3] {
+    let p = if p.is_nan() { 0.0 } else { p.clamp(0.0, 1.0) };
     let stops = [
         [0.0, 0.0, 1.0],
         [0.0, 1.0, 1.0],
@@ -103,14 +104,10 @@ fn heat(p: f32) -> [f32; 3] {
         [1.0, 0.0, 0.0],
     ];
     let x = p * 3.0;
-    let i = (x.floor() as usize).min(2);
-    let f = x - i as f32;
-    let (a, b) = (stops[i], stops[i + 1]);
-    [
-        a[0] + (b[0] - a[0]) * f,
-        a[1] + (b[1] - a[1]) * f,
-        a[2] + (b[2] - a[2]) * f,
-    ]
+    let k = (x.floor() as usize).min(2);
+    let f = x - k as f32;
+    let (a, b) = (stops[k], stops[k + 1]);
+    std::array::from_fn(|c| a[c] + (b[c] - a[c]) * f)
 }
 
 /// The written files of one input.

@@ -4,6 +4,7 @@
 //! and a stop with a clear message on a NaN or infinite loss.
 use crate::data::loader::{Batch, Loader, LoaderConfig};
 use crate::data::prepared::{PreparedSet, Sample};
+use crate::eval::metrics::Counts;
 use crate::gpu::Gpu;
 use crate::graph::Graph;
 use crate::model::{L2, L2_WEIGHTS, Meta, Model, ModelConfig};
@@ -91,46 +92,6 @@ pub fn parse_sizes(s: &str) -> anyhow::Result<Vec<(usize, usize)>> {
             Ok((size, epochs))
         })
         .collect()
-}
-
-/// Pixel-level confusion counts at a threshold.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct Counts {
-    pub tp: u64,
-    pub fp: u64,
-    pub fn_: u64,
-    pub tn: u64,
-}
-
-impl Counts {
-    pub fn add(&mut self, prob: &[f32], truth: &[f32], threshold: f32) {
-        for (&p, &t) in prob.iter().zip(truth) {
-            match (p > threshold, t > 0.5) {
-                (true, true) => self.tp += 1,
-                (true, false) => self.fp += 1,
-                (false, true) => self.fn_ += 1,
-                (false, false) => self.tn += 1,
-            }
-        }
-    }
-    fn ratio(a: u64, b: u64) -> f64 {
-        if b == 0 { 0.0 } else { a as f64 / b as f64 }
-    }
-    pub fn precision(&self) -> f64 {
-        Self::ratio(self.tp, self.tp + self.fp)
-    }
-    pub fn recall(&self) -> f64 {
-        Self::ratio(self.tp, self.tp + self.fn_)
-    }
-    pub fn f1(&self) -> f64 {
-        Self::ratio(2 * self.tp, 2 * self.tp + self.fp + self.fn_)
-    }
-    pub fn iou(&self) -> f64 {
-        Self::ratio(self.tp, self.tp + self.fp + self.fn_)
-    }
-    pub fn accuracy(&self) -> f64 {
-        Self::ratio(self.tp + self.tn, self.tp + self.tn + self.fp + self.fn_)
-    }
 }
 
 /// Probabilities for a batch in inference mode (running statistics).

@@ -52,8 +52,8 @@ fn pixel_metrics_by_hand_with_a_tie_at_the_threshold() {
     close(c.f1(), 0.8);
     close(c.iou(), 2.0 / 3.0);
     close(c.accuracy(), 5.0 / 6.0);
-    close(metrics::background_iou(&c), 0.75);
-    close(metrics::mean_iou(&c), (2.0 / 3.0 + 0.75) / 2.0);
+    close(c.background_iou(), 0.75);
+    close(c.mean_iou(), (2.0 / 3.0 + 0.75) / 2.0);
     // Just below the tie both tied pixels turn positive.
     let c = metrics::pixel_counts(&prob, &mask, 0.49);
     assert_eq!((c.tp, c.fp, c.fn_, c.tn), (3, 1, 0, 2));
@@ -69,12 +69,12 @@ fn empty_mask_and_all_positive_map() {
     close(c.recall(), 0.0);
     close(c.f1(), 0.0);
     close(c.accuracy(), 0.0);
-    close(metrics::mean_iou(&c), 0.0);
+    close(c.mean_iou(), 0.0);
     // Empty mask, empty prediction: everything is a true negative.
     let c = metrics::pixel_counts(&[0.2f32; 6], &mask, 0.5);
     assert_eq!((c.tp, c.fp, c.fn_, c.tn), (0, 0, 0, 6));
     close(c.accuracy(), 1.0);
-    close(metrics::mean_iou(&c), 0.5);
+    close(c.mean_iou(), 0.5);
 }
 
 #[test]

@@ -25,22 +25,62 @@
 //! **ROC AUC** is the exact area under the ROC curve with ties in the score
 //! counted as one half (the Mann-Whitney statistic), as scikit-learn's
 //! `roc_auc_score`.
-pub use crate::train::Counts;
 use serde::Serialize;
 
-/// Background IoU of pixel counts: `tn / (tn + fp + fn)`.
-pub fn background_iou(c: &Counts) -> f64 {
-    ratio(c.tn, c.tn + c.fp + c.fn_)
+/// Pixel (or image) confusion counts at a threshold.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Counts {
+    pub tp: u64,
+    pub fp: u64,
+    pub fn_: u64,
+    pub tn: u64,
 }
 
-/// The mean of lesion and background IoU (what the original code logged).
-pub fn mean_iou(c: &Counts) -> f64 {
-    (c.iou() + background_iou(c)) / 2.0
-}
-
-/// False-positive rate `fp / (fp + tn)`.
-pub fn fpr(c: &Counts) -> f64 {
-    ratio(c.fp, c.fp + c.tn)
+impl Counts {
+    /// Counts one decision.
+    pub fn tally(&mut self, predicted: bool, truth: bool) {
+        match (predicted, truth) {
+            (true, true) => self.tp += 1,
+            (true, false) => self.fp += 1,
+            (false, true) => self.fn_ += 1,
+            (false, false) => self.tn += 1,
+        }
+    }
+    /// Adds the pixels of a probability map against a 0/1 float mask
+    /// (`p > threshold` is positive).
+    pub fn add(&mut self, prob: &[f32], truth: &[f32], threshold: f32) {
+        for (&p, &t) in prob.iter().zip(truth) {
+            self.tally(p > threshold, t > 0.5);
+        }
+    }
+    pub fn precision(&self) -> f64 {
+        ratio(self.tp, self.tp + self.fp)
+    }
+    pub fn recall(&self) -> f64 {
+        ratio(self.tp, self.tp + self.fn_)
+    }
+    pub fn f1(&self) -> f64 {
+        ratio(2 * self.tp, 2 * self.tp + self.fp + self.fn_)
+    }
+    /// Lesion IoU: `tp / (tp + fp + fn)`.
+    pub fn iou(&self) -> f64 {
+        ratio(self.tp, self.tp + self.fp + self.fn_)
+    }
+    pub fn accuracy(&self) -> f64 {
+        ratio(self.tp + self.tn, self.tp + self.tn + self.fp + self.fn_)
+    }
+    /// Background IoU: `tn / (tn + fp + fn)`.
+    pub fn background_iou(&self) -> f64 {
+        ratio(self.tn, self.tn + self.fp + self.fn_)
+    }
+    /// The mean of lesion and background IoU (what the original code logged).
+    pub fn mean_iou(&self) -> f64 {
+        (self.iou() + self.background_iou()) / 2.0
+    }
+    /// False-positive rate `fp / (fp + tn)`.
+    pub fn fpr(&self) -> f64 {
+        ratio(self.fp, self.fp + self.tn)
+    }
 }
 
 fn ratio(a: u64, b: u64) -> f64 {
@@ -53,12 +93,7 @@ pub fn pixel_counts(prob: &[f32], mask: &[u8], threshold: f32) -> Counts {
     assert_eq!(prob.len(), mask.len(), "map and mask differ in size");
     let mut c = Counts::default();
     for (&p, &m) in prob.iter().zip(mask) {
-        match (p > threshold, m != 0) {
-            (true, true) => c.tp += 1,
-            (true, false) => c.fp += 1,
-            (false, true) => c.fn_ += 1,
-            (false, false) => c.tn += 1,
-        }
+        c.tally(p > threshold, m != 0);
     }
     c
 }
@@ -354,7 +389,7 @@ pub fn image_roc(items: &[(bool, f64)]) -> (Vec<RocPoint>, Option<f64>) {
     for (t, c) in &pts {
         curve.push(RocPoint {
             threshold: *t,
-            fpr: fpr(c),
+            fpr: c.fpr(),
             tpr: c.recall(),
         });
     }

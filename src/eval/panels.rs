@@ -18,21 +18,9 @@ use std::path::Path;
 const LABEL_H: u32 = 24;
 const GAP: u32 = 4;
 
-/// A colour for probability p (blue -> cyan -> yellow -> red), as `engine
-/// infer`'s overlay.
+/// `engine infer`'s heat colour as 8-bit RGB.
 pub fn heat(p: f32) -> [u8; 3] {
-    let p = if p.is_nan() { 0.0 } else { p.clamp(0.0, 1.0) };
-    let stops = [
-        [0.0, 0.0, 1.0],
-        [0.0, 1.0, 1.0],
-        [1.0, 1.0, 0.0],
-        [1.0, 0.0, 0.0],
-    ];
-    let x = p * 3.0;
-    let i = (x.floor() as usize).min(2);
-    let f = x - i as f32;
-    let (a, b) = (stops[i], stops[i + 1]);
-    std::array::from_fn(|c| ((a[c] + (b[c] - a[c]) * f) * 255.0).round() as u8)
+    crate::infer::heat(p).map(|c| (c * 255.0).round() as u8)
 }
 
 /// Scales a float plane (row-major w x h) to (sw, sh) with a triangle filter.

@@ -221,8 +221,8 @@ pub fn summarize(
     let (pixel_pr, pixel_ap) = metrics::pixel_pr(hist);
     let mut pixel = Level::new(pixel_counts, pixel_ap);
     pixel.iou = Some(pixel_counts.iou());
-    pixel.background_iou = Some(metrics::background_iou(&pixel_counts));
-    pixel.mean_iou = Some(metrics::mean_iou(&pixel_counts));
+    pixel.background_iou = Some(pixel_counts.background_iou());
+    pixel.mean_iou = Some(pixel_counts.mean_iou());
     pixel.at_target_recall = metrics::threshold_for_recall(&pixel_points, opts.target_recall);
     pixel.max_f1 = metrics::threshold_max_f1(&pixel_points);
 
@@ -267,7 +267,7 @@ pub fn summarize(
                 image_precision: c.precision(),
                 image_recall: c.recall(),
                 image_f1: c.f1(),
-                image_fpr: metrics::fpr(&c),
+                image_fpr: c.fpr(),
             }
         })
         .collect();
