@@ -2,6 +2,7 @@
 //! convolution (4x4, stride 1/2): forward, input gradient and weight
 //! gradient. Three WGSL kernels cover all six passes (see conv2d.wgsl):
 //! the input gradient of a conv is a transpose conv and vice versa.
+use super::reduce::ReduceParams;
 use super::{
     CONV2D, Params, REDUCE, check_rank, items_per_window, kernel, launch, runs, same_padding,
 };
@@ -26,6 +27,55 @@ pub struct Geom {
     pub dil: usize,
     pub pad_t: usize,
     pub pad_l: usize,
+}
+
+/// The uniform `Params` of conv2d.wgsl, field for field.
+#[repr(C)]
+#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct ConvParams {
+    n_count: u32,
+    a_nstride: u32,
+    y_nstride: u32,
+    c_in: u32,
+    c_out: u32,
+    w_ostride: u32,
+    in_h: u32,
+    in_w: u32,
+    out_h: u32,
+    out_w: u32,
+    k: u32,
+    stride: u32,
+    dil: u32,
+    pad_t: u32,
+    pad_l: u32,
+    a_base: u32,
+    w_base: u32,
+    b_base: u32,
+    y_base: u32,
+    flags: u32,
+    col_groups: u32,
+    och_groups: u32,
+    rows_per_chunk: u32,
+    chunks: u32,
+    x_nstride: u32,
+}
+
+impl ConvParams {
+    /// The index geometry; everything else zero.
+    fn geometry(g: Geom, (in_h, in_w): (usize, usize), (out_h, out_w): (usize, usize)) -> Self {
+        ConvParams {
+            in_h: in_h as u32,
+            in_w: in_w as u32,
+            out_h: out_h as u32,
+            out_w: out_w as u32,
+            k: g.k as u32,
+            stride: g.stride as u32,
+            dil: g.dil as u32,
+            pad_t: g.pad_t as u32,
+            pad_l: g.pad_l as u32,
+            ..Default::default()
+        }
+    }
 }
 
 /// How the weight tensor is indexed by (produced channel o, summed channel c).
@@ -389,34 +439,27 @@ fn gather(
                 let flags =
                     (accumulate || !first) as usize | (((bias.is_some() && first) as usize) << 1);
                 let och_groups = olen.div_ceil(TO);
-                let p = Params::new()
-                    .u(nb)
-                    .u(in_img)
-                    .u(out_img)
-                    .u(clen)
-                    .u(olen)
-                    .u(w_ostride)
-                    .u(ih)
-                    .u(iw)
-                    .u(oh)
-                    .u(ow)
-                    .u(g.k)
-                    .u(g.stride)
-                    .u(g.dil)
-                    .u(g.pad_t)
-                    .u(g.pad_l)
-                    .u(sb as usize)
-                    .u(wb as usize)
-                    .u(bb as usize)
-                    .u(yb as usize)
-                    .u(flags)
-                    .u(col_groups)
-                    .u(och_groups);
+                let p = ConvParams {
+                    n_count: nb as u32,
+                    a_nstride: in_img as u32,
+                    y_nstride: out_img as u32,
+                    c_in: clen as u32,
+                    c_out: olen as u32,
+                    w_ostride: w_ostride as u32,
+                    a_base: sb,
+                    w_base: wb,
+                    b_base: bb,
+                    y_base: yb,
+                    flags: flags as u32,
+                    col_groups: col_groups as u32,
+                    och_groups: och_groups as u32,
+                    ..ConvParams::geometry(g, (ih, iw), (oh, ow))
+                };
                 let threads = nb * och_groups * oh * col_groups;
                 launch(
                     gpu,
                     &k,
-                    &p,
+                    &Params::of(&p),
                     &[(1, &sw), (2, &ww), (3, &bw), (4, &yw)],
                     threads,
                 );
@@ -494,61 +537,45 @@ fn wgrad(
                     span(nb, x_img, clen, ih * iw),
                 );
                 let (pw, _) = gpu.window(&partials, 0, chunks * per);
-                let p = Params::new()
-                    .u(nb)
-                    .u(g_img)
-                    .u(0)
-                    .u(clen)
-                    .u(olen)
-                    .u(0)
-                    .u(ih)
-                    .u(iw)
-                    .u(oh)
-                    .u(ow)
-                    .u(g.k)
-                    .u(g.stride)
-                    .u(g.dil)
-                    .u(g.pad_t)
-                    .u(g.pad_l)
-                    .u(gb as usize)
-                    .u(xb as usize)
-                    .u(0)
-                    .u(0)
-                    .u(0)
-                    .u(0)
-                    .u(0)
-                    .u(rows_per_chunk)
-                    .u(chunks)
-                    .u(x_img);
+                let p = ConvParams {
+                    n_count: nb as u32,
+                    a_nstride: g_img as u32,
+                    c_in: clen as u32,
+                    c_out: olen as u32,
+                    a_base: gb,
+                    w_base: xb,
+                    rows_per_chunk: rows_per_chunk as u32,
+                    chunks: chunks as u32,
+                    x_nstride: x_img as u32,
+                    ..ConvParams::geometry(g, (ih, iw), (oh, ow))
+                };
                 launch(
                     gpu,
                     &WGRAD,
-                    &p,
+                    &Params::of(&p),
                     &[(1, &gw), (2, &xw), (4, &pw)],
                     chunks * olen * clen,
                 );
                 let dw_start = o0 * c_tot * kk + c0 * kk;
                 let dw_len = (olen - 1) * c_tot * kk + clen * kk;
                 let (dww, dwb) = gpu.window(dw, dw_start, dw_len);
-                let flags = (accumulate || !first) as usize;
-                let sp = Params::new()
-                    .u(0)
-                    .u(0)
-                    .u(chunks)
-                    .u(0)
-                    .u(0)
-                    .u(0)
-                    .u(0)
-                    .u(0)
-                    .u(0)
-                    .u(0)
-                    .u(dwb as usize)
-                    .u(flags)
-                    .f(1.0)
-                    .u(per)
-                    .u(clen * kk)
-                    .u(c_tot * kk);
-                launch(gpu, &SUM_PARTIALS, &sp, &[(1, &pw), (4, &dww)], per);
+                let sp = ReduceParams {
+                    chunks: chunks as u32,
+                    out_base: dwb,
+                    flags: (accumulate || !first) as u32,
+                    scale: 1.0,
+                    len: per as u32,
+                    inner: (clen * kk) as u32,
+                    out_ostride: (c_tot * kk) as u32,
+                    ..Default::default()
+                };
+                launch(
+                    gpu,
+                    &SUM_PARTIALS,
+                    &Params::of(&sp),
+                    &[(1, &pw), (4, &dww)],
+                    per,
+                );
                 first = false;
             }
         }

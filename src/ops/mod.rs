@@ -83,6 +83,10 @@ impl Params {
         self.0.push(v.to_bits());
         self
     }
+    /// The words of a `#[repr(C)]` struct that mirrors a shader's `Params`.
+    pub fn of<T: bytemuck::Pod>(v: &T) -> Self {
+        Params(bytemuck::cast_slice(bytemuck::bytes_of(v)).to_vec())
+    }
     pub fn words(&self) -> &[u32] {
         &self.0
     }

@@ -13,6 +13,29 @@ const CHUNK: usize = 1024;
 /// Partial sums one combine invocation adds, at most (loop budget).
 const MAX_COMBINE: usize = LOOP_BUDGET / 4;
 
+/// The uniform `Params` of reduce.wgsl, field for field.
+#[repr(C)]
+#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct ReduceParams {
+    pub planes: u32,
+    pub plane_len: u32,
+    pub chunks: u32,
+    pub chunk_len: u32,
+    pub mode: u32,
+    pub c_total: u32,
+    pub c_first: u32,
+    pub a_base: u32,
+    pub b_base: u32,
+    pub stat_base: u32,
+    pub out_base: u32,
+    pub flags: u32,
+    pub scale: f32,
+    pub len: u32,
+    pub inner: u32,
+    pub out_ostride: u32,
+    pub valid: u32,
+}
+
 /// What `plane_sums` adds up (mode numbers of reduce.wgsl).
 #[derive(Clone, Copy)]
 pub enum SumOf {
@@ -72,28 +95,25 @@ pub fn plane_partials(
             None => gpu.window(a, 0, 1),
         };
         let (ow, ob) = gpu.window(&partials, p0 * chunks, np * chunks);
-        let p = Params::new()
-            .u(np)
-            .u(plane_len)
-            .u(chunks)
-            .u(chunk_len)
-            .u(mode as usize)
-            .u(c_total)
-            .u(p0 % c_total)
-            .u(ab as usize)
-            .u(bb as usize)
-            .u(sb as usize)
-            .u(ob as usize)
-            .u(0)
-            .f(0.0)
-            .u(0)
-            .u(0)
-            .u(0)
-            .u(valid);
+        let p = ReduceParams {
+            planes: np as u32,
+            plane_len: plane_len as u32,
+            chunks: chunks as u32,
+            chunk_len: chunk_len as u32,
+            mode: mode as u32,
+            c_total: c_total as u32,
+            c_first: (p0 % c_total) as u32,
+            a_base: ab,
+            b_base: bb,
+            stat_base: sb,
+            out_base: ob,
+            valid: valid as u32,
+            ..Default::default()
+        };
         launch(
             gpu,
             &PLANE_SUMS,
-            &p,
+            &Params::of(&p),
             &[(1, &aw), (2, &bw), (3, &sw), (4, &ow)],
             np * chunks,
         );
@@ -167,21 +187,23 @@ fn combine_once(
 ) {
     let (pw, pb) = gpu.window(partials, start, images * c_total * chunks);
     let (ow, ob) = gpu.window(out, offset, c_total);
-    let p = Params::new()
-        .u(images)
-        .u(0)
-        .u(chunks)
-        .u(0)
-        .u(0)
-        .u(c_total)
-        .u(0)
-        .u(pb as usize)
-        .u(0)
-        .u(0)
-        .u(ob as usize)
-        .u(accumulate as usize)
-        .f(scale);
-    launch(gpu, &COMBINE, &p, &[(1, &pw), (4, &ow)], c_total);
+    let p = ReduceParams {
+        planes: images as u32,
+        chunks: chunks as u32,
+        c_total: c_total as u32,
+        a_base: pb,
+        out_base: ob,
+        flags: accumulate as u32,
+        scale,
+        ..Default::default()
+    };
+    launch(
+        gpu,
+        &COMBINE,
+        &Params::of(&p),
+        &[(1, &pw), (4, &ow)],
+        c_total,
+    );
 }
 
 /// Per-channel sums over (N, H, W) of x [N, C, H, W]: partials and their
