@@ -272,3 +272,41 @@ fn tiled_inference_matches_untiled() {
     // a trained width-0.25 model (a margin of 32 gives ~0.2). Tolerance 5e-3.
     assert!(worst < 5e-3, "tiled vs untiled: max |diff| {worst}");
 }
+
+#[test]
+fn a_diverging_run_stops_with_a_clear_message_and_saves_no_bad_weights() {
+    let gpu = gpu();
+    let run = temp_run("nan");
+    let wild = TrainConfig {
+        sizes: vec![(64, 3)],
+        lr: 1e30,
+        ..config(1)
+    };
+    let result = train(
+        gpu,
+        &wild,
+        phantoms(8, 97, 7),
+        vec![],
+        &run,
+        false,
+        &|_| false,
+        true,
+    );
+    let e = result.err().expect("a diverging run fails").to_string();
+    assert!(
+        e.contains("the loss became") && e.contains("last good checkpoint"),
+        "{e}"
+    );
+    // Whatever checkpoint exists holds finite weights only.
+    if let Ok(bytes) = std::fs::read(run.checkpoint()) {
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        for (name, t) in st.tensors() {
+            let v: Vec<f32> = bytemuck::pod_collect_to_vec(t.data());
+            assert!(
+                v.iter().all(|x| x.is_finite()),
+                "{name} holds non-finite values"
+            );
+        }
+    }
+    std::fs::remove_dir_all(&run.0).ok();
+}
