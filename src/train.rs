@@ -229,6 +229,10 @@ impl RunDir {
     pub fn checkpoint(&self) -> PathBuf {
         self.0.join("checkpoint.safetensors")
     }
+    /// The weights of the epoch with the best validation lesion IoU so far.
+    pub fn best(&self) -> PathBuf {
+        self.0.join("best.safetensors")
+    }
     pub fn metrics(&self) -> PathBuf {
         self.0.join("metrics.jsonl")
     }
@@ -259,7 +263,7 @@ pub fn train(
         );
     }
     std::fs::create_dir_all(&run.0).with_context(|| format!("creating {}", run.0.display()))?;
-    let (model, mut step, start_epoch, mut skip) = if resume {
+    let (model, mut step, start_epoch, mut skip, mut best_iou) = if resume {
         let (model, meta) = Model::load(gpu, &run.checkpoint())?;
         check_resume_settings(cfg, &model, &meta, &run.checkpoint())?;
         let skip: usize = meta
@@ -267,7 +271,12 @@ pub fn train(
             .get("train.batch_in_epoch")
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
-        (model, meta.step, meta.epoch as usize, skip)
+        let best: f64 = meta
+            .extra
+            .get("train.best_val_iou")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(-1.0);
+        (model, meta.step, meta.epoch as usize, skip, best)
     } else {
         (
             Model::new(
@@ -281,6 +290,7 @@ pub fn train(
             0,
             0,
             0,
+            -1.0,
         )
     };
     let mut metrics = std::fs::OpenOptions::new()
@@ -294,19 +304,28 @@ pub fn train(
         .iter()
         .map(|n| model.param(n).value.clone())
         .collect();
-    let save =
-        |model: &Model, step: u64, epoch: usize, batch_in_epoch: usize| -> anyhow::Result<()> {
-            let mut meta = Meta {
-                pos_weight: cfg.pos_weight,
-                step,
-                epoch: epoch as u64,
-                ..Default::default()
-            };
-            meta.extra.extend(cfg.to_meta());
-            meta.extra
-                .insert("train.batch_in_epoch".into(), batch_in_epoch.to_string());
-            model.save(gpu, &run.checkpoint(), &meta, true)
+    let meta_at = |step: u64, epoch: usize, batch_in_epoch: usize, best_iou: f64| {
+        let mut meta = Meta {
+            pos_weight: cfg.pos_weight,
+            step,
+            epoch: epoch as u64,
+            ..Default::default()
         };
+        meta.extra.extend(cfg.to_meta());
+        meta.extra
+            .insert("train.batch_in_epoch".into(), batch_in_epoch.to_string());
+        meta.extra
+            .insert("train.best_val_iou".into(), best_iou.to_string());
+        meta
+    };
+    let save = |model: &Model, step: u64, epoch: usize, batch_in_epoch: usize, best_iou: f64| {
+        model.save(
+            gpu,
+            &run.checkpoint(),
+            &meta_at(step, epoch, batch_in_epoch, best_iou),
+            true,
+        )
+    };
     if !resume {
         // The untrained model's numbers: the baseline training must beat.
         let counts = validate(
@@ -397,7 +416,7 @@ pub fn train(
             bar.set_message(format!("loss {data_loss:.4} (with L2 {total:.4})"));
             bar.inc(1);
             if stop(step) {
-                save(&model, step, epoch, bi + 1)?;
+                save(&model, step, epoch, bi + 1, best_iou)?;
                 bar.abandon_with_message(format!(
                     "interrupted; checkpoint {} (resume with --resume)",
                     run.checkpoint().display()
@@ -443,7 +462,18 @@ pub fn train(
                 counts.iou()
             );
         }
-        save(&model, step, epoch + 1, 0)?;
+        // Validation IoU swings from epoch to epoch on hard data: keep the
+        // best epoch's weights beside the latest state.
+        if !val.is_empty() && counts.iou() > best_iou {
+            best_iou = counts.iou();
+            model.save(
+                gpu,
+                &run.best(),
+                &meta_at(step, epoch + 1, 0, best_iou),
+                false,
+            )?;
+        }
+        save(&model, step, epoch + 1, 0, best_iou)?;
     }
     Ok(model)
 }
