@@ -576,3 +576,22 @@ fn bad_input_exits_with_2() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_scaled_down_panel_keeps_the_scan_grey_levels() {
+    // A 100x80 scan of grey 200 drawn at most 50 px per side: the scan tile
+    // must stay grey 200 (the image crate clamps f32 resizes to [0, 1]).
+    let mut scan = Gray8::new(100, 80);
+    scan.pixels.iter_mut().for_each(|v| *v = 200);
+    let mask = Gray8::new(100, 80);
+    let prob = vec![0.25f32; 100 * 80];
+    let dir = std::env::temp_dir().join(format!("engine-panel-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("panel.png");
+    engine::eval::panels::write_panel(&path, &scan, &mask, &prob, 0.5, 50).unwrap();
+    let img = image::open(&path).unwrap().to_rgb8();
+    // Tile 0 (the scan) starts at x = 0 below the label strip.
+    let px = img.get_pixel(10, img.height() - 10);
+    assert_eq!(px.0, [200, 200, 200], "scan tile pixel");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -77,13 +77,17 @@ pub fn write_panel(
         ((h as f64 * f).round() as u32).max(1),
     );
     let (pw, ph) = (sw as usize, sh as usize);
-    let grey = scale(
-        scan.pixels.iter().map(|&v| v as f32).collect(),
+    // `image`'s f32 resize clamps to [0, 1]: scale grey values into it.
+    let grey: Vec<f32> = scale(
+        scan.pixels.iter().map(|&v| v as f32 / 255.0).collect(),
         w,
         h,
         sw,
         sh,
-    );
+    )
+    .into_iter()
+    .map(|v| v * 255.0)
+    .collect();
     let p = scale(prob.to_vec(), w, h, sw, sh);
     // A region stays visible when scaled down: any covered pixel counts.
     let truth = scale(
