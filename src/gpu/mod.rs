@@ -4,9 +4,11 @@
 //! command encoder and one submit.
 mod pool;
 mod tensor;
+mod variants;
 
 pub use pool::{BufferPool, PooledBuffer, size_class};
 pub use tensor::Tensor;
+pub use variants::{TUNE_ENV, TUNE_FILE_ENV, TuneMode, Variants};
 
 use crate::error::{EngineError, Result};
 use std::collections::HashMap;
@@ -58,6 +60,8 @@ struct Recorder {
     params: Vec<u8>,
     params_buf: wgpu::Buffer,
     slots_used: u64,
+    dispatches: u64,
+    submits: u64,
 }
 
 /// Summary of one adapter, for `engine devices`.
@@ -77,9 +81,12 @@ pub struct Gpu {
     /// Largest storage binding the ops plan for, in bytes. Starts at the
     /// adapter's limit; tests lower it to prove that splitting works.
     binding_limit: AtomicU64,
-    pipelines: Mutex<HashMap<(&'static str, &'static str), Arc<wgpu::ComputePipeline>>>,
+    /// Pipelines by key: `shader:entry` for the static shaders, the
+    /// specialisation's own key for generated ones.
+    pipelines: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
     pool: BufferPool,
     rec: Mutex<Recorder>,
+    variants: Variants,
 }
 
 fn backends() -> wgpu::Backends {
@@ -192,7 +199,11 @@ impl Gpu {
         let binding_limit = limits
             .max_storage_buffer_binding_size
             .min(limits.max_buffer_size);
+        let mode = TuneMode::from_env(info.device_type == wgpu::DeviceType::Cpu)
+            .map_err(EngineError::Gpu)?;
+        let variants = Variants::new(mode, &info.name, &info.driver_info);
         Ok(Gpu {
+            variants,
             pool: BufferPool::new(device.clone()),
             device,
             queue,
@@ -206,6 +217,8 @@ impl Gpu {
                 params: Vec::new(),
                 params_buf,
                 slots_used: 0,
+                dispatches: 0,
+                submits: 0,
             }),
         })
     }
@@ -235,30 +248,98 @@ impl Gpu {
         &self.pool
     }
 
+    /// The kernel variant chosen per shape (rules, cache, autotuning).
+    pub fn variants(&self) -> &Variants {
+        &self.variants
+    }
+
+    /// Whether this adapter runs on the CPU (lavapipe, WARP, ...).
+    pub fn is_cpu(&self) -> bool {
+        self.info.device_type == wgpu::DeviceType::Cpu
+    }
+
+    /// Seconds per run of `f` (recorded work), over `iters` runs after
+    /// everything before has finished: GPU timestamps where the adapter has
+    /// them, else the wall clock of submit-and-wait.
+    pub fn time(&self, iters: usize, f: &dyn Fn() -> Result<()>) -> Result<f64> {
+        self.flush();
+        self.wait()?;
+        let start = std::time::Instant::now();
+        let timer = self.timestamps.then(|| {
+            let set = self.device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("timer"),
+                ty: wgpu::QueryType::Timestamp,
+                count: 2,
+            });
+            let resolve = self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("timer resolve"),
+                size: 16,
+                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            });
+            self.timestamp(&set, 0, true);
+            (set, resolve)
+        });
+        for _ in 0..iters {
+            f()?;
+        }
+        let secs = if let Some((set, resolve)) = &timer {
+            self.timestamp(set, 1, false);
+            self.resolve_timestamps(set, 2, resolve);
+            let raw = self.read_bytes(&[(resolve, 16)])?.remove(0);
+            let ticks: &[u64] = bytemuck::cast_slice(&raw);
+            ticks[1].saturating_sub(ticks[0]) as f64
+                * self.queue.get_timestamp_period() as f64
+                * 1e-9
+        } else {
+            self.flush();
+            self.wait()?;
+            start.elapsed().as_secs_f64()
+        };
+        Ok(secs / iters.max(1) as f64)
+    }
+
     fn pipeline(&self, k: &Kernel) -> Arc<wgpu::ComputePipeline> {
+        let key = format!("{}:{}", k.shader.name, k.entry);
+        self.pipeline_for(key, || k.shader.source.to_owned(), k.entry)
+    }
+
+    /// The pipeline cached under `key`, compiled from `source()` on first
+    /// use. Generated kernels bake their shape constants into the source,
+    /// so the key names every constant (one pipeline per specialisation).
+    pub fn pipeline_for(
+        &self,
+        key: String,
+        source: impl FnOnce() -> String,
+        entry: &str,
+    ) -> Arc<wgpu::ComputePipeline> {
         let mut cache = self.pipelines.lock().unwrap();
-        cache
-            .entry((k.shader.name, k.entry))
-            .or_insert_with(|| {
-                let module = self
-                    .device
-                    .create_shader_module(wgpu::ShaderModuleDescriptor {
-                        label: Some(k.shader.name),
-                        source: wgpu::ShaderSource::Wgsl(k.shader.source.into()),
-                    });
-                Arc::new(
-                    self.device
-                        .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                            label: Some(k.entry),
-                            layout: None,
-                            module: &module,
-                            entry_point: Some(k.entry),
-                            compilation_options: Default::default(),
-                            cache: None,
-                        }),
-                )
-            })
-            .clone()
+        if let Some(p) = cache.get(&key) {
+            return p.clone();
+        }
+        let module = self
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(&key),
+                source: wgpu::ShaderSource::Wgsl(source().into()),
+            });
+        let pipeline = Arc::new(self.device.create_compute_pipeline(
+            &wgpu::ComputePipelineDescriptor {
+                label: Some(&key),
+                layout: None,
+                module: &module,
+                entry_point: Some(entry),
+                compilation_options: Default::default(),
+                cache: None,
+            },
+        ));
+        cache.insert(key, pipeline.clone());
+        pipeline
+    }
+
+    /// Pipelines compiled so far (generated specialisations included).
+    pub fn pipeline_count(&self) -> usize {
+        self.pipelines.lock().unwrap().len()
     }
 
     /// Allocates an uninitialised tensor from the pool.
@@ -421,6 +502,7 @@ impl Gpu {
                 self.queue.write_buffer(&rec.params_buf, 0, &rec.params);
             }
             self.queue.submit([enc.finish()]);
+            rec.submits += 1;
             rec.params.clear();
             rec.slots_used = 0;
         }
@@ -448,14 +530,69 @@ impl Gpu {
         if threads == 0 {
             return;
         }
-        assert!(params.len() * 4 <= PARAM_SLOT as usize);
         let pipeline = self.pipeline(kernel);
+        let groups = threads.div_ceil(kernel.workgroup as usize) as u64;
+        let max = self.limits.max_compute_workgroups_per_dimension as u64;
+        let (gx, gy) = if groups <= max {
+            (groups, 1)
+        } else {
+            (max, groups.div_ceil(max))
+        };
+        assert!(gy <= max, "dispatch of {threads} invocations is too large");
+        self.record(
+            &pipeline,
+            kernel.entry,
+            params,
+            windows,
+            [gx as u32, gy as u32, 1],
+        );
+    }
+
+    /// Records one dispatch of a generated pipeline: `flat` workgroups along
+    /// a flattened x axis (split into x and z when one dimension is not
+    /// enough; shaders use `wid.x + wid.z * nwg.x`) times `y` workgroups
+    /// along y (kept separate so that it is uniform within a workgroup).
+    pub fn dispatch_grid(
+        &self,
+        pipeline: &wgpu::ComputePipeline,
+        label: &str,
+        params: &[u32],
+        windows: &[(u32, &Window)],
+        flat: u64,
+        y: u32,
+    ) {
+        if flat == 0 || y == 0 {
+            return;
+        }
+        let max = self.limits.max_compute_workgroups_per_dimension as u64;
+        let (gx, gz) = if flat <= max {
+            (flat, 1)
+        } else {
+            (max, flat.div_ceil(max))
+        };
+        assert!(
+            gz <= max && y as u64 <= max,
+            "dispatch of {flat}x{y} workgroups is too large"
+        );
+        self.record(pipeline, label, params, windows, [gx as u32, y, gz as u32]);
+    }
+
+    fn record(
+        &self,
+        pipeline: &wgpu::ComputePipeline,
+        label: &str,
+        params: &[u32],
+        windows: &[(u32, &Window)],
+        groups: [u32; 3],
+    ) {
+        assert!(params.len() * 4 <= PARAM_SLOT as usize);
         let mut rec = self.rec.lock().unwrap();
         if rec.slots_used == PARAM_SLOTS {
             self.submit(&mut rec);
         }
         let slot = rec.slots_used;
         rec.slots_used += 1;
+        rec.dispatches += 1;
         rec.params.resize((slot * PARAM_SLOT) as usize, 0);
         rec.params.extend_from_slice(bytemuck::cast_slice(params));
         rec.params.resize(((slot + 1) * PARAM_SLOT) as usize, 0);
@@ -484,22 +621,20 @@ impl Gpu {
             layout: &layout,
             entries: &entries,
         });
-        let groups = threads.div_ceil(kernel.workgroup as usize) as u64;
-        let max = self.limits.max_compute_workgroups_per_dimension as u64;
-        let (gx, gy) = if groups <= max {
-            (groups, 1)
-        } else {
-            (max, groups.div_ceil(max))
-        };
-        assert!(gy <= max, "dispatch of {threads} invocations is too large");
         let enc = self.encoder(&mut rec);
         let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some(kernel.entry),
+            label: Some(label),
             timestamp_writes: None,
         });
-        pass.set_pipeline(&pipeline);
+        pass.set_pipeline(pipeline);
         pass.set_bind_group(0, &bind_group, &[]);
-        pass.dispatch_workgroups(gx as u32, gy as u32, 1);
+        pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+    }
+
+    /// Dispatches and submits recorded since the Gpu was made.
+    pub fn counters(&self) -> (u64, u64) {
+        let rec = self.rec.lock().unwrap();
+        (rec.dispatches, rec.submits)
     }
 
     /// Records an empty pass that writes a timestamp (`begin` or end slot).

@@ -12,11 +12,35 @@ pub mod reduce;
 pub mod resize;
 
 use crate::error::{EngineError, Result};
+
+/// Declares a shader's uniform `Params` once: a `#[repr(C)]` struct of u32
+/// fields for the host and, from the same field list, its WGSL declaration
+/// (`NAME::WGSL`), so the two cannot drift apart. Generated kernels paste
+/// `WGSL` into their source.
+macro_rules! wgsl_params {
+    ($(#[$meta:meta])* $vis:vis struct $name:ident { $($(#[$fmeta:meta])* $field:ident),* $(,)? }) => {
+        $(#[$meta])*
+        #[repr(C)]
+        #[derive(Clone, Copy, Default, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+        $vis struct $name { $($(#[$fmeta])* pub $field: u32),* }
+        impl $name {
+            /// The WGSL declaration of this struct, named `Params`.
+            #[allow(dead_code)]
+            pub const WGSL: &'static str =
+                concat!("struct Params {\n", $("    ", stringify!($field), ": u32,\n",)* "}\n");
+        }
+    };
+}
 use crate::gpu::{Gpu, Kernel, Shader, Tensor, Window};
+pub(crate) use wgsl_params;
 
 pub(crate) static CONV2D: Shader = Shader {
     name: "conv2d",
     source: include_str!("../../shaders/conv2d.wgsl"),
+};
+pub(crate) static CONV_PREP: Shader = Shader {
+    name: "conv_prep",
+    source: include_str!("../../shaders/conv_prep.wgsl"),
 };
 pub(crate) static REDUCE: Shader = Shader {
     name: "reduce",
@@ -48,8 +72,9 @@ pub(crate) static OPTIM: Shader = Shader {
 };
 
 /// Every shader file, for validation tests and `engine bench`.
-pub static SHADERS: [&Shader; 8] = [
+pub static SHADERS: [&Shader; 9] = [
     &CONV2D,
+    &CONV_PREP,
     &REDUCE,
     &BATCHNORM,
     &POOL,

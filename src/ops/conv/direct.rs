@@ -1,0 +1,383 @@
+//! Direct convolution, generated per shape: WGSL written at run time with
+//! the kernel size, stride, dilation, register tile and flags baked in, so
+//! every inner loop is straight-line code with constant offsets.
+//!
+//! One invocation computes `tp` output pixels of one row for `to` produced
+//! channels: `tp * to / 4` named vec4 accumulators (no arrays: arrays
+//! indexed at run time spill on lavapipe). The input is a zero-padded copy
+//! (`prep::pad_input`), so the hot loop has no border branches; a row of
+//! `(tp-1)*s + (kw-1)*d + 1` input values is loaded once and reused by every
+//! tap of that row. Weights are re-laid [summed][tap][produced]
+//! (`prep::prep_weights`) and the produced-channel group is `workgroup_id.y`,
+//! so every weight load has the same address in all lanes (one load and a
+//! broadcast on lavapipe, one broadcast transaction on a GPU).
+//!
+//! The sum runs over summed channels, then taps in row-major order, for
+//! every tile: all tiles give bit-identical results.
+use super::prep::{self, PadRegion, WeightMap};
+use crate::error::Result;
+use crate::gpu::{Gpu, LOOP_BUDGET, Tensor};
+use crate::ops::{items_per_window, runs, wgsl_params};
+use std::fmt::Write;
+
+/// The register tile and workgroup size of a direct kernel: one variant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Tile {
+    /// Output pixels per invocation (along a row).
+    pub tp: usize,
+    /// Produced channels per invocation (a multiple of 4).
+    pub to: usize,
+    /// Invocations per workgroup.
+    pub wg: usize,
+}
+
+impl Tile {
+    /// The candidates `engine tune` and autotuning time.
+    pub const CANDIDATES: [Tile; 6] = [
+        Tile {
+            tp: 4,
+            to: 8,
+            wg: 64,
+        },
+        Tile {
+            tp: 8,
+            to: 8,
+            wg: 64,
+        },
+        Tile {
+            tp: 4,
+            to: 16,
+            wg: 64,
+        },
+        Tile {
+            tp: 8,
+            to: 4,
+            wg: 64,
+        },
+        Tile {
+            tp: 2,
+            to: 8,
+            wg: 64,
+        },
+        Tile {
+            tp: 4,
+            to: 4,
+            wg: 128,
+        },
+    ];
+
+    pub fn name(&self) -> String {
+        format!("direct-tp{}-to{}-wg{}", self.tp, self.to, self.wg)
+    }
+}
+
+wgsl_params! {
+    /// Run-time values of a direct kernel (everything else is baked in).
+    pub(crate) struct DirectParams {
+        n_count, out_h, out_w, col_groups, c_in,
+        x_base, x_nstride, x_cstride, x_w,
+        w_base, w_cstride, o4_stride,
+        o_count, b_base,
+        y_base, y_nstride, y_cstride, y_w,
+    }
+}
+
+/// Everything baked into one generated direct kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct DirectSpec {
+    pub kh: usize,
+    pub kw: usize,
+    pub s: usize,
+    pub d: usize,
+    /// Output element step (2 for the phases of a stride-2 transpose).
+    pub ostep: usize,
+    pub tile: Tile,
+    pub bias: bool,
+    pub accumulate: bool,
+    pub relu: bool,
+}
+
+const LANE: [&str; 4] = ["x", "y", "z", "w"];
+
+impl DirectSpec {
+    pub fn key(&self) -> String {
+        format!(
+            "direct k{}x{} s{} d{} os{} {} b{} a{} r{}",
+            self.kh,
+            self.kw,
+            self.s,
+            self.d,
+            self.ostep,
+            self.tile.name(),
+            self.bias as u8,
+            self.accumulate as u8,
+            self.relu as u8
+        )
+    }
+
+    /// Input columns one row of a tile reads that some tap uses.
+    fn used_cols(&self) -> Vec<usize> {
+        let mut m: Vec<usize> = (0..self.tile.tp)
+            .flat_map(|t| (0..self.kw).map(move |q| (t, q)))
+            .map(|(t, q)| t * self.s + q * self.d)
+            .collect();
+        m.sort_unstable();
+        m.dedup();
+        m
+    }
+
+    pub fn source(&self) -> String {
+        let Tile { tp, to, wg } = self.tile;
+        let (s, d, o4) = (self.s, self.d, to / 4);
+        let mut w = String::new();
+        w.push_str(DirectParams::WGSL);
+        w.push_str(
+            "@group(0) @binding(0) var<uniform> P: Params;\n\
+             @group(0) @binding(1) var<storage, read> X: array<f32>;\n\
+             @group(0) @binding(2) var<storage, read> W: array<vec4<f32>>;\n\
+             @group(0) @binding(3) var<storage, read> B: array<f32>;\n\
+             @group(0) @binding(4) var<storage, read_write> Y: array<f32>;\n",
+        );
+        let _ = writeln!(
+            w,
+            "@compute @workgroup_size({wg})\n\
+             fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32, @builtin(num_workgroups) nwg: vec3<u32>) {{\n\
+             \x20   let pix = (wid.x + wid.z * nwg.x) * {wg}u + lid;\n\
+             \x20   let cg = pix % P.col_groups;\n\
+             \x20   let rr = pix / P.col_groups;\n\
+             \x20   let i = rr % P.out_h;\n\
+             \x20   let n = rr / P.out_h;\n\
+             \x20   if (n >= P.n_count) {{ return; }}\n\
+             \x20   let j0 = cg * {tp}u;\n\
+             \x20   var xb = P.x_base + n * P.x_nstride + i * {s}u * P.x_w + j0 * {s}u;\n\
+             \x20   var wb = P.w_base + wid.y * {o4}u;"
+        );
+        for t in 0..tp {
+            for u in 0..o4 {
+                let _ = writeln!(w, "    var a{t}_{u} = vec4<f32>(0.0);");
+            }
+        }
+        w.push_str("    for (var c = 0u; c < P.c_in; c++) {\n");
+        let cols = self.used_cols();
+        for p in 0..self.kh {
+            let _ = writeln!(w, "        let r{p} = xb + {}u * P.x_w;", p * d);
+            for m in &cols {
+                let _ = writeln!(w, "        let x{p}_{m} = X[r{p} + {m}u];");
+            }
+            for q in 0..self.kw {
+                let tap = p * self.kw + q;
+                let _ = writeln!(w, "        let t{p}_{q} = wb + {tap}u * P.o4_stride;");
+                for u in 0..o4 {
+                    let _ = writeln!(w, "        let w{p}_{q}_{u} = W[t{p}_{q} + {u}u];");
+                }
+                for t in 0..tp {
+                    for u in 0..o4 {
+                        let m = t * s + q * d;
+                        let _ = writeln!(w, "        a{t}_{u} += x{p}_{m} * w{p}_{q}_{u};");
+                    }
+                }
+            }
+        }
+        w.push_str("        xb += P.x_cstride;\n        wb += P.w_cstride;\n    }\n");
+        self.write_store(&mut w);
+        w.push_str("}\n");
+        w
+    }
+
+    /// Bias, accumulation and ReLU (NaN-preserving, as PyTorch's) applied
+    /// once per output element at the store.
+    fn write_store(&self, w: &mut String) {
+        let Tile { tp, to, .. } = self.tile;
+        let os = self.ostep;
+        let _ = writeln!(
+            w,
+            "    let yb = P.y_base + n * P.y_nstride + i * {os}u * P.y_w + j0 * {os}u;\n\
+             \x20   let ob = wid.y * {to}u;"
+        );
+        for k in 0..to {
+            let (u, lane) = (k / 4, LANE[k % 4]);
+            let _ = writeln!(
+                w,
+                "    if (ob + {k}u < P.o_count) {{\n        let yo = yb + (ob + {k}u) * P.y_cstride;"
+            );
+            let bias = if self.bias {
+                let _ = writeln!(w, "        let bv = B[P.b_base + ob + {k}u];");
+                " + bv"
+            } else {
+                ""
+            };
+            for t in 0..tp {
+                let at = t * os;
+                let _ = write!(
+                    w,
+                    "        if (j0 + {t}u < P.out_w) {{ var v = a{t}_{u}.{lane}{bias};"
+                );
+                if self.accumulate {
+                    let _ = write!(w, " v += Y[yo + {at}u];");
+                }
+                if self.relu {
+                    w.push_str(" v = select(v, 0.0, v < 0.0);");
+                }
+                let _ = writeln!(w, " Y[yo + {at}u] = v; }}");
+            }
+            w.push_str("    }\n");
+        }
+    }
+}
+
+/// One direct convolution over a padded view of `src`, written into `y`:
+/// `y[n, o, oy + a*ostep, ox + b*ostep] (+)= bias[o] +
+///  sum_{c,p,q} wprep[c][p][q][o] * src[n, c, row0 + a*s + p*d, col0 + b*s + q*d]`
+/// for a < out_h, b < out_w.
+pub(crate) struct DirectJob<'a> {
+    pub op: &'static str,
+    pub src: &'a Tensor,
+    pub w: &'a Tensor,
+    pub map: WeightMap,
+    pub bias: Option<&'a Tensor>,
+    pub y: &'a Tensor,
+    pub s: usize,
+    pub d: usize,
+    pub row0: isize,
+    pub col0: isize,
+    pub out_h: usize,
+    pub out_w: usize,
+    pub oy: usize,
+    pub ox: usize,
+    pub ostep: usize,
+    pub accumulate: bool,
+    pub relu: bool,
+}
+
+/// Channel and image groups so that every binding fits one window.
+struct Split {
+    c_group: usize,
+    o_group: usize,
+    images: usize,
+}
+
+fn plan(gpu: &Gpu, j: &DirectJob, tile: Tile, plane: usize) -> Result<Split> {
+    let (n, cs, ih, iw) = j.src.nchw();
+    let (_, co, yh, yw) = j.y.nchw();
+    let win = gpu.window_elems();
+    let kk = j.map.kh * j.map.kw;
+    let mut cg = cs
+        .min(items_per_window(gpu, j.op, plane, "padded input plane")?)
+        .min(items_per_window(gpu, j.op, ih * iw, "input plane")?)
+        .min(LOOP_BUDGET / 4);
+    let mut og = co.min(items_per_window(gpu, j.op, yh * yw, "output plane")?);
+    let fits =
+        |o: usize, c: usize| c * kk * o.next_multiple_of(tile.to) <= win && j.map.span(o, c) <= win;
+    while !fits(og, cg) && (cg > 1 || og > 1) {
+        if cg > 1 {
+            cg = cg.div_ceil(2);
+        } else {
+            og = og.div_ceil(2);
+        }
+    }
+    items_per_window(
+        gpu,
+        j.op,
+        cg * kk * og.next_multiple_of(tile.to),
+        "weight slice",
+    )?;
+    let per_img = |img: usize, len: usize, pl: usize| 1 + (win - len * pl) / img;
+    let images = per_img(cg * plane, cg, plane)
+        .min(per_img(cs * ih * iw, cg, ih * iw))
+        .min(per_img(co * yh * yw, og, yh * yw))
+        .clamp(1, n);
+    Ok(Split {
+        c_group: cg,
+        o_group: og,
+        images,
+    })
+}
+
+/// Records the job with the given tile.
+pub(crate) fn run(gpu: &Gpu, j: &DirectJob, tile: Tile) -> Result<()> {
+    let (n, cs, _, _) = j.src.nchw();
+    let (_, co, yh, yw) = j.y.nchw();
+    let (kh, kw) = (j.map.kh, j.map.kw);
+    let col_groups = j.out_w.div_ceil(tile.tp);
+    let rows = (j.out_h - 1) * j.s + (kh - 1) * j.d + 1;
+    let cols = (col_groups * tile.tp - 1) * j.s + (kw - 1) * j.d + 1;
+    let sp = plan(gpu, j, tile, rows * cols)?;
+    let y_img = co * yh * yw;
+    for (n0, nb) in runs(n, sp.images) {
+        for (c0, clen) in runs(cs, sp.c_group) {
+            let region = PadRegion {
+                n0,
+                images: nb,
+                c0,
+                planes: clen,
+                row0: j.row0,
+                col0: j.col0,
+                rows,
+                cols,
+            };
+            let xp = prep::pad_input(gpu, j.src, &region)?;
+            let (xw, _) = gpu.window(&xp, 0, xp.numel());
+            for (o0, olen) in runs(co, sp.o_group) {
+                let opad = olen.next_multiple_of(tile.to);
+                let wp = prep::prep_weights(gpu, j.w, &j.map, (o0, olen, opad), (c0, clen))?;
+                let (ww, _) = gpu.window(&wp, 0, wp.numel());
+                let first = c0 == 0;
+                let last = c0 + clen == cs;
+                let spec = DirectSpec {
+                    kh,
+                    kw,
+                    s: j.s,
+                    d: j.d,
+                    ostep: j.ostep,
+                    tile,
+                    bias: j.bias.is_some() && first,
+                    accumulate: j.accumulate || !first,
+                    relu: j.relu && last,
+                };
+                // An unused binding is not in the generated layout.
+                let bias = j
+                    .bias
+                    .filter(|_| spec.bias)
+                    .map(|b| gpu.window(b, o0, olen));
+                let y_start = n0 * y_img + o0 * yh * yw + j.oy * yw + j.ox;
+                let y_span = (nb - 1) * y_img + olen * yh * yw - j.oy * yw - j.ox;
+                let (yw_, yb) = gpu.window(j.y, y_start, y_span);
+                let p = DirectParams {
+                    n_count: nb as u32,
+                    out_h: j.out_h as u32,
+                    out_w: j.out_w as u32,
+                    col_groups: col_groups as u32,
+                    c_in: clen as u32,
+                    x_base: 0,
+                    x_nstride: (clen * rows * cols) as u32,
+                    x_cstride: (rows * cols) as u32,
+                    x_w: cols as u32,
+                    w_base: 0,
+                    w_cstride: (kh * kw * opad / 4) as u32,
+                    o4_stride: (opad / 4) as u32,
+                    o_count: olen as u32,
+                    b_base: bias.as_ref().map_or(0, |b| b.1),
+                    y_base: yb,
+                    y_nstride: y_img as u32,
+                    y_cstride: (yh * yw) as u32,
+                    y_w: yw as u32,
+                };
+                let pipeline = gpu.pipeline_for(spec.key(), || spec.source(), "main");
+                let groups = (nb * j.out_h * col_groups).div_ceil(tile.wg) as u64;
+                let mut windows = vec![(1, &xw), (2, &ww), (4, &yw_)];
+                if let Some((bw, _)) = &bias {
+                    windows.push((3, bw));
+                }
+                gpu.dispatch_grid(
+                    &pipeline,
+                    j.op,
+                    bytemuck::cast_slice(bytemuck::bytes_of(&p)),
+                    &windows,
+                    groups,
+                    (opad / tile.to) as u32,
+                );
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,931 @@
+//! Convolution (3x3 with stride 1/2 and dilation 1/2, 1x1) and transpose
+//! convolution (4x4, stride 1/2): forward, input gradient and weight
+//! gradient.
+//!
+//! Four passes produce an activation-shaped tensor and are one kernel
+//! family: conv forward and tconv input gradient are *direct* convolutions;
+//! conv input gradient and tconv forward are their adjoints, which split
+//! into one direct convolution per output residue class mod the stride
+//! (sub-pixel phases, so no invalid tap is ever visited) with a re-laid
+//! weight slice. The two weight gradients are one GEMM family (`wgrad`).
+//! Both are generated per shape (`direct`, `wgrad`); the first static
+//! kernels remain as the `gather`/`rows` variants. Which variant runs is
+//! chosen per shape by `choose` (rules, a tuning file, or timing).
+mod direct;
+mod gather;
+mod prep;
+mod wgrad;
+
+pub use direct::Tile;
+pub use wgrad::GemmTile;
+
+use super::{check_rank, same_padding};
+use crate::error::{Result, shape_err};
+use crate::gpu::{Gpu, Tensor, TuneMode};
+use direct::DirectJob;
+use prep::WeightMap;
+use wgrad::WgradGeom;
+
+/// Index geometry shared by every pass: `in*stride + p*dil - pad` rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Geom {
+    pub k: usize,
+    pub stride: usize,
+    pub dil: usize,
+    pub pad_t: usize,
+    pub pad_l: usize,
+}
+
+/// How the weight tensor is indexed by (produced channel o, summed channel c).
+#[derive(Clone, Copy)]
+pub(crate) enum WeightLayout {
+    /// w[o, c, k, k] (conv forward; tconv input gradient).
+    OutIn,
+    /// w[c, o, k, k] (conv input gradient; tconv forward).
+    InOut,
+}
+
+/// Output size and geometry of a SAME conv (MODEL.md).
+pub fn conv_geom(h: usize, w: usize, k: usize, stride: usize, dil: usize) -> (usize, usize, Geom) {
+    let (oh, pad_t) = same_padding(h, k, stride, dil);
+    let (ow, pad_l) = same_padding(w, k, stride, dil);
+    (
+        oh,
+        ow,
+        Geom {
+            k,
+            stride,
+            dil,
+            pad_t,
+            pad_l,
+        },
+    )
+}
+
+/// Geometry of MODEL.md's 4x4 transpose conv: output `in * stride`, and
+/// output index `i*stride + p - 1`.
+pub fn tconv_geom(stride: usize) -> Geom {
+    Geom {
+        k: 4,
+        stride,
+        dil: 1,
+        pad_t: 1,
+        pad_l: 1,
+    }
+}
+
+fn check_conv_args(
+    op: &'static str,
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    layout_in_first: bool,
+) -> Result<()> {
+    check_rank(op, "input", x, 4)?;
+    check_rank(op, "weight", w, 4)?;
+    let ws = w.shape();
+    if ws[2] != ws[3] {
+        return shape_err(op, format!("weight {ws:?} is not square"));
+    }
+    let (w_in, w_out) = if layout_in_first {
+        (ws[0], ws[1])
+    } else {
+        (ws[1], ws[0])
+    };
+    if w_in != x.shape()[1] {
+        return shape_err(
+            op,
+            format!(
+                "input {:?} has {} channels but weight {ws:?} expects {w_in}",
+                x.shape(),
+                x.shape()[1]
+            ),
+        );
+    }
+    if let Some(b) = b
+        && b.shape() != [w_out]
+    {
+        return shape_err(
+            op,
+            format!(
+                "bias {:?} does not match weight {ws:?} ({w_out} outputs)",
+                b.shape()
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// A variant of the four passes that produce an activation-shaped tensor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ConvVariant {
+    /// The first static kernels (shaders/conv2d.wgsl).
+    Gather,
+    /// Generated direct convolution with this register tile.
+    Direct(Tile),
+}
+
+impl ConvVariant {
+    pub fn name(&self) -> String {
+        match self {
+            ConvVariant::Gather => "gather".into(),
+            ConvVariant::Direct(t) => t.name(),
+        }
+    }
+
+    /// Every variant, for tests and tuning.
+    pub fn all() -> Vec<ConvVariant> {
+        let mut v = vec![ConvVariant::Gather];
+        v.extend(Tile::CANDIDATES.map(ConvVariant::Direct));
+        v
+    }
+
+    /// The variant used when no tuned choice exists.
+    pub fn rule(_gpu: &Gpu) -> ConvVariant {
+        ConvVariant::Direct(Tile::CANDIDATES[0])
+    }
+}
+
+/// A variant of the two weight-gradient passes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WgradVariant {
+    /// The first static kernel: one invocation per (o, c) and row chunk.
+    Rows,
+    /// Generated GEMM over (image, row, column) with this tile.
+    Gemm(GemmTile),
+}
+
+impl WgradVariant {
+    pub fn name(&self) -> String {
+        match self {
+            WgradVariant::Rows => "rows".into(),
+            WgradVariant::Gemm(t) => t.name(),
+        }
+    }
+
+    pub fn all() -> Vec<WgradVariant> {
+        let mut v = vec![WgradVariant::Rows];
+        v.extend(GemmTile::CANDIDATES.map(WgradVariant::Gemm));
+        v
+    }
+
+    /// Lanes run over input channels: 8 (lavapipe's SIMD width) on CPU
+    /// adapters, 32 elsewhere (a warp or wave needs more than 8).
+    pub fn rule(gpu: &Gpu) -> WgradVariant {
+        let tile = if gpu.is_cpu() {
+            GemmTile::CANDIDATES[0]
+        } else {
+            GemmTile::CANDIDATES[4]
+        };
+        WgradVariant::Gemm(tile)
+    }
+}
+
+/// Runs per candidate when timing one shape (after one warm-up run that
+/// also compiles the pipeline).
+const TUNE_ITERS: usize = 2;
+
+/// The variant for `key`: the remembered winner; else, when tuning is on,
+/// the fastest candidate by `time_one` (remembered); else `rule`.
+fn choose<V: Copy>(
+    gpu: &Gpu,
+    key: &str,
+    candidates: &[V],
+    rule: V,
+    name: impl Fn(&V) -> String,
+    time_one: &dyn Fn(V) -> Result<()>,
+) -> Result<V> {
+    if let Some(w) = gpu.variants().get(key)
+        && let Some(v) = candidates.iter().find(|v| name(v) == w)
+    {
+        return Ok(*v);
+    }
+    if gpu.variants().mode() != TuneMode::On {
+        return Ok(rule);
+    }
+    let mut best = (f64::INFINITY, rule);
+    for &v in candidates {
+        time_one(v)?;
+        let secs = gpu.time(TUNE_ITERS, &|| time_one(v))?;
+        if secs < best.0 {
+            best = (secs, v);
+        }
+    }
+    gpu.variants().set(key, &name(&best.1));
+    Ok(best.1)
+}
+
+/// The key a shape is tuned under: pass, source and produced shapes, geometry.
+fn shape_key(op: &str, src: &Tensor, y: &Tensor, g: Geom) -> String {
+    let (n, c, h, w) = src.nchw();
+    format!(
+        "{op} n{n} c{c} o{} {h}x{w} k{} s{} d{}",
+        y.shape()[1],
+        g.k,
+        g.stride,
+        g.dil
+    )
+}
+
+/// Direct passes (conv forward, tconv input gradient) and their adjoints
+/// (conv input gradient, tconv forward).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Direction {
+    Direct,
+    Transposed,
+}
+
+/// One activation-producing pass, before a variant is picked.
+struct Produce<'a> {
+    op: &'static str,
+    dir: Direction,
+    src: &'a Tensor,
+    w: &'a Tensor,
+    bias: Option<&'a Tensor>,
+    g: Geom,
+    relu: bool,
+}
+
+impl Produce<'_> {
+    /// How prepared taps come from the weight tensor: the direct passes read
+    /// w[produced][summed], the transposed ones w[summed][produced].
+    fn weight_map(
+        &self,
+        p0: isize,
+        q0: isize,
+        pstep: isize,
+        qstep: isize,
+        kh: usize,
+        kw: usize,
+    ) -> WeightMap {
+        let ws = self.w.shape();
+        let kk = ws[2] * ws[3];
+        let (prod_stride, sum_stride) = match self.dir {
+            Direction::Direct => (ws[1] * kk, kk),
+            Direction::Transposed => (kk, ws[1] * kk),
+        };
+        WeightMap {
+            prod_stride,
+            sum_stride,
+            k: ws[2],
+            p0,
+            q0,
+            pstep,
+            qstep,
+            kh,
+            kw,
+        }
+    }
+
+    /// Writes the pass into `y` with `variant` (choosing one when `None`).
+    fn run(&self, gpu: &Gpu, y: &Tensor, variant: Option<ConvVariant>) -> Result<()> {
+        let v = match variant {
+            Some(v) => v,
+            None => {
+                let key = shape_key(self.op, self.src, y, self.g);
+                let scratch = gpu.empty(y.shape())?;
+                choose(
+                    gpu,
+                    &key,
+                    &ConvVariant::all(),
+                    ConvVariant::rule(gpu),
+                    ConvVariant::name,
+                    &|v| self.run_variant(gpu, &scratch, v),
+                )?
+            }
+        };
+        self.run_variant(gpu, y, v)
+    }
+
+    fn run_variant(&self, gpu: &Gpu, y: &Tensor, v: ConvVariant) -> Result<()> {
+        let tile = match v {
+            ConvVariant::Direct(tile) => tile,
+            ConvVariant::Gather => return self.run_gather(gpu, y),
+        };
+        match self.dir {
+            Direction::Direct => direct::run(gpu, &self.direct_job(y), tile),
+            Direction::Transposed => match self.phase_jobs(y) {
+                Some(jobs) => jobs.iter().try_for_each(|j| direct::run(gpu, j, tile)),
+                None => self.run_gather(gpu, y),
+            },
+        }
+    }
+
+    fn run_gather(&self, gpu: &Gpu, y: &Tensor) -> Result<()> {
+        let (kernel, layout) = match self.dir {
+            Direction::Direct => (gather::FORWARD, WeightLayout::OutIn),
+            Direction::Transposed => (gather::TRANSPOSE, WeightLayout::InOut),
+        };
+        gather::gather(
+            gpu, self.op, kernel, layout, self.src, self.w, self.bias, y, self.g, false,
+        )?;
+        if self.relu {
+            let r = super::elementwise::relu(gpu, y)?;
+            gpu.copy(&r, y);
+        }
+        Ok(())
+    }
+
+    fn direct_job<'a>(&'a self, y: &'a Tensor) -> DirectJob<'a> {
+        let g = self.g;
+        let (_, _, oh, ow) = y.nchw();
+        DirectJob {
+            op: self.op,
+            src: self.src,
+            w: self.w,
+            map: self.weight_map(0, 0, 1, 1, g.k, g.k),
+            bias: self.bias,
+            y,
+            s: g.stride,
+            d: g.dil,
+            row0: -(g.pad_t as isize),
+            col0: -(g.pad_l as isize),
+            out_h: oh,
+            out_w: ow,
+            oy: 0,
+            ox: 0,
+            ostep: 1,
+            accumulate: false,
+            relu: self.relu,
+        }
+    }
+
+    /// The transposed pass as one direct job per (row, column) residue
+    /// class of the produced tensor; `None` when some class has no tap.
+    fn phase_jobs<'a>(&'a self, y: &'a Tensor) -> Option<Vec<DirectJob<'a>>> {
+        let g = self.g;
+        let (_, _, yh, yw) = y.nchw();
+        let rows = axis_phases(g.k, g.stride, g.dil, g.pad_t, yh)?;
+        let cols = axis_phases(g.k, g.stride, g.dil, g.pad_l, yw)?;
+        let mut jobs = Vec::new();
+        for r in &rows {
+            for c in &cols {
+                let d = match (r.taps > 1, c.taps > 1) {
+                    (true, true) if r.dil != c.dil => return None,
+                    (true, _) => r.dil,
+                    (_, true) => c.dil,
+                    _ => 1,
+                };
+                jobs.push(DirectJob {
+                    op: self.op,
+                    src: self.src,
+                    w: self.w,
+                    map: self.weight_map(r.first, c.first, r.step, c.step, r.taps, c.taps),
+                    bias: self.bias,
+                    y,
+                    s: 1,
+                    d,
+                    row0: r.min_off,
+                    col0: c.min_off,
+                    out_h: r.count,
+                    out_w: c.count,
+                    oy: r.residue,
+                    ox: c.residue,
+                    ostep: g.stride,
+                    accumulate: false,
+                    relu: self.relu,
+                });
+            }
+        }
+        Some(jobs)
+    }
+}
+
+/// The taps of one residue class r (mod stride) of a transposed pass along
+/// one axis. Produced index `h = r + stride*a` gathers from summed index
+/// `a + off(p)` for the taps p with `r + pad - p*dil` divisible by the
+/// stride, where `off(p) = (r + pad - p*dil) / stride`; ordered by
+/// increasing offset they are a stride-1 convolution with dilation `dil`.
+#[derive(Clone, Copy, Debug)]
+struct AxisPhase {
+    residue: usize,
+    /// Produced indices in the class.
+    count: usize,
+    taps: usize,
+    /// Original tap of prepared tap 0, and the step between taps.
+    first: isize,
+    step: isize,
+    dil: usize,
+    /// Summed index read for a = 0 by prepared tap 0.
+    min_off: isize,
+}
+
+fn axis_phases(k: usize, s: usize, d: usize, pad: usize, len: usize) -> Option<Vec<AxisPhase>> {
+    let (si, di, pi) = (s as isize, d as isize, pad as isize);
+    let mut out = Vec::new();
+    for r in 0..s.min(len) {
+        let num = |p: usize| r as isize + pi - p as isize * di;
+        let taps: Vec<usize> = (0..k)
+            .rev()
+            .filter(|&p| num(p).rem_euclid(si) == 0)
+            .collect();
+        let off = |p: usize| num(p).div_euclid(si);
+        let &first = taps.first()?;
+        let (step, dil) = match taps.get(1) {
+            Some(&second) => (second as isize - first as isize, off(second) - off(first)),
+            None => (-1, 1),
+        };
+        let even = taps.windows(2).all(|t| off(t[1]) - off(t[0]) == dil);
+        if !even || dil <= 0 {
+            return None;
+        }
+        out.push(AxisPhase {
+            residue: r,
+            count: (len - r).div_ceil(s),
+            taps: taps.len(),
+            first: first as isize,
+            step,
+            dil: dil as usize,
+            min_off: off(first),
+        });
+    }
+    Some(out)
+}
+
+/// One weight-gradient pass, before a variant is picked.
+struct WeightGrad<'a> {
+    op: &'static str,
+    gout: &'a Tensor,
+    input: &'a Tensor,
+    g: Geom,
+}
+
+impl WeightGrad<'_> {
+    fn run(
+        &self,
+        gpu: &Gpu,
+        dw: &Tensor,
+        accumulate: bool,
+        variant: Option<WgradVariant>,
+    ) -> Result<()> {
+        let v = match variant {
+            Some(v) => v,
+            None => {
+                let key = shape_key(self.op, self.gout, self.input, self.g);
+                let scratch = gpu.empty(dw.shape())?;
+                choose(
+                    gpu,
+                    &key,
+                    &WgradVariant::all(),
+                    WgradVariant::rule(gpu),
+                    WgradVariant::name,
+                    &|v| self.run_variant(gpu, &scratch, false, v),
+                )?
+            }
+        };
+        self.run_variant(gpu, dw, accumulate, v)
+    }
+
+    fn run_variant(&self, gpu: &Gpu, dw: &Tensor, accumulate: bool, v: WgradVariant) -> Result<()> {
+        match v {
+            WgradVariant::Rows => {
+                gather::wgrad(gpu, self.op, self.gout, self.input, dw, self.g, accumulate)
+            }
+            WgradVariant::Gemm(tile) => {
+                let geom = WgradGeom {
+                    k: self.g.k,
+                    s: self.g.stride,
+                    d: self.g.dil,
+                    row0: -(self.g.pad_t as isize),
+                    col0: -(self.g.pad_l as isize),
+                };
+                wgrad::run(
+                    gpu, self.op, self.gout, self.input, dw, geom, accumulate, tile,
+                )
+            }
+        }
+    }
+}
+/// Conv forward, SAME padding: x [N, C, H, W], w [O, C, k, k], b [O].
+pub fn conv2d(
+    gpu: &Gpu,
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    stride: usize,
+    dil: usize,
+) -> Result<Tensor> {
+    conv2d_with(gpu, x, w, Some(b), stride, dil, false, None)
+}
+
+/// `conv2d` with an optional bias, ReLU fused into the store (`relu`), and
+/// a given variant (`None`: chosen per shape).
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_with(
+    gpu: &Gpu,
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    stride: usize,
+    dil: usize,
+    relu: bool,
+    variant: Option<ConvVariant>,
+) -> Result<Tensor> {
+    const OP: &str = "conv2d";
+    check_conv_args(OP, x, w, b, false)?;
+    if stride == 0 || dil == 0 {
+        return shape_err(
+            OP,
+            format!("stride {stride} and dilation {dil} must be >= 1"),
+        );
+    }
+    let (n, _, h, wd) = x.nchw();
+    let (oh, ow, g) = conv_geom(h, wd, w.shape()[2], stride, dil);
+    let y = gpu.empty(&[n, w.shape()[0], oh, ow])?;
+    let pass = Produce {
+        op: OP,
+        dir: Direction::Direct,
+        src: x,
+        w,
+        bias: b,
+        g,
+        relu,
+    };
+    pass.run(gpu, &y, variant)?;
+    Ok(y)
+}
+
+/// Input gradient of `conv2d`: dy [N, O, OH, OW] -> dx [N, C, H, W].
+pub fn conv2d_backward_input(
+    gpu: &Gpu,
+    dy: &Tensor,
+    w: &Tensor,
+    input_hw: (usize, usize),
+    stride: usize,
+    dil: usize,
+) -> Result<Tensor> {
+    conv2d_backward_input_with(gpu, dy, w, input_hw, stride, dil, None)
+}
+
+/// `conv2d_backward_input` with a given variant.
+pub fn conv2d_backward_input_with(
+    gpu: &Gpu,
+    dy: &Tensor,
+    w: &Tensor,
+    input_hw: (usize, usize),
+    stride: usize,
+    dil: usize,
+    variant: Option<ConvVariant>,
+) -> Result<Tensor> {
+    const OP: &str = "conv2d_backward_input";
+    check_conv_args(OP, dy, w, None, true)?;
+    let (n, _, dh, dw) = dy.nchw();
+    let (oh, ow, g) = conv_geom(input_hw.0, input_hw.1, w.shape()[2], stride, dil);
+    if (oh, ow) != (dh, dw) {
+        return shape_err(
+            OP,
+            format!(
+                "dy {:?} does not match the output of a conv on {input_hw:?}",
+                dy.shape()
+            ),
+        );
+    }
+    let dx = gpu.empty(&[n, w.shape()[1], input_hw.0, input_hw.1])?;
+    let pass = Produce {
+        op: OP,
+        dir: Direction::Transposed,
+        src: dy,
+        w,
+        bias: None,
+        g,
+        relu: false,
+    };
+    pass.run(gpu, &dx, variant)?;
+    Ok(dx)
+}
+
+/// Weight gradient of `conv2d` into `dw` [O, C, k, k] (added to it when
+/// `accumulate`): dw[o,c,p,q] = sum dy[n,o,i,j] x[n,c,i*s+p*d-pt, ...].
+pub fn conv2d_backward_weight(
+    gpu: &Gpu,
+    dy: &Tensor,
+    x: &Tensor,
+    dw: &Tensor,
+    stride: usize,
+    dil: usize,
+    accumulate: bool,
+) -> Result<()> {
+    conv2d_backward_weight_with(gpu, dy, x, dw, stride, dil, accumulate, None)
+}
+
+/// `conv2d_backward_weight` with a given variant.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_backward_weight_with(
+    gpu: &Gpu,
+    dy: &Tensor,
+    x: &Tensor,
+    dw: &Tensor,
+    stride: usize,
+    dil: usize,
+    accumulate: bool,
+    variant: Option<WgradVariant>,
+) -> Result<()> {
+    const OP: &str = "conv2d_backward_weight";
+    check_rank(OP, "dy", dy, 4)?;
+    check_conv_args(OP, x, dw, None, false)?;
+    let (n, _, h, w) = x.nchw();
+    let (oh, ow, g) = conv_geom(h, w, dw.shape()[2], stride, dil);
+    if dy.shape() != [n, dw.shape()[0], oh, ow] {
+        return shape_err(
+            OP,
+            format!(
+                "dy {:?} does not match x {:?} and weight {:?}",
+                dy.shape(),
+                x.shape(),
+                dw.shape()
+            ),
+        );
+    }
+    let pass = WeightGrad {
+        op: OP,
+        gout: dy,
+        input: x,
+        g,
+    };
+    pass.run(gpu, dw, accumulate, variant)
+}
+
+/// Transpose conv forward (MODEL.md): x [N, C, H, W], w [C, O, 4, 4]
+/// (PyTorch ConvTranspose2d layout), b [O] -> y [N, O, H*s, W*s].
+pub fn tconv2d(gpu: &Gpu, x: &Tensor, w: &Tensor, b: &Tensor, stride: usize) -> Result<Tensor> {
+    tconv2d_with(gpu, x, w, Some(b), stride, false, None)
+}
+
+/// `tconv2d` with an optional bias, fused ReLU and a given variant.
+pub fn tconv2d_with(
+    gpu: &Gpu,
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    stride: usize,
+    relu: bool,
+    variant: Option<ConvVariant>,
+) -> Result<Tensor> {
+    const OP: &str = "tconv2d";
+    check_conv_args(OP, x, w, b, true)?;
+    if w.shape()[2] != 4 || stride == 0 {
+        return shape_err(
+            OP,
+            format!("weight {:?} must be 4x4 and stride >= 1", w.shape()),
+        );
+    }
+    let (n, _, h, wd) = x.nchw();
+    let y = gpu.empty(&[n, w.shape()[1], h * stride, wd * stride])?;
+    let pass = Produce {
+        op: OP,
+        dir: Direction::Transposed,
+        src: x,
+        w,
+        bias: b,
+        g: tconv_geom(stride),
+        relu,
+    };
+    pass.run(gpu, &y, variant)?;
+    Ok(y)
+}
+
+/// Input gradient of `tconv2d`: dy [N, O, H*s, W*s] -> dx [N, C, H, W].
+pub fn tconv2d_backward_input(gpu: &Gpu, dy: &Tensor, w: &Tensor, stride: usize) -> Result<Tensor> {
+    tconv2d_backward_input_with(gpu, dy, w, stride, None)
+}
+
+/// `tconv2d_backward_input` with a given variant.
+pub fn tconv2d_backward_input_with(
+    gpu: &Gpu,
+    dy: &Tensor,
+    w: &Tensor,
+    stride: usize,
+    variant: Option<ConvVariant>,
+) -> Result<Tensor> {
+    const OP: &str = "tconv2d_backward_input";
+    check_conv_args(OP, dy, w, None, false)?;
+    let (n, _, h, wd) = dy.nchw();
+    if stride == 0 || h % stride != 0 || wd % stride != 0 {
+        return shape_err(
+            OP,
+            format!("dy {:?} is not a multiple of stride {stride}", dy.shape()),
+        );
+    }
+    let dx = gpu.empty(&[n, w.shape()[0], h / stride, wd / stride])?;
+    let pass = Produce {
+        op: OP,
+        dir: Direction::Direct,
+        src: dy,
+        w,
+        bias: None,
+        g: tconv_geom(stride),
+        relu: false,
+    };
+    pass.run(gpu, &dx, variant)?;
+    Ok(dx)
+}
+
+/// Weight gradient of `tconv2d` into `dw` [C, O, 4, 4]:
+/// dw[c,o,p,q] = sum x[n,c,i,j] dy[n,o,i*s+p-1, j*s+q-1].
+pub fn tconv2d_backward_weight(
+    gpu: &Gpu,
+    dy: &Tensor,
+    x: &Tensor,
+    dw: &Tensor,
+    stride: usize,
+    accumulate: bool,
+) -> Result<()> {
+    tconv2d_backward_weight_with(gpu, dy, x, dw, stride, accumulate, None)
+}
+
+/// `tconv2d_backward_weight` with a given variant.
+pub fn tconv2d_backward_weight_with(
+    gpu: &Gpu,
+    dy: &Tensor,
+    x: &Tensor,
+    dw: &Tensor,
+    stride: usize,
+    accumulate: bool,
+    variant: Option<WgradVariant>,
+) -> Result<()> {
+    const OP: &str = "tconv2d_backward_weight";
+    check_rank(OP, "dy", dy, 4)?;
+    check_conv_args(OP, x, dw, None, true)?;
+    let (n, _, h, w) = x.nchw();
+    if dy.shape() != [n, dw.shape()[1], h * stride, w * stride] {
+        return shape_err(
+            OP,
+            format!(
+                "dy {:?} does not match x {:?} and weight {:?}",
+                dy.shape(),
+                x.shape(),
+                dw.shape()
+            ),
+        );
+    }
+    // The roles swap: x plays the gradient of the output, dy the input.
+    let pass = WeightGrad {
+        op: OP,
+        gout: x,
+        input: dy,
+        g: tconv_geom(stride),
+    };
+    pass.run(gpu, dw, accumulate, variant)
+}
+
+/// Plain f64 references, following MODEL.md's index rules literally. Each
+/// pass is one visit of every (output, input, weight) index triple that the
+/// rule connects, so the three passes of a conv (and the two of a tconv)
+/// cannot disagree about the indexing.
+pub mod cpu {
+    use super::Geom;
+
+    /// Calls `f(y_index, x_index, w_index)` for every term of MODEL.md's conv
+    /// sum: y [n, o, oh, ow], x [n, c, h, w], w [o, c, k, k].
+    #[allow(clippy::too_many_arguments)]
+    fn conv_terms(
+        (n, c, h, w): (usize, usize, usize, usize),
+        o: usize,
+        g: Geom,
+        (oh, ow): (usize, usize),
+        mut f: impl FnMut(usize, usize, usize),
+    ) {
+        let k = g.k;
+        for ni in 0..n {
+            for oi in 0..o {
+                for i in 0..oh {
+                    for j in 0..ow {
+                        let yi = ((ni * o + oi) * oh + i) * ow + j;
+                        for ci in 0..c {
+                            for p in 0..k {
+                                for q in 0..k {
+                                    let hh = (i * g.stride + p * g.dil) as isize - g.pad_t as isize;
+                                    let ww = (j * g.stride + q * g.dil) as isize - g.pad_l as isize;
+                                    if hh < 0 || ww < 0 || hh >= h as isize || ww >= w as isize {
+                                        continue;
+                                    }
+                                    let xi = ((ni * c + ci) * h + hh as usize) * w + ww as usize;
+                                    f(yi, xi, ((oi * c + ci) * k + p) * k + q);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// x [n, c, h, w] with w [o, c, k, k] -> y [n, o, oh, ow].
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv2d(
+        x: &[f64],
+        (n, c, h, w): (usize, usize, usize, usize),
+        wt: &[f64],
+        b: &[f64],
+        o: usize,
+        g: Geom,
+        (oh, ow): (usize, usize),
+    ) -> Vec<f64> {
+        let mut y: Vec<f64> = (0..n * o * oh * ow)
+            .map(|i| b[(i / (oh * ow)) % o])
+            .collect();
+        conv_terms((n, c, h, w), o, g, (oh, ow), |yi, xi, wi| {
+            y[yi] += wt[wi] * x[xi]
+        });
+        y
+    }
+
+    /// Adjoint of `conv2d` in x: dx [n, c, h, w].
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv2d_backward_input(
+        dy: &[f64],
+        (n, o, oh, ow): (usize, usize, usize, usize),
+        wt: &[f64],
+        c: usize,
+        g: Geom,
+        (h, w): (usize, usize),
+    ) -> Vec<f64> {
+        let mut dx = vec![0.0; n * c * h * w];
+        conv_terms((n, c, h, w), o, g, (oh, ow), |yi, xi, wi| {
+            dx[xi] += dy[yi] * wt[wi]
+        });
+        dx
+    }
+
+    /// dw [o, c, k, k] of `conv2d`.
+    pub fn conv2d_backward_weight(
+        dy: &[f64],
+        (n, o, oh, ow): (usize, usize, usize, usize),
+        x: &[f64],
+        (c, h, w): (usize, usize, usize),
+        g: Geom,
+    ) -> Vec<f64> {
+        let mut dw = vec![0.0; o * c * g.k * g.k];
+        conv_terms((n, c, h, w), o, g, (oh, ow), |yi, xi, wi| {
+            dw[wi] += dy[yi] * x[xi]
+        });
+        dw
+    }
+
+    /// Calls `f(y_index, x_index, w_index)` for every term of MODEL.md's
+    /// tconv scatter `y[n,o,i*s+p-1, j*s+q-1] += x[n,c,i,j] * w[c,o,p,q]`,
+    /// keeping outputs inside [0, in*s).
+    fn tconv_terms(
+        (n, c, h, w): (usize, usize, usize, usize),
+        o: usize,
+        s: usize,
+        mut f: impl FnMut(usize, usize, usize),
+    ) {
+        let (oh, ow) = (h * s, w * s);
+        for ni in 0..n {
+            for oi in 0..o {
+                for ci in 0..c {
+                    for i in 0..h {
+                        for j in 0..w {
+                            let xi = ((ni * c + ci) * h + i) * w + j;
+                            for p in 0..4 {
+                                for q in 0..4 {
+                                    let yy = (i * s + p) as isize - 1;
+                                    let yx = (j * s + q) as isize - 1;
+                                    if yy < 0 || yx < 0 || yy >= oh as isize || yx >= ow as isize {
+                                        continue;
+                                    }
+                                    let yi = ((ni * o + oi) * oh + yy as usize) * ow + yx as usize;
+                                    f(yi, xi, ((ci * o + oi) * 4 + p) * 4 + q);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// MODEL.md's tconv: x [n, c, h, w], w [c, o, 4, 4] -> y [n, o, h*s, w*s].
+    pub fn tconv2d(
+        x: &[f64],
+        (n, c, h, w): (usize, usize, usize, usize),
+        wt: &[f64],
+        b: &[f64],
+        o: usize,
+        s: usize,
+    ) -> Vec<f64> {
+        let plane = h * s * w * s;
+        let mut y: Vec<f64> = (0..n * o * plane).map(|i| b[(i / plane) % o]).collect();
+        tconv_terms((n, c, h, w), o, s, |yi, xi, wi| y[yi] += x[xi] * wt[wi]);
+        y
+    }
+
+    /// Adjoint of `tconv2d` in x and in w: (dx [n, c, h, w], dw [c, o, 4, 4]).
+    pub fn tconv2d_backward(
+        dy: &[f64],
+        x: &[f64],
+        (n, c, h, w): (usize, usize, usize, usize),
+        wt: &[f64],
+        o: usize,
+        s: usize,
+    ) -> (Vec<f64>, Vec<f64>) {
+        let mut dx = vec![0.0; n * c * h * w];
+        let mut dw = vec![0.0; c * o * 16];
+        tconv_terms((n, c, h, w), o, s, |yi, xi, wi| {
+            dx[xi] += dy[yi] * wt[wi];
+            dw[wi] += dy[yi] * x[xi];
+        });
+        (dx, dw)
+    }
+}

@@ -1,0 +1,368 @@
+//! Weight gradient as a GEMM over (image, row, column), generated per
+//! shape: `dw[o, c, p, q] = sum_{n,i,j} g[n,o,i,j] * xpad[n, c, i*s + p*d, j*s + q*d]`.
+//!
+//! Lanes run over summed-input channels c; the gradient-output channel
+//! group is `workgroup_id.y` and the row chunk is the flattened x/z
+//! workgroup index, so the loops over rows and columns and every load of
+//! `g` are uniform across a workgroup (one load and a broadcast on
+//! lavapipe). Each invocation keeps `k*k*to/4` vec4 accumulators (taps x
+//! channel group) and walks a row `jt` columns at a time, loading each
+//! needed input value once per step. Row chunks (split-K) write partial
+//! sums that `reduce::sum_partials` adds in a fixed order: deterministic.
+use super::prep::{self, PadRegion};
+use crate::error::{EngineError, Result};
+use crate::gpu::Kernel;
+use crate::gpu::{Gpu, LOOP_BUDGET, Tensor};
+use crate::ops::reduce::ReduceParams;
+use crate::ops::{Params, REDUCE, items_per_window, kernel, launch, runs, wgsl_params};
+use std::fmt::Write;
+
+const SUM_PARTIALS: Kernel = kernel(&REDUCE, "sum_partials");
+/// Invocations a weight-gradient dispatch aims for (chunks x channels).
+const THREADS: usize = 16384;
+
+/// One weight-gradient variant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct GemmTile {
+    /// Gradient-output channels per invocation (a multiple of 4).
+    pub to: usize,
+    /// Columns per step (the largest divisor of the row width up to this).
+    pub jt: usize,
+    /// Invocations per workgroup (input channels).
+    pub wg: usize,
+}
+
+impl GemmTile {
+    pub const CANDIDATES: [GemmTile; 5] = [
+        GemmTile {
+            to: 8,
+            jt: 4,
+            wg: 8,
+        },
+        GemmTile {
+            to: 4,
+            jt: 4,
+            wg: 8,
+        },
+        GemmTile {
+            to: 8,
+            jt: 2,
+            wg: 8,
+        },
+        GemmTile {
+            to: 4,
+            jt: 8,
+            wg: 8,
+        },
+        GemmTile {
+            to: 8,
+            jt: 4,
+            wg: 32,
+        },
+    ];
+
+    pub fn name(&self) -> String {
+        format!("gemm-to{}-jt{}-wg{}", self.to, self.jt, self.wg)
+    }
+}
+
+wgsl_params! {
+    pub(crate) struct WgradParams {
+        out_h, out_w, c_count, o_count, c_groups,
+        g_base, g_nstride, g_cstride,
+        x_nstride, x_cstride, x_w,
+        rows_per_chunk, total_rows,
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct WgradSpec {
+    k: usize,
+    s: usize,
+    d: usize,
+    to: usize,
+    jt: usize,
+    wg: usize,
+}
+
+impl WgradSpec {
+    fn key(&self) -> String {
+        format!(
+            "wgrad k{} s{} d{} to{} jt{} wg{}",
+            self.k, self.s, self.d, self.to, self.jt, self.wg
+        )
+    }
+
+    fn source(&self) -> String {
+        let WgradSpec {
+            k,
+            s,
+            d,
+            to,
+            jt,
+            wg,
+        } = *self;
+        let o4 = to / 4;
+        let mut w = String::new();
+        w.push_str(WgradParams::WGSL);
+        w.push_str(
+            "@group(0) @binding(0) var<uniform> P: Params;\n\
+             @group(0) @binding(1) var<storage, read> G: array<f32>;\n\
+             @group(0) @binding(2) var<storage, read> X: array<f32>;\n\
+             @group(0) @binding(4) var<storage, read_write> D: array<f32>;\n",
+        );
+        let _ = writeln!(
+            w,
+            "@compute @workgroup_size({wg})\n\
+             fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32, @builtin(num_workgroups) nwg: vec3<u32>) {{\n\
+             \x20   let flat = wid.x + wid.z * nwg.x;\n\
+             \x20   let chunk = flat / P.c_groups;\n\
+             \x20   let c = (flat % P.c_groups) * {wg}u + lid;\n\
+             \x20   if (c >= P.c_count) {{ return; }}\n\
+             \x20   let ob = wid.y * {to}u;"
+        );
+        for v in 0..to {
+            let _ = writeln!(
+                w,
+                "    let go{v} = P.g_base + min(ob + {v}u, P.o_count - 1u) * P.g_cstride;"
+            );
+        }
+        for p in 0..k {
+            for q in 0..k {
+                for u in 0..o4 {
+                    let _ = writeln!(w, "    var a{p}_{q}_{u} = vec4<f32>(0.0);");
+                }
+            }
+        }
+        w.push_str(
+            "    let row_end = min((chunk + 1u) * P.rows_per_chunk, P.total_rows);\n\
+             \x20   for (var gr = chunk * P.rows_per_chunk; gr < row_end; gr++) {\n\
+             \x20       let n = gr / P.out_h;\n\
+             \x20       let i = gr % P.out_h;\n\
+             \x20       let gb = n * P.g_nstride + i * P.out_w;\n",
+        );
+        let _ = writeln!(
+            w,
+            "        let xb = n * P.x_nstride + c * P.x_cstride + i * {s}u * P.x_w;\n\
+             \x20       for (var j = 0u; j < P.out_w; j += {jt}u) {{"
+        );
+        for t in 0..jt {
+            for u in 0..o4 {
+                let parts: Vec<String> = (0..4)
+                    .map(|e| format!("G[go{} + gb + j + {t}u]", 4 * u + e))
+                    .collect();
+                let _ = writeln!(
+                    w,
+                    "            let g{t}_{u} = vec4<f32>({});",
+                    parts.join(", ")
+                );
+            }
+        }
+        let mut cols: Vec<usize> = (0..jt)
+            .flat_map(|t| (0..k).map(move |q| t * s + q * d))
+            .collect();
+        cols.sort_unstable();
+        cols.dedup();
+        for p in 0..k {
+            let _ = writeln!(
+                w,
+                "            let r{p} = xb + {}u * P.x_w + j * {s}u;",
+                p * d
+            );
+            for m in &cols {
+                let _ = writeln!(w, "            let x{p}_{m} = X[r{p} + {m}u];");
+            }
+            for q in 0..k {
+                for t in 0..jt {
+                    for u in 0..o4 {
+                        let _ = writeln!(
+                            w,
+                            "            a{p}_{q}_{u} += x{p}_{} * g{t}_{u};",
+                            t * s + q * d
+                        );
+                    }
+                }
+            }
+        }
+        w.push_str("        }\n    }\n");
+        let _ = writeln!(
+            w,
+            "    let pb = (chunk * P.o_count * P.c_count + c) * {kk}u;",
+            kk = k * k
+        );
+        for v in 0..to {
+            let _ = writeln!(
+                w,
+                "    if (ob + {v}u < P.o_count) {{\n        let po = pb + (ob + {v}u) * P.c_count * {}u;",
+                k * k
+            );
+            for p in 0..k {
+                for q in 0..k {
+                    let _ = writeln!(
+                        w,
+                        "        D[po + {}u] = a{p}_{q}_{}.{};",
+                        p * k + q,
+                        v / 4,
+                        ["x", "y", "z", "w"][v % 4]
+                    );
+                }
+            }
+            w.push_str("    }\n");
+        }
+        w.push_str("}\n");
+        w
+    }
+}
+
+/// Geometry of one weight gradient: kernel k, stride s, dilation d, and
+/// the source row/column of padded element (0, 0) (minus the pads).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct WgradGeom {
+    pub k: usize,
+    pub s: usize,
+    pub d: usize,
+    pub row0: isize,
+    pub col0: isize,
+}
+
+/// dw[o, c] (o over channels of `gout` [N, O, OH, OW], c over channels of
+/// `input` [N, C, IH, IW]), stored at o*C*k*k + c*k*k + tap, written or
+/// added (`accumulate`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn run(
+    gpu: &Gpu,
+    op: &'static str,
+    gout: &Tensor,
+    input: &Tensor,
+    dw: &Tensor,
+    g: WgradGeom,
+    accumulate: bool,
+    tile: GemmTile,
+) -> Result<()> {
+    let (n, o_tot, oh, ow) = gout.nchw();
+    let (_, c_tot, _, _) = input.nchw();
+    let kk = g.k * g.k;
+    let jt = (1..=tile.jt).rev().find(|t| ow % t == 0).unwrap_or(1);
+    let spec = WgradSpec {
+        k: g.k,
+        s: g.s,
+        d: g.d,
+        to: tile.to,
+        jt,
+        wg: tile.wg,
+    };
+    let row_cost = ow / jt + 2;
+    if row_cost > LOOP_BUDGET {
+        return Err(EngineError::TooLarge {
+            op,
+            detail: format!("rows of {ow} columns exceed the per-invocation loop budget"),
+        });
+    }
+    let rows = (oh - 1) * g.s + (g.k - 1) * g.d + 1;
+    let cols = (ow - 1) * g.s + (g.k - 1) * g.d + 1;
+    let plane = rows * cols;
+    let win = gpu.window_elems();
+    let og = o_tot
+        .min(items_per_window(gpu, op, oh * ow, "gradient plane")?)
+        .min((win / (c_tot * kk)).max(1));
+    let mut cg = c_tot.min(items_per_window(gpu, op, plane, "padded input plane")?);
+    while cg > 1 && (og - 1) * c_tot * kk + cg * kk > win {
+        cg = cg.div_ceil(2);
+    }
+    let g_img = o_tot * oh * ow;
+    let imgs = (1 + (win - og * oh * ow) / g_img)
+        .min(1 + (win - cg * plane) / (cg * plane))
+        .clamp(1, n);
+    let pipeline = gpu.pipeline_for(spec.key(), || spec.source(), "main");
+    for (n0, nb) in runs(n, imgs) {
+        // Each (o, c) of dw is written by one dispatch per image group.
+        let first = n0 == 0;
+        for (c0, clen) in runs(c_tot, cg) {
+            let region = PadRegion {
+                n0,
+                images: nb,
+                c0,
+                planes: clen,
+                row0: g.row0,
+                col0: g.col0,
+                rows,
+                cols,
+            };
+            let xp = prep::pad_input(gpu, input, &region)?;
+            let (xw, _) = gpu.window(&xp, 0, xp.numel());
+            for (o0, olen) in runs(o_tot, og) {
+                let total_rows = nb * oh;
+                let per = olen * clen * kk;
+                let c_groups = clen.div_ceil(tile.wg);
+                let o_groups = olen.div_ceil(tile.to);
+                let max_rows = (LOOP_BUDGET / row_cost).max(1);
+                let chunks = THREADS
+                    .div_ceil(o_groups * c_groups * tile.wg)
+                    .max(total_rows.div_ceil(max_rows))
+                    .min((win / per).clamp(1, LOOP_BUDGET / 4))
+                    .clamp(1, total_rows);
+                let rows_per_chunk = total_rows.div_ceil(chunks);
+                if rows_per_chunk > max_rows {
+                    items_per_window(
+                        gpu,
+                        op,
+                        per * total_rows.div_ceil(max_rows),
+                        "partial-sum stack",
+                    )?;
+                }
+                let chunks = total_rows.div_ceil(rows_per_chunk);
+                let partials = gpu.empty(&[chunks * per])?;
+                let (pw, _) = gpu.window(&partials, 0, chunks * per);
+                let (gw, gb) = gpu.window(
+                    gout,
+                    n0 * g_img + o0 * oh * ow,
+                    (nb - 1) * g_img + olen * oh * ow,
+                );
+                let p = WgradParams {
+                    out_h: oh as u32,
+                    out_w: ow as u32,
+                    c_count: clen as u32,
+                    o_count: olen as u32,
+                    c_groups: c_groups as u32,
+                    g_base: gb,
+                    g_nstride: g_img as u32,
+                    g_cstride: (oh * ow) as u32,
+                    x_nstride: (clen * plane) as u32,
+                    x_cstride: plane as u32,
+                    x_w: cols as u32,
+                    rows_per_chunk: rows_per_chunk as u32,
+                    total_rows: total_rows as u32,
+                };
+                gpu.dispatch_grid(
+                    &pipeline,
+                    op,
+                    bytemuck::cast_slice(bytemuck::bytes_of(&p)),
+                    &[(1, &gw), (2, &xw), (4, &pw)],
+                    (chunks * c_groups) as u64,
+                    o_groups as u32,
+                );
+                let dw_start = o0 * c_tot * kk + c0 * kk;
+                let dw_len = (olen - 1) * c_tot * kk + clen * kk;
+                let (dww, dwb) = gpu.window(dw, dw_start, dw_len);
+                let sp = ReduceParams {
+                    chunks: chunks as u32,
+                    out_base: dwb,
+                    flags: (accumulate || !first) as u32,
+                    scale: 1.0,
+                    len: per as u32,
+                    inner: (clen * kk) as u32,
+                    out_ostride: (c_tot * kk) as u32,
+                    ..Default::default()
+                };
+                launch(
+                    gpu,
+                    &SUM_PARTIALS,
+                    &Params::of(&sp),
+                    &[(1, &pw), (4, &dww)],
+                    per,
+                );
+            }
+        }
+    }
+    Ok(())
+}
