@@ -10,10 +10,10 @@ fn main() -> anyhow::Result<()> {
         w: 80,
     };
     println!("adapter: {} ({:?})", gpu.info.name, gpu.info.backend);
-    for m in engine::bench::run(&gpu, shape, 5, "")? {
+    for m in engine::bench::run(&gpu, shape, 5, "", false)? {
         println!(
-            "{:<40} {:>10.3} ms {:>8.2} {}",
-            m.name, m.ms, m.rate, m.unit
+            "{:<34} {:<24} {:>10.3} ms {:>8.2} {}",
+            m.name, m.variant, m.ms, m.rate, m.unit
         );
     }
     Ok(())

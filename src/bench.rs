@@ -7,7 +7,6 @@ use crate::gpu::{Gpu, Tensor};
 use crate::ops::batchnorm::{self, BnParams};
 use crate::ops::{conv, elementwise, loss, optim, pool, resize};
 use rand::{Rng, SeedableRng};
-use std::time::Instant;
 
 /// The shape the conv-family cases use: batch, in/out channels, spatial size.
 #[derive(Clone, Copy, Debug)]
@@ -20,20 +19,57 @@ pub struct Shape {
 
 pub struct Measurement {
     pub name: String,
+    /// The variant that ran ("" for ops with one kernel).
+    pub variant: String,
     pub ms: f64,
     /// (amount, unit): GFLOP/s or GB/s.
     pub rate: f64,
     pub unit: &'static str,
+    /// The same case with the first (gather/rows) kernels, for the
+    /// convolution family: (ms, rate).
+    pub baseline: Option<(f64, f64)>,
 }
 
-type Op<'a> = Box<dyn Fn() -> Result<()> + 'a>;
+/// Which kernel a convolution case runs.
+#[derive(Clone, Copy, Debug)]
+pub enum Choice {
+    /// What the engine picks for this shape (tuning file or rules).
+    Chosen,
+    Conv(conv::ConvVariant),
+    Wgrad(conv::WgradVariant),
+}
+
+/// The variant family of a case.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Family {
+    Produce,
+    Wgrad,
+    Single,
+}
+
+type Op<'a> = Box<dyn Fn(Choice) -> Result<()> + 'a>;
 
 struct Case<'a> {
     name: String,
     /// FLOPs (2 per multiply-add) or bytes moved, per run.
     work: f64,
     flops: bool,
+    family: Family,
     run: Op<'a>,
+}
+
+impl Case<'_> {
+    /// The choices to time: the chosen one, then the baseline (and every
+    /// variant when asked).
+    fn choices(&self, all: bool) -> Vec<Choice> {
+        match self.family {
+            Family::Single => vec![Choice::Chosen],
+            Family::Produce if all => conv::ConvVariant::all().into_iter().map(Choice::Conv).collect(),
+            Family::Wgrad if all => conv::WgradVariant::all().into_iter().map(Choice::Wgrad).collect(),
+            Family::Produce => vec![Choice::Chosen, Choice::Conv(conv::ConvVariant::Gather)],
+            Family::Wgrad => vec![Choice::Chosen, Choice::Wgrad(conv::WgradVariant::Rows)],
+        }
+    }
 }
 
 fn random(gpu: &Gpu, shape: &[usize], seed: u64) -> Result<Tensor> {
@@ -107,7 +143,42 @@ fn case<'a>(
         name: name.into(),
         work,
         flops,
-        run: Box::new(run),
+        family: Family::Single,
+        run: Box::new(move |_| run()),
+    }
+}
+
+fn conv_case<'a>(
+    name: impl Into<String>,
+    work: f64,
+    run: impl Fn(Option<conv::ConvVariant>) -> Result<()> + 'a,
+) -> Case<'a> {
+    Case {
+        name: name.into(),
+        work,
+        flops: true,
+        family: Family::Produce,
+        run: Box::new(move |c| match c {
+            Choice::Conv(v) => run(Some(v)),
+            _ => run(None),
+        }),
+    }
+}
+
+fn wgrad_case<'a>(
+    name: impl Into<String>,
+    work: f64,
+    run: impl Fn(Option<conv::WgradVariant>) -> Result<()> + 'a,
+) -> Case<'a> {
+    Case {
+        name: name.into(),
+        work,
+        flops: true,
+        family: Family::Wgrad,
+        run: Box::new(move |c| match c {
+            Choice::Wgrad(v) => run(Some(v)),
+            _ => run(None),
+        }),
     }
 }
 
@@ -119,39 +190,41 @@ fn cases<'a>(gpu: &'a Gpu, s: Shape, t: &'a Inputs, filter: &str) -> Vec<Case<'a
     let bytes = |tensors: f64| tensors * act * 4.0;
     let (gf, gb) = (true, false);
     let all = vec![
-        case(
+        conv_case(
             format!("conv3x3 fwd {n}x{c}x{h}x{w} -> {c}"),
             conv_flops(3, act),
-            gf,
-            || conv::conv2d(gpu, &t.x, &t.w3, &t.b, 1, 1).map(drop),
+            |v| conv::conv2d_with(gpu, &t.x, &t.w3, Some(&t.b), 1, 1, false, v).map(drop),
         ),
-        case("conv3x3 bwd input", conv_flops(3, act), gf, move || {
-            conv::conv2d_backward_input(gpu, &t.dy, &t.w3, (h, w), 1, 1).map(drop)
+        conv_case("conv3x3 bwd input", conv_flops(3, act), move |v| {
+            conv::conv2d_backward_input_with(gpu, &t.dy, &t.w3, (h, w), 1, 1, v).map(drop)
         }),
-        case("conv3x3 bwd weight", conv_flops(3, act), gf, move || {
-            conv::conv2d_backward_weight(gpu, &t.dy, &t.x, &t.dw3, 1, 1, false)
+        wgrad_case("conv3x3 bwd weight", conv_flops(3, act), move |v| {
+            conv::conv2d_backward_weight_with(gpu, &t.dy, &t.x, &t.dw3, 1, 1, false, v)
         }),
-        case("conv3x3 dil2 fwd", conv_flops(3, act), gf, move || {
-            conv::conv2d(gpu, &t.x, &t.w3, &t.b, 1, 2).map(drop)
+        conv_case("conv3x3 dil2 fwd", conv_flops(3, act), move |v| {
+            conv::conv2d_with(gpu, &t.x, &t.w3, Some(&t.b), 1, 2, false, v).map(drop)
         }),
-        case("conv3x3 s2 fwd", conv_flops(3, half), gf, move || {
-            conv::conv2d(gpu, &t.x, &t.w3, &t.b, 2, 1).map(drop)
+        conv_case("conv3x3 s2 fwd", conv_flops(3, half), move |v| {
+            conv::conv2d_with(gpu, &t.x, &t.w3, Some(&t.b), 2, 1, false, v).map(drop)
         }),
-        case("conv1x1 fwd", conv_flops(1, act), gf, move || {
-            conv::conv2d(gpu, &t.x, &t.w1, &t.b, 1, 1).map(drop)
+        conv_case("conv3x3 s2 bwd input", conv_flops(3, half), move |v| {
+            conv::conv2d_backward_input_with(gpu, &t.dy_half, &t.w3, (h, w), 2, 1, v).map(drop)
         }),
-        case("tconv4x4 s2 fwd", conv_flops(4, act), gf, move || {
-            conv::tconv2d(gpu, &t.x, &t.wt, &t.b, 2).map(drop)
+        conv_case("conv1x1 fwd", conv_flops(1, act), move |v| {
+            conv::conv2d_with(gpu, &t.x, &t.w1, Some(&t.b), 1, 1, false, v).map(drop)
         }),
-        case("tconv4x4 s2 bwd input", conv_flops(4, act), gf, move || {
-            conv::tconv2d_backward_input(gpu, &t.dy2, &t.wt, 2).map(drop)
+        conv_case("tconv4x4 s2 fwd", conv_flops(4, act), move |v| {
+            conv::tconv2d_with(gpu, &t.x, &t.wt, Some(&t.b), 2, false, v).map(drop)
         }),
-        case(
-            "tconv4x4 s2 bwd weight",
-            conv_flops(4, act),
-            gf,
-            move || conv::tconv2d_backward_weight(gpu, &t.dy2, &t.x, &t.dwt, 2, false),
-        ),
+        conv_case("tconv4x4 s2 bwd input", conv_flops(4, act), move |v| {
+            conv::tconv2d_backward_input_with(gpu, &t.dy2, &t.wt, 2, v).map(drop)
+        }),
+        wgrad_case("tconv4x4 s2 bwd weight", conv_flops(4, act), move |v| {
+            conv::tconv2d_backward_weight_with(gpu, &t.dy2, &t.x, &t.dwt, 2, false, v)
+        }),
+        conv_case("tconv4x4 s1 fwd", conv_flops(4, act), move |v| {
+            conv::tconv2d_with(gpu, &t.x, &t.wt, Some(&t.b), 1, false, v).map(drop)
+        }),
         case("maxpool3x3 s2 fwd", bytes(1.25), gb, move || {
             pool::maxpool2d(gpu, &t.x, 3, 2).map(drop)
         }),
@@ -208,55 +281,50 @@ fn cases<'a>(gpu: &'a Gpu, s: Shape, t: &'a Inputs, filter: &str) -> Vec<Case<'a
 }
 
 /// Times every case whose name contains `filter`, `iters` runs each after
-/// one warm-up run (which also compiles the pipelines).
-pub fn run(gpu: &Gpu, shape: Shape, iters: usize, filter: &str) -> Result<Vec<Measurement>> {
-    let timer = gpu.timestamps.then(|| {
-        let set = gpu.device.create_query_set(&wgpu::QuerySetDescriptor {
-            label: Some("bench"),
-            ty: wgpu::QueryType::Timestamp,
-            count: 2,
-        });
-        let resolve = gpu.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("bench resolve"),
-            size: 16,
-            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
-            mapped_at_creation: false,
-        });
-        (set, resolve)
-    });
+/// one warm-up run (which also compiles the pipelines). Convolution cases
+/// run the chosen variant and the baseline (every variant with `all`).
+pub fn run(
+    gpu: &Gpu,
+    shape: Shape,
+    iters: usize,
+    filter: &str,
+    all: bool,
+) -> Result<Vec<Measurement>> {
     let mut out = Vec::new();
     let inputs = Inputs::new(gpu, shape)?;
     for case in cases(gpu, shape, &inputs, filter) {
-        (case.run)()?;
-        gpu.flush();
-        gpu.wait()?;
-        let start = Instant::now();
-        if let Some((set, _)) = &timer {
-            gpu.timestamp(set, 0, true);
+        let mut timed = Vec::new();
+        for choice in case.choices(all) {
+            (case.run)(choice)?;
+            let secs = gpu.time(iters, &|| (case.run)(choice))?;
+            timed.push((choice, secs));
         }
-        for _ in 0..iters {
-            (case.run)()?;
+        let rate = |secs: f64| case.work / secs * 1e-9;
+        let unit = if case.flops { "GFLOP/s" } else { "GB/s" };
+        let baseline = (!all && timed.len() > 1).then(|| (timed[1].1 * 1e3, rate(timed[1].1)));
+        let shown = if all { &timed[..] } else { &timed[..1] };
+        for &(choice, secs) in shown {
+            out.push(Measurement {
+                name: case.name.clone(),
+                variant: variant_name(gpu, &case, choice),
+                ms: secs * 1e3,
+                rate: rate(secs),
+                unit,
+                baseline,
+            });
         }
-        let secs = if let Some((set, resolve)) = &timer {
-            gpu.timestamp(set, 1, false);
-            gpu.resolve_timestamps(set, 2, resolve);
-            let raw = gpu.read_bytes(&[(resolve, 16)])?.remove(0);
-            let ticks: &[u64] = bytemuck::cast_slice(&raw);
-            ticks[1].saturating_sub(ticks[0]) as f64
-                * gpu.queue.get_timestamp_period() as f64
-                * 1e-9
-        } else {
-            gpu.flush();
-            gpu.wait()?;
-            start.elapsed().as_secs_f64()
-        };
-        let per = secs / iters as f64;
-        out.push(Measurement {
-            name: case.name,
-            ms: per * 1e3,
-            rate: case.work / per * 1e-9,
-            unit: if case.flops { "GFLOP/s" } else { "GB/s" },
-        });
     }
     Ok(out)
+}
+
+fn variant_name(gpu: &Gpu, case: &Case, choice: Choice) -> String {
+    match (choice, case.family) {
+        (Choice::Conv(v), _) => v.name(),
+        (Choice::Wgrad(v), _) => v.name(),
+        (Choice::Chosen, Family::Single) => String::new(),
+        // A tuned winner, if any, is in the tuning file; else the rule's.
+        (Choice::Chosen, _) if !gpu.variants().table().is_empty() => "chosen (tuned)".into(),
+        (Choice::Chosen, Family::Produce) => conv::ConvVariant::rule(gpu).name(),
+        (Choice::Chosen, Family::Wgrad) => conv::WgradVariant::rule(gpu).name(),
+    }
 }

@@ -256,6 +256,10 @@ pub struct BenchArgs {
     /// Only the cases whose name contains this text.
     #[arg(long, default_value = "")]
     pub filter: String,
+    /// Time every variant of the convolution cases (not only the chosen
+    /// one and the first-generation baseline).
+    #[arg(long)]
+    pub all_variants: bool,
 }
 
 pub fn devices() -> anyhow::Result<()> {
@@ -311,9 +315,20 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         shape.w,
         args.iters
     );
-    println!("{:<40} {:>10} {:>12}", "kernel", "ms", "rate");
-    for m in crate::bench::run(&gpu, shape, args.iters.max(1), &args.filter)? {
-        println!("{:<40} {:>10.3} {:>8.2} {}", m.name, m.ms, m.rate, m.unit);
+    println!(
+        "{:<34} {:<24} {:>10} {:>16} {:>18}",
+        "kernel", "variant", "ms", "rate", "baseline (gather)"
+    );
+    let runs = crate::bench::run(&gpu, shape, args.iters.max(1), &args.filter, args.all_variants)?;
+    for m in runs {
+        let base = m
+            .baseline
+            .map(|(_, r)| format!("{r:>8.2} {}", m.unit))
+            .unwrap_or_default();
+        println!(
+            "{:<34} {:<24} {:>10.3} {:>8.2} {:<7} {:>18}",
+            m.name, m.variant, m.ms, m.rate, m.unit, base
+        );
     }
     Ok(())
 }
