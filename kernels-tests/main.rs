@@ -15,3 +15,4 @@ mod pool;
 mod reduce;
 mod resize;
 mod shaders;
+mod variants;

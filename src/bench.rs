@@ -64,8 +64,14 @@ impl Case<'_> {
     fn choices(&self, all: bool) -> Vec<Choice> {
         match self.family {
             Family::Single => vec![Choice::Chosen],
-            Family::Produce if all => conv::ConvVariant::all().into_iter().map(Choice::Conv).collect(),
-            Family::Wgrad if all => conv::WgradVariant::all().into_iter().map(Choice::Wgrad).collect(),
+            Family::Produce if all => conv::ConvVariant::all()
+                .into_iter()
+                .map(Choice::Conv)
+                .collect(),
+            Family::Wgrad if all => conv::WgradVariant::all()
+                .into_iter()
+                .map(Choice::Wgrad)
+                .collect(),
             Family::Produce => vec![Choice::Chosen, Choice::Conv(conv::ConvVariant::Gather)],
             Family::Wgrad => vec![Choice::Chosen, Choice::Wgrad(conv::WgradVariant::Rows)],
         }

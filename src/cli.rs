@@ -319,7 +319,13 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         "{:<34} {:<24} {:>10} {:>16} {:>18}",
         "kernel", "variant", "ms", "rate", "baseline (gather)"
     );
-    let runs = crate::bench::run(&gpu, shape, args.iters.max(1), &args.filter, args.all_variants)?;
+    let runs = crate::bench::run(
+        &gpu,
+        shape,
+        args.iters.max(1),
+        &args.filter,
+        args.all_variants,
+    )?;
     for m in runs {
         let base = m
             .baseline

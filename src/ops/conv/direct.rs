@@ -381,3 +381,36 @@ pub(crate) fn run(gpu: &Gpu, j: &DirectJob, tile: Tile) -> Result<()> {
     }
     Ok(())
 }
+
+/// (key, WGSL) of generated direct kernels: every tile with every kernel
+/// size, stride and dilation the network's passes use, and every flag.
+pub(crate) fn sample_sources() -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let geoms = [
+        (3, 3, 1, 1),
+        (3, 3, 2, 1),
+        (3, 3, 1, 2),
+        (1, 1, 1, 1),
+        (4, 4, 2, 1),
+        (2, 2, 1, 1),
+        (2, 1, 1, 1),
+        (4, 4, 1, 1),
+    ];
+    for tile in Tile::CANDIDATES {
+        for (i, &(kh, kw, s, d)) in geoms.iter().enumerate() {
+            let spec = DirectSpec {
+                kh,
+                kw,
+                s,
+                d,
+                ostep: 1 + i % 2,
+                tile,
+                bias: i % 2 == 0,
+                accumulate: i % 3 == 0,
+                relu: i % 4 < 2,
+            };
+            out.push((spec.key(), spec.source()));
+        }
+    }
+    out
+}

@@ -929,3 +929,11 @@ pub mod cpu {
         (dx, dw)
     }
 }
+
+/// (key, WGSL) of the generated kernels for every variant and the
+/// network's geometries, for validation tests.
+pub fn generated_sources() -> Vec<(String, String)> {
+    let mut v = direct::sample_sources();
+    v.extend(wgrad::sample_sources());
+    v
+}

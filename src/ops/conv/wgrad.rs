@@ -366,3 +366,30 @@ pub(crate) fn run(
     }
     Ok(())
 }
+
+/// (key, WGSL) of generated weight-gradient kernels for every tile and the
+/// network's geometries.
+pub(crate) fn sample_sources() -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for t in GemmTile::CANDIDATES {
+        for (k, s, d) in [
+            (3, 1, 1),
+            (3, 2, 1),
+            (3, 1, 2),
+            (1, 1, 1),
+            (4, 2, 1),
+            (4, 1, 1),
+        ] {
+            let spec = WgradSpec {
+                k,
+                s,
+                d,
+                to: t.to,
+                jt: t.jt,
+                wg: t.wg,
+            };
+            out.push((spec.key(), spec.source()));
+        }
+    }
+    out
+}

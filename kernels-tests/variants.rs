@@ -1,0 +1,218 @@
+//! Every variant of every convolution pass against the CPU reference, on
+//! odd shapes (channel counts that are not multiples of any tile, widths
+//! that are not multiples of any pixel tile), with fused ReLU and bias, and
+//! under a tiny binding limit that forces channel and image splits. The
+//! default-path tests in conv.rs also check finite differences; here every
+//! variant must give the reference's numbers, so any variant the tuner may
+//! choose is proven.
+use crate::common::*;
+use engine::Gpu;
+use engine::ops::conv::{self, ConvVariant, WgradVariant, conv_geom, cpu};
+use std::sync::OnceLock;
+
+const ATOL: f64 = 1e-4;
+
+fn tiny() -> &'static Gpu {
+    static GPU: OnceLock<Gpu> = OnceLock::new();
+    GPU.get_or_init(|| {
+        let g = Gpu::new(None).expect("a GPU adapter");
+        g.set_binding_limit(4096);
+        g
+    })
+}
+
+/// (n, c, o, h, w, k, s, d)
+type ConvShape = (usize, usize, usize, usize, usize, usize, usize, usize);
+
+fn conv_all_variants(gpu: &Gpu, (n, c, o, h, w, k, s, d): ConvShape) {
+    let tag = format!("conv n{n} c{c} o{o} {h}x{w} k{k} s{s} d{d}");
+    let (oh, ow, g) = conv_geom(h, w, k, s, d);
+    let (x, wt, b) = (
+        rand_vec(1, n * c * h * w),
+        rand_vec(2, o * c * k * k),
+        rand_vec(3, o),
+    );
+    let dy = rand_vec(4, n * o * oh * ow);
+    let (x64, w64, b64, dy64) = (to64(&x), to64(&wt), to64(&b), to64(&dy));
+    let (xt, wtt, bt, dyt) = (
+        up(gpu, &[n, c, h, w], &x),
+        up(gpu, &[o, c, k, k], &wt),
+        up(gpu, &[o], &b),
+        up(gpu, &[n, o, oh, ow], &dy),
+    );
+    let y_ref = cpu::conv2d(&x64, (n, c, h, w), &w64, &b64, o, g, (oh, ow));
+    let relu_ref: Vec<f64> = y_ref.iter().map(|v| v.max(0.0)).collect();
+    let dx_ref = cpu::conv2d_backward_input(&dy64, (n, o, oh, ow), &w64, c, g, (h, w));
+    let dw_ref = cpu::conv2d_backward_weight(&dy64, (n, o, oh, ow), &x64, (c, h, w), g);
+    for v in ConvVariant::all() {
+        let name = v.name();
+        let y = conv::conv2d_with(gpu, &xt, &wtt, Some(&bt), s, d, false, Some(v)).unwrap();
+        assert_close(
+            &format!("{tag} {name} fwd"),
+            &read(gpu, &y),
+            &y_ref,
+            ATOL,
+            1e-4,
+        );
+        let y = conv::conv2d_with(gpu, &xt, &wtt, Some(&bt), s, d, true, Some(v)).unwrap();
+        assert_close(
+            &format!("{tag} {name} fwd+relu"),
+            &read(gpu, &y),
+            &relu_ref,
+            ATOL,
+            1e-4,
+        );
+        let dx = conv::conv2d_backward_input_with(gpu, &dyt, &wtt, (h, w), s, d, Some(v)).unwrap();
+        assert_close(
+            &format!("{tag} {name} dx"),
+            &read(gpu, &dx),
+            &dx_ref,
+            ATOL,
+            1e-4,
+        );
+    }
+    for v in WgradVariant::all() {
+        let dwt = gpu.empty(&[o, c, k, k]).unwrap();
+        conv::conv2d_backward_weight_with(gpu, &dyt, &xt, &dwt, s, d, false, Some(v)).unwrap();
+        let tag = format!("{tag} {} dw", v.name());
+        assert_close(&tag, &read(gpu, &dwt), &dw_ref, 5e-4, 1e-4);
+        conv::conv2d_backward_weight_with(gpu, &dyt, &xt, &dwt, s, d, true, Some(v)).unwrap();
+        let twice: Vec<f64> = dw_ref.iter().map(|v| 2.0 * v).collect();
+        assert_close(
+            &format!("{tag} accumulated"),
+            &read(gpu, &dwt),
+            &twice,
+            1e-3,
+            1e-4,
+        );
+    }
+}
+
+fn tconv_all_variants(gpu: &Gpu, (n, c, o, h, w, s): (usize, usize, usize, usize, usize, usize)) {
+    let tag = format!("tconv n{n} c{c} o{o} {h}x{w} s{s}");
+    let (x, wt, b) = (
+        rand_vec(5, n * c * h * w),
+        rand_vec(6, c * o * 16),
+        rand_vec(7, o),
+    );
+    let dy = rand_vec(8, n * o * h * s * w * s);
+    let (x64, w64, b64, dy64) = (to64(&x), to64(&wt), to64(&b), to64(&dy));
+    let (xt, wtt, bt, dyt) = (
+        up(gpu, &[n, c, h, w], &x),
+        up(gpu, &[c, o, 4, 4], &wt),
+        up(gpu, &[o], &b),
+        up(gpu, &[n, o, h * s, w * s], &dy),
+    );
+    let y_ref = cpu::tconv2d(&x64, (n, c, h, w), &w64, &b64, o, s);
+    let relu_ref: Vec<f64> = y_ref.iter().map(|v| v.max(0.0)).collect();
+    let (dx_ref, dw_ref) = cpu::tconv2d_backward(&dy64, &x64, (n, c, h, w), &w64, o, s);
+    for v in ConvVariant::all() {
+        let name = v.name();
+        let y = conv::tconv2d_with(gpu, &xt, &wtt, Some(&bt), s, false, Some(v)).unwrap();
+        assert_close(
+            &format!("{tag} {name} fwd"),
+            &read(gpu, &y),
+            &y_ref,
+            ATOL,
+            1e-4,
+        );
+        let y = conv::tconv2d_with(gpu, &xt, &wtt, Some(&bt), s, true, Some(v)).unwrap();
+        assert_close(
+            &format!("{tag} {name} fwd+relu"),
+            &read(gpu, &y),
+            &relu_ref,
+            ATOL,
+            1e-4,
+        );
+        let dx = conv::tconv2d_backward_input_with(gpu, &dyt, &wtt, s, Some(v)).unwrap();
+        assert_close(
+            &format!("{tag} {name} dx"),
+            &read(gpu, &dx),
+            &dx_ref,
+            ATOL,
+            1e-4,
+        );
+    }
+    for v in WgradVariant::all() {
+        let dwt = gpu.empty(&[c, o, 4, 4]).unwrap();
+        conv::tconv2d_backward_weight_with(gpu, &dyt, &xt, &dwt, s, false, Some(v)).unwrap();
+        let tag = format!("{tag} {} dw", v.name());
+        assert_close(&tag, &read(gpu, &dwt), &dw_ref, 5e-4, 1e-4);
+    }
+}
+
+#[test]
+fn every_conv_variant_matches_the_reference() {
+    for shape in [
+        (2, 5, 9, 11, 13, 3, 1, 1),
+        (2, 3, 6, 9, 10, 3, 2, 1),
+        (1, 4, 5, 8, 7, 3, 2, 1),
+        (1, 6, 7, 10, 9, 3, 1, 2),
+        (3, 7, 5, 6, 5, 1, 1, 1),
+        (1, 1, 12, 9, 9, 3, 2, 1),
+    ] {
+        conv_all_variants(gpu(), shape);
+    }
+}
+
+#[test]
+fn every_tconv_variant_matches_the_reference() {
+    for shape in [(2, 5, 6, 5, 7, 2), (1, 3, 9, 6, 5, 1)] {
+        tconv_all_variants(gpu(), shape);
+    }
+}
+
+#[test]
+fn every_variant_splits_under_a_tiny_binding_limit() {
+    // One 12x12 image of 12 channels and the 12x10x9 weights exceed a
+    // 4 KiB window: channel, output-channel and image groups.
+    conv_all_variants(tiny(), (3, 12, 10, 12, 12, 3, 1, 1));
+    conv_all_variants(tiny(), (2, 12, 20, 12, 11, 3, 2, 1));
+    tconv_all_variants(tiny(), (2, 6, 5, 6, 6, 2));
+}
+
+#[test]
+fn direct_variants_are_bit_identical() {
+    // Every direct tile sums channels, then taps, in the same order, so
+    // the tuner's choice never changes a result.
+    let gpu = gpu();
+    let (n, c, o, h, w) = (2, 9, 10, 13, 11);
+    let xt = up(gpu, &[n, c, h, w], &rand_vec(11, n * c * h * w));
+    let wt = up(gpu, &[o, c, 3, 3], &rand_vec(12, o * c * 9));
+    let bt = up(gpu, &[o], &rand_vec(13, o));
+    let outs: Vec<Vec<f32>> = conv::Tile::CANDIDATES
+        .iter()
+        .map(|&t| {
+            let v = Some(ConvVariant::Direct(t));
+            read(
+                gpu,
+                &conv::conv2d_with(gpu, &xt, &wt, Some(&bt), 1, 1, false, v).unwrap(),
+            )
+        })
+        .collect();
+    for (t, out) in conv::Tile::CANDIDATES.iter().zip(&outs) {
+        assert_eq!(
+            out,
+            &outs[0],
+            "{} differs from {}",
+            t.name(),
+            conv::Tile::CANDIDATES[0].name()
+        );
+    }
+}
+
+#[test]
+fn generated_kernels_validate_in_naga() {
+    // What the GPU compiles at first use, checked ahead of time for every
+    // variant and geometry the network uses.
+    for source in conv::generated_sources() {
+        let module = naga::front::wgsl::parse_str(&source.1)
+            .unwrap_or_else(|e| panic!("{}: {}", source.0, e.emit_to_string(&source.1)));
+        naga::valid::Validator::new(
+            naga::valid::ValidationFlags::all(),
+            naga::valid::Capabilities::all(),
+        )
+        .validate(&module)
+        .unwrap_or_else(|e| panic!("{}: {e:?}", source.0));
+    }
+}
