@@ -148,3 +148,32 @@ fn batchnorm_is_deterministic() {
     );
     assert!(a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()));
 }
+
+#[test]
+fn folded_conv_equals_conv_then_batchnorm_in_eval_mode() {
+    use engine::ops::{conv, fold};
+    let gpu = gpu();
+    let (n, c, o, h, w) = (2, 3, 5, 7, 6);
+    let x = up(gpu, &[n, c, h, w], &rand_vec(1, n * c * h * w));
+    let wt = up(gpu, &[o, c, 3, 3], &rand_vec(2, o * c * 9));
+    let b = up(gpu, &[o], &rand_vec(3, o));
+    let gamma = up(gpu, &[o], &rand_vec(4, o));
+    let beta = up(gpu, &[o], &rand_vec(5, o));
+    let mean = up(gpu, &[o], &rand_vec(6, o));
+    let var: Vec<f32> = rand_vec(7, o).iter().map(|v| v.abs() + 0.1).collect();
+    let var = up(gpu, &[o], &var);
+    let p = BnParams {
+        gamma: &gamma,
+        beta: &beta,
+        running_mean: &mean,
+        running_var: &var,
+    };
+    let y = conv::conv2d(gpu, &x, &wt, &b, 1, 1).unwrap();
+    let want = to64(&read(
+        gpu,
+        &batchnorm::batchnorm_infer(gpu, &y, &p).unwrap(),
+    ));
+    let (wf, bf) = fold::fold_bn(gpu, &wt, &b, &p).unwrap();
+    let got = read(gpu, &conv::conv2d(gpu, &x, &wf, &bf, 1, 1).unwrap());
+    assert_close("folded conv", &got, &want, 1e-4, 1e-4);
+}

@@ -2,11 +2,16 @@
 //! GFLOP/s (compute-bound ops) or GB/s (memory-bound ops), and the adapter.
 //! Timestamp queries time the GPU work where the adapter has them; else the
 //! wall clock of submit-and-wait is used (and the output says which).
+use crate::data::loader::Batch;
 use crate::error::Result;
 use crate::gpu::{Gpu, Tensor};
+use crate::model::{L2_WEIGHTS, Model, ModelConfig};
 use crate::ops::batchnorm::{self, BnParams};
 use crate::ops::{conv, elementwise, loss, optim, pool, resize};
+use crate::train::{TrainConfig, predict, train_step};
 use rand::{Rng, SeedableRng};
+use std::collections::BTreeMap;
+use std::time::Instant;
 
 /// The shape the conv-family cases use: batch, in/out channels, spatial size.
 #[derive(Clone, Copy, Debug)]
@@ -194,7 +199,7 @@ fn cases<'a>(gpu: &'a Gpu, s: Shape, t: &'a Inputs, filter: &str) -> Vec<Case<'a
     let conv_flops = |k: usize, out: f64| 2.0 * out * (c * k * k) as f64;
     let half = (n * c * h.div_ceil(2) * w.div_ceil(2)) as f64;
     let bytes = |tensors: f64| tensors * act * 4.0;
-    let (gf, gb) = (true, false);
+    let gb = false;
     let all = vec![
         conv_case(
             format!("conv3x3 fwd {n}x{c}x{h}x{w} -> {c}"),
@@ -333,4 +338,167 @@ fn variant_name(gpu: &Gpu, case: &Case, choice: Choice) -> String {
         (Choice::Chosen, Family::Produce) => conv::ConvVariant::rule(gpu).name(),
         (Choice::Chosen, Family::Wgrad) => conv::WgradVariant::rule(gpu).name(),
     }
+}
+
+/// What `engine bench --model` measures.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ModelBench {
+    pub adapter: String,
+    pub width: f32,
+    pub batch: usize,
+    pub train_size: usize,
+    pub infer_size: usize,
+    /// Wall time of one training step (forward, loss, backward, Adam, the
+    /// step's one readback), mean over the timed steps.
+    pub train_step_ms: f64,
+    /// Wall time of one inference (upload, forward with folded batch norm,
+    /// sigmoid, readback), mean over the timed runs.
+    pub infer_ms: f64,
+    /// Peak live tensor memory during the training steps (the pool's
+    /// count; inference needs less).
+    pub peak_mib: f64,
+    pub dispatches_per_step: f64,
+    pub submits_per_step: f64,
+    pub dispatches_per_infer: f64,
+    /// Share of the training step's GPU time per kernel family (empty
+    /// without timestamp queries).
+    pub shares: BTreeMap<String, f64>,
+    /// The same for one inference.
+    pub infer_shares: BTreeMap<String, f64>,
+}
+
+/// The kernel family a profile label belongs to.
+fn family(label: &str) -> &'static str {
+    match label {
+        "conv2d" => "conv fwd",
+        "conv2d_backward_input" => "conv bwd-data",
+        "conv2d_backward_weight" | "tconv2d_backward_weight" => "wgrad",
+        "tconv2d" | "tconv2d_backward_input" => "tconv",
+        "batchnorm" | "fold" => "batch norm",
+        "pool" => "pool",
+        "resize" => "resize",
+        "elementwise" | "loss" => "elementwise",
+        _ => "other",
+    }
+}
+
+fn shares(times: BTreeMap<String, f64>) -> BTreeMap<String, f64> {
+    let total: f64 = times.values().sum();
+    let mut out = BTreeMap::new();
+    for (label, t) in times {
+        *out.entry(family(&label).to_owned()).or_insert(0.0) += t / total.max(1e-12);
+    }
+    out
+}
+
+/// A synthetic batch: noise with a bright disk as the lesion in each image.
+fn synthetic_batch(n: usize, size: usize) -> Batch {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let mut images = Vec::with_capacity(n * size * size);
+    let mut masks = Vec::with_capacity(n * size * size);
+    let r2 = (size as f32 / 8.0).powi(2);
+    for _ in 0..n {
+        let (cy, cx) = (
+            rng.random_range(0.3..0.7) * size as f32,
+            rng.random_range(0.3..0.7) * size as f32,
+        );
+        for i in 0..size * size {
+            let (y, x) = ((i / size) as f32, (i % size) as f32);
+            let lesion = (y - cy).powi(2) + (x - cx).powi(2) < r2;
+            images.push(rng.random_range(-0.5..0.2) + if lesion { 0.3 } else { 0.0 });
+            masks.push(lesion as u8 as f32);
+        }
+    }
+    Batch {
+        n,
+        size,
+        images,
+        masks,
+        ids: Vec::new(),
+    }
+}
+
+/// Times whole-network training steps and inferences on synthetic data.
+pub fn model(
+    gpu: &Gpu,
+    width: f32,
+    batch: usize,
+    train_size: usize,
+    infer_size: usize,
+    iters: usize,
+) -> anyhow::Result<ModelBench> {
+    let cfg = ModelConfig {
+        width,
+        ..ModelConfig::default()
+    };
+    let model = Model::new(gpu, cfg, 0)?;
+    let tcfg = TrainConfig {
+        sizes: vec![(train_size, 1)],
+        batch,
+        micro_batch: batch,
+        lr: 1e-3,
+        decay: 0.85,
+        decay_every: 10,
+        pos_weight: 15.0,
+        width,
+        resize: cfg.resize,
+        seed: 0,
+        threads: 1,
+        precise_bn: 0,
+    };
+    let adam = optim::Adam::default();
+    let l2: Vec<Tensor> = L2_WEIGHTS
+        .iter()
+        .map(|n| model.param(n).value.clone())
+        .collect();
+    let b = synthetic_batch(batch, train_size);
+    let mut step = 0;
+    let mut train_once = || train_step(gpu, &model, &tcfg, &adam, 1e-3, &mut step, &b, 1, &l2);
+    train_once()?; // compiles every pipeline
+    gpu.pool().reset_peak();
+    let (d0, s0) = gpu.counters();
+    let start = Instant::now();
+    for _ in 0..iters {
+        train_once()?;
+    }
+    let train_step_ms = start.elapsed().as_secs_f64() * 1e3 / iters as f64;
+    let (d1, s1) = gpu.counters();
+    let peak_mib = gpu.pool().stats().2 as f64 / (1 << 20) as f64;
+    let profiled = gpu.timestamps;
+    let mut shares_train = BTreeMap::new();
+    if profiled {
+        gpu.profile_start()?;
+        train_once()?;
+        shares_train = shares(gpu.profile_finish()?);
+    }
+    let img = synthetic_batch(1, infer_size).images;
+    predict(gpu, &model, &img, 1, infer_size, infer_size)?;
+    let (d2, _) = gpu.counters();
+    let start = Instant::now();
+    for _ in 0..iters {
+        predict(gpu, &model, &img, 1, infer_size, infer_size)?;
+    }
+    let infer_ms = start.elapsed().as_secs_f64() * 1e3 / iters as f64;
+    let (d3, _) = gpu.counters();
+    let mut infer_shares = BTreeMap::new();
+    if profiled {
+        gpu.profile_start()?;
+        predict(gpu, &model, &img, 1, infer_size, infer_size)?;
+        infer_shares = shares(gpu.profile_finish()?);
+    }
+    Ok(ModelBench {
+        adapter: gpu.info.name.clone(),
+        width,
+        batch,
+        train_size,
+        infer_size,
+        train_step_ms,
+        infer_ms,
+        peak_mib,
+        dispatches_per_step: (d1 - d0) as f64 / iters as f64,
+        submits_per_step: (s1 - s0) as f64 / iters as f64,
+        dispatches_per_infer: (d3 - d2) as f64 / iters as f64,
+        shares: shares_train,
+        infer_shares,
+    })
 }

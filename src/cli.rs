@@ -25,8 +25,12 @@ pub struct AdapterArg {
 pub enum Command {
     /// List the GPU adapters wgpu reaches and their limits.
     Devices,
-    /// Time each kernel at one shape (GFLOP/s or GB/s).
+    /// Time each kernel at one shape (GFLOP/s or GB/s), or the whole network (--model).
     Bench(BenchArgs),
+    /// Time every kernel variant for each convolution shape of the network
+    /// (one training step and one inference) and keep the winners in the
+    /// tuning file used from then on.
+    Tune(TuneArgs),
     /// Train the network (on a prepared folder, or on synthetic phantoms).
     Train(TrainArgs),
     /// Probability maps, masks and heatmap overlays for images (PNG, PGM, JPEG, DICOM).
@@ -260,6 +264,40 @@ pub struct BenchArgs {
     /// one and the first-generation baseline).
     #[arg(long)]
     pub all_variants: bool,
+    /// Time the whole network instead: training steps (forward, loss,
+    /// backward, Adam) and inferences, with per-family GPU time shares.
+    #[arg(long)]
+    pub model: bool,
+    #[command(flatten)]
+    pub net: NetShape,
+    /// With --model: print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The network and sizes `bench --model` and `tune` run.
+#[derive(Debug, Args, Clone)]
+pub struct NetShape {
+    /// Width multiplier of the network.
+    #[arg(long, default_value_t = 0.25)]
+    pub width: f32,
+    /// Training crop size (square).
+    #[arg(long = "train-size", default_value_t = 320)]
+    pub train_size: usize,
+    /// Training batch.
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+    /// Inference image size (square).
+    #[arg(long = "infer-size", default_value_t = 640)]
+    pub infer_size: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct TuneArgs {
+    #[command(flatten)]
+    pub adapter: AdapterArg,
+    #[command(flatten)]
+    pub net: NetShape,
 }
 
 pub fn devices() -> anyhow::Result<()> {
@@ -294,6 +332,9 @@ pub fn devices() -> anyhow::Result<()> {
 
 pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let gpu = Gpu::new(args.adapter.adapter.as_deref())?;
+    if args.model {
+        return bench_model(&gpu, &args.net, args.iters.max(1), args.json);
+    }
     let shape = crate::bench::Shape {
         n: args.n,
         c: args.channels,
@@ -335,6 +376,66 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
             "{:<34} {:<24} {:>10.3} {:>8.2} {:<7} {:>18}",
             m.name, m.variant, m.ms, m.rate, m.unit, base
         );
+    }
+    Ok(())
+}
+
+fn bench_model(gpu: &Gpu, net: &NetShape, iters: usize, json: bool) -> anyhow::Result<()> {
+    let m = crate::bench::model(
+        gpu,
+        net.width,
+        net.batch,
+        net.train_size,
+        net.infer_size,
+        iters,
+    )?;
+    if json {
+        println!("{}", serde_json::to_string(&m)?);
+        return Ok(());
+    }
+    println!(
+        "adapter: {}; width {}; {} runs each after one warm-up",
+        m.adapter, m.width, iters
+    );
+    println!(
+        "training step, batch {} at {}x{}: {:.1} ms ({:.0} dispatches, {:.0} submits); peak tensors {:.1} MiB",
+        m.batch,
+        m.train_size,
+        m.train_size,
+        m.train_step_ms,
+        m.dispatches_per_step,
+        m.submits_per_step,
+        m.peak_mib
+    );
+    println!(
+        "inference, {}x{}: {:.1} ms ({:.0} dispatches)",
+        m.infer_size, m.infer_size, m.infer_ms, m.dispatches_per_infer
+    );
+    if !m.shares.is_empty() {
+        println!("{:<16} {:>10} {:>10}", "GPU time share", "train", "infer");
+        for (family, share) in &m.shares {
+            let inf = m.infer_shares.get(family).copied().unwrap_or(0.0);
+            println!("{family:<16} {:>9.1}% {:>9.1}%", share * 100.0, inf * 100.0);
+        }
+    }
+    Ok(())
+}
+
+pub fn tune(args: TuneArgs) -> anyhow::Result<()> {
+    let gpu = Gpu::new(args.adapter.adapter.as_deref())?;
+    gpu.variants().set_mode(crate::gpu::TuneMode::On);
+    let n = &args.net;
+    eprintln!(
+        "tuning width {} (training batch {} at {}, inference at {}) on {}",
+        n.width, n.batch, n.train_size, n.infer_size, gpu.info.name
+    );
+    crate::bench::model(&gpu, n.width, n.batch, n.train_size, n.infer_size, 1)?;
+    for (key, winner) in gpu.variants().table() {
+        println!("{key:<60} {winner}");
+    }
+    match gpu.variants().path() {
+        Some(p) => println!("saved in {}", p.display()),
+        None => println!("no cache folder (HOME unset): the choices were not saved"),
     }
     Ok(())
 }

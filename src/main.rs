@@ -6,6 +6,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Devices => engine::cli::devices(),
         Command::Bench(args) => engine::cli::bench(args),
+        Command::Tune(args) => engine::cli::tune(args),
         Command::Train(args) => engine::cli::train(args),
         Command::Infer(args) => engine::cli::infer(args),
         Command::Eval(args) => {

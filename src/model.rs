@@ -4,7 +4,9 @@
 use crate::error::Result;
 use crate::gpu::{Gpu, Tensor};
 use crate::graph::{BnRef, Graph, ParamRef, Var};
-use crate::ops::resize::Mode;
+use crate::ops::batchnorm::BnParams;
+use crate::ops::resize::{self, Mode};
+use crate::ops::{conv, elementwise, fold, pool};
 use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
 use std::collections::{BTreeMap, HashMap};
@@ -61,6 +63,26 @@ const LAYERS: [(&str, Kind, usize, usize); 28] = [
 const SKIP_FROM: [&str; 6] = [
     "conv0_1", "conv1_1", "conv2_1", "conv3_1", "conv4_0", "conv5_0",
 ];
+
+/// A pool or resize between two layers (MODEL.md's table rows "-").
+enum Between {
+    /// Max pool k x k, stride 2.
+    Pool(usize),
+    /// Resize to (h, w).
+    Resize(usize, usize),
+}
+
+/// What follows layer `name` for an H x W input.
+fn between(name: &str, h: usize, w: usize) -> Option<Between> {
+    match name {
+        "conv1_3" => Some(Between::Pool(3)),
+        "conv2_3" | "conv3_3" => Some(Between::Pool(2)),
+        "fc_1" => Some(Between::Resize(h.div_ceil(8), w.div_ceil(8))),
+        "up_conv2" => Some(Between::Resize(h.div_ceil(4), w.div_ceil(4))),
+        "logits" => Some(Between::Resize(h, w)),
+        _ => None,
+    }
+}
 
 /// Weights with MODEL.md's L2 term (0.0025 * sum(w^2) / 2).
 pub const L2_WEIGHTS: [&str; 2] = ["fc_1.weight", "logits.weight"];
@@ -312,26 +334,69 @@ impl Model {
             if prev != x {
                 g.done(prev);
             }
-            // Pools and resizes between layers (MODEL.md's table rows "-").
-            let between = match *name {
-                "conv1_3" => Some((3, 0, 0)),
-                "conv2_3" | "conv3_3" => Some((2, 0, 0)),
-                "fc_1" => Some((0, h.div_ceil(8), w.div_ceil(8))),
-                "up_conv2" => Some((0, h.div_ceil(4), w.div_ceil(4))),
-                "logits" => Some((0, h, w)),
-                _ => None,
-            };
-            if let Some((k, rh, rw)) = between {
-                let next = if k > 0 {
-                    g.maxpool(cur, k, 2)?
-                } else {
-                    g.resize(cur, rh, rw, self.cfg.resize)?
+            if let Some(b) = between(name, h, w) {
+                let next = match b {
+                    Between::Pool(k) => g.maxpool(cur, k, 2)?,
+                    Between::Resize(rh, rw) => g.resize(cur, rh, rw, self.cfg.resize)?,
                 };
                 g.done(cur);
                 cur = next;
             }
         }
         Ok(cur)
+    }
+
+    /// Inference without the tape: batch norm folded into each conv
+    /// (running statistics), ReLU and the residual add in the conv's store.
+    /// x [N, 1, H, W] (scaled) -> logits [N, 1, H, W]. Agrees with
+    /// `forward` in eval mode up to f32 rounding.
+    pub fn forward_folded(&self, gpu: &Gpu, x: Tensor) -> Result<Tensor> {
+        let (h, w) = (x.shape()[2], x.shape()[3]);
+        let mut cur = x;
+        let mut skip: Option<Tensor> = None;
+        for (name, kind, ..) in LAYERS.iter() {
+            let wt = &self.param(&format!("{name}.weight")).value;
+            let b = &self.param(&format!("{name}.bias")).value;
+            cur = match *kind {
+                Kind::Cbr(_, s, d) if SKIP_FROM.contains(name) => {
+                    let (wf, bf) = fold::fold_bn(gpu, wt, b, &self.bn_params(name))?;
+                    let pre = conv::conv2d_with(gpu, &cur, &wf, Some(&bf), s, d, false, None)?;
+                    let r = elementwise::relu(gpu, &pre)?;
+                    skip = Some(pre);
+                    r
+                }
+                Kind::Cbr(_, s, d) => {
+                    let (wf, bf) = fold::fold_bn(gpu, wt, b, &self.bn_params(name))?;
+                    conv::conv2d_with(gpu, &cur, &wf, Some(&bf), s, d, true, None)?
+                }
+                Kind::CbSkip(_, s, d) => {
+                    let (wf, bf) = fold::fold_bn(gpu, wt, b, &self.bn_params(name))?;
+                    let a = skip
+                        .take()
+                        .expect("a block's first conv precedes its skip join");
+                    conv::conv2d_add_relu(gpu, &cur, &wf, &bf, a, s, d)?
+                }
+                Kind::TconvRelu(s) => conv::tconv2d_with(gpu, &cur, wt, Some(b), s, true, None)?,
+                Kind::Logits => conv::conv2d_with(gpu, &cur, wt, Some(b), 1, 1, false, None)?,
+            };
+            if let Some(bt) = between(name, h, w) {
+                cur = match bt {
+                    Between::Pool(k) => pool::maxpool2d(gpu, &cur, k, 2)?,
+                    Between::Resize(rh, rw) => resize::resize(gpu, &cur, rh, rw, self.cfg.resize)?,
+                };
+            }
+        }
+        Ok(cur)
+    }
+
+    fn bn_params(&self, layer: &str) -> BnParams<'_> {
+        let v = |suffix: &str| &self.param(&format!("{layer}.bn.{suffix}")).value;
+        BnParams {
+            gamma: v("weight"),
+            beta: v("bias"),
+            running_mean: v("running_mean"),
+            running_var: v("running_var"),
+        }
     }
 
     /// Zeroes every gradient (before a step's first micro-batch).

@@ -103,10 +103,17 @@ pub fn predict(
     h: usize,
     w: usize,
 ) -> anyhow::Result<Vec<f32>> {
-    let mut g = Graph::new(gpu, false);
-    let x = g.input(gpu.upload(&[n, 1, h, w], images)?);
-    let out = model.forward(&mut g, x)?;
-    let p = elementwise::sigmoid(gpu, g.value(out))?;
+    let x = gpu.upload(&[n, 1, h, w], images)?;
+    let logits = if gpu.variants().baseline() {
+        // The first-generation path: the tape in eval mode, nothing fused.
+        let mut g = Graph::new(gpu, false);
+        let x = g.input(x);
+        let out = model.forward(&mut g, x)?;
+        g.take(out)
+    } else {
+        model.forward_folded(gpu, x)?
+    };
+    let p = elementwise::sigmoid(gpu, &logits)?;
     Ok(gpu.read(&p)?)
 }
 
@@ -481,7 +488,7 @@ pub fn train(
 /// One optimiser step over a batch split in micro-batches; returns the
 /// data loss and the loss with the L2 term (one readback).
 #[allow(clippy::too_many_arguments)]
-fn train_step(
+pub(crate) fn train_step(
     gpu: &Gpu,
     model: &Model,
     cfg: &TrainConfig,

@@ -202,3 +202,55 @@ fn checkpoint_round_trips() {
     assert!(e.contains("bad.safetensors"), "{e}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn folded_inference_matches_the_tape_in_eval_mode() {
+    // Batch norm folded into the convs, ReLU and the residual add fused
+    // into their stores: the same logits as the unfused tape (running
+    // statistics), up to f32 rounding. Non-trivial statistics so that the
+    // fold matters.
+    let gpu = gpu();
+    let cfg = ModelConfig {
+        width: 0.25,
+        resize: Mode::Bilinear,
+    };
+    let model = Model::new(gpu, cfg, 5).unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+    for p in &model.params {
+        let n = p.value.numel();
+        let vals: Option<Vec<f32>> = if p.name.ends_with("running_var") {
+            Some((0..n).map(|_| rng.random_range(0.5..2.0)).collect())
+        } else if p.name.ends_with("running_mean") || p.name.ends_with("bn.bias") {
+            Some((0..n).map(|_| rng.random_range(-0.3..0.3)).collect())
+        } else if p.name.ends_with("bn.weight") {
+            Some((0..n).map(|_| rng.random_range(0.5..1.5)).collect())
+        } else {
+            None
+        };
+        if let Some(v) = vals {
+            gpu.write(&p.value, &v);
+        }
+    }
+    let (x, _) = batch(2, 64, 3);
+    let mut g = Graph::new(gpu, false);
+    let xv = g.input(gpu.upload(&[2, 1, 64, 64], &x).unwrap());
+    let out = model.forward(&mut g, xv).unwrap();
+    let want = gpu.read(g.value(out)).unwrap();
+    let xt = gpu.upload(&[2, 1, 64, 64], &x).unwrap();
+    let got = gpu.read(&model.forward_folded(gpu, xt).unwrap()).unwrap();
+    assert_eq!(got.len(), want.len());
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let worst = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        scale > 0.1,
+        "logits should not be trivial (max |logit| {scale})"
+    );
+    assert!(
+        worst <= 1e-4 * scale.max(1.0),
+        "folded vs tape: max |diff| {worst} (scale {scale})"
+    );
+}

@@ -3,6 +3,7 @@
 //! upload/readback, and a recorder that batches many dispatches into one
 //! command encoder and one submit.
 mod pool;
+mod profile;
 mod tensor;
 mod variants;
 
@@ -87,6 +88,10 @@ pub struct Gpu {
     pool: BufferPool,
     rec: Mutex<Recorder>,
     variants: Variants,
+    /// Per-dispatch timestamps while profiling (`profile_start`).
+    profiler: Mutex<Option<profile::Profiler>>,
+    /// The op whose dispatches are being recorded (profile label).
+    scope: Mutex<Option<&'static str>>,
 }
 
 fn backends() -> wgpu::Backends {
@@ -204,6 +209,8 @@ impl Gpu {
         let variants = Variants::new(mode, &info.name, &info.driver_info);
         Ok(Gpu {
             variants,
+            profiler: Mutex::new(None),
+            scope: Mutex::new(None),
             pool: BufferPool::new(device.clone()),
             device,
             queue,
@@ -497,6 +504,16 @@ impl Gpu {
     }
 
     fn submit(&self, rec: &mut Recorder) {
+        let mut prof = self.profiler.lock().unwrap();
+        self.submit_profiled(rec, prof.as_mut());
+    }
+
+    fn submit_profiled(&self, rec: &mut Recorder, prof: Option<&mut profile::Profiler>) {
+        if let Some(p) = prof
+            && let Some(enc) = rec.encoder.as_mut()
+        {
+            p.resolve(&self.device, enc);
+        }
         if let Some(enc) = rec.encoder.take() {
             if !rec.params.is_empty() {
                 self.queue.write_buffer(&rec.params_buf, 0, &rec.params);
@@ -541,7 +558,7 @@ impl Gpu {
         assert!(gy <= max, "dispatch of {threads} invocations is too large");
         self.record(
             &pipeline,
-            kernel.entry,
+            kernel.shader.name,
             params,
             windows,
             [gx as u32, gy as u32, 1],
@@ -621,14 +638,63 @@ impl Gpu {
             layout: &layout,
             entries: &entries,
         });
+        let label = self.scope.lock().unwrap().unwrap_or(label);
+        let mut prof = self.profiler.lock().unwrap();
+        if prof
+            .as_ref()
+            .is_some_and(|p| p.labels.len() as u32 * 2 + 2 > profile::QUERIES)
+        {
+            self.submit_profiled(&mut rec, prof.as_mut());
+        }
+        let writes = prof.as_mut().and_then(|p| p.next_writes(label));
         let enc = self.encoder(&mut rec);
         let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some(label),
-            timestamp_writes: None,
+            timestamp_writes: writes,
         });
         pass.set_pipeline(pipeline);
         pass.set_bind_group(0, &bind_group, &[]);
         pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+    }
+
+    /// Starts timing every dispatch (see `profile_finish`).
+    pub fn profile_start(&self) -> Result<()> {
+        if !self.timestamps {
+            return Err(EngineError::Gpu(format!(
+                "{} has no timestamp queries; per-kernel times are not available",
+                self.info.name
+            )));
+        }
+        self.flush();
+        *self.profiler.lock().unwrap() = Some(profile::Profiler::new(&self.device));
+        Ok(())
+    }
+
+    /// Stops timing and returns the GPU seconds per label (the op for
+    /// convolutions, the shader name otherwise) since `profile_start`.
+    pub fn profile_finish(&self) -> Result<std::collections::BTreeMap<String, f64>> {
+        self.flush();
+        let Some(p) = self.profiler.lock().unwrap().take() else {
+            return Ok(Default::default());
+        };
+        profile::read(
+            &self.device,
+            self.queue.get_timestamp_period() as f64,
+            p.pending,
+        )
+        .map_err(EngineError::Gpu)
+    }
+
+    /// Runs `f` with its dispatches labelled `op` (for profiles); an outer
+    /// scope wins over an inner one.
+    pub fn scope<T>(&self, op: &'static str, f: impl FnOnce() -> T) -> T {
+        let outer = self.scope.lock().unwrap().replace(op);
+        if let Some(o) = outer {
+            *self.scope.lock().unwrap() = Some(o);
+        }
+        let out = f();
+        *self.scope.lock().unwrap() = outer;
+        out
     }
 
     /// Dispatches and submits recorded since the Gpu was made.

@@ -57,6 +57,7 @@ pub struct Variants {
     driver: String,
     path: Option<PathBuf>,
     winners: Mutex<BTreeMap<String, String>>,
+    baseline: std::sync::atomic::AtomicBool,
 }
 
 /// `$ENGINE_TUNE_FILE`, else `$XDG_CACHE_HOME/engine/tune/ADAPTER.json`,
@@ -94,6 +95,7 @@ impl Variants {
             driver: driver.to_owned(),
             path,
             winners: Mutex::new(BTreeMap::new()),
+            baseline: Default::default(),
         };
         if mode != TuneMode::Off {
             v.load();
@@ -122,6 +124,17 @@ impl Variants {
                 path.display()
             ),
         }
+    }
+
+    /// Whether every op runs its first-generation kernels, unfused (for
+    /// before/after measurements in one run).
+    pub fn baseline(&self) -> bool {
+        self.baseline.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn set_baseline(&self, on: bool) {
+        self.baseline
+            .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn mode(&self) -> TuneMode {

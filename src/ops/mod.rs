@@ -5,6 +5,7 @@
 pub mod batchnorm;
 pub mod conv;
 pub mod elementwise;
+pub mod fold;
 pub mod loss;
 pub mod optim;
 pub mod pool;
@@ -42,6 +43,10 @@ pub(crate) static CONV_PREP: Shader = Shader {
     name: "conv_prep",
     source: include_str!("../../shaders/conv_prep.wgsl"),
 };
+pub(crate) static FOLD: Shader = Shader {
+    name: "fold",
+    source: include_str!("../../shaders/fold.wgsl"),
+};
 pub(crate) static REDUCE: Shader = Shader {
     name: "reduce",
     source: include_str!("../../shaders/reduce.wgsl"),
@@ -72,9 +77,10 @@ pub(crate) static OPTIM: Shader = Shader {
 };
 
 /// Every shader file, for validation tests and `engine bench`.
-pub static SHADERS: [&Shader; 9] = [
+pub static SHADERS: [&Shader; 10] = [
     &CONV2D,
     &CONV_PREP,
+    &FOLD,
     &REDUCE,
     &BATCHNORM,
     &POOL,

@@ -195,6 +195,9 @@ fn choose<V: Copy>(
     name: impl Fn(&V) -> String,
     time_one: &dyn Fn(V) -> Result<()>,
 ) -> Result<V> {
+    if gpu.variants().baseline() {
+        return Ok(candidates[0]);
+    }
     if let Some(w) = gpu.variants().get(key)
         && let Some(v) = candidates.iter().find(|v| name(v) == w)
     {
@@ -244,6 +247,8 @@ struct Produce<'a> {
     bias: Option<&'a Tensor>,
     g: Geom,
     relu: bool,
+    /// Add to what `y` holds (before the ReLU) instead of overwriting it.
+    accumulate: bool,
 }
 
 impl Produce<'_> {
@@ -279,6 +284,10 @@ impl Produce<'_> {
 
     /// Writes the pass into `y` with `variant` (choosing one when `None`).
     fn run(&self, gpu: &Gpu, y: &Tensor, variant: Option<ConvVariant>) -> Result<()> {
+        gpu.scope(self.op, || self.run_scoped(gpu, y, variant))
+    }
+
+    fn run_scoped(&self, gpu: &Gpu, y: &Tensor, variant: Option<ConvVariant>) -> Result<()> {
         let v = match variant {
             Some(v) => v,
             None => {
@@ -345,7 +354,7 @@ impl Produce<'_> {
             oy: 0,
             ox: 0,
             ostep: 1,
-            accumulate: false,
+            accumulate: self.accumulate,
             relu: self.relu,
         }
     }
@@ -382,7 +391,7 @@ impl Produce<'_> {
                     oy: r.residue,
                     ox: c.residue,
                     ostep: g.stride,
-                    accumulate: false,
+                    accumulate: self.accumulate,
                     relu: self.relu,
                 });
             }
@@ -540,8 +549,51 @@ pub fn conv2d_with(
         bias: b,
         g,
         relu,
+        accumulate: false,
     };
     pass.run(gpu, &y, variant)?;
+    Ok(y)
+}
+
+/// `relu(conv2d(x) + skip)` with the add and the ReLU in the convolution's
+/// store, written over `skip`'s buffer (the residual join of inference).
+pub fn conv2d_add_relu(
+    gpu: &Gpu,
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    skip: Tensor,
+    stride: usize,
+    dil: usize,
+) -> Result<Tensor> {
+    const OP: &str = "conv2d";
+    check_conv_args(OP, x, w, Some(b), false)?;
+    let (_, _, h, wd) = x.nchw();
+    let (oh, ow, g) = conv_geom(h, wd, w.shape()[2], stride, dil);
+    if skip.shape() != [x.shape()[0], w.shape()[0], oh, ow] {
+        return shape_err(
+            OP,
+            format!("skip {:?} does not match the conv's output", skip.shape()),
+        );
+    }
+    let y = if skip.is_shared() {
+        let y = gpu.empty(skip.shape())?;
+        gpu.copy(&skip, &y);
+        y
+    } else {
+        skip
+    };
+    let pass = Produce {
+        op: OP,
+        dir: Direction::Direct,
+        src: x,
+        w,
+        bias: Some(b),
+        g,
+        relu: true,
+        accumulate: true,
+    };
+    pass.run(gpu, &y, None)?;
     Ok(y)
 }
 
@@ -589,6 +641,7 @@ pub fn conv2d_backward_input_with(
         bias: None,
         g,
         relu: false,
+        accumulate: false,
     };
     pass.run(gpu, &dx, variant)?;
     Ok(dx)
@@ -679,6 +732,7 @@ pub fn tconv2d_with(
         bias: b,
         g: tconv_geom(stride),
         relu,
+        accumulate: false,
     };
     pass.run(gpu, &y, variant)?;
     Ok(y)
@@ -715,6 +769,7 @@ pub fn tconv2d_backward_input_with(
         bias: None,
         g: tconv_geom(stride),
         relu: false,
+        accumulate: false,
     };
     pass.run(gpu, &dx, variant)?;
     Ok(dx)
