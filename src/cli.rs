@@ -189,8 +189,12 @@ pub fn train(a: TrainArgs) -> anyhow::Result<()> {
 }
 
 pub fn infer(a: InferArgs) -> anyhow::Result<()> {
+    // Before any GPU work: the output folder must take files, and the
+    // checkpoint must be valid (read and checked on the host).
+    crate::fsio::ensure_writable_dir(&a.out)?;
+    let checkpoint = crate::model::Checkpoint::read(&a.checkpoint, crate::model::Load::Weights)?;
     let gpu = Gpu::new(a.adapter.adapter.as_deref())?;
-    let (model, _) = crate::model::Model::load(&gpu, &a.checkpoint)?;
+    let (model, _) = crate::model::Model::from_checkpoint(&gpu, checkpoint)?;
     let tiles = crate::infer::TileOptions {
         max_pixels: a.tile_above,
         tile: a.tile,

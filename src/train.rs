@@ -264,7 +264,7 @@ pub fn train(
     }
     std::fs::create_dir_all(&run.0).with_context(|| format!("creating {}", run.0.display()))?;
     let (model, mut step, start_epoch, mut skip, mut best_iou) = if resume {
-        let (model, meta) = Model::load(gpu, &run.checkpoint())?;
+        let (model, meta) = Model::load_for_training(gpu, &run.checkpoint())?;
         check_resume_settings(cfg, &model, &meta, &run.checkpoint())?;
         let skip: usize = meta
             .extra

@@ -209,12 +209,8 @@ fn to_gray8(img: image::DynamicImage) -> Gray8 {
 
 /// Write an 8-bit grey PNG.
 pub fn write_gray_png(path: &Path, g: &Gray8) -> Result<(), DataError> {
-    image::save_buffer(
-        path,
-        &g.pixels,
-        g.width as u32,
-        g.height as u32,
-        image::ExtendedColorType::L8,
-    )
-    .map_err(|e| DataError::decode(path, format!("cannot write PNG: {e}")))
+    let img = image::GrayImage::from_raw(g.width as u32, g.height as u32, g.pixels.clone())
+        .ok_or_else(|| DataError::invalid(path, "pixel count does not match the size"))?;
+    crate::fsio::save_png(path, &img.into())
+        .map_err(|e| DataError::decode(path, format!("cannot write PNG: {}", e.root_cause())))
 }
