@@ -9,6 +9,10 @@ use clap::{Args, Parser, Subcommand};
     about = "Train and run the mammography dense-prediction network on any GPU wgpu reaches"
 )]
 pub struct Cli {
+    /// Largest image (width x height, all frames) the readers accept; the
+    /// header is checked before anything is allocated.
+    #[arg(long, global = true, default_value_t = crate::data::read::DEFAULT_MAX_PIXELS)]
+    pub max_pixels: usize,
     #[command(subcommand)]
     pub command: Command,
 }

@@ -128,6 +128,7 @@ pub fn read_scan(path: &Path) -> anyhow::Result<Gray8> {
     let is_png = path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("png"));
+    crate::data::read::check_budget(path, crate::data::read::max_pixels())?;
     if is_png
         && let Ok(image::DynamicImage::ImageRgb8(rgb)) = image::open(path)
         && rgb.pixels().all(|p| p[2] == 0)

@@ -3,6 +3,7 @@ use engine::cli::{Cli, Command};
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    engine::data::read::set_max_pixels(cli.max_pixels);
     match cli.command {
         Command::Devices => engine::cli::devices(),
         Command::Bench(args) => engine::cli::bench(args),

@@ -202,6 +202,7 @@ impl PreparedSet {
 
 /// Read a combined PNG: (scan, mask with 0 or 1).
 pub fn load_combined(path: &Path) -> Result<(Gray8, Gray8), DataError> {
+    super::read::check_budget(path, super::read::max_pixels())?;
     let img = image::ImageReader::open(path)
         .map_err(|e| DataError::io(path, e))?
         .with_guessed_format()
