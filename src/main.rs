@@ -7,7 +7,13 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Devices => engine::cli::devices(),
         Command::Bench(args) => engine::cli::bench(args),
-        Command::Train(args) => engine::cli::train(args),
+        Command::Train(args) => {
+            let code = engine::cli::train(args)?;
+            if code != 0 {
+                std::process::exit(code);
+            }
+            Ok(())
+        }
         Command::Infer(args) => engine::cli::infer(args),
         Command::Eval(args) => {
             if let Err(e) = engine::eval::run(args) {
