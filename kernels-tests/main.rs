@@ -10,6 +10,7 @@ mod conv;
 mod elementwise;
 mod limits;
 mod loss;
+mod nan;
 mod optim;
 mod pool;
 mod reduce;

@@ -1,5 +1,9 @@
 // Elementwise ops: relu and its backward, residual add, sigmoid, axpy (used
 // to accumulate gradients). One invocation per element.
+//
+// NaN propagates as in PyTorch: relu(NaN) = NaN and NaN passes relu's
+// backward. WGSL's max(x, 0.0) may return 0 for a NaN x (it does on
+// lavapipe), so the relus compare instead: `x < 0.0` is false for NaN.
 
 struct Params {
     n: u32,
@@ -24,16 +28,18 @@ fn index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
 fn relu(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let e = index(gid, nwg);
     if (e < P.n) {
-        y[P.y_base + e] = max(a[P.a_base + e], 0.0);
+        let x = a[P.a_base + e];
+        y[P.y_base + e] = select(x, 0.0, x < 0.0);
     }
 }
 
-// a = relu output, b = dy: dx = dy where the output is positive.
+// a = relu output, b = dy: dx = dy except where the output is <= 0 (so a
+// NaN output passes dy on, as PyTorch's threshold_backward does).
 @compute @workgroup_size(WG)
 fn relu_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let e = index(gid, nwg);
     if (e < P.n) {
-        y[P.y_base + e] = select(0.0, b[P.b_base + e], a[P.a_base + e] > 0.0);
+        y[P.y_base + e] = select(b[P.b_base + e], 0.0, a[P.a_base + e] <= 0.0);
     }
 }
 
@@ -50,7 +56,8 @@ fn add(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) n
 fn add_relu(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let e = index(gid, nwg);
     if (e < P.n) {
-        y[P.y_base + e] = max(a[P.a_base + e] + b[P.b_base + e], 0.0);
+        let x = a[P.a_base + e] + b[P.b_base + e];
+        y[P.y_base + e] = select(x, 0.0, x < 0.0);
     }
 }
 

@@ -19,8 +19,9 @@ struct Params {
 
 const WG: u32 = 64u;
 
+// select, not max(u, 0.0): max may turn a NaN into 0 (lavapipe does).
 fn softplus(u: f32) -> f32 {
-    return max(u, 0.0) + log(1.0 + exp(-abs(u)));
+    return select(u, 0.0, u < 0.0) + log(1.0 + exp(-abs(u)));
 }
 
 fn sigmoid(u: f32) -> f32 {

@@ -1,4 +1,5 @@
 // Max-pool with TensorFlow SAME padding (pads are -inf, never selected).
+// A NaN in a window is its maximum (as in PyTorch): the first NaN wins.
 // Backward sends each output's gradient to the first maximal input of its
 // window in row-major order, as a gather over the inputs (no atomics, so it
 // is deterministic).
@@ -25,7 +26,14 @@ struct Params {
 
 const WG: u32 = 64u;
 
-// Row-major index (in the plane) of the first maximum of output (i, j)'s window.
+// NaN test on the bits: float comparisons (v != v) may be ordered, and
+// then false for NaN too (they are on lavapipe).
+fn is_nan(v: f32) -> bool {
+    return (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u;
+}
+
+// Row-major index (in the plane) of the first maximum of output (i, j)'s
+// window, or of its first NaN.
 fn argmax(plane: u32, i: u32, j: u32) -> u32 {
     var best = -3.4028235e38;
     var best_idx = 0xffffffffu;
@@ -41,7 +49,8 @@ fn argmax(plane: u32, i: u32, j: u32) -> u32 {
             }
             let at = u32(h) * P.in_w + u32(w);
             let v = x[plane + at];
-            if (best_idx == 0xffffffffu || v > best) {
+            // Once best is NaN, nothing replaces it.
+            if (best_idx == 0xffffffffu || ((v > best || is_nan(v)) && !is_nan(best))) {
                 best = v;
                 best_idx = at;
             }

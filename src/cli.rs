@@ -9,9 +9,16 @@ use clap::{Args, Parser, Subcommand};
     about = "Train and run the mammography dense-prediction network on any GPU wgpu reaches"
 )]
 pub struct Cli {
+    /// Largest image (width x height, all frames) the readers accept; the
+    /// header is checked before anything is allocated.
+    #[arg(long, global = true, default_value_t = crate::data::read::DEFAULT_MAX_PIXELS)]
+    pub max_pixels: usize,
     #[command(subcommand)]
     pub command: Command,
 }
+
+/// Exit status of a run stopped by Ctrl-C (128 + SIGINT, as shells report it).
+pub const EXIT_INTERRUPTED: i32 = 130;
 
 #[derive(Debug, Args, Clone)]
 pub struct AdapterArg {
@@ -127,7 +134,11 @@ pub struct InferArgs {
     pub inputs: Vec<std::path::PathBuf>,
 }
 
-pub fn train(a: TrainArgs) -> anyhow::Result<()> {
+/// Runs `engine train`; returns the process exit status (0, or
+/// `EXIT_INTERRUPTED` after Ctrl-C).
+pub fn train(a: TrainArgs) -> anyhow::Result<i32> {
+    // Before any GPU work: the run folder must take files.
+    crate::fsio::ensure_writable_dir(&a.out)?;
     let gpu = Gpu::new(a.adapter.adapter.as_deref())?;
     let cfg = crate::train::TrainConfig {
         sizes: crate::train::parse_sizes(&a.sizes)?,
@@ -167,13 +178,21 @@ pub fn train(a: TrainArgs) -> anyhow::Result<()> {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     {
         let stop = stop.clone();
-        // First Ctrl-C: checkpoint after the current step and exit.
-        let _ = ctrlc::set_handler(move || stop.store(true, std::sync::atomic::Ordering::SeqCst));
+        // First Ctrl-C: checkpoint after the current step and exit 130.
+        // Second: exit at once (the last complete checkpoint is intact:
+        // checkpoints are renamed into place only when fully written).
+        let _ = ctrlc::set_handler(move || {
+            if stop.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                eprintln!("second Ctrl-C: exiting now without saving");
+                std::process::exit(EXIT_INTERRUPTED);
+            }
+            eprintln!("Ctrl-C: saving a checkpoint after this step (Ctrl-C again to quit at once)");
+        });
     }
     let run = crate::train::RunDir(a.out.clone());
     let start = std::time::Instant::now();
     let stop_requested = |_step: u64| stop.load(std::sync::atomic::Ordering::SeqCst);
-    crate::train::train(
+    let done = crate::train::train(
         &gpu,
         &cfg,
         train,
@@ -183,18 +202,29 @@ pub fn train(a: TrainArgs) -> anyhow::Result<()> {
         &stop_requested,
         false,
     )?;
+    if let Some((epoch, step)) = done.interrupted {
+        eprintln!(
+            "interrupted at epoch {epoch} step {step}; resume with --resume (checkpoint {})",
+            run.checkpoint().display()
+        );
+        return Ok(EXIT_INTERRUPTED);
+    }
     println!(
         "done in {:.1} s; checkpoint {}; metrics {}",
         start.elapsed().as_secs_f64(),
         run.checkpoint().display(),
         run.metrics().display()
     );
-    Ok(())
+    Ok(0)
 }
 
 pub fn infer(a: InferArgs) -> anyhow::Result<()> {
+    // Before any GPU work: the output folder must take files, and the
+    // checkpoint must be valid (read and checked on the host).
+    crate::fsio::ensure_writable_dir(&a.out)?;
+    let checkpoint = crate::model::Checkpoint::read(&a.checkpoint, crate::model::Load::Weights)?;
     let gpu = Gpu::new(a.adapter.adapter.as_deref())?;
-    let (model, _) = crate::model::Model::load(&gpu, &a.checkpoint)?;
+    let (model, _) = crate::model::Model::from_checkpoint(&gpu, checkpoint)?;
     let tiles = crate::infer::TileOptions {
         max_pixels: a.tile_above,
         tile: a.tile,

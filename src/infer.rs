@@ -128,6 +128,7 @@ pub fn read_scan(path: &Path) -> anyhow::Result<Gray8> {
     let is_png = path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("png"));
+    crate::data::read::check_budget(path, crate::data::read::max_pixels())?;
     if is_png
         && let Ok(image::DynamicImage::ImageRgb8(rgb)) = image::open(path)
         && rgb.pixels().all(|p| p[2] == 0)
@@ -163,19 +164,30 @@ pub fn infer_file(
         .iter()
         .map(|&p| (p.clamp(0.0, 1.0) * 65535.0).round() as u16)
         .collect();
-    image::ImageBuffer::<image::Luma<u16>, _>::from_raw(w as u32, h as u32, p16)
-        .expect("size matches")
-        .save(&probability)
-        .with_context(|| format!("writing {}", probability.display()))?;
+    let bad = prob.iter().filter(|p| !p.is_finite()).count();
+    if bad > 0 {
+        anyhow::bail!(
+            "{}: the probability map holds {bad} NaN or infinite values: nothing written (check the checkpoint)",
+            input.display()
+        );
+    }
+    save_png(
+        &probability,
+        image::ImageBuffer::<image::Luma<u16>, _>::from_raw(w as u32, h as u32, p16)
+            .expect("size matches")
+            .into(),
+    )?;
     let m: Vec<u8> = prob
         .iter()
         .map(|&p| if p > threshold { 255 } else { 0 })
         .collect();
     let positive_pixels = m.iter().filter(|&&v| v > 0).count();
-    image::GrayImage::from_raw(w as u32, h as u32, m)
-        .expect("size matches")
-        .save(&mask)
-        .with_context(|| format!("writing {}", mask.display()))?;
+    save_png(
+        &mask,
+        image::GrayImage::from_raw(w as u32, h as u32, m)
+            .expect("size matches")
+            .into(),
+    )?;
     // Overlay: the scan in grey, tinted by the heat colour where p is high.
     let mut rgb = Vec::with_capacity(h * w * 3);
     for (&g, &p) in img.pixels.iter().zip(&prob) {
@@ -186,13 +198,15 @@ pub fn infer_file(
             rgb.push(((1.0 - a) * g as f32 + a * 255.0 * ch).round() as u8);
         }
     }
-    image::RgbImage::from_raw(w as u32, h as u32, rgb)
-        .expect("size matches")
-        .save(&overlay)
-        .with_context(|| format!("writing {}", overlay.display()))?;
+    save_png(
+        &overlay,
+        image::RgbImage::from_raw(w as u32, h as u32, rgb)
+            .expect("size matches")
+            .into(),
+    )?;
     let npy = if npy {
         let path = out_dir.join(format!("{stem}_prob.npy"));
-        write_npy(&path, &prob, h, w).with_context(|| format!("writing {}", path.display()))?;
+        write_npy(&path, &prob, h, w)?;
         Some(path)
     } else {
         None
@@ -207,17 +221,25 @@ pub fn infer_file(
     })
 }
 
-/// Writes an H x W float32 array in NumPy's `.npy` format (C order).
-pub fn write_npy(path: &Path, data: &[f32], h: usize, w: usize) -> std::io::Result<()> {
+/// Writes an H x W float32 array in NumPy's `.npy` format (C order),
+/// atomically.
+pub fn write_npy(path: &Path, data: &[f32], h: usize, w: usize) -> anyhow::Result<()> {
     use npyz::WriterBuilder;
-    let file = std::io::BufWriter::new(std::fs::File::create(path)?);
-    let mut writer = npyz::WriteOptions::<f32>::new()
-        .default_dtype()
-        .shape(&[h as u64, w as u64])
-        .writer(file)
-        .begin_nd()?;
-    writer.extend(data.iter().copied())?;
-    writer.finish()
+    crate::fsio::write_atomic_with(path, false, |file| {
+        let mut writer = npyz::WriteOptions::<f32>::new()
+            .default_dtype()
+            .shape(&[h as u64, w as u64])
+            .writer(file)
+            .begin_nd()?;
+        writer.extend(data.iter().copied())?;
+        writer.finish()?;
+        Ok(())
+    })
+}
+
+/// Writes a PNG atomically: a full disk leaves no truncated image.
+fn save_png(path: &Path, img: image::DynamicImage) -> anyhow::Result<()> {
+    crate::fsio::save_png(path, &img)
 }
 
 #[cfg(test)]

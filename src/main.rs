@@ -3,11 +3,18 @@ use engine::cli::{Cli, Command};
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    engine::data::read::set_max_pixels(cli.max_pixels);
     match cli.command {
         Command::Devices => engine::cli::devices(),
         Command::Bench(args) => engine::cli::bench(args),
         Command::Tune(args) => engine::cli::tune(args),
-        Command::Train(args) => engine::cli::train(args),
+        Command::Train(args) => {
+            let code = engine::cli::train(args)?;
+            if code != 0 {
+                std::process::exit(code);
+            }
+            Ok(())
+        }
         Command::Infer(args) => engine::cli::infer(args),
         Command::Eval(args) => {
             if let Err(e) = engine::eval::run(args) {

@@ -408,29 +408,26 @@ impl Model {
         }
     }
 
-    /// Writes the checkpoint atomically (temporary file, then rename), with
-    /// the Adam moments when `with_adam`.
+    /// Writes the checkpoint atomically (a temporary file unique to this
+    /// process, then rename), with the Adam moments when `with_adam`. Every
+    /// tensor is checked finite first: a model with a NaN or infinity is
+    /// never written (the error names the tensor), so the last checkpoint
+    /// on disk stays good.
     pub fn save(&self, gpu: &Gpu, path: &Path, meta: &Meta, with_adam: bool) -> anyhow::Result<()> {
-        let mut host: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+        let mut host: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
         for p in &self.params {
             let shape = p.value.shape().to_vec();
-            host.push((
-                p.name.clone(),
-                shape.clone(),
-                bytemuck::cast_slice(&gpu.read(&p.value)?).to_vec(),
-            ));
+            host.push((p.name.clone(), shape.clone(), gpu.read(&p.value)?));
             if let (true, Some(t)) = (with_adam, &p.train) {
-                host.push((
-                    format!("{}.adam_m", p.name),
-                    shape.clone(),
-                    bytemuck::cast_slice(&gpu.read(&t.m)?).to_vec(),
-                ));
-                host.push((
-                    format!("{}.adam_v", p.name),
-                    shape,
-                    bytemuck::cast_slice(&gpu.read(&t.v)?).to_vec(),
-                ));
+                let mv = gpu.read_many(&[&t.m, &t.v])?;
+                let [m, v]: [Vec<f32>; 2] = mv.try_into().expect("two tensors read");
+                host.push((format!("{}.adam_m", p.name), shape.clone(), m));
+                host.push((format!("{}.adam_v", p.name), shape, v));
             }
+        }
+        for (name, _, data) in &host {
+            check_values(name, data)
+                .map_err(|e| anyhow::anyhow!("{}: not saved: {e}", path.display()))?;
         }
         let mut info: HashMap<String, String> = meta.extra.clone().into_iter().collect();
         info.insert("format".into(), FORMAT.into());
@@ -445,78 +442,207 @@ impl Model {
             .map(|(n, s, d)| {
                 Ok((
                     n.clone(),
-                    safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d)?,
+                    safetensors::tensor::TensorView::new(
+                        safetensors::Dtype::F32,
+                        s.clone(),
+                        bytemuck::cast_slice(d),
+                    )?,
                 ))
             })
             .collect::<std::result::Result<Vec<_>, safetensors::SafeTensorError>>()?;
         let bytes = safetensors::tensor::serialize(views, Some(info))?;
-        let tmp = path.with_extension("safetensors.tmp");
-        {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", tmp.display()))?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-        }
-        std::fs::rename(&tmp, path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        Ok(())
+        crate::fsio::write_atomic(path, &bytes, true)
     }
 
-    /// Loads a checkpoint written by `save` (or any file with MODEL.md's
-    /// names and layouts); Adam moments are restored when present.
+    /// Loads the weights of a checkpoint written by `save` (or any file with
+    /// MODEL.md's names and layouts) for inference: Adam moments are not
+    /// read. Everything is validated before anything is uploaded.
     pub fn load(gpu: &Gpu, path: &Path) -> anyhow::Result<(Model, Meta)> {
+        Self::from_checkpoint(gpu, Checkpoint::read(path, Load::Weights)?)
+    }
+
+    /// Loads a checkpoint to continue training: the weights and, when the
+    /// file has them, the Adam moments (validated like the weights).
+    pub fn load_for_training(gpu: &Gpu, path: &Path) -> anyhow::Result<(Model, Meta)> {
+        Self::from_checkpoint(gpu, Checkpoint::read(path, Load::WithAdam)?)
+    }
+
+    /// Uploads a checkpoint read (and validated) by `Checkpoint::read`.
+    pub fn from_checkpoint(gpu: &Gpu, c: Checkpoint) -> anyhow::Result<(Model, Meta)> {
+        let Checkpoint {
+            cfg,
+            tensors,
+            mut adam,
+            meta,
+        } = c;
+        let model = Self::from_host(gpu, cfg, tensors)?;
+        for p in &model.params {
+            if let (Some(t), Some((m, v))) = (&p.train, adam.remove(&p.name)) {
+                gpu.write(&t.m, &m);
+                gpu.write(&t.v, &v);
+            }
+        }
+        Ok((model, meta))
+    }
+}
+
+/// What a command reads from a checkpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Load {
+    /// The weights and running statistics (inference, evaluation).
+    Weights,
+    /// Also the Adam moments (resuming a run).
+    WithAdam,
+}
+
+/// A checkpoint read and validated on the host; nothing is on the GPU yet.
+pub struct Checkpoint {
+    pub cfg: ModelConfig,
+    /// (name, shape, values) of every model tensor, in table order.
+    pub tensors: Vec<(String, Vec<usize>, Vec<f32>)>,
+    /// (m, v) by parameter name (only with `Load::WithAdam`).
+    pub adam: HashMap<String, (Vec<f32>, Vec<f32>)>,
+    pub meta: Meta,
+}
+
+/// Values that cannot be in a usable model: NaN or infinity anywhere, a
+/// negative batch-norm running variance or Adam second moment.
+fn check_values(name: &str, data: &[f32]) -> std::result::Result<(), String> {
+    if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+        let bad = data.iter().filter(|v| !v.is_finite()).count();
+        return Err(format!(
+            "tensor '{name}' holds {bad} non-finite value(s) (first at index {i}: {})",
+            data[i]
+        ));
+    }
+    if (name.ends_with("running_var") || name.ends_with(".adam_v"))
+        && let Some(i) = data.iter().position(|&v| v < 0.0)
+    {
+        return Err(format!(
+            "tensor '{name}' holds a negative value at index {i} ({}): a variance cannot be negative",
+            data[i]
+        ));
+    }
+    Ok(())
+}
+
+impl Checkpoint {
+    /// Reads and validates `path` (see `parse`).
+    pub fn read(path: &Path, load: Load) -> anyhow::Result<Checkpoint> {
         let bytes = std::fs::read(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        let st = safetensors::SafeTensors::deserialize(&bytes)
-            .map_err(|e| anyhow::anyhow!("{}: not a safetensors file: {e}", path.display()))?;
-        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)?;
+        Self::parse(&bytes, path, load)
+    }
+
+    /// Validates a checkpoint's bytes: the metadata (each bad key named),
+    /// every tensor's name, dtype and shape against the model its metadata
+    /// describes, and every value read (finite; running variances >= 0).
+    /// Errors name `path`; nothing here panics on any input.
+    pub fn parse(bytes: &[u8], path: &Path, load: Load) -> anyhow::Result<Checkpoint> {
+        let at = path.display();
+        let st = safetensors::SafeTensors::deserialize(bytes)
+            .map_err(|e| anyhow::anyhow!("{at}: not a safetensors file: {e}"))?;
+        let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
+            .map_err(|e| anyhow::anyhow!("{at}: not a safetensors file: {e}"))?;
         let info = header.metadata().clone().unwrap_or_default();
         let get = |k: &str| {
             info.get(k)
                 .cloned()
-                .ok_or_else(|| anyhow::anyhow!("{}: metadata has no '{k}'", path.display()))
+                .ok_or_else(|| anyhow::anyhow!("{at}: metadata has no '{k}'"))
         };
-        if get("format")? != FORMAT {
-            anyhow::bail!(
-                "{}: format is '{}', expected '{FORMAT}'",
-                path.display(),
-                get("format")?
-            );
+        fn parsed<T: std::str::FromStr>(
+            at: &impl std::fmt::Display,
+            k: &str,
+            v: &str,
+        ) -> anyhow::Result<T>
+        where
+            T::Err: std::fmt::Display,
+        {
+            v.parse()
+                .map_err(|e| anyhow::anyhow!("{at}: metadata '{k}' is '{v}': {e}"))
         }
-        let width: f32 = get("width")?.parse()?;
+        if get("format")? != FORMAT {
+            anyhow::bail!("{at}: format is '{}', expected '{FORMAT}'", get("format")?);
+        }
+        let width: f32 = parsed(&at, "width", &get("width")?)?;
+        if !(width.is_finite() && width > 0.0 && width <= 16.0) {
+            anyhow::bail!("{at}: metadata 'width' is {width}, expected a multiplier in (0, 16]");
+        }
         let resize = match get("resize")?.as_str() {
             "bilinear" => Mode::Bilinear,
             "nearest" => Mode::Nearest,
-            other => anyhow::bail!("{}: unknown resize '{other}'", path.display()),
+            other => anyhow::bail!("{at}: unknown resize '{other}'"),
         };
+        let pos_weight: f32 = parsed(&at, "pos_weight", &get("pos_weight")?)?;
+        if !pos_weight.is_finite() {
+            anyhow::bail!("{at}: metadata 'pos_weight' is {pos_weight}");
+        }
+        let step: u64 = parsed(&at, "step", &get("step")?)?;
+        let epoch: u64 = parsed(&at, "epoch", &get("epoch")?)?;
         let cfg = ModelConfig { width, resize };
-        let mut host = Vec::new();
-        for (name, shape, _) in Self::specs(&cfg) {
+        let specs = Model::specs(&cfg);
+        // Every tensor of the file is a model tensor or an Adam moment of a
+        // trainable one, with the model's dtype and shape.
+        let mut expected: HashMap<String, Vec<usize>> = HashMap::new();
+        for (name, shape, _) in &specs {
+            if !name.ends_with("running_mean") && !name.ends_with("running_var") {
+                expected.insert(format!("{name}.adam_m"), shape.clone());
+                expected.insert(format!("{name}.adam_v"), shape.clone());
+            }
+            expected.insert(name.clone(), shape.clone());
+        }
+        let mut names = st.names();
+        names.sort();
+        for name in names {
+            // Adam moments are not read for inference: their shape is not
+            // its concern (only that they belong to this model).
+            if load == Load::Weights
+                && (name.ends_with(".adam_m") || name.ends_with(".adam_v"))
+                && expected.contains_key(name)
+            {
+                continue;
+            }
+            let Some(shape) = expected.get(name) else {
+                anyhow::bail!(
+                    "{at}: unexpected tensor '{name}' (not part of a width-{width} model)"
+                );
+            };
             let t = st
-                .tensor(&name)
-                .map_err(|_| anyhow::anyhow!("{}: tensor '{name}' is missing", path.display()))?;
+                .tensor(name)
+                .map_err(|e| anyhow::anyhow!("{at}: tensor '{name}': {e}"))?;
             if t.dtype() != safetensors::Dtype::F32 || t.shape() != shape.as_slice() {
                 anyhow::bail!(
-                    "{}: tensor '{name}' is {:?} {:?}, expected F32 {shape:?}",
-                    path.display(),
+                    "{at}: tensor '{name}' is {:?} {:?}, expected F32 {shape:?}",
                     t.dtype(),
                     t.shape()
                 );
             }
-            host.push((
-                name,
-                shape,
-                bytemuck::pod_collect_to_vec::<u8, f32>(t.data()),
-            ));
         }
-        let model = Self::from_host(gpu, cfg, host)?;
-        for p in &model.params {
-            if let Some(t) = &p.train {
-                for (suffix, dst) in [("adam_m", &t.m), ("adam_v", &t.v)] {
-                    if let Ok(view) = st.tensor(&format!("{}.{suffix}", p.name)) {
-                        gpu.write(dst, &bytemuck::pod_collect_to_vec::<u8, f32>(view.data()));
+        let values = |name: &str| -> anyhow::Result<Vec<f32>> {
+            let t = st
+                .tensor(name)
+                .map_err(|_| anyhow::anyhow!("{at}: tensor '{name}' is missing"))?;
+            let v = bytemuck::pod_collect_to_vec::<u8, f32>(t.data());
+            check_values(name, &v).map_err(|e| anyhow::anyhow!("{at}: {e}"))?;
+            Ok(v)
+        };
+        let mut tensors = Vec::with_capacity(specs.len());
+        let mut adam = HashMap::new();
+        for (name, shape, _) in specs {
+            let v = values(&name)?;
+            if load == Load::WithAdam
+                && !name.ends_with("running_mean")
+                && !name.ends_with("running_var")
+            {
+                let (m, vv) = (format!("{name}.adam_m"), format!("{name}.adam_v"));
+                match (st.tensor(&m).is_ok(), st.tensor(&vv).is_ok()) {
+                    (true, true) => {
+                        adam.insert(name.clone(), (values(&m)?, values(&vv)?));
                     }
+                    (false, false) => {}
+                    _ => anyhow::bail!("{at}: '{name}' has only one of its two Adam moments"),
                 }
             }
+            tensors.push((name, shape, v));
         }
         let extra = info
             .iter()
@@ -525,13 +651,17 @@ impl Model {
             })
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let meta = Meta {
-            pos_weight: get("pos_weight")?.parse()?,
-            step: get("step")?.parse()?,
-            epoch: get("epoch")?.parse()?,
-            extra,
-        };
-        Ok((model, meta))
+        Ok(Checkpoint {
+            cfg,
+            tensors,
+            adam,
+            meta: Meta {
+                pos_weight,
+                step,
+                epoch,
+                extra,
+            },
+        })
     }
 }
 

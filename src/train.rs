@@ -243,6 +243,143 @@ impl RunDir {
     pub fn metrics(&self) -> PathBuf {
         self.0.join("metrics.jsonl")
     }
+    /// Holds the pid of the run using the folder (see `RunLock`).
+    pub fn lock(&self) -> PathBuf {
+        self.0.join("train.lock")
+    }
+}
+
+/// One run per folder: an advisory lock (`flock`) on `train.lock`, which
+/// holds the pid of the run. The kernel drops the lock when its process
+/// dies, however it dies, so a lock file with a pid but no lock is stale
+/// (a killed run) and is taken over with a warning. The file is emptied,
+/// never removed, when the run ends.
+pub struct RunLock {
+    file: std::fs::File,
+}
+
+impl RunLock {
+    /// Takes the folder's lock; returns it and a warning when a stale lock
+    /// was taken over. A folder in use is an error naming the holder's pid.
+    pub fn acquire(dir: &Path) -> anyhow::Result<(RunLock, Option<String>)> {
+        use std::io::{Read, Seek};
+        let path = dir.join("train.lock");
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("creating the lock file {}", path.display()))?;
+        let mut holder = String::new();
+        let locked = file.try_lock();
+        file.read_to_string(&mut holder).ok();
+        let holder = holder.trim().to_string();
+        match locked {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => bail!(
+                "{} is in use by another run (pid {}, lock {}): wait for it to finish or choose another --out",
+                dir.display(),
+                if holder.is_empty() {
+                    "unknown"
+                } else {
+                    &holder
+                },
+                path.display()
+            ),
+            // File systems without flock: fall back to the pid alone.
+            Err(std::fs::TryLockError::Error(_)) => {
+                if !holder.is_empty()
+                    && holder != std::process::id().to_string()
+                    && Path::new("/proc").join(&holder).exists()
+                {
+                    bail!(
+                        "{} is in use by another run (pid {holder}, lock {})",
+                        dir.display(),
+                        path.display()
+                    );
+                }
+            }
+        }
+        let warning = (!holder.is_empty()).then(|| {
+            format!(
+                "warning: {} was left by pid {holder}, which is no longer running; taking it over",
+                path.display()
+            )
+        });
+        file.set_len(0)?;
+        file.rewind()?;
+        write!(file, "{}", std::process::id())?;
+        file.sync_all().ok();
+        Ok((RunLock { file }, warning))
+    }
+}
+
+impl Drop for RunLock {
+    fn drop(&mut self) {
+        // Empty: no run holds the folder. The lock goes with the file handle.
+        let _ = self.file.set_len(0);
+    }
+}
+
+/// Keeps only the lines of `metrics.jsonl` that the checkpoint covers:
+/// the baseline, steps up to `step` and epoch summaries up to `epochs`
+/// completed epochs. Torn (unterminated or unparsable) lines go too. The
+/// file is rewritten atomically; returns how many lines were dropped.
+pub fn cut_metrics(path: &Path, step: u64, epochs: u64) -> anyhow::Result<usize> {
+    let text = match std::fs::read(path) {
+        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let mut kept = String::with_capacity(text.len());
+    let mut dropped = 0;
+    for line in text.split_inclusive('\n') {
+        let keep = line.ends_with('\n')
+            && serde_json::from_str::<serde_json::Value>(line).is_ok_and(|v| {
+                match v["kind"].as_str() {
+                    Some("baseline") => true,
+                    Some("step") => v["step"].as_u64().is_some_and(|s| s <= step),
+                    Some("epoch") => v["epoch"].as_u64().is_some_and(|e| e <= epochs),
+                    _ => false,
+                }
+            });
+        if keep {
+            kept.push_str(line);
+        } else {
+            dropped += 1;
+        }
+    }
+    if dropped > 0 {
+        crate::fsio::write_atomic(path, kept.as_bytes(), true)?;
+    }
+    Ok(dropped)
+}
+
+/// The run's metrics log: each record is one `write` of one whole line
+/// (appended), so a killed run leaves at most one torn line, which the
+/// next resume cuts away.
+struct MetricsLog {
+    file: std::fs::File,
+    path: PathBuf,
+}
+
+impl MetricsLog {
+    fn line(&mut self, record: String) -> anyhow::Result<()> {
+        let mut line = record;
+        line.push('\n');
+        self.file
+            .write_all(line.as_bytes())
+            .with_context(|| format!("writing {}", self.path.display()))
+    }
+}
+
+/// How `train` ended without an error.
+pub struct Trained {
+    pub model: Model,
+    /// `(epoch, step)` (epoch counted from 1) when `stop` asked to end the
+    /// run early; the checkpoint holds that state.
+    pub interrupted: Option<(usize, u64)>,
 }
 
 /// Trains on `train` (validating on `val`) into the run folder, starting
@@ -258,7 +395,7 @@ pub fn train(
     resume: bool,
     stop: &dyn Fn(u64) -> bool,
     quiet: bool,
-) -> anyhow::Result<Model> {
+) -> anyhow::Result<Trained> {
     if train.is_empty() {
         bail!("no training images");
     }
@@ -270,19 +407,32 @@ pub fn train(
         );
     }
     std::fs::create_dir_all(&run.0).with_context(|| format!("creating {}", run.0.display()))?;
+    let (_lock, warning) = RunLock::acquire(&run.0)?;
+    // Loss sum, step count and step time of a partly done epoch.
+    let mut resumed_sums = (0.0f64, 0usize, 0.0f64);
+    if let Some(w) = warning {
+        eprintln!("{w}");
+    }
+    remove_stale_temporaries(&run.0);
     let (model, mut step, start_epoch, mut skip, mut best_iou) = if resume {
-        let (model, meta) = Model::load(gpu, &run.checkpoint())?;
+        let (model, meta) = Model::load_for_training(gpu, &run.checkpoint())?;
         check_resume_settings(cfg, &model, &meta, &run.checkpoint())?;
-        let skip: usize = meta
-            .extra
-            .get("train.batch_in_epoch")
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let best: f64 = meta
-            .extra
-            .get("train.best_val_iou")
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(-1.0);
+        let skip: usize =
+            meta_value(&meta, "train.batch_in_epoch", &run.checkpoint())?.unwrap_or(0);
+        let best: f64 = meta_value(&meta, "train.best_val_iou", &run.checkpoint())?.unwrap_or(-1.0);
+        resumed_sums = (
+            meta_value(&meta, "train.loss_sum", &run.checkpoint())?.unwrap_or(0.0),
+            meta_value(&meta, "train.loss_n", &run.checkpoint())?.unwrap_or(0),
+            meta_value(&meta, "train.step_secs", &run.checkpoint())?.unwrap_or(0.0),
+        );
+        let dropped = cut_metrics(&run.metrics(), meta.step, meta.epoch)?;
+        if dropped > 0 && !quiet {
+            eprintln!(
+                "{}: dropped {dropped} line(s) written after the checkpoint (step {})",
+                run.metrics().display(),
+                meta.step
+            );
+        }
         (model, meta.step, meta.epoch as usize, skip, best)
     } else {
         (
@@ -300,36 +450,59 @@ pub fn train(
             -1.0,
         )
     };
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(run.metrics())
-        .with_context(|| format!("opening {}", run.metrics().display()))?;
+    // The last checkpoint on disk that holds good weights (its step).
+    let mut last_good = resume.then_some(step);
+    let mut metrics = MetricsLog {
+        file: std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .truncate(false)
+            .open(run.metrics())
+            .with_context(|| format!("opening {}", run.metrics().display()))?,
+        path: run.metrics(),
+    };
+    if !resume {
+        // A fresh run starts a fresh log.
+        metrics.file.set_len(0)?;
+    }
     let micro = cfg.batch / cfg.micro_batch;
     let adam = optim::Adam::default();
     let l2_params: Vec<_> = L2_WEIGHTS
         .iter()
         .map(|n| model.param(n).value.clone())
         .collect();
-    let meta_at = |step: u64, epoch: usize, batch_in_epoch: usize, best_iou: f64| {
-        let mut meta = Meta {
-            pos_weight: cfg.pos_weight,
-            step,
-            epoch: epoch as u64,
-            ..Default::default()
+    let meta_at =
+        |step: u64, epoch: usize, batch_in_epoch: usize, best_iou: f64, sums: (f64, usize, f64)| {
+            let mut meta = Meta {
+                pos_weight: cfg.pos_weight,
+                step,
+                epoch: epoch as u64,
+                ..Default::default()
+            };
+            meta.extra.extend(cfg.to_meta());
+            meta.extra
+                .insert("train.batch_in_epoch".into(), batch_in_epoch.to_string());
+            meta.extra
+                .insert("train.best_val_iou".into(), best_iou.to_string());
+            // The partial sums of an interrupted epoch, so that its summary
+            // averages the whole epoch after a resume (f64 Display round-trips).
+            meta.extra
+                .insert("train.loss_sum".into(), sums.0.to_string());
+            meta.extra.insert("train.loss_n".into(), sums.1.to_string());
+            meta.extra
+                .insert("train.step_secs".into(), sums.2.to_string());
+            meta
         };
-        meta.extra.extend(cfg.to_meta());
-        meta.extra
-            .insert("train.batch_in_epoch".into(), batch_in_epoch.to_string());
-        meta.extra
-            .insert("train.best_val_iou".into(), best_iou.to_string());
-        meta
-    };
-    let save = |model: &Model, step: u64, epoch: usize, batch_in_epoch: usize, best_iou: f64| {
+    let save = |model: &Model,
+                step: u64,
+                epoch: usize,
+                batch_in_epoch: usize,
+                best_iou: f64,
+                sums: (f64, usize, f64)| {
         model.save(
             gpu,
             &run.checkpoint(),
-            &meta_at(step, epoch, batch_in_epoch, best_iou),
+            &meta_at(step, epoch, batch_in_epoch, best_iou, sums),
             true,
         )
     };
@@ -343,8 +516,7 @@ pub fn train(
             cfg.micro_batch,
             cfg.threads,
         )?;
-        writeln!(
-            metrics,
+        metrics.line(format!(
             "{{\"kind\":\"baseline\",\"size\":{},\"val_precision\":{},\"val_recall\":{},\"val_f1\":{},\"val_iou\":{},\"val_accuracy\":{}}}",
             cfg.size_at(0),
             counts.precision(),
@@ -352,7 +524,7 @@ pub fn train(
             counts.f1(),
             counts.iou(),
             counts.accuracy()
-        )?;
+        ))?;
         if !quiet {
             println!(
                 "untrained: validation precision {:.3} recall {:.3} F1 {:.3} lesion IoU {:.3}",
@@ -391,10 +563,9 @@ pub fn train(
             .progress_chars("=> "),
         );
         bar.set_prefix(format!("{}/{} @{size}", epoch + 1, cfg.epochs()));
-        let (mut loss_sum, mut loss_n) = (0.0f64, 0usize);
         // Wall time of the steps (GPU work included: each step ends with a
         // readback) and peak tensor memory, for the epoch's log line.
-        let mut step_secs = 0.0f64;
+        let (mut loss_sum, mut loss_n, mut step_secs) = std::mem::take(&mut resumed_sums);
         gpu.pool().reset_peak();
         for (bi, b) in loader.enumerate() {
             let b = b?;
@@ -402,33 +573,51 @@ pub fn train(
                 continue;
             }
             let started = std::time::Instant::now();
-            let (data_loss, total) = train_step(
+            let (data_loss, total, grad_norm) = train_step(
                 gpu, &model, cfg, &adam, lr, &mut step, &b, micro, &l2_params,
             )?;
             step_secs += started.elapsed().as_secs_f64();
-            if !data_loss.is_finite() || !total.is_finite() {
+            if !data_loss.is_finite() || !total.is_finite() || !grad_norm.is_finite() {
                 bail!(
-                    "the loss became {data_loss} at epoch {} batch {bi} (step {step}); training stopped. The last good checkpoint is {} (lower --lr or check the data)",
+                    "step {step} (epoch {}, batch {}): the loss became {data_loss} (with L2 {total}), gradient norm {grad_norm}; training stopped. {} (lower --lr or check the data)",
                     epoch + 1,
-                    run.checkpoint().display()
+                    bi + 1,
+                    match last_good {
+                        Some(s) => format!(
+                            "The last good checkpoint is {} (step {s}); resume from it with --resume",
+                            run.checkpoint().display()
+                        ),
+                        None =>
+                            "No checkpoint was written before (no last good checkpoint to resume)"
+                                .into(),
+                    }
                 );
             }
             loss_sum += data_loss;
             loss_n += 1;
-            writeln!(
-                metrics,
-                "{{\"kind\":\"step\",\"epoch\":{},\"batch\":{bi},\"step\":{step},\"size\":{size},\"lr\":{lr},\"loss\":{data_loss},\"total_loss\":{total}}}",
+            metrics.line(format!(
+                "{{\"kind\":\"step\",\"epoch\":{},\"batch\":{bi},\"step\":{step},\"size\":{size},\"lr\":{lr},\"loss\":{data_loss},\"total_loss\":{total},\"grad_norm\":{grad_norm}}}",
                 epoch + 1
-            )?;
+            ))?;
             bar.set_message(format!("loss {data_loss:.4} (with L2 {total:.4})"));
             bar.inc(1);
             if stop(step) {
-                save(&model, step, epoch, bi + 1, best_iou)?;
+                save(
+                    &model,
+                    step,
+                    epoch,
+                    bi + 1,
+                    best_iou,
+                    (loss_sum, loss_n, step_secs),
+                )?;
                 bar.abandon_with_message(format!(
                     "interrupted; checkpoint {} (resume with --resume)",
                     run.checkpoint().display()
                 ));
-                return Ok(model);
+                return Ok(Trained {
+                    model,
+                    interrupted: Some((epoch + 1, step)),
+                });
             }
         }
         skip = 0;
@@ -449,8 +638,7 @@ pub fn train(
         let mean_loss = loss_sum / loss_n.max(1) as f64;
         let step_ms = step_secs * 1e3 / loss_n.max(1) as f64;
         let peak_mib = gpu.pool().stats().2 as f64 / (1 << 20) as f64;
-        writeln!(
-            metrics,
+        metrics.line(format!(
             "{{\"kind\":\"epoch\",\"epoch\":{},\"size\":{size},\"train_loss\":{mean_loss},\"val_precision\":{},\"val_recall\":{},\"val_f1\":{},\"val_iou\":{},\"val_accuracy\":{},\"step_ms\":{step_ms:.1},\"peak_tensor_mib\":{peak_mib:.1}}}",
             epoch + 1,
             counts.precision(),
@@ -458,7 +646,7 @@ pub fn train(
             counts.f1(),
             counts.iou(),
             counts.accuracy()
-        )?;
+        ))?;
         if !quiet {
             println!(
                 "epoch {}: train loss {mean_loss:.4}; validation precision {:.3} recall {:.3} F1 {:.3} lesion IoU {:.3}; {step_ms:.0} ms/step, peak tensors {peak_mib:.0} MiB",
@@ -476,17 +664,54 @@ pub fn train(
             model.save(
                 gpu,
                 &run.best(),
-                &meta_at(step, epoch + 1, 0, best_iou),
+                &meta_at(step, epoch + 1, 0, best_iou, (0.0, 0, 0.0)),
                 false,
             )?;
         }
-        save(&model, step, epoch + 1, 0, best_iou)?;
+        save(&model, step, epoch + 1, 0, best_iou, (0.0, 0, 0.0))?;
+        last_good = Some(step);
     }
-    Ok(model)
+    Ok(Trained {
+        model,
+        interrupted: None,
+    })
+}
+
+/// A metadata value of a checkpoint, if present; a value that does not
+/// parse is an error naming the file and the key.
+fn meta_value<T: std::str::FromStr>(
+    meta: &Meta,
+    key: &str,
+    path: &Path,
+) -> anyhow::Result<Option<T>>
+where
+    T::Err: std::fmt::Display,
+{
+    meta.extra
+        .get(key)
+        .map(|v| {
+            v.parse()
+                .map_err(|e| anyhow::anyhow!("{}: metadata '{key}' is '{v}': {e}", path.display()))
+        })
+        .transpose()
+}
+
+/// Temporary files of runs that died mid-write (`.NAME.tmp.PID`): the
+/// folder is locked by this run, so no other process is writing them.
+fn remove_stale_temporaries(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') && name.contains(".tmp.") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
 }
 
 /// One optimiser step over a batch split in micro-batches; returns the
-/// data loss and the loss with the L2 term (one readback).
+/// data loss, the loss with the L2 term and the global gradient norm (one
+/// readback: the norm costs no extra wait).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn train_step(
     gpu: &Gpu,
@@ -498,7 +723,7 @@ pub(crate) fn train_step(
     b: &Batch,
     micro: usize,
     l2_params: &[crate::gpu::Tensor],
-) -> anyhow::Result<(f64, f64)> {
+) -> anyhow::Result<(f64, f64, f64)> {
     let s = b.size;
     let per = b.n / micro;
     model.zero_grads(gpu);
@@ -518,6 +743,14 @@ pub(crate) fn train_step(
     let l2_acc = gpu.zeros(&[1])?;
     for w in l2_params {
         elementwise::axpy(gpu, 1.0, &reduce::sum(gpu, w, true, L2 / 2.0)?, &l2_acc)?;
+    }
+    // The squared norm of the accumulated gradient: a NaN or infinity in any
+    // gradient shows here even when the loss is finite.
+    let grad_sq = gpu.zeros(&[1])?;
+    for p in &model.params {
+        if let Some(t) = &p.train {
+            elementwise::axpy(gpu, 1.0, &reduce::sum(gpu, &t.grad, true, 1.0)?, &grad_sq)?;
+        }
     }
     *step += 1;
     let adam = optim::Adam { lr, ..*adam };
@@ -542,9 +775,11 @@ pub(crate) fn train_step(
         }
     }
     // The step's one readback: what the log shows.
-    let read = gpu.read_many(&[&loss_acc, &l2_acc])?;
+    let read = gpu.read_many(&[&loss_acc, &l2_acc, &grad_sq])?;
     let (data, l2) = (read[0][0] as f64, read[1][0] as f64);
-    Ok((data, data + l2))
+    // Gradients of the micro-batches add up; Adam scales them by 1 / micro.
+    let grad_norm = (read[2][0] as f64).sqrt() / micro as f64;
+    Ok((data, data + l2, grad_norm))
 }
 
 /// Where training images come from.

@@ -104,7 +104,8 @@ fn training_on_phantoms_learns() {
         &|_| false,
         true,
     )
-    .unwrap();
+    .unwrap()
+    .model;
     let after = validate(gpu, &model, &val, SIZE, 4, 2).unwrap();
     let log = std::fs::read_to_string(run.metrics()).unwrap();
     let losses: Vec<f64> = log
@@ -157,6 +158,7 @@ fn resume_continues_bit_for_bit() {
         precise_bn: 2,
         ..config(2)
     };
+    let train_set_2 = train_set.clone();
     let whole = temp_run("whole");
     train(
         gpu,
@@ -183,7 +185,17 @@ fn resume_continues_bit_for_bit() {
     )
     .unwrap();
     assert_eq!(step_lines(&split).len(), 3);
-    train(gpu, &cfg, train_set, val, &split, true, &|_| false, true).unwrap();
+    train(
+        gpu,
+        &cfg,
+        train_set,
+        val.clone(),
+        &split,
+        true,
+        &|_| false,
+        true,
+    )
+    .unwrap();
     // Resuming with other settings is refused, naming the difference.
     let other = TrainConfig {
         lr: 1e-4,
@@ -207,6 +219,63 @@ fn resume_continues_bit_for_bit() {
     let (a, b) = (step_lines(&whole), step_lines(&split));
     assert_eq!(a.len(), 8, "2 epochs of 4 steps");
     assert_eq!(a, b, "the resumed run logs the same steps and losses");
+    // The epoch interrupted after step 3 of 4 averages all 4 steps.
+    assert_eq!(epoch_losses(&whole), epoch_losses(&split));
+    assert_eq!(epoch_losses(&split).len(), 2);
+    // Killed runs: each time the log ran ahead of the checkpoint (steps
+    // logged but not saved, then a torn line). The resumes cut it back, so
+    // the log ends up as the uninterrupted run's.
+    let chain = temp_run("chain");
+    let mut resume = false;
+    for stop_at in [2u64, 5, 6] {
+        train(
+            gpu,
+            &cfg,
+            train_set_2.clone(),
+            val.clone(),
+            &chain,
+            resume,
+            &|step| step == stop_at,
+            true,
+        )
+        .unwrap();
+        resume = true;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(chain.metrics())
+            .unwrap();
+        use std::io::Write;
+        write!(
+            f,
+            "{{\"kind\":\"step\",\"epoch\":1,\"batch\":9,\"step\":{},\"loss\":1}}\n{{\"kind\":\"epoch\",\"epoch\":2,\"train_loss\":9}}\n{{\"kind\":\"st",
+            stop_at + 1
+        )
+        .unwrap();
+    }
+    train(
+        gpu,
+        &cfg,
+        train_set_2,
+        val.clone(),
+        &chain,
+        true,
+        &|_| false,
+        true,
+    )
+    .unwrap();
+    assert_eq!(
+        step_lines(&chain),
+        a,
+        "the log after 3 killed runs and 4 resumes"
+    );
+    assert_eq!(epoch_losses(&chain), epoch_losses(&whole));
+    let text = std::fs::read_to_string(chain.metrics()).unwrap();
+    assert_eq!(
+        text.lines().count(),
+        1 + 8 + 2,
+        "baseline, 8 steps, 2 epochs"
+    );
+    std::fs::remove_dir_all(&chain.0).ok();
     let (ba, bb) = (checkpoint_bytes(&whole), checkpoint_bytes(&split));
     let (ta, tb) = (
         safetensors::SafeTensors::deserialize(&ba).unwrap(),
@@ -225,6 +294,21 @@ fn resume_continues_bit_for_bit() {
     }
     std::fs::remove_dir_all(&whole.0).ok();
     std::fs::remove_dir_all(&split.0).ok();
+}
+
+/// The train_loss of each epoch record, bit for bit.
+fn epoch_losses(run: &RunDir) -> Vec<u64> {
+    std::fs::read_to_string(run.metrics())
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(r#""kind":"epoch""#))
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["train_loss"]
+                .as_f64()
+                .unwrap()
+                .to_bits()
+        })
+        .collect()
 }
 
 fn checkpoint_bytes(run: &RunDir) -> Vec<u8> {
@@ -274,6 +358,83 @@ fn tiled_inference_matches_untiled() {
 }
 
 #[test]
+fn nan_mid_run_stops_naming_the_step_and_the_last_good_checkpoint() {
+    // Epoch 1 trains at lr 3e-3 and is checkpointed (step 2); epoch 2's lr
+    // is 3e27, so its first step sends the weights to infinity and NaN.
+    let gpu = gpu();
+    let run = temp_run("nanmid");
+    let cfg = TrainConfig {
+        sizes: vec![(64, 3)],
+        decay: 1e30,
+        decay_every: 1,
+        precise_bn: 0,
+        ..config(1)
+    };
+    let e = train(
+        gpu,
+        &cfg,
+        phantoms(8, 97, 7),
+        vec![],
+        &run,
+        false,
+        &|_| false,
+        true,
+    )
+    .err()
+    .expect("the run stops")
+    .to_string();
+    let meta = engine::model::Checkpoint::read(&run.checkpoint(), engine::model::Load::WithAdam)
+        .unwrap()
+        .meta;
+    // Epochs have 2 steps: the last good checkpoint is an epoch's end, at
+    // least epoch 1's (step 2).
+    assert!(meta.step >= 2 && meta.step == 2 * meta.epoch, "{meta:?}");
+    let stopped: u64 = e
+        .strip_prefix("step ")
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{e}"));
+    assert!((meta.step + 1..=meta.step + 2).contains(&stopped), "{e}");
+    assert!(
+        e.contains(&format!(
+            "The last good checkpoint is {} (step {}); resume from it with --resume",
+            run.checkpoint().display(),
+            meta.step
+        )),
+        "{e}"
+    );
+    // The log stops at the last finite step.
+    let last = step_lines(&run).len() as u64;
+    assert_eq!(last, stopped - 1, "{e}");
+    // Resuming a checkpoint with one NaN weight is refused, naming it.
+    let bytes = checkpoint_bytes(&run);
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let t = st.tensor("conv5_1.weight").unwrap();
+    let offset = t.data().as_ptr() as usize - bytes.as_ptr() as usize;
+    let mut poisoned = bytes.clone();
+    poisoned[offset..offset + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    std::fs::write(run.checkpoint(), &poisoned).unwrap();
+    let e = train(
+        gpu,
+        &cfg,
+        phantoms(8, 97, 7),
+        vec![],
+        &run,
+        true,
+        &|_| false,
+        true,
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        e.contains("'conv5_1.weight' holds 1 non-finite value(s)"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&run.0).ok();
+}
+
+#[test]
 fn a_diverging_run_stops_with_a_clear_message_and_saves_no_bad_weights() {
     let gpu = gpu();
     let run = temp_run("nan");
@@ -294,7 +455,7 @@ fn a_diverging_run_stops_with_a_clear_message_and_saves_no_bad_weights() {
     );
     let e = result.err().expect("a diverging run fails").to_string();
     assert!(
-        e.contains("the loss became") && e.contains("last good checkpoint"),
+        e.contains("the loss became") && e.contains("no last good checkpoint"),
         "{e}"
     );
     // Whatever checkpoint exists holds finite weights only.

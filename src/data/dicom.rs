@@ -109,6 +109,112 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// Checks a DICOM file's declared sizes before anything is allocated from
+/// them: every element, item and sequence length against the file's size
+/// (a 4 KB file cannot hold a 4 GB pixel data element), and Rows x Columns
+/// x Number of Frames against `max_pixels`. Reads the header only: the walk
+/// stops at the pixel data. Parse errors are left to the full reader, which
+/// names them; only sizes that cannot be right are errors here.
+pub fn check_declared_sizes(path: &Path, max_pixels: usize) -> Result<(), DataError> {
+    use dicom_encoding::TransferSyntaxIndex;
+    use dicom_parser::dataset::{DataSetReader, DataToken};
+    use std::io::Read;
+    let file_len = std::fs::metadata(path)
+        .map_err(|e| DataError::io(path, e))?
+        .len();
+    let mut f =
+        std::io::BufReader::new(std::fs::File::open(path).map_err(|e| DataError::io(path, e))?);
+    let mut preamble = [0u8; 128];
+    if f.read_exact(&mut preamble).is_err() {
+        return Ok(());
+    }
+    let Ok(meta) = dicom_object::FileMetaTable::from_reader(&mut f) else {
+        return Ok(());
+    };
+    let Some(ts) =
+        dicom_transfer_syntax_registry::TransferSyntaxRegistry.get(meta.transfer_syntax())
+    else {
+        return Ok(());
+    };
+    if meta.transfer_syntax() == "1.2.840.10008.1.2.1.99" || !ts.can_decode_dataset() {
+        // Lengths inside a deflated data set may exceed the file size.
+        return Ok(());
+    }
+    let Ok(reader) = DataSetReader::new_with_ts(f, ts) else {
+        return Ok(());
+    };
+    let too_long = |what: String, len: u32| {
+        DataError::invalid(
+            path,
+            format!(
+                "{what} declares {len} bytes but the whole file has {file_len}: refusing to allocate it (corrupt or hostile file)"
+            ),
+        )
+    };
+    let (mut rows, mut cols, mut frames) = (None::<u64>, None::<u64>, 1u64);
+    let mut pending = None;
+    for token in reader {
+        let Ok(token) = token else { break };
+        match token {
+            DataToken::ElementHeader(h) => {
+                if let Some(len) = h.len.get()
+                    && len as u64 > file_len
+                {
+                    return Err(too_long(format!("element {}", h.tag), len));
+                }
+                if h.tag == PIXEL_DATA {
+                    break;
+                }
+                pending = Some(h.tag);
+            }
+            // Encapsulated pixel data: its fragments (items) are checked
+            // one by one before each is read.
+            DataToken::PixelSequenceStart => {}
+            DataToken::SequenceStart { tag, len } => {
+                if let Some(l) = len.get()
+                    && l as u64 > file_len
+                {
+                    return Err(too_long(format!("sequence {tag}"), l));
+                }
+            }
+            DataToken::ItemStart { len } => {
+                if let Some(l) = len.get()
+                    && l as u64 > file_len
+                {
+                    return Err(too_long("a sequence item".into(), l));
+                }
+            }
+            DataToken::PrimitiveValue(v) => {
+                let n = || v.to_int::<u64>().ok();
+                match pending.take() {
+                    Some(Tag(0x0028, 0x0010)) => rows = n(),
+                    Some(Tag(0x0028, 0x0011)) => cols = n(),
+                    Some(Tag(0x0028, 0x0008)) => frames = n().unwrap_or(1).max(1),
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+    }
+    if let (Some(r), Some(c)) = (rows, cols) {
+        let pixels = r.saturating_mul(c).saturating_mul(frames);
+        if pixels > max_pixels as u64 {
+            return Err(DataError::invalid(
+                path,
+                format!(
+                    "{c}x{r}{} is {pixels} pixels, over the budget of {max_pixels} (--max-pixels)",
+                    if frames > 1 {
+                        format!(" x {frames} frames")
+                    } else {
+                        String::new()
+                    }
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Read a DICOM file as 8-bit grey (the rule is in the module docs).
 pub fn read_dicom(path: &Path) -> Result<Gray8, DataError> {
     read_dicom_with_info(path).map(|(g, _)| g)

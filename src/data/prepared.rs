@@ -95,6 +95,8 @@ pub struct Sample {
     pub positive_fraction: f64,
     pub abnormal: bool,
     pub mask_complete: bool,
+    /// (width, height) the manifest records for the file, if any.
+    pub size: Option<(usize, usize)>,
 }
 
 impl Sample {
@@ -114,6 +116,7 @@ impl Sample {
             positive_fraction: frac,
             abnormal: pos > 0,
             mask_complete: true,
+            size: None,
         }
     }
 
@@ -169,6 +172,7 @@ impl PreparedSet {
             positive_fraction: e.positive_pixels as f64 / (e.width * e.height).max(1) as f64,
             abnormal: e.abnormal,
             mask_complete: e.mask_complete,
+            size: Some((e.width, e.height)),
         }
     }
 
@@ -198,6 +202,7 @@ impl PreparedSet {
 
 /// Read a combined PNG: (scan, mask with 0 or 1).
 pub fn load_combined(path: &Path) -> Result<(Gray8, Gray8), DataError> {
+    super::read::check_budget(path, super::read::max_pixels())?;
     let img = image::ImageReader::open(path)
         .map_err(|e| DataError::io(path, e))?
         .with_guessed_format()
@@ -245,14 +250,10 @@ pub fn write_combined(path: &Path, scan: &Gray8, mask: &Gray8) -> Result<(), Dat
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
     }
-    image::save_buffer(
-        path,
-        &raw,
-        scan.width as u32,
-        scan.height as u32,
-        image::ExtendedColorType::Rgb8,
-    )
-    .map_err(|e| DataError::decode(path, format!("cannot write PNG: {e}")))
+    let img = image::RgbImage::from_raw(scan.width as u32, scan.height as u32, raw)
+        .expect("3 bytes per pixel");
+    crate::fsio::save_png(path, &img.into())
+        .map_err(|e| DataError::decode(path, format!("cannot write PNG: {}", e.root_cause())))
 }
 
 /// Intensity above which a pixel counts as tissue when trimming the background.
@@ -462,7 +463,8 @@ impl SetWriter {
         let path = self.dir.join(MANIFEST);
         let text = serde_json::to_string_pretty(&self.manifest)
             .map_err(|e| DataError::invalid(&path, format!("cannot serialise manifest: {e}")))?;
-        std::fs::write(&path, text).map_err(|e| DataError::io(&path, e))
+        crate::fsio::write_atomic(&path, text.as_bytes(), true)
+            .map_err(|e| DataError::decode(&path, format!("cannot write: {}", e.root_cause())))
     }
 
     /// The summary printed at the end of a preparation run.

@@ -75,6 +75,51 @@ pub fn detect_format(path: &Path) -> Result<Format, DataError> {
     ))
 }
 
+/// The default pixel budget of one image: more than the largest
+/// mammograms (CBIS-DDSM's reach ~40 MP), far less than a decompression bomb.
+pub const DEFAULT_MAX_PIXELS: usize = 50_000_000;
+
+static MAX_PIXELS: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(DEFAULT_MAX_PIXELS);
+
+/// Sets the pixel budget the readers enforce (`--max-pixels`).
+pub fn set_max_pixels(n: usize) {
+    MAX_PIXELS.store(n.max(1), std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The pixel budget the readers enforce now.
+pub fn max_pixels() -> usize {
+    MAX_PIXELS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Checks the sizes a file's header declares before anything is decoded:
+/// width x height (x frames) within `max_pixels`, and for DICOM every
+/// declared length within the file size. Errors name the file.
+pub fn check_budget(path: &Path, max_pixels: usize) -> Result<(), DataError> {
+    match detect_format(path)? {
+        Format::Dicom => super::dicom::check_declared_sizes(path, max_pixels),
+        format => {
+            let dims = image::ImageReader::open(path)
+                .and_then(|r| r.with_guessed_format())
+                .map_err(|e| DataError::io(path, e))?
+                .into_dimensions();
+            // A header the decoder cannot read is reported by the decoder.
+            if let Ok((w, h)) = dims {
+                let pixels = w as u64 * h as u64;
+                if pixels > max_pixels as u64 {
+                    return Err(DataError::invalid(
+                        path,
+                        format!(
+                            "{format} header says {w}x{h} = {pixels} pixels, over the budget of {max_pixels} (--max-pixels)"
+                        ),
+                    ));
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
 /// Read any supported image as 8-bit grey.
 pub fn read_gray8(path: &Path) -> Result<Gray8, DataError> {
     read_with_info(path).map(|(g, _)| g)
@@ -142,7 +187,15 @@ fn stats(g: &Gray8) -> (u8, u8, f64) {
 }
 
 /// Read a file and describe it. Never panics: decoder panics become errors.
+/// Header sizes are checked against the pixel budget (`max_pixels()`)
+/// first.
 pub fn read_with_info(path: &Path) -> Result<(Gray8, ImageInfo), DataError> {
+    read_with_budget(path, max_pixels())
+}
+
+/// `read_with_info` with an explicit pixel budget.
+pub fn read_with_budget(path: &Path, max_pixels: usize) -> Result<(Gray8, ImageInfo), DataError> {
+    check_budget(path, max_pixels)?;
     let format = detect_format(path)?;
     let (g, bit_depth, colour, dicom) = match format {
         Format::Dicom => {
@@ -153,7 +206,14 @@ pub fn read_with_info(path: &Path) -> Result<(Gray8, ImageInfo), DataError> {
             let img = std::panic::catch_unwind(|| {
                 image::ImageReader::open(path)
                     .and_then(|r| r.with_guessed_format())
-                    .map(|r| r.decode())
+                    .map(|mut r| {
+                        // Second line of defence behind check_budget: at
+                        // most 8 bytes (RGBA16) per budgeted pixel.
+                        let mut limits = image::Limits::default();
+                        limits.max_alloc = Some((max_pixels as u64).saturating_mul(8));
+                        r.limits(limits);
+                        r.decode()
+                    })
             })
             .map_err(|_| {
                 DataError::decode(path, format!("the {format} decoder crashed on this file"))
@@ -209,12 +269,8 @@ fn to_gray8(img: image::DynamicImage) -> Gray8 {
 
 /// Write an 8-bit grey PNG.
 pub fn write_gray_png(path: &Path, g: &Gray8) -> Result<(), DataError> {
-    image::save_buffer(
-        path,
-        &g.pixels,
-        g.width as u32,
-        g.height as u32,
-        image::ExtendedColorType::L8,
-    )
-    .map_err(|e| DataError::decode(path, format!("cannot write PNG: {e}")))
+    let img = image::GrayImage::from_raw(g.width as u32, g.height as u32, g.pixels.clone())
+        .ok_or_else(|| DataError::invalid(path, "pixel count does not match the size"))?;
+    crate::fsio::save_png(path, &img.into())
+        .map_err(|e| DataError::decode(path, format!("cannot write PNG: {}", e.root_cause())))
 }

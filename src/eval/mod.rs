@@ -270,6 +270,14 @@ pub fn evaluate(
         if (scan.width, scan.height) != (mask.width, mask.height) {
             return Err(bad(format!("{}: scan and mask differ in size", s.id)));
         }
+        if let Some((w, h)) = s.size
+            && (w, h) != (scan.width, scan.height)
+        {
+            return Err(bad(format!(
+                "{}: the image is {}x{} but the manifest says {w}x{h} (replaced or corrupted file?)",
+                s.id, scan.width, scan.height
+            )));
+        }
         let prob = crate::infer::probability_map(gpu, model, &scan, &opts.tiles)
             .with_context(|| format!("{}: inference on {}x{}", s.id, scan.width, scan.height))?;
         acc.add(&s.id, &mask, &prob);
@@ -325,9 +333,13 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
             a.split
         )));
     }
+    // Before any GPU work: the checkpoint is valid and the output folder
+    // takes files.
+    let checkpoint = crate::model::Checkpoint::read(&a.checkpoint, crate::model::Load::Weights)
+        .map_err(|e| bad(format!("{e:#}")))?;
+    crate::fsio::ensure_writable_dir(&a.out)?;
     let gpu = Gpu::new(a.adapter.adapter.as_deref())?;
-    let (model, _) = Model::load(&gpu, &a.checkpoint)
-        .map_err(|e| bad(format!("{}: {e:#}", a.checkpoint.display())))?;
+    let (model, _) = Model::from_checkpoint(&gpu, checkpoint)?;
     let source = report::Source {
         checkpoint: a.checkpoint.display().to_string(),
         data: a.data.display().to_string(),

@@ -10,7 +10,6 @@
 //! region and one of its 8 neighbours is not.
 use super::report::{self, ImageRecord, Summary};
 use crate::data::Gray8;
-use anyhow::Context;
 use plotters::prelude::*;
 use std::fmt::Write as _;
 use std::path::Path;
@@ -163,10 +162,12 @@ pub fn write_panel(
         root.present()
             .map_err(|e| anyhow::anyhow!("drawing a label: {e:?}"))?;
     }
-    image::RgbImage::from_raw(total_w, total_h, buf)
-        .expect("buffer size")
-        .save(path)
-        .with_context(|| format!("writing {}", path.display()))
+    crate::fsio::save_png(
+        path,
+        &image::RgbImage::from_raw(total_w, total_h, buf)
+            .expect("buffer size")
+            .into(),
+    )
 }
 
 /// HTML-escapes text.
@@ -303,5 +304,5 @@ pub fn write_index(s: &Summary, out: &Path) -> anyhow::Result<()> {
     }
     let _ = writeln!(h, "</table>\n</body></html>");
     let path = out.join(report::INDEX_HTML);
-    std::fs::write(&path, h).with_context(|| format!("writing {}", path.display()))
+    crate::fsio::write_atomic(&path, h.as_bytes(), false)
 }

@@ -3,7 +3,6 @@
 //! no system font library is needed).
 use super::metrics::Choice;
 use super::report::Summary;
-use anyhow::Context;
 use plotters::prelude::*;
 use std::path::Path;
 
@@ -97,10 +96,12 @@ fn draw(plot: &Plot, path: &Path) -> anyhow::Result<()> {
         }
         root.present().map_err(to_anyhow)?;
     }
-    image::RgbImage::from_raw(w, h, buf)
-        .expect("buffer size")
-        .save(path)
-        .with_context(|| format!("writing {}", path.display()))
+    crate::fsio::save_png(
+        path,
+        &image::RgbImage::from_raw(w, h, buf)
+            .expect("buffer size")
+            .into(),
+    )
 }
 
 fn pr_marks(

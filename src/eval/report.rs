@@ -337,7 +337,7 @@ pub fn picks(records: &[ImageRecord]) -> Picks {
 
 pub fn write_json(summary: &Summary, path: &Path) -> anyhow::Result<()> {
     let text = serde_json::to_string_pretty(summary)?;
-    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+    crate::fsio::write_atomic(path, text.as_bytes(), false)
 }
 
 fn write_csv<T: Serialize>(rows: &[T], path: &Path) -> anyhow::Result<()> {

@@ -127,7 +127,10 @@ pub mod cpu {
                                 continue;
                             }
                             let at = hh as usize * w + ww as usize;
-                            if best.is_none_or(|(b, _)| xp[at] > b) {
+                            // The first NaN is the window's maximum (PyTorch propagates NaN).
+                            if best
+                                .is_none_or(|(b, _)| !b.is_nan() && (xp[at] > b || xp[at].is_nan()))
+                            {
                                 best = Some((xp[at], at));
                             }
                         }
