@@ -7,6 +7,7 @@
 //! choose is proven.
 use crate::common::*;
 use engine::Gpu;
+use engine::gpu::{TuneMode, Variants};
 use engine::ops::conv::{self, ConvVariant, WgradVariant, conv_geom, cpu};
 use std::sync::OnceLock;
 
@@ -214,5 +215,83 @@ fn generated_kernels_validate_in_naga() {
         )
         .validate(&module)
         .unwrap_or_else(|e| panic!("{}: {e:?}", source.0));
+    }
+}
+
+/// A fresh device whose choices live in `path`, in `mode`.
+fn gpu_with_file(mode: TuneMode, path: &std::path::Path) -> Gpu {
+    let mut g = Gpu::new(None).expect("a GPU adapter");
+    let v = Variants::with_file(
+        mode,
+        &g.info.name,
+        &g.info.driver_info,
+        Some(path.to_path_buf()),
+    );
+    g.set_variants(v);
+    g
+}
+
+fn tune_dir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("engine-tune-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// One conv forward and weight gradient on fixed data.
+fn conv_pair(gpu: &Gpu) -> (Vec<f32>, Vec<f32>) {
+    let (n, c, o, h, w) = (2, 6, 8, 12, 12);
+    let x = up(gpu, &[n, c, h, w], &rand_vec(21, n * c * h * w));
+    let wt = up(gpu, &[o, c, 3, 3], &rand_vec(22, o * c * 9));
+    let b = up(gpu, &[o], &rand_vec(23, o));
+    let dy = up(gpu, &[n, o, h, w], &rand_vec(24, n * o * h * w));
+    let y = read(gpu, &conv::conv2d(gpu, &x, &wt, &b, 1, 1).unwrap());
+    let dw = gpu.empty(&[o, c, 3, 3]).unwrap();
+    conv::conv2d_backward_weight(gpu, &dy, &x, &dw, 1, 1, false).unwrap();
+    (y, read(gpu, &dw))
+}
+
+#[test]
+fn tuning_writes_winners_that_later_runs_reuse_bit_for_bit() {
+    let path = tune_dir("reuse").join("tune.json");
+    let tuned = gpu_with_file(TuneMode::On, &path);
+    let first = conv_pair(&tuned);
+    let table = tuned.variants().table();
+    assert_eq!(table.len(), 2, "one winner per tuned shape: {table:?}");
+    let text = std::fs::read_to_string(&path).expect("the tuning file is written");
+    for (key, winner) in &table {
+        assert!(
+            text.contains(key.as_str()) && text.contains(winner.as_str()),
+            "{key} -> {winner} in {text}"
+        );
+    }
+    // Two later runs that read the file choose the same and agree exactly.
+    let a = conv_pair(&gpu_with_file(TuneMode::Cache, &path));
+    let b = conv_pair(&gpu_with_file(TuneMode::Cache, &path));
+    assert_eq!(a, b, "same tuning file, same bits");
+    assert_eq!(a, first, "the tuned run itself used the winners");
+}
+
+#[test]
+fn corrupt_or_foreign_tuning_files_are_ignored_and_rebuilt() {
+    let dir = tune_dir("corrupt");
+    for (name, content) in [
+        ("garbage.json", "{ this is not json".to_owned()),
+        (
+            "foreign.json",
+            r#"{"adapter":"Some Other GPU","driver":"9.9","winners":{"conv2d n2 c6 o8 12x12 k3 s1 d1":"no-such-variant"}}"#.to_owned(),
+        ),
+    ] {
+        let path = dir.join(name);
+        std::fs::write(&path, &content).unwrap();
+        let g = gpu_with_file(TuneMode::Cache, &path);
+        assert!(g.variants().table().is_empty(), "{name}: nothing loaded");
+        // Rules still give the reference numbers.
+        let (y, _) = conv_pair(&g);
+        assert!(y.iter().all(|v| v.is_finite()), "{name}");
+        // Tuning rewrites the file as a valid one for this adapter.
+        let t = gpu_with_file(TuneMode::On, &path);
+        conv_pair(&t);
+        let again = gpu_with_file(TuneMode::Cache, &path);
+        assert_eq!(again.variants().table().len(), 2, "{name}: rebuilt and readable");
     }
 }

@@ -260,6 +260,11 @@ impl Gpu {
         &self.variants
     }
 
+    /// Replaces the variant choices (e.g. another tuning file).
+    pub fn set_variants(&mut self, v: Variants) {
+        self.variants = v;
+    }
+
     /// Whether this adapter runs on the CPU (lavapipe, WARP, ...).
     pub fn is_cpu(&self) -> bool {
         self.info.device_type == wgpu::DeviceType::Cpu

@@ -88,7 +88,16 @@ fn default_path(adapter: &str, driver: &str) -> Option<PathBuf> {
 
 impl Variants {
     pub fn new(mode: TuneMode, adapter: &str, driver: &str) -> Variants {
-        let path = default_path(adapter, driver);
+        Self::with_file(mode, adapter, driver, default_path(adapter, driver))
+    }
+
+    /// Choices kept in `path` (none: in memory only).
+    pub fn with_file(
+        mode: TuneMode,
+        adapter: &str,
+        driver: &str,
+        path: Option<PathBuf>,
+    ) -> Variants {
         let v = Variants {
             mode: Mutex::new(mode),
             adapter: adapter.to_owned(),
