@@ -307,17 +307,19 @@ pub fn run(
         let mut timed = Vec::new();
         for choice in case.choices(all) {
             (case.run)(choice)?;
+            let variant = variant_name(gpu, &case, choice);
             let secs = gpu.time(iters, &|| (case.run)(choice))?;
-            timed.push((choice, secs));
+            timed.push((variant, secs));
         }
         let rate = |secs: f64| case.work / secs * 1e-9;
         let unit = if case.flops { "GFLOP/s" } else { "GB/s" };
         let baseline = (!all && timed.len() > 1).then(|| (timed[1].1 * 1e3, rate(timed[1].1)));
         let shown = if all { &timed[..] } else { &timed[..1] };
-        for &(choice, secs) in shown {
+        for (variant, secs) in shown {
+            let secs = *secs;
             out.push(Measurement {
                 name: case.name.clone(),
-                variant: variant_name(gpu, &case, choice),
+                variant: variant.clone(),
                 ms: secs * 1e3,
                 rate: rate(secs),
                 unit,
@@ -333,10 +335,7 @@ fn variant_name(gpu: &Gpu, case: &Case, choice: Choice) -> String {
         (Choice::Conv(v), _) => v.name(),
         (Choice::Wgrad(v), _) => v.name(),
         (Choice::Chosen, Family::Single) => String::new(),
-        // A tuned winner, if any, is in the tuning file; else the rule's.
-        (Choice::Chosen, _) if !gpu.variants().table().is_empty() => "chosen (tuned)".into(),
-        (Choice::Chosen, Family::Produce) => conv::ConvVariant::rule(gpu).name(),
-        (Choice::Chosen, Family::Wgrad) => conv::WgradVariant::rule(gpu).name(),
+        (Choice::Chosen, _) => gpu.variants().last_used(),
     }
 }
 

@@ -58,6 +58,7 @@ pub struct Variants {
     path: Option<PathBuf>,
     winners: Mutex<BTreeMap<String, String>>,
     baseline: std::sync::atomic::AtomicBool,
+    last_used: Mutex<String>,
 }
 
 /// `$ENGINE_TUNE_FILE`, else `$XDG_CACHE_HOME/engine/tune/ADAPTER.json`,
@@ -105,6 +106,7 @@ impl Variants {
             path,
             winners: Mutex::new(BTreeMap::new()),
             baseline: Default::default(),
+            last_used: Mutex::default(),
         };
         if mode != TuneMode::Off {
             v.load();
@@ -144,6 +146,16 @@ impl Variants {
     pub fn set_baseline(&self, on: bool) {
         self.baseline
             .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Records the variant an op just chose (for reports).
+    pub fn note_used(&self, name: &str) {
+        *self.last_used.lock().unwrap() = name.to_owned();
+    }
+
+    /// The variant the last op chose.
+    pub fn last_used(&self) -> String {
+        self.last_used.lock().unwrap().clone()
     }
 
     pub fn mode(&self) -> TuneMode {

@@ -32,39 +32,31 @@ pub struct Tile {
 }
 
 impl Tile {
-    /// The candidates `engine tune` and autotuning time.
+    /// The candidates `engine tune` and autotuning time. Measured on
+    /// lavapipe (conv3x3 64->64, 4x80x80): larger pixel tiles reuse each
+    /// loaded input value across more taps and win (tp16-to16 best);
+    /// discrete GPUs prefer fewer registers per invocation.
     pub const CANDIDATES: [Tile; 6] = [
-        Tile {
-            tp: 4,
-            to: 8,
-            wg: 64,
-        },
-        Tile {
-            tp: 8,
-            to: 8,
-            wg: 64,
-        },
-        Tile {
-            tp: 4,
-            to: 16,
-            wg: 64,
-        },
-        Tile {
-            tp: 8,
-            to: 4,
-            wg: 64,
-        },
-        Tile {
-            tp: 2,
-            to: 8,
-            wg: 64,
-        },
-        Tile {
-            tp: 4,
-            to: 4,
-            wg: 128,
-        },
+        Tile { tp: 16, to: 16, wg: 64 },
+        Tile { tp: 16, to: 8, wg: 64 },
+        Tile { tp: 8, to: 16, wg: 64 },
+        Tile { tp: 8, to: 8, wg: 64 },
+        Tile { tp: 4, to: 16, wg: 64 },
+        Tile { tp: 4, to: 8, wg: 64 },
     ];
+
+    /// The tile used without a tuned choice: on CPU adapters the largest
+    /// tile the shape fills (16 pixels x 16 channels; 8 pixels for
+    /// strided or narrow outputs, 8 channels for narrow layers); on GPUs
+    /// a small tile that keeps occupancy (autotuning is on there).
+    pub fn rule(cpu: bool, produced: usize, stride: usize, out_w: usize) -> Tile {
+        if !cpu {
+            return Tile { tp: 4, to: 8, wg: 64 };
+        }
+        let to = if produced >= 16 { 16 } else { 8 };
+        let tp = if stride > 1 || out_w < 16 { 8 } else { 16 };
+        Tile { tp, to, wg: 64 }
+    }
 
     pub fn name(&self) -> String {
         format!("direct-tp{}-to{}-wg{}", self.tp, self.to, self.wg)

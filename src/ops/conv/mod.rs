@@ -140,9 +140,9 @@ impl ConvVariant {
         v
     }
 
-    /// The variant used when no tuned choice exists.
-    pub fn rule(_gpu: &Gpu) -> ConvVariant {
-        ConvVariant::Direct(Tile::CANDIDATES[0])
+    /// The variant used when no tuned choice exists (see `Tile::rule`).
+    pub fn rule(gpu: &Gpu, produced: usize, stride: usize, out_w: usize) -> ConvVariant {
+        ConvVariant::Direct(Tile::rule(gpu.is_cpu(), produced, stride, out_w))
     }
 }
 
@@ -193,6 +193,19 @@ fn choose<V: Copy>(
     candidates: &[V],
     rule: V,
     name: impl Fn(&V) -> String,
+    time_one: &dyn Fn(V) -> Result<()>,
+) -> Result<V> {
+    let v = pick(gpu, key, candidates, rule, &name, time_one)?;
+    gpu.variants().note_used(&name(&v));
+    Ok(v)
+}
+
+fn pick<V: Copy>(
+    gpu: &Gpu,
+    key: &str,
+    candidates: &[V],
+    rule: V,
+    name: &impl Fn(&V) -> String,
     time_one: &dyn Fn(V) -> Result<()>,
 ) -> Result<V> {
     if gpu.variants().baseline() {
@@ -297,13 +310,23 @@ impl Produce<'_> {
                     gpu,
                     &key,
                     &ConvVariant::all(),
-                    ConvVariant::rule(gpu),
+                    self.rule(gpu, y),
                     ConvVariant::name,
                     &|v| self.run_variant(gpu, &scratch, v),
                 )?
             }
         };
         self.run_variant(gpu, y, v)
+    }
+
+    /// The rule's variant: direct passes keep their stride; transposed
+    /// passes run stride-1 phases.
+    fn rule(&self, gpu: &Gpu, y: &Tensor) -> ConvVariant {
+        let (_, o, _, w) = y.nchw();
+        match self.dir {
+            Direction::Direct => ConvVariant::rule(gpu, o, self.g.stride, w),
+            Direction::Transposed => ConvVariant::rule(gpu, o, 1, w / self.g.stride),
+        }
     }
 
     fn run_variant(&self, gpu: &Gpu, y: &Tensor, v: ConvVariant) -> Result<()> {
