@@ -16,15 +16,19 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// Loop iterations one invocation may run, counted over all nested loops
-/// (each iteration and each loop exit counts one).
+/// Loop iterations one invocation may run on lavapipe, counted over all
+/// nested loops (each iteration and each loop exit counts one).
 ///
 /// Why: Mesa's llvmpipe/lavapipe (measured on Mesa 22.3) stops any loop nest
 /// after 65535 counted iterations per invocation, silently, to guard against
 /// hangs; a longer loop gives wrong numbers, not an error. Every kernel's
-/// planner keeps its per-invocation work under this budget (with margin) by
-/// splitting channels, rows or chunks over more invocations or dispatches.
+/// planner keeps its per-invocation work under `Gpu::loop_budget()` (this
+/// value on lavapipe, with margin) by splitting channels, rows or chunks over
+/// more invocations or dispatches.
 pub const LOOP_BUDGET: usize = 40_000;
+/// The per-invocation loop budget on other adapters: no driver limit, but
+/// long invocations risk display-driver watchdogs, so work is still split.
+pub const GPU_LOOP_BUDGET: usize = 1 << 20;
 
 /// Environment variable that picks an adapter by (part of its) name.
 pub const ADAPTER_ENV: &str = "ENGINE_ADAPTER";
@@ -82,6 +86,8 @@ pub struct Gpu {
     /// Largest storage binding the ops plan for, in bytes. Starts at the
     /// adapter's limit; tests lower it to prove that splitting works.
     binding_limit: AtomicU64,
+    /// Loop iterations one invocation may run (see `LOOP_BUDGET`).
+    loop_budget: usize,
     /// Pipelines by key: `shader:entry` for the static shaders, the
     /// specialisation's own key for generated ones.
     pipelines: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
@@ -207,7 +213,15 @@ impl Gpu {
         let mode = TuneMode::from_env(info.device_type == wgpu::DeviceType::Cpu)
             .map_err(EngineError::Gpu)?;
         let variants = Variants::new(mode, &info.name, &info.driver_info);
+        let lavapipe = [&info.name, &info.driver]
+            .iter()
+            .any(|s| s.to_lowercase().contains("llvmpipe"));
         Ok(Gpu {
+            loop_budget: if lavapipe {
+                LOOP_BUDGET
+            } else {
+                GPU_LOOP_BUDGET
+            },
             variants,
             profiler: Mutex::new(None),
             scope: Mutex::new(None),
@@ -228,6 +242,12 @@ impl Gpu {
                 submits: 0,
             }),
         })
+    }
+
+    /// Loop iterations one invocation may run: lavapipe's limiter makes this
+    /// a property of the adapter (`LOOP_BUDGET` there).
+    pub fn loop_budget(&self) -> usize {
+        self.loop_budget
     }
 
     /// The largest storage binding (bytes) that ops plan for.

@@ -4,14 +4,19 @@
 //! loss and the L2 term.
 use super::{Params, REDUCE, check_nonempty, items_per_window, kernel, launch, runs};
 use crate::error::{Result, shape_err};
-use crate::gpu::{Gpu, Kernel, LOOP_BUDGET, Tensor};
+use crate::gpu::{Gpu, Kernel, Tensor};
+
+/// Partial sums one invocation may combine (a quarter of the adapter's
+/// loop budget: each combine step costs several counted iterations).
+fn max_combine(gpu: &Gpu) -> usize {
+    gpu.loop_budget() / 4
+}
 
 const PLANE_SUMS: Kernel = kernel(&REDUCE, "plane_sums");
 const COMBINE: Kernel = kernel(&REDUCE, "combine_channels");
 /// Elements one invocation sums before the combine pass, at least.
 const CHUNK: usize = 1024;
 /// Partial sums one combine invocation adds, at most (loop budget).
-const MAX_COMBINE: usize = LOOP_BUDGET / 4;
 
 /// The uniform `Params` of reduce.wgsl, field for field.
 #[repr(C)]
@@ -69,9 +74,9 @@ pub fn plane_partials(
     // Few chunks when there are many images, so the combine stays one level.
     let chunks = plane_len
         .div_ceil(CHUNK)
-        .clamp(1, (MAX_COMBINE / images.max(1)).max(1));
+        .clamp(1, (max_combine(gpu) / images.max(1)).max(1));
     let chunk_len = plane_len.div_ceil(chunks);
-    if chunk_len > MAX_COMBINE {
+    if chunk_len > max_combine(gpu) {
         return Err(crate::error::EngineError::TooLarge {
             op,
             detail: format!(
@@ -134,7 +139,7 @@ pub fn combine(
     offset: usize,
     accumulate: bool,
 ) -> Result<()> {
-    if images * chunks <= MAX_COMBINE {
+    if images * chunks <= max_combine(gpu) {
         combine_once(
             gpu,
             partials,
@@ -147,7 +152,7 @@ pub fn combine(
         );
         return Ok(());
     }
-    let group = (MAX_COMBINE / chunks).max(1);
+    let group = (max_combine(gpu) / chunks).max(1);
     let groups = images.div_ceil(group);
     let level = gpu.empty(&[groups * c_total])?;
     for (g, (i0, len)) in runs(images, group).enumerate() {
@@ -262,7 +267,7 @@ pub fn sum(gpu: &Gpu, x: &Tensor, squares: bool, scale: f32) -> Result<Tensor> {
             (planes, plane_len, 1),
             len,
         )?;
-        if planes * chunks <= MAX_COMBINE {
+        if planes * chunks <= max_combine(gpu) {
             let out = gpu.empty(&[1])?;
             combine(gpu, &partials, (planes, 1, chunks), scale, &out, 0, false)?;
             return Ok(out);

@@ -16,7 +16,7 @@
 //! every tile: all tiles give bit-identical results.
 use super::prep::{self, PadRegion, WeightMap};
 use crate::error::Result;
-use crate::gpu::{Gpu, LOOP_BUDGET, Tensor};
+use crate::gpu::{Gpu, Tensor};
 use crate::ops::{items_per_window, runs, wgsl_params};
 use std::fmt::Write;
 
@@ -37,12 +37,36 @@ impl Tile {
     /// loaded input value across more taps and win (tp16-to16 best);
     /// discrete GPUs prefer fewer registers per invocation.
     pub const CANDIDATES: [Tile; 6] = [
-        Tile { tp: 16, to: 16, wg: 64 },
-        Tile { tp: 16, to: 8, wg: 64 },
-        Tile { tp: 8, to: 16, wg: 64 },
-        Tile { tp: 8, to: 8, wg: 64 },
-        Tile { tp: 4, to: 16, wg: 64 },
-        Tile { tp: 4, to: 8, wg: 64 },
+        Tile {
+            tp: 16,
+            to: 16,
+            wg: 64,
+        },
+        Tile {
+            tp: 16,
+            to: 8,
+            wg: 64,
+        },
+        Tile {
+            tp: 8,
+            to: 16,
+            wg: 64,
+        },
+        Tile {
+            tp: 8,
+            to: 8,
+            wg: 64,
+        },
+        Tile {
+            tp: 4,
+            to: 16,
+            wg: 64,
+        },
+        Tile {
+            tp: 4,
+            to: 8,
+            wg: 64,
+        },
     ];
 
     /// The tile used without a tuned choice: on CPU adapters the largest
@@ -51,7 +75,11 @@ impl Tile {
     /// a small tile that keeps occupancy (autotuning is on there).
     pub fn rule(cpu: bool, produced: usize, stride: usize, out_w: usize) -> Tile {
         if !cpu {
-            return Tile { tp: 4, to: 8, wg: 64 };
+            return Tile {
+                tp: 4,
+                to: 8,
+                wg: 64,
+            };
         }
         let to = if produced >= 16 { 16 } else { 8 };
         let tp = if stride > 1 || out_w < 16 { 8 } else { 16 };
@@ -256,7 +284,7 @@ fn plan(gpu: &Gpu, j: &DirectJob, tile: Tile, plane: usize) -> Result<Split> {
     let mut cg = cs
         .min(items_per_window(gpu, j.op, plane, "padded input plane")?)
         .min(items_per_window(gpu, j.op, ih * iw, "input plane")?)
-        .min(LOOP_BUDGET / 4);
+        .min(gpu.loop_budget() / 4);
     let mut og = co.min(items_per_window(gpu, j.op, yh * yw, "output plane")?);
     let fits =
         |o: usize, c: usize| c * kk * o.next_multiple_of(tile.to) <= win && j.map.span(o, c) <= win;

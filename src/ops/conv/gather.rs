@@ -7,7 +7,7 @@
 //! the baseline that `engine bench` measures against.
 use super::{Geom, WeightLayout};
 use crate::error::Result;
-use crate::gpu::{Gpu, Kernel, LOOP_BUDGET, Tensor};
+use crate::gpu::{Gpu, Kernel, Tensor};
 use crate::ops::reduce::ReduceParams;
 use crate::ops::{CONV2D, Params, REDUCE, items_per_window, kernel, launch, runs};
 
@@ -127,7 +127,7 @@ pub(super) fn gather(
     };
     let mut cs_g = cs
         .min(items_per_window(gpu, op, ih * iw, "input plane")?)
-        .min((LOOP_BUDGET / gather_cost_per_channel(g.k)).max(1));
+        .min((gpu.loop_budget() / gather_cost_per_channel(g.k)).max(1));
     let mut co_g = co.min(items_per_window(gpu, op, oh * ow, "output plane")?);
     while cs_g > 1 && weight_span(1, cs_g) > win {
         cs_g = cs_g.div_ceil(2);
@@ -216,7 +216,7 @@ pub(super) fn wgrad(
     let (g_img, x_img) = (o_tot * oh * ow, c_tot * ih * iw);
     // Counted loop iterations per gradient row (loops over p, j, q).
     let row_cost = g.k * (2 + ow * (3 + g.k));
-    if row_cost > LOOP_BUDGET {
+    if row_cost > gpu.loop_budget() {
         return Err(crate::error::EngineError::TooLarge {
             op,
             detail: format!(
@@ -224,7 +224,7 @@ pub(super) fn wgrad(
             ),
         });
     }
-    let max_rows = LOOP_BUDGET / row_cost;
+    let max_rows = gpu.loop_budget() / row_cost;
     let og = o_tot
         .min(items_per_window(gpu, op, oh * ow, "gradient plane")?)
         .min((win / (c_tot * kk)).max(1));
@@ -239,7 +239,7 @@ pub(super) fn wgrad(
             for (c0, clen) in runs(c_tot, cg) {
                 let rows = nb * oh;
                 let per = olen * clen * kk;
-                let max_chunks = (win / per).clamp(1, LOOP_BUDGET / 4);
+                let max_chunks = (win / per).clamp(1, gpu.loop_budget() / 4);
                 let chunks_wanted = WGRAD_THREADS
                     .div_ceil(olen * clen)
                     .max(rows.div_ceil(max_rows))

@@ -12,7 +12,7 @@
 use super::prep::{self, PadRegion};
 use crate::error::{EngineError, Result};
 use crate::gpu::Kernel;
-use crate::gpu::{Gpu, LOOP_BUDGET, Tensor};
+use crate::gpu::{Gpu, Tensor};
 use crate::ops::reduce::ReduceParams;
 use crate::ops::{Params, REDUCE, items_per_window, kernel, launch, runs, wgsl_params};
 use std::fmt::Write;
@@ -252,7 +252,7 @@ pub(crate) fn run(
         wg: tile.wg,
     };
     let row_cost = ow / jt + 2;
-    if row_cost > LOOP_BUDGET {
+    if row_cost > gpu.loop_budget() {
         return Err(EngineError::TooLarge {
             op,
             detail: format!("rows of {ow} columns exceed the per-invocation loop budget"),
@@ -295,11 +295,11 @@ pub(crate) fn run(
                 let per = olen * clen * kk;
                 let c_groups = clen.div_ceil(tile.wg);
                 let o_groups = olen.div_ceil(tile.to);
-                let max_rows = (LOOP_BUDGET / row_cost).max(1);
+                let max_rows = (gpu.loop_budget() / row_cost).max(1);
                 let chunks = THREADS
                     .div_ceil(o_groups * c_groups * tile.wg)
                     .max(total_rows.div_ceil(max_rows))
-                    .min((win / per).clamp(1, LOOP_BUDGET / 4))
+                    .min((win / per).clamp(1, gpu.loop_budget() / 4))
                     .clamp(1, total_rows);
                 let rows_per_chunk = total_rows.div_ceil(chunks);
                 if rows_per_chunk > max_rows {
