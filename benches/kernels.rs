@@ -10,9 +10,13 @@ fn main() -> anyhow::Result<()> {
         w: 80,
     };
     println!("adapter: {} ({:?})", gpu.info.name, gpu.info.backend);
-    for m in engine::bench::run(&gpu, shape, 5, "", false)? {
+    for m in engine::bench::run(&gpu, shape, 5, "", false, true)? {
+        let cpu = m
+            .cpu
+            .map(|(_, r)| format!("(CPU SGEMM {r:.2})"))
+            .unwrap_or_default();
         println!(
-            "{:<34} {:<24} {:>10.3} ms {:>8.2} {}",
+            "{:<34} {:<24} {:>10.3} ms {:>8.2} {} {cpu}",
             m.name, m.variant, m.ms, m.rate, m.unit
         );
     }

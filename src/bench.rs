@@ -33,6 +33,9 @@ pub struct Measurement {
     /// The same case with the first (gather/rows) kernels, for the
     /// convolution family: (ms, rate).
     pub baseline: Option<(f64, f64)>,
+    /// The same convolution on the CPU (im2col + multithreaded SGEMM):
+    /// (ms, rate).
+    pub cpu: Option<(f64, f64)>,
 }
 
 /// Which kernel a convolution case runs.
@@ -60,6 +63,8 @@ struct Case<'a> {
     work: f64,
     flops: bool,
     family: Family,
+    /// (M, K, N) of the GEMM a CPU framework would run for this case.
+    gemm: Option<(usize, usize, usize)>,
     run: Op<'a>,
 }
 
@@ -155,20 +160,28 @@ fn case<'a>(
         work,
         flops,
         family: Family::Single,
+        gemm: None,
         run: Box::new(move |_| run()),
     }
 }
 
+/// The work of a convolution case: FLOPs and the equivalent GEMM.
+struct ConvWork {
+    flops: f64,
+    gemm: (usize, usize, usize),
+}
+
 fn conv_case<'a>(
     name: impl Into<String>,
-    work: f64,
+    work: ConvWork,
     run: impl Fn(Option<conv::ConvVariant>) -> Result<()> + 'a,
 ) -> Case<'a> {
     Case {
         name: name.into(),
-        work,
+        work: work.flops,
         flops: true,
         family: Family::Produce,
+        gemm: Some(work.gemm),
         run: Box::new(move |c| match c {
             Choice::Conv(v) => run(Some(v)),
             _ => run(None),
@@ -178,14 +191,15 @@ fn conv_case<'a>(
 
 fn wgrad_case<'a>(
     name: impl Into<String>,
-    work: f64,
+    work: ConvWork,
     run: impl Fn(Option<conv::WgradVariant>) -> Result<()> + 'a,
 ) -> Case<'a> {
     Case {
         name: name.into(),
-        work,
+        work: work.flops,
         flops: true,
         family: Family::Wgrad,
+        gemm: Some(work.gemm),
         run: Box::new(move |c| match c {
             Choice::Wgrad(v) => run(Some(v)),
             _ => run(None),
@@ -196,44 +210,49 @@ fn wgrad_case<'a>(
 fn cases<'a>(gpu: &'a Gpu, s: Shape, t: &'a Inputs, filter: &str) -> Vec<Case<'a>> {
     let Shape { n, c, h, w } = s;
     let act = (n * c * h * w) as f64;
-    let conv_flops = |k: usize, out: f64| 2.0 * out * (c * k * k) as f64;
+    // FLOPs and the (M, K, N) of the equivalent GEMM for `out` outputs
+    // (or inputs, for the transposed passes) of a k x k kernel.
+    let conv_work = |k: usize, out: f64| ConvWork {
+        flops: 2.0 * out * (c * k * k) as f64,
+        gemm: (c, c * k * k, out as usize / c),
+    };
     let half = (n * c * h.div_ceil(2) * w.div_ceil(2)) as f64;
     let bytes = |tensors: f64| tensors * act * 4.0;
     let gb = false;
     let all = vec![
         conv_case(
             format!("conv3x3 fwd {n}x{c}x{h}x{w} -> {c}"),
-            conv_flops(3, act),
+            conv_work(3, act),
             |v| conv::conv2d_with(gpu, &t.x, &t.w3, Some(&t.b), 1, 1, false, v).map(drop),
         ),
-        conv_case("conv3x3 bwd input", conv_flops(3, act), move |v| {
+        conv_case("conv3x3 bwd input", conv_work(3, act), move |v| {
             conv::conv2d_backward_input_with(gpu, &t.dy, &t.w3, (h, w), 1, 1, v).map(drop)
         }),
-        wgrad_case("conv3x3 bwd weight", conv_flops(3, act), move |v| {
+        wgrad_case("conv3x3 bwd weight", conv_work(3, act), move |v| {
             conv::conv2d_backward_weight_with(gpu, &t.dy, &t.x, &t.dw3, 1, 1, false, v)
         }),
-        conv_case("conv3x3 dil2 fwd", conv_flops(3, act), move |v| {
+        conv_case("conv3x3 dil2 fwd", conv_work(3, act), move |v| {
             conv::conv2d_with(gpu, &t.x, &t.w3, Some(&t.b), 1, 2, false, v).map(drop)
         }),
-        conv_case("conv3x3 s2 fwd", conv_flops(3, half), move |v| {
+        conv_case("conv3x3 s2 fwd", conv_work(3, half), move |v| {
             conv::conv2d_with(gpu, &t.x, &t.w3, Some(&t.b), 2, 1, false, v).map(drop)
         }),
-        conv_case("conv3x3 s2 bwd input", conv_flops(3, half), move |v| {
+        conv_case("conv3x3 s2 bwd input", conv_work(3, half), move |v| {
             conv::conv2d_backward_input_with(gpu, &t.dy_half, &t.w3, (h, w), 2, 1, v).map(drop)
         }),
-        conv_case("conv1x1 fwd", conv_flops(1, act), move |v| {
+        conv_case("conv1x1 fwd", conv_work(1, act), move |v| {
             conv::conv2d_with(gpu, &t.x, &t.w1, Some(&t.b), 1, 1, false, v).map(drop)
         }),
-        conv_case("tconv4x4 s2 fwd", conv_flops(4, act), move |v| {
+        conv_case("tconv4x4 s2 fwd", conv_work(4, act), move |v| {
             conv::tconv2d_with(gpu, &t.x, &t.wt, Some(&t.b), 2, false, v).map(drop)
         }),
-        conv_case("tconv4x4 s2 bwd input", conv_flops(4, act), move |v| {
+        conv_case("tconv4x4 s2 bwd input", conv_work(4, act), move |v| {
             conv::tconv2d_backward_input_with(gpu, &t.dy2, &t.wt, 2, v).map(drop)
         }),
-        wgrad_case("tconv4x4 s2 bwd weight", conv_flops(4, act), move |v| {
+        wgrad_case("tconv4x4 s2 bwd weight", conv_work(4, act), move |v| {
             conv::tconv2d_backward_weight_with(gpu, &t.dy2, &t.x, &t.dwt, 2, false, v)
         }),
-        conv_case("tconv4x4 s1 fwd", conv_flops(4, act), move |v| {
+        conv_case("tconv4x4 s1 fwd", conv_work(4, act), move |v| {
             conv::tconv2d_with(gpu, &t.x, &t.wt, Some(&t.b), 1, false, v).map(drop)
         }),
         case("maxpool3x3 s2 fwd", bytes(1.25), gb, move || {
@@ -300,6 +319,7 @@ pub fn run(
     iters: usize,
     filter: &str,
     all: bool,
+    with_cpu: bool,
 ) -> Result<Vec<Measurement>> {
     let mut out = Vec::new();
     let inputs = Inputs::new(gpu, shape)?;
@@ -315,6 +335,10 @@ pub fn run(
         let unit = if case.flops { "GFLOP/s" } else { "GB/s" };
         let baseline = (!all && timed.len() > 1).then(|| (timed[1].1 * 1e3, rate(timed[1].1)));
         let shown = if all { &timed[..] } else { &timed[..1] };
+        let cpu = case.gemm.filter(|_| with_cpu).map(|(m, k, n)| {
+            let secs = cpu_reference_secs(m, k, n, iters);
+            (secs * 1e3, rate(secs))
+        });
         for (variant, secs) in shown {
             let secs = *secs;
             out.push(Measurement {
@@ -324,6 +348,7 @@ pub fn run(
                 rate: rate(secs),
                 unit,
                 baseline,
+                cpu,
             });
         }
     }
@@ -500,4 +525,51 @@ pub fn model(
         shares: shares_train,
         infer_shares,
     })
+}
+
+/// Seconds per run of the same convolution on this machine's CPU: im2col
+/// (or its adjoint) and one multithreaded SGEMM (`matrixmultiply`, the
+/// GEMM behind ndarray), the way CPU frameworks lower a convolution. For a
+/// case of M x K x N multiply-adds; `cols` elements of patch matrix are
+/// gathered or scattered.
+pub fn cpu_reference_secs(m: usize, k: usize, n: usize, iters: usize) -> f64 {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+    let a: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let src: Vec<f32> = (0..k * n / 9 + 1)
+        .map(|_| rng.random_range(-1.0..1.0))
+        .collect();
+    let mut cols = vec![0f32; k * n];
+    let mut c = vec![0f32; m * n];
+    let run = |cols: &mut [f32], c: &mut [f32]| {
+        // im2col: every patch element copied from the (smaller) source.
+        let len = src.len();
+        for (i, v) in cols.iter_mut().enumerate() {
+            *v = src[(i * 7) % len];
+        }
+        // SAFETY: the slices hold m*k, k*n and m*n elements, row-major.
+        unsafe {
+            matrixmultiply::sgemm(
+                m,
+                k,
+                n,
+                1.0,
+                a.as_ptr(),
+                k as isize,
+                1,
+                cols.as_ptr(),
+                n as isize,
+                1,
+                0.0,
+                c.as_mut_ptr(),
+                n as isize,
+                1,
+            );
+        }
+    };
+    run(&mut cols, &mut c);
+    let start = Instant::now();
+    for _ in 0..iters {
+        run(&mut cols, &mut c);
+    }
+    start.elapsed().as_secs_f64() / iters as f64
 }

@@ -294,6 +294,9 @@ pub struct BenchArgs {
     /// one and the first-generation baseline).
     #[arg(long)]
     pub all_variants: bool,
+    /// Leave out the CPU reference column (im2col + multithreaded SGEMM).
+    #[arg(long)]
+    pub no_cpu: bool,
     /// Time the whole network instead: training steps (forward, loss,
     /// backward, Adam) and inferences, with per-family GPU time shares.
     #[arg(long)]
@@ -387,8 +390,8 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         args.iters
     );
     println!(
-        "{:<34} {:<24} {:>10} {:>16} {:>18}",
-        "kernel", "variant", "ms", "rate", "baseline (gather)"
+        "{:<34} {:<24} {:>10} {:>16} {:>18} {:>18}",
+        "kernel", "variant", "ms", "rate", "baseline (gather)", "CPU im2col+SGEMM"
     );
     let runs = crate::bench::run(
         &gpu,
@@ -396,15 +399,20 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         args.iters.max(1),
         &args.filter,
         args.all_variants,
+        !args.no_cpu,
     )?;
     for m in runs {
         let base = m
             .baseline
             .map(|(_, r)| format!("{r:>8.2} {}", m.unit))
             .unwrap_or_default();
+        let cpu = m
+            .cpu
+            .map(|(_, r)| format!("{r:>8.2} {}", m.unit))
+            .unwrap_or_default();
         println!(
-            "{:<34} {:<24} {:>10.3} {:>8.2} {:<7} {:>18}",
-            m.name, m.variant, m.ms, m.rate, m.unit, base
+            "{:<34} {:<24} {:>10.3} {:>8.2} {:<7} {:>18} {:>18}",
+            m.name, m.variant, m.ms, m.rate, m.unit, base, cpu
         );
     }
     Ok(())
