@@ -306,6 +306,10 @@ pub struct BenchArgs {
     /// With --model: print one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// With --model: first time the same network with the first-generation
+    /// kernels and no fusion, for a before/after in one run.
+    #[arg(long)]
+    pub baseline: bool,
 }
 
 /// The network and sizes `bench --model` and `tune` run.
@@ -366,7 +370,7 @@ pub fn devices() -> anyhow::Result<()> {
 pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let gpu = Gpu::new(args.adapter.adapter.as_deref())?;
     if args.model {
-        return bench_model(&gpu, &args.net, args.iters.max(1), args.json);
+        return bench_model(&gpu, &args.net, args.iters.max(1), args.json, args.baseline);
     }
     let shape = crate::bench::Shape {
         n: args.n,
@@ -418,37 +422,69 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn bench_model(gpu: &Gpu, net: &NetShape, iters: usize, json: bool) -> anyhow::Result<()> {
-    let m = crate::bench::model(
-        gpu,
-        net.width,
-        net.batch,
-        net.train_size,
-        net.infer_size,
-        iters,
-    )?;
+fn bench_model(
+    gpu: &Gpu,
+    net: &NetShape,
+    iters: usize,
+    json: bool,
+    baseline: bool,
+) -> anyhow::Result<()> {
+    let run = |base: bool| {
+        gpu.variants().set_baseline(base);
+        let m = crate::bench::model(
+            gpu,
+            net.width,
+            net.batch,
+            net.train_size,
+            net.infer_size,
+            iters,
+        );
+        gpu.variants().set_baseline(false);
+        m
+    };
+    let before = if baseline { Some(run(true)?) } else { None };
+    let m = run(false)?;
     if json {
-        println!("{}", serde_json::to_string(&m)?);
+        let mut v = serde_json::to_value(&m)?;
+        if let Some(b) = &before {
+            v["baseline"] = serde_json::to_value(b)?;
+        }
+        println!("{v}");
         return Ok(());
     }
     println!(
         "adapter: {}; width {}; {} runs each after one warm-up",
         m.adapter, m.width, iters
     );
-    println!(
-        "training step, batch {} at {}x{}: {:.1} ms ({:.0} dispatches, {:.0} submits); peak tensors {:.1} MiB",
-        m.batch,
-        m.train_size,
-        m.train_size,
-        m.train_step_ms,
-        m.dispatches_per_step,
-        m.submits_per_step,
-        m.peak_mib
+    let rows = [("now", &m)].into_iter().chain(
+        before
+            .as_ref()
+            .map(|b| ("first-generation kernels, unfused", b)),
     );
-    println!(
-        "inference, {}x{}: {:.1} ms ({:.0} dispatches)",
-        m.infer_size, m.infer_size, m.infer_ms, m.dispatches_per_infer
-    );
+    for (what, r) in rows {
+        println!("{what}:");
+        println!(
+            "  training step, batch {} at {}x{}: {:.1} ms ({:.0} dispatches, {:.0} submits); peak tensors {:.1} MiB",
+            r.batch,
+            r.train_size,
+            r.train_size,
+            r.train_step_ms,
+            r.dispatches_per_step,
+            r.submits_per_step,
+            r.peak_mib
+        );
+        println!(
+            "  inference, {}x{}: {:.1} ms ({:.0} dispatches)",
+            r.infer_size, r.infer_size, r.infer_ms, r.dispatches_per_infer
+        );
+    }
+    if let Some(b) = &before {
+        println!(
+            "speed-up: training step x{:.2}, inference x{:.2}",
+            b.train_step_ms / m.train_step_ms,
+            b.infer_ms / m.infer_ms
+        );
+    }
     if !m.shares.is_empty() {
         println!("{:<16} {:>10} {:>10}", "GPU time share", "train", "infer");
         for (family, share) in &m.shares {

@@ -34,11 +34,31 @@ pub struct GemmTile {
 
 impl GemmTile {
     pub const CANDIDATES: [GemmTile; 5] = [
-        GemmTile { to: 8, jt: 4, wg: 8 },
-        GemmTile { to: 16, jt: 8, wg: 8 },
-        GemmTile { to: 16, jt: 4, wg: 8 },
-        GemmTile { to: 8, jt: 8, wg: 8 },
-        GemmTile { to: 8, jt: 4, wg: 32 },
+        GemmTile {
+            to: 8,
+            jt: 4,
+            wg: 8,
+        },
+        GemmTile {
+            to: 16,
+            jt: 8,
+            wg: 8,
+        },
+        GemmTile {
+            to: 16,
+            jt: 4,
+            wg: 8,
+        },
+        GemmTile {
+            to: 8,
+            jt: 8,
+            wg: 8,
+        },
+        GemmTile {
+            to: 8,
+            jt: 4,
+            wg: 32,
+        },
     ];
 
     pub fn name(&self) -> String {
