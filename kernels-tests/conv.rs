@@ -128,7 +128,7 @@ fn conv3x3_stride2_even_size_pads_bottom_right() {
     assert_eq!(
         (g.pad_t, g.pad_l),
         (0, 0),
-        "MODEL.md: 3x3/s2 on an even input pads 0 top/left"
+        "docs/MODEL.md: 3x3/s2 on an even input pads 0 top/left"
     );
     check_conv(
         Case {
@@ -168,7 +168,7 @@ fn conv3x3_dilation2() {
     assert_eq!(
         (g.pad_t, g.pad_l),
         (2, 2),
-        "MODEL.md: dilation 2 pads 2 on each side"
+        "docs/MODEL.md: dilation 2 pads 2 on each side"
     );
     check_conv(
         Case {

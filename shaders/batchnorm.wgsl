@@ -1,4 +1,4 @@
-// Batch norm over (N, H, W) per channel (MODEL.md: eps 1e-5, momentum 0.01,
+// Batch norm over (N, H, W) per channel (docs/MODEL.md: eps 1e-5, momentum 0.01,
 // running_var takes the unbiased batch variance). The reductions run in
 // reduce.wgsl (plane_sums + combine_channels); this file holds the
 // per-channel finalisation and the elementwise passes.

@@ -6,7 +6,7 @@
 //   conv2d_wgrad      weight gradient of both (partial sums per row chunk,
 //                     summed in a fixed order by reduce.wgsl: deterministic)
 //
-// Index rule (MODEL.md): y[n,o,i,j] = b[o] + sum w[o,c,p,q] *
+// Index rule (docs/MODEL.md): y[n,o,i,j] = b[o] + sum w[o,c,p,q] *
 //   x[n,c, i*stride + p*dil - pad_t, j*stride + q*dil - pad_l], 0 outside.
 // Tensors are NCHW f32. Every tensor is reached through a binding window
 // whose element offset is given by a *_base field, so a tensor larger than

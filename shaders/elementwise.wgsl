@@ -51,7 +51,7 @@ fn add(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) n
     }
 }
 
-// relu(a + b): the residual join of MODEL.md ("+skip(A)").
+// relu(a + b): the residual join of docs/MODEL.md ("+skip(A)").
 @compute @workgroup_size(WG)
 fn add_relu(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let e = index(gid, nwg);

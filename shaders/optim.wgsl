@@ -1,6 +1,6 @@
 // Adam (PyTorch's form: eps added to sqrt(v_hat)) with an optional L2 term
 // folded into the gradient: g = grad_scale * grad + l2 * p, which is the
-// gradient of l2 * sum(p^2) / 2 (MODEL.md: 0.0025 on fc_1 and logits).
+// gradient of l2 * sum(p^2) / 2 (docs/MODEL.md: 0.0025 on fc_1 and logits).
 
 struct Params {
     n: u32,

@@ -83,7 +83,7 @@ pub struct TrainArgs {
     pub decay_every: usize,
     #[arg(long, default_value_t = 15.0)]
     pub pos_weight: f32,
-    /// Width multiplier (MODEL.md); e.g. 0.25 for CPU-sized experiments.
+    /// Width multiplier (docs/MODEL.md); e.g. 0.25 for CPU-sized experiments.
     #[arg(long, default_value_t = 1.0)]
     pub width: f32,
     /// Use nearest resizes (the original code's choice) instead of bilinear.
@@ -95,7 +95,7 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 0.15)]
     pub val_fraction: f64,
     /// Recompute the batch-norm running statistics over this many training
-    /// micro-batches at the end of each epoch (0: MODEL.md's moving averages
+    /// micro-batches at the end of each epoch (0: docs/MODEL.md's moving averages
     /// only). Short runs need it: the moving averages move 1% per step.
     #[arg(long, default_value_t = 0)]
     pub precise_bn: usize,

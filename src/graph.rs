@@ -118,7 +118,7 @@ pub struct Graph<'g> {
     /// Compute the gradient of the first input too (gradient checks).
     pub input_grad: bool,
     /// Weight of the batch in the running batch-norm statistics when
-    /// training (MODEL.md: 0.01; `train::recompute_bn_stats` uses 1/k).
+    /// training (docs/MODEL.md: 0.01; `train::recompute_bn_stats` uses 1/k).
     pub bn_momentum: f32,
 }
 

@@ -14,7 +14,7 @@ use crate::model::Model;
 use anyhow::Context;
 use std::path::{Path, PathBuf};
 
-/// Scales 8-bit grey values as MODEL.md says: (x - 127) / 255.
+/// Scales 8-bit grey values as docs/MODEL.md says: (x - 127) / 255.
 pub fn scale_input(pixels: &[u8]) -> Vec<f32> {
     pixels.iter().map(|&v| (v as f32 - 127.0) / 255.0).collect()
 }

@@ -1,6 +1,6 @@
-//! `model`: the 28-layer dense-prediction network of MODEL.md, its
+//! `model`: the 28-layer dense-prediction network of docs/MODEL.md, its
 //! parameters (He-normal init, seeded), and checkpoints in safetensors with
-//! MODEL.md's names, layouts and metadata (PyTorch-compatible).
+//! docs/MODEL.md's names, layouts and metadata (PyTorch-compatible).
 use crate::error::Result;
 use crate::gpu::{Gpu, Tensor};
 use crate::graph::{BnRef, Graph, ParamRef, Var};
@@ -26,7 +26,7 @@ enum Kind {
     Logits,
 }
 
-/// MODEL.md's layer table: name, kind, input and output channels at width 1.
+/// docs/MODEL.md's layer table: name, kind, input and output channels at width 1.
 const LAYERS: [(&str, Kind, usize, usize); 28] = [
     ("conv0_1", Kind::Cbr(3, 2, 1), 1, 32),
     ("conv0_2", Kind::Cbr(3, 1, 1), 32, 32),
@@ -59,12 +59,12 @@ const LAYERS: [(&str, Kind, usize, usize); 28] = [
 ];
 
 /// The first conv of each residual block: its post-bn value is the skip
-/// that the block's last conv adds ("+skip(A)" in MODEL.md).
+/// that the block's last conv adds ("+skip(A)" in docs/MODEL.md).
 const SKIP_FROM: [&str; 6] = [
     "conv0_1", "conv1_1", "conv2_1", "conv3_1", "conv4_0", "conv5_0",
 ];
 
-/// A pool or resize between two layers (MODEL.md's table rows "-").
+/// A pool or resize between two layers (docs/MODEL.md's table rows "-").
 enum Between {
     /// Max pool k x k, stride 2.
     Pool(usize),
@@ -84,7 +84,7 @@ fn between(name: &str, h: usize, w: usize) -> Option<Between> {
     }
 }
 
-/// Weights with MODEL.md's L2 term (0.0025 * sum(w^2) / 2).
+/// Weights with docs/MODEL.md's L2 term (0.0025 * sum(w^2) / 2).
 pub const L2_WEIGHTS: [&str; 2] = ["fc_1.weight", "logits.weight"];
 pub const L2: f32 = 0.0025;
 
@@ -104,7 +104,7 @@ impl Default for ModelConfig {
 }
 
 impl ModelConfig {
-    /// MODEL.md's width rule: `max(4, floor(c * w + 0.5))`, except the
+    /// docs/MODEL.md's width rule: `max(4, floor(c * w + 0.5))`, except the
     /// network's input and output (1 channel).
     pub fn channels(&self, c: usize) -> usize {
         if c == 1 {
@@ -136,7 +136,7 @@ pub struct Model {
     index: HashMap<String, usize>,
 }
 
-/// Checkpoint metadata (MODEL.md: string values).
+/// Checkpoint metadata (docs/MODEL.md: string values).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Meta {
     pub pos_weight: f32,
@@ -431,7 +431,7 @@ impl Model {
         }
         let mut info: HashMap<String, String> = meta.extra.clone().into_iter().collect();
         info.insert("format".into(), FORMAT.into());
-        // MODEL.md writes the width like "0.25" or "1.0" (Debug keeps the ".0").
+        // docs/MODEL.md writes the width like "0.25" or "1.0" (Debug keeps the ".0").
         info.insert("width".into(), format!("{:?}", self.cfg.width));
         info.insert("resize".into(), self.cfg.resize.name().into());
         info.insert("pos_weight".into(), format!("{}", meta.pos_weight));
@@ -455,7 +455,7 @@ impl Model {
     }
 
     /// Loads the weights of a checkpoint written by `save` (or any file with
-    /// MODEL.md's names and layouts) for inference: Adam moments are not
+    /// docs/MODEL.md's names and layouts) for inference: Adam moments are not
     /// read. Everything is validated before anything is uploaded.
     pub fn load(gpu: &Gpu, path: &Path) -> anyhow::Result<(Model, Meta)> {
         Self::from_checkpoint(gpu, Checkpoint::read(path, Load::Weights)?)
@@ -665,5 +665,5 @@ impl Checkpoint {
     }
 }
 
-/// The batch-norm tensors of a layer, `NAME.bn.SUFFIX` (MODEL.md).
+/// The batch-norm tensors of a layer, `NAME.bn.SUFFIX` (docs/MODEL.md).
 const BN_TENSORS: [&str; 4] = ["weight", "bias", "running_mean", "running_var"];

@@ -1,5 +1,5 @@
 //! `engine train`: progressive crop sizes, micro-batches with gradient
-//! accumulation, Adam with MODEL.md's schedule and L2 term, validation
+//! accumulation, Adam with docs/MODEL.md's schedule and L2 term, validation
 //! metrics each epoch, atomic checkpoints every epoch and on Ctrl-C, resume,
 //! and a stop with a clear message on a NaN or infinite loss.
 use crate::data::loader::{Batch, Loader, LoaderConfig};
@@ -31,7 +31,7 @@ pub struct TrainConfig {
     pub seed: u64,
     pub threads: usize,
     /// Training batches over which the batch-norm running statistics are
-    /// recomputed at the end of each epoch (0: keep MODEL.md's moving
+    /// recomputed at the end of each epoch (0: keep docs/MODEL.md's moving
     /// averages as they are). See `recompute_bn_stats`.
     pub precise_bn: usize,
 }
@@ -149,7 +149,7 @@ pub fn validate(
 /// Replaces every batch-norm layer's running statistics by their average
 /// over `batches` training batches under the current weights (PreciseBN).
 ///
-/// Why: MODEL.md's running statistics move by 1% per step, so after a
+/// Why: docs/MODEL.md's running statistics move by 1% per step, so after a
 /// short run they are still mostly their initial values (mean 0, var 1) and
 /// statistics of earlier weights; inference with them can be far off what
 /// training sees (measured: a phantom model with held-out IoU 0.86 using

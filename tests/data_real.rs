@@ -1,7 +1,7 @@
 //! Real-data tests: every file in `$MAMMO_DATA/dicom`, `$MAMMO_DATA/cbis-ddsm` and
 //! the mini-MIAS set. Run with
 //! `MAMMO_DATA=DEST cargo test` (build.rs turns the ignore off when MAMMO_DATA is set at build time)
-//! after `../shared/data/unpack.sh DEST`.
+//! after laying out the real-data folder (layout in data/README.md).
 use std::path::PathBuf;
 
 use engine::data::mias::parse_info;

@@ -137,7 +137,7 @@ fn network_gradients_match_finite_differences() {
 fn network_shapes_for_odd_sizes_and_parameter_count() {
     let gpu = gpu();
     let full = Model::new(gpu, ModelConfig::default(), 1).unwrap();
-    // MODEL.md: about 11.5 M parameters at width 1.
+    // docs/MODEL.md: about 11.5 M parameters at width 1.
     let count = full.parameter_count();
     assert!(
         (11_000_000..12_000_000).contains(&count),

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Loads an engine checkpoint into a PyTorch module written from MODEL.md and
+"""Loads an engine checkpoint into a PyTorch module written from docs/MODEL.md and
 compares its probability map with the one `engine infer` wrote.
 
     python tools/pytorch_check.py CHECKPOINT IMAGE.png ENGINE_PROB.png
@@ -7,7 +7,7 @@ compares its probability map with the one `engine infer` wrote.
 IMAGE is an 8-bit grey PNG whose sides are multiples of 32 (so that the
 engine runs it unpadded); ENGINE_PROB is `engine infer`'s NAME_prob.png
 (16-bit, 65535 = 1.0). Needs torch, safetensors, numpy and pillow. Not part
-of CI (torch is several GB); the result is quoted in the closing notes.
+of CI (torch is several GB); measured results are in README.md, "Checking a checkpoint in PyTorch".
 """
 import math
 import sys
@@ -20,7 +20,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-# MODEL.md's layer table: name, kind, k, stride, dilation, in, out (width 1).
+# docs/MODEL.md's layer table: name, kind, k, stride, dilation, in, out (width 1).
 LAYERS = [
     ("conv0_1", "cbr", 3, 2, 1, 1, 32), ("conv0_2", "cbr", 3, 1, 1, 32, 32),
     ("conv0_3", "cb_skip", 3, 1, 1, 32, 32), ("pool0_1", "cbr", 3, 2, 1, 32, 48),
@@ -75,7 +75,7 @@ class TConv(nn.Module):
 
     def forward(self, x):
         y = F.conv_transpose2d(x, self.weight, self.bias, stride=self.s, padding=1)
-        # MODEL.md keeps output rows/cols in [0, in * s).
+        # docs/MODEL.md keeps output rows/cols in [0, in * s).
         return y[:, :, : x.shape[2] * self.s, : x.shape[3] * self.s]
 
 

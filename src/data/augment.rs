@@ -6,7 +6,7 @@
 //! horizontal and vertical flips and a random number of 90-degree rotations.
 //!
 //! - The image is resized bilinearly with half-pixel centres (the rule of
-//!   MODEL.md's `resize`), reading 0 outside the image.
+//!   docs/MODEL.md's `resize`), reading 0 outside the image.
 //! - The mask is resized without eroding its edges: an output pixel is positive
 //!   when any source pixel under its footprint is positive. So no lesion pixel is
 //!   lost and an edge moves outward by less than one output pixel.

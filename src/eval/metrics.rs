@@ -1,7 +1,7 @@
 //! Pixel- and image-level metrics, threshold sweeps, precision-recall and
 //! ROC curves. Pure CPU code, no GPU.
 //!
-//! One rule everywhere (MODEL.md): a pixel is predicted positive when its
+//! One rule everywhere (docs/MODEL.md): a pixel is predicted positive when its
 //! probability *exceeds* the threshold, `p > t`; a pixel of probability
 //! exactly `t` is negative. An image is truly positive when its mask has a
 //! positive pixel and predicted positive when more than `H*W/750` of its
@@ -104,7 +104,7 @@ pub fn area_min_pixels(pixels: usize) -> usize {
     pixels / 750 + 1
 }
 
-/// MODEL.md's image-level rule: more than `H*W/750` pixels exceed `threshold`.
+/// docs/MODEL.md's image-level rule: more than `H*W/750` pixels exceed `threshold`.
 pub fn image_predicted(prob: &[f32], threshold: f32) -> bool {
     prob.iter().filter(|&&p| p > threshold).count() >= area_min_pixels(prob.len())
 }
@@ -115,7 +115,7 @@ pub fn image_predicted(prob: &[f32], threshold: f32) -> bool {
 #[serde(rename_all = "kebab-case")]
 pub enum ImageScore {
     /// The k-th largest probability with `k = floor(H*W/750) + 1`: the image
-    /// is predicted positive at `t` by MODEL.md's rule exactly when this
+    /// is predicted positive at `t` by docs/MODEL.md's rule exactly when this
     /// score exceeds `t`, so the curves and the rule agree.
     Area,
     /// The largest probability.
@@ -137,7 +137,7 @@ impl ImageScore {
     pub fn describe(self) -> &'static str {
         match self {
             ImageScore::Area => {
-                "area: the k-th largest pixel probability, k = floor(H*W/750) + 1 (score > t exactly when MODEL.md's area rule predicts positive at t)"
+                "area: the k-th largest pixel probability, k = floor(H*W/750) + 1 (score > t exactly when docs/MODEL.md's area rule predicts positive at t)"
             }
             ImageScore::Max => "max: the largest pixel probability",
             ImageScore::TopMean => {

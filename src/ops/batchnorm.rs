@@ -1,4 +1,4 @@
-//! Batch norm (MODEL.md): batch statistics over (N, H, W) in training with
+//! Batch norm (docs/MODEL.md): batch statistics over (N, H, W) in training with
 //! the running-statistics update, running statistics in inference, and the
 //! backward pass with the gradients of gamma and beta.
 use super::reduce::{SumOf, channel_sums, combine};
@@ -93,7 +93,7 @@ fn per_plane(
 
 /// Training forward: normalises with the batch statistics and, given a
 /// momentum m, updates the running statistics in place:
-/// `running = (1 - m) * running + m * batch` (MODEL.md's m is `MOMENTUM`).
+/// `running = (1 - m) * running + m * batch` (docs/MODEL.md's m is `MOMENTUM`).
 /// Returns y and the statistics [2, C] (mean, rstd) that the backward pass
 /// needs.
 pub fn batchnorm_train(

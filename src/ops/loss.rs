@@ -1,4 +1,4 @@
-//! Weighted sigmoid cross-entropy on logits (MODEL.md): positives weighted
+//! Weighted sigmoid cross-entropy on logits (docs/MODEL.md): positives weighted
 //! `pos_weight`, negatives 1, mean over all pixels.
 use super::reduce::sum;
 use super::{LOSS, Params, kernel, launch, runs};

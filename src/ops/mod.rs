@@ -179,7 +179,7 @@ pub(crate) fn check_rank(op: &'static str, name: &str, t: &Tensor, rank: usize) 
     check_nonempty(op, name, t)
 }
 
-/// TensorFlow SAME padding (MODEL.md): output `ceil(in / s)` and the pad
+/// TensorFlow SAME padding (docs/MODEL.md): output `ceil(in / s)` and the pad
 /// before (top/left); the rest of the total pad goes after.
 pub fn same_padding(input: usize, k: usize, stride: usize, dil: usize) -> (usize, usize) {
     let out = input.div_ceil(stride);

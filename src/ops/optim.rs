@@ -1,4 +1,4 @@
-//! Adam (PyTorch's eps placement) with the optional L2 term of MODEL.md
+//! Adam (PyTorch's eps placement) with the optional L2 term of docs/MODEL.md
 //! folded into the gradient.
 use super::{OPTIM, Params, kernel, launch, runs};
 use crate::error::{Result, shape_err};

@@ -1,4 +1,4 @@
-//! Max-pool with SAME padding (MODEL.md: 3x3/s2 and 2x2/s2); backward sends
+//! Max-pool with SAME padding (docs/MODEL.md: 3x3/s2 and 2x2/s2); backward sends
 //! each output's gradient to the first maximum of its window (row-major).
 use super::{POOL, Params, check_rank, items_per_window, kernel, launch, runs, same_padding};
 use crate::error::{Result, shape_err};

@@ -1,4 +1,4 @@
-//! Resize to an absolute size (MODEL.md): bilinear with half-pixel centres
+//! Resize to an absolute size (docs/MODEL.md): bilinear with half-pixel centres
 //! (the default) or nearest, forward and backward.
 use super::{Params, RESIZE, check_rank, items_per_window, kernel, launch, runs};
 use crate::error::{Result, shape_err};

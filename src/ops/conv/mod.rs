@@ -45,7 +45,7 @@ pub(crate) enum WeightLayout {
     InOut,
 }
 
-/// Output size and geometry of a SAME conv (MODEL.md).
+/// Output size and geometry of a SAME conv (docs/MODEL.md).
 pub fn conv_geom(h: usize, w: usize, k: usize, stride: usize, dil: usize) -> (usize, usize, Geom) {
     let (oh, pad_t) = same_padding(h, k, stride, dil);
     let (ow, pad_l) = same_padding(w, k, stride, dil);
@@ -62,7 +62,7 @@ pub fn conv_geom(h: usize, w: usize, k: usize, stride: usize, dil: usize) -> (us
     )
 }
 
-/// Geometry of MODEL.md's 4x4 transpose conv: output `in * stride`, and
+/// Geometry of docs/MODEL.md's 4x4 transpose conv: output `in * stride`, and
 /// output index `i*stride + p - 1`.
 pub fn tconv_geom(stride: usize) -> Geom {
     Geom {
@@ -721,7 +721,7 @@ pub fn conv2d_backward_weight_with(
     pass.run(gpu, dw, accumulate, variant)
 }
 
-/// Transpose conv forward (MODEL.md): x [N, C, H, W], w [C, O, 4, 4]
+/// Transpose conv forward (docs/MODEL.md): x [N, C, H, W], w [C, O, 4, 4]
 /// (PyTorch ConvTranspose2d layout), b [O] -> y [N, O, H*s, W*s].
 pub fn tconv2d(gpu: &Gpu, x: &Tensor, w: &Tensor, b: &Tensor, stride: usize) -> Result<Tensor> {
     tconv2d_with(gpu, x, w, Some(b), stride, false, None)
@@ -846,14 +846,14 @@ pub fn tconv2d_backward_weight_with(
     pass.run(gpu, dw, accumulate, variant)
 }
 
-/// Plain f64 references, following MODEL.md's index rules literally. Each
+/// Plain f64 references, following docs/MODEL.md's index rules literally. Each
 /// pass is one visit of every (output, input, weight) index triple that the
 /// rule connects, so the three passes of a conv (and the two of a tconv)
 /// cannot disagree about the indexing.
 pub mod cpu {
     use super::Geom;
 
-    /// Calls `f(y_index, x_index, w_index)` for every term of MODEL.md's conv
+    /// Calls `f(y_index, x_index, w_index)` for every term of docs/MODEL.md's conv
     /// sum: y [n, o, oh, ow], x [n, c, h, w], w [o, c, k, k].
     #[allow(clippy::too_many_arguments)]
     fn conv_terms(
@@ -940,7 +940,7 @@ pub mod cpu {
         dw
     }
 
-    /// Calls `f(y_index, x_index, w_index)` for every term of MODEL.md's
+    /// Calls `f(y_index, x_index, w_index)` for every term of docs/MODEL.md's
     /// tconv scatter `y[n,o,i*s+p-1, j*s+q-1] += x[n,c,i,j] * w[c,o,p,q]`,
     /// keeping outputs inside [0, in*s).
     fn tconv_terms(
@@ -974,7 +974,7 @@ pub mod cpu {
         }
     }
 
-    /// MODEL.md's tconv: x [n, c, h, w], w [c, o, 4, 4] -> y [n, o, h*s, w*s].
+    /// docs/MODEL.md's tconv: x [n, c, h, w], w [c, o, 4, 4] -> y [n, o, h*s, w*s].
     pub fn tconv2d(
         x: &[f64],
         (n, c, h, w): (usize, usize, usize, usize),
