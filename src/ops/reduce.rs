@@ -16,7 +16,6 @@ const PLANE_SUMS: Kernel = kernel(&REDUCE, "plane_sums");
 const COMBINE: Kernel = kernel(&REDUCE, "combine_channels");
 /// Elements one invocation sums before the combine pass, at least.
 const CHUNK: usize = 1024;
-/// Partial sums one combine invocation adds, at most (loop budget).
 
 /// The uniform `Params` of reduce.wgsl, field for field.
 #[repr(C)]

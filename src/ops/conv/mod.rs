@@ -490,6 +490,16 @@ impl WeightGrad<'_> {
         accumulate: bool,
         variant: Option<WgradVariant>,
     ) -> Result<()> {
+        gpu.scope(self.op, || self.run_scoped(gpu, dw, accumulate, variant))
+    }
+
+    fn run_scoped(
+        &self,
+        gpu: &Gpu,
+        dw: &Tensor,
+        accumulate: bool,
+        variant: Option<WgradVariant>,
+    ) -> Result<()> {
         let v = match variant {
             Some(v) => v,
             None => {
