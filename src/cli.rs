@@ -1,5 +1,6 @@
 //! The `engine` command line: `devices`, `bench`, and the data commands.
 use crate::gpu::{Gpu, list_adapters};
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -13,7 +14,7 @@ pub struct Cli {
     pub command: Command,
 }
 
-#[derive(Debug, Args, Clone)]
+#[derive(Debug, Args, Clone, serde::Serialize)]
 pub struct AdapterArg {
     /// Adapter to use: part of its name or its index in `engine devices`
     /// (default: the best one; also settable with ENGINE_ADAPTER).
@@ -37,7 +38,7 @@ pub enum Command {
     Data(crate::data::cli::DataCommand),
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Args, serde::Serialize)]
 pub struct TrainArgs {
     #[command(flatten)]
     pub adapter: AdapterArg,
@@ -51,12 +52,17 @@ pub struct TrainArgs {
     /// Side of the synthetic phantoms.
     #[arg(long, default_value_t = 192)]
     pub synthetic_size: usize,
-    /// Run folder: checkpoint.safetensors and metrics.jsonl go here.
+    /// Run folder: checkpoint.safetensors, best.safetensors, config.json,
+    /// metrics.jsonl, metrics.csv and curves.png go here. A non-empty
+    /// folder is refused unless --resume or --overwrite.
     #[arg(long, default_value = "runs/train")]
     pub out: std::path::PathBuf,
     /// Continue the run in --out from its checkpoint.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "overwrite")]
     pub resume: bool,
+    /// Start a new run in a non-empty --out, removing its run files first.
+    #[arg(long)]
+    pub overwrite: bool,
     /// Crop sizes and their epoch counts, e.g. 320:20,480:10,640:10.
     #[arg(long, default_value = "320:20,480:10,640:10")]
     pub sizes: String,
@@ -99,12 +105,35 @@ pub struct InferArgs {
     pub adapter: AdapterArg,
     #[arg(long)]
     pub checkpoint: std::path::PathBuf,
-    /// Output folder.
+    /// Output folder (created, and checked to be writable, before any GPU
+    /// work): outputs mirror each input's path relative to the folder it
+    /// came from, and results.csv lists every input.
     #[arg(long, default_value = "runs/infer")]
     pub out: std::path::PathBuf,
     /// Probability above which a pixel is marked in the mask.
     #[arg(long, default_value_t = 0.5)]
     pub threshold: f32,
+    /// Statistic of a probability map that scores an image (as in `engine eval`).
+    #[arg(long, value_enum, default_value_t = crate::eval::metrics::ImageScore::Area)]
+    pub image_score: crate::eval::metrics::ImageScore,
+    /// Only files in folders whose name (or, with a '/', path relative to
+    /// the folder) matches: `*`, `?`, `**`; e.g. '*.dcm' or '**/FULL*/*.dcm'.
+    #[arg(long)]
+    pub glob: Option<String>,
+    /// Skip inputs that results.csv already lists as ok and whose outputs
+    /// exist (resumes an interrupted batch).
+    #[arg(long)]
+    pub skip_existing: bool,
+    /// Process only the inputs at positions I, I+N, I+2N, ... (0-based I)
+    /// of the sorted input list; results go to results-shard-I-of-N.csv.
+    #[arg(long)]
+    pub shard: Option<crate::batch::Shard>,
+    /// Also write results.json (settings and the same rows).
+    #[arg(long)]
+    pub json: bool,
+    /// Do not write DICOM results (Segmentation, Parametric Map) for DICOM inputs.
+    #[arg(long)]
+    pub no_dicom: bool,
     /// Scans with more pixels than this (after padding to a multiple of 32)
     /// run as overlapping tiles.
     #[arg(long, default_value_t = 2048 * 2048)]
@@ -118,12 +147,14 @@ pub struct InferArgs {
     /// Also write the probability map as float32 NAME_prob.npy.
     #[arg(long)]
     pub npy: bool,
-    /// Input images (PNG, PGM, JPEG or DICOM), any size.
+    /// Input images (PNG, PGM, JPEG or DICOM, any size) and folders
+    /// (searched recursively).
     #[arg(required = true)]
     pub inputs: Vec<std::path::PathBuf>,
 }
 
 pub fn train(a: TrainArgs) -> anyhow::Result<()> {
+    crate::run_folder::check_run_folder(&a.out, a.resume, a.overwrite)?;
     let gpu = Gpu::new(a.adapter.adapter.as_deref())?;
     let cfg = crate::train::TrainConfig {
         sizes: crate::train::parse_sizes(&a.sizes)?,
@@ -143,7 +174,8 @@ pub fn train(a: TrainArgs) -> anyhow::Result<()> {
         threads: a.threads.max(1),
         precise_bn: a.precise_bn,
     };
-    let source = match a.data {
+    crate::run_folder::write_config(&a.out, &a, &gpu, a.data.as_deref(), a.resume)?;
+    let source = match a.data.clone() {
         Some(dir) => crate::train::Source::Prepared(dir),
         None => crate::train::Source::Synthetic {
             n: a.synthetic.unwrap_or(64),
@@ -188,53 +220,108 @@ pub fn train(a: TrainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn infer(a: InferArgs) -> anyhow::Result<()> {
-    let gpu = Gpu::new(a.adapter.adapter.as_deref())?;
-    let (model, _) = crate::model::Model::load(&gpu, &a.checkpoint)?;
-    let tiles = crate::infer::TileOptions {
-        max_pixels: a.tile_above,
-        tile: a.tile,
-        margin: a.tile_margin,
+/// `engine infer`: returns the exit code (see [`crate::batch`]).
+pub fn infer(a: InferArgs) -> anyhow::Result<i32> {
+    use crate::batch::{self, Shard};
+    use crate::eval::BadInput;
+    let bad = |m: String| anyhow::Error::new(BadInput(m));
+    if !(0.0..=1.0).contains(&a.threshold) {
+        return Err(bad(format!("--threshold {} is not in [0, 1]", a.threshold)));
+    }
+    if !a.checkpoint.is_file() {
+        return Err(bad(format!(
+            "checkpoint {} does not exist",
+            a.checkpoint.display()
+        )));
+    }
+    batch::prepare_out(&a.out)?;
+    let (all, missing) = batch::collect_inputs(&a.inputs, a.glob.as_deref(), Some(&a.out))
+        .map_err(|e| bad(format!("{e:#}")))?;
+    if all.is_empty() && missing.is_empty() {
+        return Err(bad(format!(
+            "no inputs: no DICOM, PNG, PGM or JPEG file{} in {}",
+            a.glob
+                .as_deref()
+                .map(|g| format!(" matching {g:?}"))
+                .unwrap_or_default(),
+            a.inputs
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    let inputs = match a.shard {
+        Some(s) => s.select(&all),
+        None => all.clone(),
     };
-    let mut failed = 0;
-    // Progress with rate and ETA on stderr (hidden when it is not a terminal).
-    let bar = indicatif::ProgressBar::new(a.inputs.len() as u64).with_style(
-        indicatif::ProgressStyle::with_template(
-            "infer {bar:30} {pos}/{len} images  {per_sec}  ETA {eta}",
-        )
-        .expect("valid template"),
+    let results = a.out.join(Shard::file_name(a.shard, "results", "csv"));
+    let gpu = Gpu::new(a.adapter.adapter.as_deref())?;
+    let (model, _) = crate::model::Model::load(&gpu, &a.checkpoint)
+        .map_err(|e| bad(format!("{}: {e:#}", a.checkpoint.display())))?;
+    let opts = batch::BatchOptions {
+        threshold: a.threshold,
+        image_score: a.image_score,
+        tiles: crate::infer::TileOptions {
+            max_pixels: a.tile_above,
+            tile: a.tile,
+            margin: a.tile_margin,
+        },
+        npy: a.npy,
+        dicom: !a.no_dicom,
+        model_name: model_name(&a.checkpoint, &model),
+    };
+    let report = batch::run_batch(
+        &gpu,
+        &model,
+        &inputs,
+        &missing,
+        &a.out,
+        &results,
+        &opts,
+        a.skip_existing,
+        true,
+    )?;
+    let ok = report.rows.iter().filter(|r| r.status == batch::OK).count();
+    let failed = report.rows.len() - ok;
+    if a.json {
+        let path = a.out.join(Shard::file_name(a.shard, "results", "json"));
+        let j = batch::ResultsJson {
+            checkpoint: a.checkpoint.display().to_string(),
+            threshold: a.threshold,
+            image_score: a.image_score.name().into(),
+            shard: a.shard.map(|s| format!("{}/{}", s.index, s.count)),
+            inputs: report.rows.len(),
+            ok,
+            failed,
+            rows: report.rows.clone(),
+        };
+        std::fs::write(&path, serde_json::to_string_pretty(&j)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    println!(
+        "{} inputs{}: {ok} ok ({} skipped as already done), {failed} failed; results in {}",
+        report.rows.len(),
+        a.shard
+            .map(|s| format!(" (shard {}/{} of {})", s.index, s.count, all.len()))
+            .unwrap_or_default(),
+        report.skipped,
+        report.results.display()
     );
-    for input in &a.inputs {
-        gpu.pool().reset_peak();
-        let started = std::time::Instant::now();
-        match crate::infer::infer_file(&gpu, &model, input, &a.out, a.threshold, &tiles, a.npy) {
-            Ok(o) => bar.suspend(|| {
-                println!(
-                    "{}: max probability {:.3}, {} pixels above {} ({:.2} s, peak tensors {} MiB); wrote {}, {}, {}{}",
-                    input.display(),
-                    o.max_probability,
-                    o.positive_pixels,
-                    a.threshold,
-                    started.elapsed().as_secs_f64(),
-                    gpu.pool().stats().2 >> 20,
-                    o.probability.display(),
-                    o.mask.display(),
-                    o.overlay.display(),
-                    o.npy.map(|p| format!(", {}", p.display())).unwrap_or_default()
-                )
-            }),
-            Err(e) => {
-                bar.suspend(|| eprintln!("{}: {e:#}", input.display()));
-                failed += 1;
-            }
-        }
-        bar.inc(1);
-    }
-    bar.finish_and_clear();
-    if failed > 0 {
-        anyhow::bail!("{failed} of {} inputs failed", a.inputs.len());
-    }
-    Ok(())
+    Ok(report.exit_code())
+}
+
+/// How DICOM results name the model: the checkpoint's file name and width.
+fn model_name(checkpoint: &std::path::Path, model: &crate::model::Model) -> String {
+    format!(
+        "engine {} dense-prediction network (width {}), checkpoint {}",
+        env!("CARGO_PKG_VERSION"),
+        model.cfg.width,
+        checkpoint
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    )
 }
 
 #[derive(Debug, Args)]
