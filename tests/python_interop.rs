@@ -1,0 +1,87 @@
+//! The PyTorch module (tools/engine_torch.py) and the ONNX export: run when
+//! python3 with torch, safetensors, numpy and pillow was found at build time
+//! (build.rs), reported as ignored otherwise.
+use engine::Gpu;
+use engine::model::{Meta, Model, ModelConfig};
+use engine::ops::resize::Mode;
+use std::process::Command;
+
+#[test]
+#[cfg_attr(
+    not(python_torch),
+    ignore = "needs python3 with torch, safetensors, numpy and pillow when the tests are built"
+)]
+fn pytorch_module_matches_the_engine_and_exports_to_onnx() {
+    let dir = std::env::temp_dir().join(format!("engine-py-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let gpu = Gpu::new(None).expect("a GPU adapter");
+    let model = Model::new(
+        &gpu,
+        ModelConfig {
+            width: 0.25,
+            resize: Mode::Bilinear,
+        },
+        11,
+    )
+    .unwrap();
+    // A training checkpoint: Adam moments included (the loader drops them).
+    let ckpt = dir.join("checkpoint.safetensors");
+    model
+        .save(
+            &gpu,
+            &ckpt,
+            &Meta {
+                pos_weight: 15.0,
+                ..Default::default()
+            },
+            true,
+        )
+        .unwrap();
+    let mut img = engine::data::Gray8::new(96, 64);
+    for (i, v) in img.pixels.iter_mut().enumerate() {
+        *v = ((i * 37) % 251) as u8;
+    }
+    let png = dir.join("scan.png");
+    engine::data::read::write_gray_png(&png, &img).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_engine"))
+        .args(["infer", "--checkpoint"])
+        .arg(&ckpt)
+        .arg("--out")
+        .arg(dir.join("out"))
+        .arg(&png)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = Command::new("python3")
+        .arg("tools/pytorch_check.py")
+        .arg(&ckpt)
+        .arg(&png)
+        .arg(dir.join("out/scan_prob.png"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(stdout.contains("PyTorch agrees with engine"), "{stdout}");
+    let onnx = dir.join("model.onnx");
+    let o = Command::new("python3")
+        .args(["tools/export_onnx.py"])
+        .arg(&ckpt)
+        .arg(&onnx)
+        .args(["--height", "64", "--width", "96"])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // The exported graph holds the weights (megabytes at width 0.25).
+    assert!(std::fs::metadata(&onnx).unwrap().len() > 1_000_000);
+    let _ = std::fs::remove_dir_all(&dir);
+}
