@@ -4,6 +4,7 @@
 fn main() {
     println!("cargo:rustc-check-cfg=cfg(mammo_data)");
     println!("cargo:rustc-check-cfg=cfg(python_torch)");
+    println!("cargo:rustc-check-cfg=cfg(dciodvfy)");
     println!("cargo:rerun-if-env-changed=MAMMO_DATA");
     if std::env::var_os("MAMMO_DATA").is_some_and(|v| !v.is_empty()) {
         println!("cargo:rustc-cfg=mammo_data");
@@ -15,6 +16,15 @@ fn main() {
         .output();
     if python.is_ok_and(|o| o.status.success()) {
         println!("cargo:rustc-cfg=python_torch");
+    }
+    // tests/workflow.rs validates the DICOM results with dicom3tools'
+    // dciodvfy when it is installed.
+    if std::process::Command::new("dciodvfy")
+        .arg("-")
+        .output()
+        .is_ok()
+    {
+        println!("cargo:rustc-cfg=dciodvfy");
     }
 }
 

@@ -20,6 +20,10 @@ use dicom_core::{DataElement, Tag, VR};
 use dicom_object::{FileMetaTableBuilder, InMemDicomObject, OpenFileOptions};
 use std::path::{Path, PathBuf};
 
+/// Image Type (and Frame Type) of the Parametric Map: derived, primary,
+/// image flavor STATIC (one 2D image), derived pixel contrast NONE.
+const PM_IMAGE_TYPE: &str = "DERIVED\\PRIMARY\\STATIC\\NONE";
+
 pub const SEGMENTATION_STORAGE: &str = "1.2.840.10008.5.1.4.1.1.66.4";
 pub const PARAMETRIC_MAP_STORAGE: &str = "1.2.840.10008.5.1.4.1.1.30";
 const EXPLICIT_VR_LE: &str = "1.2.840.10008.1.2.1";
@@ -50,6 +54,7 @@ pub mod tags {
     pub const REFERENCED_SOP_CLASS_UID: Tag = Tag(0x0008, 0x1150);
     pub const REFERENCED_SOP_INSTANCE_UID: Tag = Tag(0x0008, 0x1155);
     pub const SOURCE_IMAGE_SEQUENCE: Tag = Tag(0x0008, 0x2112);
+    pub const SPATIAL_LOCATIONS_PRESERVED: Tag = Tag(0x0028, 0x135A);
     pub const FRAME_TYPE: Tag = Tag(0x0008, 0x9007);
     pub const DERIVATION_IMAGE_SEQUENCE: Tag = Tag(0x0008, 0x9124);
     pub const DERIVATION_CODE_SEQUENCE: Tag = Tag(0x0008, 0x9215);
@@ -69,6 +74,19 @@ pub mod tags {
     pub const LATERALITY: Tag = Tag(0x0020, 0x0060);
     pub const IMAGE_LATERALITY: Tag = Tag(0x0020, 0x0062);
     pub const POSITION_REFERENCE_INDICATOR: Tag = Tag(0x0020, 0x1040);
+    pub const PATIENT_ORIENTATION: Tag = Tag(0x0020, 0x0020);
+    pub const IMAGE_POSITION_PATIENT: Tag = Tag(0x0020, 0x0032);
+    pub const IMAGE_ORIENTATION_PATIENT: Tag = Tag(0x0020, 0x0037);
+    pub const SLICE_THICKNESS: Tag = Tag(0x0018, 0x0050);
+    pub const CONTENT_QUALIFICATION: Tag = Tag(0x0018, 0x9004);
+    pub const PLANE_POSITION_SEQUENCE: Tag = Tag(0x0020, 0x9113);
+    pub const PLANE_ORIENTATION_SEQUENCE: Tag = Tag(0x0020, 0x9116);
+    pub const RECOGNIZABLE_VISUAL_FEATURES: Tag = Tag(0x0028, 0x0302);
+    pub const RESCALE_INTERCEPT: Tag = Tag(0x0028, 0x1052);
+    pub const RESCALE_SLOPE: Tag = Tag(0x0028, 0x1053);
+    pub const RESCALE_TYPE: Tag = Tag(0x0028, 0x1054);
+    pub const PIXEL_VALUE_TRANSFORMATION_SEQUENCE: Tag = Tag(0x0028, 0x9145);
+    pub const ACQUISITION_CONTEXT_SEQUENCE: Tag = Tag(0x0040, 0x0555);
     pub const FRAME_CONTENT_SEQUENCE: Tag = Tag(0x0020, 0x9111);
     pub const STACK_ID: Tag = Tag(0x0020, 0x9056);
     pub const IN_STACK_POSITION_NUMBER: Tag = Tag(0x0020, 0x9057);
@@ -139,9 +157,6 @@ const COPIED: &[Tag] = &[
     STUDY_DESCRIPTION,
     ACCESSION_NUMBER,
     REFERRING_PHYSICIAN_NAME,
-    FRAME_OF_REFERENCE_UID,
-    LATERALITY,
-    IMAGE_LATERALITY,
 ];
 
 /// The files written for one input.
@@ -149,6 +164,10 @@ const COPIED: &[Tag] = &[
 pub struct DicomResults {
     pub segmentation: PathBuf,
     pub parametric_map: PathBuf,
+    /// The Frame of Reference UID both carry.
+    pub frame_of_reference: String,
+    /// Whether it (and the plane geometry) is the source's, or new.
+    pub frame_of_reference_from_source: bool,
 }
 
 /// A new UID: `2.25.` and a random 128-bit number (PS3.5 B.2).
@@ -201,6 +220,21 @@ struct SourceInfo {
     series_instance: String,
     modality: String,
     spacing: Option<DataElement<InMemDicomObject>>,
+    geometry: Geometry,
+}
+
+/// The patient geometry the results carry. The Parametric Map IOD needs a
+/// Frame of Reference and plane position/orientation: a source that has all
+/// three lends them; otherwise (projection images such as CBIS-DDSM's
+/// secondary captures) the results get a new Frame of Reference UID, shared
+/// by the Segmentation and the Parametric Map of one input, with the image
+/// plane at the origin, rows along x and columns along y.
+struct Geometry {
+    frame_of_reference: String,
+    from_source: bool,
+    position: DataElement<InMemDicomObject>,
+    orientation: DataElement<InMemDicomObject>,
+    thickness: Option<DataElement<InMemDicomObject>>,
 }
 
 fn text(o: &InMemDicomObject, tag: Tag) -> Option<String> {
@@ -223,7 +257,28 @@ fn read_source(path: &Path) -> anyhow::Result<SourceInfo> {
         .get(PIXEL_SPACING)
         .or_else(|| header.get(IMAGER_PIXEL_SPACING))
         .map(|e| DataElement::new(PIXEL_SPACING, VR::DS, e.value().clone()));
+    let geometry = match (
+        text(&header, FRAME_OF_REFERENCE_UID),
+        header.get(IMAGE_POSITION_PATIENT),
+        header.get(IMAGE_ORIENTATION_PATIENT),
+    ) {
+        (Some(uid), Some(pos), Some(ori)) => Geometry {
+            frame_of_reference: uid,
+            from_source: true,
+            position: pos.clone(),
+            orientation: ori.clone(),
+            thickness: header.get(SLICE_THICKNESS).cloned(),
+        },
+        _ => Geometry {
+            frame_of_reference: new_uid(),
+            from_source: false,
+            position: s(IMAGE_POSITION_PATIENT, VR::DS, "0\\0\\0"),
+            orientation: s(IMAGE_ORIENTATION_PATIENT, VR::DS, "1\\0\\0\\0\\1\\0"),
+            thickness: None,
+        },
+    };
     Ok(SourceInfo {
+        geometry,
         sop_class: get(SOP_CLASS_UID, "SOP Class UID")?,
         sop_instance: get(SOP_INSTANCE_UID, "SOP Instance UID")?,
         series_instance: get(SERIES_INSTANCE_UID, "Series Instance UID")?,
@@ -278,7 +333,8 @@ fn common(
     o.put(s(INSTANCE_NUMBER, VR::IS, "1"));
     o.put(s(SERIES_DESCRIPTION, VR::LO, &limit(description, 64)));
     o.put(s(CONTENT_DESCRIPTION, VR::LO, &limit(description, 64)));
-    o.put(s(CONTENT_CREATOR_NAME, VR::PN, "engine"));
+    // Type 2: no person made it (the software is in the equipment module).
+    o.put(DataElement::empty(CONTENT_CREATOR_NAME, VR::PN));
     o.put(s(CONTENT_DATE, VR::DA, &now.0));
     o.put(s(CONTENT_TIME, VR::TM, &now.1));
     o.put(s(
@@ -293,10 +349,28 @@ fn common(
     ));
     o.put(s(DEVICE_SERIAL_NUMBER, VR::LO, "0"));
     o.put(s(SOFTWARE_VERSIONS, VR::LO, env!("CARGO_PKG_VERSION")));
-    if src.header.get(FRAME_OF_REFERENCE_UID).is_some() {
-        o.put(DataElement::empty(POSITION_REFERENCE_INDICATOR, VR::LO));
+    o.put(s(
+        FRAME_OF_REFERENCE_UID,
+        VR::UI,
+        &src.geometry.frame_of_reference,
+    ));
+    o.put(DataElement::empty(POSITION_REFERENCE_INDICATOR, VR::LO));
+    // Type 2C: the source's when it is a valid one (two values of L, R, A,
+    // P, H, F), else empty.
+    let orientation = text(&src.header, PATIENT_ORIENTATION).filter(|v| {
+        let parts: Vec<&str> = v.split('\\').collect();
+        parts.len() == 2
+            && parts
+                .iter()
+                .all(|p| !p.is_empty() && p.chars().all(|c| "LRAPHF".contains(c)))
+    });
+    o.put(match orientation {
+        Some(v) => s(PATIENT_ORIENTATION, VR::CS, &v),
+        None => DataElement::empty(PATIENT_ORIENTATION, VR::CS),
+    });
+    if let Some(l) = text(&src.header, IMAGE_LATERALITY) {
+        o.put(s(IMAGE_LATERALITY, VR::CS, &l));
     }
-    o.put(s(IMAGE_TYPE, VR::CS, "DERIVED\\PRIMARY"));
     o.put(s(BURNED_IN_ANNOTATION, VR::CS, "NO"));
     o.put(s(LOSSY_IMAGE_COMPRESSION, VR::CS, "00"));
     // The source image, in the Common Instance Reference module.
@@ -320,6 +394,8 @@ fn source_ref(src: &SourceInfo) -> InMemDicomObject {
 /// Derivation Image functional group item: derived from the source image.
 fn derivation(src: &SourceInfo, derivation_code: InMemDicomObject) -> InMemDicomObject {
     let mut r = source_ref(src);
+    // Every output pixel is the source pixel at the same place.
+    r.put(s(SPATIAL_LOCATIONS_PRESERVED, VR::CS, "YES"));
     r.put(seq(
         PURPOSE_OF_REFERENCE_CODE_SEQUENCE,
         vec![code(
@@ -369,10 +445,42 @@ fn image_pixel(o: &mut InMemDicomObject, rows: usize, cols: usize, bits: u16) {
     o.put(s(NUMBER_OF_FRAMES, VR::IS, "1"));
 }
 
-fn shared_groups(src: &SourceInfo, extra: Vec<DataElement<InMemDicomObject>>) -> InMemDicomObject {
+fn plane_position(src: &SourceInfo) -> DataElement<InMemDicomObject> {
+    seq(
+        PLANE_POSITION_SEQUENCE,
+        vec![obj(vec![src.geometry.position.clone()])],
+    )
+}
+
+/// The shared functional groups; `geometry`: with the pixel measures and
+/// the plane orientation (without, a Segmentation of a projection image has
+/// neither: highdicom wants a slice thickness with any pixel measures).
+fn shared_groups(
+    src: &SourceInfo,
+    extra: Vec<DataElement<InMemDicomObject>>,
+    geometry: bool,
+) -> InMemDicomObject {
     let mut g = InMemDicomObject::new_empty();
-    if let Some(sp) = &src.spacing {
-        g.put(seq(PIXEL_MEASURES_SEQUENCE, vec![obj(vec![sp.clone()])]));
+    if geometry {
+        // Unknown spacing (CBIS-DDSM's files have none): one unit per pixel;
+        // a projection image's slice thickness is unknown: 1.
+        let spacing = src
+            .spacing
+            .clone()
+            .unwrap_or_else(|| s(PIXEL_SPACING, VR::DS, "1\\1"));
+        let thickness = src
+            .geometry
+            .thickness
+            .clone()
+            .unwrap_or_else(|| s(SLICE_THICKNESS, VR::DS, "1"));
+        g.put(seq(
+            PIXEL_MEASURES_SEQUENCE,
+            vec![obj(vec![spacing, thickness])],
+        ));
+        g.put(seq(
+            PLANE_ORIENTATION_SEQUENCE,
+            vec![obj(vec![src.geometry.orientation.clone()])],
+        ));
     }
     for e in extra {
         g.put(e);
@@ -434,7 +542,16 @@ pub fn write_results(
     // Segmentation.
     let description = format!("Lesion p > {t} (research use), {}", opts.model_name);
     let mut seg = common(&src, SEGMENTATION_STORAGE, "SEG", 9901, &description, opts);
+    // A Segmentation needs no Frame of Reference: it carries the source's
+    // (with its plane geometry) and otherwise none; it is placed on the
+    // source image through the referenced SOP Instance UID.
+    let seg_geometry = src.geometry.from_source;
+    if !seg_geometry {
+        seg.remove_element(FRAME_OF_REFERENCE_UID);
+        seg.remove_element(POSITION_REFERENCE_INDICATOR);
+    }
     image_pixel(&mut seg, rows, cols, 1);
+    seg.put(s(IMAGE_TYPE, VR::CS, "DERIVED\\PRIMARY"));
     seg.put(us(BITS_STORED, 1));
     seg.put(us(HIGH_BIT, 0));
     seg.put(us(PIXEL_REPRESENTATION, 0));
@@ -468,28 +585,34 @@ pub fn write_results(
     );
     seg.put(seq(
         SHARED_FUNCTIONAL_GROUPS_SEQUENCE,
-        vec![shared_groups(&src, vec![])],
+        vec![shared_groups(&src, vec![], seg_geometry)],
     ));
+    let mut seg_frame = if seg_geometry {
+        vec![plane_position(&src)]
+    } else {
+        vec![]
+    };
+    seg_frame.extend([
+        seq(
+            DERIVATION_IMAGE_SEQUENCE,
+            vec![derivation(&src, code("113076", "DCM", "Segmentation"))],
+        ),
+        seq(
+            FRAME_CONTENT_SEQUENCE,
+            vec![obj(vec![el(
+                DIMENSION_INDEX_VALUES,
+                VR::UL,
+                PrimitiveValue::U32(C::from_elem(1, 1)),
+            )])],
+        ),
+        seq(
+            SEGMENT_IDENTIFICATION_SEQUENCE,
+            vec![obj(vec![us(REFERENCED_SEGMENT_NUMBER, 1)])],
+        ),
+    ]);
     seg.put(seq(
         PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE,
-        vec![obj(vec![
-            seq(
-                DERIVATION_IMAGE_SEQUENCE,
-                vec![derivation(&src, code("113076", "DCM", "Segmentation"))],
-            ),
-            seq(
-                FRAME_CONTENT_SEQUENCE,
-                vec![obj(vec![el(
-                    DIMENSION_INDEX_VALUES,
-                    VR::UL,
-                    PrimitiveValue::U32(C::from_elem(1, 1)),
-                )])],
-            ),
-            seq(
-                SEGMENT_IDENTIFICATION_SEQUENCE,
-                vec![obj(vec![us(REFERENCED_SEGMENT_NUMBER, 1)])],
-            ),
-        ])],
+        vec![obj(seg_frame)],
     ));
     let mask: Vec<bool> = prob.iter().map(|&p| p > t).collect();
     seg.put(el(
@@ -511,6 +634,22 @@ pub fn write_results(
         opts,
     );
     image_pixel(&mut pm, rows, cols, 32);
+    pm.put(s(IMAGE_TYPE, VR::CS, PM_IMAGE_TYPE));
+    // General Series, Type 2C: absent when Image Laterality is present (it
+    // was copied), else the source's laterality or empty (unknown).
+    if text(&src.header, IMAGE_LATERALITY).is_none() {
+        pm.put(match text(&src.header, LATERALITY) {
+            Some(l) => s(LATERALITY, VR::CS, &l),
+            None => DataElement::empty(LATERALITY, VR::CS),
+        });
+    }
+    pm.put(s(CONTENT_QUALIFICATION, VR::CS, "RESEARCH"));
+    pm.put(s(RECOGNIZABLE_VISUAL_FEATURES, VR::CS, "NO"));
+    pm.put(DataElement::new(
+        ACQUISITION_CONTEXT_SEQUENCE,
+        VR::SQ,
+        DataSetSequence::<InMemDicomObject>::empty(),
+    ));
     pm.put(s(CONTENT_LABEL, VR::CS, "PROBABILITY"));
     pm.put(s(PRESENTATION_LUT_SHAPE, VR::CS, "IDENTITY"));
     dimensions(&mut pm, IN_STACK_POSITION_NUMBER, FRAME_CONTENT_SEQUENCE);
@@ -540,15 +679,25 @@ pub fn write_results(
                     ])],
                 ),
                 seq(
+                    PIXEL_VALUE_TRANSFORMATION_SEQUENCE,
+                    vec![obj(vec![
+                        s(RESCALE_INTERCEPT, VR::DS, "0"),
+                        s(RESCALE_SLOPE, VR::DS, "1"),
+                        s(RESCALE_TYPE, VR::LO, "US"),
+                    ])],
+                ),
+                seq(
                     PARAMETRIC_MAP_FRAME_TYPE_SEQUENCE,
-                    vec![obj(vec![s(FRAME_TYPE, VR::CS, "DERIVED\\PRIMARY")])],
+                    vec![obj(vec![s(FRAME_TYPE, VR::CS, PM_IMAGE_TYPE)])],
                 ),
             ],
+            true,
         )],
     ));
     pm.put(seq(
         PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE,
         vec![obj(vec![
+            plane_position(&src),
             seq(
                 DERIVATION_IMAGE_SEQUENCE,
                 vec![derivation(&src, code("110001", "DCM", "Image Processing"))],
@@ -581,6 +730,8 @@ pub fn write_results(
     Ok(DicomResults {
         segmentation,
         parametric_map,
+        frame_of_reference: src.geometry.frame_of_reference.clone(),
+        frame_of_reference_from_source: src.geometry.from_source,
     })
 }
 

@@ -98,12 +98,13 @@ const SERIES_UID: &str = "1.2.826.0.1.3680043.8.498.1002";
 const SOP_UID: &str = "1.2.826.0.1.3680043.8.498.1003";
 const FOR_UID: &str = "1.2.826.0.1.3680043.8.498.1004";
 
-/// Writes an 8-bit MONOCHROME2 digital mammogram with patient, study and
-/// frame-of-reference identity.
-fn write_source_dicom(path: &Path, g: &Gray8) {
+/// Writes an 8-bit MONOCHROME2 digital mammogram with patient and study
+/// identity and, with `geometry`, a frame of reference with plane position,
+/// orientation and slice thickness.
+fn write_source_dicom(path: &Path, g: &Gray8, geometry: bool) {
     let s = |t: Tag, vr: VR, v: &str| DataElement::new(t, vr, PrimitiveValue::from(v));
     let us = |t: Tag, v: u16| DataElement::new(t, VR::US, PrimitiveValue::U16(C::from_elem(v, 1)));
-    let obj = InMemDicomObject::from_element_iter([
+    let mut obj = InMemDicomObject::from_element_iter([
         s(tags::SOP_CLASS_UID, VR::UI, "1.2.840.10008.5.1.4.1.1.1.2"),
         s(tags::SOP_INSTANCE_UID, VR::UI, SOP_UID),
         s(tags::STUDY_DATE, VR::DA, "20240102"),
@@ -112,7 +113,6 @@ fn write_source_dicom(path: &Path, g: &Gray8) {
         s(tags::PATIENT_ID, VR::LO, PATIENT_ID),
         s(tags::STUDY_INSTANCE_UID, VR::UI, STUDY_UID),
         s(tags::SERIES_INSTANCE_UID, VR::UI, SERIES_UID),
-        s(tags::FRAME_OF_REFERENCE_UID, VR::UI, FOR_UID),
         s(tags::IMAGE_LATERALITY, VR::CS, "L"),
         s(tags::PIXEL_SPACING, VR::DS, "0.1\\0.1"),
         us(tags::SAMPLES_PER_PIXEL, 1),
@@ -135,6 +135,16 @@ fn write_source_dicom(path: &Path, g: &Gray8) {
             })),
         ),
     ]);
+    if geometry {
+        obj.put(s(tags::FRAME_OF_REFERENCE_UID, VR::UI, FOR_UID));
+        obj.put(s(tags::IMAGE_POSITION_PATIENT, VR::DS, "-10\\20\\5"));
+        obj.put(s(
+            tags::IMAGE_ORIENTATION_PATIENT,
+            VR::DS,
+            "1\\0\\0\\0\\1\\0",
+        ));
+        obj.put(s(tags::SLICE_THICKNESS, VR::DS, "2"));
+    }
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     obj.with_meta(FileMetaTableBuilder::new().transfer_syntax("1.2.840.10008.1.2.1"))
         .unwrap()
@@ -190,12 +200,22 @@ fn check_dicom_results(
         ] {
             assert_eq!(text(o, t), text(&src, t), "{t:?}");
         }
-        match src.get(tags::FRAME_OF_REFERENCE_UID) {
-            Some(_) => assert_eq!(
+        // The source's frame of reference when it has one with plane
+        // geometry; else the Parametric Map (which needs one) gets a new one
+        // and the Segmentation none.
+        let geometry = src.get(tags::FRAME_OF_REFERENCE_UID).is_some()
+            && src.get(tags::IMAGE_POSITION_PATIENT).is_some()
+            && src.get(tags::IMAGE_ORIENTATION_PATIENT).is_some();
+        let is_seg = std::ptr::eq(o, &seg);
+        match (geometry, is_seg) {
+            (true, _) => assert_eq!(
                 text(o, tags::FRAME_OF_REFERENCE_UID),
                 text(&src, tags::FRAME_OF_REFERENCE_UID)
             ),
-            None => assert!(o.get(tags::FRAME_OF_REFERENCE_UID).is_none()),
+            (false, true) => assert!(o.get(tags::FRAME_OF_REFERENCE_UID).is_none()),
+            (false, false) => {
+                assert!(text(o, tags::FRAME_OF_REFERENCE_UID).starts_with("2.25."))
+            }
         }
         // New series and instance, referencing the source image.
         for t in [tags::SERIES_INSTANCE_UID, tags::SOP_INSTANCE_UID] {
@@ -270,7 +290,7 @@ fn dicom_results_carry_the_source_identity_and_the_maps() {
     let dir = temp("dicom");
     let (w, h) = (50, 37); // 1850 pixels: the bit packing ends mid-byte
     let src = dir.join("in/mammo.dcm");
-    write_source_dicom(&src, &scan(w, h, 0));
+    write_source_dicom(&src, &scan(w, h, 0), true);
     // A map with values on both sides of and exactly at the threshold.
     let prob: Vec<f32> = (0..w * h).map(|i| (i % 101) as f32 / 100.0).collect();
     let opts = BatchOptions {
@@ -289,10 +309,44 @@ fn dicom_results_carry_the_source_identity_and_the_maps() {
     let seg = dicom_object::open_file(&r.segmentation).unwrap();
     assert_eq!(text(&seg, tags::PATIENT_ID), PATIENT_ID);
     assert_eq!(text(&seg, tags::FRAME_OF_REFERENCE_UID), FOR_UID);
-    // Pixel spacing travels into the shared functional groups.
+    assert!(r.frame_of_reference_from_source);
+    // Pixel spacing, thickness and the plane geometry travel into the
+    // functional groups.
     let shared = item(&seg, tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE);
     let measures = item(shared, tags::PIXEL_MEASURES_SEQUENCE);
     assert_eq!(text(measures, tags::PIXEL_SPACING), "0.1\\0.1");
+    assert_eq!(text(measures, tags::SLICE_THICKNESS), "2");
+    let frame = item(&seg, tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE);
+    let position = item(frame, tags::PLANE_POSITION_SEQUENCE);
+    assert_eq!(text(position, tags::IMAGE_POSITION_PATIENT), "-10\\20\\5");
+
+    // Without geometry (a projection image): a new frame of reference for
+    // the Parametric Map, none for the Segmentation.
+    let src2 = dir.join("in/projection.dcm");
+    write_source_dicom(&src2, &scan(w, h, 1), false);
+    let r2 = engine::dicom_out::write_results(
+        &src2,
+        &dir.join("out/projection"),
+        &scan(w, h, 1),
+        &prob,
+        &opts,
+    )
+    .unwrap();
+    assert!(!r2.frame_of_reference_from_source);
+    check_dicom_results(
+        &src2,
+        &r2.segmentation,
+        &r2.parametric_map,
+        &prob,
+        0.5,
+        w,
+        h,
+    );
+    let pm = dicom_object::open_file(&r2.parametric_map).unwrap();
+    assert_eq!(
+        text(&pm, tags::FRAME_OF_REFERENCE_UID),
+        r2.frame_of_reference
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -325,6 +379,54 @@ fn dicom_results_for_a_real_cbis_ddsm_scan() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The DICOM results pass dicom3tools' IOD validator (no "Error" line),
+/// with and without source geometry.
+#[test]
+#[cfg_attr(
+    not(dciodvfy),
+    ignore = "needs dciodvfy (apt-get install dicom3tools) when the tests are built"
+)]
+fn dicom_results_pass_dciodvfy() {
+    let dir = temp("dciodvfy");
+    let (w, h) = (40, 30);
+    let prob: Vec<f32> = (0..w * h).map(|i| (i % 7) as f32 / 6.0).collect();
+    let opts = BatchOptions {
+        threshold: 0.5,
+        image_score: ImageScore::Area,
+        tiles: TileOptions::default(),
+        npy: false,
+        dicom: true,
+        model_name: "engine test model".into(),
+    };
+    for geometry in [true, false] {
+        let src = dir.join(format!("src-{geometry}.dcm"));
+        write_source_dicom(&src, &scan(w, h, 2), geometry);
+        let r = engine::dicom_out::write_results(
+            &src,
+            &dir.join(format!("out-{geometry}")),
+            &scan(w, h, 2),
+            &prob,
+            &opts,
+        )
+        .unwrap();
+        for (file, iod) in [
+            (&r.segmentation, "Segmentation"),
+            (&r.parametric_map, "ParametricMap"),
+        ] {
+            let o = Command::new("dciodvfy").arg(file).output().unwrap();
+            let report = format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+            assert!(report.lines().any(|l| l == iod), "{report}");
+            let errors: Vec<&str> = report.lines().filter(|l| l.starts_with("Error")).collect();
+            assert!(errors.is_empty(), "{}: {errors:#?}", file.display());
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn ok_rows(rows: &[Row]) -> Vec<&Row> {
     rows.iter().filter(|r| r.status == "ok").collect()
 }
@@ -347,7 +449,7 @@ fn batch_inference_over_folders() {
     for (p, g) in &scans {
         write_png(&dir.join(p), g);
     }
-    write_source_dicom(&dir.join("in/d/1-1.dcm"), &scan(45, 38, 6));
+    write_source_dicom(&dir.join("in/d/1-1.dcm"), &scan(45, 38, 6), false);
     std::fs::write(dir.join("in/notes.txt"), "not an image").unwrap();
     std::fs::write(dir.join("in/b/broken.png"), b"\x89PNG\r\n\x1a\nbroken").unwrap();
     let out = dir.join("out");
