@@ -5,6 +5,7 @@ fn main() {
     println!("cargo:rustc-check-cfg=cfg(mammo_data)");
     println!("cargo:rustc-check-cfg=cfg(python_torch)");
     println!("cargo:rustc-check-cfg=cfg(dciodvfy)");
+    println!("cargo:rustc-check-cfg=cfg(python_onnx)");
     println!("cargo:rerun-if-env-changed=MAMMO_DATA");
     if std::env::var_os("MAMMO_DATA").is_some_and(|v| !v.is_empty()) {
         println!("cargo:rustc-cfg=mammo_data");
@@ -16,6 +17,18 @@ fn main() {
         .output();
     if python.is_ok_and(|o| o.status.success()) {
         println!("cargo:rustc-cfg=python_torch");
+        // The ONNX export also needs onnx (and onnxscript from torch 2.9 on).
+        let onnx = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import importlib.util as u, torch, onnx; \
+                 v = tuple(int(x) for x in torch.__version__.split('+')[0].split('.')[:2]); \
+                 assert v < (2, 9) or u.find_spec('onnxscript')",
+            ])
+            .output();
+        if onnx.is_ok_and(|o| o.status.success()) {
+            println!("cargo:rustc-cfg=python_onnx");
+        }
     }
     // tests/workflow.rs validates the DICOM results with dicom3tools'
     // dciodvfy when it is installed.

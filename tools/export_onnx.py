@@ -7,7 +7,7 @@
 The graph is traced at one size (the padding and resize targets are
 computed from it), so export at the (multiple-of-32) size you will run.
 Checks the export with onnxruntime when it is installed. Needs torch,
-safetensors and onnx.
+safetensors, onnx and (torch 2.9 and later) onnxscript.
 """
 import argparse
 import os
@@ -35,17 +35,19 @@ def main():
     ap.add_argument("out")
     ap.add_argument("--height", type=int, default=256, help="input height (multiple of 32)")
     ap.add_argument("--width", type=int, default=256, help="input width (multiple of 32)")
-    ap.add_argument("--opset", type=int, default=17)
+    ap.add_argument("--opset", type=int, default=18)
     a = ap.parse_args()
     net, meta = load_checkpoint(a.checkpoint)
     model = Probability(net).eval()
     if a.height % 32 or a.width % 32:
         ap.error("--height and --width must be multiples of 32")
     x = torch.rand(1, 1, a.height, a.width) - 0.5
-    torch.onnx.export(
-        model, (x,), a.out, input_names=["image"], output_names=["probability"],
-        opset_version=a.opset,
-    )
+    kwargs = dict(input_names=["image"], output_names=["probability"], opset_version=a.opset)
+    try:
+        # One self-contained file (newer torch writes large weights beside it).
+        torch.onnx.export(model, (x,), a.out, external_data=False, **kwargs)
+    except TypeError:  # torch without the external_data argument
+        torch.onnx.export(model, (x,), a.out, **kwargs)
     print(f"wrote {a.out}: {a.width}x{a.height} (network width {meta['width']}, "
           f"resize {meta['resize']}, opset {a.opset})")
     try:
