@@ -81,8 +81,21 @@ fn has_image_extension(path: &Path) -> bool {
 }
 
 /// Files under `dir`, recursively, sorted by path; hidden entries and
-/// anything under `exclude` (the output folder) are left out.
+/// anything under `exclude` (the output folder) are left out. Linked
+/// folders are followed, each real folder once (no cycles).
 fn walk(dir: &Path, exclude: Option<&Path>, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+    walk_once(dir, exclude, out, &mut HashSet::new())
+}
+
+fn walk_once(
+    dir: &Path,
+    exclude: Option<&Path>,
+    out: &mut Vec<PathBuf>,
+    seen: &mut HashSet<PathBuf>,
+) -> anyhow::Result<()> {
+    if !seen.insert(dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf())) {
+        return Ok(());
+    }
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("reading folder {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -100,7 +113,7 @@ fn walk(dir: &Path, exclude: Option<&Path>, out: &mut Vec<PathBuf>) -> anyhow::R
             continue;
         }
         if p.is_dir() {
-            walk(&p, exclude, out)?;
+            walk_once(&p, exclude, out, seen)?;
         } else if p.is_file() {
             out.push(p);
         }

@@ -451,6 +451,9 @@ fn batch_inference_over_folders() {
     }
     write_source_dicom(&dir.join("in/d/1-1.dcm"), &scan(45, 38, 6), false);
     std::fs::write(dir.join("in/notes.txt"), "not an image").unwrap();
+    // A link back up the tree is followed once, not forever.
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(&input, dir.join("in/b/c/loop")).unwrap();
     std::fs::write(dir.join("in/b/broken.png"), b"\x89PNG\r\n\x1a\nbroken").unwrap();
     let out = dir.join("out");
     let (code, stdout, stderr) = engine(args![
