@@ -76,10 +76,21 @@ fn write_png(path: &Path, g: &Gray8) {
 }
 
 fn engine(args: &[&std::ffi::OsStr]) -> (i32, String, String) {
-    let o = Command::new(env!("CARGO_BIN_EXE_engine"))
-        .args(args)
-        .output()
-        .unwrap();
+    run_engine(args, false)
+}
+
+/// The command with an adapter that does not exist: any GPU work fails, so
+/// an answer about something else shows it came before the GPU.
+fn engine_without_gpu(args: &[&std::ffi::OsStr]) -> (i32, String, String) {
+    run_engine(args, true)
+}
+
+fn run_engine(args: &[&std::ffi::OsStr], no_gpu: bool) -> (i32, String, String) {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_engine"));
+    if no_gpu {
+        c.env("ENGINE_ADAPTER", "no-such-adapter-for-this-test");
+    }
+    let o = c.args(args).output().unwrap();
     (
         o.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&o.stdout).into_owned(),
@@ -622,8 +633,19 @@ fn batch_inference_over_folders() {
     };
     assert_eq!(strip(&merged), strip(&rows));
 
-    // An --out that cannot be created: exit 2 before any work.
-    let (code, _, stderr) = engine(args![
+    // Without a GPU the command fails (1) once it needs one...
+    let (code, _, stderr) = engine_without_gpu(args![
+        "infer",
+        "--checkpoint",
+        &ckpt,
+        "--out",
+        &dir.join("o3"),
+        &input,
+    ]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("no-such-adapter-for-this-test"), "{stderr}");
+    // ...but an --out that cannot be created is found first: exit 2.
+    let (code, _, stderr) = engine_without_gpu(args![
         "infer",
         "--checkpoint",
         &ckpt,
@@ -815,6 +837,14 @@ fn run_folder_is_self_describing_and_not_overwritten() {
     let ckpt = std::fs::read(run.join("checkpoint.safetensors")).unwrap();
     let (code, _, stderr) = train(&[]);
     assert_ne!(code, 0);
+    // Refused before the GPU is touched.
+    let mut again: Vec<&std::ffi::OsStr> =
+        args!["train", "--synthetic", "6", "--out", &run].to_vec();
+    again.push(std::ffi::OsStr::new("--sizes"));
+    again.push(std::ffi::OsStr::new("64:2"));
+    let (code2, _, stderr2) = engine_without_gpu(&again);
+    assert_ne!(code2, 0);
+    assert!(stderr2.contains("not empty"), "{stderr2}");
     assert!(
         stderr.contains("not empty") && stderr.contains("--resume"),
         "{stderr}"
