@@ -72,14 +72,17 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 4)]
     pub micro_batch: usize,
     #[arg(long, default_value_t = 1e-3)]
+    #[serde(serialize_with = "crate::run_folder::short_f32")]
     pub lr: f32,
     /// lr is multiplied by 0.85 every this many epochs.
     #[arg(long, default_value_t = 10)]
     pub decay_every: usize,
     #[arg(long, default_value_t = 15.0)]
+    #[serde(serialize_with = "crate::run_folder::short_f32")]
     pub pos_weight: f32,
     /// Width multiplier (MODEL.md); e.g. 0.25 for CPU-sized experiments.
     #[arg(long, default_value_t = 1.0)]
+    #[serde(serialize_with = "crate::run_folder::short_f32")]
     pub width: f32,
     /// Use nearest resizes (the original code's choice) instead of bilinear.
     #[arg(long)]

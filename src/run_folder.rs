@@ -138,6 +138,12 @@ pub fn sha256_hex(data: &[u8]) -> String {
     h.iter().map(|x| format!("{x:08x}")).collect()
 }
 
+/// Serialises an f32 as its shortest decimal (`--lr 1e-3` as 0.001, not
+/// 0.0010000000474974513).
+pub fn short_f32<S: serde::Serializer>(v: &f32, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(v.to_string().parse::<f64>().unwrap_or(*v as f64))
+}
+
 /// Writes `config.json` for a fresh run; for a resumed run whose folder
 /// already has one, appends this invocation to its `resumes` list.
 /// `arguments` is every command-line argument (parsed, defaults included).
@@ -277,6 +283,15 @@ fn to_anyhow<E: std::fmt::Debug>(e: E) -> anyhow::Error {
     anyhow::anyhow!("plotting: {e:?}")
 }
 
+/// Whole epochs only on the x axis.
+fn epoch_label(x: &f64) -> String {
+    if x.fract() == 0.0 {
+        format!("{x:.0}")
+    } else {
+        String::new()
+    }
+}
+
 pub const CURVES_SIZE: (u32, u32) = (1100, 440);
 
 /// Two charts side by side: training loss per epoch, and validation
@@ -314,6 +329,7 @@ fn draw_curves(rows: &[serde_json::Map<String, Value>], path: &Path) -> anyhow::
             .map_err(to_anyhow)?;
         c.configure_mesh()
             .x_desc("epoch")
+            .x_label_formatter(&epoch_label)
             .y_desc("loss")
             .label_style(("sans-serif", 13))
             .axis_desc_style(("sans-serif", 15))
@@ -335,6 +351,7 @@ fn draw_curves(rows: &[serde_json::Map<String, Value>], path: &Path) -> anyhow::
             .map_err(to_anyhow)?;
         c.configure_mesh()
             .x_desc("epoch")
+            .x_label_formatter(&epoch_label)
             .y_desc("value")
             .label_style(("sans-serif", 13))
             .axis_desc_style(("sans-serif", 15))
@@ -355,6 +372,8 @@ fn draw_curves(rows: &[serde_json::Map<String, Value>], path: &Path) -> anyhow::
             .map_err(to_anyhow)?
             .label(label)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], colour));
+            c.draw_series(s.iter().map(|&p| Circle::new(p, 3, colour.filled())))
+                .map_err(to_anyhow)?;
         }
         c.configure_series_labels()
             .position(SeriesLabelPosition::LowerRight)

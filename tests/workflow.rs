@@ -805,6 +805,7 @@ fn run_folder_is_self_describing_and_not_overwritten() {
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["arguments"]["width"], 0.125);
+    assert_eq!(config["arguments"]["lr"], 0.001);
     assert_eq!(config["arguments"]["sizes"], "64:2");
     assert_eq!(config["arguments"]["synthetic"], 6);
     assert_eq!(config["engine_version"], env!("CARGO_PKG_VERSION"));
