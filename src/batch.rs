@@ -293,7 +293,7 @@ pub struct BatchOptions {
     pub tiles: TileOptions,
     pub npy: bool,
     /// Write DICOM results (Segmentation, Parametric Map) for DICOM inputs.
-    pub dicom: bool,
+    pub dicom: crate::dicom_out::DicomKinds,
     /// Describes the model in DICOM results (e.g. the checkpoint's name).
     pub model_name: String,
 }
@@ -309,9 +309,8 @@ pub fn expected_outputs(out: &Path, input: &Input, opts: &BatchOptions) -> Vec<P
     if opts.npy {
         v.push(output_path(&stem, "prob.npy"));
     }
-    if opts.dicom && is_dicom(&input.path) {
-        v.push(output_path(&stem, "seg.dcm"));
-        v.push(output_path(&stem, "pmap.dcm"));
+    if opts.dicom.any() && is_dicom(&input.path) {
+        v.extend(opts.dicom.suffixes().iter().map(|x| output_path(&stem, x)));
     }
     v
 }
@@ -334,7 +333,7 @@ pub fn run_one(
             .with_context(|| format!("inference on {}x{}", scan.width, scan.height))?;
         let stem = out.join(&input.stem);
         let o = crate::infer::write_outputs(&stem, &scan, &prob, opts.threshold, opts.npy)?;
-        if opts.dicom && is_dicom(&input.path) {
+        if opts.dicom.any() && is_dicom(&input.path) {
             crate::dicom_out::write_results(&input.path, &stem, &scan, &prob, opts)
                 .context("writing the DICOM results")?;
         }

@@ -134,9 +134,11 @@ pub struct InferArgs {
     /// Also write results.json (settings and the same rows).
     #[arg(long)]
     pub json: bool,
-    /// Do not write DICOM results (Segmentation, Parametric Map) for DICOM inputs.
-    #[arg(long)]
-    pub no_dicom: bool,
+    /// DICOM results for DICOM inputs: a comma-separated list of seg
+    /// (Segmentation of p > threshold), pmap (Parametric Map of p), overlay
+    /// (Secondary Capture of the heat overlay), or none.
+    #[arg(long, default_value = "seg,pmap")]
+    pub dicom: crate::dicom_out::DicomKinds,
     /// Scans with more pixels than this (after padding to a multiple of 32)
     /// run as overlapping tiles.
     #[arg(long, default_value_t = 2048 * 2048)]
@@ -271,7 +273,7 @@ pub fn infer(a: InferArgs) -> anyhow::Result<i32> {
             margin: a.tile_margin,
         },
         npy: a.npy,
-        dicom: !a.no_dicom,
+        dicom: a.dicom,
         model_name: model_name(&a.checkpoint, &model),
     };
     let report = batch::run_batch(

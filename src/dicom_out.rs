@@ -26,6 +26,7 @@ const PM_IMAGE_TYPE: &str = "DERIVED\\PRIMARY\\STATIC\\NONE";
 
 pub const SEGMENTATION_STORAGE: &str = "1.2.840.10008.5.1.4.1.1.66.4";
 pub const PARAMETRIC_MAP_STORAGE: &str = "1.2.840.10008.5.1.4.1.1.30";
+pub const SECONDARY_CAPTURE_STORAGE: &str = "1.2.840.10008.5.1.4.1.1.7";
 const EXPLICIT_VR_LE: &str = "1.2.840.10008.1.2.1";
 
 /// Tags used here (PS3.6).
@@ -54,6 +55,9 @@ pub mod tags {
     pub const REFERENCED_SOP_CLASS_UID: Tag = Tag(0x0008, 0x1150);
     pub const REFERENCED_SOP_INSTANCE_UID: Tag = Tag(0x0008, 0x1155);
     pub const SOURCE_IMAGE_SEQUENCE: Tag = Tag(0x0008, 0x2112);
+    pub const CONVERSION_TYPE: Tag = Tag(0x0008, 0x0064);
+    pub const DERIVATION_DESCRIPTION: Tag = Tag(0x0008, 0x2111);
+    pub const PLANAR_CONFIGURATION: Tag = Tag(0x0028, 0x0006);
     pub const SPATIAL_LOCATIONS_PRESERVED: Tag = Tag(0x0028, 0x135A);
     pub const FRAME_TYPE: Tag = Tag(0x0008, 0x9007);
     pub const DERIVATION_IMAGE_SEQUENCE: Tag = Tag(0x0008, 0x9124);
@@ -159,11 +163,82 @@ const COPIED: &[Tag] = &[
     REFERRING_PHYSICIAN_NAME,
 ];
 
+/// Which DICOM results to write (`--dicom seg,pmap,overlay`, or `none`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DicomKinds {
+    pub segmentation: bool,
+    pub parametric_map: bool,
+    pub overlay: bool,
+}
+
+impl Default for DicomKinds {
+    /// The Segmentation and the Parametric Map.
+    fn default() -> Self {
+        DicomKinds {
+            segmentation: true,
+            parametric_map: true,
+            overlay: false,
+        }
+    }
+}
+
+impl DicomKinds {
+    pub const NONE: DicomKinds = DicomKinds {
+        segmentation: false,
+        parametric_map: false,
+        overlay: false,
+    };
+    pub const ALL: DicomKinds = DicomKinds {
+        segmentation: true,
+        parametric_map: true,
+        overlay: true,
+    };
+    pub fn any(&self) -> bool {
+        self.segmentation || self.parametric_map || self.overlay
+    }
+    /// The output suffixes of the kinds asked for.
+    pub fn suffixes(&self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        if self.segmentation {
+            v.push("seg.dcm");
+        }
+        if self.parametric_map {
+            v.push("pmap.dcm");
+        }
+        if self.overlay {
+            v.push("overlay.dcm");
+        }
+        v
+    }
+}
+
+impl std::str::FromStr for DicomKinds {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut k = DicomKinds::NONE;
+        for part in s.split(',').map(str::trim) {
+            match part {
+                "seg" => k.segmentation = true,
+                "pmap" => k.parametric_map = true,
+                "overlay" => k.overlay = true,
+                "none" => {}
+                _ => {
+                    return Err(format!(
+                        "--dicom {s:?}: expected a comma-separated list of seg, pmap, overlay, or none"
+                    ));
+                }
+            }
+        }
+        Ok(k)
+    }
+}
+
 /// The files written for one input.
 #[derive(Debug, Clone)]
 pub struct DicomResults {
-    pub segmentation: PathBuf,
-    pub parametric_map: PathBuf,
+    pub segmentation: Option<PathBuf>,
+    pub parametric_map: Option<PathBuf>,
+    pub overlay: Option<PathBuf>,
     /// The Frame of Reference UID both carry.
     pub frame_of_reference: String,
     /// Whether it (and the plane geometry) is the source's, or new.
@@ -537,11 +612,47 @@ pub fn write_results(
         rows <= u16::MAX as usize && cols <= u16::MAX as usize,
         "{cols}x{rows} is too large for DICOM rows/columns"
     );
-    let t = opts.threshold;
+    let segmentation = if opts.dicom.segmentation {
+        let path = output_path(stem, "seg.dcm");
+        save(segmentation(&src, rows, cols, prob, opts), &path)?;
+        Some(path)
+    } else {
+        None
+    };
+    let parametric_map = if opts.dicom.parametric_map {
+        let path = output_path(stem, "pmap.dcm");
+        save(parametric_map(&src, rows, cols, prob, opts), &path)?;
+        Some(path)
+    } else {
+        None
+    };
+    let overlay = if opts.dicom.overlay {
+        let path = output_path(stem, "overlay.dcm");
+        save(overlay(&src, scan, prob, opts), &path)?;
+        Some(path)
+    } else {
+        None
+    };
+    Ok(DicomResults {
+        segmentation,
+        parametric_map,
+        overlay,
+        frame_of_reference: src.geometry.frame_of_reference.clone(),
+        frame_of_reference_from_source: src.geometry.from_source,
+    })
+}
 
-    // Segmentation.
+/// The DICOM Segmentation of `p > threshold`.
+fn segmentation(
+    src: &SourceInfo,
+    rows: usize,
+    cols: usize,
+    prob: &[f32],
+    opts: &BatchOptions,
+) -> InMemDicomObject {
+    let t = opts.threshold;
     let description = format!("Lesion p > {t} (research use), {}", opts.model_name);
-    let mut seg = common(&src, SEGMENTATION_STORAGE, "SEG", 9901, &description, opts);
+    let mut seg = common(src, SEGMENTATION_STORAGE, "SEG", 9901, &description, opts);
     // A Segmentation needs no Frame of Reference: it carries the source's
     // (with its plane geometry) and otherwise none; it is placed on the
     // source image through the referenced SOP Instance UID.
@@ -585,17 +696,17 @@ pub fn write_results(
     );
     seg.put(seq(
         SHARED_FUNCTIONAL_GROUPS_SEQUENCE,
-        vec![shared_groups(&src, vec![], seg_geometry)],
+        vec![shared_groups(src, vec![], seg_geometry)],
     ));
     let mut seg_frame = if seg_geometry {
-        vec![plane_position(&src)]
+        vec![plane_position(src)]
     } else {
         vec![]
     };
     seg_frame.extend([
         seq(
             DERIVATION_IMAGE_SEQUENCE,
-            vec![derivation(&src, code("113076", "DCM", "Segmentation"))],
+            vec![derivation(src, code("113076", "DCM", "Segmentation"))],
         ),
         seq(
             FRAME_CONTENT_SEQUENCE,
@@ -620,13 +731,32 @@ pub fn write_results(
         VR::OB,
         PrimitiveValue::U8(C::from_vec(pack_bits(&mask))),
     ));
-    let segmentation = output_path(stem, "seg.dcm");
-    save(seg, &segmentation)?;
+    seg
+}
 
-    // Parametric Map of the probability.
+/// General Series Laterality, Type 2C where the IOD's General Series
+/// module asks for it: absent when Image Laterality is present (copied from
+/// the source), else the source's laterality or empty (unknown).
+fn series_laterality(o: &mut InMemDicomObject, src: &SourceInfo) {
+    if text(&src.header, IMAGE_LATERALITY).is_none() {
+        o.put(match text(&src.header, LATERALITY) {
+            Some(l) => s(LATERALITY, VR::CS, &l),
+            None => DataElement::empty(LATERALITY, VR::CS),
+        });
+    }
+}
+
+/// The DICOM Parametric Map of the probability.
+fn parametric_map(
+    src: &SourceInfo,
+    rows: usize,
+    cols: usize,
+    prob: &[f32],
+    opts: &BatchOptions,
+) -> InMemDicomObject {
     let description = format!("Lesion probability (research use), {}", opts.model_name);
     let mut pm = common(
-        &src,
+        src,
         PARAMETRIC_MAP_STORAGE,
         &src.modality,
         9902,
@@ -635,14 +765,7 @@ pub fn write_results(
     );
     image_pixel(&mut pm, rows, cols, 32);
     pm.put(s(IMAGE_TYPE, VR::CS, PM_IMAGE_TYPE));
-    // General Series, Type 2C: absent when Image Laterality is present (it
-    // was copied), else the source's laterality or empty (unknown).
-    if text(&src.header, IMAGE_LATERALITY).is_none() {
-        pm.put(match text(&src.header, LATERALITY) {
-            Some(l) => s(LATERALITY, VR::CS, &l),
-            None => DataElement::empty(LATERALITY, VR::CS),
-        });
-    }
+    series_laterality(&mut pm, src);
     pm.put(s(CONTENT_QUALIFICATION, VR::CS, "RESEARCH"));
     pm.put(s(RECOGNIZABLE_VISUAL_FEATURES, VR::CS, "NO"));
     pm.put(DataElement::new(
@@ -668,7 +791,7 @@ pub fn write_results(
     pm.put(seq(
         SHARED_FUNCTIONAL_GROUPS_SEQUENCE,
         vec![shared_groups(
-            &src,
+            src,
             vec![
                 seq(REAL_WORLD_VALUE_MAPPING_SEQUENCE, vec![mapping]),
                 seq(
@@ -697,10 +820,10 @@ pub fn write_results(
     pm.put(seq(
         PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE,
         vec![obj(vec![
-            plane_position(&src),
+            plane_position(src),
             seq(
                 DERIVATION_IMAGE_SEQUENCE,
-                vec![derivation(&src, code("110001", "DCM", "Image Processing"))],
+                vec![derivation(src, code("110001", "DCM", "Image Processing"))],
             ),
             seq(
                 FRAME_CONTENT_SEQUENCE,
@@ -725,14 +848,58 @@ pub fn write_results(
         VR::OF,
         PrimitiveValue::F32(C::from_vec(prob.to_vec())),
     ));
-    let parametric_map = output_path(stem, "pmap.dcm");
-    save(pm, &parametric_map)?;
-    Ok(DicomResults {
-        segmentation,
-        parametric_map,
-        frame_of_reference: src.geometry.frame_of_reference.clone(),
-        frame_of_reference_from_source: src.geometry.from_source,
-    })
+    pm
+}
+
+/// A Secondary Capture of the heat overlay (RGB), for viewers and PACS that
+/// show neither Segmentations nor Parametric Maps.
+fn overlay(src: &SourceInfo, scan: &Gray8, prob: &[f32], opts: &BatchOptions) -> InMemDicomObject {
+    let description = format!(
+        "Lesion probability overlay (research use), {}",
+        opts.model_name
+    );
+    let mut sc = common(
+        src,
+        SECONDARY_CAPTURE_STORAGE,
+        "OT",
+        9903,
+        &description,
+        opts,
+    );
+    // The Secondary Capture IOD has neither a Frame of Reference nor the
+    // content identification of the enhanced IODs.
+    for t in [
+        FRAME_OF_REFERENCE_UID,
+        POSITION_REFERENCE_INDICATOR,
+        CONTENT_DESCRIPTION,
+        CONTENT_CREATOR_NAME,
+    ] {
+        sc.remove_element(t);
+    }
+    series_laterality(&mut sc, src);
+    sc.put(s(CONVERSION_TYPE, VR::CS, "WSD"));
+    sc.put(s(IMAGE_TYPE, VR::CS, "DERIVED\\SECONDARY"));
+    sc.put(s(
+        DERIVATION_DESCRIPTION,
+        VR::ST,
+        "lesion probability as a heat tint (blue 0.25 to red 1) over the scan",
+    ));
+    sc.put(seq(SOURCE_IMAGE_SEQUENCE, vec![source_ref(src)]));
+    sc.put(us(SAMPLES_PER_PIXEL, 3));
+    sc.put(s(PHOTOMETRIC_INTERPRETATION, VR::CS, "RGB"));
+    sc.put(us(PLANAR_CONFIGURATION, 0));
+    sc.put(us(ROWS, scan.height as u16));
+    sc.put(us(COLUMNS, scan.width as u16));
+    sc.put(us(BITS_ALLOCATED, 8));
+    sc.put(us(BITS_STORED, 8));
+    sc.put(us(HIGH_BIT, 7));
+    sc.put(us(PIXEL_REPRESENTATION, 0));
+    let mut rgb = crate::infer::overlay_rgb(scan, prob);
+    if rgb.len() % 2 == 1 {
+        rgb.push(0);
+    }
+    sc.put(el(PIXEL_DATA, VR::OB, PrimitiveValue::U8(C::from_vec(rgb))));
+    sc
 }
 
 fn save(o: InMemDicomObject, path: &Path) -> anyhow::Result<()> {

@@ -9,7 +9,7 @@ use engine::Gpu;
 use engine::batch::{BatchOptions, Row, read_rows};
 use engine::data::Gray8;
 use engine::data::prepared::Sample;
-use engine::dicom_out::tags;
+use engine::dicom_out::{DicomKinds, DicomResults, tags};
 use engine::eval::metrics::{self, ImageScore};
 use engine::eval::{EvalOptions, evaluate};
 use engine::infer::{TileOptions, probability_map, read_scan};
@@ -110,7 +110,7 @@ const SOP_UID: &str = "1.2.826.0.1.3680043.8.498.1003";
 const FOR_UID: &str = "1.2.826.0.1.3680043.8.498.1004";
 
 /// Writes an 8-bit MONOCHROME2 digital mammogram with patient and study
-/// identity and, with `geometry`, a frame of reference with plane position,
+/// identity and, with `geometry`, image laterality and a frame of reference with plane position,
 /// orientation and slice thickness.
 fn write_source_dicom(path: &Path, g: &Gray8, geometry: bool) {
     let s = |t: Tag, vr: VR, v: &str| DataElement::new(t, vr, PrimitiveValue::from(v));
@@ -124,7 +124,6 @@ fn write_source_dicom(path: &Path, g: &Gray8, geometry: bool) {
         s(tags::PATIENT_ID, VR::LO, PATIENT_ID),
         s(tags::STUDY_INSTANCE_UID, VR::UI, STUDY_UID),
         s(tags::SERIES_INSTANCE_UID, VR::UI, SERIES_UID),
-        s(tags::IMAGE_LATERALITY, VR::CS, "L"),
         s(tags::PIXEL_SPACING, VR::DS, "0.1\\0.1"),
         us(tags::SAMPLES_PER_PIXEL, 1),
         s(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME2"),
@@ -147,6 +146,7 @@ fn write_source_dicom(path: &Path, g: &Gray8, geometry: bool) {
         ),
     ]);
     if geometry {
+        obj.put(s(tags::IMAGE_LATERALITY, VR::CS, "L"));
         obj.put(s(tags::FRAME_OF_REFERENCE_UID, VR::UI, FOR_UID));
         obj.put(s(tags::IMAGE_POSITION_PATIENT, VR::DS, "-10\\20\\5"));
         obj.put(s(
@@ -183,8 +183,7 @@ fn item(o: &InMemDicomObject, t: Tag) -> &InMemDicomObject {
 /// its identity, each other and the probability map.
 fn check_dicom_results(
     source: &Path,
-    seg: &Path,
-    pmap: &Path,
+    r: &DicomResults,
     prob: &[f32],
     threshold: f32,
     w: usize,
@@ -194,8 +193,8 @@ fn check_dicom_results(
         .read_until(tags::PIXEL_DATA)
         .open_file(source)
         .unwrap();
-    let seg = dicom_object::open_file(seg).unwrap();
-    let pm = dicom_object::open_file(pmap).unwrap();
+    let seg = dicom_object::open_file(r.segmentation.as_ref().unwrap()).unwrap();
+    let pm = dicom_object::open_file(r.parametric_map.as_ref().unwrap()).unwrap();
     assert_eq!(
         text(&seg, tags::SOP_CLASS_UID),
         "1.2.840.10008.5.1.4.1.1.66.4"
@@ -296,6 +295,35 @@ fn check_dicom_results(
     );
 }
 
+/// The Secondary Capture of the overlay: the source's identity, new UIDs,
+/// RGB pixels equal to the PNG overlay's.
+fn check_overlay(source: &Path, r: &DicomResults, scan: &Gray8, prob: &[f32]) {
+    let src = OpenFileOptions::new()
+        .read_until(tags::PIXEL_DATA)
+        .open_file(source)
+        .unwrap();
+    let sc = dicom_object::open_file(r.overlay.as_ref().unwrap()).unwrap();
+    assert_eq!(text(&sc, tags::SOP_CLASS_UID), "1.2.840.10008.5.1.4.1.1.7");
+    for t in [tags::PATIENT_ID, tags::STUDY_INSTANCE_UID] {
+        assert_eq!(text(&sc, t), text(&src, t), "{t:?}");
+    }
+    for t in [tags::SERIES_INSTANCE_UID, tags::SOP_INSTANCE_UID] {
+        assert_ne!(text(&sc, t), text(&src, t), "{t:?} must be new");
+    }
+    assert!(text(&sc, tags::SERIES_DESCRIPTION).contains("research use"));
+    assert_eq!(text(&sc, tags::PHOTOMETRIC_INTERPRETATION), "RGB");
+    assert_eq!(
+        sc.get(tags::SAMPLES_PER_PIXEL)
+            .unwrap()
+            .to_int::<u16>()
+            .unwrap(),
+        3
+    );
+    let px = sc.get(tags::PIXEL_DATA).unwrap().to_bytes().unwrap();
+    let rgb = engine::infer::overlay_rgb(scan, prob);
+    assert_eq!(&px[..rgb.len()], &rgb[..]);
+}
+
 #[test]
 fn dicom_results_carry_the_source_identity_and_the_maps() {
     let dir = temp("dicom");
@@ -309,15 +337,16 @@ fn dicom_results_carry_the_source_identity_and_the_maps() {
         image_score: ImageScore::Area,
         tiles: TileOptions::default(),
         npy: false,
-        dicom: true,
+        dicom: DicomKinds::ALL,
         model_name: "engine test model".into(),
     };
     let stem = dir.join("out/mammo");
     std::fs::create_dir_all(dir.join("out")).unwrap();
     let r = engine::dicom_out::write_results(&src, &stem, &scan(w, h, 0), &prob, &opts).unwrap();
-    assert_eq!(r.segmentation, dir.join("out/mammo_seg.dcm"));
-    check_dicom_results(&src, &r.segmentation, &r.parametric_map, &prob, 0.5, w, h);
-    let seg = dicom_object::open_file(&r.segmentation).unwrap();
+    assert_eq!(r.segmentation, Some(dir.join("out/mammo_seg.dcm")));
+    check_dicom_results(&src, &r, &prob, 0.5, w, h);
+    check_overlay(&src, &r, &scan(w, h, 0), &prob);
+    let seg = dicom_object::open_file(r.segmentation.as_ref().unwrap()).unwrap();
     assert_eq!(text(&seg, tags::PATIENT_ID), PATIENT_ID);
     assert_eq!(text(&seg, tags::FRAME_OF_REFERENCE_UID), FOR_UID);
     assert!(r.frame_of_reference_from_source);
@@ -344,16 +373,8 @@ fn dicom_results_carry_the_source_identity_and_the_maps() {
     )
     .unwrap();
     assert!(!r2.frame_of_reference_from_source);
-    check_dicom_results(
-        &src2,
-        &r2.segmentation,
-        &r2.parametric_map,
-        &prob,
-        0.5,
-        w,
-        h,
-    );
-    let pm = dicom_object::open_file(&r2.parametric_map).unwrap();
+    check_dicom_results(&src2, &r2, &prob, 0.5, w, h);
+    let pm = dicom_object::open_file(r2.parametric_map.as_ref().unwrap()).unwrap();
     assert_eq!(
         text(&pm, tags::FRAME_OF_REFERENCE_UID),
         r2.frame_of_reference
@@ -380,12 +401,13 @@ fn dicom_results_for_a_real_cbis_ddsm_scan() {
         image_score: ImageScore::Area,
         tiles: TileOptions::default(),
         npy: false,
-        dicom: true,
+        dicom: DicomKinds::ALL,
         model_name: "engine test model".into(),
     };
     let r = engine::dicom_out::write_results(&src, &dir.join("1-131"), &img, &prob, &opts).unwrap();
-    check_dicom_results(&src, &r.segmentation, &r.parametric_map, &prob, 0.6, w, h);
-    let seg = dicom_object::open_file(&r.segmentation).unwrap();
+    check_dicom_results(&src, &r, &prob, 0.6, w, h);
+    check_overlay(&src, &r, &img, &prob);
+    let seg = dicom_object::open_file(r.segmentation.as_ref().unwrap()).unwrap();
     assert_eq!(text(&seg, tags::PATIENT_ID), "Mass-Test_P_00173_LEFT_MLO");
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -406,7 +428,7 @@ fn dicom_results_pass_dciodvfy() {
         image_score: ImageScore::Area,
         tiles: TileOptions::default(),
         npy: false,
-        dicom: true,
+        dicom: DicomKinds::ALL,
         model_name: "engine test model".into(),
     };
     for geometry in [true, false] {
@@ -421,8 +443,9 @@ fn dicom_results_pass_dciodvfy() {
         )
         .unwrap();
         for (file, iod) in [
-            (&r.segmentation, "Segmentation"),
-            (&r.parametric_map, "ParametricMap"),
+            (r.segmentation.as_ref().unwrap(), "Segmentation"),
+            (r.parametric_map.as_ref().unwrap(), "ParametricMap"),
+            (r.overlay.as_ref().unwrap(), "SCImage"),
         ] {
             let o = Command::new("dciodvfy").arg(file).output().unwrap();
             let report = format!(
@@ -503,6 +526,8 @@ fn batch_inference_over_folders() {
     assert!(out.join("d/1-1_seg.dcm").is_file());
     assert!(out.join("d/1-1_pmap.dcm").is_file());
     assert!(!out.join("a/1-1_seg.dcm").exists());
+    // The overlay Secondary Capture only when asked for (--dicom).
+    assert!(!out.join("d/1-1_overlay.dcm").exists());
     // Each row's numbers are those of the map, by eval's definitions.
     for (r, (_, g)) in ok_rows(&rows)
         .iter()
@@ -536,8 +561,13 @@ fn batch_inference_over_folders() {
     .unwrap();
     check_dicom_results(
         &dir.join("in/d/1-1.dcm"),
-        &out.join("d/1-1_seg.dcm"),
-        &out.join("d/1-1_pmap.dcm"),
+        &DicomResults {
+            segmentation: Some(out.join("d/1-1_seg.dcm")),
+            parametric_map: Some(out.join("d/1-1_pmap.dcm")),
+            overlay: None,
+            frame_of_reference: String::new(),
+            frame_of_reference_from_source: false,
+        },
         &dcm_prob,
         0.5,
         45,
