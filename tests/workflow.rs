@@ -613,6 +613,41 @@ fn batch_inference_over_folders() {
     assert_eq!(again.len(), 7);
     assert_eq!(again[0], rows[0], "a skipped row keeps its numbers");
 
+    // An interrupted batch: results.csv holds only the rows written before
+    // the stop (header and two rows); the rest runs again, those two do not.
+    let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    let first3: Vec<&str> = csv.lines().take(3).collect();
+    std::fs::write(out.join("results.csv"), first3.join("\n") + "\n").unwrap();
+    // y/1-1.png, the last input, was after the stop.
+    let later_out = out.join("1-1-2_prob.png");
+    let later_before = mtime(&later_out);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let (code, stdout, stderr) = engine(args![
+        "infer",
+        "--checkpoint",
+        &ckpt,
+        "--out",
+        &out,
+        "--skip-existing",
+        &input,
+        &dir.join("x/1-1.png"),
+        &dir.join("y/1-1.png"),
+    ]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stdout.contains("6 ok (2 skipped as already done), 1 failed"),
+        "{stdout}"
+    );
+    assert_eq!(mtime(&kept), before, "a finished input was redone");
+    assert_ne!(
+        mtime(&later_out),
+        later_before,
+        "an unfinished input was not run"
+    );
+    let resumed = read_rows(&out.join("results.csv")).unwrap();
+    assert_eq!(resumed.len(), 7);
+    assert_eq!(resumed[6].max_probability, rows[6].max_probability);
+
     // --glob filters the files found in folders.
     let out_glob = dir.join("out-glob");
     let (code, _, stderr) = engine(args![
