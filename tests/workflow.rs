@@ -823,6 +823,68 @@ fn merged_eval_shards_equal_one_run() {
     for r in summary["per_image"].as_array().unwrap() {
         assert!(merged.join(r["panel"].as_str().unwrap()).is_file());
     }
+    // The same through the command line, on a prepared folder: two shards
+    // merged equal one run.
+    let ckpt = dir.join("model.safetensors");
+    save_model(&model, &ckpt);
+    let data = dir.join("data");
+    let mut w = engine::data::prepared::SetWriter::new(&data, "test", 0).unwrap();
+    for (i, smp) in samples.iter().enumerate() {
+        let (scan, mask) = smp.load().unwrap();
+        w.add(engine::data::prepared::Prepared {
+            name: &format!("case{i}"),
+            split: "test",
+            patient: &format!("p{i}"),
+            source: String::new(),
+            rois: vec![],
+            abnormal: mask.pixels.iter().any(|&v| v != 0),
+            mask_complete: true,
+            classes: vec![],
+            trim: false,
+            scan,
+            mask,
+        })
+        .unwrap();
+    }
+    w.finish().unwrap();
+    let eval = |extra: &[&std::ffi::OsStr], out: &Path| {
+        let mut a: Vec<&std::ffi::OsStr> = args![
+            "eval",
+            "--no-panels",
+            "--checkpoint",
+            &ckpt,
+            "--data",
+            &data,
+            "--out",
+            out
+        ]
+        .to_vec();
+        a.extend_from_slice(extra);
+        let (code, _, stderr) = engine(&a);
+        assert_eq!(code, 0, "{stderr}");
+    };
+    eval(&[], &dir.join("cli-one"));
+    eval(args!["--shard", "0/2"], &dir.join("cli-0"));
+    eval(args!["--shard", "1/2"], &dir.join("cli-1"));
+    assert!(
+        !dir.join("cli-0/summary.json").exists(),
+        "a shard is partial"
+    );
+    let (code, _, stderr) = engine(args![
+        "eval",
+        "--merge",
+        &dir.join("cli-0"),
+        &dir.join("cli-1"),
+        "--out",
+        &dir.join("cli-merged"),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    for f in ["summary.json", "images.csv", "sweep.csv"] {
+        let a = std::fs::read_to_string(dir.join("cli-one").join(f)).unwrap();
+        let b = std::fs::read_to_string(dir.join("cli-merged").join(f)).unwrap();
+        assert!(a == b, "{f}: merged CLI shards differ from one CLI run");
+    }
+
     // A missing shard is bad input.
     let (code, _, stderr) = engine(args![
         "eval",
