@@ -30,7 +30,8 @@ pub enum Command {
     Bench(BenchArgs),
     /// Train the network (on a prepared folder, or on synthetic phantoms).
     Train(TrainArgs),
-    /// Probability maps, masks and heatmap overlays for images (PNG, PGM, JPEG, DICOM).
+    /// Probability maps, masks and heatmap overlays for image files and folders
+    /// (PNG, PGM, JPEG, DICOM), results.csv, and DICOM results for DICOM inputs.
     Infer(InferArgs),
     /// Evaluate a checkpoint on a prepared set: metrics, curves, thresholds, panels
     Eval(crate::eval::EvalArgs),
@@ -106,6 +107,7 @@ pub struct TrainArgs {
 pub struct InferArgs {
     #[command(flatten)]
     pub adapter: AdapterArg,
+    /// A run's checkpoint.safetensors or best.safetensors.
     #[arg(long)]
     pub checkpoint: std::path::PathBuf,
     /// Output folder (created, and checked to be writable, before any GPU
