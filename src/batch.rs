@@ -22,6 +22,9 @@ pub const EXTENSIONS: &[&str] = &["dcm", "dicom", "png", "pgm", "pnm", "jpg", "j
 /// One input and where its outputs go.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Input {
+    /// Position of this input's row in the unsharded results: command-line
+    /// arguments that do not exist come first, then the inputs in order.
+    pub index: usize,
     pub path: PathBuf,
     /// Output stem relative to `--out`: the input's path relative to the
     /// folder it came from (its own folder for a file named on the command
@@ -182,7 +185,11 @@ pub fn collect_inputs(
             stem = PathBuf::from(s);
         }
         stems.insert(stem.clone(), inputs.len());
-        inputs.push(Input { path, stem });
+        inputs.push(Input {
+            index: missing.len() + inputs.len(),
+            path,
+            stem,
+        });
     }
     Ok((inputs, missing))
 }
@@ -245,6 +252,8 @@ pub const ERROR: &str = "error";
 /// One row of `results.csv`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Row {
+    /// Position in the unsharded results (shards merge back by it).
+    pub index: usize,
     /// The input path as given or found.
     pub file: String,
     /// Output stem relative to `--out` (outputs are `OUTPUT_prob.png`, ...).
@@ -270,6 +279,7 @@ pub struct Row {
 impl Row {
     fn failed(input: &Input, status: &str, err: &anyhow::Error, seconds: f64) -> Row {
         Row {
+            index: input.index,
             file: input.path.display().to_string(),
             output: slash_path(&input.stem),
             status: status.into(),
@@ -338,6 +348,7 @@ pub fn run_one(
                 .context("writing the DICOM results")?;
         }
         Ok(Row {
+            index: input.index,
             file: input.path.display().to_string(),
             output: slash_path(&input.stem),
             status: OK.into(),
@@ -375,6 +386,73 @@ pub fn read_rows(path: &Path) -> anyhow::Result<Vec<Row>> {
     r.deserialize()
         .map(|x| x.with_context(|| format!("reading {}", path.display())))
         .collect()
+}
+
+/// Combines the `results-shard-I-of-N.csv` files of all N shards in `out`
+/// into `out/results.csv`, rows in the order of the unsharded run; returns
+/// the rows. Errors (a shard missing, mixed N, rows missing) are [`BadInput`].
+pub fn merge_shards(out: &Path) -> anyhow::Result<Vec<Row>> {
+    let bad = |m: String| anyhow::Error::new(BadInput(m));
+    let mut shards: BTreeMap<usize, PathBuf> = BTreeMap::new();
+    let mut count: Option<usize> = None;
+    let entries = std::fs::read_dir(out).map_err(|e| bad(format!("{}: {e}", out.display())))?;
+    for e in entries.filter_map(|e| e.ok()) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name
+            .strip_prefix("results-shard-")
+            .and_then(|r| r.strip_suffix(".csv"))
+        else {
+            continue;
+        };
+        let Some((i, n)) = rest
+            .split_once("-of-")
+            .and_then(|(i, n)| Some((i.parse::<usize>().ok()?, n.parse::<usize>().ok()?)))
+        else {
+            continue;
+        };
+        if count.is_some_and(|c| c != n) {
+            return Err(bad(format!(
+                "{} holds shards of different counts ({} and {n})",
+                out.display(),
+                count.unwrap_or(0)
+            )));
+        }
+        count = Some(n);
+        shards.insert(i, e.path());
+    }
+    let n = count.ok_or_else(|| {
+        bad(format!(
+            "{} has no results-shard-I-of-N.csv files",
+            out.display()
+        ))
+    })?;
+    let missing: Vec<String> = (0..n)
+        .filter(|i| !shards.contains_key(i))
+        .map(|i| format!("{i}/{n}"))
+        .collect();
+    if !missing.is_empty() {
+        return Err(bad(format!("missing shards: {}", missing.join(", "))));
+    }
+    let mut rows = Vec::new();
+    for path in shards.values() {
+        rows.extend(read_rows(path)?);
+    }
+    rows.sort_by_key(|r| r.index);
+    if let Some((k, r)) = rows.iter().enumerate().find(|(k, r)| r.index != *k) {
+        return Err(bad(format!(
+            "the shards' rows do not make one run: row {k} has index {} ({}); was a shard run on other inputs?",
+            r.index, r.file
+        )));
+    }
+    let path = out.join("results.csv");
+    let mut w =
+        csv::Writer::from_path(&path).with_context(|| format!("writing {}", path.display()))?;
+    for r in &rows {
+        w.serialize(r)?;
+    }
+    w.flush()
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(rows)
 }
 
 /// `results.json`: the settings and the rows.
@@ -479,9 +557,10 @@ pub fn run_batch(
         report.rows.push(row);
         Ok(())
     };
-    for (path, why) in missing {
+    for (i, (path, why)) in missing.iter().enumerate() {
         let row = Row::failed(
             &Input {
+                index: i,
                 path: path.clone(),
                 stem: PathBuf::new(),
             },
@@ -499,7 +578,9 @@ pub fn run_batch(
                 .iter()
                 .all(|p| p.is_file())
         {
-            record(row.clone(), &mut report)?;
+            let mut row = row.clone();
+            row.index = input.index;
+            record(row, &mut report)?;
             report.skipped += 1;
             bar.inc(1);
             continue;

@@ -108,8 +108,8 @@ pub struct InferArgs {
     #[command(flatten)]
     pub adapter: AdapterArg,
     /// A run's checkpoint.safetensors or best.safetensors.
-    #[arg(long)]
-    pub checkpoint: std::path::PathBuf,
+    #[arg(long, required_unless_present = "merge")]
+    pub checkpoint: Option<std::path::PathBuf>,
     /// Output folder (created, and checked to be writable, before any GPU
     /// work): outputs mirror each input's path relative to the folder it
     /// came from, and results.csv lists every input.
@@ -136,6 +136,10 @@ pub struct InferArgs {
     /// Also write results.json (settings and the same rows).
     #[arg(long)]
     pub json: bool,
+    /// Combine the results-shard-I-of-N.csv of all N shards in --out into
+    /// results.csv, in the order of an unsharded run (no GPU work).
+    #[arg(long, conflicts_with_all = ["checkpoint", "shard", "inputs"])]
+    pub merge: bool,
     /// DICOM results for DICOM inputs: a comma-separated list of seg
     /// (Segmentation of p > threshold), pmap (Parametric Map of p), overlay
     /// (Secondary Capture of the heat overlay), or none.
@@ -156,7 +160,7 @@ pub struct InferArgs {
     pub npy: bool,
     /// Input images (PNG, PGM, JPEG or DICOM, any size) and folders
     /// (searched recursively).
-    #[arg(required = true)]
+    #[arg(required_unless_present = "merge")]
     pub inputs: Vec<std::path::PathBuf>,
 }
 
@@ -232,13 +236,27 @@ pub fn infer(a: InferArgs) -> anyhow::Result<i32> {
     use crate::batch::{self, Shard};
     use crate::eval::BadInput;
     let bad = |m: String| anyhow::Error::new(BadInput(m));
+    if a.merge {
+        let rows = batch::merge_shards(&a.out)?;
+        let failed = rows.iter().filter(|r| r.status != batch::OK).count();
+        println!(
+            "{} inputs: {} ok, {failed} failed; results in {}",
+            rows.len(),
+            rows.len() - failed,
+            a.out.join("results.csv").display()
+        );
+        return Ok(0);
+    }
+    let Some(checkpoint) = a.checkpoint.clone() else {
+        return Err(bad("--checkpoint is needed (or --merge)".into()));
+    };
     if !(0.0..=1.0).contains(&a.threshold) {
         return Err(bad(format!("--threshold {} is not in [0, 1]", a.threshold)));
     }
-    if !a.checkpoint.is_file() {
+    if !checkpoint.is_file() {
         return Err(bad(format!(
             "checkpoint {} does not exist",
-            a.checkpoint.display()
+            checkpoint.display()
         )));
     }
     batch::prepare_out(&a.out)?;
@@ -264,8 +282,8 @@ pub fn infer(a: InferArgs) -> anyhow::Result<i32> {
     };
     let results = a.out.join(Shard::file_name(a.shard, "results", "csv"));
     let gpu = Gpu::new(a.adapter.adapter.as_deref())?;
-    let (model, _) = crate::model::Model::load(&gpu, &a.checkpoint)
-        .map_err(|e| bad(format!("{}: {e:#}", a.checkpoint.display())))?;
+    let (model, _) = crate::model::Model::load(&gpu, &checkpoint)
+        .map_err(|e| bad(format!("{}: {e:#}", checkpoint.display())))?;
     let opts = batch::BatchOptions {
         threshold: a.threshold,
         image_score: a.image_score,
@@ -276,7 +294,13 @@ pub fn infer(a: InferArgs) -> anyhow::Result<i32> {
         },
         npy: a.npy,
         dicom: a.dicom,
-        model_name: model_name(&a.checkpoint, &model),
+        model_name: model_name(&checkpoint, &model),
+    };
+    // Arguments that do not exist are reported once, by shard 0.
+    let missing = if a.shard.is_none_or(|s| s.index == 0) {
+        missing
+    } else {
+        Vec::new()
     };
     let report = batch::run_batch(
         &gpu,
@@ -294,7 +318,7 @@ pub fn infer(a: InferArgs) -> anyhow::Result<i32> {
     if a.json {
         let path = a.out.join(Shard::file_name(a.shard, "results", "json"));
         let j = batch::ResultsJson {
-            checkpoint: a.checkpoint.display().to_string(),
+            checkpoint: checkpoint.display().to_string(),
             threshold: a.threshold,
             image_score: a.image_score.name().into(),
             shard: a.shard.map(|s| format!("{}/{}", s.index, s.count)),

@@ -685,18 +685,55 @@ fn batch_inference_over_folders() {
         assert!(code == 0 || code == 2, "{stderr}");
         merged.extend(read_rows(&out_sh.join(format!("results-shard-{i}-of-3.csv"))).unwrap());
     }
-    let strip = |rows: &[Row]| {
-        let mut v: Vec<Row> = rows
-            .iter()
+    // Every input in exactly one shard.
+    assert_eq!(merged.len(), rows.len());
+    // `engine infer --merge` puts them back in the unsharded run's order:
+    // the same rows (apart from the timings) as the unsharded run.
+    let (code, stdout, stderr) = engine(args!["infer", "--merge", "--out", &out_sh]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("7 inputs: 6 ok, 1 failed"), "{stdout}");
+    let strip = |rows: &[Row]| -> Vec<Row> {
+        rows.iter()
             .map(|r| Row {
                 seconds: 0.0,
                 ..r.clone()
             })
-            .collect();
-        v.sort_by(|a, b| a.output.cmp(&b.output));
-        v
+            .collect()
     };
+    let merged = read_rows(&out_sh.join("results.csv")).unwrap();
     assert_eq!(strip(&merged), strip(&rows));
+    assert_eq!(
+        merged.iter().map(|r| r.index).collect::<Vec<_>>(),
+        (0..7).collect::<Vec<_>>()
+    );
+    // A missing shard is refused.
+    std::fs::remove_file(out_sh.join("results-shard-1-of-3.csv")).unwrap();
+    let (code, _, stderr) = engine(args!["infer", "--merge", "--out", &out_sh]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("missing shards: 1/3"), "{stderr}");
+    // An argument that does not exist is one bad-input row (shard 0's).
+    let out_m = dir.join("out-missing");
+    for shard in ["0/2", "1/2"] {
+        engine(args![
+            "infer",
+            "--checkpoint",
+            &ckpt,
+            "--out",
+            &out_m,
+            "--shard",
+            shard,
+            &dir.join("no/such/file.png"),
+            &dir.join("x/1-1.png"),
+        ]);
+    }
+    let (code, _, stderr) = engine(args!["infer", "--merge", "--out", &out_m]);
+    assert_eq!(code, 0, "{stderr}");
+    let m = read_rows(&out_m.join("results.csv")).unwrap();
+    let st: Vec<(&str, &str)> = m
+        .iter()
+        .map(|r| (r.status.as_str(), r.output.as_str()))
+        .collect();
+    assert_eq!(st, [("bad input", ""), ("ok", "1-1")]);
 
     // Without a GPU the command fails (1) once it needs one...
     let (code, _, stderr) = engine_without_gpu(args![
