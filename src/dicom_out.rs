@@ -1,16 +1,17 @@
 //! DICOM results for a DICOM input, so that viewers show them with the
-//! study they belong to:
+//! study they belong to (`--dicom` picks them):
 //!
 //! - `STEM_seg.dcm`: a DICOM Segmentation (BINARY, one segment "lesion",
 //!   `p > threshold`, 1 bit per pixel);
 //! - `STEM_pmap.dcm`: a DICOM Parametric Map of the probability (32-bit
-//!   float pixels, real world value mapping identity, unit "no units").
+//!   float pixels, real world value mapping identity, unit "no units");
+//! - `STEM_overlay.dcm`: a Secondary Capture of the heat overlay (RGB).
 //!
-//! Both carry the source's Patient and Study identity (and its Frame of
-//! Reference UID when it has one), reference the source image, get new
-//! Series and SOP Instance UIDs (`2.25.` + a random 128-bit number), and a
-//! Series/Content Description naming the model and the threshold. For
-//! research use, not diagnosis.
+//! All carry the source's Patient and Study identity, reference the source
+//! image, get new Series and SOP Instance UIDs (`2.25.` + a random 128-bit
+//! number), and a Series Description naming the model and the threshold.
+//! The Frame of Reference rule is at `Geometry` below. Checked with dciodvfy
+//! (tests/workflow.rs). For research use, not diagnosis.
 use crate::batch::BatchOptions;
 use crate::data::Gray8;
 use crate::infer::output_path;
