@@ -648,6 +648,27 @@ fn batch_inference_over_folders() {
     assert_eq!(resumed.len(), 7);
     assert_eq!(resumed[6].max_probability, rows[6].max_probability);
 
+    // A failure inside the engine (here: an output folder that cannot be
+    // made, a file is in its way) is an error row and exit code 1; the
+    // other inputs still run.
+    let out_err = dir.join("out-err");
+    std::fs::create_dir_all(&out_err).unwrap();
+    std::fs::write(out_err.join("a"), "in the way").unwrap();
+    let (code, _, stderr) = engine(args![
+        "infer",
+        "--checkpoint",
+        &ckpt,
+        "--out",
+        &out_err,
+        &input,
+    ]);
+    assert_eq!(code, 1, "{stderr}");
+    let e = read_rows(&out_err.join("results.csv")).unwrap();
+    assert_eq!(e[0].output, "a/1-1");
+    assert_eq!(e[0].status, "error");
+    assert!(e[0].error.contains("creating"), "{}", e[0].error);
+    assert_eq!(e.iter().filter(|r| r.status == "ok").count(), 3);
+
     // --glob filters the files found in folders.
     let out_glob = dir.join("out-glob");
     let (code, _, stderr) = engine(args![
