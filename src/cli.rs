@@ -1,5 +1,6 @@
 //! The `engine` command line: `devices`, `bench`, and the data commands.
 use crate::gpu::{Gpu, list_adapters};
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -20,7 +21,7 @@ pub struct Cli {
 /// Exit status of a run stopped by Ctrl-C (128 + SIGINT, as shells report it).
 pub const EXIT_INTERRUPTED: i32 = 130;
 
-#[derive(Debug, Args, Clone)]
+#[derive(Debug, Args, Clone, serde::Serialize)]
 pub struct AdapterArg {
     /// Adapter to use: part of its name or its index in `engine devices`
     /// (default: the best one; also settable with ENGINE_ADAPTER).
@@ -40,7 +41,8 @@ pub enum Command {
     Tune(TuneArgs),
     /// Train the network (on a prepared folder, or on synthetic phantoms).
     Train(TrainArgs),
-    /// Probability maps, masks and heatmap overlays for images (PNG, PGM, JPEG, DICOM).
+    /// Probability maps, masks and heatmap overlays for image files and folders
+    /// (PNG, PGM, JPEG, DICOM), results.csv, and DICOM results for DICOM inputs.
     Infer(InferArgs),
     /// Evaluate a checkpoint on a prepared set: metrics, curves, thresholds, panels
     Eval(crate::eval::EvalArgs),
@@ -48,7 +50,7 @@ pub enum Command {
     Data(crate::data::cli::DataCommand),
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Args, serde::Serialize)]
 pub struct TrainArgs {
     #[command(flatten)]
     pub adapter: AdapterArg,
@@ -62,12 +64,17 @@ pub struct TrainArgs {
     /// Side of the synthetic phantoms.
     #[arg(long, default_value_t = 192)]
     pub synthetic_size: usize,
-    /// Run folder: checkpoint.safetensors and metrics.jsonl go here.
+    /// Run folder: checkpoint.safetensors, best.safetensors, config.json,
+    /// metrics.jsonl, metrics.csv and curves.png go here. A non-empty
+    /// folder is refused unless --resume or --overwrite.
     #[arg(long, default_value = "runs/train")]
     pub out: std::path::PathBuf,
     /// Continue the run in --out from its checkpoint.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "overwrite")]
     pub resume: bool,
+    /// Start a new run in a non-empty --out, removing its run files first.
+    #[arg(long)]
+    pub overwrite: bool,
     /// Crop sizes and their epoch counts, e.g. 320:20,480:10,640:10.
     #[arg(long, default_value = "320:20,480:10,640:10")]
     pub sizes: String,
@@ -77,14 +84,17 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 4)]
     pub micro_batch: usize,
     #[arg(long, default_value_t = 1e-3)]
+    #[serde(serialize_with = "crate::run_folder::short_f32")]
     pub lr: f32,
     /// lr is multiplied by 0.85 every this many epochs.
     #[arg(long, default_value_t = 10)]
     pub decay_every: usize,
     #[arg(long, default_value_t = 15.0)]
+    #[serde(serialize_with = "crate::run_folder::short_f32")]
     pub pos_weight: f32,
     /// Width multiplier (docs/MODEL.md); e.g. 0.25 for CPU-sized experiments.
     #[arg(long, default_value_t = 1.0)]
+    #[serde(serialize_with = "crate::run_folder::short_f32")]
     pub width: f32,
     /// Use nearest resizes (the original code's choice) instead of bilinear.
     #[arg(long)]
@@ -108,14 +118,44 @@ pub struct TrainArgs {
 pub struct InferArgs {
     #[command(flatten)]
     pub adapter: AdapterArg,
-    #[arg(long)]
-    pub checkpoint: std::path::PathBuf,
-    /// Output folder.
+    /// A run's checkpoint.safetensors or best.safetensors.
+    #[arg(long, required_unless_present = "merge")]
+    pub checkpoint: Option<std::path::PathBuf>,
+    /// Output folder (created, and checked to be writable, before any GPU
+    /// work): outputs mirror each input's path relative to the folder it
+    /// came from, and results.csv lists every input.
     #[arg(long, default_value = "runs/infer")]
     pub out: std::path::PathBuf,
     /// Probability above which a pixel is marked in the mask.
     #[arg(long, default_value_t = 0.5)]
     pub threshold: f32,
+    /// Statistic of a probability map that scores an image (as in `engine eval`).
+    #[arg(long, value_enum, default_value_t = crate::eval::metrics::ImageScore::Area)]
+    pub image_score: crate::eval::metrics::ImageScore,
+    /// Only files in folders whose name (or, with a '/', path relative to
+    /// the folder) matches: `*`, `?`, `**`; e.g. '*.dcm' or '**/FULL*/*.dcm'.
+    #[arg(long)]
+    pub glob: Option<String>,
+    /// Skip inputs that results.csv already lists as ok and whose outputs
+    /// exist (resumes an interrupted batch).
+    #[arg(long)]
+    pub skip_existing: bool,
+    /// Process only the inputs at positions I, I+N, I+2N, ... (0-based I)
+    /// of the sorted input list; results go to results-shard-I-of-N.csv.
+    #[arg(long)]
+    pub shard: Option<crate::batch::Shard>,
+    /// Also write results.json (settings and the same rows).
+    #[arg(long)]
+    pub json: bool,
+    /// Combine the results-shard-I-of-N.csv of all N shards in --out into
+    /// results.csv, in the order of an unsharded run (no GPU work).
+    #[arg(long, conflicts_with_all = ["checkpoint", "shard", "inputs"])]
+    pub merge: bool,
+    /// DICOM results for DICOM inputs: a comma-separated list of seg
+    /// (Segmentation of p > threshold), pmap (Parametric Map of p), overlay
+    /// (Secondary Capture of the heat overlay), or none.
+    #[arg(long, default_value = "seg,pmap")]
+    pub dicom: crate::dicom_out::DicomKinds,
     /// Scans with more pixels than this (after padding to a multiple of 32)
     /// run as overlapping tiles.
     #[arg(long, default_value_t = 2048 * 2048)]
@@ -129,15 +169,18 @@ pub struct InferArgs {
     /// Also write the probability map as float32 NAME_prob.npy.
     #[arg(long)]
     pub npy: bool,
-    /// Input images (PNG, PGM, JPEG or DICOM), any size.
-    #[arg(required = true)]
+    /// Input images (PNG, PGM, JPEG or DICOM, any size) and folders
+    /// (searched recursively).
+    #[arg(required_unless_present = "merge")]
     pub inputs: Vec<std::path::PathBuf>,
 }
 
 /// Runs `engine train`; returns the process exit status (0, or
 /// `EXIT_INTERRUPTED` after Ctrl-C).
 pub fn train(a: TrainArgs) -> anyhow::Result<i32> {
-    // Before any GPU work: the run folder must take files.
+    // Before any GPU work: the run folder must be new (or resumed or
+    // overwritten on purpose) and take files.
+    crate::run_folder::check_run_folder(&a.out, a.resume, a.overwrite)?;
     crate::fsio::ensure_writable_dir(&a.out)?;
     let gpu = Gpu::new(a.adapter.adapter.as_deref())?;
     let cfg = crate::train::TrainConfig {
@@ -158,7 +201,8 @@ pub fn train(a: TrainArgs) -> anyhow::Result<i32> {
         threads: a.threads.max(1),
         precise_bn: a.precise_bn,
     };
-    let source = match a.data {
+    crate::run_folder::write_config(&a.out, &a, &gpu, a.data.as_deref(), a.resume)?;
+    let source = match a.data.clone() {
         Some(dir) => crate::train::Source::Prepared(dir),
         None => crate::train::Source::Synthetic {
             n: a.synthetic.unwrap_or(64),
@@ -218,57 +262,131 @@ pub fn train(a: TrainArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-pub fn infer(a: InferArgs) -> anyhow::Result<()> {
-    // Before any GPU work: the output folder must take files, and the
-    // checkpoint must be valid (read and checked on the host).
-    crate::fsio::ensure_writable_dir(&a.out)?;
-    let checkpoint = crate::model::Checkpoint::read(&a.checkpoint, crate::model::Load::Weights)?;
-    let gpu = Gpu::new(a.adapter.adapter.as_deref())?;
-    let (model, _) = crate::model::Model::from_checkpoint(&gpu, checkpoint)?;
-    let tiles = crate::infer::TileOptions {
-        max_pixels: a.tile_above,
-        tile: a.tile,
-        margin: a.tile_margin,
+/// `engine infer`: returns the exit code (see [`crate::batch`]).
+pub fn infer(a: InferArgs) -> anyhow::Result<i32> {
+    use crate::batch::{self, Shard};
+    use crate::eval::BadInput;
+    let bad = |m: String| anyhow::Error::new(BadInput(m));
+    if a.merge {
+        let rows = batch::merge_shards(&a.out)?;
+        let failed = rows.iter().filter(|r| r.status != batch::OK).count();
+        println!(
+            "{} inputs: {} ok, {failed} failed; results in {}",
+            rows.len(),
+            rows.len() - failed,
+            a.out.join("results.csv").display()
+        );
+        return Ok(0);
+    }
+    let Some(checkpoint) = a.checkpoint.clone() else {
+        return Err(bad("--checkpoint is needed (or --merge)".into()));
     };
-    let mut failed = 0;
-    // Progress with rate and ETA on stderr (hidden when it is not a terminal).
-    let bar = indicatif::ProgressBar::new(a.inputs.len() as u64).with_style(
-        indicatif::ProgressStyle::with_template(
-            "infer {bar:30} {pos}/{len} images  {per_sec}  ETA {eta}",
-        )
-        .expect("valid template"),
+    if !(0.0..=1.0).contains(&a.threshold) {
+        return Err(bad(format!("--threshold {} is not in [0, 1]", a.threshold)));
+    }
+    if !checkpoint.is_file() {
+        return Err(bad(format!(
+            "checkpoint {} does not exist",
+            checkpoint.display()
+        )));
+    }
+    batch::prepare_out(&a.out)?;
+    let (all, missing) = batch::collect_inputs(&a.inputs, a.glob.as_deref(), Some(&a.out))
+        .map_err(|e| bad(format!("{e:#}")))?;
+    if all.is_empty() && missing.is_empty() {
+        return Err(bad(format!(
+            "no inputs: no DICOM, PNG, PGM or JPEG file{} in {}",
+            a.glob
+                .as_deref()
+                .map(|g| format!(" matching {g:?}"))
+                .unwrap_or_default(),
+            a.inputs
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    let inputs = match a.shard {
+        Some(s) => s.select(&all),
+        None => all.clone(),
+    };
+    let results = a.out.join(Shard::file_name(a.shard, "results", "csv"));
+    // The checkpoint is read and checked on the host before any GPU work
+    // (weights only: inference needs no Adam state).
+    let ckpt = crate::model::Checkpoint::read(&checkpoint, crate::model::Load::Weights)
+        .map_err(|e| bad(format!("{e:#}")))?;
+    let gpu = Gpu::new(a.adapter.adapter.as_deref())?;
+    let (model, _) = crate::model::Model::from_checkpoint(&gpu, ckpt)?;
+    let opts = batch::BatchOptions {
+        threshold: a.threshold,
+        image_score: a.image_score,
+        tiles: crate::infer::TileOptions {
+            max_pixels: a.tile_above,
+            tile: a.tile,
+            margin: a.tile_margin,
+        },
+        npy: a.npy,
+        dicom: a.dicom,
+        model_name: model_name(&checkpoint, &model),
+    };
+    // Arguments that do not exist are reported once, by shard 0.
+    let missing = if a.shard.is_none_or(|s| s.index == 0) {
+        missing
+    } else {
+        Vec::new()
+    };
+    let report = batch::run_batch(
+        &gpu,
+        &model,
+        &inputs,
+        &missing,
+        &a.out,
+        &results,
+        &opts,
+        a.skip_existing,
+        true,
+    )?;
+    let ok = report.rows.iter().filter(|r| r.status == batch::OK).count();
+    let failed = report.rows.len() - ok;
+    if a.json {
+        let path = a.out.join(Shard::file_name(a.shard, "results", "json"));
+        let j = batch::ResultsJson {
+            checkpoint: checkpoint.display().to_string(),
+            threshold: a.threshold,
+            image_score: a.image_score.name().into(),
+            shard: a.shard.map(|s| format!("{}/{}", s.index, s.count)),
+            inputs: report.rows.len(),
+            ok,
+            failed,
+            rows: report.rows.clone(),
+        };
+        std::fs::write(&path, serde_json::to_string_pretty(&j)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    println!(
+        "{} inputs{}: {ok} ok ({} skipped as already done), {failed} failed; results in {}",
+        report.rows.len(),
+        a.shard
+            .map(|s| format!(" (shard {}/{} of {})", s.index, s.count, all.len()))
+            .unwrap_or_default(),
+        report.skipped,
+        report.results.display()
     );
-    for input in &a.inputs {
-        gpu.pool().reset_peak();
-        let started = std::time::Instant::now();
-        match crate::infer::infer_file(&gpu, &model, input, &a.out, a.threshold, &tiles, a.npy) {
-            Ok(o) => bar.suspend(|| {
-                println!(
-                    "{}: max probability {:.3}, {} pixels above {} ({:.2} s, peak tensors {} MiB); wrote {}, {}, {}{}",
-                    input.display(),
-                    o.max_probability,
-                    o.positive_pixels,
-                    a.threshold,
-                    started.elapsed().as_secs_f64(),
-                    gpu.pool().stats().2 >> 20,
-                    o.probability.display(),
-                    o.mask.display(),
-                    o.overlay.display(),
-                    o.npy.map(|p| format!(", {}", p.display())).unwrap_or_default()
-                )
-            }),
-            Err(e) => {
-                bar.suspend(|| eprintln!("{}: {e:#}", input.display()));
-                failed += 1;
-            }
-        }
-        bar.inc(1);
-    }
-    bar.finish_and_clear();
-    if failed > 0 {
-        anyhow::bail!("{failed} of {} inputs failed", a.inputs.len());
-    }
-    Ok(())
+    Ok(report.exit_code())
+}
+
+/// How DICOM results name the model: the checkpoint's file name and width.
+fn model_name(checkpoint: &std::path::Path, model: &crate::model::Model) -> String {
+    format!(
+        "engine {} dense-prediction network (width {}), checkpoint {}",
+        env!("CARGO_PKG_VERSION"),
+        model.cfg.width,
+        checkpoint
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    )
 }
 
 #[derive(Debug, Args)]

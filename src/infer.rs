@@ -138,7 +138,8 @@ pub fn read_scan(path: &Path) -> anyhow::Result<Gray8> {
     Ok(read_gray8(path)?)
 }
 
-/// Runs the model on one image file and writes its outputs into `out_dir`.
+/// Runs the model on one image file and writes its outputs into `out_dir`
+/// (named after the file's stem).
 pub fn infer_file(
     gpu: &Gpu,
     model: &Model,
@@ -156,10 +157,34 @@ pub fn infer_file(
         .file_stem()
         .and_then(|s| s.to_str())
         .unwrap_or("image");
-    std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
-    let probability = out_dir.join(format!("{stem}_prob.png"));
-    let mask = out_dir.join(format!("{stem}_mask.png"));
-    let overlay = out_dir.join(format!("{stem}_overlay.png"));
+    write_outputs(&out_dir.join(stem), &img, &prob, threshold, npy)
+}
+
+/// The output path `STEM_suffix` (e.g. `out/a/1-1` + `prob.png`).
+pub fn output_path(stem: &Path, suffix: &str) -> PathBuf {
+    let mut s = stem.as_os_str().to_owned();
+    s.push("_");
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+/// Writes `STEM_prob.png` (16-bit), `STEM_mask.png` (p > threshold),
+/// `STEM_overlay.png` and, with `npy`, `STEM_prob.npy`, creating the
+/// folder of `stem` when needed.
+pub fn write_outputs(
+    stem: &Path,
+    img: &Gray8,
+    prob: &[f32],
+    threshold: f32,
+    npy: bool,
+) -> anyhow::Result<Outputs> {
+    let (h, w) = (img.height, img.width);
+    if let Some(dir) = stem.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let probability = output_path(stem, "prob.png");
+    let mask = output_path(stem, "mask.png");
+    let overlay = output_path(stem, "overlay.png");
     let p16: Vec<u16> = prob
         .iter()
         .map(|&p| (p.clamp(0.0, 1.0) * 65535.0).round() as u16)
@@ -168,7 +193,7 @@ pub fn infer_file(
     if bad > 0 {
         anyhow::bail!(
             "{}: the probability map holds {bad} NaN or infinite values: nothing written (check the checkpoint)",
-            input.display()
+            stem.display()
         );
     }
     save_png(
@@ -188,25 +213,15 @@ pub fn infer_file(
             .expect("size matches")
             .into(),
     )?;
-    // Overlay: the scan in grey, tinted by the heat colour where p is high.
-    let mut rgb = Vec::with_capacity(h * w * 3);
-    for (&g, &p) in img.pixels.iter().zip(&prob) {
-        let c = heat(p);
-        // Tint only where the probability rises above a quarter.
-        let a = ((p - 0.25) / 0.75).clamp(0.0, 1.0) * 0.6;
-        for ch in c {
-            rgb.push(((1.0 - a) * g as f32 + a * 255.0 * ch).round() as u8);
-        }
-    }
     save_png(
         &overlay,
-        image::RgbImage::from_raw(w as u32, h as u32, rgb)
+        image::RgbImage::from_raw(w as u32, h as u32, overlay_rgb(img, prob))
             .expect("size matches")
             .into(),
     )?;
     let npy = if npy {
-        let path = out_dir.join(format!("{stem}_prob.npy"));
-        write_npy(&path, &prob, h, w)?;
+        let path = output_path(stem, "prob.npy");
+        write_npy(&path, prob, h, w)?;
         Some(path)
     } else {
         None
@@ -219,6 +234,20 @@ pub fn infer_file(
         max_probability: prob.iter().cloned().fold(0.0, f32::max),
         positive_pixels,
     })
+}
+
+/// The heat overlay (RGB, row-major): the scan in grey, tinted by the heat
+/// colour where p rises above a quarter.
+pub fn overlay_rgb(img: &Gray8, prob: &[f32]) -> Vec<u8> {
+    let mut rgb = Vec::with_capacity(img.pixels.len() * 3);
+    for (&g, &p) in img.pixels.iter().zip(prob) {
+        let c = heat(p);
+        let a = ((p - 0.25) / 0.75).clamp(0.0, 1.0) * 0.6;
+        for ch in c {
+            rgb.push(((1.0 - a) * g as f32 + a * 255.0 * ch).round() as u8);
+        }
+    }
+    rgb
 }
 
 /// Writes an H x W float32 array in NumPy's `.npy` format (C order),

@@ -2,9 +2,11 @@
 //! network of "Dense Prediction of Mammography".
 //!
 //! Data flows one way: `data` -> `graph` -> `ops` -> `gpu`.
+pub mod batch;
 pub mod bench;
 pub mod cli;
 pub mod data;
+pub mod dicom_out;
 pub mod error;
 pub mod eval;
 pub mod fsio;
@@ -13,6 +15,7 @@ pub mod graph;
 pub mod infer;
 pub mod model;
 pub mod ops;
+pub mod run_folder;
 pub mod train;
 
 pub use error::{EngineError, Result};

@@ -15,7 +15,14 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Infer(args) => engine::cli::infer(args),
+        Command::Infer(args) => match engine::cli::infer(args) {
+            Ok(0) => Ok(()),
+            Ok(code) => std::process::exit(code),
+            Err(e) => {
+                eprintln!("Error: {e:#}");
+                std::process::exit(engine::eval::exit_code(&e));
+            }
+        },
         Command::Eval(args) => {
             if let Err(e) = engine::eval::run(args) {
                 eprintln!("Error: {e:#}");

@@ -647,6 +647,7 @@ pub fn train(
             counts.iou(),
             counts.accuracy()
         ))?;
+        crate::run_folder::refresh_or_warn(&run.0);
         if !quiet {
             println!(
                 "epoch {}: train loss {mean_loss:.4}; validation precision {:.3} recall {:.3} F1 {:.3} lesion IoU {:.3}; {step_ms:.0} ms/step, peak tensors {peak_mib:.0} MiB",

@@ -25,10 +25,10 @@
 //! **ROC AUC** is the exact area under the ROC curve with ties in the score
 //! counted as one half (the Mann-Whitney statistic), as scikit-learn's
 //! `roc_auc_score`.
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Pixel (or image) confusion counts at a threshold.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Counts {
     pub tp: u64,
     pub fp: u64,
@@ -111,7 +111,7 @@ pub fn image_predicted(prob: &[f32], threshold: f32) -> bool {
 
 /// The statistic of a probability map that scores an image for the
 /// image-level curves.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ImageScore {
     /// The k-th largest probability with `k = floor(H*W/750) + 1`: the image
@@ -172,7 +172,7 @@ impl ImageScore {
 }
 
 /// Per-threshold pixel counts kept as two histograms (see the module doc).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PixelHistogram {
     bins: usize,
     /// Lesion pixels per bin `j` (`0..=bins + 1`).

@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod panels;
 pub mod plots;
 pub mod report;
+pub mod shard;
 
 use crate::data::Gray8;
 use crate::data::prepared::{PreparedSet, Sample};
@@ -29,11 +30,11 @@ use std::path::{Path, PathBuf};
 pub struct EvalArgs {
     #[command(flatten)]
     pub adapter: crate::cli::AdapterArg,
-    #[arg(long)]
-    pub checkpoint: PathBuf,
+    #[arg(long, required_unless_present = "merge")]
+    pub checkpoint: Option<PathBuf>,
     /// Prepared folder (`engine prepare ...` or `engine synth` output).
-    #[arg(long)]
-    pub data: PathBuf,
+    #[arg(long, required_unless_present = "merge")]
+    pub data: Option<PathBuf>,
     /// Split to evaluate (full images): test or val.
     #[arg(long, default_value = "test")]
     pub split: String,
@@ -68,6 +69,15 @@ pub struct EvalArgs {
     /// (as in `engine infer`).
     #[arg(long, default_value_t = 2048 * 2048)]
     pub tile_above: usize,
+    /// Evaluate only the images at positions I, I+N, ... (0-based I) of the
+    /// split and write partial results (partial.json, panels) into --out,
+    /// for `engine eval --merge`.
+    #[arg(long, conflicts_with = "merge")]
+    pub shard: Option<crate::batch::Shard>,
+    /// Combine the --out folders of `engine eval --shard I/N` runs (all N
+    /// of them) into the summary and outputs of one unsharded run, in --out.
+    #[arg(long, num_args = 1.., conflicts_with_all = ["checkpoint", "data"])]
+    pub merge: Vec<PathBuf>,
 }
 
 /// An error caused by the user's input (exit code 2).
@@ -82,7 +92,7 @@ impl std::fmt::Display for BadInput {
 
 impl std::error::Error for BadInput {}
 
-fn bad(msg: impl std::fmt::Display) -> anyhow::Error {
+pub(crate) fn bad(msg: impl std::fmt::Display) -> anyhow::Error {
     BadInput(msg.to_string()).into()
 }
 
@@ -155,6 +165,8 @@ pub struct Accumulator {
     hist: PixelHistogram,
     pixel: Counts,
     records: Vec<ImageRecord>,
+    /// Position of each record's image in the full list (for shards).
+    indices: Vec<usize>,
 }
 
 impl Accumulator {
@@ -164,11 +176,20 @@ impl Accumulator {
             opts,
             pixel: Counts::default(),
             records: Vec::new(),
+            indices: Vec::new(),
         }
     }
 
     /// Adds one image: its probability map and 0/1 mask (same size).
     pub fn add(&mut self, file: &str, mask: &Gray8, prob: &[f32]) -> &ImageRecord {
+        let index = self.records.len();
+        self.add_at(index, file, mask, prob)
+    }
+
+    /// [`Accumulator::add`] for the image at position `index` of the full
+    /// list (a shard holds every N-th image).
+    pub fn add_at(&mut self, index: usize, file: &str, mask: &Gray8, prob: &[f32]) -> &ImageRecord {
+        self.indices.push(index);
         let t = self.opts.threshold;
         let c = metrics::pixel_counts(prob, &mask.pixels, t);
         self.pixel.tp += c.tp;
@@ -242,6 +263,24 @@ pub fn evaluate(
     out: &Path,
     progress: bool,
 ) -> anyhow::Result<Summary> {
+    let all: Vec<(usize, Sample)> = samples.iter().cloned().enumerate().collect();
+    let acc = run_samples(gpu, model, &all, opts, out, progress)?;
+    let mut summary = acc.finish();
+    summary.source = source;
+    report::write_all(&mut summary, out, opts.panels)?;
+    Ok(summary)
+}
+
+/// Runs `samples` (each with its position in the full list, which names
+/// its panel) through the model; writes the panels into `out/panels`.
+pub(crate) fn run_samples(
+    gpu: &Gpu,
+    model: &Model,
+    samples: &[(usize, Sample)],
+    opts: &EvalOptions,
+    out: &Path,
+    progress: bool,
+) -> anyhow::Result<Accumulator> {
     opts.validate()?;
     if samples.is_empty() {
         return Err(bad("no images to evaluate"));
@@ -264,7 +303,7 @@ pub fn evaluate(
         .expect("valid template"),
     );
     let mut acc = Accumulator::new(opts.clone());
-    for (i, s) in samples.iter().enumerate() {
+    for (k, (i, s)) in samples.iter().enumerate() {
         bar.set_message(s.id.clone());
         let (scan, mask) = s.load().map_err(|e| bad(format!("{}: {e}", s.id)))?;
         if (scan.width, scan.height) != (mask.width, mask.height) {
@@ -280,9 +319,9 @@ pub fn evaluate(
         }
         let prob = crate::infer::probability_map(gpu, model, &scan, &opts.tiles)
             .with_context(|| format!("{}: inference on {}x{}", s.id, scan.width, scan.height))?;
-        acc.add(&s.id, &mask, &prob);
+        acc.add_at(*i, &s.id, &mask, &prob);
         if opts.panels {
-            let name = panel_name(i, &s.id);
+            let name = panel_name(*i, &s.id);
             panels::write_panel(
                 &panel_dir.join(&name),
                 &scan,
@@ -292,15 +331,12 @@ pub fn evaluate(
                 opts.panel_size,
             )
             .with_context(|| format!("{}: writing its panel", s.id))?;
-            acc.records_mut()[i].panel = format!("panels/{name}");
+            acc.records_mut()[k].panel = format!("panels/{name}");
         }
         bar.inc(1);
     }
     bar.finish_and_clear();
-    let mut summary = acc.finish();
-    summary.source = source;
-    report::write_all(&mut summary, out, opts.panels)?;
-    Ok(summary)
+    Ok(acc)
 }
 
 /// `engine eval`.
@@ -318,39 +354,63 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         },
     };
     opts.validate()?;
-    if !a.checkpoint.is_file() {
+    if !a.merge.is_empty() {
+        let summary = shard::merge(&a.merge, &a.out)?;
+        print_summary(&summary, &a.out, a.json)?;
+        return Ok(());
+    }
+    let (Some(checkpoint), Some(data)) = (a.checkpoint, a.data) else {
+        return Err(bad("--checkpoint and --data are needed (or --merge)"));
+    };
+    if !checkpoint.is_file() {
         return Err(bad(format!(
             "checkpoint {} does not exist",
-            a.checkpoint.display()
+            checkpoint.display()
         )));
     }
-    let set = PreparedSet::open(&a.data).map_err(|e| bad(format!("{e}")))?;
+    let set = PreparedSet::open(&data).map_err(|e| bad(format!("{e}")))?;
     let samples = set.split(&a.split);
     if samples.is_empty() {
         return Err(bad(format!(
             "{} has no full images in split {:?}",
-            a.data.display(),
+            data.display(),
             a.split
         )));
     }
     // Before any GPU work: the checkpoint is valid and the output folder
     // takes files.
-    let checkpoint = crate::model::Checkpoint::read(&a.checkpoint, crate::model::Load::Weights)
+    let ckpt = crate::model::Checkpoint::read(&checkpoint, crate::model::Load::Weights)
         .map_err(|e| bad(format!("{e:#}")))?;
     crate::fsio::ensure_writable_dir(&a.out)?;
     let gpu = Gpu::new(a.adapter.adapter.as_deref())?;
-    let (model, _) = Model::from_checkpoint(&gpu, checkpoint)?;
+    let (model, _) = Model::from_checkpoint(&gpu, ckpt)?;
     let source = report::Source {
-        checkpoint: a.checkpoint.display().to_string(),
-        data: a.data.display().to_string(),
+        checkpoint: checkpoint.display().to_string(),
+        data: data.display().to_string(),
         split: a.split.clone(),
     };
+    if let Some(sh) = a.shard {
+        let p = shard::evaluate_shard(&gpu, &model, &samples, sh, &opts, source, &a.out, true)?;
+        println!(
+            "shard {}/{}: {} of {} images; wrote {} (combine the shards with engine eval --merge)",
+            sh.index,
+            sh.count,
+            p.records.len(),
+            p.total_images,
+            a.out.join(shard::PARTIAL_JSON).display()
+        );
+        return Ok(());
+    }
     let summary = evaluate(&gpu, &model, &samples, &opts, source, &a.out, true)?;
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+    print_summary(&summary, &a.out, a.json)
+}
+
+fn print_summary(summary: &Summary, out: &Path, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(summary)?);
     } else {
-        print!("{}", report::table(&summary));
-        println!("wrote {}", a.out.display());
+        print!("{}", report::table(summary));
+        println!("wrote {}", out.display());
     }
     Ok(())
 }

@@ -3,7 +3,7 @@
 use super::EvalOptions;
 use super::metrics::{self, Choice, Counts, ImageScore, PixelHistogram, PrPoint, RocPoint};
 use anyhow::Context;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -16,7 +16,7 @@ pub const INDEX_HTML: &str = "index.html";
 pub const PICKS: usize = 8;
 
 /// One image's row (images.csv, summary.json, index.html).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ImageRecord {
     pub file: String,
     pub width: usize,
@@ -58,7 +58,7 @@ pub fn outcome(truth: bool, predicted: bool) -> &'static str {
     }
 }
 
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Source {
     pub checkpoint: String,
     pub data: String,

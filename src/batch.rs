@@ -1,0 +1,616 @@
+//! `engine infer` over files and folders: input discovery (recursive,
+//! `--glob`), output names that mirror each input's path relative to the
+//! folder it came from and never collide, `--shard I/N`, `--skip-existing`,
+//! and `results.csv` / `results.json` with one row per input.
+//!
+//! Exit codes (as `engine eval`): 0 every input done; 2 bad input (an
+//! unreadable `--out`, a missing checkpoint, no inputs, or any input that
+//! could not be read); 1 an internal error (GPU, inference, writing) on any
+//! input. Per-file failures never stop the other inputs.
+use crate::eval::BadInput;
+use crate::eval::metrics::{self, ImageScore};
+use crate::infer::{TileOptions, output_path};
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+/// File extensions picked up in folders (case-insensitive). Files without
+/// an extension are picked up when they are DICOM (the "DICM" marker).
+pub const EXTENSIONS: &[&str] = &["dcm", "dicom", "png", "pgm", "pnm", "jpg", "jpeg"];
+
+/// One input and where its outputs go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Input {
+    /// Position of this input's row in the unsharded results: command-line
+    /// arguments that do not exist come first, then the inputs in order.
+    pub index: usize,
+    pub path: PathBuf,
+    /// Output stem relative to `--out`: the input's path relative to the
+    /// folder it came from (its own folder for a file named on the command
+    /// line), without the extension; `-2`, `-3`, ... appended when an
+    /// earlier input already has that stem.
+    pub stem: PathBuf,
+}
+
+/// `*` (within one path component), `**` (any number of components), `?`.
+/// A pattern without `/` is matched against the file name only; one with
+/// `/` against the path relative to the folder searched.
+pub fn glob_match(pattern: &str, rel_path: &str) -> bool {
+    let text = if pattern.contains('/') {
+        rel_path
+    } else {
+        rel_path.rsplit('/').next().unwrap_or(rel_path)
+    };
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = text.chars().collect();
+    glob_chars(&p, &t)
+}
+
+fn glob_chars(p: &[char], t: &[char]) -> bool {
+    match p.first() {
+        None => t.is_empty(),
+        Some('*') if p.get(1) == Some(&'*') => {
+            let rest = &p[2..];
+            if rest.first() == Some(&'/') && glob_chars(&rest[1..], t) {
+                return true;
+            }
+            (0..=t.len()).any(|i| glob_chars(rest, &t[i..]))
+        }
+        Some('*') => {
+            for i in 0..=t.len() {
+                if i > 0 && t[i - 1] == '/' {
+                    break;
+                }
+                if glob_chars(&p[1..], &t[i..]) {
+                    return true;
+                }
+            }
+            false
+        }
+        Some('?') => !t.is_empty() && t[0] != '/' && glob_chars(&p[1..], &t[1..]),
+        Some(&c) => !t.is_empty() && t[0] == c && glob_chars(&p[1..], &t[1..]),
+    }
+}
+
+fn has_image_extension(path: &Path) -> bool {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some(e) => EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)),
+        None => matches!(
+            crate::data::read::detect_format(path),
+            Ok(crate::data::read::Format::Dicom)
+        ),
+    }
+}
+
+/// Files under `dir`, recursively, sorted by path; hidden entries and
+/// anything under `exclude` (the output folder) are left out. Linked
+/// folders are followed, each real folder once (no cycles).
+fn walk(dir: &Path, exclude: Option<&Path>, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+    walk_once(dir, exclude, out, &mut HashSet::new())
+}
+
+fn walk_once(
+    dir: &Path,
+    exclude: Option<&Path>,
+    out: &mut Vec<PathBuf>,
+    seen: &mut HashSet<PathBuf>,
+) -> anyhow::Result<()> {
+    if !seen.insert(dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf())) {
+        return Ok(());
+    }
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading folder {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            !p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with('.'))
+        })
+        .collect();
+    entries.sort();
+    for p in entries {
+        if let Some(ex) = exclude
+            && p.canonicalize().is_ok_and(|c| c.starts_with(ex))
+        {
+            continue;
+        }
+        if p.is_dir() {
+            walk_once(&p, exclude, out, seen)?;
+        } else if p.is_file() {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
+
+fn slash_path(p: &Path) -> String {
+    p.components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// Command-line arguments that are neither files nor folders, with the reason.
+pub type Missing = Vec<(PathBuf, String)>;
+
+/// The inputs of `args` (files and folders) in a deterministic order:
+/// arguments in order, each folder's files sorted by path. `glob` filters
+/// the files found in folders (files named on the command line are always
+/// taken). Missing arguments come back as failures (path, reason). The same
+/// file reached twice is taken once.
+pub fn collect_inputs(
+    args: &[PathBuf],
+    glob: Option<&str>,
+    exclude: Option<&Path>,
+) -> anyhow::Result<(Vec<Input>, Missing)> {
+    let exclude = exclude.and_then(|e| e.canonicalize().ok());
+    let mut found: Vec<(PathBuf, PathBuf)> = Vec::new();
+    let mut missing = Vec::new();
+    for arg in args {
+        if arg.is_dir() {
+            let mut files = Vec::new();
+            walk(arg, exclude.as_deref(), &mut files)?;
+            for f in files {
+                let rel = f.strip_prefix(arg).unwrap_or(&f).to_path_buf();
+                if glob.is_some_and(|g| !glob_match(g, &slash_path(&rel))) {
+                    continue;
+                }
+                if has_image_extension(&f) {
+                    found.push((f, rel));
+                }
+            }
+        } else if arg.is_file() {
+            let name = arg.file_name().map(PathBuf::from).unwrap_or_default();
+            found.push((arg.clone(), name));
+        } else {
+            missing.push((arg.clone(), "no such file or folder".to_string()));
+        }
+    }
+    let mut seen = HashSet::new();
+    let mut stems: HashMap<PathBuf, usize> = HashMap::new();
+    let mut inputs = Vec::new();
+    for (path, rel) in found {
+        let key = path.canonicalize().unwrap_or_else(|_| path.clone());
+        if !seen.insert(key) {
+            continue;
+        }
+        let base = rel.with_extension("");
+        let mut stem = base.clone();
+        let mut k = 1;
+        while stems.contains_key(&stem) {
+            k += 1;
+            let mut s = base.as_os_str().to_owned();
+            s.push(format!("-{k}"));
+            stem = PathBuf::from(s);
+        }
+        stems.insert(stem.clone(), inputs.len());
+        inputs.push(Input {
+            index: missing.len() + inputs.len(),
+            path,
+            stem,
+        });
+    }
+    Ok((inputs, missing))
+}
+
+/// `--shard I/N`: the inputs at positions `I, I+N, I+2N, ...` (0-based `I`)
+/// of the full, deterministic input list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Shard, String> {
+        let (i, n) = s
+            .split_once('/')
+            .ok_or_else(|| format!("--shard {s:?} is not I/N"))?;
+        let index: usize = i
+            .trim()
+            .parse()
+            .map_err(|_| format!("--shard {s:?}: bad index"))?;
+        let count: usize = n
+            .trim()
+            .parse()
+            .map_err(|_| format!("--shard {s:?}: bad count"))?;
+        if count == 0 || index >= count {
+            return Err(format!(
+                "--shard {s:?}: needs 0 <= I < N (I is 0-based, like SLURM_ARRAY_TASK_ID with --array=0-(N-1) and JOB_COMPLETION_INDEX)"
+            ));
+        }
+        Ok(Shard { index, count })
+    }
+}
+
+impl Shard {
+    pub fn select<T: Clone>(&self, items: &[T]) -> Vec<T> {
+        items
+            .iter()
+            .skip(self.index)
+            .step_by(self.count)
+            .cloned()
+            .collect()
+    }
+
+    /// A file name carrying the shard: `results.csv` -> `results-shard-2-of-8.csv`.
+    pub fn file_name(shard: Option<Shard>, stem: &str, ext: &str) -> String {
+        match shard {
+            Some(s) => format!("{stem}-shard-{}-of-{}.{ext}", s.index, s.count),
+            None => format!("{stem}.{ext}"),
+        }
+    }
+}
+
+/// Status of a row.
+pub const OK: &str = "ok";
+pub const BAD_INPUT: &str = "bad input";
+pub const ERROR: &str = "error";
+
+/// One row of `results.csv`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Row {
+    /// Position in the unsharded results (shards merge back by it).
+    pub index: usize,
+    /// The input path as given or found.
+    pub file: String,
+    /// Output stem relative to `--out` (outputs are `OUTPUT_prob.png`, ...).
+    pub output: String,
+    /// ok, bad input or error.
+    pub status: String,
+    pub width: Option<usize>,
+    pub height: Option<usize>,
+    pub max_probability: Option<f32>,
+    /// Pixels with p > threshold.
+    pub pixels_above_threshold: Option<u64>,
+    /// `engine eval`'s image score (`--image-score`).
+    pub image_score: Option<f64>,
+    /// `engine eval`'s image-level decision: 1 when more than H*W/750
+    /// pixels exceed the threshold.
+    pub image_predicted: Option<u8>,
+    /// Wall time of this input (read, network, writing).
+    pub seconds: f64,
+    /// The reason of a failure ("" when ok).
+    pub error: String,
+}
+
+impl Row {
+    fn failed(input: &Input, status: &str, err: &anyhow::Error, seconds: f64) -> Row {
+        Row {
+            index: input.index,
+            file: input.path.display().to_string(),
+            output: slash_path(&input.stem),
+            status: status.into(),
+            width: None,
+            height: None,
+            max_probability: None,
+            pixels_above_threshold: None,
+            image_score: None,
+            image_predicted: None,
+            seconds,
+            error: format!("{err:#}"),
+        }
+    }
+}
+
+/// Settings of a batch.
+#[derive(Clone, Debug)]
+pub struct BatchOptions {
+    pub threshold: f32,
+    pub image_score: ImageScore,
+    pub tiles: TileOptions,
+    pub npy: bool,
+    /// Write DICOM results (Segmentation, Parametric Map) for DICOM inputs.
+    pub dicom: crate::dicom_out::DicomKinds,
+    /// Describes the model in DICOM results (e.g. the checkpoint's name).
+    pub model_name: String,
+}
+
+/// The files an input's row promises (for `--skip-existing`).
+pub fn expected_outputs(out: &Path, input: &Input, opts: &BatchOptions) -> Vec<PathBuf> {
+    let stem = out.join(&input.stem);
+    let mut v = vec![
+        output_path(&stem, "prob.png"),
+        output_path(&stem, "mask.png"),
+        output_path(&stem, "overlay.png"),
+    ];
+    if opts.npy {
+        v.push(output_path(&stem, "prob.npy"));
+    }
+    if opts.dicom.any() && is_dicom(&input.path) {
+        v.extend(opts.dicom.suffixes().iter().map(|x| output_path(&stem, x)));
+    }
+    v
+}
+
+/// Runs one input and writes its outputs under `out`.
+pub fn run_one(
+    gpu: &crate::Gpu,
+    model: &crate::model::Model,
+    input: &Input,
+    out: &Path,
+    opts: &BatchOptions,
+) -> Row {
+    let started = std::time::Instant::now();
+    let scan = match crate::infer::read_scan(&input.path) {
+        Ok(s) => s,
+        Err(e) => return Row::failed(input, BAD_INPUT, &e, started.elapsed().as_secs_f64()),
+    };
+    let result = (|| -> anyhow::Result<Row> {
+        let prob = crate::infer::probability_map(gpu, model, &scan, &opts.tiles)
+            .with_context(|| format!("inference on {}x{}", scan.width, scan.height))?;
+        let stem = out.join(&input.stem);
+        let o = crate::infer::write_outputs(&stem, &scan, &prob, opts.threshold, opts.npy)?;
+        if opts.dicom.any() && is_dicom(&input.path) {
+            crate::dicom_out::write_results(&input.path, &stem, &scan, &prob, opts)
+                .context("writing the DICOM results")?;
+        }
+        Ok(Row {
+            index: input.index,
+            file: input.path.display().to_string(),
+            output: slash_path(&input.stem),
+            status: OK.into(),
+            width: Some(scan.width),
+            height: Some(scan.height),
+            max_probability: Some(o.max_probability),
+            pixels_above_threshold: Some(o.positive_pixels as u64),
+            image_score: Some(opts.image_score.score(&prob)),
+            image_predicted: Some(metrics::image_predicted(&prob, opts.threshold) as u8),
+            seconds: 0.0,
+            error: String::new(),
+        })
+    })();
+    let secs = started.elapsed().as_secs_f64();
+    match result {
+        Ok(mut r) => {
+            r.seconds = secs;
+            r
+        }
+        Err(e) => Row::failed(input, ERROR, &e, secs),
+    }
+}
+
+pub fn is_dicom(path: &Path) -> bool {
+    matches!(
+        crate::data::read::detect_format(path),
+        Ok(crate::data::read::Format::Dicom)
+    )
+}
+
+/// Reads a results CSV (for `--skip-existing` and merging shards).
+pub fn read_rows(path: &Path) -> anyhow::Result<Vec<Row>> {
+    let mut r =
+        csv::Reader::from_path(path).with_context(|| format!("reading {}", path.display()))?;
+    r.deserialize()
+        .map(|x| x.with_context(|| format!("reading {}", path.display())))
+        .collect()
+}
+
+/// Combines the `results-shard-I-of-N.csv` files of all N shards in `out`
+/// into `out/results.csv`, rows in the order of the unsharded run; returns
+/// the rows. Errors (a shard missing, mixed N, rows missing) are [`BadInput`].
+pub fn merge_shards(out: &Path) -> anyhow::Result<Vec<Row>> {
+    let bad = |m: String| anyhow::Error::new(BadInput(m));
+    let mut shards: BTreeMap<usize, PathBuf> = BTreeMap::new();
+    let mut count: Option<usize> = None;
+    let entries = std::fs::read_dir(out).map_err(|e| bad(format!("{}: {e}", out.display())))?;
+    for e in entries.filter_map(|e| e.ok()) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name
+            .strip_prefix("results-shard-")
+            .and_then(|r| r.strip_suffix(".csv"))
+        else {
+            continue;
+        };
+        let Some((i, n)) = rest
+            .split_once("-of-")
+            .and_then(|(i, n)| Some((i.parse::<usize>().ok()?, n.parse::<usize>().ok()?)))
+        else {
+            continue;
+        };
+        if count.is_some_and(|c| c != n) {
+            return Err(bad(format!(
+                "{} holds shards of different counts ({} and {n})",
+                out.display(),
+                count.unwrap_or(0)
+            )));
+        }
+        count = Some(n);
+        shards.insert(i, e.path());
+    }
+    let n = count.ok_or_else(|| {
+        bad(format!(
+            "{} has no results-shard-I-of-N.csv files",
+            out.display()
+        ))
+    })?;
+    let missing: Vec<String> = (0..n)
+        .filter(|i| !shards.contains_key(i))
+        .map(|i| format!("{i}/{n}"))
+        .collect();
+    if !missing.is_empty() {
+        return Err(bad(format!("missing shards: {}", missing.join(", "))));
+    }
+    let mut rows = Vec::new();
+    for path in shards.values() {
+        rows.extend(read_rows(path)?);
+    }
+    rows.sort_by_key(|r| r.index);
+    if let Some((k, r)) = rows.iter().enumerate().find(|(k, r)| r.index != *k) {
+        return Err(bad(format!(
+            "the shards' rows do not make one run: row {k} has index {} ({}); was a shard run on other inputs?",
+            r.index, r.file
+        )));
+    }
+    let path = out.join("results.csv");
+    let mut w =
+        csv::Writer::from_path(&path).with_context(|| format!("writing {}", path.display()))?;
+    for r in &rows {
+        w.serialize(r)?;
+    }
+    w.flush()
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(rows)
+}
+
+/// `results.json`: the settings and the rows.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ResultsJson {
+    pub checkpoint: String,
+    pub threshold: f32,
+    pub image_score: String,
+    pub shard: Option<String>,
+    pub inputs: usize,
+    pub ok: usize,
+    pub failed: usize,
+    pub rows: Vec<Row>,
+}
+
+/// Creates `out` and checks that it can be written (before any GPU work).
+pub fn prepare_out(out: &Path) -> anyhow::Result<()> {
+    let bad = |e: &dyn std::fmt::Display| {
+        anyhow::Error::new(BadInput(format!(
+            "--out {} cannot be written: {e}",
+            out.display()
+        )))
+    };
+    std::fs::create_dir_all(out).map_err(|e| bad(&e))?;
+    let probe = out.join(format!(".engine-write-test-{}", std::process::id()));
+    std::fs::write(&probe, b"").map_err(|e| bad(&e))?;
+    std::fs::remove_file(&probe).map_err(|e| bad(&e))?;
+    Ok(())
+}
+
+/// What a batch did.
+#[derive(Debug, Default)]
+pub struct BatchReport {
+    pub rows: Vec<Row>,
+    pub skipped: usize,
+    pub results: PathBuf,
+}
+
+impl BatchReport {
+    /// 0 when every row is ok; 1 when any input failed internally; else 2
+    /// when any input was bad.
+    pub fn exit_code(&self) -> i32 {
+        if self.rows.iter().any(|r| r.status == ERROR) {
+            1
+        } else if self.rows.iter().any(|r| r.status == BAD_INPUT) {
+            2
+        } else {
+            0
+        }
+    }
+}
+
+/// Everything `engine infer` does after the GPU and the model are ready:
+/// runs `inputs` (already sharded), reusing ok rows of an earlier
+/// `results` file when `skip_existing` and their outputs exist, and
+/// writes the results file (one row per input, flushed as each finishes).
+#[allow(clippy::too_many_arguments)]
+pub fn run_batch(
+    gpu: &crate::Gpu,
+    model: &crate::model::Model,
+    inputs: &[Input],
+    missing: &[(PathBuf, String)],
+    out: &Path,
+    results: &Path,
+    opts: &BatchOptions,
+    skip_existing: bool,
+    progress: bool,
+) -> anyhow::Result<BatchReport> {
+    let previous: BTreeMap<String, Row> = if skip_existing && results.is_file() {
+        read_rows(results)?
+            .into_iter()
+            .filter(|r| r.status == OK)
+            .map(|r| (r.file.clone(), r))
+            .collect()
+    } else {
+        BTreeMap::new()
+    };
+    let bar = if progress {
+        indicatif::ProgressBar::new(inputs.len() as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "infer {bar:30} {pos}/{len} images  {per_sec}  ETA {eta}",
+        )
+        .expect("valid template"),
+    );
+    let mut report = BatchReport {
+        results: results.to_path_buf(),
+        ..Default::default()
+    };
+    // Rows are written as they come (flushed), in input order, so that an
+    // interrupted batch keeps the rows of its finished inputs.
+    let mut writer = csv::Writer::from_path(results)
+        .with_context(|| format!("writing {}", results.display()))?;
+    let mut record = |row: Row, report: &mut BatchReport| -> anyhow::Result<()> {
+        writer.serialize(&row)?;
+        writer
+            .flush()
+            .with_context(|| format!("writing {}", results.display()))?;
+        report.rows.push(row);
+        Ok(())
+    };
+    for (i, (path, why)) in missing.iter().enumerate() {
+        let row = Row::failed(
+            &Input {
+                index: i,
+                path: path.clone(),
+                stem: PathBuf::new(),
+            },
+            BAD_INPUT,
+            &anyhow::anyhow!("{why}"),
+            0.0,
+        );
+        record(row, &mut report)?;
+    }
+    for input in inputs {
+        let key = input.path.display().to_string();
+        if let Some(row) = previous.get(&key)
+            && row.output == slash_path(&input.stem)
+            && expected_outputs(out, input, opts)
+                .iter()
+                .all(|p| p.is_file())
+        {
+            let mut row = row.clone();
+            row.index = input.index;
+            record(row, &mut report)?;
+            report.skipped += 1;
+            bar.inc(1);
+            continue;
+        }
+        gpu.pool().reset_peak();
+        let row = run_one(gpu, model, input, out, opts);
+        bar.suspend(|| {
+            if row.status == OK {
+                println!(
+                    "{}: max probability {:.3}, {} pixels above {}, image {} (score {:.3}) ({:.2} s); wrote {}_*",
+                    row.file,
+                    row.max_probability.unwrap_or(0.0),
+                    row.pixels_above_threshold.unwrap_or(0),
+                    opts.threshold,
+                    if row.image_predicted == Some(1) {
+                        "positive"
+                    } else {
+                        "negative"
+                    },
+                    row.image_score.unwrap_or(0.0),
+                    row.seconds,
+                    out.join(&input.stem).display()
+                )
+            } else {
+                eprintln!("{}: {}: {}", row.file, row.status, row.error)
+            }
+        });
+        record(row, &mut report)?;
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(report)
+}
