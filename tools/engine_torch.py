@@ -5,7 +5,7 @@
     net, meta = load_checkpoint("runs/NAME/checkpoint.safetensors")
     prob = net.probability(preprocess(gray_uint8_array))   # (1, 1, H, W) in [0, 1]
 
-The module follows MODEL.md's layer table; `load_checkpoint` reads the
+The module follows docs/MODEL.md's layer table; `load_checkpoint` reads the
 safetensors file, drops the Adam moments (`*.adam_m`, `*.adam_v`) that
 training checkpoints carry, checks the format, and loads the rest strictly
 (apart from PyTorch's own `num_batches_tracked`). The network is fully
@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 
 FORMAT = "mammo-dense-v1"
 
-# MODEL.md's layer table: name, kind, k, stride, dilation, in, out (width 1).
+# docs/MODEL.md's layer table: name, kind, k, stride, dilation, in, out (width 1).
 LAYERS = [
     ("conv0_1", "cbr", 3, 2, 1, 1, 32), ("conv0_2", "cbr", 3, 1, 1, 32, 32),
     ("conv0_3", "cb_skip", 3, 1, 1, 32, 32), ("pool0_1", "cbr", 3, 2, 1, 32, 48),
@@ -79,7 +79,7 @@ class TConv(nn.Module):
 
     def forward(self, x):
         y = F.conv_transpose2d(x, self.weight, self.bias, stride=self.s, padding=1)
-        # MODEL.md keeps output rows/cols in [0, in * s).
+        # docs/MODEL.md keeps output rows/cols in [0, in * s).
         return y[:, :, : x.shape[2] * self.s, : x.shape[3] * self.s]
 
 
