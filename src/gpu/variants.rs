@@ -163,7 +163,11 @@ impl Variants {
     }
 
     pub fn set_mode(&self, mode: TuneMode) {
-        *self.mode.lock().unwrap() = mode;
+        let was = std::mem::replace(&mut *self.mode.lock().unwrap(), mode);
+        // Off never read the file: read it now, so that tuning adds to it.
+        if was == TuneMode::Off && mode != TuneMode::Off {
+            self.load();
+        }
     }
 
     pub fn path(&self) -> Option<&Path> {
