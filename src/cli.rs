@@ -180,6 +180,7 @@ pub struct InferArgs {
 pub fn train(a: TrainArgs) -> anyhow::Result<i32> {
     // Before any GPU work: the run folder must be new (or resumed or
     // overwritten on purpose) and take files.
+    crate::train::RunLock::check_free(&a.out)?;
     crate::run_folder::check_run_folder(&a.out, a.resume, a.overwrite)?;
     crate::fsio::ensure_writable_dir(&a.out)?;
     let gpu = Gpu::new(a.adapter.adapter.as_deref())?;

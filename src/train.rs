@@ -259,6 +259,26 @@ pub struct RunLock {
 }
 
 impl RunLock {
+    /// Fails, naming the holder, when a live run holds the folder's lock
+    /// (checked before anything else looks at the folder). Takes nothing.
+    pub fn check_free(dir: &Path) -> anyhow::Result<()> {
+        let path = dir.join("train.lock");
+        let Ok(file) = std::fs::File::open(&path) else {
+            return Ok(());
+        };
+        if let Err(std::fs::TryLockError::WouldBlock) = file.try_lock_shared() {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            let holder = holder.trim();
+            bail!(
+                "{} is in use by another run (pid {}, lock {}): wait for it to finish or choose another --out",
+                dir.display(),
+                if holder.is_empty() { "unknown" } else { holder },
+                path.display()
+            );
+        }
+        Ok(())
+    }
+
     /// Takes the folder's lock; returns it and a warning when a stale lock
     /// was taken over. A folder in use is an error naming the holder's pid.
     pub fn acquire(dir: &Path) -> anyhow::Result<(RunLock, Option<String>)> {

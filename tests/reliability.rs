@@ -171,7 +171,8 @@ fn nan_or_negative_variance_checkpoints_are_refused_naming_the_tensor() {
             assert!(e.contains(want) && e.contains("x.safetensors"), "{e}");
         }
     }
-    // engine infer on the all-NaN checkpoint: a clear error, exit 1, no output.
+    // engine infer on the all-NaN checkpoint: a clear error, exit 2 (bad
+    // input), no output.
     std::fs::write(
         &path,
         edited(&base, |n, _, v| {
@@ -197,7 +198,7 @@ fn nan_or_negative_variance_checkpoints_are_refused_naming_the_tensor() {
         },
         None,
     );
-    assert_eq!(code, Some(1), "{text}");
+    assert_eq!(code, Some(2), "{text}");
     assert!(
         text.contains("'conv0_1.weight' holds 36 non-finite"),
         "{text}"
@@ -685,9 +686,9 @@ fn an_unusable_out_folder_fails_before_any_gpu_work() {
         },
         None,
     );
-    assert_eq!(code, Some(1), "{text}");
+    assert_eq!(code, Some(2), "{text}");
     assert!(
-        text.contains(&format!("creating {}", bad.display())),
+        text.contains(&format!("--out {} cannot be written", bad.display())),
         "{text}"
     );
     eprintln!("both refused in {:.2} s", t.elapsed().as_secs_f64());
