@@ -150,6 +150,8 @@ fn every_conv_variant_matches_the_reference() {
         (1, 4, 5, 8, 7, 3, 2, 1),
         (1, 6, 7, 10, 9, 3, 1, 2),
         (3, 7, 5, 6, 5, 1, 1, 1),
+        // 1x1 on a width the 4- and 8-pixel tiles divide: read in place.
+        (2, 5, 9, 6, 8, 1, 1, 1),
         (1, 1, 12, 9, 9, 3, 2, 1),
     ] {
         conv_all_variants(gpu(), shape);
@@ -169,6 +171,7 @@ fn every_variant_splits_under_a_tiny_binding_limit() {
     // 4 KiB window: channel, output-channel and image groups.
     conv_all_variants(tiny(), (3, 12, 10, 12, 12, 3, 1, 1));
     conv_all_variants(tiny(), (2, 12, 20, 12, 11, 3, 2, 1));
+    conv_all_variants(tiny(), (3, 12, 10, 8, 16, 1, 1, 1));
     tconv_all_variants(tiny(), (2, 6, 5, 6, 6, 2));
 }
 

@@ -335,8 +335,30 @@ pub(crate) fn run(gpu: &Gpu, j: &DirectJob, tile: Tile) -> Result<()> {
                 rows,
                 cols,
             };
-            let xp = prep::pad_input(gpu, j.src, &region)?;
-            let (xw, _) = gpu.window(&xp, 0, xp.numel());
+            // When the padded view is the source itself (a 1x1 conv whose
+            // tile divides the width), read the source: no copy.
+            let (ih, iw) = (j.src.shape()[2], j.src.shape()[3]);
+            let as_is = (j.row0, j.col0, rows, cols) == (0, 0, ih, iw);
+            let padded = if as_is {
+                None
+            } else {
+                Some(prep::pad_input(gpu, j.src, &region)?)
+            };
+            let (xw, x_base, x_nstride) = match &padded {
+                Some(xp) => {
+                    let (w, _) = gpu.window(xp, 0, xp.numel());
+                    (w, 0, clen * rows * cols)
+                }
+                None => {
+                    let img = cs * ih * iw;
+                    let (w, base) = gpu.window(
+                        j.src,
+                        n0 * img + c0 * ih * iw,
+                        (nb - 1) * img + clen * ih * iw,
+                    );
+                    (w, base, img)
+                }
+            };
             for (o0, olen) in runs(co, sp.o_group) {
                 let opad = olen.next_multiple_of(tile.to);
                 let wp = prep::prep_weights(gpu, j.w, &j.map, (o0, olen, opad), (c0, clen))?;
@@ -368,8 +390,8 @@ pub(crate) fn run(gpu: &Gpu, j: &DirectJob, tile: Tile) -> Result<()> {
                     out_w: j.out_w as u32,
                     col_groups: col_groups as u32,
                     c_in: clen as u32,
-                    x_base: 0,
-                    x_nstride: (clen * rows * cols) as u32,
+                    x_base,
+                    x_nstride: x_nstride as u32,
                     x_cstride: (rows * cols) as u32,
                     x_w: cols as u32,
                     w_base: 0,
