@@ -5,16 +5,15 @@
 //! as the fallback for geometries the generated planners do not cover
 //! (e.g. a transpose pass with a residue class that no tap reaches) and as
 //! the baseline that `engine bench` measures against.
+use super::wgrad::{DwSlice, add_partials};
 use super::{Geom, WeightLayout};
 use crate::error::Result;
 use crate::gpu::{Gpu, Kernel, Tensor};
-use crate::ops::reduce::ReduceParams;
-use crate::ops::{CONV2D, Params, REDUCE, items_per_window, kernel, launch, runs};
+use crate::ops::{CONV2D, Params, items_per_window, kernel, launch, runs};
 
 pub(super) const FORWARD: Kernel = kernel(&CONV2D, "conv2d_forward");
 pub(super) const TRANSPOSE: Kernel = kernel(&CONV2D, "conv2d_transpose");
 const WGRAD: Kernel = kernel(&CONV2D, "conv2d_wgrad");
-const SUM_PARTIALS: Kernel = kernel(&REDUCE, "sum_partials");
 /// Output columns and channels per invocation (TP, TO in conv2d.wgsl).
 const TP: usize = 4;
 const TO: usize = 8;
@@ -281,26 +280,15 @@ pub(super) fn wgrad(
                     &[(1, &gw), (2, &xw), (4, &pw)],
                     chunks * olen * clen,
                 );
-                let dw_start = o0 * c_tot * kk + c0 * kk;
-                let dw_len = (olen - 1) * c_tot * kk + clen * kk;
-                let (dww, dwb) = gpu.window(dw, dw_start, dw_len);
-                let sp = ReduceParams {
-                    chunks: chunks as u32,
-                    out_base: dwb,
-                    flags: (accumulate || !first) as u32,
-                    scale: 1.0,
-                    len: per as u32,
-                    inner: (clen * kk) as u32,
-                    out_ostride: (c_tot * kk) as u32,
-                    ..Default::default()
+                let slice = DwSlice {
+                    o0,
+                    olen,
+                    c0,
+                    clen,
+                    c_tot,
+                    kk,
                 };
-                launch(
-                    gpu,
-                    &SUM_PARTIALS,
-                    &Params::of(&sp),
-                    &[(1, &pw), (4, &dww)],
-                    per,
-                );
+                add_partials(gpu, &pw, chunks, dw, slice, accumulate || !first);
                 first = false;
             }
         }

@@ -341,26 +341,15 @@ pub(crate) fn run(
                     (chunks * c_groups) as u64,
                     o_groups as u32,
                 );
-                let dw_start = o0 * c_tot * kk + c0 * kk;
-                let dw_len = (olen - 1) * c_tot * kk + clen * kk;
-                let (dww, dwb) = gpu.window(dw, dw_start, dw_len);
-                let sp = ReduceParams {
-                    chunks: chunks as u32,
-                    out_base: dwb,
-                    flags: (accumulate || !first) as u32,
-                    scale: 1.0,
-                    len: per as u32,
-                    inner: (clen * kk) as u32,
-                    out_ostride: (c_tot * kk) as u32,
-                    ..Default::default()
+                let slice = DwSlice {
+                    o0,
+                    olen,
+                    c0,
+                    clen,
+                    c_tot,
+                    kk,
                 };
-                launch(
-                    gpu,
-                    &SUM_PARTIALS,
-                    &Params::of(&sp),
-                    &[(1, &pw), (4, &dww)],
-                    per,
-                );
+                add_partials(gpu, &pw, chunks, dw, slice, accumulate || !first);
             }
         }
     }
@@ -392,4 +381,48 @@ pub(crate) fn sample_sources() -> Vec<(String, String)> {
         }
     }
     out
+}
+
+/// The block of dw [O, C, k, k] one weight-gradient dispatch produces.
+#[derive(Clone, Copy)]
+pub(super) struct DwSlice {
+    pub o0: usize,
+    pub olen: usize,
+    pub c0: usize,
+    pub clen: usize,
+    pub c_tot: usize,
+    pub kk: usize,
+}
+
+/// Adds the `chunks` partial sums in `partials` ([chunk][o][c][tap] of the
+/// slice) in chunk order into dw (written, or added when `add`).
+pub(super) fn add_partials(
+    gpu: &Gpu,
+    partials: &crate::gpu::Window,
+    chunks: usize,
+    dw: &Tensor,
+    s: DwSlice,
+    add: bool,
+) {
+    let per = s.olen * s.clen * s.kk;
+    let start = s.o0 * s.c_tot * s.kk + s.c0 * s.kk;
+    let len = (s.olen - 1) * s.c_tot * s.kk + s.clen * s.kk;
+    let (dww, dwb) = gpu.window(dw, start, len);
+    let sp = ReduceParams {
+        chunks: chunks as u32,
+        out_base: dwb,
+        flags: add as u32,
+        scale: 1.0,
+        len: per as u32,
+        inner: (s.clen * s.kk) as u32,
+        out_ostride: (s.c_tot * s.kk) as u32,
+        ..Default::default()
+    };
+    launch(
+        gpu,
+        &SUM_PARTIALS,
+        &Params::of(&sp),
+        &[(1, partials), (4, &dww)],
+        per,
+    );
 }
