@@ -74,6 +74,22 @@ pub fn tconv_geom(stride: usize) -> Geom {
     }
 }
 
+/// A weight gradient's `dy` must have the shape the forward pass gave.
+fn check_dy(op: &'static str, dy: &Tensor, want: [usize; 4], x: &Tensor, w: &Tensor) -> Result<()> {
+    if dy.shape() != want {
+        return shape_err(
+            op,
+            format!(
+                "dy {:?} does not match x {:?} and weight {:?}",
+                dy.shape(),
+                x.shape(),
+                w.shape()
+            ),
+        );
+    }
+    Ok(())
+}
+
 fn check_conv_args(
     op: &'static str,
     x: &Tensor,
@@ -711,17 +727,7 @@ pub fn conv2d_backward_weight_with(
     check_conv_args(OP, x, dw, None, false)?;
     let (n, _, h, w) = x.nchw();
     let (oh, ow, g) = conv_geom(h, w, dw.shape()[2], stride, dil);
-    if dy.shape() != [n, dw.shape()[0], oh, ow] {
-        return shape_err(
-            OP,
-            format!(
-                "dy {:?} does not match x {:?} and weight {:?}",
-                dy.shape(),
-                x.shape(),
-                dw.shape()
-            ),
-        );
-    }
+    check_dy(OP, dy, [n, dw.shape()[0], oh, ow], x, dw)?;
     let pass = WeightGrad {
         op: OP,
         gout: dy,
@@ -835,17 +841,7 @@ pub fn tconv2d_backward_weight_with(
     check_rank(OP, "dy", dy, 4)?;
     check_conv_args(OP, x, dw, None, true)?;
     let (n, _, h, w) = x.nchw();
-    if dy.shape() != [n, dw.shape()[1], h * stride, w * stride] {
-        return shape_err(
-            OP,
-            format!(
-                "dy {:?} does not match x {:?} and weight {:?}",
-                dy.shape(),
-                x.shape(),
-                dw.shape()
-            ),
-        );
-    }
+    check_dy(OP, dy, [n, dw.shape()[1], h * stride, w * stride], x, dw)?;
     // The roles swap: x plays the gradient of the output, dy the input.
     let pass = WeightGrad {
         op: OP,
