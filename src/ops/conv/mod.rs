@@ -321,14 +321,14 @@ impl Produce<'_> {
             Some(v) => v,
             None => {
                 let key = shape_key(self.op, self.src, y, self.g);
-                let scratch = gpu.empty(y.shape())?;
+                // Timing (tuning only) writes into a scratch output.
                 choose(
                     gpu,
                     &key,
                     &ConvVariant::all(),
                     self.rule(gpu, y),
                     ConvVariant::name,
-                    &|v| self.run_variant(gpu, &scratch, v),
+                    &|v| self.run_variant(gpu, &gpu.empty(y.shape())?, v),
                 )?
             }
         };
@@ -520,14 +520,13 @@ impl WeightGrad<'_> {
             Some(v) => v,
             None => {
                 let key = shape_key(self.op, self.gout, self.input, self.g);
-                let scratch = gpu.empty(dw.shape())?;
                 choose(
                     gpu,
                     &key,
                     &WgradVariant::all(),
                     WgradVariant::rule(gpu),
                     WgradVariant::name,
-                    &|v| self.run_variant(gpu, &scratch, false, v),
+                    &|v| self.run_variant(gpu, &gpu.empty(dw.shape())?, false, v),
                 )?
             }
         };
