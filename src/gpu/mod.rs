@@ -369,11 +369,6 @@ impl Gpu {
         pipeline
     }
 
-    /// Pipelines compiled so far (generated specialisations included).
-    pub fn pipeline_count(&self) -> usize {
-        self.pipelines.lock().unwrap().len()
-    }
-
     /// Allocates an uninitialised tensor from the pool.
     pub fn empty(&self, shape: &[usize]) -> Result<Tensor> {
         let numel: usize = shape.iter().product();
