@@ -1,6 +1,7 @@
 //! `engine eval`: metrics against hand-computed values, the sweep's
 //! exactness, endpoints and monotonicity, AP and AUC, and the written
 //! outputs (PNGs, CSV, JSON, an HTML index that links only existing files).
+mod support;
 use engine::Gpu;
 use engine::data::Gray8;
 use engine::data::prepared::Sample;
@@ -16,11 +17,9 @@ fn close(a: f64, b: f64) {
     assert!((a - b).abs() < 1e-12, "{a} != {b}");
 }
 
+/// A fresh temp folder for this suite.
 fn temp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("engine-eval-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    support::temp_dir("eval", name)
 }
 
 fn gray(w: usize, h: usize, pixels: Vec<u8>) -> Gray8 {

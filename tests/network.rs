@@ -1,17 +1,12 @@
 //! The whole network: gradients against finite differences on a tiny
 //! configuration, and checkpoints that round-trip.
-use engine::Gpu;
+mod support;
 use engine::graph::Graph;
 use engine::model::{Meta, Model, ModelConfig};
 use engine::ops::loss;
 use engine::ops::resize::Mode;
 use rand::{Rng, SeedableRng};
-use std::sync::OnceLock;
-
-fn gpu() -> &'static Gpu {
-    static GPU: OnceLock<Gpu> = OnceLock::new();
-    GPU.get_or_init(|| Gpu::new(None).expect("a GPU adapter (apt-get install mesa-vulkan-drivers)"))
-}
+use support::gpu;
 
 const POS_WEIGHT: f32 = 15.0;
 

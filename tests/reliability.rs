@@ -1,7 +1,7 @@
 //! What happens when things go wrong (issue 11): hostile and damaged
 //! checkpoints and images, NaN, Ctrl-C, two runs into one folder, failed
 //! writes. Each test reproduces one failure the issue lists.
-use engine::Gpu;
+mod support;
 use engine::data::Gray8;
 use engine::model::{Checkpoint, Load, Meta, Model, ModelConfig};
 use engine::ops::resize::Mode;
@@ -10,17 +10,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+use support::gpu;
 
-fn gpu() -> &'static Gpu {
-    static GPU: OnceLock<Gpu> = OnceLock::new();
-    GPU.get_or_init(|| Gpu::new(None).expect("a GPU adapter (apt-get install mesa-vulkan-drivers)"))
-}
-
+/// A fresh temp folder for this suite.
 fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("engine-rel-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    support::temp_dir("rel", name)
 }
 
 const CFG: ModelConfig = ModelConfig {

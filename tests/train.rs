@@ -1,7 +1,7 @@
 //! Training and inference end to end on the project's synthetic phantoms:
 //! the model learns, a resumed run continues bit for bit, and tiled
 //! inference matches untiled inference.
-use engine::Gpu;
+mod support;
 use engine::data::Gray8;
 use engine::data::prepared::Sample;
 use engine::infer::{TileOptions, probability_map};
@@ -9,12 +9,7 @@ use engine::model::Model;
 use engine::ops::resize::Mode;
 use engine::train::{RunDir, TrainConfig, train, validate};
 use rand::{Rng, SeedableRng};
-use std::sync::OnceLock;
-
-fn gpu() -> &'static Gpu {
-    static GPU: OnceLock<Gpu> = OnceLock::new();
-    GPU.get_or_init(|| Gpu::new(None).expect("a GPU adapter (apt-get install mesa-vulkan-drivers)"))
-}
+use support::gpu;
 
 /// Disk phantoms: textured background and one bright disk per image, the
 /// lesion mask. The network has no encoder-decoder skips (by design, as in

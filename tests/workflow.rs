@@ -2,10 +2,10 @@
 //! names, results.csv, exit codes, --skip-existing, --glob, --shard),
 //! DICOM Segmentation and Parametric Map results read back, `engine eval
 //! --shard` merged equal to one run, and self-describing run folders.
+mod support;
 use dicom_core::value::{C, PrimitiveValue};
 use dicom_core::{DataElement, Tag, VR};
 use dicom_object::{FileMetaTableBuilder, InMemDicomObject, OpenFileOptions};
-use engine::Gpu;
 use engine::batch::{BatchOptions, Row, read_rows};
 use engine::data::Gray8;
 use engine::data::prepared::Sample;
@@ -17,18 +17,11 @@ use engine::model::{Meta, Model, ModelConfig};
 use engine::ops::resize::Mode;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
+use support::gpu;
 
-fn gpu() -> &'static Gpu {
-    static GPU: OnceLock<Gpu> = OnceLock::new();
-    GPU.get_or_init(|| Gpu::new(None).expect("a GPU adapter (apt-get install mesa-vulkan-drivers)"))
-}
-
+/// A fresh temp folder for this suite.
 fn temp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("engine-wf-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    support::temp_dir("wf", name)
 }
 
 fn tiny_model() -> Model {
