@@ -270,6 +270,13 @@ pub struct Row {
     /// `engine eval`'s image-level decision: 1 when more than H*W/750
     /// pixels exceed the threshold.
     pub image_predicted: Option<u8>,
+    /// Millimetres per pixel the input was taken to have (empty for a
+    /// checkpoint that records no spacing: run at the input's pixels).
+    #[serde(default)]
+    pub pixel_spacing_mm: Option<f64>,
+    /// Where that spacing came from: file, flag or assumed.
+    #[serde(default)]
+    pub spacing_source: String,
     /// Wall time of this input (read, network, writing).
     pub seconds: f64,
     /// The reason of a failure ("" when ok).
@@ -289,6 +296,8 @@ impl Row {
             pixels_above_threshold: None,
             image_score: None,
             image_predicted: None,
+            pixel_spacing_mm: None,
+            spacing_source: String::new(),
             seconds,
             error: format!("{err:#}"),
         }
@@ -306,6 +315,10 @@ pub struct BatchOptions {
     pub dicom: crate::dicom_out::DicomKinds,
     /// Describes the model in DICOM results (e.g. the checkpoint's name).
     pub model_name: String,
+    /// The checkpoint's spacings (None: run at each input's own pixels).
+    pub spacing: Option<crate::spacing::ModelSpacing>,
+    /// `--pixel-spacing`: for inputs whose file declares none.
+    pub pixel_spacing: Option<f64>,
 }
 
 /// The files an input's row promises (for `--skip-existing`).
@@ -334,12 +347,22 @@ pub fn run_one(
     opts: &BatchOptions,
 ) -> Row {
     let started = std::time::Instant::now();
-    let scan = match crate::infer::read_scan(&input.path) {
+    let (scan, declared) = match crate::infer::read_scan_with_spacing(&input.path) {
         Ok(s) => s,
         Err(e) => return Row::failed(input, BAD_INPUT, &e, started.elapsed().as_secs_f64()),
     };
+    let spacing = opts.spacing.map(|m| {
+        (
+            crate::spacing::input_spacing(declared, opts.pixel_spacing, &m),
+            m,
+        )
+    });
+    let spacings = spacing.map(|((input_mm, _), m)| crate::infer::Spacings {
+        input_mm,
+        model_mm: m.model_mm,
+    });
     let result = (|| -> anyhow::Result<Row> {
-        let prob = crate::infer::probability_map(gpu, model, &scan, &opts.tiles)
+        let prob = crate::infer::probability_map_at(gpu, model, &scan, spacings, &opts.tiles)
             .with_context(|| format!("inference on {}x{}", scan.width, scan.height))?;
         let stem = out.join(&input.stem);
         let o = crate::infer::write_outputs(&stem, &scan, &prob, opts.threshold, opts.npy)?;
@@ -358,6 +381,10 @@ pub fn run_one(
             pixels_above_threshold: Some(o.positive_pixels as u64),
             image_score: Some(opts.image_score.score(&prob)),
             image_predicted: Some(metrics::image_predicted(&prob, opts.threshold) as u8),
+            pixel_spacing_mm: spacing.map(|((mm, _), _)| mm),
+            spacing_source: spacing
+                .map(|((_, origin), _)| origin.name().to_string())
+                .unwrap_or_default(),
             seconds: 0.0,
             error: String::new(),
         })

@@ -469,6 +469,8 @@ pub fn model(
         seed: 0,
         threads: 1,
         precise_bn: 0,
+        spacing: None,
+        select: crate::train::Select::PixelAp,
     };
     let adam = optim::Adam::default();
     let l2: Vec<Tensor> = L2_WEIGHTS

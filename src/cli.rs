@@ -112,6 +112,18 @@ pub struct TrainArgs {
     /// Data loader threads.
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
+    /// The validation metric whose best epoch is kept as best.safetensors.
+    #[arg(long, value_enum, default_value_t = crate::train::Select::PixelAp)]
+    pub select: crate::train::Select,
+    /// Millimetres per network pixel the model works at (recorded in the
+    /// checkpoint; infer and eval resample inputs to it). Default: the
+    /// training data's spacing / 0.66, the paper's downscale.
+    #[arg(long, value_parser = crate::data::cli::parse_spacing)]
+    pub model_spacing: Option<f64>,
+    /// Millimetres per pixel of training images whose manifest records
+    /// none (sets prepared before spacing was recorded).
+    #[arg(long, value_parser = crate::data::cli::parse_spacing)]
+    pub pixel_spacing: Option<f64>,
 }
 
 #[derive(Debug, Args)]
@@ -169,6 +181,11 @@ pub struct InferArgs {
     /// Also write the probability map as float32 NAME_prob.npy.
     #[arg(long)]
     pub npy: bool,
+    /// Millimetres per pixel of inputs whose file declares none (PNG, PGM,
+    /// JPEG, DICOM without Pixel Spacing). Without it such inputs are taken
+    /// to have the spacing of the model's training data, with a warning.
+    #[arg(long, value_parser = crate::data::cli::parse_spacing)]
+    pub pixel_spacing: Option<f64>,
     /// Input images (PNG, PGM, JPEG or DICOM, any size) and folders
     /// (searched recursively).
     #[arg(required_unless_present = "merge")]
@@ -201,6 +218,8 @@ pub fn train(a: TrainArgs) -> anyhow::Result<i32> {
         seed: a.seed,
         threads: a.threads.max(1),
         precise_bn: a.precise_bn,
+        spacing: None,
+        select: a.select,
     };
     crate::run_folder::write_config(&a.out, &a, &gpu, a.data.as_deref(), a.resume)?;
     let source = match a.data.clone() {
@@ -210,12 +229,26 @@ pub fn train(a: TrainArgs) -> anyhow::Result<i32> {
             size: a.synthetic_size,
         },
     };
-    let (train, val) = crate::train::samples(&source, a.val_fraction, a.seed)?;
+    let (mut train, mut val) = crate::train::samples(&source, a.val_fraction, a.seed)?;
+    let spacing = crate::train::resolve_spacing(
+        &mut train,
+        &mut val,
+        a.pixel_spacing,
+        a.model_spacing,
+        a.data.as_deref(),
+    )
+    .map_err(|e| anyhow::Error::new(crate::eval::BadInput(format!("{e:#}"))))?;
+    let cfg = crate::train::TrainConfig {
+        spacing: Some(spacing),
+        ..cfg
+    };
     println!(
-        "adapter: {}; {} training and {} validation images; sizes {}; batch {} in micro-batches of {}",
+        "adapter: {}; {} training and {} validation images at {:.3} mm/pixel (model {:.3} mm/pixel); sizes {}; batch {} in micro-batches of {}",
         gpu.info.name,
         train.len(),
         val.len(),
+        spacing.data_mm,
+        spacing.model_mm,
         a.sizes,
         cfg.batch,
         cfg.micro_batch
@@ -318,7 +351,15 @@ pub fn infer(a: InferArgs) -> anyhow::Result<i32> {
     let ckpt = crate::model::Checkpoint::read(&checkpoint, crate::model::Load::Weights)
         .map_err(|e| bad(format!("{e:#}")))?;
     let gpu = Gpu::new(a.adapter.adapter.as_deref())?;
-    let (model, _) = crate::model::Model::from_checkpoint(&gpu, ckpt)?;
+    let (model, meta) = crate::model::Model::from_checkpoint(&gpu, ckpt)?;
+    let spacing = crate::spacing::ModelSpacing::from_meta(&meta, &checkpoint)
+        .map_err(|e| bad(format!("{e:#}")))?;
+    if spacing.is_none() {
+        eprintln!(
+            "note: {} records no pixel spacing (written before spacing was tracked): inputs run at their own pixels",
+            checkpoint.display()
+        );
+    }
     let opts = batch::BatchOptions {
         threshold: a.threshold,
         image_score: a.image_score,
@@ -330,6 +371,8 @@ pub fn infer(a: InferArgs) -> anyhow::Result<i32> {
         npy: a.npy,
         dicom: a.dicom,
         model_name: model_name(&checkpoint, &model),
+        spacing,
+        pixel_spacing: a.pixel_spacing,
     };
     // Arguments that do not exist are reported once, by shard 0.
     let missing = if a.shard.is_none_or(|s| s.index == 0) {
@@ -350,6 +393,17 @@ pub fn infer(a: InferArgs) -> anyhow::Result<i32> {
     )?;
     let ok = report.rows.iter().filter(|r| r.status == batch::OK).count();
     let failed = report.rows.len() - ok;
+    let assumed = report
+        .rows
+        .iter()
+        .filter(|r| r.spacing_source == crate::spacing::Origin::Assumed.name())
+        .count();
+    if let (Some(m), true) = (spacing, assumed > 0) {
+        eprintln!(
+            "{}",
+            crate::spacing::assumed_warning(&format!("{assumed} input(s)"), &m)
+        );
+    }
     if a.json {
         let path = a.out.join(Shard::file_name(a.shard, "results", "json"));
         let j = batch::ResultsJson {

@@ -9,6 +9,7 @@
 //! each tile keeps only its core, `margin` pixels away from its borders.
 use crate::data::Gray8;
 use crate::data::read::read_gray8;
+use crate::data::resample::{Edge, Window, resample, size_at_spacing};
 use crate::gpu::Gpu;
 use crate::model::Model;
 use anyhow::Context;
@@ -46,20 +47,72 @@ pub const MARGIN: usize = 256;
 
 const ALIGN: usize = 32;
 
-/// The probability map (row-major, the scan's size) of one scan.
+/// The probability map (row-major, the scan's size) of one scan, run at
+/// the scan's own pixels.
 pub fn probability_map(
     gpu: &Gpu,
     model: &Model,
     scan: &Gray8,
     tiles: &TileOptions,
 ) -> anyhow::Result<Vec<f32>> {
-    let (h, w) = (scan.height, scan.width);
+    let x = scale_input(&scan.pixels);
+    map_scaled(gpu, model, &x, (scan.width, scan.height), tiles)
+}
+
+/// An input's pixel spacing and the model's, in millimetres.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Spacings {
+    pub input_mm: f64,
+    pub model_mm: f64,
+}
+
+/// The probability map of one scan, on the scan's pixels: the scan is
+/// resampled to the model's spacing, run, and the map resampled back
+/// (docs/MODEL.md, "Pixel spacing"). `None`: run at the scan's pixels.
+pub fn probability_map_at(
+    gpu: &Gpu,
+    model: &Model,
+    scan: &Gray8,
+    spacings: Option<Spacings>,
+    tiles: &TileOptions,
+) -> anyhow::Result<Vec<f32>> {
+    let Some(s) = spacings.filter(|s| (s.input_mm / s.model_mm - 1.0).abs() > 1e-3) else {
+        return probability_map(gpu, model, scan, tiles);
+    };
+    let (w, h) = (scan.width, scan.height);
+    let (w2, h2) = size_at_spacing(w, h, s.input_mm, s.model_mm);
+    let grey = resample(
+        &scan.pixels,
+        (w, h),
+        Window::whole(w, h, w2, h2),
+        (w2, h2),
+        Edge::Zero,
+    );
+    let x: Vec<f32> = grey.iter().map(|&v| (v - 127.0) / 255.0).collect();
+    let p = map_scaled(gpu, model, &x, (w2, h2), tiles)?;
+    Ok(resample(
+        &p,
+        (w2, h2),
+        Window::whole(w2, h2, w, h),
+        (w, h),
+        Edge::Clamp,
+    ))
+}
+
+/// The probability map of an input already scaled as the network expects.
+fn map_scaled(
+    gpu: &Gpu,
+    model: &Model,
+    scaled: &[f32],
+    (w, h): (usize, usize),
+    tiles: &TileOptions,
+) -> anyhow::Result<Vec<f32>> {
     let (hp, wp) = (h.next_multiple_of(ALIGN), w.next_multiple_of(ALIGN));
     // Black padding, scaled like the scan.
     let pad_value = scale_input(&[0])[0];
     let mut x = vec![pad_value; hp * wp];
-    for (r, row) in scan.pixels.chunks(w).enumerate() {
-        x[r * wp..r * wp + w].copy_from_slice(&scale_input(row));
+    for (r, row) in scaled.chunks(w).enumerate() {
+        x[r * wp..r * wp + w].copy_from_slice(row);
     }
     let full = if hp * wp <= tiles.max_pixels {
         crate::train::predict(gpu, model, &x, 1, hp, wp)?
@@ -138,20 +191,32 @@ pub fn read_scan(path: &Path) -> anyhow::Result<Gray8> {
     Ok(read_gray8(path)?)
 }
 
+/// [`read_scan`] and the pixel spacing the file declares (DICOM headers;
+/// None for other formats).
+pub fn read_scan_with_spacing(path: &Path) -> anyhow::Result<(Gray8, Option<f64>)> {
+    if crate::batch::is_dicom(path) {
+        let (g, info) = crate::data::read::read_with_info(path)?;
+        return Ok((g, info.dicom.and_then(|d| d.pixel_spacing_mm)));
+    }
+    Ok((read_scan(path)?, None))
+}
+
 /// Runs the model on one image file and writes its outputs into `out_dir`
 /// (named after the file's stem).
+#[allow(clippy::too_many_arguments)]
 pub fn infer_file(
     gpu: &Gpu,
     model: &Model,
     input: &Path,
     out_dir: &Path,
     threshold: f32,
+    spacings: Option<Spacings>,
     tiles: &TileOptions,
     npy: bool,
 ) -> anyhow::Result<Outputs> {
     let img = read_scan(input)?;
     let (h, w) = (img.height, img.width);
-    let prob = probability_map(gpu, model, &img, tiles)
+    let prob = probability_map_at(gpu, model, &img, spacings, tiles)
         .with_context(|| format!("{}: inference on {w}x{h}", input.display()))?;
     let stem = input
         .file_stem()

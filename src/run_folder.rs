@@ -216,6 +216,9 @@ pub const CSV_COLUMNS: &[&str] = &[
     "epoch",
     "size",
     "train_loss",
+    "val_pixel_ap",
+    "val_image_auc",
+    "val_image_ap",
     "val_precision",
     "val_recall",
     "val_f1",
@@ -343,7 +346,7 @@ fn draw_curves(rows: &[serde_json::Map<String, Value>], path: &Path) -> anyhow::
         c.draw_series(loss.iter().map(|&p| Circle::new(p, 3, BLUE.filled())))
             .map_err(to_anyhow)?;
         let mut c = ChartBuilder::on(&right)
-            .caption("Validation (crops, p > 0.5)", ("sans-serif", 18))
+            .caption("Validation (whole films)", ("sans-serif", 18))
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(50)
@@ -358,7 +361,9 @@ fn draw_curves(rows: &[serde_json::Map<String, Value>], path: &Path) -> anyhow::
             .draw()
             .map_err(to_anyhow)?;
         let colours = [
-            ("val_iou", "lesion IoU", RED),
+            ("val_pixel_ap", "pixel AP", BLACK),
+            ("val_image_auc", "image ROC AUC", MAGENTA),
+            ("val_iou", "lesion IoU at 0.5", RED),
             ("val_f1", "F1", BLUE),
             ("val_precision", "precision", RGBColor(0, 150, 0)),
             ("val_recall", "recall", RGBColor(200, 120, 0)),

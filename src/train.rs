@@ -2,14 +2,18 @@
 //! accumulation, Adam with docs/MODEL.md's schedule and L2 term, validation
 //! metrics each epoch, atomic checkpoints every epoch and on Ctrl-C, resume,
 //! and a stop with a clear message on a NaN or infinite loss.
+use crate::data::augment::CROP_SCALE;
 use crate::data::loader::{Batch, Loader, LoaderConfig};
 use crate::data::prepared::{PreparedSet, Sample};
 use crate::eval::metrics::Counts;
+use crate::eval::{Accumulator, EvalOptions};
 use crate::gpu::Gpu;
 use crate::graph::Graph;
+use crate::infer::{Spacings, TileOptions, probability_map_at};
 use crate::model::{L2, L2_WEIGHTS, Meta, Model, ModelConfig};
 use crate::ops::resize::Mode;
 use crate::ops::{elementwise, loss, optim, reduce};
+use crate::spacing::ModelSpacing;
 use anyhow::{Context, bail};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -34,6 +38,44 @@ pub struct TrainConfig {
     /// recomputed at the end of each epoch (0: keep docs/MODEL.md's moving
     /// averages as they are). See `recompute_bn_stats`.
     pub precise_bn: usize,
+    /// The spacing the model works at and the data's (None: the data's
+    /// spacing is unknown; crops are `size / 0.66` pixels as in the paper
+    /// and the checkpoint records no spacing).
+    pub spacing: Option<ModelSpacing>,
+    /// The validation metric that picks `best.safetensors`.
+    pub select: Select,
+}
+
+/// The validation metric that chooses the best epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Select {
+    /// Pixel average precision: threshold-free, and the measure of how well
+    /// the map ranks lesion pixels above the rest.
+    PixelAp,
+    /// Image-level ROC AUC (image score: `engine eval`'s area score).
+    ImageAuc,
+    /// Lesion IoU at threshold 0.5 (noisy on hard data: it is often 0).
+    Iou,
+}
+
+impl Select {
+    pub fn name(self) -> &'static str {
+        match self {
+            Select::PixelAp => "pixel-ap",
+            Select::ImageAuc => "image-auc",
+            Select::Iou => "iou",
+        }
+    }
+
+    /// This metric of a validation (image AUC without both classes: 0).
+    pub fn of(self, v: &Validation) -> f64 {
+        match self {
+            Select::PixelAp => v.pixel_ap,
+            Select::ImageAuc => v.image_auc.unwrap_or(0.0),
+            Select::Iou => v.counts.iou(),
+        }
+    }
 }
 
 impl TrainConfig {
@@ -67,6 +109,13 @@ impl TrainConfig {
             ("train.decay".into(), self.decay.to_string()),
             ("train.decay_every".into(), self.decay_every.to_string()),
             ("train.seed".into(), self.seed.to_string()),
+            ("train.select".into(), self.select.name().into()),
+            (
+                "train.pixel_spacing_mm".into(),
+                self.spacing
+                    .map(|s| s.model_mm.to_string())
+                    .unwrap_or_else(|| "none".into()),
+            ),
         ]
     }
 }
@@ -117,33 +166,64 @@ pub fn predict(
     Ok(gpu.read(&p)?)
 }
 
-/// Validation pixel counts over `samples` at `size` (centred crops).
+/// One validation: whole films through `engine eval`'s path.
+#[derive(Clone, Debug, Default)]
+pub struct Validation {
+    /// Pixel counts at threshold 0.5.
+    pub counts: Counts,
+    /// Pixel average precision (threshold-free).
+    pub pixel_ap: f64,
+    /// Image-level ROC AUC (None without both positive and negative films).
+    pub image_auc: Option<f64>,
+    pub image_ap: f64,
+}
+
+/// Validates on whole films, as `engine eval` does: each film is resampled
+/// to the model's spacing, run, and its map compared with the mask at the
+/// film's own pixels. Without a known spacing the films are shrunk by the
+/// paper's 0.66, the scale training crops have. Films whose mask is
+/// incomplete are left out.
 pub fn validate(
     gpu: &Gpu,
     model: &Model,
-    samples: &[Sample],
-    size: usize,
-    batch: usize,
-    threads: usize,
-) -> anyhow::Result<Counts> {
-    let mut counts = Counts::default();
-    if samples.is_empty() {
-        return Ok(counts);
+    films: &[Sample],
+    spacing: Option<ModelSpacing>,
+) -> anyhow::Result<Validation> {
+    let mut acc = Accumulator::new(EvalOptions {
+        panels: false,
+        ..EvalOptions::default()
+    });
+    for s in films.iter().filter(|s| s.mask_complete) {
+        let (scan, mask) = s.load()?;
+        let spacings = match (spacing, s.spacing_mm) {
+            (Some(m), Some(own)) => Spacings {
+                input_mm: own,
+                model_mm: m.model_mm,
+            },
+            _ => Spacings {
+                input_mm: 1.0,
+                model_mm: CROP_SCALE,
+            },
+        };
+        let prob = probability_map_at(gpu, model, &scan, Some(spacings), &TileOptions::default())
+            .with_context(|| format!("validating on {}", s.id))?;
+        acc.add(&s.id, &mask, &prob);
     }
-    let cfg = LoaderConfig {
-        size,
-        batch,
-        augment: false,
-        threads,
-        drop_last: false,
-        ..LoaderConfig::default()
-    };
-    for b in Loader::new(samples.to_vec(), cfg) {
-        let b = b?;
-        let p = predict(gpu, model, &b.images, b.n, size, size)?;
-        counts.add(&p, &b.masks, 0.5);
+    if acc.records().is_empty() {
+        return Ok(Validation::default());
     }
-    Ok(counts)
+    let summary = acc.finish();
+    Ok(Validation {
+        counts: Counts {
+            tp: summary.pixel.counts.tp,
+            fp: summary.pixel.counts.fp,
+            fn_: summary.pixel.counts.fn_,
+            tn: summary.pixel.counts.tn,
+        },
+        pixel_ap: summary.pixel.average_precision,
+        image_auc: summary.image.roc_auc,
+        image_ap: summary.image.average_precision,
+    })
 }
 
 /// Replaces every batch-norm layer's running statistics by their average
@@ -156,27 +236,20 @@ pub fn validate(
 /// batch statistics scored 0.00 with its running statistics after 96
 /// steps). Batch k is folded in with momentum 1/k, which gives the plain
 /// average. Nothing else changes: no gradients, no parameter updates.
-#[allow(clippy::too_many_arguments)]
 pub fn recompute_bn_stats(
     gpu: &Gpu,
     model: &Model,
     samples: &[Sample],
-    size: usize,
-    batch: usize,
+    loader: &LoaderConfig,
     batches: usize,
-    seed: u64,
-    threads: usize,
 ) -> anyhow::Result<()> {
+    let size = loader.size;
     let cfg = LoaderConfig {
-        size,
-        batch,
-        seed,
         // Its own stream of crops, apart from the training epochs'.
         epoch: u64::MAX,
         augment: true,
-        threads,
         drop_last: true,
-        ..LoaderConfig::default()
+        ..loader.clone()
     };
     for (k, b) in Loader::new(samples.to_vec(), cfg).take(batches).enumerate() {
         let b = b?;
@@ -385,12 +458,57 @@ struct MetricsLog {
 }
 
 impl MetricsLog {
+    fn record(&mut self, record: &serde_json::Value) -> anyhow::Result<()> {
+        self.line(record.to_string())
+    }
+
     fn line(&mut self, record: String) -> anyhow::Result<()> {
         let mut line = record;
         line.push('\n');
         self.file
             .write_all(line.as_bytes())
             .with_context(|| format!("writing {}", self.path.display()))
+    }
+}
+
+/// A metrics.jsonl record of a validation (`kind` baseline or epoch).
+fn validation_record(
+    kind: &str,
+    epoch: Option<usize>,
+    size: usize,
+    v: &Validation,
+) -> serde_json::Value {
+    let mut r = serde_json::json!({
+        "kind": kind,
+        "size": size,
+        "val_pixel_ap": v.pixel_ap,
+        "val_image_auc": v.image_auc,
+        "val_image_ap": v.image_ap,
+        "val_precision": v.counts.precision(),
+        "val_recall": v.counts.recall(),
+        "val_f1": v.counts.f1(),
+        "val_iou": v.counts.iou(),
+        "val_accuracy": v.counts.accuracy(),
+    });
+    if let Some(e) = epoch {
+        r["epoch"] = e.into();
+    }
+    r
+}
+
+impl Validation {
+    /// One line for the console.
+    pub fn describe(&self) -> String {
+        format!(
+            "pixel AP {:.4}, image AUC {}, lesion IoU {:.3} (precision {:.3} recall {:.3} at 0.5)",
+            self.pixel_ap,
+            self.image_auc
+                .map(|a| format!("{a:.3}"))
+                .unwrap_or_else(|| "-".into()),
+            self.counts.iou(),
+            self.counts.precision(),
+            self.counts.recall()
+        )
     }
 }
 
@@ -434,12 +552,12 @@ pub fn train(
         eprintln!("{w}");
     }
     remove_stale_temporaries(&run.0);
-    let (model, mut step, start_epoch, mut skip, mut best_iou) = if resume {
+    let (model, mut step, start_epoch, mut skip, mut best_score) = if resume {
         let (model, meta) = Model::load_for_training(gpu, &run.checkpoint())?;
         check_resume_settings(cfg, &model, &meta, &run.checkpoint())?;
         let skip: usize =
             meta_value(&meta, "train.batch_in_epoch", &run.checkpoint())?.unwrap_or(0);
-        let best: f64 = meta_value(&meta, "train.best_val_iou", &run.checkpoint())?.unwrap_or(-1.0);
+        let best: f64 = meta_value(&meta, "train.best_score", &run.checkpoint())?.unwrap_or(-1.0);
         resumed_sums = (
             meta_value(&meta, "train.loss_sum", &run.checkpoint())?.unwrap_or(0.0),
             meta_value(&meta, "train.loss_n", &run.checkpoint())?.unwrap_or(0),
@@ -491,68 +609,53 @@ pub fn train(
         .iter()
         .map(|n| model.param(n).value.clone())
         .collect();
-    let meta_at =
-        |step: u64, epoch: usize, batch_in_epoch: usize, best_iou: f64, sums: (f64, usize, f64)| {
-            let mut meta = Meta {
-                pos_weight: cfg.pos_weight,
-                step,
-                epoch: epoch as u64,
-                ..Default::default()
-            };
-            meta.extra.extend(cfg.to_meta());
-            meta.extra
-                .insert("train.batch_in_epoch".into(), batch_in_epoch.to_string());
-            meta.extra
-                .insert("train.best_val_iou".into(), best_iou.to_string());
-            // The partial sums of an interrupted epoch, so that its summary
-            // averages the whole epoch after a resume (f64 Display round-trips).
-            meta.extra
-                .insert("train.loss_sum".into(), sums.0.to_string());
-            meta.extra.insert("train.loss_n".into(), sums.1.to_string());
-            meta.extra
-                .insert("train.step_secs".into(), sums.2.to_string());
-            meta
+    let meta_at = |step: u64,
+                   epoch: usize,
+                   batch_in_epoch: usize,
+                   best_score: f64,
+                   sums: (f64, usize, f64)| {
+        let mut meta = Meta {
+            pos_weight: cfg.pos_weight,
+            step,
+            epoch: epoch as u64,
+            ..Default::default()
         };
+        meta.extra.extend(cfg.to_meta());
+        if let Some(sp) = cfg.spacing {
+            sp.write(&mut meta);
+        }
+        meta.extra
+            .insert("train.batch_in_epoch".into(), batch_in_epoch.to_string());
+        meta.extra
+            .insert("train.best_score".into(), best_score.to_string());
+        // The partial sums of an interrupted epoch, so that its summary
+        // averages the whole epoch after a resume (f64 Display round-trips).
+        meta.extra
+            .insert("train.loss_sum".into(), sums.0.to_string());
+        meta.extra.insert("train.loss_n".into(), sums.1.to_string());
+        meta.extra
+            .insert("train.step_secs".into(), sums.2.to_string());
+        meta
+    };
     let save = |model: &Model,
                 step: u64,
                 epoch: usize,
                 batch_in_epoch: usize,
-                best_iou: f64,
+                best_score: f64,
                 sums: (f64, usize, f64)| {
         model.save(
             gpu,
             &run.checkpoint(),
-            &meta_at(step, epoch, batch_in_epoch, best_iou, sums),
+            &meta_at(step, epoch, batch_in_epoch, best_score, sums),
             true,
         )
     };
     if !resume {
         // The untrained model's numbers: the baseline training must beat.
-        let counts = validate(
-            gpu,
-            &model,
-            &val,
-            cfg.size_at(0),
-            cfg.micro_batch,
-            cfg.threads,
-        )?;
-        metrics.line(format!(
-            "{{\"kind\":\"baseline\",\"size\":{},\"val_precision\":{},\"val_recall\":{},\"val_f1\":{},\"val_iou\":{},\"val_accuracy\":{}}}",
-            cfg.size_at(0),
-            counts.precision(),
-            counts.recall(),
-            counts.f1(),
-            counts.iou(),
-            counts.accuracy()
-        ))?;
+        let v = validate(gpu, &model, &val, cfg.spacing)?;
+        metrics.record(&validation_record("baseline", None, cfg.size_at(0), &v))?;
         if !quiet {
-            println!(
-                "untrained: validation precision {:.3} recall {:.3} F1 {:.3} lesion IoU {:.3}",
-                counts.precision(),
-                counts.recall(),
-                counts.f1(),
-                counts.iou()
-            );
+            println!("untrained: validation {}", v.describe());
         }
     }
     for epoch in start_epoch..cfg.epochs() {
@@ -564,11 +667,12 @@ pub fn train(
             seed: cfg.seed,
             epoch: epoch as u64,
             augment: true,
+            target_spacing_mm: cfg.spacing.map(|s| s.model_mm),
             threads: cfg.threads,
             drop_last: true,
             ..LoaderConfig::default()
         };
-        let loader = Loader::new(train.clone(), loader_cfg);
+        let loader = Loader::new(train.clone(), loader_cfg.clone());
         let batches = loader.batches_per_epoch();
         let bar = if quiet {
             indicatif::ProgressBar::hidden()
@@ -627,7 +731,7 @@ pub fn train(
                     step,
                     epoch,
                     bi + 1,
-                    best_iou,
+                    best_score,
                     (loss_sum, loss_n, step_secs),
                 )?;
                 bar.abandon_with_message(format!(
@@ -643,53 +747,41 @@ pub fn train(
         skip = 0;
         bar.finish();
         if cfg.precise_bn > 0 {
-            recompute_bn_stats(
-                gpu,
-                &model,
-                &train,
-                size,
-                cfg.micro_batch,
-                cfg.precise_bn,
-                cfg.seed,
-                cfg.threads,
-            )?;
+            let loader = LoaderConfig {
+                batch: cfg.micro_batch,
+                ..loader_cfg.clone()
+            };
+            recompute_bn_stats(gpu, &model, &train, &loader, cfg.precise_bn)?;
         }
-        let counts = validate(gpu, &model, &val, size, cfg.micro_batch, cfg.threads)?;
+        let v = validate(gpu, &model, &val, cfg.spacing)?;
         let mean_loss = loss_sum / loss_n.max(1) as f64;
         let step_ms = step_secs * 1e3 / loss_n.max(1) as f64;
         let peak_mib = gpu.pool().stats().2 as f64 / (1 << 20) as f64;
-        metrics.line(format!(
-            "{{\"kind\":\"epoch\",\"epoch\":{},\"size\":{size},\"train_loss\":{mean_loss},\"val_precision\":{},\"val_recall\":{},\"val_f1\":{},\"val_iou\":{},\"val_accuracy\":{},\"step_ms\":{step_ms:.1},\"peak_tensor_mib\":{peak_mib:.1}}}",
-            epoch + 1,
-            counts.precision(),
-            counts.recall(),
-            counts.f1(),
-            counts.iou(),
-            counts.accuracy()
-        ))?;
+        let mut record = validation_record("epoch", Some(epoch + 1), size, &v);
+        record["train_loss"] = mean_loss.into();
+        record["step_ms"] = ((step_ms * 10.0).round() / 10.0).into();
+        record["peak_tensor_mib"] = ((peak_mib * 10.0).round() / 10.0).into();
+        metrics.record(&record)?;
         crate::run_folder::refresh_or_warn(&run.0);
         if !quiet {
             println!(
-                "epoch {}: train loss {mean_loss:.4}; validation precision {:.3} recall {:.3} F1 {:.3} lesion IoU {:.3}; {step_ms:.0} ms/step, peak tensors {peak_mib:.0} MiB",
+                "epoch {}: train loss {mean_loss:.4}; validation {}; {step_ms:.0} ms/step, peak tensors {peak_mib:.0} MiB",
                 epoch + 1,
-                counts.precision(),
-                counts.recall(),
-                counts.f1(),
-                counts.iou()
+                v.describe()
             );
         }
-        // Validation IoU swings from epoch to epoch on hard data: keep the
-        // best epoch's weights beside the latest state.
-        if !val.is_empty() && counts.iou() > best_iou {
-            best_iou = counts.iou();
+        // Keep the best epoch's weights beside the latest state.
+        let score = cfg.select.of(&v);
+        if !val.is_empty() && score > best_score {
+            best_score = score;
             model.save(
                 gpu,
                 &run.best(),
-                &meta_at(step, epoch + 1, 0, best_iou, (0.0, 0, 0.0)),
+                &meta_at(step, epoch + 1, 0, best_score, (0.0, 0, 0.0)),
                 false,
             )?;
         }
-        save(&model, step, epoch + 1, 0, best_iou, (0.0, 0, 0.0))?;
+        save(&model, step, epoch + 1, 0, best_score, (0.0, 0, 0.0))?;
         last_good = Some(step);
     }
     Ok(Trained {
@@ -812,6 +904,42 @@ pub enum Source {
     Synthetic { n: usize, size: usize },
 }
 
+/// Gives samples without a spacing `pixel_spacing` (all of them must then
+/// have one) and returns the spacings of the run: the training images'
+/// (their median) and the model's (`model_spacing`, else the data's / 0.66).
+pub fn resolve_spacing(
+    train: &mut [Sample],
+    val: &mut [Sample],
+    pixel_spacing: Option<f64>,
+    model_spacing: Option<f64>,
+    data: Option<&Path>,
+) -> anyhow::Result<ModelSpacing> {
+    for s in train.iter_mut().chain(val.iter_mut()) {
+        s.spacing_mm = s.spacing_mm.or(pixel_spacing);
+        if s.spacing_mm.is_none() {
+            bail!(
+                "{}: {} records no pixel spacing (prepared before spacing was recorded): prepare the set again, or give --pixel-spacing MM",
+                data.map(|d| d
+                    .join(crate::data::prepared::MANIFEST)
+                    .display()
+                    .to_string())
+                    .unwrap_or_else(|| "the training data".into()),
+                s.id
+            );
+        }
+    }
+    let mut all: Vec<f64> = train.iter().filter_map(|s| s.spacing_mm).collect();
+    all.sort_by(f64::total_cmp);
+    let data_mm = all
+        .get(all.len() / 2)
+        .copied()
+        .context("no training images")?;
+    Ok(ModelSpacing {
+        model_mm: model_spacing.unwrap_or(data_mm / crate::spacing::PAPER_DOWNSCALE),
+        data_mm,
+    })
+}
+
 /// Moves the last `fraction` of `train` (at least one, never all) to a
 /// validation set.
 fn hold_out(train: &mut Vec<Sample>, fraction: f64) -> Vec<Sample> {
@@ -843,7 +971,10 @@ pub fn samples(
             let mut train: Vec<Sample> = crate::data::synth::generate(n, size, seed)
                 .into_iter()
                 .enumerate()
-                .map(|(i, p)| Sample::in_memory(format!("phantom{i}"), p.image, p.mask))
+                .map(|(i, p)| Sample {
+                    spacing_mm: Some(crate::data::synth::SPACING_MM),
+                    ..Sample::in_memory(format!("phantom{i}"), p.image, p.mask)
+                })
                 .collect();
             let val = hold_out(&mut train, val_fraction);
             Ok((train, val))

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use engine::data::Gray8;
-use engine::data::augment::{AugmentParams, apply, flip_rotate, sample_params};
+use engine::data::augment::{AugmentParams, CROP_SCALE, apply, flip_rotate, sample_params};
 use engine::data::cbis::{CbisOptions, prepare as prepare_cbis, read_csv};
 use engine::data::loader::{Loader, LoaderConfig};
 use engine::data::prepared::{PreparedSet, Sample, load_combined};
@@ -87,12 +87,15 @@ fn prepare_cbis_on_synthetic_tree_and_train_loader_consumes_it() {
         dicom_root: None,
         val: 0.2,
         seed: 1,
-        crop_min: 200,
+        // 200 pixels at DDSM's nominal 0.05 mm (the phantoms' DICOMs carry no spacing).
+        crop_mm: 10.0,
+        spacing_mm: None,
     };
     let w = prepare_cbis(&input, &out, &opt).unwrap();
     let m = &w.manifest;
     let full: Vec<_> = m.images.iter().filter(|e| !e.crop).collect();
     assert_eq!(full.len(), 10, "one combined image per scan");
+    assert!(m.images.iter().all(|e| e.pixel_spacing_mm == Some(0.05)));
     // The bad mask is reported (not resized) and its scan is kept for image-level use only.
     assert_eq!(m.skipped.len(), 1, "{:?}", m.skipped);
     assert!(
@@ -198,7 +201,7 @@ fn augmentation_keeps_lesions_within_a_pixel_and_moves_mask_with_image() {
     let mut rng = ChaCha8Rng::seed_from_u64(9);
     let mut checked = 0;
     for _ in 0..40 {
-        let p = sample_params(&mut rng, w, h, size);
+        let p = sample_params(&mut rng, w, h, size, CROP_SCALE);
         let (img, m) = apply(&scan, &mask, &p, size);
         let src = source_coords(&p, size);
         let px = p.side / size as f64; // one output pixel in source units

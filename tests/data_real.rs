@@ -235,7 +235,8 @@ fn prepare_mias_on_real_data() {
         test: 0.1,
         seed: 0,
         keep_uncoordinated: false,
-        crop_min: 1280,
+        crop_mm: engine::data::prepared::CROP_MM,
+        spacing_mm: None,
     };
     let w = prepare(&root.join("mias"), &out, &opt).unwrap();
     let m = &w.manifest;
@@ -247,7 +248,38 @@ fn prepare_mias_on_real_data() {
     assert_eq!(set.split("val").len(), 22);
     assert_eq!(set.split("test").len(), 22);
     assert_eq!(set.split("train").len(), 172);
-    assert!(set.split("train_crops").is_empty()); // 1024-px films: a 1280 crop is the whole image
+    // Every image records MIAS's 0.2 mm; crops are sized in millimetres, so the
+    // 1024-pixel films get them (100 mm = 500 pixels, or the film's width).
+    assert!(m.images.iter().all(|e| e.pixel_spacing_mm == Some(0.2)));
+    let crops = set.split("train_crops");
+    let coordinated_train = m
+        .images
+        .iter()
+        .filter(|e| e.split == "train" && !e.crop && e.positive_pixels > 0)
+        .count();
+    assert!(
+        crops.len() >= coordinated_train / 2 && coordinated_train > 20,
+        "{} crops for {coordinated_train} training films with lesions",
+        crops.len()
+    );
+    for e in m.images.iter().filter(|e| e.crop) {
+        assert!(e.positive_pixels > 0, "{}", e.file);
+        let film = e.file.replace("train_crops/", "train/");
+        let film = film
+            .rsplit_once("_roi")
+            .map(|(f, _)| format!("{f}.png"))
+            .unwrap();
+        let parent = m.images.iter().find(|p| p.file == film).unwrap();
+        assert!(
+            e.width >= 500.min(parent.width) && e.height >= 500.min(parent.height),
+            "{}: {}x{} in a {}x{} film",
+            e.file,
+            e.width,
+            e.height,
+            parent.width,
+            parent.height
+        );
+    }
     // No patient in two splits.
     let mut seen = std::collections::BTreeMap::new();
     for e in &m.images {

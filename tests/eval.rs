@@ -456,7 +456,7 @@ fn eval_writes_panels_plots_and_an_index_that_links_only_existing_files() {
         )
         .unwrap();
     let data = dir.join("data");
-    let mut w = engine::data::prepared::SetWriter::new(&data, "test", 0).unwrap();
+    let mut w = engine::data::prepared::SetWriter::new(&data, "test", 0.0).unwrap();
     for (i, smp) in samples.iter().enumerate() {
         let (scan, mask) = smp.load().unwrap();
         w.add(engine::data::prepared::Prepared {
@@ -469,6 +469,7 @@ fn eval_writes_panels_plots_and_an_index_that_links_only_existing_files() {
             mask_complete: true,
             classes: vec![],
             trim: false,
+            spacing_mm: 0.2,
             scan,
             mask,
         })

@@ -640,9 +640,18 @@ fn a_failed_save_names_the_path_and_leaves_no_temporary_file() {
     engine::data::read::write_gray_png(&img, &Gray8::new(40, 40)).unwrap();
     let out = dir.join("out");
     std::fs::create_dir_all(out.join("scan_mask.png").join("x")).unwrap();
-    let e = engine::infer::infer_file(gpu(), &model, &img, &out, 0.5, &Default::default(), false)
-        .err()
-        .unwrap();
+    let e = engine::infer::infer_file(
+        gpu(),
+        &model,
+        &img,
+        &out,
+        0.5,
+        None,
+        &Default::default(),
+        false,
+    )
+    .err()
+    .unwrap();
     assert!(format!("{e:#}").contains("scan_mask.png"), "{e:#}");
     let mut names: Vec<_> = std::fs::read_dir(&out)
         .unwrap()

@@ -7,7 +7,7 @@ use engine::data::prepared::Sample;
 use engine::infer::{TileOptions, probability_map};
 use engine::model::Model;
 use engine::ops::resize::Mode;
-use engine::train::{RunDir, TrainConfig, train, validate};
+use engine::train::{RunDir, Select, TrainConfig, train, validate};
 use rand::{Rng, SeedableRng};
 use support::gpu;
 
@@ -64,6 +64,8 @@ fn config(epochs: usize) -> TrainConfig {
         seed: 5,
         threads: 2,
         precise_bn: 8,
+        spacing: None,
+        select: Select::Iou,
     }
 }
 
@@ -88,7 +90,7 @@ fn training_on_phantoms_learns() {
         cfg.seed,
     )
     .unwrap();
-    let before = validate(gpu, &untrained, &val, SIZE, 4, 2).unwrap();
+    let before = validate(gpu, &untrained, &val, None).unwrap().counts;
     let model = train(
         gpu,
         &cfg,
@@ -101,7 +103,7 @@ fn training_on_phantoms_learns() {
     )
     .unwrap()
     .model;
-    let after = validate(gpu, &model, &val, SIZE, 4, 2).unwrap();
+    let after = validate(gpu, &model, &val, None).unwrap().counts;
     let log = std::fs::read_to_string(run.metrics()).unwrap();
     let losses: Vec<f64> = log
         .lines()

@@ -332,6 +332,8 @@ fn dicom_results_carry_the_source_identity_and_the_maps() {
         npy: false,
         dicom: DicomKinds::ALL,
         model_name: "engine test model".into(),
+        spacing: None,
+        pixel_spacing: None,
     };
     let stem = dir.join("out/mammo");
     std::fs::create_dir_all(dir.join("out")).unwrap();
@@ -396,6 +398,8 @@ fn dicom_results_for_a_real_cbis_ddsm_scan() {
         npy: false,
         dicom: DicomKinds::ALL,
         model_name: "engine test model".into(),
+        spacing: None,
+        pixel_spacing: None,
     };
     let r = engine::dicom_out::write_results(&src, &dir.join("1-131"), &img, &prob, &opts).unwrap();
     check_dicom_results(&src, &r, &prob, 0.6, w, h);
@@ -423,6 +427,8 @@ fn dicom_results_pass_dciodvfy() {
         npy: false,
         dicom: DicomKinds::ALL,
         model_name: "engine test model".into(),
+        spacing: None,
+        pixel_spacing: None,
     };
     for geometry in [true, false] {
         let src = dir.join(format!("src-{geometry}.dcm"));
@@ -879,7 +885,7 @@ fn merged_eval_shards_equal_one_run() {
     let ckpt = dir.join("model.safetensors");
     save_model(&model, &ckpt);
     let data = dir.join("data");
-    let mut w = engine::data::prepared::SetWriter::new(&data, "test", 0).unwrap();
+    let mut w = engine::data::prepared::SetWriter::new(&data, "test", 0.0).unwrap();
     for (i, smp) in samples.iter().enumerate() {
         let (scan, mask) = smp.load().unwrap();
         w.add(engine::data::prepared::Prepared {
@@ -892,6 +898,7 @@ fn merged_eval_shards_equal_one_run() {
             mask_complete: true,
             classes: vec![],
             trim: false,
+            spacing_mm: 0.2,
             scan,
             mask,
         })
@@ -993,7 +1000,7 @@ fn run_folder_is_self_describing_and_not_overwritten() {
     let csv = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(lines.len(), 4, "{csv}");
-    assert!(lines[0].starts_with("epoch,size,train_loss,val_precision"));
+    assert!(lines[0].starts_with("epoch,size,train_loss,val_pixel_ap,val_image_auc"));
     let jsonl = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
     let epoch2: serde_json::Value = jsonl
         .lines()

@@ -1,6 +1,6 @@
 //! The paper's online augmentation, image and mask together.
 //!
-//! Per sample: a square crop of side `size / 0.66 * N(1, 0.025)` at a uniformly
+//! Per sample: a square crop of side `size * scale * N(1, 0.025)` at a uniformly
 //! random position (where the image is smaller than the crop, the image lies
 //! inside it and the rest reads black), resized to `size x size`, then random
 //! horizontal and vertical flips and a random number of 90-degree rotations.
@@ -11,14 +11,19 @@
 //!   when any source pixel under its footprint is positive. So no lesion pixel is
 //!   lost and an edge moves outward by less than one output pixel.
 //!
+//! `scale` is the number of source pixels per network pixel: the model's
+//! pixel spacing over the image's (docs/MODEL.md, "Pixel spacing"), or the
+//! paper's `1 / 0.66` ([`CROP_SCALE`]) where the spacing is unknown.
 //! Without augmentation (evaluation) the crop is the centred square of side
-//! `size / 0.66` (the training scale), with no flips or rotations.
+//! `size * scale`, with no flips or rotations.
 use rand::Rng;
 use rand_distr::{Distribution, Normal};
 
 use super::Gray8;
+use super::resample::{Edge, Window, resample};
 
-/// The side of the crop relative to the output, as in the paper's code.
+/// The side of the crop relative to the output, as in the paper's code: the
+/// scale when the image's pixel spacing is unknown.
 pub const CROP_SCALE: f64 = 1.0 / 0.66;
 
 /// Everything random about one sample's augmentation.
@@ -35,15 +40,17 @@ pub struct AugmentParams {
     pub rot90: u8,
 }
 
-/// Draw the random parameters for a `width x height` image and output `size`.
+/// Draw the random parameters for a `width x height` image and output `size`,
+/// at `scale` source pixels per output pixel.
 pub fn sample_params<R: Rng>(
     rng: &mut R,
     width: usize,
     height: usize,
     size: usize,
+    scale: f64,
 ) -> AugmentParams {
     let normal = Normal::new(1.0, 0.025).unwrap_or_else(|_| unreachable!("fixed valid parameters"));
-    let side = (size as f64 * CROP_SCALE * normal.sample(rng)).max(1.0);
+    let side = (size as f64 * scale * normal.sample(rng)).max(1.0);
     let mut place = |len: usize| {
         let slack = len as f64 - side;
         // slack < 0: the crop is larger than the image; the image lies inside it.
@@ -65,9 +72,9 @@ pub fn sample_params<R: Rng>(
     }
 }
 
-/// The deterministic evaluation crop: centred, side `size / 0.66`, no flips.
-pub fn eval_params(width: usize, height: usize, size: usize) -> AugmentParams {
-    let side = size as f64 * CROP_SCALE;
+/// The deterministic evaluation crop: centred, side `size * scale`, no flips.
+pub fn eval_params(width: usize, height: usize, size: usize, scale: f64) -> AugmentParams {
+    let side = size as f64 * scale;
     AugmentParams {
         x0: (width as f64 - side) / 2.0,
         y0: (height as f64 - side) / 2.0,
@@ -78,41 +85,25 @@ pub fn eval_params(width: usize, height: usize, size: usize) -> AugmentParams {
     }
 }
 
-/// Bilinear resample of the window `(x0, y0, side)` of `src` to `size x size`
-/// (half-pixel centres, 0 outside the image). Values stay in 0..=255.
+/// Resample the window `(x0, y0, side)` of `src` to `size x size` (the
+/// filter of [`super::resample`]: bilinear when enlarging, an average under
+/// each output pixel when shrinking; 0 outside the image). Values stay in
+/// 0..=255.
 pub fn resample_image(src: &Gray8, x0: f64, y0: f64, side: f64, size: usize) -> Vec<f32> {
     let scale = side / size as f64;
-    // Per output column: the two source columns and their weights (done once, not per pixel).
-    let taps = |origin: f64, len: usize| -> Vec<(isize, f32)> {
-        (0..size)
-            .map(|d| {
-                let s = origin + (d as f64 + 0.5) * scale - 0.5;
-                let i = s.floor();
-                let _ = len;
-                (i as isize, (s - i) as f32)
-            })
-            .collect()
+    let win = Window {
+        x0,
+        y0,
+        scale_x: scale,
+        scale_y: scale,
     };
-    let xs = taps(x0, src.width);
-    let ys = taps(y0, src.height);
-    let (w, h) = (src.width as isize, src.height as isize);
-    let px = |x: isize, y: isize| -> f32 {
-        if x < 0 || y < 0 || x >= w || y >= h {
-            0.0
-        } else {
-            src.pixels[(y * w + x) as usize] as f32
-        }
-    };
-    let mut out = vec![0f32; size * size];
-    for (oy, &(y, fy)) in ys.iter().enumerate() {
-        let row = &mut out[oy * size..(oy + 1) * size];
-        for (o, &(x, fx)) in row.iter_mut().zip(&xs) {
-            let top = px(x, y) * (1.0 - fx) + px(x + 1, y) * fx;
-            let bottom = px(x, y + 1) * (1.0 - fx) + px(x + 1, y + 1) * fx;
-            *o = top * (1.0 - fy) + bottom * fy;
-        }
-    }
-    out
+    resample(
+        &src.pixels,
+        (src.width, src.height),
+        win,
+        (size, size),
+        Edge::Zero,
+    )
 }
 
 /// Resample a 0/1 mask to `size x size`: an output pixel is 1 when any source
@@ -262,9 +253,12 @@ mod tests {
         };
         let out = resample_image(&g, 0.0, 0.0, 4.0, 4);
         assert_eq!(out, g.pixels.iter().map(|&v| v as f32).collect::<Vec<_>>());
-        // Half-pixel rule: 4 -> 2 averages 2x2 blocks' centres: (0+10+40+50)/4 = 25.
+        // 4 -> 2: a triangle of radius 2 source pixels around centre 0.5,
+        // weights 1/8, 3/8, 3/8, 1/8 at -1..=2 per axis (0 outside the image).
         let out = resample_image(&g, 0.0, 0.0, 4.0, 2);
-        assert_eq!(out[0], 25.0);
+        let row = |r: f32| (3.0 * (40.0 * r) + 3.0 * (40.0 * r + 10.0) + (40.0 * r + 20.0)) / 8.0;
+        let expect = (3.0 * row(0.0) + 3.0 * row(1.0) + row(2.0)) / 8.0;
+        approx::assert_abs_diff_eq!(out[0], expect, epsilon = 1e-4);
         let m = Gray8 {
             width: 4,
             height: 4,

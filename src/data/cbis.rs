@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::dicom::{dicom_size, read_dicom, series_description};
+use super::dicom::{dicom_size, read_dicom, read_dicom_with_info, series_description};
 use super::prepared::{Prepared, SetWriter, split_patients};
 use super::{DataError, Gray8};
 
@@ -193,8 +193,19 @@ pub struct CbisOptions {
     pub dicom_root: Option<PathBuf>,
     pub val: f64,
     pub seed: u64,
-    pub crop_min: usize,
+    /// Minimum side of ROI crops in millimetres.
+    pub crop_mm: f64,
+    /// Pixel spacing for scans whose header has none (instead of
+    /// [`SPACING_MM`]); a header's own spacing always wins.
+    pub spacing_mm: Option<f64>,
 }
+
+/// CBIS-DDSM's DICOM files carry no PixelSpacing: they are DDSM film scans,
+/// digitised at 42 um (DBA), 43.5 um (Howtek) or 50 um (Lumisys) according
+/// to the DDSM documentation. 50 um is the nominal value used when the scanner
+/// is not known; the others differ from it by at most 16%, within the
+/// training's scale augmentation.
+pub const SPACING_MM: f64 = 0.05;
 
 /// The CSVs of a CBIS-DDSM download: `INPUT/*case_description*.csv`.
 pub fn find_csvs(input: &Path) -> Result<Vec<PathBuf>, DataError> {
@@ -232,7 +243,7 @@ pub fn prepare(input: &Path, out: &Path, opt: &CbisOptions) -> Result<SetWriter,
         None if input.join("CBIS-DDSM").is_dir() => input.join("CBIS-DDSM"),
         None => input.to_path_buf(),
     };
-    let mut w = SetWriter::new(out, "cbis", opt.crop_min)?;
+    let mut w = SetWriter::new(out, "cbis", opt.crop_mm)?;
     let mut rows = Vec::new();
     for c in &csvs {
         match read_csv(c) {
@@ -280,8 +291,13 @@ pub fn prepare(input: &Path, out: &Path, opt: &CbisOptions) -> Result<SetWriter,
                 continue;
             }
         };
-        let scan = match read_dicom(&scan_path) {
-            Ok(g) => g,
+        let (scan, spacing) = match read_dicom_with_info(&scan_path) {
+            Ok((g, info)) => (
+                g,
+                info.pixel_spacing_mm
+                    .or(opt.spacing_mm)
+                    .unwrap_or(SPACING_MM),
+            ),
             Err(e) => {
                 w.skip(name.clone(), e.to_string());
                 continue;
@@ -346,6 +362,7 @@ pub fn prepare(input: &Path, out: &Path, opt: &CbisOptions) -> Result<SetWriter,
             mask_complete: complete,
             classes,
             trim: true,
+            spacing_mm: spacing,
         }) {
             w.skip(name.clone(), e.to_string());
         }

@@ -62,6 +62,21 @@ pub enum DataCommand {
     },
 }
 
+/// A pixel spacing in millimetres: a positive number below 10.
+pub fn parse_spacing(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number of millimetres"))?;
+    if v > 0.0 && v < 10.0 {
+        Ok(v)
+    } else {
+        Err(format!(
+            "{v} mm is not a pixel spacing (expected e.g. 0.05 or 0.2)"
+        ))
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Layout {
     Combined,
@@ -90,9 +105,13 @@ pub enum PrepareCommand {
         /// positives for evaluation (never used for training).
         #[arg(long)]
         keep_uncoordinated: bool,
-        /// Minimum side of ROI crops (crops covering nearly the whole image are not written).
-        #[arg(long, default_value_t = 1280)]
-        crop_min: usize,
+        /// Minimum side of ROI crops in millimetres (crops covering nearly the
+        /// whole image are not written).
+        #[arg(long, default_value_t = super::prepared::CROP_MM)]
+        crop_mm: f64,
+        /// Pixel spacing in mm (default: mini-MIAS's 0.2).
+        #[arg(long, value_parser = parse_spacing)]
+        pixel_spacing: Option<f64>,
     },
     /// CBIS-DDSM: the official case-description CSVs and the DICOM tree.
     Cbis {
@@ -114,9 +133,13 @@ pub enum PrepareCommand {
         val: f64,
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        /// Minimum side of ROI crops.
-        #[arg(long, default_value_t = 1280)]
-        crop_min: usize,
+        /// Minimum side of ROI crops in millimetres.
+        #[arg(long, default_value_t = super::prepared::CROP_MM)]
+        crop_mm: f64,
+        /// Pixel spacing in mm of scans whose DICOM header has none (default:
+        /// DDSM's nominal 0.05).
+        #[arg(long, value_parser = parse_spacing)]
+        pixel_spacing: Option<f64>,
     },
 }
 
@@ -132,14 +155,16 @@ impl DataCommand {
                     test,
                     seed,
                     keep_uncoordinated,
-                    crop_min,
+                    crop_mm,
+                    pixel_spacing,
                 } => {
                     let opt = super::mias::MiasOptions {
                         val,
                         test,
                         seed,
                         keep_uncoordinated,
-                        crop_min,
+                        crop_mm,
+                        spacing_mm: pixel_spacing,
                     };
                     let w = super::mias::prepare(&input, &out, &opt)?;
                     print!("{}", w.summary());
@@ -153,14 +178,16 @@ impl DataCommand {
                     dicom_root,
                     val,
                     seed,
-                    crop_min,
+                    crop_mm,
+                    pixel_spacing,
                 } => {
                     let opt = super::cbis::CbisOptions {
                         csv,
                         dicom_root,
                         val,
                         seed,
-                        crop_min,
+                        crop_mm,
+                        spacing_mm: pixel_spacing,
                     };
                     let w = super::cbis::prepare(&input, &out, &opt)?;
                     print!("{}", w.summary());

@@ -49,6 +49,30 @@ pub struct DicomInfo {
     /// Range of the rescaled values (before the 8-bit mapping).
     pub value_min: f64,
     pub value_max: f64,
+    /// Millimetres per pixel from Pixel Spacing (0028,0030), else Imager
+    /// Pixel Spacing (0018,1164); the mean of the row and column spacing.
+    pub pixel_spacing_mm: Option<f64>,
+}
+
+/// The pixel spacing a header declares (see [`DicomInfo::pixel_spacing_mm`]).
+/// Values that are not two positive numbers count as absent.
+fn pixel_spacing(obj: &DefaultDicomObject) -> Option<f64> {
+    [Tag(0x0028, 0x0030), Tag(0x0018, 0x1164)]
+        .into_iter()
+        .find_map(|tag| {
+            let v = obj
+                .element_opt(tag)
+                .ok()
+                .flatten()?
+                .to_multi_float64()
+                .ok()?;
+            match v.as_slice() {
+                [r, c] if *r > 0.0 && *c > 0.0 && r.is_finite() && c.is_finite() => {
+                    Some((r + c) / 2.0)
+                }
+                _ => None,
+            }
+        })
 }
 
 /// Human name of a transfer syntax UID (the common ones), else the UID itself.
@@ -257,7 +281,9 @@ pub fn read_dicom_with_info(path: &Path) -> Result<(Gray8, DicomInfo), DataError
                     format!("cannot decode pixel data ({ts}): {}", error_chain(&e)),
                 )
             })?;
-    to_gray8(path, &decoded, ts)
+    let (gray, mut info) = to_gray8(path, &decoded, ts)?;
+    info.pixel_spacing_mm = pixel_spacing(&obj);
+    Ok((gray, info))
 }
 
 fn to_gray8(
@@ -386,6 +412,7 @@ fn to_gray8(
         window: window.map(|wl| (wl.center, wl.width, format!("{function:?}").to_uppercase())),
         value_min: vmin,
         value_max: vmax,
+        pixel_spacing_mm: None,
     };
     Ok((
         Gray8 {

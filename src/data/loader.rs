@@ -21,7 +21,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::augment::{apply, eval_params, sample_params};
+use super::augment::{CROP_SCALE, apply, eval_params, sample_params};
 use super::prepared::Sample;
 use super::synth::mix_seed;
 use super::{DataError, Gray8};
@@ -34,8 +34,12 @@ pub struct LoaderConfig {
     pub seed: u64,
     pub epoch: u64,
     /// Random crops, flips and rotations, and the crop mixing; off: the centred
-    /// evaluation crop of side `size / 0.66`, samples in the given order.
+    /// evaluation crop, samples in the given order.
     pub augment: bool,
+    /// The model's pixel spacing: each sample is resampled from its own
+    /// spacing to this one. None (or a sample of unknown spacing): the
+    /// paper's fixed scale, `size / 0.66` source pixels per crop.
+    pub target_spacing_mm: Option<f64>,
     /// Worker threads (at least 1).
     pub threads: usize,
     /// Batches that may wait in the queue.
@@ -56,6 +60,7 @@ impl Default for LoaderConfig {
             seed: 0,
             epoch: 0,
             augment: true,
+            target_spacing_mm: None,
             threads: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2),
@@ -285,12 +290,16 @@ fn make_batch(sh: &Shared, b: usize) -> Result<Batch, DataError> {
         let s = &sh.samples[sh.plan[pos]];
         let pair = sh.cache.get_or_load(s, cfg.cache_bytes)?;
         let (scan, mask) = (&pair.0, &pair.1);
+        let scale = match (cfg.target_spacing_mm, s.spacing_mm) {
+            (Some(target), Some(own)) => target / own,
+            _ => CROP_SCALE,
+        };
         let p = if cfg.augment {
             let mut rng =
                 ChaCha8Rng::seed_from_u64(mix_seed(mix_seed(cfg.seed, cfg.epoch), pos as u64));
-            sample_params(&mut rng, scan.width, scan.height, size)
+            sample_params(&mut rng, scan.width, scan.height, size, scale)
         } else {
-            eval_params(scan.width, scan.height, size)
+            eval_params(scan.width, scan.height, size, scale)
         };
         let (img, m) = apply(scan, mask, &p, size);
         images.extend(img.iter().map(|&v| (v - 127.0) / 255.0));

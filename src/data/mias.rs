@@ -14,6 +14,11 @@ use super::prepared::{Prepared, SetWriter, split_patients};
 use super::read::read_gray8;
 use super::{DataError, Gray8};
 
+/// mini-MIAS pixel spacing: the films were digitised at 50 um and reduced to
+/// 200 um pixel edge for the mini database (Suckling et al. 1994, and the
+/// database's own README).
+pub const SPACING_MM: f64 = 0.2;
+
 pub const CLASSES: [&str; 7] = ["CALC", "CIRC", "SPIC", "MISC", "ARCH", "ASYM", "NORM"];
 
 /// One row of `Info.txt`.
@@ -153,7 +158,10 @@ pub struct MiasOptions {
     /// Keep images whose abnormality has no coordinates, as image-level positives
     /// with `mask_complete: false` (evaluation only).
     pub keep_uncoordinated: bool,
-    pub crop_min: usize,
+    /// Minimum side of ROI crops in millimetres.
+    pub crop_mm: f64,
+    /// Overrides [`SPACING_MM`].
+    pub spacing_mm: Option<f64>,
 }
 
 /// `engine prepare mias`: returns the writer (manifest + summary).
@@ -169,7 +177,7 @@ pub fn prepare(input: &Path, out: &Path, opt: &MiasOptions) -> Result<SetWriter,
     }
     let patients: Vec<String> = images.values().map(|rs| rs[0].patient()).collect();
     let split = split_patients(&patients, opt.val, opt.test, opt.seed);
-    let mut w = SetWriter::new(out, "mias", opt.crop_min)?;
+    let mut w = SetWriter::new(out, "mias", opt.crop_mm)?;
     let bar = ProgressBar::new(images.len() as u64).with_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
@@ -230,6 +238,7 @@ pub fn prepare(input: &Path, out: &Path, opt: &MiasOptions) -> Result<SetWriter,
             mask_complete: uncoordinated.is_empty(),
             classes,
             trim: true,
+            spacing_mm: opt.spacing_mm.unwrap_or(SPACING_MM),
         })
         .inspect_err(|_| bar.abandon())?;
     }

@@ -11,6 +11,7 @@ pub mod loader;
 pub mod mias;
 pub mod prepared;
 pub mod read;
+pub mod resample;
 pub mod synth;
 
 use std::path::{Path, PathBuf};

@@ -152,7 +152,7 @@ impl fmt::Display for ImageInfo {
         if let Some(d) = &self.dicom {
             write!(
                 f,
-                "\n  transfer syntax: {}\n  bits allocated/stored: {}/{} {}, frames: {}\n  rescale: slope {} intercept {}\n  window: {}\n  values after rescale: {} .. {}",
+                "\n  transfer syntax: {}\n  bits allocated/stored: {}/{} {}, frames: {}\n  rescale: slope {} intercept {}\n  window: {}\n  values after rescale: {} .. {}\n  pixel spacing: {}",
                 d.transfer_syntax,
                 d.bits_allocated,
                 d.bits_stored,
@@ -165,7 +165,11 @@ impl fmt::Display for ImageInfo {
                     None => "none (the image's own value range is mapped to 0..255)".into(),
                 },
                 d.value_min,
-                d.value_max
+                d.value_max,
+                match d.pixel_spacing_mm {
+                    Some(mm) => format!("{mm} mm"),
+                    None => "not in the header".into(),
+                }
             )?;
         }
         write!(

@@ -21,6 +21,10 @@ use rand_chacha::ChaCha8Rng;
 use super::prepared::{Prepared, SetWriter, split_patients};
 use super::{DataError, Gray8};
 
+/// The nominal pixel spacing of the phantoms: they are drawn at the scale of
+/// mini-MIAS (lesions of 5-40 pixels, 1-8 mm there).
+pub const SPACING_MM: f64 = 0.2;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LesionKind {
     Mass,
@@ -349,11 +353,8 @@ pub fn write_combined_set(
 ) -> Result<SetWriter, DataError> {
     let patients: Vec<String> = (0..n).map(|i| format!("S{:04}", i / 2 + 1)).collect();
     let split = split_patients(&patients, 0.15, 0.15, seed);
-    let mut w = SetWriter::new(
-        out,
-        "synth",
-        1280.min(opt.width.min(opt.height) / 2).max(16),
-    )?;
+    let crop_px = 1280.min(opt.width.min(opt.height) / 2).max(16);
+    let mut w = SetWriter::new(out, "synth", crop_px as f64 * SPACING_MM)?;
     for (i, patient) in patients.iter().enumerate() {
         let p = phantom(opt, mix_seed(seed, i as u64));
         let name = format!("synth{:04}", i + 1);
@@ -371,6 +372,7 @@ pub fn write_combined_set(
             mask_complete: true,
             classes: p.lesions.iter().map(|l| format!("{:?}", l.kind)).collect(),
             trim: false,
+            spacing_mm: SPACING_MM,
         })?;
     }
     w.finish()?;

@@ -69,6 +69,11 @@ pub struct EvalArgs {
     /// (as in `engine infer`).
     #[arg(long, default_value_t = 2048 * 2048)]
     pub tile_above: usize,
+    /// Millimetres per pixel of images whose manifest records none (sets
+    /// prepared before spacing was recorded); else the model's training
+    /// data spacing is assumed, with a warning.
+    #[arg(long, value_parser = crate::data::cli::parse_spacing)]
+    pub pixel_spacing: Option<f64>,
     /// Evaluate only the images at positions I, I+N, ... (0-based I) of the
     /// split and write partial results (partial.json, panels) into --out,
     /// for `engine eval --merge`.
@@ -115,6 +120,12 @@ pub struct EvalOptions {
     pub panel_size: usize,
     pub panels: bool,
     pub tiles: TileOptions,
+    /// The checkpoint's spacings: each image is run at the model's spacing
+    /// and its map brought back to the image's pixels (None: run at the
+    /// image's pixels).
+    pub spacing: Option<crate::spacing::ModelSpacing>,
+    /// Spacing of images whose manifest records none (`--pixel-spacing`).
+    pub pixel_spacing: Option<f64>,
 }
 
 impl Default for EvalOptions {
@@ -127,6 +138,8 @@ impl Default for EvalOptions {
             panel_size: 512,
             panels: true,
             tiles: TileOptions::default(),
+            spacing: None,
+            pixel_spacing: None,
         }
     }
 }
@@ -303,6 +316,7 @@ pub(crate) fn run_samples(
         .expect("valid template"),
     );
     let mut acc = Accumulator::new(opts.clone());
+    let mut assumed = 0;
     for (k, (i, s)) in samples.iter().enumerate() {
         bar.set_message(s.id.clone());
         let (scan, mask) = s.load().map_err(|e| bad(format!("{}: {e}", s.id)))?;
@@ -317,7 +331,16 @@ pub(crate) fn run_samples(
                 s.id, scan.width, scan.height
             )));
         }
-        let prob = crate::infer::probability_map(gpu, model, &scan, &opts.tiles)
+        let spacings = opts.spacing.map(|m| {
+            let (input_mm, origin) =
+                crate::spacing::input_spacing(s.spacing_mm, opts.pixel_spacing, &m);
+            assumed += (origin == crate::spacing::Origin::Assumed) as usize;
+            crate::infer::Spacings {
+                input_mm,
+                model_mm: m.model_mm,
+            }
+        });
+        let prob = crate::infer::probability_map_at(gpu, model, &scan, spacings, &opts.tiles)
             .with_context(|| format!("{}: inference on {}x{}", s.id, scan.width, scan.height))?;
         acc.add_at(*i, &s.id, &mask, &prob);
         if opts.panels {
@@ -336,6 +359,12 @@ pub(crate) fn run_samples(
         bar.inc(1);
     }
     bar.finish_and_clear();
+    if let (Some(m), true) = (opts.spacing, assumed > 0 && progress) {
+        eprintln!(
+            "{}",
+            crate::spacing::assumed_warning(&format!("{assumed} image(s)"), &m)
+        );
+    }
     Ok(acc)
 }
 
@@ -352,6 +381,8 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
             max_pixels: a.tile_above,
             ..TileOptions::default()
         },
+        spacing: None,
+        pixel_spacing: a.pixel_spacing,
     };
     opts.validate()?;
     if !a.merge.is_empty() {
@@ -383,7 +414,12 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         .map_err(|e| bad(format!("{e:#}")))?;
     crate::fsio::ensure_writable_dir(&a.out)?;
     let gpu = Gpu::new(a.adapter.adapter.as_deref())?;
-    let (model, _) = Model::from_checkpoint(&gpu, ckpt)?;
+    let (model, meta) = Model::from_checkpoint(&gpu, ckpt)?;
+    let opts = EvalOptions {
+        spacing: crate::spacing::ModelSpacing::from_meta(&meta, &checkpoint)
+            .map_err(|e| bad(format!("{e:#}")))?,
+        ..opts
+    };
     let source = report::Source {
         checkpoint: checkpoint.display().to_string(),
         data: data.display().to_string(),
