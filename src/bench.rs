@@ -5,10 +5,11 @@
 use crate::data::loader::Batch;
 use crate::error::Result;
 use crate::gpu::{Gpu, Tensor};
+use crate::infer::predict;
 use crate::model::{L2_WEIGHTS, Model, ModelConfig};
 use crate::ops::batchnorm::{self, BnParams};
 use crate::ops::{conv, elementwise, loss, optim, pool, resize};
-use crate::train::{TrainConfig, predict, train_step};
+use crate::train::{TrainConfig, train_step};
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
 use std::time::Instant;

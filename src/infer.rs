@@ -11,13 +11,38 @@ use crate::data::Gray8;
 use crate::data::read::read_gray8;
 use crate::data::resample::{Edge, Window, resample, size_at_spacing};
 use crate::gpu::Gpu;
+use crate::graph::Graph;
 use crate::model::Model;
+use crate::ops::elementwise;
 use anyhow::Context;
 use std::path::{Path, PathBuf};
 
 /// Scales 8-bit grey values as docs/MODEL.md says: (x - 127) / 255.
 pub fn scale_input(pixels: &[u8]) -> Vec<f32> {
     pixels.iter().map(|&v| (v as f32 - 127.0) / 255.0).collect()
+}
+
+/// Probabilities for a batch in inference mode (running statistics).
+pub fn predict(
+    gpu: &Gpu,
+    model: &Model,
+    images: &[f32],
+    n: usize,
+    h: usize,
+    w: usize,
+) -> anyhow::Result<Vec<f32>> {
+    let x = gpu.upload(&[n, 1, h, w], images)?;
+    let logits = if gpu.variants().baseline() {
+        // The first-generation path: the tape in eval mode, nothing fused.
+        let mut g = Graph::new(gpu, false);
+        let x = g.input(x);
+        let out = model.forward(&mut g, x)?;
+        g.take(out)
+    } else {
+        model.forward_folded(gpu, x)?
+    };
+    let p = elementwise::sigmoid(gpu, &logits)?;
+    Ok(gpu.read(&p)?)
 }
 
 /// How a scan is split into tiles.
@@ -115,7 +140,7 @@ fn map_scaled(
         x[r * wp..r * wp + w].copy_from_slice(row);
     }
     let full = if hp * wp <= tiles.max_pixels {
-        crate::train::predict(gpu, model, &x, 1, hp, wp)?
+        predict(gpu, model, &x, 1, hp, wp)?
     } else {
         let core = tiles.tile.max(1).next_multiple_of(ALIGN);
         let margin = tiles.margin.next_multiple_of(ALIGN);
@@ -130,7 +155,7 @@ fn map_scaled(
                 for r in ty0..ty1 {
                     tile.extend_from_slice(&x[r * wp + tx0..r * wp + tx1]);
                 }
-                let p = crate::train::predict(gpu, model, &tile, 1, th, tw)?;
+                let p = predict(gpu, model, &tile, 1, th, tw)?;
                 for r in y0..y1 {
                     let src = (r - ty0) * tw + (x0 - tx0);
                     out[r * wp + x0..r * wp + x1].copy_from_slice(&p[src..src + (x1 - x0)]);

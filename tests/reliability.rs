@@ -217,7 +217,7 @@ fn one_nan_weight_reaches_every_output_instead_of_being_zeroed() {
     v[4] = f32::NAN; // output channel 0, input channel 0, the centre tap
     gpu.write(w, &v);
     let x = vec![0.1f32; 64 * 64];
-    let p = engine::train::predict(gpu, &model, &x, 1, 64, 64).unwrap();
+    let p = engine::infer::predict(gpu, &model, &x, 1, 64, 64).unwrap();
     let nan = p.iter().filter(|v| v.is_nan()).count();
     assert!(
         nan > 64 * 64 / 2,

@@ -7,7 +7,7 @@ mod support;
 use engine::data::Gray8;
 use engine::model::{Meta, Model, ModelConfig};
 use engine::spacing::ModelSpacing;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use support::{gpu, temp_dir};
 
 /// Grey level of the phantom at (x, y) millimetres: a smooth background and
@@ -74,7 +74,7 @@ fn mean_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).sum::<f32>() / a.len() as f32
 }
 
-fn save(model: &Model, path: &PathBuf, spacing: Option<ModelSpacing>) {
+fn save(model: &Model, path: &Path, spacing: Option<ModelSpacing>) {
     let mut meta = Meta::default();
     if let Some(s) = spacing {
         s.write(&mut meta);
@@ -125,8 +125,14 @@ fn a_phantom_at_two_spacings_gives_one_map_after_resampling() {
     let nb = halve(&infer(&unaware, &pf, 0.1, &dir.join("nb")), w, h);
     let apart = mean_abs_diff(&na, &nb);
     eprintln!("map spread {spread:.4}; resampled diff {same:.5}; native diff {apart:.5}");
-    assert!(spread > 0.01, "the map must vary for the test to mean anything");
-    assert!(same < 0.1 * spread, "resampled maps differ by {same} (spread {spread})");
+    assert!(
+        spread > 0.01,
+        "the map must vary for the test to mean anything"
+    );
+    assert!(
+        same < 0.1 * spread,
+        "resampled maps differ by {same} (spread {spread})"
+    );
     assert!(apart > 4.0 * same, "native {apart} vs resampled {same}");
     std::fs::remove_dir_all(&dir).ok();
 }
