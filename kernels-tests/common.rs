@@ -26,6 +26,14 @@ pub fn up(gpu: &Gpu, shape: &[usize], data: &[f32]) -> Tensor {
     gpu.upload(shape, data).unwrap()
 }
 
+/// An output tensor full of NaN, standing for a pool buffer that still
+/// holds an earlier tensor's values: a pass that does not accumulate must
+/// overwrite every element of it.
+pub fn stale(gpu: &Gpu, shape: &[usize]) -> Tensor {
+    let n = shape.iter().product();
+    gpu.upload(shape, &vec![f32::NAN; n]).unwrap()
+}
+
 pub fn read(gpu: &Gpu, t: &Tensor) -> Vec<f32> {
     gpu.read(t).unwrap()
 }

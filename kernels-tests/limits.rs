@@ -56,7 +56,7 @@ fn conv_splits_by_image_and_channel() {
         );
         let want = cpu::conv2d_backward_input(&dy64, (n, o, oh, ow), &w64, c, g, (h, w));
         assert_close(&format!("{tag} dx"), &dx, &want, 1e-4, 1e-4);
-        let dwt = gpu.empty(&[o, c, 3, 3]).unwrap();
+        let dwt = stale(gpu, &[o, c, 3, 3]);
         conv::conv2d_backward_weight(gpu, &dyt, &xt, &dwt, s, d, false).unwrap();
         let want = cpu::conv2d_backward_weight(&dy64, (n, o, oh, ow), &x64, (c, h, w), g);
         assert_close(&format!("{tag} dw"), &read(gpu, &dwt), &want, 5e-4, 1e-4);
@@ -92,7 +92,7 @@ fn tconv_splits() {
         &conv::tconv2d_backward_input(gpu, &dyt, &wtt, s).unwrap(),
     );
     assert_close("tiny tconv dx", &dx, &wdx, 1e-4, 1e-4);
-    let dwt = gpu.empty(&[c, o, 4, 4]).unwrap();
+    let dwt = stale(gpu, &[c, o, 4, 4]);
     conv::tconv2d_backward_weight(gpu, &dyt, &xt, &dwt, s, false).unwrap();
     assert_close("tiny tconv dw", &read(gpu, &dwt), &wdw, 5e-4, 1e-4);
 }

@@ -73,7 +73,7 @@ fn conv_all_variants(gpu: &Gpu, (n, c, o, h, w, k, s, d): ConvShape) {
         );
     }
     for v in WgradVariant::all() {
-        let dwt = gpu.empty(&[o, c, k, k]).unwrap();
+        let dwt = stale(gpu, &[o, c, k, k]);
         conv::conv2d_backward_weight_with(gpu, &dyt, &xt, &dwt, s, d, false, Some(v)).unwrap();
         let tag = format!("{tag} {} dw", v.name());
         assert_close(&tag, &read(gpu, &dwt), &dw_ref, 5e-4, 1e-4);
@@ -135,7 +135,7 @@ fn tconv_all_variants(gpu: &Gpu, (n, c, o, h, w, s): (usize, usize, usize, usize
         );
     }
     for v in WgradVariant::all() {
-        let dwt = gpu.empty(&[c, o, 4, 4]).unwrap();
+        let dwt = stale(gpu, &[c, o, 4, 4]);
         conv::tconv2d_backward_weight_with(gpu, &dyt, &xt, &dwt, s, false, Some(v)).unwrap();
         let tag = format!("{tag} {} dw", v.name());
         assert_close(&tag, &read(gpu, &dwt), &dw_ref, 5e-4, 1e-4);
@@ -248,7 +248,7 @@ fn conv_pair(gpu: &Gpu) -> (Vec<f32>, Vec<f32>) {
     let b = up(gpu, &[o], &rand_vec(23, o));
     let dy = up(gpu, &[n, o, h, w], &rand_vec(24, n * o * h * w));
     let y = read(gpu, &conv::conv2d(gpu, &x, &wt, &b, 1, 1).unwrap());
-    let dw = gpu.empty(&[o, c, 3, 3]).unwrap();
+    let dw = stale(gpu, &[o, c, 3, 3]);
     conv::conv2d_backward_weight(gpu, &dy, &x, &dw, 1, 1, false).unwrap();
     (y, read(gpu, &dw))
 }
