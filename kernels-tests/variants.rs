@@ -9,18 +9,8 @@ use crate::common::*;
 use engine::Gpu;
 use engine::gpu::{TuneMode, Variants};
 use engine::ops::conv::{self, ConvVariant, WgradVariant, conv_geom, cpu};
-use std::sync::OnceLock;
 
 const ATOL: f64 = 1e-4;
-
-fn tiny() -> &'static Gpu {
-    static GPU: OnceLock<Gpu> = OnceLock::new();
-    GPU.get_or_init(|| {
-        let g = Gpu::new(None).expect("a GPU adapter");
-        g.set_binding_limit(4096);
-        g
-    })
-}
 
 /// (n, c, o, h, w, k, s, d)
 type ConvShape = (usize, usize, usize, usize, usize, usize, usize, usize);
@@ -169,10 +159,10 @@ fn every_tconv_variant_matches_the_reference() {
 fn every_variant_splits_under_a_tiny_binding_limit() {
     // One 12x12 image of 12 channels and the 12x10x9 weights exceed a
     // 4 KiB window: channel, output-channel and image groups.
-    conv_all_variants(tiny(), (3, 12, 10, 12, 12, 3, 1, 1));
-    conv_all_variants(tiny(), (2, 12, 20, 12, 11, 3, 2, 1));
-    conv_all_variants(tiny(), (3, 12, 10, 8, 16, 1, 1, 1));
-    tconv_all_variants(tiny(), (2, 6, 5, 6, 6, 2));
+    conv_all_variants(tiny_gpu(), (3, 12, 10, 12, 12, 3, 1, 1));
+    conv_all_variants(tiny_gpu(), (2, 12, 20, 12, 11, 3, 2, 1));
+    conv_all_variants(tiny_gpu(), (3, 12, 10, 8, 16, 1, 1, 1));
+    tconv_all_variants(tiny_gpu(), (2, 6, 5, 6, 6, 2));
 }
 
 #[test]
