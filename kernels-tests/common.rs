@@ -1,15 +1,24 @@
+//! Helpers of the kernel tests. The device comes from the integration
+//! tests' shared module (`tests/support`), so there is one `gpu()`.
 use approx::relative_eq;
 use engine::{Gpu, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::sync::OnceLock;
 
-/// One device shared by the tests that keep the adapter's own limits.
-pub fn gpu() -> &'static Gpu {
+pub use crate::support::gpu;
+
+/// The binding limit of `tiny_gpu`: 4 KiB = 1024 floats (minus alignment).
+pub const TINY_LIMIT: u64 = 4096;
+
+/// One device told that a storage binding holds only `TINY_LIMIT` bytes,
+/// so that every op must split its work into many windows.
+pub fn tiny_gpu() -> &'static Gpu {
     static GPU: OnceLock<Gpu> = OnceLock::new();
     GPU.get_or_init(|| {
-        Gpu::new(None)
-            .expect("a GPU adapter (on CPU-only Linux: apt-get install mesa-vulkan-drivers)")
+        let g = Gpu::new(None).expect("a GPU adapter");
+        g.set_binding_limit(TINY_LIMIT);
+        g
     })
 }
 
@@ -24,6 +33,14 @@ pub fn to64(v: &[f32]) -> Vec<f64> {
 
 pub fn up(gpu: &Gpu, shape: &[usize], data: &[f32]) -> Tensor {
     gpu.upload(shape, data).unwrap()
+}
+
+/// An output tensor full of NaN, standing for a pool buffer that still
+/// holds an earlier tensor's values: a pass that does not accumulate must
+/// overwrite every element of it.
+pub fn stale(gpu: &Gpu, shape: &[usize]) -> Tensor {
+    let n = shape.iter().product();
+    gpu.upload(shape, &vec![f32::NAN; n]).unwrap()
 }
 
 pub fn read(gpu: &Gpu, t: &Tensor) -> Vec<f32> {

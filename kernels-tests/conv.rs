@@ -61,7 +61,7 @@ fn check_conv(case: Case, seed: u64) {
     };
     assert_fd(&format!("{tag} dx"), loss_x, &x64, &dx, 40, 1e-3);
 
-    let dwt = gpu.empty(&[o, c, k, k]).unwrap();
+    let dwt = stale(gpu, &[o, c, k, k]);
     conv::conv2d_backward_weight(gpu, &dyt, &xt, &dwt, s, d, false).unwrap();
     let dw = read(gpu, &dwt);
     let want = cpu::conv2d_backward_weight(&dy64, (n, o, oh, ow), &x64, (c, h, w), g);
@@ -281,7 +281,7 @@ fn check_tconv(n: usize, c: usize, o: usize, h: usize, w: usize, s: usize, seed:
     let loss_x = |xv: &[f64]| dot(&dy64, &cpu::tconv2d(xv, (n, c, h, w), &w64, &b64, o, s));
     assert_fd(&format!("{tag} dx"), loss_x, &x64, &dx, 40, 1e-3);
 
-    let dwt = gpu.empty(&[c, o, 4, 4]).unwrap();
+    let dwt = stale(gpu, &[c, o, 4, 4]);
     conv::tconv2d_backward_weight(gpu, &dyt, &xt, &dwt, s, false).unwrap();
     let dw = read(gpu, &dwt);
     assert_close(&format!("{tag} dw"), &dw, &want_dw, 5e-4, RTOL);

@@ -2,26 +2,13 @@
 //! limit is tiny (4 KiB = 1024 floats, minus alignment), and every op must
 //! still give the CPU reference's numbers by splitting its work.
 use crate::common::*;
-use engine::Gpu;
 use engine::ops::batchnorm::{self, BnParams};
 use engine::ops::conv::{self, conv_geom, cpu};
 use engine::ops::{elementwise, loss, optim, pool, reduce, resize};
-use std::sync::OnceLock;
-
-const LIMIT: u64 = 4096;
-
-fn tiny() -> &'static Gpu {
-    static GPU: OnceLock<Gpu> = OnceLock::new();
-    GPU.get_or_init(|| {
-        let g = Gpu::new(None).expect("a GPU adapter");
-        g.set_binding_limit(LIMIT);
-        g
-    })
-}
 
 #[test]
 fn conv_splits_by_image_and_channel() {
-    let gpu = tiny();
+    let gpu = tiny_gpu();
     // One image (12 x 12 x 12 = 1728 floats) and the weights (10*12*9 = 1080)
     // exceed a window, so the work splits into channel groups.
     for (n, c, o, h, w, s, d) in [
@@ -56,7 +43,7 @@ fn conv_splits_by_image_and_channel() {
         );
         let want = cpu::conv2d_backward_input(&dy64, (n, o, oh, ow), &w64, c, g, (h, w));
         assert_close(&format!("{tag} dx"), &dx, &want, 1e-4, 1e-4);
-        let dwt = gpu.empty(&[o, c, 3, 3]).unwrap();
+        let dwt = stale(gpu, &[o, c, 3, 3]);
         conv::conv2d_backward_weight(gpu, &dyt, &xt, &dwt, s, d, false).unwrap();
         let want = cpu::conv2d_backward_weight(&dy64, (n, o, oh, ow), &x64, (c, h, w), g);
         assert_close(&format!("{tag} dw"), &read(gpu, &dwt), &want, 5e-4, 1e-4);
@@ -65,7 +52,7 @@ fn conv_splits_by_image_and_channel() {
 
 #[test]
 fn tconv_splits() {
-    let gpu = tiny();
+    let gpu = tiny_gpu();
     let (n, c, o, h, w, s) = (2, 20, 6, 6, 6, 2);
     let x = rand_vec(5, n * c * h * w);
     let wt = rand_vec(6, c * o * 16);
@@ -92,14 +79,14 @@ fn tconv_splits() {
         &conv::tconv2d_backward_input(gpu, &dyt, &wtt, s).unwrap(),
     );
     assert_close("tiny tconv dx", &dx, &wdx, 1e-4, 1e-4);
-    let dwt = gpu.empty(&[c, o, 4, 4]).unwrap();
+    let dwt = stale(gpu, &[c, o, 4, 4]);
     conv::tconv2d_backward_weight(gpu, &dyt, &xt, &dwt, s, false).unwrap();
     assert_close("tiny tconv dw", &read(gpu, &dwt), &wdw, 5e-4, 1e-4);
 }
 
 #[test]
 fn pool_resize_bn_elementwise_loss_adam_split() {
-    let gpu = tiny();
+    let gpu = tiny_gpu();
     let (n, c, h, w) = (3, 6, 16, 20);
     let len = n * c * h * w; // 5760 floats, ~6 windows
     let x = rand_vec(9, len);
@@ -197,7 +184,7 @@ fn pool_resize_bn_elementwise_loss_adam_split() {
 
 #[test]
 fn a_plane_larger_than_a_binding_is_a_clear_error() {
-    let gpu = tiny();
+    let gpu = tiny_gpu();
     let x = gpu.zeros(&[1, 1, 40, 40]).unwrap(); // 1600 floats > 1024
     let e = pool::maxpool2d(gpu, &x, 2, 2).unwrap_err().to_string();
     assert!(

@@ -3,6 +3,9 @@
 //! kernel), every backward pass also against central finite differences of
 //! the CPU forward in f64, naga validation of every shader, determinism, and
 //! binding-limit splitting.
+#[path = "../tests/support/mod.rs"]
+mod support;
+
 mod common;
 
 mod batchnorm;

@@ -9,18 +9,8 @@ use crate::common::*;
 use engine::Gpu;
 use engine::gpu::{TuneMode, Variants};
 use engine::ops::conv::{self, ConvVariant, WgradVariant, conv_geom, cpu};
-use std::sync::OnceLock;
 
 const ATOL: f64 = 1e-4;
-
-fn tiny() -> &'static Gpu {
-    static GPU: OnceLock<Gpu> = OnceLock::new();
-    GPU.get_or_init(|| {
-        let g = Gpu::new(None).expect("a GPU adapter");
-        g.set_binding_limit(4096);
-        g
-    })
-}
 
 /// (n, c, o, h, w, k, s, d)
 type ConvShape = (usize, usize, usize, usize, usize, usize, usize, usize);
@@ -73,7 +63,7 @@ fn conv_all_variants(gpu: &Gpu, (n, c, o, h, w, k, s, d): ConvShape) {
         );
     }
     for v in WgradVariant::all() {
-        let dwt = gpu.empty(&[o, c, k, k]).unwrap();
+        let dwt = stale(gpu, &[o, c, k, k]);
         conv::conv2d_backward_weight_with(gpu, &dyt, &xt, &dwt, s, d, false, Some(v)).unwrap();
         let tag = format!("{tag} {} dw", v.name());
         assert_close(&tag, &read(gpu, &dwt), &dw_ref, 5e-4, 1e-4);
@@ -135,7 +125,7 @@ fn tconv_all_variants(gpu: &Gpu, (n, c, o, h, w, s): (usize, usize, usize, usize
         );
     }
     for v in WgradVariant::all() {
-        let dwt = gpu.empty(&[c, o, 4, 4]).unwrap();
+        let dwt = stale(gpu, &[c, o, 4, 4]);
         conv::tconv2d_backward_weight_with(gpu, &dyt, &xt, &dwt, s, false, Some(v)).unwrap();
         let tag = format!("{tag} {} dw", v.name());
         assert_close(&tag, &read(gpu, &dwt), &dw_ref, 5e-4, 1e-4);
@@ -169,10 +159,10 @@ fn every_tconv_variant_matches_the_reference() {
 fn every_variant_splits_under_a_tiny_binding_limit() {
     // One 12x12 image of 12 channels and the 12x10x9 weights exceed a
     // 4 KiB window: channel, output-channel and image groups.
-    conv_all_variants(tiny(), (3, 12, 10, 12, 12, 3, 1, 1));
-    conv_all_variants(tiny(), (2, 12, 20, 12, 11, 3, 2, 1));
-    conv_all_variants(tiny(), (3, 12, 10, 8, 16, 1, 1, 1));
-    tconv_all_variants(tiny(), (2, 6, 5, 6, 6, 2));
+    conv_all_variants(tiny_gpu(), (3, 12, 10, 12, 12, 3, 1, 1));
+    conv_all_variants(tiny_gpu(), (2, 12, 20, 12, 11, 3, 2, 1));
+    conv_all_variants(tiny_gpu(), (3, 12, 10, 8, 16, 1, 1, 1));
+    tconv_all_variants(tiny_gpu(), (2, 6, 5, 6, 6, 2));
 }
 
 #[test]
@@ -248,7 +238,7 @@ fn conv_pair(gpu: &Gpu) -> (Vec<f32>, Vec<f32>) {
     let b = up(gpu, &[o], &rand_vec(23, o));
     let dy = up(gpu, &[n, o, h, w], &rand_vec(24, n * o * h * w));
     let y = read(gpu, &conv::conv2d(gpu, &x, &wt, &b, 1, 1).unwrap());
-    let dw = gpu.empty(&[o, c, 3, 3]).unwrap();
+    let dw = stale(gpu, &[o, c, 3, 3]);
     conv::conv2d_backward_weight(gpu, &dy, &x, &dw, 1, 1, false).unwrap();
     (y, read(gpu, &dw))
 }

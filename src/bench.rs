@@ -474,10 +474,10 @@ pub fn model(
         select: crate::train::Select::PixelAp,
     };
     let adam = optim::Adam::default();
-    let l2: Vec<Tensor> = L2_WEIGHTS
+    let l2 = L2_WEIGHTS
         .iter()
-        .map(|n| model.param(n).value.clone())
-        .collect();
+        .map(|n| Ok(model.get(n)?.value.clone()))
+        .collect::<crate::Result<Vec<Tensor>>>()?;
     let b = synthetic_batch(batch, train_size);
     let mut step = 0;
     let mut train_once = || train_step(gpu, &model, &tcfg, &adam, 1e-3, &mut step, &b, 1, &l2);

@@ -19,6 +19,14 @@ pub enum EngineError {
     TooLarge { op: &'static str, detail: String },
     #[error("GPU error: {0}")]
     Gpu(String),
+    /// A model tensor looked up by a name the model does not have, or a
+    /// model whose tensors do not follow the network table.
+    #[error("model: {0}")]
+    Model(String),
+    /// The tape misused: a value read after it was freed, or read by more
+    /// ops than it was announced for (`Graph::share`).
+    #[error("graph: {0}")]
+    Graph(String),
 }
 
 pub type Result<T> = std::result::Result<T, EngineError>;

@@ -1,12 +1,16 @@
 //! `graph`: a small autograd tape over GPU tensors.
 //!
 //! The forward pass records one node per op (when training) and returns a
-//! `Var` per output. `backward` walks the nodes in reverse, adds gradients
-//! where a value feeds two ops (the residual joins), accumulates parameter
-//! gradients into the model's gradient tensors, and frees every saved
-//! activation and gradient as soon as no remaining node needs it, so buffers
-//! go back to the pool in lifetime order. Nothing is read back to the host.
-use crate::error::Result;
+//! `Var` per output. Values free themselves: each value counts the forward
+//! reads still to come (one when it is made, one more per `Graph::share`)
+//! and the recorded nodes whose backward reads it; an op that reads a value
+//! uses one read up, and the tensor goes back to the pool as soon as both
+//! counts are zero. So in inference a value lives until the op that reads it
+//! last, and in training until the backward pass no longer needs it.
+//! `backward` walks the nodes in reverse, adds gradients where a value feeds
+//! two ops (the residual joins) and accumulates parameter gradients into the
+//! model's gradient tensors. Nothing is read back to the host.
+use crate::error::{EngineError, Result};
 use crate::gpu::{Gpu, Tensor};
 use crate::ops::batchnorm::{self, BnParams};
 use crate::ops::resize::Mode;
@@ -28,6 +32,18 @@ pub struct BnRef<'a> {
     pub beta: ParamRef<'a>,
     pub running_mean: &'a Tensor,
     pub running_var: &'a Tensor,
+}
+
+/// One value: its tensor while alive, and what keeps it alive.
+struct Slot {
+    tensor: Option<Tensor>,
+    /// Forward reads still to come: 1 when made, +1 per `Graph::share`,
+    /// -1 per op that reads it.
+    reads: usize,
+    /// Recorded nodes whose backward reads this value.
+    saved_by: usize,
+    /// Made by `Graph::input`: it gets no gradient unless `input_grad`.
+    input: bool,
 }
 
 enum Node {
@@ -108,14 +124,12 @@ impl Node {
 
 pub struct Graph<'g> {
     gpu: &'g Gpu,
-    /// Record nodes for backward (training); else values are freed as soon
-    /// as the forward code says it is done with them.
+    /// Record nodes for backward (training); else nothing is recorded and a
+    /// value is freed right after its last forward read.
     train: bool,
     nodes: Vec<Node>,
-    vals: Vec<Option<Tensor>>,
-    /// Per value, how many recorded nodes read it in backward.
-    backward_reads: Vec<usize>,
-    /// Compute the gradient of the first input too (gradient checks).
+    slots: Vec<Slot>,
+    /// Compute the gradient of the input too (gradient checks).
     pub input_grad: bool,
     /// Weight of the batch in the running batch-norm statistics when
     /// training (docs/MODEL.md: 0.01; `train::recompute_bn_stats` uses 1/k).
@@ -128,8 +142,7 @@ impl<'g> Graph<'g> {
             gpu,
             train,
             nodes: Vec::new(),
-            vals: Vec::new(),
-            backward_reads: Vec::new(),
+            slots: Vec::new(),
             input_grad: false,
             bn_momentum: batchnorm::MOMENTUM,
         }
@@ -143,41 +156,92 @@ impl<'g> Graph<'g> {
         self.train
     }
 
+    /// A network input: read once by the forward code, and given a
+    /// gradient by `backward` only when `input_grad` is set.
     pub fn input(&mut self, t: Tensor) -> Var {
-        self.push(t)
+        self.push(t, true)
     }
 
-    fn push(&mut self, t: Tensor) -> Var {
-        self.vals.push(Some(t));
-        self.backward_reads.push(0);
-        Var(self.vals.len() - 1)
-    }
-
-    fn record(&mut self, node: Node) {
-        if let Some(v) = node.saved() {
-            self.backward_reads[v.0] += 1;
-        }
-        self.nodes.push(node);
+    fn push(&mut self, t: Tensor, input: bool) -> Var {
+        self.slots.push(Slot {
+            tensor: Some(t),
+            reads: 1,
+            saved_by: 0,
+            input,
+        });
+        Var(self.slots.len() - 1)
     }
 
     /// The tensor of a value that is still alive.
+    pub fn try_value(&self, v: Var) -> Result<&Tensor> {
+        self.slots
+            .get(v.0)
+            .and_then(|s| s.tensor.as_ref())
+            .ok_or_else(|| EngineError::Graph(format!("value {} used after it was freed", v.0)))
+    }
+
+    /// The tensor of a value that is still alive (panics otherwise: for the
+    /// network's output, which nothing frees; `try_value` for the rest).
     pub fn value(&self, v: Var) -> &Tensor {
-        self.vals[v.0]
-            .as_ref()
-            .expect("value used after it was freed")
+        self.try_value(v).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Takes a value out of the graph (e.g. the network output).
     pub fn take(&mut self, v: Var) -> Tensor {
-        self.vals[v.0].take().expect("value already taken")
+        self.slots[v.0].tensor.take().expect("value already taken")
     }
 
-    /// The forward code will not read `v` again: free it unless a recorded
-    /// node's backward needs it.
-    pub fn done(&mut self, v: Var) {
-        if self.backward_reads[v.0] == 0 {
-            self.vals[v.0] = None;
+    /// `v` will be read by one more op than it was made for (a value that
+    /// feeds two ops, such as a residual block's skip).
+    pub fn share(&mut self, v: Var) -> Result<Var> {
+        self.try_value(v)?;
+        self.slots[v.0].reads += 1;
+        Ok(v)
+    }
+
+    /// How many values still hold a tensor (tests: after an inference
+    /// forward only the output does).
+    pub fn live(&self) -> usize {
+        self.slots.iter().filter(|s| s.tensor.is_some()).count()
+    }
+
+    /// The tensor an op is about to read: alive and with a read left.
+    fn arg(&self, v: Var) -> Result<&Tensor> {
+        let t = self.try_value(v)?;
+        if self.slots[v.0].reads == 0 {
+            return Err(EngineError::Graph(format!(
+                "value {} read by more ops than announced (Graph::share)",
+                v.0
+            )));
         }
+        Ok(t)
+    }
+
+    /// Frees a value that nothing will read any more.
+    fn release_if_unused(&mut self, v: Var) {
+        let s = &mut self.slots[v.0];
+        if s.reads == 0 && s.saved_by == 0 {
+            s.tensor = None;
+        }
+    }
+
+    /// Pushes an op's output, records its node when training, then uses up
+    /// one read of each input (after recording, so that what the node's
+    /// backward needs stays alive).
+    fn finish(&mut self, y: Tensor, inputs: &[Var], node: impl FnOnce(Var) -> Option<Node>) -> Var {
+        let y = self.push(y, false);
+        if let Some(node) = self.train.then(|| node(y)).flatten() {
+            if let Some(v) = node.saved() {
+                self.slots[v.0].saved_by += 1;
+            }
+            self.nodes.push(node);
+        }
+        for &x in inputs {
+            let s = &mut self.slots[x.0];
+            s.reads = s.reads.saturating_sub(1);
+            self.release_if_unused(x);
+        }
+        y
     }
 
     pub fn conv(
@@ -188,10 +252,9 @@ impl<'g> Graph<'g> {
         stride: usize,
         dil: usize,
     ) -> Result<Var> {
-        let y = conv::conv2d(self.gpu, self.value(x), w.value, b.value, stride, dil)?;
-        let y = self.push(y);
-        if self.train {
-            self.record(Node::Conv {
+        let y = conv::conv2d(self.gpu, self.arg(x)?, w.value, b.value, stride, dil)?;
+        Ok(self.finish(y, &[x], |y| {
+            Some(Node::Conv {
                 x,
                 y,
                 w: w.value.clone(),
@@ -199,25 +262,22 @@ impl<'g> Graph<'g> {
                 db: b.grad.clone(),
                 stride,
                 dil,
-            });
-        }
-        Ok(y)
+            })
+        }))
     }
 
     pub fn tconv(&mut self, x: Var, w: &ParamRef, b: &ParamRef, stride: usize) -> Result<Var> {
-        let y = conv::tconv2d(self.gpu, self.value(x), w.value, b.value, stride)?;
-        let y = self.push(y);
-        if self.train {
-            self.record(Node::Tconv {
+        let y = conv::tconv2d(self.gpu, self.arg(x)?, w.value, b.value, stride)?;
+        Ok(self.finish(y, &[x], |y| {
+            Some(Node::Tconv {
                 x,
                 y,
                 w: w.value.clone(),
                 dw: w.grad.clone(),
                 db: b.grad.clone(),
                 stride,
-            });
-        }
-        Ok(y)
+            })
+        }))
     }
 
     /// Batch norm: batch statistics and a running-statistics update when
@@ -229,155 +289,153 @@ impl<'g> Graph<'g> {
             running_mean: p.running_mean,
             running_var: p.running_var,
         };
-        if !self.train {
-            let y = batchnorm::batchnorm_infer(self.gpu, self.value(x), &params)?;
-            return Ok(self.push(y));
-        }
-        let (y, stats) =
-            batchnorm::batchnorm_train(self.gpu, self.value(x), &params, Some(self.bn_momentum))?;
-        let y = self.push(y);
-        self.record(Node::Bn {
-            x,
-            y,
-            gamma: p.gamma.value.clone(),
-            dgamma: p.gamma.grad.clone(),
-            dbeta: p.beta.grad.clone(),
-            stats,
-        });
-        Ok(y)
+        let xt = self.arg(x)?;
+        let (y, stats) = if self.train {
+            let (y, stats) =
+                batchnorm::batchnorm_train(self.gpu, xt, &params, Some(self.bn_momentum))?;
+            (y, Some(stats))
+        } else {
+            (batchnorm::batchnorm_infer(self.gpu, xt, &params)?, None)
+        };
+        Ok(self.finish(y, &[x], |y| {
+            stats.map(|stats| Node::Bn {
+                x,
+                y,
+                gamma: p.gamma.value.clone(),
+                dgamma: p.gamma.grad.clone(),
+                dbeta: p.beta.grad.clone(),
+                stats,
+            })
+        }))
     }
 
     pub fn relu(&mut self, x: Var) -> Result<Var> {
-        let y = elementwise::relu(self.gpu, self.value(x))?;
-        let y = self.push(y);
-        if self.train {
-            self.record(Node::Relu { y, x });
-        }
-        Ok(y)
+        let y = elementwise::relu(self.gpu, self.arg(x)?)?;
+        Ok(self.finish(y, &[x], |y| Some(Node::Relu { y, x })))
     }
 
     /// relu(a + b).
     pub fn add_relu(&mut self, a: Var, b: Var) -> Result<Var> {
-        let y = elementwise::add_relu(self.gpu, self.value(a), self.value(b))?;
-        let y = self.push(y);
-        if self.train {
-            self.record(Node::AddRelu { a, b, y });
-        }
-        Ok(y)
+        let y = elementwise::add_relu(self.gpu, self.arg(a)?, self.arg(b)?)?;
+        Ok(self.finish(y, &[a, b], |y| Some(Node::AddRelu { a, b, y })))
     }
 
     pub fn maxpool(&mut self, x: Var, k: usize, s: usize) -> Result<Var> {
-        let y = pool::maxpool2d(self.gpu, self.value(x), k, s)?;
-        let y = self.push(y);
-        if self.train {
-            self.record(Node::MaxPool { x, y, k, s });
-        }
-        Ok(y)
+        let y = pool::maxpool2d(self.gpu, self.arg(x)?, k, s)?;
+        Ok(self.finish(y, &[x], |y| Some(Node::MaxPool { x, y, k, s })))
     }
 
     pub fn resize(&mut self, x: Var, h: usize, w: usize, mode: Mode) -> Result<Var> {
-        let xt = self.value(x);
+        let xt = self.arg(x)?;
         let in_hw = (xt.shape()[2], xt.shape()[3]);
         let y = resize::resize(self.gpu, xt, h, w, mode)?;
-        let y = self.push(y);
-        if self.train {
-            self.record(Node::Resize { x, y, mode, in_hw });
-        }
-        Ok(y)
+        Ok(self.finish(y, &[x], |y| Some(Node::Resize { x, y, mode, in_hw })))
+    }
+
+    /// Whether `backward` computes the gradient of `v` (not of an input,
+    /// unless `input_grad`).
+    fn wants_grad(&self, v: Var) -> bool {
+        !self.slots[v.0].input || self.input_grad
     }
 
     /// Backpropagates `dy` from `out`, adding parameter gradients into the
     /// gradient tensors given at record time. Returns the gradient of the
-    /// graph's first input (for gradient checks), when it was reached.
+    /// graph's (first) input when `input_grad` is set and it was reached.
     pub fn backward(mut self, out: Var, dy: Tensor) -> Result<Option<Tensor>> {
-        let gpu = self.gpu;
-        let mut grads: Vec<Option<Tensor>> = vec![None; self.vals.len()];
+        let mut grads: Vec<Option<Tensor>> = vec![None; self.slots.len()];
         grads[out.0] = Some(dy);
         let nodes = std::mem::take(&mut self.nodes);
         for node in nodes.into_iter().rev() {
             if let Some(g) = grads[node.output().0].take() {
-                match &node {
-                    Node::Conv {
-                        x,
-                        w,
-                        dw,
-                        db,
-                        stride,
-                        dil,
-                        ..
-                    } => {
-                        let xt = self.value(*x);
-                        let (h, wd) = (xt.shape()[2], xt.shape()[3]);
-                        conv::conv2d_backward_weight(gpu, &g, xt, dw, *stride, *dil, true)?;
-                        reduce::channel_sum(gpu, &g, db, true)?;
-                        // The network input needs no gradient unless asked.
-                        if x.0 != 0 || self.input_grad {
-                            let dx =
-                                conv::conv2d_backward_input(gpu, &g, w, (h, wd), *stride, *dil)?;
-                            accumulate(gpu, &mut grads, *x, dx)?;
-                        }
-                    }
-                    Node::Tconv {
-                        x,
-                        w,
-                        dw,
-                        db,
-                        stride,
-                        ..
-                    } => {
-                        let xt = self.value(*x);
-                        conv::tconv2d_backward_weight(gpu, &g, xt, dw, *stride, true)?;
-                        reduce::channel_sum(gpu, &g, db, true)?;
-                        let dx = conv::tconv2d_backward_input(gpu, &g, w, *stride)?;
-                        accumulate(gpu, &mut grads, *x, dx)?;
-                    }
-                    Node::Bn {
-                        x,
-                        gamma,
-                        dgamma,
-                        dbeta,
-                        stats,
-                        ..
-                    } => {
-                        let dx = batchnorm::batchnorm_backward(
-                            gpu,
-                            self.value(*x),
-                            &g,
-                            gamma,
-                            stats,
-                            dgamma,
-                            dbeta,
-                            true,
-                        )?;
-                        accumulate(gpu, &mut grads, *x, dx)?;
-                    }
-                    Node::Relu { y, x } => {
-                        let dx = elementwise::relu_backward(gpu, self.value(*y), &g)?;
-                        accumulate(gpu, &mut grads, *x, dx)?;
-                    }
-                    Node::AddRelu { a, b, y } => {
-                        let d = elementwise::relu_backward(gpu, self.value(*y), &g)?;
-                        accumulate(gpu, &mut grads, *a, d.clone())?;
-                        accumulate(gpu, &mut grads, *b, d)?;
-                    }
-                    Node::MaxPool { x, k, s, .. } => {
-                        let dx = pool::maxpool2d_backward(gpu, self.value(*x), &g, *k, *s)?;
-                        accumulate(gpu, &mut grads, *x, dx)?;
-                    }
-                    Node::Resize { x, mode, in_hw, .. } => {
-                        let dx = resize::resize_backward(gpu, &g, in_hw.0, in_hw.1, *mode)?;
-                        accumulate(gpu, &mut grads, *x, dx)?;
+                for (v, dx) in self.node_backward(&node, &g)? {
+                    if self.wants_grad(v) {
+                        accumulate(self.gpu, &mut grads, v, dx)?;
                     }
                 }
             }
             if let Some(v) = node.saved() {
-                self.backward_reads[v.0] -= 1;
-                if self.backward_reads[v.0] == 0 {
-                    self.vals[v.0] = None;
-                }
+                self.slots[v.0].saved_by -= 1;
+                self.release_if_unused(v);
             }
         }
-        Ok(grads[0].take())
+        let input = self.slots.iter().position(|s| s.input);
+        Ok(input.and_then(|i| grads[i].take()))
+    }
+
+    /// One node's backward for the gradient `g` of its output: adds into
+    /// its parameter gradients and returns the gradients of its inputs.
+    fn node_backward(&self, node: &Node, g: &Tensor) -> Result<Vec<(Var, Tensor)>> {
+        let gpu = self.gpu;
+        Ok(match node {
+            Node::Conv {
+                x,
+                w,
+                dw,
+                db,
+                stride,
+                dil,
+                ..
+            } => {
+                let xt = self.try_value(*x)?;
+                let hw = (xt.shape()[2], xt.shape()[3]);
+                conv::conv2d_backward_weight(gpu, g, xt, dw, *stride, *dil, true)?;
+                reduce::channel_sum(gpu, g, db, true)?;
+                // The network input needs no gradient unless asked.
+                if !self.wants_grad(*x) {
+                    return Ok(Vec::new());
+                }
+                vec![(
+                    *x,
+                    conv::conv2d_backward_input(gpu, g, w, hw, *stride, *dil)?,
+                )]
+            }
+            Node::Tconv {
+                x,
+                w,
+                dw,
+                db,
+                stride,
+                ..
+            } => {
+                let xt = self.try_value(*x)?;
+                conv::tconv2d_backward_weight(gpu, g, xt, dw, *stride, true)?;
+                reduce::channel_sum(gpu, g, db, true)?;
+                if !self.wants_grad(*x) {
+                    return Ok(Vec::new());
+                }
+                vec![(*x, conv::tconv2d_backward_input(gpu, g, w, *stride)?)]
+            }
+            Node::Bn {
+                x,
+                gamma,
+                dgamma,
+                dbeta,
+                stats,
+                ..
+            } => {
+                let xt = self.try_value(*x)?;
+                let dx =
+                    batchnorm::batchnorm_backward(gpu, xt, g, gamma, stats, dgamma, dbeta, true)?;
+                vec![(*x, dx)]
+            }
+            Node::Relu { y, x } => {
+                vec![(*x, elementwise::relu_backward(gpu, self.try_value(*y)?, g)?)]
+            }
+            Node::AddRelu { a, b, y } => {
+                let d = elementwise::relu_backward(gpu, self.try_value(*y)?, g)?;
+                vec![(*a, d.clone()), (*b, d)]
+            }
+            Node::MaxPool { x, k, s, .. } => {
+                let dx = pool::maxpool2d_backward(gpu, self.try_value(*x)?, g, *k, *s)?;
+                vec![(*x, dx)]
+            }
+            Node::Resize { x, mode, in_hw, .. } => {
+                vec![(
+                    *x,
+                    resize::resize_backward(gpu, g, in_hw.0, in_hw.1, *mode)?,
+                )]
+            }
+        })
     }
 }
 

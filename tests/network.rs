@@ -94,7 +94,7 @@ fn network_gradients_match_finite_differences() {
         "pool0_1.bn.weight",
         "conv0_1.weight",
     ] {
-        let p = model.param(name);
+        let p = model.get(name).unwrap();
         let grad = gpu.read(&p.train.as_ref().unwrap().grad).unwrap();
         let orig = gpu.read(&p.value).unwrap();
         // The element with the largest gradient: well above f32 noise.
@@ -248,4 +248,80 @@ fn folded_inference_matches_the_tape_in_eval_mode() {
         worst <= 1e-4 * scale.max(1.0),
         "folded vs tape: max |diff| {worst} (scale {scale})"
     );
+}
+
+#[test]
+fn the_graph_frees_each_value_after_its_last_use() {
+    let gpu = gpu();
+    let cfg = ModelConfig {
+        width: 0.125,
+        resize: Mode::Bilinear,
+    };
+    let model = Model::new(gpu, cfg, 1).unwrap();
+    // Inference: after the forward only the output holds a tensor (the
+    // input too is freed once conv0_1 has read it).
+    let mut g = Graph::new(gpu, false);
+    let xv = g.input(gpu.zeros(&[1, 1, 64, 64]).unwrap());
+    let out = model.forward(&mut g, xv).unwrap();
+    assert_eq!(g.live(), 1);
+    assert_eq!(g.try_value(out).unwrap().shape(), [1, 1, 64, 64]);
+    let e = g.try_value(xv).err().unwrap().to_string();
+    assert!(e.contains("freed"), "{e}");
+
+    // A value read by one op more than announced is an error, both when it
+    // is gone (inference) and when backward still keeps it (training).
+    let x: Vec<f32> = (0..16).map(|i| i as f32).collect();
+    let mut g = Graph::new(gpu, false);
+    let a = g.input(gpu.upload(&[1, 1, 4, 4], &x).unwrap());
+    g.share(a).unwrap();
+    g.maxpool(a, 2, 2).unwrap();
+    g.maxpool(a, 2, 2).unwrap();
+    assert_eq!(g.live(), 2, "a is freed after its second read");
+    let e = g.maxpool(a, 2, 2).err().unwrap().to_string();
+    assert!(e.contains("freed"), "{e}");
+    let mut g = Graph::new(gpu, true);
+    let a = g.input(gpu.upload(&[1, 1, 4, 4], &x).unwrap());
+    g.maxpool(a, 2, 2).unwrap();
+    let e = g.maxpool(a, 2, 2).err().unwrap().to_string();
+    assert!(e.contains("more ops than announced"), "{e}");
+}
+
+#[test]
+fn the_input_gets_a_gradient_only_when_asked() {
+    let gpu = gpu();
+    let x: Vec<f32> = (0..16).map(|i| i as f32).collect();
+    for input_grad in [false, true] {
+        let mut g = Graph::new(gpu, true);
+        g.input_grad = input_grad;
+        let a = g.input(gpu.upload(&[1, 1, 4, 4], &x).unwrap());
+        let y = g.maxpool(a, 2, 2).unwrap();
+        let dy = gpu.upload(&[1, 1, 2, 2], &[1.0, 2.0, 3.0, 4.0]).unwrap();
+        let dx = g.backward(y, dy).unwrap();
+        match (input_grad, dx) {
+            (false, None) => {}
+            (true, Some(dx)) => {
+                // Each 2x2 window's maximum is its bottom-right element.
+                let mut want = vec![0.0; 16];
+                (want[5], want[7], want[13], want[15]) = (1.0, 2.0, 3.0, 4.0);
+                assert_eq!(gpu.read(&dx).unwrap(), want);
+            }
+            (_, dx) => panic!("input_grad {input_grad}: gradient {:?}", dx.is_some()),
+        }
+    }
+}
+
+#[test]
+fn a_tensor_name_the_model_lacks_is_an_error_naming_it() {
+    let gpu = gpu();
+    let cfg = ModelConfig {
+        width: 0.125,
+        resize: Mode::Bilinear,
+    };
+    let model = Model::new(gpu, cfg, 1).unwrap();
+    assert_eq!(
+        model.get("fc_1.weight").unwrap().value.shape(),
+        [32, 64, 1, 1]
+    );
+    let e = model.get("fc_2.weight").err().unwrap().to_string();
+    assert!(e.contains("'fc_2.weight'"), "{e}");
 }

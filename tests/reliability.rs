@@ -212,7 +212,7 @@ fn one_nan_weight_reaches_every_output_instead_of_being_zeroed() {
     // output (and so the loss and the training guard).
     let gpu = gpu();
     let model = Model::new(gpu, CFG, 2).unwrap();
-    let w = &model.param("conv5_1.weight").value;
+    let w = &model.get("conv5_1.weight").unwrap().value;
     let mut v = gpu.read(w).unwrap();
     v[4] = f32::NAN; // output channel 0, input channel 0, the centre tap
     gpu.write(w, &v);
@@ -243,7 +243,10 @@ fn wrong_adam_shape_is_an_error_for_resume_and_ignored_by_infer() {
     // Inference does not need Adam state: it loads.
     let (model, meta) = Model::load(gpu(), &path).unwrap();
     assert_eq!(meta.step, 7);
-    assert_eq!(model.param("conv1_1.weight").value.shape(), [6, 6, 3, 3]);
+    assert_eq!(
+        model.get("conv1_1.weight").unwrap().value.shape(),
+        [6, 6, 3, 3]
+    );
     // Resuming needs it: a clear error, no panic.
     let e = Model::load_for_training(gpu(), &path)
         .err()

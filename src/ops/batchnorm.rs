@@ -217,6 +217,8 @@ pub fn batchnorm_backward(
     Ok(dx)
 }
 
+/// The f64 CPU reference (the `reference` feature; the tests enable it).
+#[cfg(any(test, feature = "reference"))]
 pub mod cpu {
     use super::EPS;
 

@@ -91,6 +91,8 @@ pub fn axpy(gpu: &Gpu, alpha: f32, a: &Tensor, y: &Tensor) -> Result<()> {
     Ok(())
 }
 
+/// The f64 CPU reference (the `reference` feature; the tests enable it).
+#[cfg(any(test, feature = "reference"))]
 pub mod cpu {
     pub fn sigmoid(z: f64) -> f64 {
         if z >= 0.0 {

@@ -67,6 +67,8 @@ pub fn bce_with_logits_backward(
     Ok(dz)
 }
 
+/// The f64 CPU reference (the `reference` feature; the tests enable it).
+#[cfg(any(test, feature = "reference"))]
 pub mod cpu {
     fn softplus(u: f64) -> f64 {
         u.max(0.0) + (-u.abs()).exp().ln_1p()

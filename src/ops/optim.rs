@@ -85,6 +85,8 @@ pub fn adam_step(
     Ok(())
 }
 
+/// The f64 CPU reference (the `reference` feature; the tests enable it).
+#[cfg(any(test, feature = "reference"))]
 pub mod cpu {
     /// One Adam step in f64 on (p, m, v); returns nothing, updates in place.
     #[allow(clippy::too_many_arguments)]

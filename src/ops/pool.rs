@@ -101,6 +101,8 @@ pub fn maxpool2d_backward(
     Ok(dx)
 }
 
+/// The f64 CPU reference (the `reference` feature; the tests enable it).
+#[cfg(any(test, feature = "reference"))]
 pub mod cpu {
     use super::pool_geom;
 

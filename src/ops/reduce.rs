@@ -276,6 +276,8 @@ pub fn sum(gpu: &Gpu, x: &Tensor, squares: bool, scale: f32) -> Result<Tensor> {
     }
 }
 
+/// The f64 CPU reference (the `reference` feature; the tests enable it).
+#[cfg(any(test, feature = "reference"))]
 pub mod cpu {
     /// Per-channel sums of x [n, c, hw].
     pub fn channel_sum(x: &[f64], (n, c, hw): (usize, usize, usize)) -> Vec<f64> {

@@ -99,6 +99,8 @@ pub fn resize_backward(
     Ok(dx)
 }
 
+/// The f64 CPU reference (the `reference` feature; the tests enable it).
+#[cfg(any(test, feature = "reference"))]
 pub mod cpu {
     use super::Mode;
 

@@ -232,8 +232,10 @@ pub(super) fn wgrad(
         cg = cg.div_ceil(2);
     }
     let imgs = images_per_window(n, win, &[(g_img, og, oh * ow), (x_img, cg, ih * iw)]);
-    let mut first = true;
     for (n0, nb) in runs(n, imgs) {
+        // Each (o, c) slice of dw is written by the first image group and
+        // added to by the later ones.
+        let first = n0 == 0;
         for (o0, olen) in runs(o_tot, og) {
             for (c0, clen) in runs(c_tot, cg) {
                 let rows = nb * oh;
@@ -289,7 +291,6 @@ pub(super) fn wgrad(
                     kk,
                 };
                 add_partials(gpu, &pw, chunks, dw, slice, accumulate || !first);
-                first = false;
             }
         }
     }

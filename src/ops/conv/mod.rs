@@ -855,6 +855,7 @@ pub fn tconv2d_backward_weight_with(
 /// pass is one visit of every (output, input, weight) index triple that the
 /// rule connects, so the three passes of a conv (and the two of a tconv)
 /// cannot disagree about the indexing.
+#[cfg(any(test, feature = "reference"))]
 pub mod cpu {
     use super::Geom;
 
