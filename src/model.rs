@@ -505,13 +505,6 @@ impl Model {
             })
     }
 
-    /// `get` for names known to exist (`L2_WEIGHTS`, which a unit test
-    /// checks): panics with `get`'s error otherwise. Kept for `train.rs`;
-    /// new code uses `get`.
-    pub fn param(&self, name: &str) -> &Param {
-        self.get(name).unwrap_or_else(|e| panic!("{e}"))
-    }
-
     /// Number of trainable scalars.
     pub fn parameter_count(&self) -> usize {
         self.params

@@ -114,8 +114,8 @@ impl<'a> Trainer<'a> {
         let log = MetricsLog::open(&run.metrics(), !resume)?;
         let l2_params = L2_WEIGHTS
             .iter()
-            .map(|n| model.param(n).value.clone())
-            .collect();
+            .map(|n| Ok(model.get(n)?.value.clone()))
+            .collect::<crate::error::Result<_>>()?;
         let mut t = Trainer {
             gpu,
             cfg,
