@@ -436,7 +436,7 @@ fn check_resume_settings(
     }
     if model.width != cfg.width {
         differ.push(format!(
-            "checkpoint is width {}, this run asks for {} (--width)",
+            "checkpoint is width {:?}, this run asks for {:?} (--width)",
             model.width, cfg.width
         ));
     }
