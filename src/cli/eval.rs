@@ -1,5 +1,7 @@
 //! `engine eval`.
-use super::{AdapterArg, checkpoint_exists, model_spacing, read_checkpoint, writable_out};
+use super::{
+    AdapterArg, check_at_least, checkpoint_exists, model_spacing, read_checkpoint, writable_out,
+};
 use crate::data::prepared::{PreparedSet, Sample};
 use crate::error::bad;
 use crate::eval::metrics::ImageScore;
@@ -95,6 +97,7 @@ impl EvalArgs {
 /// `engine eval`: a checkpoint on a prepared split, a shard of it, or the
 /// merge of shards. Everything but the network runs before any GPU work.
 pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
+    check_at_least("--tile-above", a.tile_above, 1)?;
     let opts = a.options();
     opts.validate()?;
     if !a.merge.is_empty() {
