@@ -3,11 +3,13 @@
 //! folder it came from and never collide, `--shard I/N`, `--skip-existing`,
 //! and `results.csv` / `results.json` with one row per input.
 //!
-//! Exit codes (as `engine eval`): 0 every input done; 2 bad input (an
-//! unreadable `--out`, a missing checkpoint, no inputs, or any input that
-//! could not be read); 1 an internal error (GPU, inference, writing) on any
-//! input. Per-file failures never stop the other inputs.
-use crate::eval::BadInput;
+//! Exit codes ([`crate::error::exit_code`] and [`BatchReport::exit_code`]):
+//! 0 every input done; 2 bad input (an unreadable `--out`, a missing
+//! checkpoint, no inputs, or any input that could not be read); 1 an
+//! internal error (GPU, inference, writing) on any input. Per-file failures
+//! never stop the other inputs.
+use crate::data::read::is_dicom;
+use crate::error::bad;
 use crate::eval::metrics::{self, ImageScore};
 use crate::infer::{TileOptions, output_path};
 use anyhow::Context;
@@ -194,56 +196,6 @@ pub fn collect_inputs(
     Ok((inputs, missing))
 }
 
-/// `--shard I/N`: the inputs at positions `I, I+N, I+2N, ...` (0-based `I`)
-/// of the full, deterministic input list.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Shard {
-    pub index: usize,
-    pub count: usize,
-}
-
-impl std::str::FromStr for Shard {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Shard, String> {
-        let (i, n) = s
-            .split_once('/')
-            .ok_or_else(|| format!("--shard {s:?} is not I/N"))?;
-        let index: usize = i
-            .trim()
-            .parse()
-            .map_err(|_| format!("--shard {s:?}: bad index"))?;
-        let count: usize = n
-            .trim()
-            .parse()
-            .map_err(|_| format!("--shard {s:?}: bad count"))?;
-        if count == 0 || index >= count {
-            return Err(format!(
-                "--shard {s:?}: needs 0 <= I < N (I is 0-based, like SLURM_ARRAY_TASK_ID with --array=0-(N-1) and JOB_COMPLETION_INDEX)"
-            ));
-        }
-        Ok(Shard { index, count })
-    }
-}
-
-impl Shard {
-    pub fn select<T: Clone>(&self, items: &[T]) -> Vec<T> {
-        items
-            .iter()
-            .skip(self.index)
-            .step_by(self.count)
-            .cloned()
-            .collect()
-    }
-
-    /// A file name carrying the shard: `results.csv` -> `results-shard-2-of-8.csv`.
-    pub fn file_name(shard: Option<Shard>, stem: &str, ext: &str) -> String {
-        match shard {
-            Some(s) => format!("{stem}-shard-{}-of-{}.{ext}", s.index, s.count),
-            None => format!("{stem}.{ext}"),
-        }
-    }
-}
-
 /// Status of a row.
 pub const OK: &str = "ok";
 pub const BAD_INPUT: &str = "bad input";
@@ -299,7 +251,8 @@ impl Row {
             pixel_spacing_mm: None,
             spacing_source: String::new(),
             seconds,
-            error: format!("{err:#}"),
+            // The row names the file: the reason alone.
+            error: crate::error::without_path(err, &input.path),
         }
     }
 }
@@ -319,6 +272,17 @@ pub struct BatchOptions {
     pub spacing: Option<crate::spacing::ModelSpacing>,
     /// `--pixel-spacing`: for inputs whose file declares none.
     pub pixel_spacing: Option<f64>,
+}
+
+impl BatchOptions {
+    /// What the DICOM results of an input need.
+    pub fn dicom_options(&self) -> crate::dicom_out::DicomOptions {
+        crate::dicom_out::DicomOptions {
+            kinds: self.dicom,
+            threshold: self.threshold,
+            model_name: self.model_name.clone(),
+        }
+    }
 }
 
 /// The files an input's row promises (for `--skip-existing`).
@@ -367,8 +331,14 @@ pub fn run_one(
         let stem = out.join(&input.stem);
         let o = crate::infer::write_outputs(&stem, &scan, &prob, opts.threshold, opts.npy)?;
         if opts.dicom.any() && is_dicom(&input.path) {
-            crate::dicom_out::write_results(&input.path, &stem, &scan, &prob, opts)
-                .context("writing the DICOM results")?;
+            crate::dicom_out::write_results(
+                &input.path,
+                &stem,
+                &scan,
+                &prob,
+                &opts.dicom_options(),
+            )
+            .context("writing the DICOM results")?;
         }
         Ok(Row {
             index: input.index,
@@ -399,13 +369,6 @@ pub fn run_one(
     }
 }
 
-pub fn is_dicom(path: &Path) -> bool {
-    matches!(
-        crate::data::read::detect_format(path),
-        Ok(crate::data::read::Format::Dicom)
-    )
-}
-
 /// Reads a results CSV (for `--skip-existing` and merging shards).
 pub fn read_rows(path: &Path) -> anyhow::Result<Vec<Row>> {
     let mut r =
@@ -417,9 +380,9 @@ pub fn read_rows(path: &Path) -> anyhow::Result<Vec<Row>> {
 
 /// Combines the `results-shard-I-of-N.csv` files of all N shards in `out`
 /// into `out/results.csv`, rows in the order of the unsharded run; returns
-/// the rows. Errors (a shard missing, mixed N, rows missing) are [`BadInput`].
+/// the rows. Errors (a shard missing, mixed N, rows missing) are
+/// [`crate::error::BadInput`].
 pub fn merge_shards(out: &Path) -> anyhow::Result<Vec<Row>> {
-    let bad = |m: String| anyhow::Error::new(BadInput(m));
     let mut shards: BTreeMap<usize, PathBuf> = BTreeMap::new();
     let mut count: Option<usize> = None;
     let entries = std::fs::read_dir(out).map_err(|e| bad(format!("{}: {e}", out.display())))?;
@@ -493,21 +456,6 @@ pub struct ResultsJson {
     pub ok: usize,
     pub failed: usize,
     pub rows: Vec<Row>,
-}
-
-/// Creates `out` and checks that it can be written (before any GPU work).
-pub fn prepare_out(out: &Path) -> anyhow::Result<()> {
-    let bad = |e: &dyn std::fmt::Display| {
-        anyhow::Error::new(BadInput(format!(
-            "--out {} cannot be written: {e}",
-            out.display()
-        )))
-    };
-    std::fs::create_dir_all(out).map_err(|e| bad(&e))?;
-    let probe = out.join(format!(".engine-write-test-{}", std::process::id()));
-    std::fs::write(&probe, b"").map_err(|e| bad(&e))?;
-    std::fs::remove_file(&probe).map_err(|e| bad(&e))?;
-    Ok(())
 }
 
 /// What a batch did.
@@ -595,6 +543,7 @@ pub fn run_batch(
             &anyhow::anyhow!("{why}"),
             0.0,
         );
+        bar.suspend(|| eprintln!("{}: {}: {}", row.file, row.status, row.error));
         record(row, &mut report)?;
     }
     for input in inputs {

@@ -12,7 +12,6 @@
 //! number), and a Series Description naming the model and the threshold.
 //! The Frame of Reference rule is at `Geometry` below. Checked with dciodvfy
 //! (tests/workflow.rs). For research use, not diagnosis.
-use crate::batch::BatchOptions;
 use crate::data::Gray8;
 use crate::infer::output_path;
 use anyhow::Context;
@@ -225,13 +224,24 @@ impl std::str::FromStr for DicomKinds {
                 "none" => {}
                 _ => {
                     return Err(format!(
-                        "--dicom {s:?}: expected a comma-separated list of seg, pmap, overlay, or none"
+                        "{part:?}: expected a comma-separated list of seg, pmap, overlay, or none"
                     ));
                 }
             }
         }
         Ok(k)
     }
+}
+
+/// What the DICOM results of one input need besides the maps.
+#[derive(Clone, Debug)]
+pub struct DicomOptions {
+    /// The results to write.
+    pub kinds: DicomKinds,
+    /// The Segmentation marks `p > threshold`.
+    pub threshold: f32,
+    /// Describes the model (e.g. the checkpoint's name).
+    pub model_name: String,
 }
 
 /// The files written for one input.
@@ -372,7 +382,7 @@ fn common(
     modality: &str,
     series_number: i32,
     description: &str,
-    opts: &BatchOptions,
+    opts: &DicomOptions,
 ) -> InMemDicomObject {
     let mut o = InMemDicomObject::new_empty();
     for &t in COPIED {
@@ -604,7 +614,7 @@ pub fn write_results(
     stem: &Path,
     scan: &Gray8,
     prob: &[f32],
-    opts: &BatchOptions,
+    opts: &DicomOptions,
 ) -> anyhow::Result<DicomResults> {
     let src = read_source(source)?;
     let (rows, cols) = (scan.height, scan.width);
@@ -613,21 +623,21 @@ pub fn write_results(
         rows <= u16::MAX as usize && cols <= u16::MAX as usize,
         "{cols}x{rows} is too large for DICOM rows/columns"
     );
-    let segmentation = if opts.dicom.segmentation {
+    let segmentation = if opts.kinds.segmentation {
         let path = output_path(stem, "seg.dcm");
         save(segmentation(&src, rows, cols, prob, opts), &path)?;
         Some(path)
     } else {
         None
     };
-    let parametric_map = if opts.dicom.parametric_map {
+    let parametric_map = if opts.kinds.parametric_map {
         let path = output_path(stem, "pmap.dcm");
         save(parametric_map(&src, rows, cols, prob, opts), &path)?;
         Some(path)
     } else {
         None
     };
-    let overlay = if opts.dicom.overlay {
+    let overlay = if opts.kinds.overlay {
         let path = output_path(stem, "overlay.dcm");
         save(overlay(&src, scan, prob, opts), &path)?;
         Some(path)
@@ -649,7 +659,7 @@ fn segmentation(
     rows: usize,
     cols: usize,
     prob: &[f32],
-    opts: &BatchOptions,
+    opts: &DicomOptions,
 ) -> InMemDicomObject {
     let t = opts.threshold;
     let description = format!("Lesion p > {t} (research use), {}", opts.model_name);
@@ -753,7 +763,7 @@ fn parametric_map(
     rows: usize,
     cols: usize,
     prob: &[f32],
-    opts: &BatchOptions,
+    opts: &DicomOptions,
 ) -> InMemDicomObject {
     let description = format!("Lesion probability (research use), {}", opts.model_name);
     let mut pm = common(
@@ -854,7 +864,7 @@ fn parametric_map(
 
 /// A Secondary Capture of the heat overlay (RGB), for viewers and PACS that
 /// show neither Segmentations nor Parametric Maps.
-fn overlay(src: &SourceInfo, scan: &Gray8, prob: &[f32], opts: &BatchOptions) -> InMemDicomObject {
+fn overlay(src: &SourceInfo, scan: &Gray8, prob: &[f32], opts: &DicomOptions) -> InMemDicomObject {
     let description = format!(
         "Lesion probability overlay (research use), {}",
         opts.model_name

@@ -1,6 +1,18 @@
-//! The one error type of the engine core. Every message names the op (or the
-//! file) and the shapes involved, so a user can tell what went wrong without a
-//! debugger.
+//! The engine's errors and the one exit-code policy of the `engine` binary.
+//!
+//! - [`EngineError`]: the engine core (GPU, shapes). Every message names the
+//!   op and the shapes involved.
+//! - [`DataError`]: files (reading, decoding, writing). Every message names
+//!   the file once, then the reason.
+//! - [`BadInput`]: anything else the user can fix by changing an argument or
+//!   an input (a bad flag value, a missing checkpoint, an unusable folder).
+//!
+//! [`exit_code`] maps any error to the process exit status: 2 for bad input
+//! or usage (a [`BadInput`], a [`DataError`] other than a failed write, an
+//! adapter that `--adapter` names but does not exist), 1 for anything else
+//! (an internal error: GPU, inference, writing outputs). clap's own usage
+//! errors exit 2 too; 0 is success and 130 a training run stopped by Ctrl-C.
+use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -36,4 +48,183 @@ pub(crate) fn shape_err<T>(op: &'static str, detail: impl Into<String>) -> Resul
         op,
         detail: detail.into(),
     })
+}
+
+/// Every data-layer failure. Messages name the file once, then the reason.
+#[derive(Debug, Error)]
+pub enum DataError {
+    /// The file could not be opened or read. (The I/O error is part of the
+    /// message, not a `source`: a chain would repeat it.)
+    #[error("{path}: cannot read file: {error}")]
+    Io {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("{path}: {reason}")]
+    Decode { path: PathBuf, reason: String },
+    #[error("{path}: unsupported: {reason}")]
+    Unsupported { path: PathBuf, reason: String },
+    #[error("{path}: invalid data: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+    /// A folder given as a prepared set holds no manifest.
+    #[error("{dir}: {what}: run `engine prepare mias|cbis` or `engine synth` first")]
+    NotPrepared { dir: PathBuf, what: String },
+    /// An output could not be written (an internal error, exit code 1).
+    #[error("{path}: cannot write: {reason}")]
+    Write { path: PathBuf, reason: String },
+}
+
+impl DataError {
+    pub fn io(path: &Path, error: std::io::Error) -> Self {
+        DataError::Io {
+            path: path.to_path_buf(),
+            error,
+        }
+    }
+    pub fn decode(path: &Path, reason: impl Into<String>) -> Self {
+        DataError::Decode {
+            path: path.to_path_buf(),
+            reason: reason.into(),
+        }
+    }
+    pub fn unsupported(path: &Path, reason: impl Into<String>) -> Self {
+        DataError::Unsupported {
+            path: path.to_path_buf(),
+            reason: reason.into(),
+        }
+    }
+    pub fn invalid(path: &Path, reason: impl Into<String>) -> Self {
+        DataError::Invalid {
+            path: path.to_path_buf(),
+            reason: reason.into(),
+        }
+    }
+    pub fn write(path: &Path, reason: impl std::fmt::Display) -> Self {
+        DataError::Write {
+            path: path.to_path_buf(),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// The file (or folder) the error is about.
+    pub fn path(&self) -> &Path {
+        match self {
+            DataError::Io { path, .. }
+            | DataError::Decode { path, .. }
+            | DataError::Unsupported { path, .. }
+            | DataError::Invalid { path, .. }
+            | DataError::Write { path, .. } => path,
+            DataError::NotPrepared { dir, .. } => dir,
+        }
+    }
+
+    /// The message without the leading file name (for lines that already
+    /// name the file).
+    pub fn reason(&self) -> String {
+        let full = self.to_string();
+        let prefix = format!("{}: ", self.path().display());
+        match full.strip_prefix(&prefix) {
+            Some(r) => r.to_string(),
+            None => full,
+        }
+    }
+}
+
+/// An error the user can fix by changing an argument or an input: exit
+/// code 2. The message is complete (it names the file or flag once).
+#[derive(Debug)]
+pub struct BadInput(pub String);
+
+impl std::fmt::Display for BadInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BadInput {}
+
+/// A [`BadInput`] error with this message.
+pub fn bad(msg: impl std::fmt::Display) -> anyhow::Error {
+    BadInput(msg.to_string()).into()
+}
+
+/// `err` classified as bad input, its message unchanged (the whole chain,
+/// as `{:#}` prints it, becomes the message).
+pub fn bad_input(err: anyhow::Error) -> anyhow::Error {
+    if exit_code(&err) == 2 {
+        err
+    } else {
+        bad(format!("{err:#}"))
+    }
+}
+
+/// The process exit status for an error: 2 for bad input or usage, else 1
+/// (see the module documentation).
+pub fn exit_code(err: &anyhow::Error) -> i32 {
+    for e in err.chain() {
+        if e.is::<BadInput>() {
+            return 2;
+        }
+        if let Some(d) = e.downcast_ref::<DataError>() {
+            return if matches!(d, DataError::Write { .. }) {
+                1
+            } else {
+                2
+            };
+        }
+        if let Some(EngineError::AdapterNotFound(_)) = e.downcast_ref::<EngineError>() {
+            return 2;
+        }
+    }
+    1
+}
+
+/// A message for a line that already names `path`: the error without a
+/// leading "PATH: " (as data errors and most others begin).
+pub fn without_path(err: &anyhow::Error, path: &Path) -> String {
+    let full = format!("{err:#}");
+    let prefix = format!("{}: ", path.display());
+    match full.strip_prefix(&prefix) {
+        Some(rest) => rest.to_string(),
+        None => full,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_follow_the_policy() {
+        assert_eq!(exit_code(&anyhow::anyhow!("GPU lost")), 1);
+        assert_eq!(exit_code(&bad("--threshold 2 is not in [0, 1]")), 2);
+        let read = DataError::io(
+            Path::new("a.png"),
+            std::io::Error::from(std::io::ErrorKind::NotFound),
+        );
+        assert_eq!(exit_code(&anyhow::Error::new(read).context("loading")), 2);
+        let write = DataError::write(Path::new("out/a.png"), "disk full");
+        assert_eq!(exit_code(&write.into()), 1);
+        let adapter = EngineError::AdapterNotFound("nope".into());
+        assert_eq!(exit_code(&adapter.into()), 2);
+        assert_eq!(exit_code(&EngineError::Gpu("lost".into()).into()), 1);
+    }
+
+    #[test]
+    fn a_read_error_names_the_file_and_the_reason_once() {
+        let e = DataError::io(
+            Path::new("missing.png"),
+            std::io::Error::from(std::io::ErrorKind::NotFound),
+        );
+        assert_eq!(e.reason(), "cannot read file: entity not found");
+        let e = anyhow::Error::new(e);
+        let text = format!("{e:#}");
+        assert_eq!(text.matches("missing.png").count(), 1, "{text}");
+        assert_eq!(text.matches("not found").count(), 1, "{text}");
+        assert_eq!(
+            without_path(&e, Path::new("missing.png")),
+            "cannot read file: entity not found"
+        );
+        assert_eq!(format!("{:#}", bad_input(e)), text);
+    }
 }

@@ -219,7 +219,7 @@ pub fn read_scan(path: &Path) -> anyhow::Result<Gray8> {
 /// [`read_scan`] and the pixel spacing the file declares (DICOM headers;
 /// None for other formats).
 pub fn read_scan_with_spacing(path: &Path) -> anyhow::Result<(Gray8, Option<f64>)> {
-    if crate::batch::is_dicom(path) {
+    if crate::data::read::is_dicom(path) {
         let (g, info) = crate::data::read::read_with_info(path)?;
         return Ok((g, info.dicom.and_then(|d| d.pixel_spacing_mm)));
     }

@@ -16,6 +16,7 @@ pub mod infer;
 pub mod model;
 pub mod ops;
 pub mod run_folder;
+pub mod shard;
 pub mod spacing;
 pub mod train;
 

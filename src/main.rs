@@ -1,35 +1,16 @@
 use clap::Parser;
-use engine::cli::{Cli, Command};
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    engine::data::read::set_max_pixels(cli.max_pixels);
-    match cli.command {
-        Command::Devices => engine::cli::devices(),
-        Command::Bench(args) => engine::cli::bench(args),
-        Command::Tune(args) => engine::cli::tune(args),
-        Command::Train(args) => {
-            let code = engine::cli::train(args)?;
-            if code != 0 {
-                std::process::exit(code);
-            }
-            Ok(())
+/// One exit policy for every command (`engine::error::exit_code`): 0
+/// success, 2 bad input or usage (clap's own usage errors are 2 too), 1 an
+/// internal error; `engine train` exits 130 after Ctrl-C.
+fn main() {
+    let cli = engine::cli::Cli::parse();
+    let code = match engine::cli::run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            engine::error::exit_code(&e)
         }
-        Command::Infer(args) => match engine::cli::infer(args) {
-            Ok(0) => Ok(()),
-            Ok(code) => std::process::exit(code),
-            Err(e) => {
-                eprintln!("Error: {e:#}");
-                std::process::exit(engine::eval::exit_code(&e));
-            }
-        },
-        Command::Eval(args) => {
-            if let Err(e) = engine::eval::run(args) {
-                eprintln!("Error: {e:#}");
-                std::process::exit(engine::eval::exit_code(&e));
-            }
-            Ok(())
-        }
-        Command::Data(c) => c.run(),
-    }
+    };
+    std::process::exit(code);
 }

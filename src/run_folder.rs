@@ -1,7 +1,8 @@
 //! A training run folder that says what produced it: the non-empty-folder
 //! check (`--resume` / `--overwrite`), `config.json`, and `metrics.csv` and
 //! `curves.png` rebuilt from `metrics.jsonl` after every epoch.
-use anyhow::{Context, bail};
+use crate::error::bad;
+use anyhow::Context;
 use plotters::prelude::*;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -24,16 +25,16 @@ pub const RUN_FILES: &[&str] = &[
 
 /// Refuses to train into a non-empty folder unless `resume` (continue the
 /// run there) or `overwrite` (remove the run files listed in [`RUN_FILES`]
-/// and start again).
+/// and start again). Refusals are bad input.
 pub fn check_run_folder(dir: &Path, resume: bool, overwrite: bool) -> anyhow::Result<()> {
     if resume && overwrite {
-        bail!("--resume and --overwrite exclude each other");
+        return Err(bad("--resume and --overwrite exclude each other"));
     }
     if !dir.exists() {
         return Ok(());
     }
     if !dir.is_dir() {
-        bail!("run folder {} is a file", dir.display());
+        return Err(bad(format!("run folder {} is a file", dir.display())));
     }
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .with_context(|| format!("reading {}", dir.display()))?
@@ -54,7 +55,7 @@ pub fn check_run_folder(dir: &Path, resume: bool, overwrite: bool) -> anyhow::Re
         return Ok(());
     }
     let shown: Vec<&str> = names.iter().take(5).map(String::as_str).collect();
-    bail!(
+    Err(bad(format!(
         "run folder {} is not empty ({}{}): pass --resume to continue that run, --overwrite to start again in it, or another --out",
         dir.display(),
         shown.join(", "),
@@ -63,7 +64,7 @@ pub fn check_run_folder(dir: &Path, resume: bool, overwrite: bool) -> anyhow::Re
         } else {
             ""
         }
-    )
+    )))
 }
 
 /// The git commit the binary was built from (build.rs), if known.

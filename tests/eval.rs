@@ -5,8 +5,9 @@ mod support;
 use engine::Gpu;
 use engine::data::Gray8;
 use engine::data::prepared::Sample;
+use engine::error::exit_code;
 use engine::eval::metrics::{self, Counts, ImageScore, PixelHistogram};
-use engine::eval::{Accumulator, EvalOptions, evaluate, exit_code};
+use engine::eval::{Accumulator, EvalOptions, evaluate};
 use engine::infer::{TileOptions, probability_map};
 use engine::model::{Meta, Model, ModelConfig};
 use engine::ops::resize::Mode;
@@ -571,7 +572,7 @@ fn bad_input_exits_with_2() {
     // The classification itself: internal errors are 1.
     assert_eq!(exit_code(&anyhow::anyhow!("GPU lost")), 1);
     assert_eq!(
-        exit_code(&anyhow::Error::new(engine::eval::BadInput("x".into())).context("reading")),
+        exit_code(&anyhow::Error::new(engine::error::BadInput("x".into())).context("reading")),
         2
     );
     let _ = std::fs::remove_dir_all(&dir);

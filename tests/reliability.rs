@@ -401,7 +401,8 @@ fn a_dicom_length_bomb_is_refused_before_allocating() {
         },
         Some(INSPECT_MEMORY),
     );
-    assert_eq!(code, Some(1), "{text}");
+    // A corrupt file is bad input: exit 2.
+    assert_eq!(code, Some(2), "{text}");
     assert!(text.contains("declares 4294967280 bytes"), "{text}");
     // A DICOM over the pixel budget is refused from its header.
     let big = dir.join("big.dcm");
@@ -454,7 +455,7 @@ fn a_20000_square_png_is_refused_from_its_header_under_a_memory_bound() {
         },
         Some(INSPECT_MEMORY),
     );
-    assert_eq!(code, Some(1), "{text}");
+    assert_eq!(code, Some(2), "{text}");
     assert!(text.contains("over the budget of 50000000"), "{text}");
     // --max-pixels raises the budget: then the decoder's own limit (8 bytes
     // per budgeted pixel) still bounds what it may allocate.
@@ -466,7 +467,7 @@ fn a_20000_square_png_is_refused_from_its_header_under_a_memory_bound() {
         },
         None,
     );
-    assert_eq!(code, Some(1));
+    assert_eq!(code, Some(2), "{text}");
     assert!(text.contains("over the budget of 1000"), "{text}");
     std::fs::remove_dir_all(&dir).ok();
 }
@@ -530,7 +531,7 @@ fn ctrl_c_saves_says_so_and_exits_130_and_a_second_run_is_locked_out() {
     // A second run into the same folder is refused, naming the holder.
     let b = train_cmd(&run.0).output().unwrap();
     let b_err = String::from_utf8_lossy(&b.stderr);
-    assert_eq!(b.status.code(), Some(1), "{b_err}");
+    assert_eq!(b.status.code(), Some(2), "{b_err}");
     assert!(
         b_err.contains(&format!("is in use by another run (pid {},", a.id())),
         "{b_err}"
@@ -673,9 +674,9 @@ fn an_unusable_out_folder_fails_before_any_gpu_work() {
     let bad = file.join("run");
     let t = Instant::now();
     let (code, text) = run_bounded(train_cmd(&bad), None);
-    assert_eq!(code, Some(1), "{text}");
+    assert_eq!(code, Some(2), "{text}");
     assert!(
-        text.contains(&format!("creating {}", bad.display())),
+        text.contains(&format!("--out {} cannot be written", bad.display())),
         "{text}"
     );
     assert!(!text.contains("adapter:"), "no GPU was set up: {text}");

@@ -6,10 +6,10 @@ mod support;
 use dicom_core::value::{C, PrimitiveValue};
 use dicom_core::{DataElement, Tag, VR};
 use dicom_object::{FileMetaTableBuilder, InMemDicomObject, OpenFileOptions};
-use engine::batch::{BatchOptions, Row, read_rows};
+use engine::batch::{Row, read_rows};
 use engine::data::Gray8;
 use engine::data::prepared::Sample;
-use engine::dicom_out::{DicomKinds, DicomResults, tags};
+use engine::dicom_out::{DicomKinds, DicomOptions, DicomResults, tags};
 use engine::eval::metrics::{self, ImageScore};
 use engine::eval::{EvalOptions, evaluate};
 use engine::infer::{TileOptions, probability_map, read_scan};
@@ -325,15 +325,10 @@ fn dicom_results_carry_the_source_identity_and_the_maps() {
     write_source_dicom(&src, &scan(w, h, 0), true);
     // A map with values on both sides of and exactly at the threshold.
     let prob: Vec<f32> = (0..w * h).map(|i| (i % 101) as f32 / 100.0).collect();
-    let opts = BatchOptions {
+    let opts = DicomOptions {
+        kinds: DicomKinds::ALL,
         threshold: 0.5,
-        image_score: ImageScore::Area,
-        tiles: TileOptions::default(),
-        npy: false,
-        dicom: DicomKinds::ALL,
         model_name: "engine test model".into(),
-        spacing: None,
-        pixel_spacing: None,
     };
     let stem = dir.join("out/mammo");
     std::fs::create_dir_all(dir.join("out")).unwrap();
@@ -391,15 +386,10 @@ fn dicom_results_for_a_real_cbis_ddsm_scan() {
     // minutes on a software GPU); the writing path is the same.
     let prob: Vec<f32> = img.pixels.iter().map(|&v| v as f32 / 255.0).collect();
     let dir = temp("dicom-real");
-    let opts = BatchOptions {
+    let opts = DicomOptions {
+        kinds: DicomKinds::ALL,
         threshold: 0.6,
-        image_score: ImageScore::Area,
-        tiles: TileOptions::default(),
-        npy: false,
-        dicom: DicomKinds::ALL,
         model_name: "engine test model".into(),
-        spacing: None,
-        pixel_spacing: None,
     };
     let r = engine::dicom_out::write_results(&src, &dir.join("1-131"), &img, &prob, &opts).unwrap();
     check_dicom_results(&src, &r, &prob, 0.6, w, h);
@@ -420,15 +410,10 @@ fn dicom_results_pass_dciodvfy() {
     let dir = temp("dciodvfy");
     let (w, h) = (40, 30);
     let prob: Vec<f32> = (0..w * h).map(|i| (i % 7) as f32 / 6.0).collect();
-    let opts = BatchOptions {
+    let opts = DicomOptions {
+        kinds: DicomKinds::ALL,
         threshold: 0.5,
-        image_score: ImageScore::Area,
-        tiles: TileOptions::default(),
-        npy: false,
-        dicom: DicomKinds::ALL,
         model_name: "engine test model".into(),
-        spacing: None,
-        pixel_spacing: None,
     };
     for geometry in [true, false] {
         let src = dir.join(format!("src-{geometry}.dcm"));
@@ -755,7 +740,8 @@ fn batch_inference_over_folders() {
         .collect();
     assert_eq!(st, [("bad input", ""), ("ok", "1-1")]);
 
-    // Without a GPU the command fails (1) once it needs one...
+    // An adapter that does not exist (a bad --adapter or ENGINE_ADAPTER:
+    // exit 2) is found once the command needs the GPU...
     let (code, _, stderr) = engine_without_gpu(args![
         "infer",
         "--checkpoint",
@@ -764,9 +750,9 @@ fn batch_inference_over_folders() {
         &dir.join("o3"),
         &input,
     ]);
-    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("no-such-adapter-for-this-test"), "{stderr}");
-    // ...but an --out that cannot be created is found first: exit 2.
+    // ...but an --out that cannot be created is found first.
     let (code, _, stderr) = engine_without_gpu(args![
         "infer",
         "--checkpoint",
@@ -842,7 +828,7 @@ fn merged_eval_shards_equal_one_run() {
             gpu(),
             &model,
             &samples,
-            engine::batch::Shard { index: i, count: 3 },
+            engine::shard::Shard { index: i, count: 3 },
             &opts,
             source.clone(),
             &d,

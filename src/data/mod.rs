@@ -5,7 +5,6 @@
 //! [`Gray8`] too, holding 0 or 1 once loaded (0 or 255 on disk).
 pub mod augment;
 pub mod cbis;
-pub mod cli;
 pub mod dicom;
 pub mod loader;
 pub mod mias;
@@ -13,8 +12,6 @@ pub mod prepared;
 pub mod read;
 pub mod resample;
 pub mod synth;
-
-use std::path::{Path, PathBuf};
 
 /// An 8-bit grey image, row-major, `pixels.len() == width * height`.
 #[derive(Clone, PartialEq, Eq)]
@@ -84,46 +81,4 @@ impl Gray8 {
     }
 }
 
-/// Every data-layer failure. Messages always name the file and the reason.
-#[derive(Debug, thiserror::Error)]
-pub enum DataError {
-    #[error("{path}: cannot read file: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path}: {reason}")]
-    Decode { path: PathBuf, reason: String },
-    #[error("{path}: unsupported: {reason}")]
-    Unsupported { path: PathBuf, reason: String },
-    #[error("{path}: invalid data: {reason}")]
-    Invalid { path: PathBuf, reason: String },
-}
-
-impl DataError {
-    pub fn io(path: &Path, source: std::io::Error) -> Self {
-        DataError::Io {
-            path: path.to_path_buf(),
-            source,
-        }
-    }
-    pub fn decode(path: &Path, reason: impl Into<String>) -> Self {
-        DataError::Decode {
-            path: path.to_path_buf(),
-            reason: reason.into(),
-        }
-    }
-    pub fn unsupported(path: &Path, reason: impl Into<String>) -> Self {
-        DataError::Unsupported {
-            path: path.to_path_buf(),
-            reason: reason.into(),
-        }
-    }
-    pub fn invalid(path: &Path, reason: impl Into<String>) -> Self {
-        DataError::Invalid {
-            path: path.to_path_buf(),
-            reason: reason.into(),
-        }
-    }
-}
+pub use crate::error::DataError;

@@ -154,6 +154,20 @@ pub struct PreparedSet {
 impl PreparedSet {
     pub fn open(dir: &Path) -> Result<PreparedSet, DataError> {
         let path = dir.join(MANIFEST);
+        let not_prepared = |what: &str| DataError::NotPrepared {
+            dir: dir.to_path_buf(),
+            what: what.into(),
+        };
+        if !dir.is_dir() {
+            return Err(not_prepared(if dir.exists() {
+                "not a folder"
+            } else {
+                "no such folder"
+            }));
+        }
+        if !path.exists() {
+            return Err(not_prepared(&format!("no {MANIFEST}")));
+        }
         let text = std::fs::read_to_string(&path).map_err(|e| DataError::io(&path, e))?;
         let manifest: Manifest = serde_json::from_str(&text)
             .map_err(|e| DataError::invalid(&path, format!("not a prepared-set manifest: {e}")))?;
@@ -256,12 +270,11 @@ pub fn write_combined(path: &Path, scan: &Gray8, mask: &Gray8) -> Result<(), Dat
         raw.extend_from_slice(&[s, if m != 0 { 255 } else { 0 }, 0]);
     }
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
+        std::fs::create_dir_all(dir).map_err(|e| DataError::write(dir, e))?;
     }
     let img = image::RgbImage::from_raw(scan.width as u32, scan.height as u32, raw)
         .expect("3 bytes per pixel");
-    crate::fsio::save_png(path, &img.into())
-        .map_err(|e| DataError::decode(path, format!("cannot write PNG: {}", e.root_cause())))
+    crate::fsio::save_png(path, &img.into()).map_err(|e| DataError::write(path, e.root_cause()))
 }
 
 /// Intensity above which a pixel counts as tissue when trimming the background.
@@ -389,7 +402,7 @@ pub struct Prepared<'a> {
 
 impl SetWriter {
     pub fn new(dir: &Path, source: &str, crop_mm: f64) -> Result<SetWriter, DataError> {
-        std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
+        std::fs::create_dir_all(dir).map_err(|e| DataError::write(dir, e))?;
         Ok(SetWriter {
             dir: dir.to_path_buf(),
             manifest: Manifest {
@@ -485,7 +498,7 @@ impl SetWriter {
         let text = serde_json::to_string_pretty(&self.manifest)
             .map_err(|e| DataError::invalid(&path, format!("cannot serialise manifest: {e}")))?;
         crate::fsio::write_atomic(&path, text.as_bytes(), true)
-            .map_err(|e| DataError::decode(&path, format!("cannot write: {}", e.root_cause())))
+            .map_err(|e| DataError::write(&path, e.root_cause()))
     }
 
     /// The summary printed at the end of a preparation run.

@@ -75,6 +75,11 @@ pub fn detect_format(path: &Path) -> Result<Format, DataError> {
     ))
 }
 
+/// Whether `path` is a DICOM file (by content: the "DICM" marker).
+pub fn is_dicom(path: &Path) -> bool {
+    matches!(detect_format(path), Ok(Format::Dicom))
+}
+
 /// The default pixel budget of one image: more than the largest
 /// mammograms (CBIS-DDSM's reach ~40 MP), far less than a decompression bomb.
 pub const DEFAULT_MAX_PIXELS: usize = 50_000_000;
@@ -275,6 +280,5 @@ fn to_gray8(img: image::DynamicImage) -> Gray8 {
 pub fn write_gray_png(path: &Path, g: &Gray8) -> Result<(), DataError> {
     let img = image::GrayImage::from_raw(g.width as u32, g.height as u32, g.pixels.clone())
         .ok_or_else(|| DataError::invalid(path, "pixel count does not match the size"))?;
-    crate::fsio::save_png(path, &img.into())
-        .map_err(|e| DataError::decode(path, format!("cannot write PNG: {}", e.root_cause())))
+    crate::fsio::save_png(path, &img.into()).map_err(|e| DataError::write(path, e.root_cause()))
 }

@@ -477,10 +477,10 @@ pub fn write_dicom(
         .with_meta(FileMetaTableBuilder::new().transfer_syntax("1.2.840.10008.1.2.1"))
         .map_err(|e| DataError::invalid(path, format!("cannot build DICOM meta: {e}")))?;
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
+        std::fs::create_dir_all(dir).map_err(|e| DataError::write(dir, e))?;
     }
     file.write_to_file(path)
-        .map_err(|e| DataError::invalid(path, format!("cannot write DICOM: {e}")))
+        .map_err(|e| DataError::write(path, e))
 }
 
 /// `engine synth --layout cbis`: a CBIS-DDSM-like tree under `out`:
@@ -592,16 +592,14 @@ pub fn write_cbis_tree(
             if train { "train" } else { "test" }
         );
         let path = out.join(name);
-        let mut wr =
-            csv::Writer::from_path(&path).map_err(|e| DataError::invalid(&path, e.to_string()))?;
+        let mut wr = csv::Writer::from_path(&path).map_err(|e| DataError::write(&path, e))?;
         let header = if is_mass { MASS_HEADER } else { CALC_HEADER };
         wr.write_record(header)
-            .map_err(|e| DataError::invalid(&path, e.to_string()))?;
+            .map_err(|e| DataError::write(&path, e))?;
         for (_, _, r) in rows.iter().filter(|(m, t, _)| *m == is_mass && *t == train) {
-            wr.write_record(r)
-                .map_err(|e| DataError::invalid(&path, e.to_string()))?;
+            wr.write_record(r).map_err(|e| DataError::write(&path, e))?;
         }
-        wr.flush().map_err(|e| DataError::io(&path, e))?;
+        wr.flush().map_err(|e| DataError::write(&path, e))?;
     }
     Ok((n, n_rows))
 }

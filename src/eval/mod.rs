@@ -6,9 +6,9 @@
 //! Full scans run through [`crate::infer::probability_map`], the same fully
 //! convolutional path as `engine infer`. Metric definitions: [`metrics`].
 //!
-//! Exit codes ([`exit_code`]): 0 success, 2 bad input (missing or corrupt
-//! checkpoint or data, bad arguments; clap's own usage errors are 2 too),
-//! 1 internal error (GPU, inference, writing the outputs).
+//! Exit codes ([`crate::error::exit_code`]): 0 success, 2 bad input
+//! (missing or corrupt checkpoint or data, bad arguments; clap's own usage
+//! errors are 2 too), 1 internal error (GPU, inference, writing the outputs).
 pub mod metrics;
 pub mod panels;
 pub mod plots;
@@ -16,99 +16,15 @@ pub mod report;
 pub mod shard;
 
 use crate::data::Gray8;
-use crate::data::prepared::{PreparedSet, Sample};
+use crate::data::prepared::Sample;
+use crate::error::bad;
 use crate::gpu::Gpu;
 use crate::infer::TileOptions;
 use crate::model::Model;
 use anyhow::Context;
-use clap::Args;
 use metrics::{Counts, ImageScore, PixelHistogram};
 use report::{ImageRecord, Summary};
-use std::path::{Path, PathBuf};
-
-#[derive(Debug, Args)]
-pub struct EvalArgs {
-    #[command(flatten)]
-    pub adapter: crate::cli::AdapterArg,
-    #[arg(long, required_unless_present = "merge")]
-    pub checkpoint: Option<PathBuf>,
-    /// Prepared folder (`engine prepare ...` or `engine synth` output).
-    #[arg(long, required_unless_present = "merge")]
-    pub data: Option<PathBuf>,
-    /// Split to evaluate (full images): test or val.
-    #[arg(long, default_value = "test")]
-    pub split: String,
-    /// Output folder: summary.json, images.csv, sweep.csv, plots, panels/,
-    /// index.html.
-    #[arg(long, default_value = "runs/eval")]
-    pub out: PathBuf,
-    /// A pixel is positive when its probability exceeds this (p > t).
-    #[arg(long, default_value_t = 0.5)]
-    pub threshold: f32,
-    /// Report the highest threshold whose recall reaches this.
-    #[arg(long, default_value_t = 0.9)]
-    pub target_recall: f64,
-    /// Statistic of a probability map that scores an image for the
-    /// image-level curves.
-    #[arg(long, value_enum, default_value_t = ImageScore::Area)]
-    pub image_score: ImageScore,
-    /// Histogram bins of the pixel sweep (thresholds k/bins, exact there);
-    /// a multiple of 100.
-    #[arg(long, default_value_t = 1000)]
-    pub bins: usize,
-    /// Longest side of each of the four pictures in a panel.
-    #[arg(long, default_value_t = 512)]
-    pub panel_size: usize,
-    /// Skip the per-image panels and the HTML index.
-    #[arg(long)]
-    pub no_panels: bool,
-    /// Print the summary JSON to stdout instead of the table.
-    #[arg(long)]
-    pub json: bool,
-    /// Scans with more (padded) pixels than this run as overlapping tiles
-    /// (as in `engine infer`).
-    #[arg(long, default_value_t = 2048 * 2048)]
-    pub tile_above: usize,
-    /// Millimetres per pixel of images whose manifest records none (sets
-    /// prepared before spacing was recorded); else the model's training
-    /// data spacing is assumed, with a warning.
-    #[arg(long, value_parser = crate::data::cli::parse_spacing)]
-    pub pixel_spacing: Option<f64>,
-    /// Evaluate only the images at positions I, I+N, ... (0-based I) of the
-    /// split and write partial results (partial.json, panels) into --out,
-    /// for `engine eval --merge`.
-    #[arg(long, conflicts_with = "merge")]
-    pub shard: Option<crate::batch::Shard>,
-    /// Combine the --out folders of `engine eval --shard I/N` runs (all N
-    /// of them) into the summary and outputs of one unsharded run, in --out.
-    #[arg(long, num_args = 1.., conflicts_with_all = ["checkpoint", "data"])]
-    pub merge: Vec<PathBuf>,
-}
-
-/// An error caused by the user's input (exit code 2).
-#[derive(Debug)]
-pub struct BadInput(pub String);
-
-impl std::fmt::Display for BadInput {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for BadInput {}
-
-pub(crate) fn bad(msg: impl std::fmt::Display) -> anyhow::Error {
-    BadInput(msg.to_string()).into()
-}
-
-/// The process exit code for an error of [`run`]: 2 for bad input, else 1.
-pub fn exit_code(err: &anyhow::Error) -> i32 {
-    if err.chain().any(|e| e.downcast_ref::<BadInput>().is_some()) {
-        2
-    } else {
-        1
-    }
-}
+use std::path::Path;
 
 /// Settings of one evaluation.
 #[derive(Clone, Debug)]
@@ -280,8 +196,21 @@ pub fn evaluate(
     let acc = run_samples(gpu, model, &all, opts, out, progress)?;
     let mut summary = acc.finish();
     summary.source = source;
-    report::write_all(&mut summary, out, opts.panels)?;
+    write_outputs(&mut summary, out, opts.panels)?;
     Ok(summary)
+}
+
+/// Writes summary.json, images.csv, sweep.csv, the plots and (with
+/// `panels`) index.html into `out`; records them in `summary.files`.
+pub fn write_outputs(summary: &mut Summary, out: &Path, panels: bool) -> anyhow::Result<()> {
+    let mut files = report::write_tables(summary, out)?;
+    files.extend(plots::write_plots(summary, out)?);
+    if panels {
+        panels::write_index(summary, out)?;
+        files.push(report::INDEX_HTML.to_string());
+    }
+    summary.files = files;
+    report::write_json(summary, &out.join(report::SUMMARY_JSON))
 }
 
 /// Runs `samples` (each with its position in the full list, which names
@@ -319,7 +248,8 @@ pub(crate) fn run_samples(
     let mut assumed = 0;
     for (k, (i, s)) in samples.iter().enumerate() {
         bar.set_message(s.id.clone());
-        let (scan, mask) = s.load().map_err(|e| bad(format!("{}: {e}", s.id)))?;
+        // The error names the file.
+        let (scan, mask) = s.load()?;
         if (scan.width, scan.height) != (mask.width, mask.height) {
             return Err(bad(format!("{}: scan and mask differ in size", s.id)));
         }
@@ -366,87 +296,4 @@ pub(crate) fn run_samples(
         );
     }
     Ok(acc)
-}
-
-/// `engine eval`.
-pub fn run(a: EvalArgs) -> anyhow::Result<()> {
-    let opts = EvalOptions {
-        threshold: a.threshold,
-        target_recall: a.target_recall,
-        image_score: a.image_score,
-        bins: a.bins,
-        panel_size: a.panel_size,
-        panels: !a.no_panels,
-        tiles: TileOptions {
-            max_pixels: a.tile_above,
-            ..TileOptions::default()
-        },
-        spacing: None,
-        pixel_spacing: a.pixel_spacing,
-    };
-    opts.validate()?;
-    if !a.merge.is_empty() {
-        let summary = shard::merge(&a.merge, &a.out)?;
-        print_summary(&summary, &a.out, a.json)?;
-        return Ok(());
-    }
-    let (Some(checkpoint), Some(data)) = (a.checkpoint, a.data) else {
-        return Err(bad("--checkpoint and --data are needed (or --merge)"));
-    };
-    if !checkpoint.is_file() {
-        return Err(bad(format!(
-            "checkpoint {} does not exist",
-            checkpoint.display()
-        )));
-    }
-    let set = PreparedSet::open(&data).map_err(|e| bad(format!("{e}")))?;
-    let samples = set.split(&a.split);
-    if samples.is_empty() {
-        return Err(bad(format!(
-            "{} has no full images in split {:?}",
-            data.display(),
-            a.split
-        )));
-    }
-    // Before any GPU work: the checkpoint is valid and the output folder
-    // takes files.
-    let ckpt = crate::model::Checkpoint::read(&checkpoint, crate::model::Load::Weights)
-        .map_err(|e| bad(format!("{e:#}")))?;
-    crate::fsio::ensure_writable_dir(&a.out)?;
-    let gpu = Gpu::new(a.adapter.adapter.as_deref())?;
-    let (model, meta) = Model::from_checkpoint(&gpu, ckpt)?;
-    let opts = EvalOptions {
-        spacing: crate::spacing::ModelSpacing::from_meta(&meta, &checkpoint)
-            .map_err(|e| bad(format!("{e:#}")))?,
-        ..opts
-    };
-    let source = report::Source {
-        checkpoint: checkpoint.display().to_string(),
-        data: data.display().to_string(),
-        split: a.split.clone(),
-    };
-    if let Some(sh) = a.shard {
-        let p = shard::evaluate_shard(&gpu, &model, &samples, sh, &opts, source, &a.out, true)?;
-        println!(
-            "shard {}/{}: {} of {} images; wrote {} (combine the shards with engine eval --merge)",
-            sh.index,
-            sh.count,
-            p.records.len(),
-            p.total_images,
-            a.out.join(shard::PARTIAL_JSON).display()
-        );
-        return Ok(());
-    }
-    let summary = evaluate(&gpu, &model, &samples, &opts, source, &a.out, true)?;
-    print_summary(&summary, &a.out, a.json)
-}
-
-fn print_summary(summary: &Summary, out: &Path, json: bool) -> anyhow::Result<()> {
-    if json {
-        println!("{}", serde_json::to_string_pretty(summary)?);
-    } else {
-        print!("{}", report::table(summary));
-        println!("wrote {}", out.display());
-    }
-    Ok(())
 }

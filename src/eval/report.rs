@@ -351,23 +351,16 @@ fn write_csv<T: Serialize>(rows: &[T], path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Writes summary.json, images.csv, sweep.csv, the plots and (with panels)
-/// index.html into `out`; records them in `summary.files`.
-pub fn write_all(summary: &mut Summary, out: &Path, panels: bool) -> anyhow::Result<()> {
+/// Writes images.csv and sweep.csv into `out`; returns the names of the
+/// files the summary lists (summary.json, written last, and these two).
+pub fn write_tables(summary: &Summary, out: &Path) -> anyhow::Result<Vec<String>> {
     write_csv(&summary.per_image, &out.join(IMAGES_CSV))?;
     write_csv(&summary.sweep, &out.join(SWEEP_CSV))?;
-    let mut files = vec![
+    Ok(vec![
         SUMMARY_JSON.to_string(),
         IMAGES_CSV.to_string(),
         SWEEP_CSV.to_string(),
-    ];
-    files.extend(super::plots::write_plots(summary, out)?);
-    if panels {
-        super::panels::write_index(summary, out)?;
-        files.push(INDEX_HTML.to_string());
-    }
-    summary.files = files;
-    write_json(summary, &out.join(SUMMARY_JSON))
+    ])
 }
 
 fn opt(v: Option<f64>) -> String {

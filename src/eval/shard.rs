@@ -7,13 +7,14 @@
 //! counts and histograms, puts the rows back in the split's order and
 //! builds the summary with the same code as one run, so the merged outputs
 //! equal those of the unsharded run.
+use super::metrics::{Counts, ImageScore, PixelHistogram};
 use super::report::{self, ImageRecord, Source, Summary};
-use super::{Accumulator, EvalOptions, bad, run_samples};
-use crate::batch::Shard;
+use super::{Accumulator, EvalOptions, run_samples};
 use crate::data::prepared::Sample;
-use crate::eval::metrics::{Counts, ImageScore, PixelHistogram};
+use crate::error::bad;
 use crate::gpu::Gpu;
 use crate::model::Model;
+use crate::shard::Shard;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -174,6 +175,6 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> anyhow::Result<Summary> {
     let records: Vec<ImageRecord> = records.into_iter().map(|r| r.1).collect();
     let mut summary = report::summarize(&opts, pixel, &hist, records);
     summary.source = first.source.clone();
-    report::write_all(&mut summary, out, opts.panels)?;
+    super::write_outputs(&mut summary, out, opts.panels)?;
     Ok(summary)
 }

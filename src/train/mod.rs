@@ -13,7 +13,7 @@ mod validate;
 
 pub use run_dir::{RunDir, RunLock, cut_metrics};
 pub(crate) use step::train_step;
-pub use trainer::{Trained, Trainer, train};
+pub use trainer::{Trained, Trainer, check_resume, train};
 pub use validate::{Validation, recompute_bn_stats, validate};
 
 use crate::data::prepared::{PreparedSet, Sample};

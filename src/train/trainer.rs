@@ -145,8 +145,10 @@ impl<'a> Trainer<'a> {
         quiet: bool,
     ) -> anyhow::Result<(Model, Progress)> {
         let path = run.checkpoint();
-        let (model, meta) = Model::load_for_training(gpu, &path)?;
-        check_resume_settings(cfg, &model, &meta, &path)?;
+        let ckpt = crate::model::Checkpoint::read(&path, crate::model::Load::WithAdam)
+            .map_err(crate::error::bad_input)?;
+        check_resume_settings(cfg, &ckpt.cfg, &ckpt.meta, &path)?;
+        let (model, meta) = Model::from_checkpoint(gpu, ckpt)?;
         let at = Progress {
             step: meta.step,
             epoch: meta.epoch as usize,
@@ -401,11 +403,27 @@ impl<'a> Trainer<'a> {
 fn short(x: f32) -> f64 {
     x.to_string().parse().unwrap_or(x as f64)
 }
+/// Checks, on the host and before any GPU work, that the checkpoint of
+/// `run` exists, is valid and was written with `cfg`'s settings (see
+/// [`check_resume_settings`]). Every failure is bad input.
+pub fn check_resume(cfg: &TrainConfig, run: &RunDir) -> anyhow::Result<()> {
+    let path = run.checkpoint();
+    if !path.is_file() {
+        return Err(crate::error::bad(format!(
+            "--resume: {} does not exist: nothing to resume (leave out --resume to start a run)",
+            path.display()
+        )));
+    }
+    let ckpt = crate::model::Checkpoint::read(&path, crate::model::Load::Weights)
+        .map_err(crate::error::bad_input)?;
+    check_resume_settings(cfg, &ckpt.cfg, &ckpt.meta, &path)
+}
+
 /// A resumed run must use the settings it was started with, or it would
-/// not continue the same run: names what differs.
+/// not continue the same run: names what differs (bad input).
 fn check_resume_settings(
     cfg: &TrainConfig,
-    model: &Model,
+    model: &ModelConfig,
     meta: &Meta,
     path: &Path,
 ) -> anyhow::Result<()> {
@@ -416,13 +434,16 @@ fn check_resume_settings(
             _ => {}
         }
     }
-    if model.cfg.width != cfg.width {
-        differ.push(format!("width was {}, now {}", model.cfg.width, cfg.width));
+    if model.width != cfg.width {
+        differ.push(format!(
+            "checkpoint is width {:?}, this run asks for {:?} (--width)",
+            model.width, cfg.width
+        ));
     }
-    if model.cfg.resize != cfg.resize {
+    if model.resize != cfg.resize {
         differ.push(format!(
             "resize was {}, now {}",
-            model.cfg.resize.name(),
+            model.resize.name(),
             cfg.resize.name()
         ));
     }
@@ -433,11 +454,11 @@ fn check_resume_settings(
         ));
     }
     if !differ.is_empty() {
-        bail!(
+        return Err(crate::error::bad(format!(
             "{}: --resume needs the run's own settings: {}",
             path.display(),
             differ.join("; ")
-        );
+        )));
     }
     Ok(())
 }

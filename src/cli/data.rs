@@ -1,13 +1,13 @@
 //! The data commands of the `engine` binary: `inspect`, `prepare mias|cbis`,
 //! `synth` and `bench-loader`.
-use std::path::PathBuf;
-use std::time::Instant;
-
+use super::{check_at_least, check_fraction, parse_spacing, writable_out};
+use crate::data::loader::{ImageCache, Loader, LoaderConfig};
+use crate::data::prepared::{CROP_MM, PreparedSet};
+use crate::data::synth::SynthOptions;
+use crate::error::bad;
 use clap::{Subcommand, ValueEnum};
-
-use super::loader::{Loader, LoaderConfig};
-use super::prepared::PreparedSet;
-use super::synth::SynthOptions;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 #[derive(Debug, Subcommand)]
 pub enum DataCommand {
@@ -62,21 +62,6 @@ pub enum DataCommand {
     },
 }
 
-/// A pixel spacing in millimetres: a positive number below 10.
-pub fn parse_spacing(s: &str) -> Result<f64, String> {
-    let v: f64 = s
-        .trim()
-        .parse()
-        .map_err(|_| format!("'{s}' is not a number of millimetres"))?;
-    if v > 0.0 && v < 10.0 {
-        Ok(v)
-    } else {
-        Err(format!(
-            "{v} mm is not a pixel spacing (expected e.g. 0.05 or 0.2)"
-        ))
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Layout {
     Combined,
@@ -107,7 +92,7 @@ pub enum PrepareCommand {
         keep_uncoordinated: bool,
         /// Minimum side of ROI crops in millimetres (crops covering nearly the
         /// whole image are not written).
-        #[arg(long, default_value_t = super::prepared::CROP_MM)]
+        #[arg(long, default_value_t = CROP_MM)]
         crop_mm: f64,
         /// Pixel spacing in mm (default: mini-MIAS's 0.2).
         #[arg(long, value_parser = parse_spacing)]
@@ -134,7 +119,7 @@ pub enum PrepareCommand {
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// Minimum side of ROI crops in millimetres.
-        #[arg(long, default_value_t = super::prepared::CROP_MM)]
+        #[arg(long, default_value_t = CROP_MM)]
         crop_mm: f64,
         /// Pixel spacing in mm of scans whose DICOM header has none (default:
         /// DDSM's nominal 0.05).
@@ -143,128 +128,160 @@ pub enum PrepareCommand {
     },
 }
 
-impl DataCommand {
-    pub fn run(self) -> anyhow::Result<()> {
-        match self {
-            DataCommand::Inspect { files } => inspect(&files),
-            DataCommand::Prepare { what } => match what {
-                PrepareCommand::Mias {
-                    input,
-                    out,
-                    val,
-                    test,
-                    seed,
-                    keep_uncoordinated,
-                    crop_mm,
-                    pixel_spacing,
-                } => {
-                    let opt = super::mias::MiasOptions {
-                        val,
-                        test,
-                        seed,
-                        keep_uncoordinated,
-                        crop_mm,
-                        spacing_mm: pixel_spacing,
-                    };
-                    let w = super::mias::prepare(&input, &out, &opt)?;
-                    print!("{}", w.summary());
-                    println!("wrote {}", out.display());
-                    Ok(())
-                }
-                PrepareCommand::Cbis {
-                    input,
-                    out,
-                    csv,
-                    dicom_root,
-                    val,
-                    seed,
-                    crop_mm,
-                    pixel_spacing,
-                } => {
-                    let opt = super::cbis::CbisOptions {
-                        csv,
-                        dicom_root,
-                        val,
-                        seed,
-                        crop_mm,
-                        spacing_mm: pixel_spacing,
-                    };
-                    let w = super::cbis::prepare(&input, &out, &opt)?;
-                    print!("{}", w.summary());
-                    println!("wrote {}", out.display());
-                    Ok(())
-                }
-            },
-            DataCommand::Synth {
-                out,
-                n,
-                width,
-                height,
-                layout,
-                seed,
-            } => {
-                let opt = SynthOptions {
-                    height: height.unwrap_or(width),
-                    ..SynthOptions::square(width)
-                };
-                match layout {
-                    Layout::Combined => {
-                        let w = super::synth::write_combined_set(&out, n, &opt, seed)?;
-                        print!("{}", w.summary());
-                    }
-                    Layout::Cbis => {
-                        let (scans, rows) = super::synth::write_cbis_tree(&out, n, &opt, seed)?;
-                        println!("{scans} scans, {rows} abnormality rows (CBIS-DDSM-like layout)");
-                    }
-                }
-                println!("wrote {}", out.display());
-                Ok(())
-            }
-            DataCommand::BenchLoader {
-                input,
-                size,
-                batch,
-                batches,
-                threads,
-            } => bench_loader(&input, size, batch, batches, threads),
+/// Runs a data command.
+pub fn run(c: DataCommand) -> anyhow::Result<()> {
+    match c {
+        DataCommand::Inspect { files } => inspect(&files),
+        DataCommand::Prepare { what } => prepare(what),
+        DataCommand::Synth {
+            out,
+            n,
+            width,
+            height,
+            layout,
+            seed,
+        } => {
+            check_at_least("--width", width, 1)?;
+            check_at_least("--height", height.unwrap_or(width), 1)?;
+            let opt = SynthOptions {
+                height: height.unwrap_or(width),
+                ..SynthOptions::square(width)
+            };
+            synth(&out, n, &opt, layout, seed)
         }
+        DataCommand::BenchLoader {
+            input,
+            size,
+            batch,
+            batches,
+            threads,
+        } => bench_loader(&input, size, batch, batches, threads),
     }
 }
 
-fn inspect(files: &[PathBuf]) -> anyhow::Result<()> {
-    let mut failed = 0;
-    for f in files {
-        match super::read::read_with_info(f) {
-            Ok((_, info)) => println!("{}: {info}", f.display()),
-            Err(e) => {
-                failed += 1;
-                println!("{}: ERROR {e}", f.display());
-            }
+/// `engine prepare mias|cbis`.
+fn prepare(what: PrepareCommand) -> anyhow::Result<()> {
+    let (w, out) = match what {
+        PrepareCommand::Mias {
+            input,
+            out,
+            val,
+            test,
+            seed,
+            keep_uncoordinated,
+            crop_mm,
+            pixel_spacing,
+        } => {
+            check_fraction("--val", val)?;
+            check_fraction("--test", test)?;
+            check_fraction("--val plus --test", val + test)?;
+            writable_out(&out)?;
+            let opt = crate::data::mias::MiasOptions {
+                val,
+                test,
+                seed,
+                keep_uncoordinated,
+                crop_mm,
+                spacing_mm: pixel_spacing,
+            };
+            (crate::data::mias::prepare(&input, &out, &opt)?, out)
         }
-    }
-    if failed > 0 {
-        // Each failure was already reported with its reason: exit non-zero
-        // without a second, redundant error report.
-        eprintln!("{failed} of {} files could not be read", files.len());
-        std::process::exit(1);
-    }
+        PrepareCommand::Cbis {
+            input,
+            out,
+            csv,
+            dicom_root,
+            val,
+            seed,
+            crop_mm,
+            pixel_spacing,
+        } => {
+            check_fraction("--val", val)?;
+            writable_out(&out)?;
+            let opt = crate::data::cbis::CbisOptions {
+                csv,
+                dicom_root,
+                val,
+                seed,
+                crop_mm,
+                spacing_mm: pixel_spacing,
+            };
+            (crate::data::cbis::prepare(&input, &out, &opt)?, out)
+        }
+    };
+    print!("{}", w.summary());
+    println!("wrote {}", out.display());
     Ok(())
 }
 
+/// `engine synth`.
+fn synth(
+    out: &Path,
+    n: usize,
+    opt: &SynthOptions,
+    layout: Layout,
+    seed: u64,
+) -> anyhow::Result<()> {
+    writable_out(out)?;
+    match layout {
+        Layout::Combined => {
+            let w = crate::data::synth::write_combined_set(out, n, opt, seed)?;
+            print!("{}", w.summary());
+        }
+        Layout::Cbis => {
+            let (scans, rows) = crate::data::synth::write_cbis_tree(out, n, opt, seed)?;
+            println!("{scans} scans, {rows} abnormality rows (CBIS-DDSM-like layout)");
+        }
+    }
+    println!("wrote {}", out.display());
+    Ok(())
+}
+
+/// `engine inspect`: one line (or block) per file on stdout, a file that
+/// cannot be read as `FILE: ERROR reason`; then, if any failed, an error
+/// naming them (bad input).
+fn inspect(files: &[PathBuf]) -> anyhow::Result<()> {
+    let mut failed = Vec::new();
+    for f in files {
+        match crate::data::read::read_with_info(f) {
+            Ok((_, info)) => println!("{}: {info}", f.display()),
+            Err(e) => {
+                println!("{}: ERROR {}", f.display(), e.reason());
+                failed.push(e);
+            }
+        }
+    }
+    match (failed.len(), files.len()) {
+        (0, _) => Ok(()),
+        (1, 1) => Err(failed.remove(0).into()),
+        (n, total) => Err(bad(format!(
+            "{n} of {total} files could not be read: {}",
+            failed
+                .iter()
+                .map(|e| e.path().display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
 fn bench_loader(
-    input: &std::path::Path,
+    input: &Path,
     size: usize,
     batch: usize,
     batches: usize,
     threads: Option<usize>,
 ) -> anyhow::Result<()> {
+    check_at_least("--size", size, 1)?;
+    check_at_least("--batch", batch, 1)?;
     let set = PreparedSet::open(input)?;
     let samples = set.training();
-    anyhow::ensure!(
-        !samples.is_empty(),
-        "{}: no training samples",
-        input.display()
-    );
+    if samples.is_empty() {
+        return Err(bad(format!(
+            "--input {}: no training samples",
+            input.display()
+        )));
+    }
     let mut cfg = LoaderConfig {
         size,
         batch,
@@ -279,7 +296,7 @@ fn bench_loader(
         cfg.threads
     );
     // Epoch 0 decodes (cold cache); epoch 1 reuses the decoded images (warm).
-    let cache = std::sync::Arc::new(super::loader::ImageCache::default());
+    let cache = std::sync::Arc::new(ImageCache::default());
     for epoch in 0..2 {
         let mut loader = Loader::with_cache(
             samples.clone(),

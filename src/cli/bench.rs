@@ -1,0 +1,268 @@
+//! `engine devices`, `engine bench` and `engine tune`.
+use super::{AdapterArg, check_at_least, check_width};
+use crate::gpu::{Gpu, list_adapters};
+use clap::Args;
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub adapter: AdapterArg,
+    /// Batch size.
+    #[arg(long, default_value_t = 4)]
+    pub n: usize,
+    /// Channels (in and out) of the conv-family cases.
+    #[arg(long, default_value_t = 64)]
+    pub channels: usize,
+    /// Spatial size (height = width).
+    #[arg(long, default_value_t = 80)]
+    pub size: usize,
+    /// Timed runs per kernel, after one warm-up run.
+    #[arg(long, default_value_t = 5)]
+    pub iters: usize,
+    /// Only the cases whose name contains this text.
+    #[arg(long, default_value = "")]
+    pub filter: String,
+    /// Time every variant of the convolution cases (not only the chosen
+    /// one and the first-generation baseline).
+    #[arg(long)]
+    pub all_variants: bool,
+    /// Leave out the CPU reference column (im2col + multithreaded SGEMM).
+    #[arg(long)]
+    pub no_cpu: bool,
+    /// Time the whole network instead: training steps (forward, loss,
+    /// backward, Adam) and inferences, with per-family GPU time shares.
+    #[arg(long)]
+    pub model: bool,
+    #[command(flatten)]
+    pub net: NetShape,
+    /// With --model: print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// With --model: first time the same network with the first-generation
+    /// kernels and no fusion, for a before/after in one run.
+    #[arg(long)]
+    pub baseline: bool,
+}
+
+/// The network and sizes `bench --model` and `tune` run.
+#[derive(Debug, Args, Clone)]
+pub struct NetShape {
+    /// Width multiplier of the network.
+    #[arg(long, default_value_t = 0.25)]
+    pub width: f32,
+    /// Training crop size (square).
+    #[arg(long = "train-size", default_value_t = 320)]
+    pub train_size: usize,
+    /// Training batch.
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+    /// Inference image size (square).
+    #[arg(long = "infer-size", default_value_t = 640)]
+    pub infer_size: usize,
+}
+
+impl NetShape {
+    /// The checks every command taking these flags makes (bad input).
+    fn check(&self) -> anyhow::Result<()> {
+        check_width(self.width)?;
+        check_at_least("--train-size", self.train_size, 32)?;
+        check_at_least("--infer-size", self.infer_size, 32)?;
+        check_at_least("--batch", self.batch, 1)
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct TuneArgs {
+    #[command(flatten)]
+    pub adapter: AdapterArg,
+    #[command(flatten)]
+    pub net: NetShape,
+}
+
+/// `engine devices`.
+pub fn devices() -> anyhow::Result<()> {
+    let adapters = list_adapters();
+    if adapters.is_empty() {
+        anyhow::bail!(crate::EngineError::NoAdapter {
+            hint: String::new()
+        });
+    }
+    for a in adapters {
+        let l = &a.limits;
+        println!(
+            "[{}] {} ({:?}, {:?}, driver {} {})",
+            a.index,
+            a.info.name,
+            a.info.device_type,
+            a.info.backend,
+            a.info.driver,
+            a.info.driver_info
+        );
+        println!(
+            "    max storage binding {} MiB, max buffer {} MiB, workgroup storage {} KiB, invocations/workgroup {}, timestamps {}",
+            l.max_storage_buffer_binding_size >> 20,
+            l.max_buffer_size >> 20,
+            l.max_compute_workgroup_storage_size >> 10,
+            l.max_compute_invocations_per_workgroup,
+            if a.timestamps { "yes" } else { "no" }
+        );
+    }
+    Ok(())
+}
+
+/// `engine bench`.
+pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    if args.model {
+        args.net.check()?;
+    } else {
+        check_at_least("--n", args.n, 1)?;
+        check_at_least("--channels", args.channels, 1)?;
+        check_at_least("--size", args.size, 1)?;
+    }
+    let gpu = Gpu::new(args.adapter.adapter.as_deref())?;
+    if args.model {
+        return bench_model(&gpu, &args.net, args.iters.max(1), args.json, args.baseline);
+    }
+    let shape = crate::bench::Shape {
+        n: args.n,
+        c: args.channels,
+        h: args.size,
+        w: args.size,
+    };
+    println!(
+        "adapter: {} ({:?}); timing: {}; shape n={} c={} {}x{}; {} runs each",
+        gpu.info.name,
+        gpu.info.backend,
+        if gpu.timestamps {
+            "GPU timestamps"
+        } else {
+            "wall clock"
+        },
+        shape.n,
+        shape.c,
+        shape.h,
+        shape.w,
+        args.iters
+    );
+    println!(
+        "{:<34} {:<24} {:>10} {:>16} {:>18} {:>18}",
+        "kernel", "variant", "ms", "rate", "baseline (gather)", "CPU im2col+SGEMM"
+    );
+    let runs = crate::bench::run(
+        &gpu,
+        shape,
+        args.iters.max(1),
+        &args.filter,
+        args.all_variants,
+        !args.no_cpu,
+    )?;
+    for m in runs {
+        let base = m
+            .baseline
+            .map(|(_, r)| format!("{r:>8.2} {}", m.unit))
+            .unwrap_or_default();
+        let cpu = m
+            .cpu
+            .map(|(_, r)| format!("{r:>8.2} {}", m.unit))
+            .unwrap_or_default();
+        println!(
+            "{:<34} {:<24} {:>10.3} {:>8.2} {:<7} {:>18} {:>18}",
+            m.name, m.variant, m.ms, m.rate, m.unit, base, cpu
+        );
+    }
+    Ok(())
+}
+
+fn bench_model(
+    gpu: &Gpu,
+    net: &NetShape,
+    iters: usize,
+    json: bool,
+    baseline: bool,
+) -> anyhow::Result<()> {
+    let run = |base: bool| {
+        gpu.variants().set_baseline(base);
+        let m = crate::bench::model(
+            gpu,
+            net.width,
+            net.batch,
+            net.train_size,
+            net.infer_size,
+            iters,
+        );
+        gpu.variants().set_baseline(false);
+        m
+    };
+    let before = if baseline { Some(run(true)?) } else { None };
+    let m = run(false)?;
+    if json {
+        let mut v = serde_json::to_value(&m)?;
+        if let Some(b) = &before {
+            v["baseline"] = serde_json::to_value(b)?;
+        }
+        println!("{v}");
+        return Ok(());
+    }
+    println!(
+        "adapter: {}; width {}; {} runs each after one warm-up",
+        m.adapter, m.width, iters
+    );
+    let rows = [("now", &m)].into_iter().chain(
+        before
+            .as_ref()
+            .map(|b| ("first-generation kernels, unfused", b)),
+    );
+    for (what, r) in rows {
+        println!("{what}:");
+        println!(
+            "  training step, batch {} at {}x{}: {:.1} ms ({:.0} dispatches, {:.0} submits); peak tensors {:.1} MiB",
+            r.batch,
+            r.train_size,
+            r.train_size,
+            r.train_step_ms,
+            r.dispatches_per_step,
+            r.submits_per_step,
+            r.peak_mib
+        );
+        println!(
+            "  inference, {}x{}: {:.1} ms ({:.0} dispatches)",
+            r.infer_size, r.infer_size, r.infer_ms, r.dispatches_per_infer
+        );
+    }
+    if let Some(b) = &before {
+        println!(
+            "speed-up: training step x{:.2}, inference x{:.2}",
+            b.train_step_ms / m.train_step_ms,
+            b.infer_ms / m.infer_ms
+        );
+    }
+    if !m.shares.is_empty() {
+        println!("{:<16} {:>10} {:>10}", "GPU time share", "train", "infer");
+        for (family, share) in &m.shares {
+            let inf = m.infer_shares.get(family).copied().unwrap_or(0.0);
+            println!("{family:<16} {:>9.1}% {:>9.1}%", share * 100.0, inf * 100.0);
+        }
+    }
+    Ok(())
+}
+
+/// `engine tune`.
+pub fn tune(args: TuneArgs) -> anyhow::Result<()> {
+    args.net.check()?;
+    let gpu = Gpu::new(args.adapter.adapter.as_deref())?;
+    gpu.variants().set_mode(crate::gpu::TuneMode::On);
+    let n = &args.net;
+    eprintln!(
+        "tuning width {} (training batch {} at {}, inference at {}) on {}",
+        n.width, n.batch, n.train_size, n.infer_size, gpu.info.name
+    );
+    crate::bench::model(&gpu, n.width, n.batch, n.train_size, n.infer_size, 1)?;
+    for (key, winner) in gpu.variants().table() {
+        println!("{key:<60} {winner}");
+    }
+    match gpu.variants().path() {
+        Some(p) => println!("saved in {}", p.display()),
+        None => println!("no cache folder (HOME unset): the choices were not saved"),
+    }
+    Ok(())
+}

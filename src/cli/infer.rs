@@ -1,0 +1,254 @@
+//! `engine infer`.
+use super::{
+    AdapterArg, check_at_least, checkpoint_exists, model_spacing, read_checkpoint, writable_out,
+};
+use crate::batch::{self, BatchOptions, BatchReport, Input, Missing};
+use crate::error::bad;
+use crate::gpu::Gpu;
+use crate::model::Model;
+use crate::shard::Shard;
+use anyhow::Context;
+use clap::Args;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Args)]
+pub struct InferArgs {
+    #[command(flatten)]
+    pub adapter: AdapterArg,
+    /// A run's checkpoint.safetensors or best.safetensors.
+    #[arg(long, required_unless_present = "merge")]
+    pub checkpoint: Option<PathBuf>,
+    /// Output folder (created, and checked to be writable, before any GPU
+    /// work): outputs mirror each input's path relative to the folder it
+    /// came from, and results.csv lists every input.
+    #[arg(long, default_value = "runs/infer")]
+    pub out: PathBuf,
+    /// Probability above which a pixel is marked in the mask.
+    #[arg(long, default_value_t = 0.5, value_parser = super::parse_probability)]
+    pub threshold: f32,
+    /// Statistic of a probability map that scores an image (as in `engine eval`).
+    #[arg(long, value_enum, default_value_t = crate::eval::metrics::ImageScore::Area)]
+    pub image_score: crate::eval::metrics::ImageScore,
+    /// Only files in folders whose name (or, with a '/', path relative to
+    /// the folder) matches: `*`, `?`, `**`; e.g. '*.dcm' or '**/FULL*/*.dcm'.
+    #[arg(long)]
+    pub glob: Option<String>,
+    /// Skip inputs that results.csv already lists as ok and whose outputs
+    /// exist (resumes an interrupted batch).
+    #[arg(long)]
+    pub skip_existing: bool,
+    /// Process only the inputs at positions I, I+N, I+2N, ... (0-based I)
+    /// of the sorted input list; results go to results-shard-I-of-N.csv.
+    #[arg(long)]
+    pub shard: Option<Shard>,
+    /// Also write results.json (settings and the same rows).
+    #[arg(long)]
+    pub json: bool,
+    /// Combine the results-shard-I-of-N.csv of all N shards in --out into
+    /// results.csv, in the order of an unsharded run (no GPU work).
+    #[arg(long, conflicts_with_all = ["checkpoint", "shard", "inputs"])]
+    pub merge: bool,
+    /// DICOM results for DICOM inputs: a comma-separated list of seg
+    /// (Segmentation of p > threshold), pmap (Parametric Map of p), overlay
+    /// (Secondary Capture of the heat overlay), or none.
+    #[arg(long, default_value = "seg,pmap")]
+    pub dicom: crate::dicom_out::DicomKinds,
+    /// Scans with more pixels than this (after padding to a multiple of 32)
+    /// run as overlapping tiles.
+    #[arg(long, default_value_t = 2048 * 2048)]
+    pub tile_above: usize,
+    /// Side of a tile's kept core, in pixels.
+    #[arg(long, default_value_t = 1024)]
+    pub tile: usize,
+    /// Context around each tile's core, in pixels.
+    #[arg(long, default_value_t = crate::infer::MARGIN)]
+    pub tile_margin: usize,
+    /// Also write the probability map as float32 NAME_prob.npy.
+    #[arg(long)]
+    pub npy: bool,
+    /// Millimetres per pixel of inputs whose file declares none (PNG, PGM,
+    /// JPEG, DICOM without Pixel Spacing). Without it such inputs are taken
+    /// to have the spacing of the model's training data, with a warning.
+    #[arg(long, value_parser = super::parse_spacing)]
+    pub pixel_spacing: Option<f64>,
+    /// Input images (PNG, PGM, JPEG or DICOM, any size) and folders
+    /// (searched recursively).
+    #[arg(required_unless_present = "merge")]
+    pub inputs: Vec<PathBuf>,
+}
+
+/// `engine infer`: returns the exit code of a batch that ran (see
+/// [`crate::batch`]: 2 when an input was bad, 1 when one failed inside).
+pub fn infer(a: InferArgs) -> anyhow::Result<i32> {
+    if a.merge {
+        return merge(&a.out);
+    }
+    let Some(checkpoint) = a.checkpoint.clone() else {
+        return Err(bad("--checkpoint is needed (or --merge)"));
+    };
+    check_at_least("--tile", a.tile, 1)?;
+    check_at_least("--tile-above", a.tile_above, 1)?;
+    // Before any GPU work: the checkpoint exists, --out takes files, there
+    // are inputs, and the checkpoint is valid.
+    checkpoint_exists(&checkpoint)?;
+    writable_out(&a.out)?;
+    let (all, missing) = collect_inputs(&a)?;
+    let ckpt = read_checkpoint(&checkpoint)?;
+    let gpu = Gpu::new(a.adapter.adapter.as_deref())?;
+    let (model, meta) = Model::from_checkpoint(&gpu, ckpt)?;
+    let opts = batch_options(&a, &checkpoint, &model, &meta)?;
+    let inputs = match a.shard {
+        Some(s) => s.select(&all),
+        None => all.clone(),
+    };
+    // Arguments that do not exist are reported once, by shard 0.
+    let missing = if a.shard.is_none_or(|s| s.index == 0) {
+        missing
+    } else {
+        Vec::new()
+    };
+    let results = a.out.join(Shard::file_name(a.shard, "results", "csv"));
+    let report = batch::run_batch(
+        &gpu,
+        &model,
+        &inputs,
+        &missing,
+        &a.out,
+        &results,
+        &opts,
+        a.skip_existing,
+        true,
+    )?;
+    warn_assumed_spacing(&report, &opts);
+    if a.json {
+        write_json(&a, &checkpoint, &report)?;
+    }
+    print_summary(&a, &report, all.len());
+    Ok(report.exit_code())
+}
+
+/// `engine infer --merge`: combines the shards' results in `out`.
+fn merge(out: &Path) -> anyhow::Result<i32> {
+    let rows = batch::merge_shards(out)?;
+    let failed = rows.iter().filter(|r| r.status != batch::OK).count();
+    println!(
+        "{} inputs: {} ok, {failed} failed; results in {}",
+        rows.len(),
+        rows.len() - failed,
+        out.join("results.csv").display()
+    );
+    Ok(0)
+}
+
+/// The inputs (all of them, before sharding) and the arguments that do
+/// not exist; no input at all is bad input.
+fn collect_inputs(a: &InferArgs) -> anyhow::Result<(Vec<Input>, Missing)> {
+    let (all, missing) = batch::collect_inputs(&a.inputs, a.glob.as_deref(), Some(&a.out))
+        .map_err(crate::error::bad_input)?;
+    if all.is_empty() && missing.is_empty() {
+        return Err(bad(format!(
+            "no inputs: no DICOM, PNG, PGM or JPEG file{} in {}",
+            a.glob
+                .as_deref()
+                .map(|g| format!(" matching {g:?}"))
+                .unwrap_or_default(),
+            a.inputs
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    Ok((all, missing))
+}
+
+/// The settings of the batch.
+fn batch_options(
+    a: &InferArgs,
+    checkpoint: &Path,
+    model: &Model,
+    meta: &crate::model::Meta,
+) -> anyhow::Result<BatchOptions> {
+    let spacing = model_spacing(meta, checkpoint)?;
+    if spacing.is_none() {
+        eprintln!(
+            "note: {} records no pixel spacing (written before spacing was tracked): inputs run at their own pixels",
+            checkpoint.display()
+        );
+    }
+    Ok(BatchOptions {
+        threshold: a.threshold,
+        image_score: a.image_score,
+        tiles: crate::infer::TileOptions {
+            max_pixels: a.tile_above,
+            tile: a.tile,
+            margin: a.tile_margin,
+        },
+        npy: a.npy,
+        dicom: a.dicom,
+        model_name: model_name(checkpoint, model),
+        spacing,
+        pixel_spacing: a.pixel_spacing,
+    })
+}
+
+/// How DICOM results name the model: the checkpoint's file name and width.
+fn model_name(checkpoint: &Path, model: &Model) -> String {
+    format!(
+        "engine {} dense-prediction network (width {}), checkpoint {}",
+        env!("CARGO_PKG_VERSION"),
+        model.cfg.width,
+        checkpoint
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    )
+}
+
+/// One warning for the inputs whose spacing was assumed.
+fn warn_assumed_spacing(report: &BatchReport, opts: &BatchOptions) {
+    let assumed = report
+        .rows
+        .iter()
+        .filter(|r| r.spacing_source == crate::spacing::Origin::Assumed.name())
+        .count();
+    if let (Some(m), true) = (opts.spacing, assumed > 0) {
+        eprintln!(
+            "{}",
+            crate::spacing::assumed_warning(&format!("{assumed} input(s)"), &m)
+        );
+    }
+}
+
+/// `--json`: results.json (or its shard's name).
+fn write_json(a: &InferArgs, checkpoint: &Path, report: &BatchReport) -> anyhow::Result<()> {
+    let ok = report.rows.iter().filter(|r| r.status == batch::OK).count();
+    let path = a.out.join(Shard::file_name(a.shard, "results", "json"));
+    let j = batch::ResultsJson {
+        checkpoint: checkpoint.display().to_string(),
+        threshold: a.threshold,
+        image_score: a.image_score.name().into(),
+        shard: a.shard.map(|s| format!("{}/{}", s.index, s.count)),
+        inputs: report.rows.len(),
+        ok,
+        failed: report.rows.len() - ok,
+        rows: report.rows.clone(),
+    };
+    std::fs::write(&path, serde_json::to_string_pretty(&j)?)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// The closing line: how many inputs, ok, skipped, failed.
+fn print_summary(a: &InferArgs, report: &BatchReport, total: usize) {
+    let ok = report.rows.iter().filter(|r| r.status == batch::OK).count();
+    println!(
+        "{} inputs{}: {ok} ok ({} skipped as already done), {} failed; results in {}",
+        report.rows.len(),
+        a.shard
+            .map(|s| format!(" (shard {}/{} of {total})", s.index, s.count))
+            .unwrap_or_default(),
+        report.skipped,
+        report.rows.len() - ok,
+        report.results.display()
+    );
+}

@@ -1,0 +1,182 @@
+//! The `engine` command line. Every clap type lives in this module; each
+//! command turns its arguments into the plain option structs the library
+//! takes (`train::TrainConfig`, `batch::BatchOptions`, `eval::EvalOptions`,
+//! `data::mias::MiasOptions`, ...) and runs them.
+//!
+//! Every command follows one error policy ([`crate::error::exit_code`]):
+//! exit 0 on success, 2 for bad input or usage, 1 for an internal error;
+//! `engine train` exits 130 after Ctrl-C. [`run`] returns the exit status
+//! of a command that ended without an error (infer's per-input failures,
+//! train's Ctrl-C).
+mod bench;
+mod data;
+mod eval;
+mod infer;
+mod train;
+
+pub use bench::{BenchArgs, NetShape, TuneArgs};
+pub use data::{DataCommand, Layout, PrepareCommand};
+pub use eval::EvalArgs;
+pub use infer::InferArgs;
+pub use train::TrainArgs;
+
+use crate::error::{bad, bad_input};
+use clap::{Args, Parser, Subcommand};
+use std::path::Path;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "engine",
+    version,
+    about = "Train and run the mammography dense-prediction network on any GPU wgpu reaches"
+)]
+pub struct Cli {
+    /// Largest image (width x height, all frames) the readers accept; the
+    /// header is checked before anything is allocated.
+    #[arg(long, global = true, default_value_t = crate::data::read::DEFAULT_MAX_PIXELS)]
+    pub max_pixels: usize,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Exit status of a run stopped by Ctrl-C (128 + SIGINT, as shells report it).
+pub const EXIT_INTERRUPTED: i32 = 130;
+
+#[derive(Debug, Args, Clone, serde::Serialize)]
+pub struct AdapterArg {
+    /// Adapter to use: part of its name or its index in `engine devices`
+    /// (default: the best one; also settable with ENGINE_ADAPTER).
+    #[arg(long, global = true)]
+    pub adapter: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List the GPU adapters wgpu reaches and their limits.
+    Devices,
+    /// Time each kernel at one shape (GFLOP/s or GB/s), or the whole network (--model).
+    Bench(BenchArgs),
+    /// Time every kernel variant for each convolution shape of the network
+    /// (one training step and one inference) and keep the winners in the
+    /// tuning file used from then on.
+    Tune(TuneArgs),
+    /// Train the network (on a prepared folder, or on synthetic phantoms).
+    Train(TrainArgs),
+    /// Probability maps, masks and heatmap overlays for image files and folders
+    /// (PNG, PGM, JPEG, DICOM), results.csv, and DICOM results for DICOM inputs.
+    Infer(InferArgs),
+    /// Evaluate a checkpoint on a prepared set: metrics, curves, thresholds, panels
+    Eval(EvalArgs),
+    #[command(flatten)]
+    Data(DataCommand),
+}
+
+/// Runs a parsed command line; returns the exit status of a command that
+/// ended without an error (0, or as documented for `infer` and `train`).
+/// For an error, [`crate::error::exit_code`] gives the status.
+pub fn run(cli: Cli) -> anyhow::Result<i32> {
+    crate::data::read::set_max_pixels(cli.max_pixels);
+    let done = |r: anyhow::Result<()>| r.map(|()| 0);
+    match cli.command {
+        Command::Devices => done(bench::devices()),
+        Command::Bench(a) => done(bench::bench(a)),
+        Command::Tune(a) => done(bench::tune(a)),
+        Command::Train(a) => train::train(a),
+        Command::Infer(a) => infer::infer(a),
+        Command::Eval(a) => done(eval::eval(a)),
+        Command::Data(c) => done(data::run(c)),
+    }
+}
+
+/// `--pixel-spacing`, `--model-spacing`: millimetres per pixel, a positive
+/// number below 10. The one parser of every command that takes a spacing.
+pub fn parse_spacing(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number of millimetres"))?;
+    if v > 0.0 && v < 10.0 {
+        Ok(v)
+    } else {
+        Err(format!(
+            "{v} mm is not a pixel spacing (expected e.g. 0.05 or 0.2)"
+        ))
+    }
+}
+
+/// `--threshold`: a probability in [0, 1]. The one parser of every command
+/// that takes a threshold.
+pub fn parse_probability(s: &str) -> Result<f32, String> {
+    let v: f32 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number"))?;
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{v} is not in [0, 1]"))
+    }
+}
+
+/// Creates `--out` and checks that it takes files, before any long work;
+/// a folder that cannot be written is bad input.
+fn writable_out(dir: &Path) -> anyhow::Result<()> {
+    crate::fsio::ensure_writable_dir(dir).map_err(|e| {
+        bad(format!(
+            "--out {} cannot be written: {}",
+            dir.display(),
+            e.root_cause()
+        ))
+    })
+}
+
+/// Reads and checks `--checkpoint` on the host (before any GPU work): a
+/// missing, unreadable or invalid checkpoint is bad input.
+fn read_checkpoint(path: &Path) -> anyhow::Result<crate::model::Checkpoint> {
+    checkpoint_exists(path)?;
+    crate::model::Checkpoint::read(path, crate::model::Load::Weights).map_err(bad_input)
+}
+
+/// `--checkpoint` names a file (bad input if not).
+fn checkpoint_exists(path: &Path) -> anyhow::Result<()> {
+    if path.is_file() {
+        Ok(())
+    } else {
+        Err(bad(format!("checkpoint {} does not exist", path.display())))
+    }
+}
+
+/// The spacings a checkpoint records (bad input when they do not parse).
+fn model_spacing(
+    meta: &crate::model::Meta,
+    checkpoint: &Path,
+) -> anyhow::Result<Option<crate::spacing::ModelSpacing>> {
+    crate::spacing::ModelSpacing::from_meta(meta, checkpoint).map_err(bad_input)
+}
+
+/// A width multiplier a checkpoint can record: in (0, 16].
+fn check_width(width: f32) -> anyhow::Result<()> {
+    if width > 0.0 && width <= 16.0 {
+        Ok(())
+    } else {
+        Err(bad(format!("--width {width} is not in (0, 16]")))
+    }
+}
+
+/// A fraction flag: in [0, 1).
+fn check_fraction(flag: &str, value: f64) -> anyhow::Result<()> {
+    if (0.0..1.0).contains(&value) {
+        Ok(())
+    } else {
+        Err(bad(format!("{flag} {value} is not in [0, 1)")))
+    }
+}
+
+/// A count or size flag that must be at least `min`.
+fn check_at_least(flag: &str, value: usize, min: usize) -> anyhow::Result<()> {
+    if value >= min {
+        Ok(())
+    } else {
+        Err(bad(format!("{flag} {value} is less than {min}")))
+    }
+}
