@@ -2,7 +2,6 @@
 //! exactness, endpoints and monotonicity, AP and AUC, and the written
 //! outputs (PNGs, CSV, JSON, an HTML index that links only existing files).
 mod support;
-use engine::Gpu;
 use engine::data::Gray8;
 use engine::data::prepared::Sample;
 use engine::error::exit_code;
@@ -339,9 +338,9 @@ fn png_size(path: &Path) -> (u32, u32) {
 
 #[test]
 fn eval_writes_panels_plots_and_an_index_that_links_only_existing_files() {
-    let gpu = Gpu::new(None).expect("a GPU adapter (apt-get install mesa-vulkan-drivers)");
+    let gpu = support::gpu();
     let model = Model::new(
-        &gpu,
+        gpu,
         ModelConfig {
             width: 0.125,
             resize: Mode::Bilinear,
@@ -374,7 +373,7 @@ fn eval_writes_panels_plots_and_an_index_that_links_only_existing_files() {
         ..EvalOptions::default()
     };
     let s = evaluate(
-        &gpu,
+        gpu,
         &model,
         &samples,
         &opts,
@@ -391,7 +390,7 @@ fn eval_writes_panels_plots_and_an_index_that_links_only_existing_files() {
     // The same probability maps as `engine infer`'s path.
     for (r, smp) in s.per_image.iter().zip(&samples) {
         let (scan, _) = smp.load().unwrap();
-        let p = probability_map(&gpu, &model, &scan, &TileOptions::default()).unwrap();
+        let p = probability_map(gpu, &model, &scan, &TileOptions::default()).unwrap();
         let max = p.iter().copied().fold(0.0f32, f32::max) as f64;
         assert_eq!(r.max_probability, max, "{}", r.file);
     }
@@ -447,7 +446,7 @@ fn eval_writes_panels_plots_and_an_index_that_links_only_existing_files() {
     let ckpt = dir.join("tiny.safetensors");
     model
         .save(
-            &gpu,
+            gpu,
             &ckpt,
             &Meta {
                 pos_weight: 15.0,

@@ -1,7 +1,7 @@
 //! The PyTorch module (tools/engine_torch.py) and the ONNX export: run when
 //! python3 with torch, safetensors, numpy and pillow (and, for the export,
 //! onnx) was found at build time (build.rs), reported as ignored otherwise.
-use engine::Gpu;
+mod support;
 use engine::model::{Meta, Model, ModelConfig};
 use engine::ops::resize::Mode;
 use std::process::Command;
@@ -9,12 +9,10 @@ use std::process::Command;
 /// A training checkpoint (Adam moments included: the loader drops them)
 /// of a width-0.25 model, in a fresh folder.
 fn checkpoint(name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
-    let dir = std::env::temp_dir().join(format!("engine-py-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let gpu = Gpu::new(None).expect("a GPU adapter");
+    let dir = support::temp_dir("py", name);
+    let gpu = support::gpu();
     let model = Model::new(
-        &gpu,
+        gpu,
         ModelConfig {
             width: 0.25,
             resize: Mode::Bilinear,
@@ -25,7 +23,7 @@ fn checkpoint(name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
     let ckpt = dir.join("checkpoint.safetensors");
     model
         .save(
-            &gpu,
+            gpu,
             &ckpt,
             &Meta {
                 pos_weight: 15.0,
