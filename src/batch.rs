@@ -315,16 +315,10 @@ pub fn run_one(
         Ok(s) => s,
         Err(e) => return Row::failed(input, BAD_INPUT, &e, started.elapsed().as_secs_f64()),
     };
-    let spacing = opts.spacing.map(|m| {
-        (
-            crate::spacing::input_spacing(declared, opts.pixel_spacing, &m),
-            m,
-        )
-    });
-    let spacings = spacing.map(|((input_mm, _), m)| crate::infer::Spacings {
-        input_mm,
-        model_mm: m.model_mm,
-    });
+    let spacing = opts
+        .spacing
+        .map(|m| m.for_input(declared, opts.pixel_spacing));
+    let spacings = spacing.map(|(s, _)| s);
     let result = (|| -> anyhow::Result<Row> {
         let prob = crate::infer::probability_map_at(gpu, model, &scan, spacings, &opts.tiles)
             .with_context(|| format!("inference on {}x{}", scan.width, scan.height))?;
@@ -351,9 +345,9 @@ pub fn run_one(
             pixels_above_threshold: Some(o.positive_pixels as u64),
             image_score: Some(opts.image_score.score(&prob)),
             image_predicted: Some(metrics::image_predicted(&prob, opts.threshold) as u8),
-            pixel_spacing_mm: spacing.map(|((mm, _), _)| mm),
+            pixel_spacing_mm: spacing.map(|(s, _)| s.input_mm),
             spacing_source: spacing
-                .map(|((_, origin), _)| origin.name().to_string())
+                .map(|(_, origin)| origin.name().to_string())
                 .unwrap_or_default(),
             seconds: 0.0,
             error: String::new(),

@@ -14,6 +14,7 @@ use crate::gpu::Gpu;
 use crate::graph::Graph;
 use crate::model::Model;
 use crate::ops::elementwise;
+pub use crate::spacing::Spacings;
 use anyhow::Context;
 use std::path::{Path, PathBuf};
 
@@ -82,13 +83,6 @@ pub fn probability_map(
 ) -> anyhow::Result<Vec<f32>> {
     let x = scale_input(&scan.pixels);
     map_scaled(gpu, model, &x, (scan.width, scan.height), tiles)
-}
-
-/// An input's pixel spacing and the model's, in millimetres.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Spacings {
-    pub input_mm: f64,
-    pub model_mm: f64,
 }
 
 /// The probability map of one scan, on the scan's pixels: the scan is

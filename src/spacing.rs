@@ -79,13 +79,27 @@ impl Origin {
     }
 }
 
-/// The spacing to use for one input: its file's, else the flag's, else the
-/// training data's (`Assumed`: the caller warns).
-pub fn input_spacing(file: Option<f64>, flag: Option<f64>, model: &ModelSpacing) -> (f64, Origin) {
-    match (file, flag) {
-        (Some(mm), _) => (mm, Origin::File),
-        (None, Some(mm)) => (mm, Origin::Flag),
-        (None, None) => (model.data_mm, Origin::Assumed),
+/// An input's pixel spacing and the model's, in millimetres.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Spacings {
+    pub input_mm: f64,
+    pub model_mm: f64,
+}
+
+impl ModelSpacing {
+    /// The spacings to run one input at: its file's spacing, else the
+    /// flag's, else the training data's (`Assumed`: the caller warns).
+    pub fn for_input(&self, file: Option<f64>, flag: Option<f64>) -> (Spacings, Origin) {
+        let (input_mm, origin) = match (file, flag) {
+            (Some(mm), _) => (mm, Origin::File),
+            (None, Some(mm)) => (mm, Origin::Flag),
+            (None, None) => (self.data_mm, Origin::Assumed),
+        };
+        let s = Spacings {
+            input_mm,
+            model_mm: self.model_mm,
+        };
+        (s, origin)
     }
 }
 
@@ -126,11 +140,12 @@ mod tests {
             model_mm: 0.3,
             data_mm: 0.2,
         };
-        assert_eq!(
-            input_spacing(Some(0.05), Some(0.1), &m),
-            (0.05, Origin::File)
-        );
-        assert_eq!(input_spacing(None, Some(0.1), &m), (0.1, Origin::Flag));
-        assert_eq!(input_spacing(None, None, &m), (0.2, Origin::Assumed));
+        let at = |mm: f64| Spacings {
+            input_mm: mm,
+            model_mm: 0.3,
+        };
+        assert_eq!(m.for_input(Some(0.05), Some(0.1)), (at(0.05), Origin::File));
+        assert_eq!(m.for_input(None, Some(0.1)), (at(0.1), Origin::Flag));
+        assert_eq!(m.for_input(None, None), (at(0.2), Origin::Assumed));
     }
 }

@@ -262,13 +262,9 @@ pub(crate) fn run_samples(
             )));
         }
         let spacings = opts.spacing.map(|m| {
-            let (input_mm, origin) =
-                crate::spacing::input_spacing(s.spacing_mm, opts.pixel_spacing, &m);
+            let (spacings, origin) = m.for_input(s.spacing_mm, opts.pixel_spacing);
             assumed += (origin == crate::spacing::Origin::Assumed) as usize;
-            crate::infer::Spacings {
-                input_mm,
-                model_mm: m.model_mm,
-            }
+            spacings
         });
         let prob = crate::infer::probability_map_at(gpu, model, &scan, spacings, &opts.tiles)
             .with_context(|| format!("{}: inference on {}x{}", s.id, scan.width, scan.height))?;

@@ -7,9 +7,9 @@ use crate::eval::metrics::Counts;
 use crate::eval::{Accumulator, EvalOptions};
 use crate::gpu::Gpu;
 use crate::graph::Graph;
-use crate::infer::{Spacings, TileOptions, probability_map_at};
+use crate::infer::{TileOptions, probability_map_at};
 use crate::model::Model;
-use crate::spacing::ModelSpacing;
+use crate::spacing::{ModelSpacing, Spacings};
 use anyhow::Context;
 
 /// One validation: whole films through `engine eval`'s path.
