@@ -456,26 +456,7 @@ fn eval_writes_panels_plots_and_an_index_that_links_only_existing_files() {
         )
         .unwrap();
     let data = dir.join("data");
-    let mut w = engine::data::prepared::SetWriter::new(&data, "test", 0.0).unwrap();
-    for (i, smp) in samples.iter().enumerate() {
-        let (scan, mask) = smp.load().unwrap();
-        w.add(engine::data::prepared::Prepared {
-            name: &format!("case{i}"),
-            split: "test",
-            patient: &format!("p{i}"),
-            source: String::new(),
-            rois: vec![],
-            abnormal: mask.pixels.iter().any(|&v| v != 0),
-            mask_complete: true,
-            classes: vec![],
-            trim: false,
-            spacing_mm: 0.2,
-            scan,
-            mask,
-        })
-        .unwrap();
-    }
-    w.finish().unwrap();
+    support::write_test_split(&data, &samples);
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_engine"))
         .args(["eval", "--json", "--no-panels", "--checkpoint"])
         .arg(&ckpt)

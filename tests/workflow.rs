@@ -871,26 +871,7 @@ fn merged_eval_shards_equal_one_run() {
     let ckpt = dir.join("model.safetensors");
     save_model(&model, &ckpt);
     let data = dir.join("data");
-    let mut w = engine::data::prepared::SetWriter::new(&data, "test", 0.0).unwrap();
-    for (i, smp) in samples.iter().enumerate() {
-        let (scan, mask) = smp.load().unwrap();
-        w.add(engine::data::prepared::Prepared {
-            name: &format!("case{i}"),
-            split: "test",
-            patient: &format!("p{i}"),
-            source: String::new(),
-            rois: vec![],
-            abnormal: mask.pixels.iter().any(|&v| v != 0),
-            mask_complete: true,
-            classes: vec![],
-            trim: false,
-            spacing_mm: 0.2,
-            scan,
-            mask,
-        })
-        .unwrap();
-    }
-    w.finish().unwrap();
+    support::write_test_split(&data, &samples);
     let eval = |extra: &[&std::ffi::OsStr], out: &Path| {
         let mut a: Vec<&std::ffi::OsStr> = args![
             "eval",

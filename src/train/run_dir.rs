@@ -178,12 +178,9 @@ impl MetricsLog {
         })
     }
 
+    /// Appends `record` as one line, in one write.
     pub(super) fn record(&mut self, record: &serde_json::Value) -> anyhow::Result<()> {
-        self.line(record.to_string())
-    }
-
-    fn line(&mut self, record: String) -> anyhow::Result<()> {
-        let mut line = record;
+        let mut line = record.to_string();
         line.push('\n');
         self.file
             .write_all(line.as_bytes())
