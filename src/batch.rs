@@ -268,8 +268,6 @@ pub struct BatchOptions {
     pub dicom: crate::dicom_out::DicomKinds,
     /// Describes the model in DICOM results (e.g. the checkpoint's name).
     pub model_name: String,
-    /// The checkpoint's spacings (None: run at each input's own pixels).
-    pub spacing: Option<crate::spacing::ModelSpacing>,
     /// `--pixel-spacing`: for inputs whose file declares none.
     pub pixel_spacing: Option<f64>,
 }
@@ -305,7 +303,7 @@ pub fn expected_outputs(out: &Path, input: &Input, opts: &BatchOptions) -> Vec<P
 /// Runs one input and writes its outputs under `out`.
 pub fn run_one(
     gpu: &crate::Gpu,
-    model: &crate::model::Model,
+    predictor: &crate::predictor::Predictor,
     input: &Input,
     out: &Path,
     opts: &BatchOptions,
@@ -315,12 +313,10 @@ pub fn run_one(
         Ok(s) => s,
         Err(e) => return Row::failed(input, BAD_INPUT, &e, started.elapsed().as_secs_f64()),
     };
-    let spacing = opts
-        .spacing
-        .map(|m| m.for_input(declared, opts.pixel_spacing));
-    let spacings = spacing.map(|(s, _)| s);
+    let spacing = predictor.input_spacing(declared, opts.pixel_spacing);
     let result = (|| -> anyhow::Result<Row> {
-        let prob = crate::infer::probability_map_at(gpu, model, &scan, spacings, &opts.tiles)
+        let prob = predictor
+            .probability_map(gpu, &scan, declared, opts.pixel_spacing, &opts.tiles)
             .with_context(|| format!("inference on {}x{}", scan.width, scan.height))?;
         let stem = out.join(&input.stem);
         let o = crate::infer::write_outputs(&stem, &scan, &prob, opts.threshold, opts.npy)?;
@@ -345,9 +341,9 @@ pub fn run_one(
             pixels_above_threshold: Some(o.positive_pixels as u64),
             image_score: Some(opts.image_score.score(&prob)),
             image_predicted: Some(metrics::image_predicted(&prob, opts.threshold) as u8),
-            pixel_spacing_mm: spacing.map(|(s, _)| s.input_mm),
+            pixel_spacing_mm: spacing.map(|s| s.input_mm),
             spacing_source: spacing
-                .map(|(_, origin)| origin.name().to_string())
+                .map(|s| s.origin.name().to_string())
                 .unwrap_or_default(),
             seconds: 0.0,
             error: String::new(),
@@ -481,7 +477,7 @@ impl BatchReport {
 #[allow(clippy::too_many_arguments)]
 pub fn run_batch(
     gpu: &crate::Gpu,
-    model: &crate::model::Model,
+    predictor: &crate::predictor::Predictor,
     inputs: &[Input],
     missing: &[(PathBuf, String)],
     out: &Path,
@@ -556,7 +552,7 @@ pub fn run_batch(
             continue;
         }
         gpu.pool().reset_peak();
-        let row = run_one(gpu, model, input, out, opts);
+        let row = run_one(gpu, predictor, input, out, opts);
         bar.suspend(|| {
             if row.status == OK {
                 println!(

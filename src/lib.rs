@@ -15,6 +15,7 @@ pub mod graph;
 pub mod infer;
 pub mod model;
 pub mod ops;
+pub mod predictor;
 pub mod run_folder;
 pub mod shard;
 pub mod spacing;

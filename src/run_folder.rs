@@ -9,14 +9,18 @@ use serde_json::{Value, json};
 use std::path::Path;
 
 pub const CONFIG_JSON: &str = "config.json";
+/// The latest state of a run (weights and Adam moments).
+pub const CHECKPOINT: &str = "checkpoint.safetensors";
+/// The weights of the epoch `--select` liked best.
+pub const BEST: &str = "best.safetensors";
 pub const METRICS_CSV: &str = "metrics.csv";
 pub const CURVES_PNG: &str = "curves.png";
 
 /// The files `engine train` writes into a run folder (what `--overwrite`
 /// removes; anything else in the folder is left alone).
 pub const RUN_FILES: &[&str] = &[
-    "checkpoint.safetensors",
-    "best.safetensors",
+    CHECKPOINT,
+    BEST,
     "metrics.jsonl",
     METRICS_CSV,
     CURVES_PNG,

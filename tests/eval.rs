@@ -348,6 +348,7 @@ fn eval_writes_panels_plots_and_an_index_that_links_only_existing_files() {
         1,
     )
     .unwrap();
+    let predictor = engine::predictor::Predictor::single(model, None, "c");
     // Three small scans: two with a square lesion, one without; sizes not
     // multiples of 32 (the padded, fully convolutional path).
     let mut samples = Vec::new();
@@ -374,7 +375,7 @@ fn eval_writes_panels_plots_and_an_index_that_links_only_existing_files() {
     };
     let s = evaluate(
         gpu,
-        &model,
+        &predictor,
         &samples,
         &opts,
         Default::default(),
@@ -390,7 +391,13 @@ fn eval_writes_panels_plots_and_an_index_that_links_only_existing_files() {
     // The same probability maps as `engine infer`'s path.
     for (r, smp) in s.per_image.iter().zip(&samples) {
         let (scan, _) = smp.load().unwrap();
-        let p = probability_map(gpu, &model, &scan, &TileOptions::default()).unwrap();
+        let p = probability_map(
+            gpu,
+            &predictor.members()[0].model,
+            &scan,
+            &TileOptions::default(),
+        )
+        .unwrap();
         let max = p.iter().copied().fold(0.0f32, f32::max) as f64;
         assert_eq!(r.max_probability, max, "{}", r.file);
     }
@@ -444,7 +451,8 @@ fn eval_writes_panels_plots_and_an_index_that_links_only_existing_files() {
     // Saved and loaded through the command: exit code 0 and the JSON on stdout.
     let dir = temp("cli");
     let ckpt = dir.join("tiny.safetensors");
-    model
+    predictor.members()[0]
+        .model
         .save(
             gpu,
             &ckpt,

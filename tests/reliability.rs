@@ -720,10 +720,11 @@ fn eval_checks_each_image_against_the_manifest() {
         &Gray8::new(80, 64),
     )
     .unwrap();
-    let model = Model::new(gpu(), CFG, 1).unwrap();
+    let predictor =
+        engine::predictor::Predictor::single(Model::new(gpu(), CFG, 1).unwrap(), None, "c");
     let e = engine::eval::evaluate(
         gpu(),
-        &model,
+        &predictor,
         &samples,
         &engine::eval::EvalOptions {
             panels: false,

@@ -795,6 +795,7 @@ fn glob_patterns() {
 fn merged_eval_shards_equal_one_run() {
     let dir = temp("eval-shards");
     let model = tiny_model();
+    let predictor = engine::predictor::Predictor::single(model, None, "c");
     let mut samples = Vec::new();
     for i in 0..5 {
         let g = scan(48 + 8 * i, 40, i);
@@ -819,14 +820,23 @@ fn merged_eval_shards_equal_one_run() {
         split: "test".into(),
     };
     let one = dir.join("one");
-    let s = evaluate(gpu(), &model, &samples, &opts, source.clone(), &one, false).unwrap();
+    let s = evaluate(
+        gpu(),
+        &predictor,
+        &samples,
+        &opts,
+        source.clone(),
+        &one,
+        false,
+    )
+    .unwrap();
     assert_eq!(s.images, 5);
     let mut shard_dirs = Vec::new();
     for i in 0..3 {
         let d = dir.join(format!("shard{i}"));
         let p = engine::eval::shard::evaluate_shard(
             gpu(),
-            &model,
+            &predictor,
             &samples,
             engine::shard::Shard { index: i, count: 3 },
             &opts,
@@ -869,7 +879,7 @@ fn merged_eval_shards_equal_one_run() {
     // The same through the command line, on a prepared folder: two shards
     // merged equal one run.
     let ckpt = dir.join("model.safetensors");
-    save_model(&model, &ckpt);
+    save_model(&predictor.members()[0].model, &ckpt);
     let data = dir.join("data");
     support::write_test_split(&data, &samples);
     let eval = |extra: &[&std::ffi::OsStr], out: &Path| {

@@ -1,6 +1,6 @@
 //! `engine eval`.
 use super::{
-    AdapterArg, check_at_least, checkpoint_exists, model_spacing, read_checkpoint, writable_out,
+    AdapterArg, check_at_least, checkpoint_files, load_predictor, read_checkpoints, writable_out,
 };
 use crate::data::prepared::{PreparedSet, Sample};
 use crate::error::bad;
@@ -9,7 +9,6 @@ use crate::eval::report::{Source, Summary};
 use crate::eval::{EvalOptions, shard};
 use crate::gpu::Gpu;
 use crate::infer::TileOptions;
-use crate::model::Model;
 use crate::shard::Shard;
 use clap::Args;
 use std::path::{Path, PathBuf};
@@ -18,8 +17,11 @@ use std::path::{Path, PathBuf};
 pub struct EvalArgs {
     #[command(flatten)]
     pub adapter: AdapterArg,
+    /// The model: a checkpoint file. Give it more than once, or name a
+    /// folder of .safetensors files, to evaluate an ensemble (the mean of
+    /// the models' probability maps).
     #[arg(long, required_unless_present = "merge")]
-    pub checkpoint: Option<PathBuf>,
+    pub checkpoint: Vec<PathBuf>,
     /// Prepared folder (`engine prepare ...` or `engine synth` output).
     #[arg(long, required_unless_present = "merge")]
     pub data: Option<PathBuf>,
@@ -88,7 +90,6 @@ impl EvalArgs {
                 max_pixels: self.tile_above,
                 ..TileOptions::default()
             },
-            spacing: None,
             pixel_spacing: self.pixel_spacing,
         }
     }
@@ -104,26 +105,22 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
         let summary = shard::merge(&a.merge, &a.out)?;
         return print_summary(&summary, &a.out, a.json);
     }
-    let (Some(checkpoint), Some(data)) = (&a.checkpoint, &a.data) else {
+    let (false, Some(data)) = (a.checkpoint.is_empty(), &a.data) else {
         return Err(bad("--checkpoint and --data are needed (or --merge)"));
     };
-    checkpoint_exists(checkpoint)?;
+    let files = checkpoint_files(&a.checkpoint)?;
     let samples = split_samples(data, &a.split)?;
-    let ckpt = read_checkpoint(checkpoint)?;
+    let checkpoints = read_checkpoints(&files)?;
     writable_out(&a.out)?;
     let gpu = Gpu::new(a.adapter.adapter.as_deref())?;
-    let (model, meta) = Model::from_checkpoint(&gpu, ckpt)?;
-    let opts = EvalOptions {
-        spacing: model_spacing(&meta, checkpoint)?,
-        ..opts
-    };
+    let predictor = load_predictor(&gpu, checkpoints)?;
     let source = Source {
-        checkpoint: checkpoint.display().to_string(),
+        checkpoint: predictor.names(),
         data: data.display().to_string(),
         split: a.split.clone(),
     };
     if let Some(sh) = a.shard {
-        let p = shard::evaluate_shard(&gpu, &model, &samples, sh, &opts, source, &a.out, true)?;
+        let p = shard::evaluate_shard(&gpu, &predictor, &samples, sh, &opts, source, &a.out, true)?;
         println!(
             "shard {}/{}: {} of {} images; wrote {} (combine the shards with engine eval --merge)",
             sh.index,
@@ -134,7 +131,7 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let summary = crate::eval::evaluate(&gpu, &model, &samples, &opts, source, &a.out, true)?;
+    let summary = crate::eval::evaluate(&gpu, &predictor, &samples, &opts, source, &a.out, true)?;
     print_summary(&summary, &a.out, a.json)
 }
 

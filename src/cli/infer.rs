@@ -1,11 +1,11 @@
 //! `engine infer`.
 use super::{
-    AdapterArg, check_at_least, checkpoint_exists, model_spacing, read_checkpoint, writable_out,
+    AdapterArg, check_at_least, checkpoint_files, load_predictor, read_checkpoints, writable_out,
 };
 use crate::batch::{self, BatchOptions, BatchReport, Input, Missing};
 use crate::error::bad;
 use crate::gpu::Gpu;
-use crate::model::Model;
+use crate::predictor::Predictor;
 use crate::shard::Shard;
 use anyhow::Context;
 use clap::Args;
@@ -15,9 +15,11 @@ use std::path::{Path, PathBuf};
 pub struct InferArgs {
     #[command(flatten)]
     pub adapter: AdapterArg,
-    /// A run's checkpoint.safetensors or best.safetensors.
+    /// A run's checkpoint.safetensors or best.safetensors. Give it more
+    /// than once, or name a folder of .safetensors files, to run an
+    /// ensemble: the probability map is the mean of the models' maps.
     #[arg(long, required_unless_present = "merge")]
-    pub checkpoint: Option<PathBuf>,
+    pub checkpoint: Vec<PathBuf>,
     /// Output folder (created, and checked to be writable, before any GPU
     /// work): outputs mirror each input's path relative to the folder it
     /// came from, and results.csv lists every input.
@@ -83,20 +85,17 @@ pub fn infer(a: InferArgs) -> anyhow::Result<i32> {
     if a.merge {
         return merge(&a.out);
     }
-    let Some(checkpoint) = a.checkpoint.clone() else {
-        return Err(bad("--checkpoint is needed (or --merge)"));
-    };
     check_at_least("--tile", a.tile, 1)?;
     check_at_least("--tile-above", a.tile_above, 1)?;
-    // Before any GPU work: the checkpoint exists, --out takes files, there
-    // are inputs, and the checkpoint is valid.
-    checkpoint_exists(&checkpoint)?;
+    // Before any GPU work: the checkpoints exist, --out takes files, there
+    // are inputs, and the checkpoints are valid.
+    let files = checkpoint_files(&a.checkpoint)?;
     writable_out(&a.out)?;
     let (all, missing) = collect_inputs(&a)?;
-    let ckpt = read_checkpoint(&checkpoint)?;
+    let checkpoints = read_checkpoints(&files)?;
     let gpu = Gpu::new(a.adapter.adapter.as_deref())?;
-    let (model, meta) = Model::from_checkpoint(&gpu, ckpt)?;
-    let opts = batch_options(&a, &checkpoint, &model, &meta)?;
+    let predictor = load_predictor(&gpu, checkpoints)?;
+    let opts = batch_options(&a, &predictor);
     let inputs = match a.shard {
         Some(s) => s.select(&all),
         None => all.clone(),
@@ -110,7 +109,7 @@ pub fn infer(a: InferArgs) -> anyhow::Result<i32> {
     let results = a.out.join(Shard::file_name(a.shard, "results", "csv"));
     let report = batch::run_batch(
         &gpu,
-        &model,
+        &predictor,
         &inputs,
         &missing,
         &a.out,
@@ -119,9 +118,9 @@ pub fn infer(a: InferArgs) -> anyhow::Result<i32> {
         a.skip_existing,
         true,
     )?;
-    warn_assumed_spacing(&report, &opts);
+    warn_assumed_spacing(&report, &predictor);
     if a.json {
-        write_json(&a, &checkpoint, &report)?;
+        write_json(&a, &predictor, &report)?;
     }
     print_summary(&a, &report, all.len());
     Ok(report.exit_code())
@@ -163,20 +162,8 @@ fn collect_inputs(a: &InferArgs) -> anyhow::Result<(Vec<Input>, Missing)> {
 }
 
 /// The settings of the batch.
-fn batch_options(
-    a: &InferArgs,
-    checkpoint: &Path,
-    model: &Model,
-    meta: &crate::model::Meta,
-) -> anyhow::Result<BatchOptions> {
-    let spacing = model_spacing(meta, checkpoint)?;
-    if spacing.is_none() {
-        eprintln!(
-            "note: {} records no pixel spacing (written before spacing was tracked): inputs run at their own pixels",
-            checkpoint.display()
-        );
-    }
-    Ok(BatchOptions {
+fn batch_options(a: &InferArgs, predictor: &Predictor) -> BatchOptions {
+    BatchOptions {
         threshold: a.threshold,
         image_score: a.image_score,
         tiles: crate::infer::TileOptions {
@@ -186,33 +173,44 @@ fn batch_options(
         },
         npy: a.npy,
         dicom: a.dicom,
-        model_name: model_name(checkpoint, model),
-        spacing,
+        model_name: model_name(predictor),
         pixel_spacing: a.pixel_spacing,
-    })
+    }
 }
 
-/// How DICOM results name the model: the checkpoint's file name and width.
-fn model_name(checkpoint: &Path, model: &Model) -> String {
+/// How DICOM results name the model: the checkpoints' file names and width.
+fn model_name(predictor: &Predictor) -> String {
+    let members = predictor.members();
+    let files: Vec<String> = members
+        .iter()
+        .map(|m| {
+            Path::new(&m.name)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        })
+        .collect();
+    let kind = if members.len() > 1 {
+        format!("ensemble of {} networks", members.len())
+    } else {
+        "network".to_string()
+    };
     format!(
-        "engine {} dense-prediction network (width {}), checkpoint {}",
+        "engine {} dense-prediction {kind} (width {}), checkpoint {}",
         env!("CARGO_PKG_VERSION"),
-        model.cfg.width,
-        checkpoint
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
+        members[0].model.cfg.width,
+        files.join(", ")
     )
 }
 
 /// One warning for the inputs whose spacing was assumed.
-fn warn_assumed_spacing(report: &BatchReport, opts: &BatchOptions) {
+fn warn_assumed_spacing(report: &BatchReport, predictor: &Predictor) {
     let assumed = report
         .rows
         .iter()
         .filter(|r| r.spacing_source == crate::spacing::Origin::Assumed.name())
         .count();
-    if let (Some(m), true) = (opts.spacing, assumed > 0) {
+    if let (Some(m), true) = (predictor.spacing(), assumed > 0) {
         eprintln!(
             "{}",
             crate::spacing::assumed_warning(&format!("{assumed} input(s)"), &m)
@@ -221,11 +219,11 @@ fn warn_assumed_spacing(report: &BatchReport, opts: &BatchOptions) {
 }
 
 /// `--json`: results.json (or its shard's name).
-fn write_json(a: &InferArgs, checkpoint: &Path, report: &BatchReport) -> anyhow::Result<()> {
+fn write_json(a: &InferArgs, predictor: &Predictor, report: &BatchReport) -> anyhow::Result<()> {
     let ok = report.rows.iter().filter(|r| r.status == batch::OK).count();
     let path = a.out.join(Shard::file_name(a.shard, "results", "json"));
     let j = batch::ResultsJson {
-        checkpoint: checkpoint.display().to_string(),
+        checkpoint: predictor.names(),
         threshold: a.threshold,
         image_score: a.image_score.name().into(),
         shard: a.shard.map(|s| format!("{}/{}", s.index, s.count)),

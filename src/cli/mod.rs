@@ -22,7 +22,7 @@ pub use train::TrainArgs;
 
 use crate::error::{bad, bad_input};
 use clap::{Args, Parser, Subcommand};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -130,28 +130,89 @@ fn writable_out(dir: &Path) -> anyhow::Result<()> {
     })
 }
 
-/// Reads and checks `--checkpoint` on the host (before any GPU work): a
-/// missing, unreadable or invalid checkpoint is bad input.
-fn read_checkpoint(path: &Path) -> anyhow::Result<crate::model::Checkpoint> {
-    checkpoint_exists(path)?;
-    crate::model::Checkpoint::read(path, crate::model::Load::Weights).map_err(bad_input)
-}
-
-/// `--checkpoint` names a file (bad input if not).
-fn checkpoint_exists(path: &Path) -> anyhow::Result<()> {
-    if path.is_file() {
-        Ok(())
-    } else {
-        Err(bad(format!("checkpoint {} does not exist", path.display())))
+/// The checkpoint files `--checkpoint` names (one or more: several are an
+/// ensemble whose maps are averaged). A folder stands for the
+/// `.safetensors` files in it, sorted by name; a training run's folder is
+/// refused, since its checkpoint and best model are one run twice.
+fn checkpoint_files(args: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    if args.is_empty() {
+        return Err(bad("--checkpoint is needed"));
     }
+    let mut files = Vec::new();
+    for path in args {
+        if path.is_file() {
+            files.push(path.clone());
+        } else if path.is_dir() {
+            files.extend(folder_checkpoints(path)?);
+        } else {
+            return Err(bad(format!("checkpoint {} does not exist", path.display())));
+        }
+    }
+    Ok(files)
 }
 
-/// The spacings a checkpoint records (bad input when they do not parse).
-fn model_spacing(
-    meta: &crate::model::Meta,
-    checkpoint: &Path,
-) -> anyhow::Result<Option<crate::spacing::ModelSpacing>> {
-    crate::spacing::ModelSpacing::from_meta(meta, checkpoint).map_err(bad_input)
+/// The `.safetensors` files of a model folder, sorted (bad input if none,
+/// or if it is a training run's folder).
+fn folder_checkpoints(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    if dir.join(crate::run_folder::CHECKPOINT).is_file() {
+        return Err(bad(format!(
+            "--checkpoint {} is a training run's folder: name its {} (or {}) instead",
+            dir.display(),
+            crate::run_folder::BEST,
+            crate::run_folder::CHECKPOINT
+        )));
+    }
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| bad(format!("--checkpoint {}: {e}", dir.display())))?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(bad(format!(
+            "--checkpoint {} is a folder with no .safetensors file",
+            dir.display()
+        )));
+    }
+    Ok(files)
+}
+
+/// Reads and checks each checkpoint on the host (before any GPU work): an
+/// unreadable or invalid checkpoint is bad input.
+fn read_checkpoints(files: &[PathBuf]) -> anyhow::Result<Vec<(PathBuf, crate::model::Checkpoint)>> {
+    files
+        .iter()
+        .map(|path| {
+            crate::model::Checkpoint::read(path, crate::model::Load::Weights)
+                .map(|c| (path.clone(), c))
+                .map_err(bad_input)
+        })
+        .collect()
+}
+
+/// Uploads checkpoints read by [`read_checkpoints`] as one predictor.
+fn load_predictor(
+    gpu: &crate::gpu::Gpu,
+    checkpoints: Vec<(PathBuf, crate::model::Checkpoint)>,
+) -> anyhow::Result<crate::predictor::Predictor> {
+    let mut members = Vec::new();
+    for (path, ckpt) in checkpoints {
+        let (model, meta) = crate::model::Model::from_checkpoint(gpu, ckpt)?;
+        let spacing = crate::spacing::ModelSpacing::from_meta(&meta, &path).map_err(bad_input)?;
+        if spacing.is_none() {
+            eprintln!(
+                "note: {} records no pixel spacing (written before spacing was tracked): inputs run at their own pixels",
+                path.display()
+            );
+        }
+        members.push(crate::predictor::Member {
+            model,
+            spacing,
+            name: path.display().to_string(),
+        });
+    }
+    crate::predictor::Predictor::new(members)
 }
 
 /// A width multiplier a checkpoint can record: in (0, 16].

@@ -20,7 +20,7 @@ use crate::data::prepared::Sample;
 use crate::error::bad;
 use crate::gpu::Gpu;
 use crate::infer::TileOptions;
-use crate::model::Model;
+use crate::predictor::Predictor;
 use anyhow::Context;
 use metrics::{Counts, ImageScore, PixelHistogram};
 use report::{ImageRecord, Summary};
@@ -36,10 +36,6 @@ pub struct EvalOptions {
     pub panel_size: usize,
     pub panels: bool,
     pub tiles: TileOptions,
-    /// The checkpoint's spacings: each image is run at the model's spacing
-    /// and its map brought back to the image's pixels (None: run at the
-    /// image's pixels).
-    pub spacing: Option<crate::spacing::ModelSpacing>,
     /// Spacing of images whose manifest records none (`--pixel-spacing`).
     pub pixel_spacing: Option<f64>,
 }
@@ -54,7 +50,6 @@ impl Default for EvalOptions {
             panel_size: 512,
             panels: true,
             tiles: TileOptions::default(),
-            spacing: None,
             pixel_spacing: None,
         }
     }
@@ -181,11 +176,11 @@ pub fn panel_name(index: usize, id: &str) -> String {
     format!("{index:04}_{stem}.png")
 }
 
-/// Evaluates `model` on `samples` and writes every output into `out`.
+/// Evaluates `predictor` on `samples` and writes every output into `out`.
 /// Load failures of a sample are [`BadInput`].
 pub fn evaluate(
     gpu: &Gpu,
-    model: &Model,
+    predictor: &Predictor,
     samples: &[Sample],
     opts: &EvalOptions,
     source: report::Source,
@@ -193,7 +188,7 @@ pub fn evaluate(
     progress: bool,
 ) -> anyhow::Result<Summary> {
     let all: Vec<(usize, Sample)> = samples.iter().cloned().enumerate().collect();
-    let acc = run_samples(gpu, model, &all, opts, out, progress)?;
+    let acc = run_samples(gpu, predictor, &all, opts, out, progress)?;
     let mut summary = acc.finish();
     summary.source = source;
     write_outputs(&mut summary, out, opts.panels)?;
@@ -214,10 +209,10 @@ pub fn write_outputs(summary: &mut Summary, out: &Path, panels: bool) -> anyhow:
 }
 
 /// Runs `samples` (each with its position in the full list, which names
-/// its panel) through the model; writes the panels into `out/panels`.
+/// its panel) through the predictor; writes the panels into `out/panels`.
 pub(crate) fn run_samples(
     gpu: &Gpu,
-    model: &Model,
+    predictor: &Predictor,
     samples: &[(usize, Sample)],
     opts: &EvalOptions,
     out: &Path,
@@ -261,12 +256,10 @@ pub(crate) fn run_samples(
                 s.id, scan.width, scan.height
             )));
         }
-        let spacings = opts.spacing.map(|m| {
-            let (spacings, origin) = m.for_input(s.spacing_mm, opts.pixel_spacing);
-            assumed += (origin == crate::spacing::Origin::Assumed) as usize;
-            spacings
-        });
-        let prob = crate::infer::probability_map_at(gpu, model, &scan, spacings, &opts.tiles)
+        let spacing = predictor.input_spacing(s.spacing_mm, opts.pixel_spacing);
+        assumed += spacing.is_some_and(|s| s.origin == crate::spacing::Origin::Assumed) as usize;
+        let prob = predictor
+            .probability_map(gpu, &scan, s.spacing_mm, opts.pixel_spacing, &opts.tiles)
             .with_context(|| format!("{}: inference on {}x{}", s.id, scan.width, scan.height))?;
         acc.add_at(*i, &s.id, &mask, &prob);
         if opts.panels {
@@ -285,7 +278,7 @@ pub(crate) fn run_samples(
         bar.inc(1);
     }
     bar.finish_and_clear();
-    if let (Some(m), true) = (opts.spacing, assumed > 0 && progress) {
+    if let (Some(m), true) = (predictor.spacing(), assumed > 0 && progress) {
         eprintln!(
             "{}",
             crate::spacing::assumed_warning(&format!("{assumed} image(s)"), &m)

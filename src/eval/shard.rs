@@ -13,7 +13,7 @@ use super::{Accumulator, EvalOptions, run_samples};
 use crate::data::prepared::Sample;
 use crate::error::bad;
 use crate::gpu::Gpu;
-use crate::model::Model;
+use crate::predictor::Predictor;
 use crate::shard::Shard;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
@@ -45,7 +45,7 @@ pub struct Partial {
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate_shard(
     gpu: &Gpu,
-    model: &Model,
+    predictor: &Predictor,
     samples: &[Sample],
     shard: Shard,
     opts: &EvalOptions,
@@ -60,7 +60,7 @@ pub fn evaluate_shard(
         std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
         Accumulator::new(opts.clone())
     } else {
-        run_samples(gpu, model, &mine, opts, out, progress)?
+        run_samples(gpu, predictor, &mine, opts, out, progress)?
     };
     let p = Partial {
         shard_index: shard.index,

@@ -9,11 +9,11 @@ pub struct RunDir(pub PathBuf);
 
 impl RunDir {
     pub fn checkpoint(&self) -> PathBuf {
-        self.0.join("checkpoint.safetensors")
+        self.0.join(crate::run_folder::CHECKPOINT)
     }
-    /// The weights of the epoch with the best validation lesion IoU so far.
+    /// The weights of the epoch `--select` liked best so far.
     pub fn best(&self) -> PathBuf {
-        self.0.join("best.safetensors")
+        self.0.join(crate::run_folder::BEST)
     }
     pub fn metrics(&self) -> PathBuf {
         self.0.join("metrics.jsonl")

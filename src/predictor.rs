@@ -1,0 +1,109 @@
+//! What `engine infer` and `engine eval` run: one trained model, or an
+//! ensemble of several whose probability maps are averaged.
+//!
+//! Runs of one recipe that differ only in their seed reach very different
+//! test numbers on a small data set (docs/STUDY.md); the mean of their maps
+//! varies far less than any one of them, which is why nnU-Net-style tools
+//! ship an ensemble of folds. Each member runs at its own pixel spacing and
+//! its map is brought back to the input's pixels before averaging, so
+//! members trained at different spacings mix correctly.
+use crate::data::Gray8;
+use crate::gpu::Gpu;
+use crate::infer::{TileOptions, probability_map_at};
+use crate::model::Model;
+use crate::spacing::{ModelSpacing, Origin};
+
+/// One model of a [`Predictor`].
+pub struct Member {
+    pub model: Model,
+    /// The checkpoint's spacings (None: it runs at the input's own pixels).
+    pub spacing: Option<ModelSpacing>,
+    /// Where it came from (the checkpoint's path), for reports.
+    pub name: String,
+}
+
+/// One model or the mean of several.
+pub struct Predictor {
+    members: Vec<Member>,
+}
+
+/// The spacing one input is run at, as reported in results.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct InputSpacing {
+    pub input_mm: f64,
+    pub origin: Origin,
+}
+
+impl Predictor {
+    /// A predictor of `members` (at least one).
+    pub fn new(members: Vec<Member>) -> anyhow::Result<Predictor> {
+        anyhow::ensure!(!members.is_empty(), "a predictor needs at least one model");
+        Ok(Predictor { members })
+    }
+
+    /// A predictor of one model.
+    pub fn single(model: Model, spacing: Option<ModelSpacing>, name: &str) -> Predictor {
+        Predictor {
+            members: vec![Member {
+                model,
+                spacing,
+                name: name.to_string(),
+            }],
+        }
+    }
+
+    pub fn members(&self) -> &[Member] {
+        &self.members
+    }
+
+    /// The spacing of the first member that records one (for warnings).
+    pub fn spacing(&self) -> Option<ModelSpacing> {
+        self.members.iter().find_map(|m| m.spacing)
+    }
+
+    /// The checkpoints' names joined with ", ".
+    pub fn names(&self) -> String {
+        let names: Vec<&str> = self.members.iter().map(|m| m.name.as_str()).collect();
+        names.join(", ")
+    }
+
+    /// The input spacing the members run an input at: its file's, else
+    /// `flag`, else the training data's (None: no member records spacing).
+    pub fn input_spacing(&self, file: Option<f64>, flag: Option<f64>) -> Option<InputSpacing> {
+        self.spacing().map(|m| {
+            let (s, origin) = m.for_input(file, flag);
+            InputSpacing {
+                input_mm: s.input_mm,
+                origin,
+            }
+        })
+    }
+
+    /// The probability map of `scan` on its own pixels: the mean of the
+    /// members' maps. `file_mm` is the spacing the scan's file declares,
+    /// `flag_mm` the `--pixel-spacing` for files that declare none.
+    pub fn probability_map(
+        &self,
+        gpu: &Gpu,
+        scan: &Gray8,
+        file_mm: Option<f64>,
+        flag_mm: Option<f64>,
+        tiles: &TileOptions,
+    ) -> anyhow::Result<Vec<f32>> {
+        let mut sum: Option<Vec<f32>> = None;
+        for m in &self.members {
+            let spacings = m.spacing.map(|s| s.for_input(file_mm, flag_mm).0);
+            let p = probability_map_at(gpu, &m.model, scan, spacings, tiles)?;
+            match sum.as_mut() {
+                None => sum = Some(p),
+                Some(acc) => acc.iter_mut().zip(&p).for_each(|(a, b)| *a += b),
+            }
+        }
+        let mut p = sum.expect("a predictor has members");
+        if self.members.len() > 1 {
+            let n = self.members.len() as f32;
+            p.iter_mut().for_each(|v| *v /= n);
+        }
+        Ok(p)
+    }
+}
