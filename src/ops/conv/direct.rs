@@ -33,57 +33,46 @@ pub struct Tile {
 
 impl Tile {
     /// The candidates `engine tune` and autotuning time. Measured on
-    /// lavapipe (conv3x3 64->64, 4x80x80): larger pixel tiles reuse each
-    /// loaded input value across more taps and win (tp16-to16 best);
-    /// discrete GPUs prefer fewer registers per invocation.
-    pub const CANDIDATES: [Tile; 6] = [
-        Tile {
-            tp: 16,
-            to: 16,
-            wg: 64,
-        },
-        Tile {
-            tp: 16,
-            to: 8,
-            wg: 64,
-        },
-        Tile {
-            tp: 8,
-            to: 16,
-            wg: 64,
-        },
-        Tile {
-            tp: 8,
-            to: 8,
-            wg: 64,
-        },
-        Tile {
-            tp: 4,
-            to: 16,
-            wg: 64,
-        },
-        Tile {
-            tp: 4,
-            to: 8,
-            wg: 64,
-        },
+    /// lavapipe (conv3x3 64->64, 4x80x80, GFLOP/s): wide pixel tiles reuse
+    /// each loaded weight across more pixels and win (tp40-to16 ~25,
+    /// tp16-to16 ~21, tp4-to8 ~10); 32-pixel tiles never beat both
+    /// neighbours; discrete GPUs prefer fewer registers per invocation.
+    pub const CANDIDATES: [Tile; 8] = [
+        Tile::new(40, 16),
+        Tile::new(40, 8),
+        Tile::new(16, 16),
+        Tile::new(16, 8),
+        Tile::new(8, 16),
+        Tile::new(8, 8),
+        Tile::new(4, 16),
+        Tile::new(4, 8),
     ];
 
-    /// The tile used without a tuned choice: on CPU adapters the largest
-    /// tile the shape fills (16 pixels x 16 channels; 8 pixels for
-    /// strided or narrow outputs, 8 channels for narrow layers); on GPUs
-    /// a small tile that keeps occupancy (autotuning is on there).
-    pub fn rule(cpu: bool, produced: usize, stride: usize, out_w: usize) -> Tile {
+    pub const fn new(tp: usize, to: usize) -> Tile {
+        Tile { tp, to, wg: 64 }
+    }
+
+    /// The tile used without a tuned choice. On CPU adapters: 16 channels
+    /// (8 for narrow layers) and the widest pixel tile that pads the
+    /// output row by at most an eighth, else the one that pads it least.
+    /// On GPUs a small tile that keeps occupancy (autotuning is on there).
+    pub fn rule(cpu: bool, produced: usize, out_w: usize) -> Tile {
         if !cpu {
-            return Tile {
-                tp: 4,
-                to: 8,
-                wg: 64,
-            };
+            return Tile::new(4, 8);
         }
         let to = if produced >= 16 { 16 } else { 8 };
-        let tp = if stride > 1 || out_w < 16 { 8 } else { 16 };
-        Tile { tp, to, wg: 64 }
+        let padded = |tp: usize| out_w.next_multiple_of(tp);
+        let widths = [40, 16, 8];
+        let tp = widths
+            .into_iter()
+            .find(|&tp| 8 * (padded(tp) - out_w) <= padded(tp))
+            .unwrap_or_else(|| {
+                widths
+                    .into_iter()
+                    .min_by_key(|&tp| padded(tp))
+                    .expect("candidates")
+            });
+        Tile::new(tp, to)
     }
 
     pub fn name(&self) -> String {
@@ -178,6 +167,11 @@ impl DirectSpec {
             }
         }
         w.push_str("    for (var c = 0u; c < P.c_in; c++) {\n");
+        // Loads first, then each accumulator's whole sum over the taps in
+        // one run: every accumulator is read and written once per summed
+        // channel (lavapipe keeps only a few of them in registers), which
+        // makes wide pixel tiles pay; the per-accumulator order (row, then
+        // column) is the same in every tile, so all tiles stay bit-identical.
         let cols = self.used_cols();
         for p in 0..self.kh {
             let _ = writeln!(w, "        let r{p} = xb + {}u * P.x_w;", p * d);
@@ -190,8 +184,12 @@ impl DirectSpec {
                 for u in 0..o4 {
                     let _ = writeln!(w, "        let w{p}_{q}_{u} = W[t{p}_{q} + {u}u];");
                 }
-                for t in 0..tp {
-                    for u in 0..o4 {
+            }
+        }
+        for t in 0..tp {
+            for u in 0..o4 {
+                for p in 0..self.kh {
+                    for q in 0..self.kw {
                         let m = t * s + q * d;
                         let _ = writeln!(w, "        a{t}_{u} += x{p}_{m} * w{p}_{q}_{u};");
                     }
@@ -313,14 +311,38 @@ fn plan(gpu: &Gpu, j: &DirectJob, tile: Tile, plane: usize) -> Result<Split> {
     })
 }
 
+/// The padded input region a tile reads: (rows, columns).
+fn padded_extent(j: &DirectJob, tp: usize) -> (usize, usize) {
+    let col_groups = j.out_w.div_ceil(tp);
+    let rows = (j.out_h - 1) * j.s + (j.map.kh - 1) * j.d + 1;
+    let cols = (col_groups * tp - 1) * j.s + (j.map.kw - 1) * j.d + 1;
+    (rows, cols)
+}
+
+/// `tile`, or the same channels with fewer pixels when one padded input
+/// plane of `tile` would not fit a storage binding (a wide tile pads each
+/// row further). Tiles give bit-identical results, so this changes speed
+/// only.
+fn fitting_tile(gpu: &Gpu, j: &DirectJob, tile: Tile) -> Tile {
+    let fits = |tp: usize| {
+        let (rows, cols) = padded_extent(j, tp);
+        rows * cols <= gpu.window_elems()
+    };
+    [tile.tp, 16, 8, 4]
+        .into_iter()
+        .filter(|&tp| tp <= tile.tp)
+        .find(|&tp| fits(tp))
+        .map_or(tile, |tp| Tile { tp, ..tile })
+}
+
 /// Records the job with the given tile.
 pub(crate) fn run(gpu: &Gpu, j: &DirectJob, tile: Tile) -> Result<()> {
+    let tile = fitting_tile(gpu, j, tile);
     let (n, cs, _, _) = j.src.nchw();
     let (_, co, yh, yw) = j.y.nchw();
     let (kh, kw) = (j.map.kh, j.map.kw);
     let col_groups = j.out_w.div_ceil(tile.tp);
-    let rows = (j.out_h - 1) * j.s + (kh - 1) * j.d + 1;
-    let cols = (col_groups * tile.tp - 1) * j.s + (kw - 1) * j.d + 1;
+    let (rows, cols) = padded_extent(j, tile.tp);
     let sp = plan(gpu, j, tile, rows * cols)?;
     let y_img = co * yh * yw;
     for (n0, nb) in runs(n, sp.images) {

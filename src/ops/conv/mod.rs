@@ -157,8 +157,8 @@ impl ConvVariant {
     }
 
     /// The variant used when no tuned choice exists (see `Tile::rule`).
-    pub fn rule(gpu: &Gpu, produced: usize, stride: usize, out_w: usize) -> ConvVariant {
-        ConvVariant::Direct(Tile::rule(gpu.is_cpu(), produced, stride, out_w))
+    pub fn rule(gpu: &Gpu, produced: usize, out_w: usize) -> ConvVariant {
+        ConvVariant::Direct(Tile::rule(gpu.is_cpu(), produced, out_w))
     }
 }
 
@@ -340,8 +340,8 @@ impl Produce<'_> {
     fn rule(&self, gpu: &Gpu, y: &Tensor) -> ConvVariant {
         let (_, o, _, w) = y.nchw();
         match self.dir {
-            Direction::Direct => ConvVariant::rule(gpu, o, self.g.stride, w),
-            Direction::Transposed => ConvVariant::rule(gpu, o, 1, w / self.g.stride),
+            Direction::Direct => ConvVariant::rule(gpu, o, w),
+            Direction::Transposed => ConvVariant::rule(gpu, o, w / self.g.stride),
         }
     }
 
