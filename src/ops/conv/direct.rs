@@ -328,8 +328,9 @@ fn fitting_tile(gpu: &Gpu, j: &DirectJob, tile: Tile) -> Tile {
         let (rows, cols) = padded_extent(j, tp);
         rows * cols <= gpu.window_elems()
     };
-    [tile.tp, 16, 8, 4]
-        .into_iter()
+    // The candidates' pixel widths, widest first, no wider than `tile`'s.
+    std::iter::once(tile.tp)
+        .chain(Tile::CANDIDATES.iter().map(|c| c.tp))
         .filter(|&tp| tp <= tile.tp)
         .find(|&tp| fits(tp))
         .map_or(tile, |tp| Tile { tp, ..tile })
