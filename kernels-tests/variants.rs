@@ -143,6 +143,10 @@ fn every_conv_variant_matches_the_reference() {
         // 1x1 on a width the 4- and 8-pixel tiles divide: read in place.
         (2, 5, 9, 6, 8, 1, 1, 1),
         (1, 1, 12, 9, 9, 3, 2, 1),
+        // Rows of a multiple of 4 and 8: vec4 row loads in every pass,
+        // dilation 2 with a shift-2 padded copy.
+        (2, 5, 9, 7, 8, 3, 1, 1),
+        (1, 6, 7, 10, 8, 3, 1, 2),
     ] {
         conv_all_variants(gpu(), shape);
     }
@@ -150,7 +154,7 @@ fn every_conv_variant_matches_the_reference() {
 
 #[test]
 fn every_tconv_variant_matches_the_reference() {
-    for shape in [(2, 5, 6, 5, 7, 2), (1, 3, 9, 6, 5, 1)] {
+    for shape in [(2, 5, 6, 5, 7, 2), (1, 3, 9, 6, 5, 1), (1, 3, 5, 4, 8, 2)] {
         tconv_all_variants(gpu(), shape);
     }
 }

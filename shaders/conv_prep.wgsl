@@ -11,8 +11,10 @@
 //                 axis, steps may be negative) selects flipped kernels and the
 //                 sub-kernels of the transposed passes.
 //
-// Both are one invocation per destination element, no loops: memory-bound
-// copies that cost little next to the convolution they feed.
+// Both are one invocation per destination element, no loops. pad_input is
+// the fallback for rows that are not whole vec4s: on lavapipe it took a
+// quarter of a training step, so ops/conv/prep.rs generates a row copy that
+// moves vec4s instead wherever the widths allow.
 
 struct Params {
     total: u32,        // destination elements in this dispatch

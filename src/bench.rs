@@ -390,6 +390,11 @@ pub struct ModelBench {
     pub shares: BTreeMap<String, f64>,
     /// The same for one inference.
     pub infer_shares: BTreeMap<String, f64>,
+    /// Share of the training step's GPU time per kernel (entry point, or
+    /// the op's name for generated kernels): where the families' time goes.
+    pub kernel_shares: BTreeMap<String, f64>,
+    /// The same for one inference.
+    pub infer_kernel_shares: BTreeMap<String, f64>,
 }
 
 /// The kernel family a profile label belongs to.
@@ -407,13 +412,17 @@ fn family(label: &str) -> &'static str {
     }
 }
 
-fn shares(times: BTreeMap<String, f64>) -> BTreeMap<String, f64> {
-    let total: f64 = times.values().sum();
-    let mut out = BTreeMap::new();
+/// Shares of the total GPU time per kernel family and per kernel, from
+/// the profile's "op|kernel" labels.
+fn shares(times: BTreeMap<String, f64>) -> (BTreeMap<String, f64>, BTreeMap<String, f64>) {
+    let total: f64 = times.values().sum::<f64>().max(1e-12);
+    let (mut fams, mut kernels) = (BTreeMap::new(), BTreeMap::new());
     for (label, t) in times {
-        *out.entry(family(&label).to_owned()).or_insert(0.0) += t / total.max(1e-12);
+        let (op, kernel) = label.split_once('|').unwrap_or((&label, &label));
+        *fams.entry(family(op).to_owned()).or_insert(0.0) += t / total;
+        *kernels.entry(kernel.to_owned()).or_insert(0.0) += t / total;
     }
-    out
+    (fams, kernels)
 }
 
 /// A synthetic batch: noise with a bright disk as the lesion in each image.
@@ -492,11 +501,11 @@ pub fn model(
     let (d1, s1) = gpu.counters();
     let peak_mib = gpu.pool().stats().2 as f64 / (1 << 20) as f64;
     let profiled = gpu.timestamps;
-    let mut shares_train = BTreeMap::new();
+    let mut train_shares = Default::default();
     if profiled {
         gpu.profile_start()?;
         train_once()?;
-        shares_train = shares(gpu.profile_finish()?);
+        train_shares = shares(gpu.profile_finish()?);
     }
     let img = synthetic_batch(1, infer_size).images;
     predict(gpu, &model, &img, 1, infer_size, infer_size)?;
@@ -507,7 +516,7 @@ pub fn model(
     }
     let infer_ms = start.elapsed().as_secs_f64() * 1e3 / iters as f64;
     let (d3, _) = gpu.counters();
-    let mut infer_shares = BTreeMap::new();
+    let mut infer_shares = Default::default();
     if profiled {
         gpu.profile_start()?;
         predict(gpu, &model, &img, 1, infer_size, infer_size)?;
@@ -525,8 +534,10 @@ pub fn model(
         dispatches_per_step: (d1 - d0) as f64 / iters as f64,
         submits_per_step: (s1 - s0) as f64 / iters as f64,
         dispatches_per_infer: (d3 - d2) as f64 / iters as f64,
-        shares: shares_train,
-        infer_shares,
+        shares: train_shares.0,
+        infer_shares: infer_shares.0,
+        kernel_shares: train_shares.1,
+        infer_kernel_shares: infer_shares.1,
     })
 }
 

@@ -242,8 +242,34 @@ fn bench_model(
             let inf = m.infer_shares.get(family).copied().unwrap_or(0.0);
             println!("{family:<16} {:>9.1}% {:>9.1}%", share * 100.0, inf * 100.0);
         }
+        print_kernel_shares(&m);
     }
     Ok(())
+}
+
+/// The kernels behind the families, largest training share first (those
+/// above 0.5% of either pass).
+fn print_kernel_shares(m: &crate::bench::ModelBench) {
+    let mut rows: Vec<(&String, f64, f64)> = m
+        .kernel_shares
+        .keys()
+        .chain(m.infer_kernel_shares.keys())
+        .map(|k| {
+            let t = m.kernel_shares.get(k).copied().unwrap_or(0.0);
+            (k, t, m.infer_kernel_shares.get(k).copied().unwrap_or(0.0))
+        })
+        .filter(|r| r.1.max(r.2) >= 0.005)
+        .collect();
+    rows.sort_by(|a, b| {
+        b.1.total_cmp(&a.1)
+            .then(b.2.total_cmp(&a.2))
+            .then(a.0.cmp(b.0))
+    });
+    rows.dedup_by(|a, b| a.0 == b.0);
+    println!("{:<26} {:>10} {:>10}", "by kernel", "train", "infer");
+    for (k, t, i) in rows {
+        println!("{k:<26} {:>9.1}% {:>9.1}%", t * 100.0, i * 100.0);
+    }
 }
 
 /// `engine tune`.

@@ -266,6 +266,14 @@ impl Gpu {
     }
 
     /// Elements of f32 that one window may hold at any start offset.
+    /// Whether storage windows keep 4-element alignment (offsets are
+    /// multiples of 16 bytes), so kernels may read aligned rows as vec4s.
+    pub fn vec4_windows(&self) -> bool {
+        self.limits
+            .min_storage_buffer_offset_alignment
+            .is_multiple_of(16)
+    }
+
     pub fn window_elems(&self) -> usize {
         let align = self.limits.min_storage_buffer_offset_alignment as u64;
         (self.binding_limit().saturating_sub(align) / 4) as usize
@@ -578,7 +586,7 @@ impl Gpu {
         assert!(gy <= max, "dispatch of {threads} invocations is too large");
         self.record(
             &pipeline,
-            kernel.shader.name,
+            (kernel.shader.name, kernel.entry),
             params,
             windows,
             [gx as u32, gy as u32, 1],
@@ -611,13 +619,21 @@ impl Gpu {
             gz <= max && y as u64 <= max,
             "dispatch of {flat}x{y} workgroups is too large"
         );
-        self.record(pipeline, label, params, windows, [gx as u32, y, gz as u32]);
+        self.record(
+            pipeline,
+            (label, label),
+            params,
+            windows,
+            [gx as u32, y, gz as u32],
+        );
     }
 
+    /// `label`: (the op or shader, the kernel), kept as "op|kernel" in
+    /// profiles, with an enclosing `scope` replacing the op.
     fn record(
         &self,
         pipeline: &wgpu::ComputePipeline,
-        label: &str,
+        (op, kernel): (&str, &str),
         params: &[u32],
         windows: &[(u32, &Window)],
         groups: [u32; 3],
@@ -658,7 +674,8 @@ impl Gpu {
             layout: &layout,
             entries: &entries,
         });
-        let label = self.scope.lock().unwrap().unwrap_or(label);
+        let op = self.scope.lock().unwrap().unwrap_or(op);
+        let label = format!("{op}|{kernel}");
         let mut prof = self.profiler.lock().unwrap();
         if prof
             .as_ref()
@@ -666,10 +683,10 @@ impl Gpu {
         {
             self.submit_profiled(&mut rec, prof.as_mut());
         }
-        let writes = prof.as_mut().and_then(|p| p.next_writes(label));
+        let writes = prof.as_mut().and_then(|p| p.next_writes(&label));
         let enc = self.encoder(&mut rec);
         let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some(label),
+            label: Some(&label),
             timestamp_writes: writes,
         });
         pass.set_pipeline(pipeline);
@@ -690,8 +707,9 @@ impl Gpu {
         Ok(())
     }
 
-    /// Stops timing and returns the GPU seconds per label (the op for
-    /// convolutions, the shader name otherwise) since `profile_start`.
+    /// Stops timing and returns the GPU seconds per label since
+    /// `profile_start`: "op|kernel", the op being the enclosing scope (a
+    /// convolution's name, for all its kernels) or the shader's name.
     pub fn profile_finish(&self) -> Result<std::collections::BTreeMap<String, f64>> {
         self.flush();
         let Some(p) = self.profiler.lock().unwrap().take() else {

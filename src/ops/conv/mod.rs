@@ -186,12 +186,13 @@ impl WgradVariant {
     }
 
     /// Lanes run over input channels: 8 (lavapipe's SIMD width) on CPU
-    /// adapters, 32 elsewhere (a warp or wave needs more than 8).
-    pub fn rule(gpu: &Gpu) -> WgradVariant {
-        let tile = if gpu.is_cpu() {
-            GemmTile::CANDIDATES[0]
-        } else {
-            GemmTile::CANDIDATES[4]
+    /// adapters, with 8-column steps and 16 gradient channels (8 for
+    /// narrow layers); 32 lanes elsewhere (a warp or wave needs more).
+    pub fn rule(gpu: &Gpu, produced: usize) -> WgradVariant {
+        let tile = match (gpu.is_cpu(), produced >= 16) {
+            (true, true) => GemmTile::new(16, 8, 8),
+            (true, false) => GemmTile::new(8, 8, 8),
+            (false, _) => GemmTile::new(8, 4, 32),
         };
         WgradVariant::Gemm(tile)
     }
@@ -524,7 +525,7 @@ impl WeightGrad<'_> {
                     gpu,
                     &key,
                     &WgradVariant::all(),
-                    WgradVariant::rule(gpu),
+                    WgradVariant::rule(gpu, self.gout.nchw().1),
                     WgradVariant::name,
                     &|v| self.run_variant(gpu, &gpu.empty(dw.shape())?, false, v),
                 )?
@@ -1019,5 +1020,6 @@ pub mod cpu {
 pub fn generated_sources() -> Vec<(String, String)> {
     let mut v = direct::sample_sources();
     v.extend(wgrad::sample_sources());
+    v.extend(prep::sample_sources());
     v
 }

@@ -30,6 +30,57 @@ pub(crate) struct PadRegion {
     pub cols: usize,
 }
 
+wgsl_params! {
+    /// The uniform of the generated row-copy kernel (in vec4 units).
+    struct PadRowsParams {
+        total_rows, quads, rows, planes,
+        src_base, src_nstride, src_cstride, src_h, src_quads, r0, q0,
+    }
+}
+
+/// A row copy that reads and writes vec4s: one invocation walks one padded
+/// row, keeping the previous source quad in registers, so each quad costs
+/// one vec4 load and one vec4 store (the per-element kernel costs four
+/// scalar loads and stores plus index arithmetic; on lavapipe every
+/// per-lane memory access is a loop over the SIMD lanes). `shift` is the
+/// source column offset modulo 4, baked in.
+fn pad_rows_source(shift: usize) -> String {
+    let quad = match shift {
+        0 => "cur",
+        1 => "vec4<f32>(cur.yzw, next.x)",
+        2 => "vec4<f32>(cur.zw, next.xy)",
+        _ => "vec4<f32>(cur.w, next.xyz)",
+    };
+    format!(
+        "{params}\
+         @group(0) @binding(0) var<uniform> P: Params;\n\
+         @group(0) @binding(1) var<storage, read> src: array<vec4<f32>>;\n\
+         @group(0) @binding(4) var<storage, read_write> dst: array<vec4<f32>>;\n\
+         fn fetch(row: u32, row_ok: bool, b: i32) -> vec4<f32> {{\n\
+         \x20   let v = src[row + u32(clamp(b, 0, i32(P.src_quads) - 1))];\n\
+         \x20   return select(vec4<f32>(0.0), v, row_ok && b >= 0 && b < i32(P.src_quads));\n\
+         }}\n\
+         @compute @workgroup_size(64)\n\
+         fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {{\n\
+         \x20   let e = gid.x + (gid.y + gid.z * nwg.y) * nwg.x * 64u;\n\
+         \x20   if (e >= P.total_rows) {{ return; }}\n\
+         \x20   let plane = e / P.rows;\n\
+         \x20   let sr = i32(e % P.rows) + i32(P.r0);\n\
+         \x20   let row_ok = sr >= 0 && sr < i32(P.src_h);\n\
+         \x20   let row = P.src_base + (plane / P.planes) * P.src_nstride + (plane % P.planes) * P.src_cstride\n\
+         \x20       + u32(clamp(sr, 0, i32(P.src_h) - 1)) * P.src_quads;\n\
+         \x20   let d0 = e * P.quads;\n\
+         \x20   var cur = fetch(row, row_ok, i32(P.q0));\n\
+         \x20   for (var k = 0u; k < P.quads; k++) {{\n\
+         \x20       let next = fetch(row, row_ok, i32(P.q0) + i32(k) + 1);\n\
+         \x20       dst[d0 + k] = {quad};\n\
+         \x20       cur = next;\n\
+         \x20   }}\n\
+         }}\n",
+        params = PadRowsParams::WGSL
+    )
+}
+
 /// A new tensor [images, planes, rows, cols] holding the region of `src`
 /// [N, C, H, W], zero outside the source.
 pub(crate) fn pad_input(gpu: &Gpu, src: &Tensor, r: &PadRegion) -> Result<Tensor> {
@@ -39,6 +90,36 @@ pub(crate) fn pad_input(gpu: &Gpu, src: &Tensor, r: &PadRegion) -> Result<Tensor
     let span = (r.images - 1) * img + r.planes * h * w;
     let (sw, sb) = gpu.window(src, r.n0 * img + r.c0 * h * w, span);
     let (dw, _) = gpu.window(&dst, 0, dst.numel());
+    // Whole quads on both sides, and windows that keep 4-element alignment.
+    let aligned = gpu.vec4_windows();
+    if aligned && w.is_multiple_of(4) && r.cols.is_multiple_of(4) && sb.is_multiple_of(4) {
+        let shift = r.col0.rem_euclid(4) as usize;
+        let p = PadRowsParams {
+            total_rows: (r.images * r.planes * r.rows) as u32,
+            quads: (r.cols / 4) as u32,
+            rows: r.rows as u32,
+            planes: r.planes as u32,
+            src_base: sb / 4,
+            src_nstride: (img / 4) as u32,
+            src_cstride: (h * w / 4) as u32,
+            src_h: h as u32,
+            src_quads: (w / 4) as u32,
+            r0: r.row0 as i32 as u32,
+            q0: r.col0.div_euclid(4) as i32 as u32,
+        };
+        let key = format!("pad_rows shift{shift}");
+        let pipeline = gpu.pipeline_for(key, || pad_rows_source(shift), "main");
+        let groups = (r.images * r.planes * r.rows).div_ceil(64) as u64;
+        gpu.dispatch_grid(
+            &pipeline,
+            "pad_input",
+            bytemuck::cast_slice(bytemuck::bytes_of(&p)),
+            &[(1, &sw), (4, &dw)],
+            groups,
+            1,
+        );
+        return Ok(dst);
+    }
     let p = PrepParams {
         total: dst.numel() as u32,
         a: r.rows as u32,
@@ -126,4 +207,65 @@ pub(crate) fn prep_weights(
         dst.numel(),
     );
     Ok(dst)
+}
+
+/// (key, WGSL) of the generated row-copy kernels, for validation tests.
+pub(crate) fn sample_sources() -> Vec<(String, String)> {
+    (0..4)
+        .map(|shift| (format!("pad_rows shift{shift}"), pad_rows_source(shift)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `dst[n, c, r, q] = src[n0 + n, c0 + c, r + row0, q + col0]`, 0 outside.
+    fn reference(src: &[f32], (c, h, w): (usize, usize, usize), r: &PadRegion) -> Vec<f32> {
+        let mut out = Vec::new();
+        for n in r.n0..r.n0 + r.images {
+            for ch in r.c0..r.c0 + r.planes {
+                for row in 0..r.rows as isize {
+                    for col in 0..r.cols as isize {
+                        let (sr, sc) = (row + r.row0, col + r.col0);
+                        let inside = (0..h as isize).contains(&sr) && (0..w as isize).contains(&sc);
+                        out.push(if inside {
+                            src[((n * c + ch) * h + sr as usize) * w + sc as usize]
+                        } else {
+                            0.0
+                        });
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn padded_copies_match_the_reference_for_every_shift_and_width() {
+        let gpu = Gpu::new(None).expect("a GPU adapter");
+        // Width 8 takes the vec4 row copy, width 7 the per-element one.
+        for (h, w) in [(5, 8), (5, 7)] {
+            let (n, c) = (3, 4);
+            let src: Vec<f32> = (0..n * c * h * w).map(|i| i as f32 + 1.0).collect();
+            let t = gpu.upload(&[n, c, h, w], &src).unwrap();
+            for col0 in -3..=5 {
+                for (row0, rows, cols) in [(-1, 7, 12), (2, 4, 8), (-2, 9, 16)] {
+                    let r = PadRegion {
+                        n0: 1,
+                        images: 2,
+                        c0: 1,
+                        planes: 3,
+                        row0,
+                        col0,
+                        rows,
+                        cols,
+                    };
+                    let got = gpu.read(&pad_input(&gpu, &t, &r).unwrap()).unwrap();
+                    let want = reference(&src, (c, h, w), &r);
+                    assert_eq!(got, want, "{h}x{w} row0 {row0} col0 {col0} {rows}x{cols}");
+                }
+            }
+        }
+    }
 }

@@ -33,33 +33,20 @@ pub struct GemmTile {
 }
 
 impl GemmTile {
+    /// Measured on lavapipe (conv3x3 64->64, 4x80x80, GFLOP/s, with vec4
+    /// loads): to16-jt8 ~18-19, to8-jt8 ~17-20, to8-jt4 ~16; 16-column
+    /// steps were no faster (to8-jt16 17.4, to4-jt16 15.3).
     pub const CANDIDATES: [GemmTile; 5] = [
-        GemmTile {
-            to: 8,
-            jt: 4,
-            wg: 8,
-        },
-        GemmTile {
-            to: 16,
-            jt: 8,
-            wg: 8,
-        },
-        GemmTile {
-            to: 16,
-            jt: 4,
-            wg: 8,
-        },
-        GemmTile {
-            to: 8,
-            jt: 8,
-            wg: 8,
-        },
-        GemmTile {
-            to: 8,
-            jt: 4,
-            wg: 32,
-        },
+        GemmTile::new(8, 4, 8),
+        GemmTile::new(16, 8, 8),
+        GemmTile::new(16, 4, 8),
+        GemmTile::new(8, 8, 8),
+        GemmTile::new(8, 4, 32),
     ];
+
+    pub const fn new(to: usize, jt: usize, wg: usize) -> GemmTile {
+        GemmTile { to, jt, wg }
+    }
 
     pub fn name(&self) -> String {
         format!("gemm-to{}-jt{}-wg{}", self.to, self.jt, self.wg)
@@ -83,43 +70,57 @@ struct WgradSpec {
     to: usize,
     jt: usize,
     wg: usize,
+    /// Rows of `g` and of the padded input start at multiples of 4
+    /// elements, so a step's values are read as aligned vec4s: on
+    /// lavapipe a vec4 load costs about half of four scalar loads.
+    vec: bool,
 }
+
+const LANE: [&str; 4] = ["x", "y", "z", "w"];
 
 impl WgradSpec {
     fn key(&self) -> String {
         format!(
-            "wgrad k{} s{} d{} to{} jt{} wg{}",
-            self.k, self.s, self.d, self.to, self.jt, self.wg
+            "wgrad k{} s{} d{} to{} jt{} wg{} v{}",
+            self.k, self.s, self.d, self.to, self.jt, self.wg, self.vec as u8
         )
     }
 
+    /// Padded-input columns one step of `jt` output columns reads.
+    fn step_cols(&self) -> Vec<usize> {
+        let (k, s, d) = (self.k, self.s, self.d);
+        let mut cols: Vec<usize> = (0..self.jt)
+            .flat_map(|t| (0..k).map(move |q| t * s + q * d))
+            .collect();
+        cols.sort_unstable();
+        cols.dedup();
+        cols
+    }
+
     fn source(&self) -> String {
-        let WgradSpec {
-            k,
-            s,
-            d,
-            to,
-            jt,
-            wg,
-        } = *self;
+        let WgradSpec { k, to, wg, .. } = *self;
         let o4 = to / 4;
+        let (gt, xt) = if self.vec {
+            ("G4: array<vec4<f32>>", "X4: array<vec4<f32>>")
+        } else {
+            ("G: array<f32>", "X: array<f32>")
+        };
         let mut w = String::new();
         w.push_str(WgradParams::WGSL);
-        w.push_str(
-            "@group(0) @binding(0) var<uniform> P: Params;\n\
-             @group(0) @binding(1) var<storage, read> G: array<f32>;\n\
-             @group(0) @binding(2) var<storage, read> X: array<f32>;\n\
-             @group(0) @binding(4) var<storage, read_write> D: array<f32>;\n",
-        );
         let _ = writeln!(
             w,
-            "@compute @workgroup_size({wg})\n\
+            "@group(0) @binding(0) var<uniform> P: Params;\n\
+             @group(0) @binding(1) var<storage, read> {gt};\n\
+             @group(0) @binding(2) var<storage, read> {xt};\n\
+             @group(0) @binding(4) var<storage, read_write> D: array<f32>;\n\
+             @compute @workgroup_size({wg})\n\
              fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32, @builtin(num_workgroups) nwg: vec3<u32>) {{\n\
              \x20   let flat = wid.x + wid.z * nwg.x;\n\
              \x20   let chunk = flat / P.c_groups;\n\
              \x20   let c = (flat % P.c_groups) * {wg}u + lid;\n\
-             \x20   if (c >= P.c_count) {{ return; }}\n\
-             \x20   let ob = wid.y * {to}u;"
+             \x20   if (c >= P.c_count || chunk * P.rows_per_chunk >= P.total_rows) {{ return; }}\n\
+             \x20   let ob = wid.y * {to}u;\n\
+             \x20   let xc = c * P.x_cstride;"
         );
         for v in 0..to {
             let _ = writeln!(
@@ -134,20 +135,37 @@ impl WgradSpec {
                 }
             }
         }
-        w.push_str(
-            "    let row_end = min((chunk + 1u) * P.rows_per_chunk, P.total_rows);\n\
-             \x20   for (var gr = chunk * P.rows_per_chunk; gr < row_end; gr++) {\n\
-             \x20       let n = gr / P.out_h;\n\
-             \x20       let i = gr % P.out_h;\n\
-             \x20       let gb = n * P.g_nstride + i * P.out_w;\n",
-        );
         let _ = writeln!(
             w,
-            "        let xb = n * P.x_nstride + c * P.x_cstride + i * {s}u * P.x_w;\n\
-             \x20       for (var j = 0u; j < P.out_w; j += {jt}u) {{"
+            "    let row_end = min((chunk + 1u) * P.rows_per_chunk, P.total_rows);\n\
+             \x20   for (var gr = chunk * P.rows_per_chunk; gr < row_end; gr++) {{\n\
+             \x20       let n = gr / P.out_h;\n\
+             \x20       let i = gr % P.out_h;\n\
+             \x20       let gb = n * P.g_nstride + i * P.out_w;\n\
+             \x20       let xb = n * P.x_nstride + xc + i * {}u * P.x_w;\n\
+             \x20       for (var j = 0u; j < P.out_w; j += {}u) {{",
+            self.s, self.jt
         );
+        if self.vec {
+            self.vec_loads(&mut w);
+        } else {
+            self.scalar_loads(&mut w);
+        }
+        self.accumulate(&mut w);
+        w.push_str("        }\n    }\n");
+        self.store(&mut w);
+        w.push_str("}\n");
+        w
+    }
+
+    /// `g{t}_{u}` (column t, gradient channels 4u..4u+3) and `x{p}_{m}`
+    /// (row p, column m of the step) from scalar loads.
+    fn scalar_loads(&self, w: &mut String) {
+        let WgradSpec {
+            k, s, d, to, jt, ..
+        } = *self;
         for t in 0..jt {
-            for u in 0..o4 {
+            for u in 0..to / 4 {
                 let parts: Vec<String> = (0..4)
                     .map(|e| format!("G[go{} + gb + j + {t}u]", 4 * u + e))
                     .collect();
@@ -158,59 +176,110 @@ impl WgradSpec {
                 );
             }
         }
-        let mut cols: Vec<usize> = (0..jt)
-            .flat_map(|t| (0..k).map(move |q| t * s + q * d))
-            .collect();
-        cols.sort_unstable();
-        cols.dedup();
         for p in 0..k {
             let _ = writeln!(
                 w,
                 "            let r{p} = xb + {}u * P.x_w + j * {s}u;",
                 p * d
             );
-            for m in &cols {
+            for m in self.step_cols() {
                 let _ = writeln!(w, "            let x{p}_{m} = X[r{p} + {m}u];");
             }
+        }
+    }
+
+    /// The same values from aligned vec4 loads along the row (`jt` is a
+    /// multiple of 4; `g{t}_{u}` is assembled by swizzles, free in SIMD).
+    fn vec_loads(&self, w: &mut String) {
+        let WgradSpec {
+            k, s, d, to, jt, ..
+        } = *self;
+        let _ = writeln!(w, "            let gq = (gb + j) >> 2u;");
+        for v in 0..to {
+            for tq in 0..jt / 4 {
+                let _ = writeln!(
+                    w,
+                    "            let gv{v}_{tq} = G4[(go{v} >> 2u) + gq + {tq}u];"
+                );
+            }
+        }
+        for t in 0..jt {
+            for u in 0..to / 4 {
+                let parts: Vec<String> = (0..4)
+                    .map(|e| format!("gv{}_{}.{}", 4 * u + e, t / 4, LANE[t % 4]))
+                    .collect();
+                let _ = writeln!(
+                    w,
+                    "            let g{t}_{u} = vec4<f32>({});",
+                    parts.join(", ")
+                );
+            }
+        }
+        let cols = self.step_cols();
+        let mut quads: Vec<usize> = cols.iter().map(|m| m / 4).collect();
+        quads.dedup();
+        for p in 0..k {
+            let _ = writeln!(
+                w,
+                "            let r{p} = (xb + {}u * P.x_w + j * {s}u) >> 2u;",
+                p * d
+            );
+            for mq in &quads {
+                let _ = writeln!(w, "            let xv{p}_{mq} = X4[r{p} + {mq}u];");
+            }
+            for m in &cols {
+                let _ = writeln!(
+                    w,
+                    "            let x{p}_{m} = xv{p}_{}.{};",
+                    m / 4,
+                    LANE[m % 4]
+                );
+            }
+        }
+    }
+
+    /// Accumulator-major: each accumulator takes its whole step in one run
+    /// (lavapipe keeps only a few of them in registers); per accumulator
+    /// the columns are summed in order, as in every variant.
+    fn accumulate(&self, w: &mut String) {
+        let WgradSpec {
+            k, s, d, to, jt, ..
+        } = *self;
+        for p in 0..k {
             for q in 0..k {
-                for t in 0..jt {
-                    for u in 0..o4 {
-                        let _ = writeln!(
-                            w,
-                            "            a{p}_{q}_{u} += x{p}_{} * g{t}_{u};",
-                            t * s + q * d
-                        );
+                for u in 0..to / 4 {
+                    for t in 0..jt {
+                        let m = t * s + q * d;
+                        let _ = writeln!(w, "            a{p}_{q}_{u} += x{p}_{m} * g{t}_{u};");
                     }
                 }
             }
         }
-        w.push_str("        }\n    }\n");
+    }
+
+    fn store(&self, w: &mut String) {
+        let kk = self.k * self.k;
         let _ = writeln!(
             w,
-            "    let pb = (chunk * P.o_count * P.c_count + c) * {kk}u;",
-            kk = k * k
+            "    let pb = (chunk * P.o_count * P.c_count + c) * {kk}u;"
         );
-        for v in 0..to {
+        for v in 0..self.to {
             let _ = writeln!(
                 w,
-                "    if (ob + {v}u < P.o_count) {{\n        let po = pb + (ob + {v}u) * P.c_count * {}u;",
-                k * k
+                "    if (ob + {v}u < P.o_count) {{\n        let po = pb + (ob + {v}u) * P.c_count * {kk}u;"
             );
-            for p in 0..k {
-                for q in 0..k {
-                    let _ = writeln!(
-                        w,
-                        "        D[po + {}u] = a{p}_{q}_{}.{};",
-                        p * k + q,
-                        v / 4,
-                        ["x", "y", "z", "w"][v % 4]
-                    );
-                }
+            for tap in 0..kk {
+                let _ = writeln!(
+                    w,
+                    "        D[po + {tap}u] = a{}_{}_{}.{};",
+                    tap / self.k,
+                    tap % self.k,
+                    v / 4,
+                    LANE[v % 4]
+                );
             }
             w.push_str("    }\n");
         }
-        w.push_str("}\n");
-        w
     }
 }
 
@@ -242,7 +311,15 @@ pub(crate) fn run(
     let (n, o_tot, oh, ow) = gout.nchw();
     let (_, c_tot, _, _) = input.nchw();
     let kk = g.k * g.k;
-    let jt = (1..=tile.jt).rev().find(|t| ow % t == 0).unwrap_or(1);
+    // The largest divisor of the row up to the tile's, a multiple of 4
+    // where one divides (vec4 loads).
+    let jt = (1..=tile.jt)
+        .filter(|t| ow % t == 0)
+        .max_by_key(|&t| (t % 4 == 0, t))
+        .unwrap_or(1);
+    // Every row of g and of the padded copy starts at a multiple of 4
+    // elements when the row width is one (window offsets keep alignment).
+    let vec = ow % 4 == 0 && jt % 4 == 0 && gpu.vec4_windows();
     let spec = WgradSpec {
         k: g.k,
         s: g.s,
@@ -250,6 +327,7 @@ pub(crate) fn run(
         to: tile.to,
         jt,
         wg: tile.wg,
+        vec,
     };
     let row_cost = ow / jt + 2;
     if row_cost > gpu.loop_budget() {
@@ -260,6 +338,7 @@ pub(crate) fn run(
     }
     let rows = (oh - 1) * g.s + (g.k - 1) * g.d + 1;
     let cols = (ow - 1) * g.s + (g.k - 1) * g.d + 1;
+    let cols = if vec { cols.next_multiple_of(4) } else { cols };
     let plane = rows * cols;
     let win = gpu.window_elems();
     let og = o_tot
@@ -369,15 +448,18 @@ pub(crate) fn sample_sources() -> Vec<(String, String)> {
             (4, 2, 1),
             (4, 1, 1),
         ] {
-            let spec = WgradSpec {
-                k,
-                s,
-                d,
-                to: t.to,
-                jt: t.jt,
-                wg: t.wg,
-            };
-            out.push((spec.key(), spec.source()));
+            for vec in [false, true] {
+                let spec = WgradSpec {
+                    k,
+                    s,
+                    d,
+                    to: t.to,
+                    jt: t.jt,
+                    wg: t.wg,
+                    vec,
+                };
+                out.push((spec.key(), spec.source()));
+            }
         }
     }
     out
