@@ -29,7 +29,14 @@ pub struct Tile {
     pub to: usize,
     /// Invocations per workgroup.
     pub wg: usize,
+    /// Weights staged in workgroup memory (for discrete GPUs; lavapipe
+    /// prefers the register tiles, whose weight loads are the same in all
+    /// lanes).
+    pub shared: bool,
 }
+
+/// Summed channels a workgroup-memory tile stages per barrier pair.
+const SHARED_CHANNELS: usize = 4;
 
 impl Tile {
     /// The candidates `engine tune` and autotuning time. Measured on
@@ -37,7 +44,7 @@ impl Tile {
     /// each loaded weight across more pixels and win (tp40-to16 ~25,
     /// tp16-to16 ~21, tp4-to8 ~10); 32-pixel tiles never beat both
     /// neighbours; discrete GPUs prefer fewer registers per invocation.
-    pub const CANDIDATES: [Tile; 8] = [
+    pub const CANDIDATES: [Tile; 9] = [
         Tile::new(40, 16),
         Tile::new(40, 8),
         Tile::new(16, 16),
@@ -46,10 +53,24 @@ impl Tile {
         Tile::new(8, 8),
         Tile::new(4, 16),
         Tile::new(4, 8),
+        Tile::shared(4, 16),
     ];
 
     pub const fn new(tp: usize, to: usize) -> Tile {
-        Tile { tp, to, wg: 64 }
+        Tile {
+            tp,
+            to,
+            wg: 64,
+            shared: false,
+        }
+    }
+
+    /// A tile whose weights go through workgroup memory.
+    pub const fn shared(tp: usize, to: usize) -> Tile {
+        Tile {
+            shared: true,
+            ..Tile::new(tp, to)
+        }
     }
 
     /// The tile used without a tuned choice. On CPU adapters: 16 channels
@@ -76,7 +97,8 @@ impl Tile {
     }
 
     pub fn name(&self) -> String {
-        format!("direct-tp{}-to{}-wg{}", self.tp, self.to, self.wg)
+        let mem = if self.shared { "-wgmem" } else { "" };
+        format!("direct-tp{}-to{}-wg{}{mem}", self.tp, self.to, self.wg)
     }
 }
 
@@ -141,8 +163,10 @@ impl DirectSpec {
     }
 
     pub fn source(&self) -> String {
-        let Tile { tp, to, wg } = self.tile;
-        let (s, d, o4) = (self.s, self.d, to / 4);
+        let Tile {
+            tp, to, wg, shared, ..
+        } = self.tile;
+        let (s, o4) = (self.s, to / 4);
         let mut w = String::new();
         w.push_str(DirectParams::WGSL);
         w.push_str(
@@ -160,6 +184,20 @@ impl DirectSpec {
                 "X: array<f32>"
             }
         );
+        if shared {
+            let _ = writeln!(
+                w,
+                "var<workgroup> ws: array<vec4<f32>, {}>;",
+                SHARED_CHANNELS * self.kh * self.kw * o4
+            );
+        }
+        // A workgroup-memory kernel keeps every invocation to the barriers:
+        // out-of-range ones read image 0 and store nothing.
+        let (n_expr, exit) = if shared {
+            ("min(n, P.n_count - 1u)", "let live = n < P.n_count;")
+        } else {
+            ("n", "if (n >= P.n_count) { return; }")
+        };
         let _ = writeln!(
             w,
             "@compute @workgroup_size({wg})\n\
@@ -169,9 +207,9 @@ impl DirectSpec {
              \x20   let rr = pix / P.col_groups;\n\
              \x20   let i = rr % P.out_h;\n\
              \x20   let n = rr / P.out_h;\n\
-             \x20   if (n >= P.n_count) {{ return; }}\n\
+             \x20   {exit}\n\
              \x20   let j0 = cg * {tp}u;\n\
-             \x20   var xb = P.x_base + n * P.x_nstride + i * {s}u * P.x_w + j0 * {s}u;\n\
+             \x20   var xb = P.x_base + {n_expr} * P.x_nstride + i * {s}u * P.x_w + j0 * {s}u;\n\
              \x20   var wb = P.w_base + wid.y * {o4}u;"
         );
         for t in 0..tp {
@@ -179,24 +217,42 @@ impl DirectSpec {
                 let _ = writeln!(w, "    var a{t}_{u} = vec4<f32>(0.0);");
             }
         }
-        w.push_str("    for (var c = 0u; c < P.c_in; c++) {\n");
-        // Loads first, then each accumulator's whole sum over the taps in
-        // one run: every accumulator is read and written once per summed
-        // channel (lavapipe keeps only a few of them in registers), which
-        // makes wide pixel tiles pay; the per-accumulator order (row, then
-        // column) is the same in every tile, so all tiles stay bit-identical.
+        if shared {
+            self.write_shared_loop(&mut w);
+            w.push_str("    if (live) {\n");
+            self.write_store(&mut w);
+            w.push_str("    }\n");
+        } else {
+            w.push_str("    for (var c = 0u; c < P.c_in; c++) {\n");
+            self.write_channel(&mut w, &|tap, u| {
+                format!("W[wb + {tap}u * P.o4_stride + {u}u]")
+            });
+            w.push_str("        xb += P.x_cstride;\n        wb += P.w_cstride;\n    }\n");
+            self.write_store(&mut w);
+        }
+        w.push_str("}\n");
+        w
+    }
+
+    /// The sum over one summed channel at `xb`, weights from `weight(tap,
+    /// u)`. Loads first, then each accumulator's whole sum over the taps
+    /// in one run: every accumulator is read and written once per summed
+    /// channel (lavapipe keeps only a few of them in registers), which
+    /// makes wide pixel tiles pay; the per-accumulator order (row, then
+    /// column) is the same in every tile, so all tiles stay bit-identical.
+    fn write_channel(&self, w: &mut String, weight: &dyn Fn(usize, usize) -> String) {
+        let (s, d, o4) = (self.s, self.d, self.tile.to / 4);
         let cols = self.used_cols();
         for p in 0..self.kh {
-            self.write_row_loads(&mut w, p, &cols);
+            self.write_row_loads(w, p, &cols);
             for q in 0..self.kw {
-                let tap = p * self.kw + q;
-                let _ = writeln!(w, "        let t{p}_{q} = wb + {tap}u * P.o4_stride;");
                 for u in 0..o4 {
-                    let _ = writeln!(w, "        let w{p}_{q}_{u} = W[t{p}_{q} + {u}u];");
+                    let wt = weight(p * self.kw + q, u);
+                    let _ = writeln!(w, "        let w{p}_{q}_{u} = {wt};");
                 }
             }
         }
-        for t in 0..tp {
+        for t in 0..self.tile.tp {
             for u in 0..o4 {
                 for p in 0..self.kh {
                     for q in 0..self.kw {
@@ -206,10 +262,37 @@ impl DirectSpec {
                 }
             }
         }
-        w.push_str("        xb += P.x_cstride;\n        wb += P.w_cstride;\n    }\n");
-        self.write_store(&mut w);
-        w.push_str("}\n");
-        w
+    }
+
+    /// The channel loop of a workgroup-memory tile: the workgroup copies
+    /// the weights of `SHARED_CHANNELS` summed channels for its produced
+    /// channels into `ws` together, then every invocation reads them from
+    /// there (one global read per weight per workgroup, for GPUs whose
+    /// uniform loads are not broadcast).
+    fn write_shared_loop(&self, w: &mut String) {
+        let (o4, wg) = (self.tile.to / 4, self.tile.wg);
+        let per_ch = self.kh * self.kw * o4;
+        let total = SHARED_CHANNELS * per_ch;
+        let _ = writeln!(
+            w,
+            "    for (var c0 = 0u; c0 < P.c_in; c0 += {SHARED_CHANNELS}u) {{\n\
+             \x20       workgroupBarrier();\n\
+             \x20       for (var e = lid; e < {total}u; e += {wg}u) {{\n\
+             \x20           let cc = e / {per_ch}u;\n\
+             \x20           let r = e % {per_ch}u;\n\
+             \x20           let ch = min(c0 + cc, P.c_in - 1u);\n\
+             \x20           let v = W[wb + ch * P.w_cstride + (r / {o4}u) * P.o4_stride + r % {o4}u];\n\
+             \x20           ws[e] = select(vec4<f32>(0.0), v, c0 + cc < P.c_in);\n\
+             \x20       }}\n\
+             \x20       workgroupBarrier();"
+        );
+        for cc in 0..SHARED_CHANNELS {
+            let _ = writeln!(w, "        if (c0 + {cc}u < P.c_in) {{");
+            let base = cc * per_ch;
+            self.write_channel(w, &|tap, u| format!("ws[{}u]", base + tap * o4 + u));
+            w.push_str("        xb += P.x_cstride;\n        }\n");
+        }
+        w.push_str("    }\n");
     }
 
     /// `x{p}_{m}`: input row `p` of the tile at the used columns `m`.
