@@ -117,6 +117,12 @@ fn batchnorm_small() {
 }
 
 #[test]
+fn batchnorm_vec4_planes() {
+    // Planes of a multiple of 4 take the vec4 form of every elementwise pass.
+    check(2, 6, 4, 6, 4);
+}
+
+#[test]
 fn batchnorm_48_channels() {
     check(2, 48, 5, 5, 2);
 }

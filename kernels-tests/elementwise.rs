@@ -36,9 +36,15 @@ fn relu_forward_backward() {
 
 #[test]
 fn add_and_add_relu() {
+    // 776 takes the vec4 form of the kernels, 777 the scalar one.
+    add_and_add_relu_of(776);
+    add_and_add_relu_of(777);
+}
+
+fn add_and_add_relu_of(len: usize) {
     let gpu = gpu();
-    let (a, b) = (rand_vec(3, 777), rand_vec(4, 777));
-    let (at, bt) = (up(gpu, &[777], &a), up(gpu, &[777], &b));
+    let (a, b) = (rand_vec(3, len), rand_vec(4, len));
+    let (at, bt) = (up(gpu, &[len], &a), up(gpu, &[len], &b));
     let want: Vec<f64> = a
         .iter()
         .zip(&b)
@@ -59,11 +65,13 @@ fn add_and_add_relu() {
         TOL,
         TOL,
     );
-    let e = elementwise::add(gpu, &at, &up(gpu, &[776], &a[..776]))
+    let e = elementwise::add(gpu, &at, &up(gpu, &[len - 1], &a[..len - 1]))
         .unwrap_err()
         .to_string();
     assert!(
-        e.starts_with("add:") && e.contains("[777]") && e.contains("[776]"),
+        e.starts_with("add:")
+            && e.contains(&format!("[{len}]"))
+            && e.contains(&format!("[{}]", len - 1)),
         "{e}"
     );
 }
@@ -73,21 +81,30 @@ fn sigmoid_is_stable_for_large_logits() {
     let gpu = gpu();
     let mut z: Vec<f32> = rand_vec(5, 500).iter().map(|v| v * 8.0).collect();
     z.extend([-100.0, -50.0, -20.0, 0.0, 20.0, 50.0, 100.0, 1e30, -1e30]);
-    let y = read(
-        gpu,
-        &elementwise::sigmoid(gpu, &up(gpu, &[z.len()], &z)).unwrap(),
-    );
-    let want: Vec<f64> = z.iter().map(|&v| cpu::sigmoid(v as f64)).collect();
-    assert!(y.iter().all(|v| v.is_finite()));
-    assert_close("sigmoid", &y, &want, 1e-7, 1e-5);
+    // 509 values (scalar kernel), then 508 (vec4 form).
+    for len in [z.len(), z.len() - 1] {
+        let z = &z[z.len() - len..];
+        let y = read(
+            gpu,
+            &elementwise::sigmoid(gpu, &up(gpu, &[len], z)).unwrap(),
+        );
+        let want: Vec<f64> = z.iter().map(|&v| cpu::sigmoid(v as f64)).collect();
+        assert!(y.iter().all(|v| v.is_finite()));
+        assert_close(&format!("sigmoid of {len}"), &y, &want, 1e-7, 1e-5);
+    }
 }
 
 #[test]
 fn axpy_accumulates() {
+    axpy_of(300);
+    axpy_of(301);
+}
+
+fn axpy_of(len: usize) {
     let gpu = gpu();
-    let (a, y0) = (rand_vec(6, 300), rand_vec(7, 300));
-    let yt = up(gpu, &[300], &y0);
-    elementwise::axpy(gpu, 0.5, &up(gpu, &[300], &a), &yt).unwrap();
+    let (a, y0) = (rand_vec(6, len), rand_vec(7, len));
+    let yt = up(gpu, &[len], &y0);
+    elementwise::axpy(gpu, 0.5, &up(gpu, &[len], &a), &yt).unwrap();
     let want: Vec<f64> = a
         .iter()
         .zip(&y0)

@@ -4,6 +4,13 @@
 // per-channel finalisation and the elementwise passes.
 //
 // stats is [2, C]: mean, then rstd = 1 / sqrt(var + eps).
+//
+// x, y and dy hold V: f32 here, vec4<f32> (LANES 4) in the vec4 form the
+// engine builds from this file for planes whose length is a multiple of 4
+// (one channel per vec4; see elementwise.wgsl for why).
+
+alias V = f32;
+const LANES: u32 = 1u;
 
 struct Params {
     n: u32,            // elements in this dispatch (apply/backward); channels (finalize)
@@ -20,12 +27,12 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<V>;
 @group(0) @binding(2) var<storage, read> stats: array<f32>;
 @group(0) @binding(3) var<storage, read> gamma: array<f32>;
 @group(0) @binding(4) var<storage, read> beta: array<f32>;
-@group(0) @binding(5) var<storage, read_write> y: array<f32>;
-@group(0) @binding(6) var<storage, read> dy: array<f32>;
+@group(0) @binding(5) var<storage, read_write> y: array<V>;
+@group(0) @binding(6) var<storage, read> dy: array<V>;
 @group(0) @binding(7) var<storage, read> sums: array<f32>;   // [dgamma(C), dbeta(C)] of this batch
 @group(0) @binding(8) var<storage, read_write> stats_rw: array<f32>;
 @group(0) @binding(9) var<storage, read_write> running_mean: array<f32>;
@@ -59,7 +66,7 @@ fn bn_apply(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     if (e >= P.n) {
         return;
     }
-    let c = (P.c_first + e / P.plane_len) % P.c_total;
+    let c = (P.c_first + e * LANES / P.plane_len) % P.c_total;
     y[P.y_base + e] = (x[P.x_base + e] - stats[c]) * stats[P.c_total + c] * gamma[c] + beta[c];
 }
 
@@ -70,7 +77,7 @@ fn bn_infer(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     if (e >= P.n) {
         return;
     }
-    let c = (P.c_first + e / P.plane_len) % P.c_total;
+    let c = (P.c_first + e * LANES / P.plane_len) % P.c_total;
     let rstd = 1.0 / sqrt(infer_var[c] + P.eps);
     y[P.y_base + e] = (x[P.x_base + e] - infer_mean[c]) * rstd * gamma[c] + beta[c];
 }
@@ -82,7 +89,7 @@ fn bn_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
     if (e >= P.n) {
         return;
     }
-    let c = (P.c_first + e / P.plane_len) % P.c_total;
+    let c = (P.c_first + e * LANES / P.plane_len) % P.c_total;
     let rstd = stats[P.c_total + c];
     let xhat = (x[P.x_base + e] - stats[c]) * rstd;
     let dgamma = sums[c];

@@ -1,9 +1,14 @@
 // Elementwise ops: relu and its backward, residual add, sigmoid, axpy (used
-// to accumulate gradients). One invocation per element.
+// to accumulate gradients). One invocation per element of type V: f32 here,
+// vec4<f32> in the vec4 form the engine builds from this file (gpu::VEC4),
+// used when the lengths and offsets are multiples of 4 (on lavapipe each
+// storage access costs about the same for a vec4 as for a scalar).
 //
 // NaN propagates as in PyTorch: relu(NaN) = NaN and NaN passes relu's
 // backward. WGSL's max(x, 0.0) may return 0 for a NaN x (it does on
 // lavapipe), so the relus compare instead: `x < 0.0` is false for NaN.
+
+alias V = f32;
 
 struct Params {
     n: u32,
@@ -14,9 +19,9 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
-@group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read> b: array<f32>;
-@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+@group(0) @binding(1) var<storage, read> a: array<V>;
+@group(0) @binding(2) var<storage, read> b: array<V>;
+@group(0) @binding(3) var<storage, read_write> y: array<V>;
 
 const WG: u32 = 64u;
 
@@ -29,7 +34,7 @@ fn relu(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     let e = index(gid, nwg);
     if (e < P.n) {
         let x = a[P.a_base + e];
-        y[P.y_base + e] = select(x, 0.0, x < 0.0);
+        y[P.y_base + e] = select(x, V(0.0), x < V(0.0));
     }
 }
 
@@ -39,7 +44,7 @@ fn relu(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
 fn relu_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let e = index(gid, nwg);
     if (e < P.n) {
-        y[P.y_base + e] = select(b[P.b_base + e], 0.0, a[P.a_base + e] <= 0.0);
+        y[P.y_base + e] = select(b[P.b_base + e], V(0.0), a[P.a_base + e] <= V(0.0));
     }
 }
 
@@ -57,7 +62,7 @@ fn add_relu(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     let e = index(gid, nwg);
     if (e < P.n) {
         let x = a[P.a_base + e] + b[P.b_base + e];
-        y[P.y_base + e] = select(x, 0.0, x < 0.0);
+        y[P.y_base + e] = select(x, V(0.0), x < V(0.0));
     }
 }
 
@@ -68,7 +73,7 @@ fn sigmoid(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroup
     if (e < P.n) {
         let z = a[P.a_base + e];
         let t = exp(-abs(z));
-        y[P.y_base + e] = select(t / (1.0 + t), 1.0 / (1.0 + t), z >= 0.0);
+        y[P.y_base + e] = select(t / (1.0 + t), 1.0 / (1.0 + t), z >= V(0.0));
     }
 }
 

@@ -104,6 +104,21 @@ fn backends() -> wgpu::Backends {
     wgpu::Backends::VULKAN | wgpu::Backends::METAL | wgpu::Backends::DX12
 }
 
+/// The vec4 form of a shader written over `alias V = f32;` (see
+/// `Gpu::dispatch_vec4`).
+pub fn vec4_source(shader: &Shader) -> String {
+    const SCALAR: &str = "alias V = f32;";
+    assert!(
+        shader.source.contains(SCALAR),
+        "shader {} has no `{SCALAR}` line",
+        shader.name
+    );
+    shader
+        .source
+        .replace(SCALAR, "alias V = vec4<f32>;")
+        .replace("const LANES: u32 = 1u;", "const LANES: u32 = 4u;")
+}
+
 fn instance() -> wgpu::Instance {
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
     desc.backends = wgpu::Backends::from_env().unwrap_or(backends());
@@ -572,10 +587,37 @@ impl Gpu {
         windows: &[(u32, &Window)],
         threads: usize,
     ) {
+        self.dispatch_on(&self.pipeline(kernel), kernel, params, windows, threads);
+    }
+
+    /// `dispatch` of the kernel's vec4 form: its shader with
+    /// `alias V = f32;` (and `const LANES: u32 = 1u;`, where present) made
+    /// vec4, so `threads` counts vec4 items and the caller gives lengths and
+    /// offsets in vec4s. Callers check that every length and offset is a
+    /// multiple of 4 elements and that `Gpu::vec4_windows` holds.
+    pub fn dispatch_vec4(
+        &self,
+        kernel: &Kernel,
+        params: &[u32],
+        windows: &[(u32, &Window)],
+        threads: usize,
+    ) {
+        let key = format!("{}:{}:vec4", kernel.shader.name, kernel.entry);
+        let pipeline = self.pipeline_for(key, || vec4_source(kernel.shader), kernel.entry);
+        self.dispatch_on(&pipeline, kernel, params, windows, threads);
+    }
+
+    fn dispatch_on(
+        &self,
+        pipeline: &wgpu::ComputePipeline,
+        kernel: &Kernel,
+        params: &[u32],
+        windows: &[(u32, &Window)],
+        threads: usize,
+    ) {
         if threads == 0 {
             return;
         }
-        let pipeline = self.pipeline(kernel);
         let groups = threads.div_ceil(kernel.workgroup as usize) as u64;
         let max = self.limits.max_compute_workgroups_per_dimension as u64;
         let (gx, gy) = if groups <= max {
@@ -585,7 +627,7 @@ impl Gpu {
         };
         assert!(gy <= max, "dispatch of {threads} invocations is too large");
         self.record(
-            &pipeline,
+            pipeline,
             (kernel.shader.name, kernel.entry),
             params,
             windows,

@@ -2,7 +2,7 @@
 //! the running-statistics update, running statistics in inference, and the
 //! backward pass with the gradients of gamma and beta.
 use super::reduce::{SumOf, channel_sums, combine};
-use super::{BATCHNORM, Params, check_rank, items_per_window, kernel, launch, runs};
+use super::{BATCHNORM, Params, check_rank, items_per_window, kernel, launch, launch_vec4, runs};
 use crate::error::{Result, shape_err};
 use crate::gpu::{Gpu, Kernel, Tensor};
 
@@ -63,18 +63,24 @@ fn per_plane(
         .iter()
         .map(|(b, t)| (*b, gpu.window(t, 0, t.numel()).0))
         .collect();
+    // Whole planes of vec4s (one channel each) when the plane allows.
+    let lanes = if gpu.vec4_windows() && hw.is_multiple_of(4) {
+        4
+    } else {
+        1
+    };
     for (p0, np) in runs(n * c, per_window) {
         let (xw, xb) = gpu.window(x, p0 * hw, np * hw);
         let (yw, yb) = gpu.window(y, p0 * hw, np * hw);
         let (dw, db) = gpu.window(dy.unwrap_or(x), p0 * hw, np * hw);
         let p = Params::new()
-            .u(np * hw)
+            .u(np * hw / lanes)
             .u(hw)
             .u(c)
             .u(p0 % c)
-            .u(xb as usize)
-            .u(yb as usize)
-            .u(db as usize)
+            .u(xb as usize / lanes)
+            .u(yb as usize / lanes)
+            .u(db as usize / lanes)
             .f((n * hw) as f32)
             .f(EPS)
             .f(MOMENTUM)
@@ -86,7 +92,11 @@ fn per_plane(
         for (b, wnd) in &chan {
             binds.push((*b, wnd));
         }
-        launch(gpu, k, &p, &binds, np * hw);
+        if lanes == 4 {
+            launch_vec4(gpu, k, &p, &binds, np * hw / 4);
+        } else {
+            launch(gpu, k, &p, &binds, np * hw);
+        }
     }
     Ok(())
 }

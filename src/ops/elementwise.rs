@@ -1,7 +1,7 @@
 //! Elementwise ops: relu (and backward), residual add, add + relu, sigmoid,
 //! and axpy for accumulating gradients. Split into flat runs that fit one
 //! binding.
-use super::{ELEMENTWISE, Params, kernel, launch, runs};
+use super::{ELEMENTWISE, Params, kernel, launch, launch_vec4, runs};
 use crate::error::{Result, shape_err};
 use crate::gpu::{Gpu, Kernel, Tensor};
 
@@ -25,23 +25,34 @@ fn same_shape(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
     Ok(())
 }
 
+/// Runs `k` over all elements in windows; as vec4s when the length is a
+/// multiple of 4 (window starts and offsets then are too).
 fn run(gpu: &Gpu, k: &Kernel, a: &Tensor, b: Option<&Tensor>, y: &Tensor, alpha: f32) {
-    for (start, len) in runs(a.numel(), gpu.window_elems()) {
+    let lanes = if gpu.vec4_windows() && a.numel().is_multiple_of(4) {
+        4
+    } else {
+        1
+    };
+    for (start, len) in runs(a.numel(), gpu.window_elems() / 4 * 4) {
         let (aw, ab) = gpu.window(a, start, len);
         let (bw, bb) = gpu.window(b.unwrap_or(a), start, len);
         let (yw, yb) = gpu.window(y, start, len);
         let p = Params::new()
-            .u(len)
-            .u(ab as usize)
-            .u(bb as usize)
-            .u(yb as usize)
+            .u(len / lanes)
+            .u(ab as usize / lanes)
+            .u(bb as usize / lanes)
+            .u(yb as usize / lanes)
             .f(alpha);
         let binds: Vec<(u32, &crate::gpu::Window)> = if b.is_some() {
             vec![(1, &aw), (2, &bw), (3, &yw)]
         } else {
             vec![(1, &aw), (3, &yw)]
         };
-        launch(gpu, k, &p, &binds, len);
+        if lanes == 4 {
+            launch_vec4(gpu, k, &p, &binds, len / 4);
+        } else {
+            launch(gpu, k, &p, &binds, len);
+        }
     }
 }
 

@@ -134,6 +134,18 @@ pub(crate) fn launch(
     gpu.dispatch(k, params.words(), windows, threads);
 }
 
+/// `launch` of the kernel's vec4 form (`Gpu::dispatch_vec4`): `threads`
+/// vec4 items, lengths and offsets in `params` counted in vec4s.
+pub(crate) fn launch_vec4(
+    gpu: &Gpu,
+    k: &Kernel,
+    params: &Params,
+    windows: &[(u32, &Window)],
+    threads: usize,
+) {
+    gpu.dispatch_vec4(k, params.words(), windows, threads);
+}
+
 /// `[start, start + len)` runs of at most `max` items covering `total`.
 pub(crate) fn runs(total: usize, max: usize) -> impl Iterator<Item = (usize, usize)> {
     let max = max.max(1);
