@@ -507,6 +507,9 @@ pub fn model(
         train_once()?;
         train_shares = shares(gpu.profile_finish()?);
     }
+    // Inference as `engine infer` runs it: batch norm folded at load time.
+    let mut model = model;
+    model.freeze(gpu)?;
     let img = synthetic_batch(1, infer_size).images;
     predict(gpu, &model, &img, 1, infer_size, infer_size)?;
     let (d2, _) = gpu.counters();

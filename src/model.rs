@@ -315,6 +315,9 @@ pub struct Model {
     pub cfg: ModelConfig,
     pub params: Vec<Param>,
     index: HashMap<String, usize>,
+    /// Per layer, the conv weight and bias with batch norm folded in, made
+    /// once by `freeze` (empty until then: every inference folds anew).
+    folded: Vec<Option<(Tensor, Tensor)>>,
 }
 
 /// Checkpoint metadata (docs/MODEL.md: string values).
@@ -490,7 +493,12 @@ impl Model {
                 train,
             });
         }
-        Ok(Model { cfg, params, index })
+        Ok(Model {
+            cfg,
+            params,
+            index,
+            folded: Vec::new(),
+        })
     }
 
     /// The tensor called `name`; the error names it.
@@ -534,6 +542,12 @@ impl Model {
     /// the full-resolution logits [N, 1, H, W] (before the sigmoid). Each
     /// value is freed by the graph after its last use.
     pub fn forward(&self, g: &mut Graph, x: Var) -> Result<Var> {
+        if g.training() && !self.folded.is_empty() {
+            return Err(EngineError::Model(
+                "this model was frozen for inference (batch norm folded): it cannot be trained"
+                    .into(),
+            ));
+        }
         let hw = input_hw(g.try_value(x)?)?;
         let mut cur = x;
         // The post-bn, pre-relu value of the open block's first conv.
@@ -597,16 +611,42 @@ impl Model {
         let hw = input_hw(&x)?;
         let mut cur = x;
         let mut skip: Option<Tensor> = None;
-        for layer in self.layers()? {
-            cur = self.folded_step(gpu, &layer, &cur, &mut skip, hw)?;
+        for (i, layer) in self.layers()?.iter().enumerate() {
+            cur = self.folded_step(gpu, i, layer, &cur, &mut skip, hw)?;
         }
         Ok(cur)
+    }
+
+    /// Folds every batch norm into its conv once, for a model that will
+    /// only run inference (a loaded checkpoint): `forward_folded` then
+    /// reuses the folded tensors instead of folding per call. A frozen
+    /// model refuses training (its folded copies would go stale).
+    pub fn freeze(&mut self, gpu: &Gpu) -> Result<()> {
+        let folded = self
+            .layers()?
+            .iter()
+            .map(|l| match l.step {
+                Step::Cbr(_) | Step::CbrSkip(_) | Step::CbJoin(_) => l.folded(gpu).map(Some),
+                _ => Ok(None),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.folded = folded;
+        Ok(())
+    }
+
+    /// Layer `i`'s folded weight and bias: the frozen copy, else folded now.
+    fn folded_of(&self, gpu: &Gpu, i: usize, l: &Layer) -> Result<(Tensor, Tensor)> {
+        match self.folded.get(i) {
+            Some(Some(wb)) => Ok(wb.clone()),
+            _ => l.folded(gpu),
+        }
     }
 
     /// One step of `forward_folded`.
     fn folded_step(
         &self,
         gpu: &Gpu,
+        i: usize,
         l: &Layer,
         x: &Tensor,
         skip: &mut Option<Tensor>,
@@ -614,18 +654,18 @@ impl Model {
     ) -> Result<Tensor> {
         match l.step {
             Step::Cbr(c) => {
-                let (wf, bf) = l.folded(gpu)?;
+                let (wf, bf) = self.folded_of(gpu, i, l)?;
                 conv::conv2d_with(gpu, x, &wf, Some(&bf), c.stride, c.dil, true, None)
             }
             Step::CbrSkip(c) => {
-                let (wf, bf) = l.folded(gpu)?;
+                let (wf, bf) = self.folded_of(gpu, i, l)?;
                 let pre = conv::conv2d_with(gpu, x, &wf, Some(&bf), c.stride, c.dil, false, None)?;
                 let r = elementwise::relu(gpu, &pre)?;
                 *skip = Some(pre);
                 Ok(r)
             }
             Step::CbJoin(c) => {
-                let (wf, bf) = l.folded(gpu)?;
+                let (wf, bf) = self.folded_of(gpu, i, l)?;
                 let a = take_skip(skip, &c)?;
                 conv::conv2d_add_relu(gpu, x, &wf, &bf, a, c.stride, c.dil)
             }

@@ -248,6 +248,17 @@ fn folded_inference_matches_the_tape_in_eval_mode() {
         worst <= 1e-4 * scale.max(1.0),
         "folded vs tape: max |diff| {worst} (scale {scale})"
     );
+    // Folded once at load time (`freeze`, as `engine infer` does): the same
+    // bits, and the frozen model refuses training.
+    let mut model = model;
+    model.freeze(gpu).unwrap();
+    let xt = gpu.upload(&[2, 1, 64, 64], &x).unwrap();
+    let frozen = gpu.read(&model.forward_folded(gpu, xt).unwrap()).unwrap();
+    assert_eq!(frozen, got, "frozen and per-call folding differ");
+    let mut g = Graph::new(gpu, true);
+    let xv = g.input(gpu.upload(&[2, 1, 64, 64], &x).unwrap());
+    let e = model.forward(&mut g, xv).unwrap_err().to_string();
+    assert!(e.contains("frozen"), "{e}");
 }
 
 #[test]

@@ -1060,3 +1060,54 @@ fn config_records_the_data_manifest_hash() {
     assert_eq!(config["resumes"][0]["arguments"]["lr"], 0.002);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn bench_model_json_reports_times_and_shares() {
+    let (code, out, err) = engine(args![
+        "bench",
+        "--model",
+        "--json",
+        "--width",
+        "0.25",
+        "--train-size",
+        "64",
+        "--batch",
+        "1",
+        "--infer-size",
+        "64",
+        "--iters",
+        "1"
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON object");
+    for key in [
+        "train_step_ms",
+        "infer_ms",
+        "peak_mib",
+        "dispatches_per_step",
+    ] {
+        assert!(v[key].as_f64().is_some_and(|x| x > 0.0), "{key} in {v}");
+    }
+    // Each pass's family shares and kernel shares split the same GPU time.
+    for key in [
+        "shares",
+        "kernel_shares",
+        "infer_shares",
+        "infer_kernel_shares",
+    ] {
+        let total: f64 = v[key]
+            .as_object()
+            .unwrap_or_else(|| panic!("{key} in {v}"))
+            .values()
+            .map(|x| x.as_f64().unwrap())
+            .sum();
+        assert!((total - 1.0).abs() < 1e-6, "{key} sums to {total}");
+    }
+    for kernel in ["pad_input", "conv2d_backward_weight", "adam_step"] {
+        assert!(
+            v["kernel_shares"].get(kernel).is_some(),
+            "{kernel} in {}",
+            v["kernel_shares"]
+        );
+    }
+}

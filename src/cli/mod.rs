@@ -198,7 +198,9 @@ fn load_predictor(
 ) -> anyhow::Result<crate::predictor::Predictor> {
     let mut members = Vec::new();
     for (path, ckpt) in checkpoints {
-        let (model, meta) = crate::model::Model::from_checkpoint(gpu, ckpt)?;
+        let (mut model, meta) = crate::model::Model::from_checkpoint(gpu, ckpt)?;
+        // Inference only: batch norm is folded into the convs once, here.
+        model.freeze(gpu)?;
         let spacing = crate::spacing::ModelSpacing::from_meta(&meta, &path).map_err(bad_input)?;
         if spacing.is_none() {
             eprintln!(
