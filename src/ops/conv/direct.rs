@@ -14,6 +14,7 @@
 //!
 //! The sum runs over summed channels, then taps in row-major order, for
 //! every tile: all tiles give bit-identical results.
+use super::codegen::{LANE, tap_cols, write_row_loads};
 use super::prep::{self, PadRegion, WeightMap};
 use crate::error::Result;
 use crate::gpu::{Gpu, Tensor};
@@ -132,8 +133,6 @@ pub(crate) struct DirectSpec {
     pub vec: bool,
 }
 
-const LANE: [&str; 4] = ["x", "y", "z", "w"];
-
 impl DirectSpec {
     pub fn key(&self) -> String {
         format!(
@@ -149,17 +148,6 @@ impl DirectSpec {
             self.relu as u8,
             self.vec as u8
         )
-    }
-
-    /// Input columns one row of a tile reads that some tap uses.
-    fn used_cols(&self) -> Vec<usize> {
-        let mut m: Vec<usize> = (0..self.tile.tp)
-            .flat_map(|t| (0..self.kw).map(move |q| (t, q)))
-            .map(|(t, q)| t * self.s + q * self.d)
-            .collect();
-        m.sort_unstable();
-        m.dedup();
-        m
     }
 
     pub fn source(&self) -> String {
@@ -242,9 +230,10 @@ impl DirectSpec {
     /// column) is the same in every tile, so all tiles stay bit-identical.
     fn write_channel(&self, w: &mut String, weight: &dyn Fn(usize, usize) -> String) {
         let (s, d, o4) = (self.s, self.d, self.tile.to / 4);
-        let cols = self.used_cols();
+        let cols = tap_cols(self.tile.tp, self.kw, s, d);
         for p in 0..self.kh {
-            self.write_row_loads(w, p, &cols);
+            let row = format!("xb + {}u * P.x_w", p * d);
+            write_row_loads(w, "        ", p, &row, &cols, self.vec);
             for q in 0..self.kw {
                 for u in 0..o4 {
                     let wt = weight(p * self.kw + q, u);
@@ -293,27 +282,6 @@ impl DirectSpec {
             w.push_str("        xb += P.x_cstride;\n        }\n");
         }
         w.push_str("    }\n");
-    }
-
-    /// `x{p}_{m}`: input row `p` of the tile at the used columns `m`.
-    fn write_row_loads(&self, w: &mut String, p: usize, cols: &[usize]) {
-        let off = p * self.d;
-        if !self.vec {
-            let _ = writeln!(w, "        let r{p} = xb + {off}u * P.x_w;");
-            for m in cols {
-                let _ = writeln!(w, "        let x{p}_{m} = X[r{p} + {m}u];");
-            }
-            return;
-        }
-        let _ = writeln!(w, "        let r{p} = (xb + {off}u * P.x_w) >> 2u;");
-        let mut quads: Vec<usize> = cols.iter().map(|m| m / 4).collect();
-        quads.dedup();
-        for q in quads {
-            let _ = writeln!(w, "        let xv{p}_{q} = X4[r{p} + {q}u];");
-        }
-        for m in cols {
-            let _ = writeln!(w, "        let x{p}_{m} = xv{p}_{}.{};", m / 4, LANE[m % 4]);
-        }
     }
 
     /// Bias, accumulation and ReLU (NaN-preserving, as PyTorch's) applied
@@ -482,9 +450,9 @@ pub(crate) fn run(gpu: &Gpu, j: &DirectJob, tile: Tile) -> Result<()> {
             // tile divides the width), read the source: no copy.
             let (ih, iw) = (j.src.shape()[2], j.src.shape()[3]);
             let as_is = (j.row0, j.col0, rows, cols) == (0, 0, ih, iw);
-            // Padded copies have rows of a multiple of 4; a source read as
-            // is qualifies when its planes and windows keep that alignment.
-            let vec = gpu.vec4_windows() && cols % 4 == 0 && (!as_is || (ih * iw) % 4 == 0);
+            // Rows of a multiple of 4 (always for padded copies; a source
+            // read as is then has planes and windows of such rows too).
+            let vec = gpu.vec4_windows() && cols.is_multiple_of(4);
             let padded = if as_is {
                 None
             } else {

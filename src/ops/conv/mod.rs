@@ -11,6 +11,7 @@
 //! Both are generated per shape (`direct`, `wgrad`); the first static
 //! kernels remain as the `gather`/`rows` variants. Which variant runs is
 //! chosen per shape by `choose` (rules, a tuning file, or timing).
+mod codegen;
 mod direct;
 mod gather;
 mod prep;

@@ -9,6 +9,7 @@
 //! channel group) and walks a row `jt` columns at a time, loading each
 //! needed input value once per step. Row chunks (split-K) write partial
 //! sums that `reduce::sum_partials` adds in a fixed order: deterministic.
+use super::codegen::{LANE, tap_cols, write_row_loads};
 use super::prep::{self, PadRegion};
 use crate::error::{EngineError, Result};
 use crate::gpu::Kernel;
@@ -76,25 +77,12 @@ struct WgradSpec {
     vec: bool,
 }
 
-const LANE: [&str; 4] = ["x", "y", "z", "w"];
-
 impl WgradSpec {
     fn key(&self) -> String {
         format!(
             "wgrad k{} s{} d{} to{} jt{} wg{} v{}",
             self.k, self.s, self.d, self.to, self.jt, self.wg, self.vec as u8
         )
-    }
-
-    /// Padded-input columns one step of `jt` output columns reads.
-    fn step_cols(&self) -> Vec<usize> {
-        let (k, s, d) = (self.k, self.s, self.d);
-        let mut cols: Vec<usize> = (0..self.jt)
-            .flat_map(|t| (0..k).map(move |q| t * s + q * d))
-            .collect();
-        cols.sort_unstable();
-        cols.dedup();
-        cols
     }
 
     fn source(&self) -> String {
@@ -146,10 +134,11 @@ impl WgradSpec {
              \x20       for (var j = 0u; j < P.out_w; j += {}u) {{",
             self.s, self.jt
         );
-        if self.vec {
-            self.vec_loads(&mut w);
-        } else {
-            self.scalar_loads(&mut w);
+        self.write_g_loads(&mut w);
+        let cols = tap_cols(self.jt, k, self.s, self.d);
+        for p in 0..k {
+            let row = format!("xb + {}u * P.x_w + j * {}u", p * self.d, self.s);
+            write_row_loads(&mut w, "            ", p, &row, &cols, self.vec);
         }
         self.accumulate(&mut w);
         w.push_str("        }\n    }\n");
@@ -158,81 +147,34 @@ impl WgradSpec {
         w
     }
 
-    /// `g{t}_{u}` (column t, gradient channels 4u..4u+3) and `x{p}_{m}`
-    /// (row p, column m of the step) from scalar loads.
-    fn scalar_loads(&self, w: &mut String) {
-        let WgradSpec {
-            k, s, d, to, jt, ..
-        } = *self;
-        for t in 0..jt {
-            for u in 0..to / 4 {
-                let parts: Vec<String> = (0..4)
-                    .map(|e| format!("G[go{} + gb + j + {t}u]", 4 * u + e))
-                    .collect();
-                let _ = writeln!(
-                    w,
-                    "            let g{t}_{u} = vec4<f32>({});",
-                    parts.join(", ")
-                );
-            }
-        }
-        for p in 0..k {
-            let _ = writeln!(
-                w,
-                "            let r{p} = xb + {}u * P.x_w + j * {s}u;",
-                p * d
-            );
-            for m in self.step_cols() {
-                let _ = writeln!(w, "            let x{p}_{m} = X[r{p} + {m}u];");
-            }
-        }
-    }
-
-    /// The same values from aligned vec4 loads along the row (`jt` is a
-    /// multiple of 4; `g{t}_{u}` is assembled by swizzles, free in SIMD).
-    fn vec_loads(&self, w: &mut String) {
-        let WgradSpec {
-            k, s, d, to, jt, ..
-        } = *self;
-        let _ = writeln!(w, "            let gq = (gb + j) >> 2u;");
-        for v in 0..to {
-            for tq in 0..jt / 4 {
-                let _ = writeln!(
-                    w,
-                    "            let gv{v}_{tq} = G4[(go{v} >> 2u) + gq + {tq}u];"
-                );
+    /// `g{t}_{u}` (column t of the step, gradient channels 4u..4u+3) from
+    /// scalar loads, or with `vec` from aligned vec4 loads along the row
+    /// (`jt` a multiple of 4), assembled by swizzles (free in SIMD).
+    fn write_g_loads(&self, w: &mut String) {
+        let (to, jt) = (self.to, self.jt);
+        if self.vec {
+            let _ = writeln!(w, "            let gq = (gb + j) >> 2u;");
+            for v in 0..to {
+                for tq in 0..jt / 4 {
+                    let _ = writeln!(
+                        w,
+                        "            let gv{v}_{tq} = G4[(go{v} >> 2u) + gq + {tq}u];"
+                    );
+                }
             }
         }
         for t in 0..jt {
             for u in 0..to / 4 {
                 let parts: Vec<String> = (0..4)
-                    .map(|e| format!("gv{}_{}.{}", 4 * u + e, t / 4, LANE[t % 4]))
+                    .map(|e| match self.vec {
+                        true => format!("gv{}_{}.{}", 4 * u + e, t / 4, LANE[t % 4]),
+                        false => format!("G[go{} + gb + j + {t}u]", 4 * u + e),
+                    })
                     .collect();
                 let _ = writeln!(
                     w,
                     "            let g{t}_{u} = vec4<f32>({});",
                     parts.join(", ")
-                );
-            }
-        }
-        let cols = self.step_cols();
-        let mut quads: Vec<usize> = cols.iter().map(|m| m / 4).collect();
-        quads.dedup();
-        for p in 0..k {
-            let _ = writeln!(
-                w,
-                "            let r{p} = (xb + {}u * P.x_w + j * {s}u) >> 2u;",
-                p * d
-            );
-            for mq in &quads {
-                let _ = writeln!(w, "            let xv{p}_{mq} = X4[r{p} + {mq}u];");
-            }
-            for m in &cols {
-                let _ = writeln!(
-                    w,
-                    "            let x{p}_{m} = xv{p}_{}.{};",
-                    m / 4,
-                    LANE[m % 4]
                 );
             }
         }
