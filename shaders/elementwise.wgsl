@@ -1,8 +1,9 @@
 // Elementwise ops: relu and its backward, residual add, sigmoid, axpy (used
 // to accumulate gradients). One invocation per element of type V: f32 here,
-// vec4<f32> in the vec4 form the engine builds from this file (gpu::VEC4),
-// used when the lengths and offsets are multiples of 4 (on lavapipe each
-// storage access costs about the same for a vec4 as for a scalar).
+// vec4<f32> in the vec4 form the engine builds from this file
+// (Gpu::dispatch_vec4), used when the lengths and offsets are multiples of 4
+// (on lavapipe each storage access costs about the same for a vec4 as for a
+// scalar).
 //
 // NaN propagates as in PyTorch: relu(NaN) = NaN and NaN passes relu's
 // backward. WGSL's max(x, 0.0) may return 0 for a NaN x (it does on

@@ -280,7 +280,6 @@ impl Gpu {
         self.binding_limit.store(bytes.min(hw), Ordering::Relaxed);
     }
 
-    /// Elements of f32 that one window may hold at any start offset.
     /// Whether storage windows keep 4-element alignment (offsets are
     /// multiples of 16 bytes), so kernels may read aligned rows as vec4s.
     pub fn vec4_windows(&self) -> bool {
@@ -289,6 +288,7 @@ impl Gpu {
             .is_multiple_of(16)
     }
 
+    /// Elements of f32 that one window may hold at any start offset.
     pub fn window_elems(&self) -> usize {
         let align = self.limits.min_storage_buffer_offset_alignment as u64;
         (self.binding_limit().saturating_sub(align) / 4) as usize
@@ -717,7 +717,6 @@ impl Gpu {
             entries: &entries,
         });
         let op = self.scope.lock().unwrap().unwrap_or(op);
-        let label = format!("{op}|{kernel}");
         let mut prof = self.profiler.lock().unwrap();
         if prof
             .as_ref()
@@ -725,10 +724,13 @@ impl Gpu {
         {
             self.submit_profiled(&mut rec, prof.as_mut());
         }
-        let writes = prof.as_mut().and_then(|p| p.next_writes(&label));
+        // The "op|kernel" label is built only while profiling.
+        let writes = prof
+            .as_mut()
+            .and_then(|p| p.next_writes(&format!("{op}|{kernel}")));
         let enc = self.encoder(&mut rec);
         let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some(&label),
+            label: Some(op),
             timestamp_writes: writes,
         });
         pass.set_pipeline(pipeline);

@@ -2,7 +2,9 @@
 //! the running-statistics update, running statistics in inference, and the
 //! backward pass with the gradients of gamma and beta.
 use super::reduce::{SumOf, channel_sums, combine};
-use super::{BATCHNORM, Params, check_rank, items_per_window, kernel, launch, launch_vec4, runs};
+use super::{
+    BATCHNORM, Params, check_rank, items_per_window, kernel, launch, launch_lanes, runs, vec4_lanes,
+};
 use crate::error::{Result, shape_err};
 use crate::gpu::{Gpu, Kernel, Tensor};
 
@@ -64,11 +66,7 @@ fn per_plane(
         .map(|(b, t)| (*b, gpu.window(t, 0, t.numel()).0))
         .collect();
     // Whole planes of vec4s (one channel each) when the plane allows.
-    let lanes = if gpu.vec4_windows() && hw.is_multiple_of(4) {
-        4
-    } else {
-        1
-    };
+    let lanes = vec4_lanes(gpu, hw);
     for (p0, np) in runs(n * c, per_window) {
         let (xw, xb) = gpu.window(x, p0 * hw, np * hw);
         let (yw, yb) = gpu.window(y, p0 * hw, np * hw);
@@ -92,11 +90,7 @@ fn per_plane(
         for (b, wnd) in &chan {
             binds.push((*b, wnd));
         }
-        if lanes == 4 {
-            launch_vec4(gpu, k, &p, &binds, np * hw / 4);
-        } else {
-            launch(gpu, k, &p, &binds, np * hw);
-        }
+        launch_lanes(gpu, k, &p, &binds, np * hw, lanes);
     }
     Ok(())
 }

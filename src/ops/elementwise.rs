@@ -1,7 +1,7 @@
 //! Elementwise ops: relu (and backward), residual add, add + relu, sigmoid,
 //! and axpy for accumulating gradients. Split into flat runs that fit one
 //! binding.
-use super::{ELEMENTWISE, Params, kernel, launch, launch_vec4, runs};
+use super::{ELEMENTWISE, Params, kernel, launch_lanes, runs, vec4_lanes};
 use crate::error::{Result, shape_err};
 use crate::gpu::{Gpu, Kernel, Tensor};
 
@@ -28,11 +28,7 @@ fn same_shape(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
 /// Runs `k` over all elements in windows; as vec4s when the length is a
 /// multiple of 4 (window starts and offsets then are too).
 fn run(gpu: &Gpu, k: &Kernel, a: &Tensor, b: Option<&Tensor>, y: &Tensor, alpha: f32) {
-    let lanes = if gpu.vec4_windows() && a.numel().is_multiple_of(4) {
-        4
-    } else {
-        1
-    };
+    let lanes = vec4_lanes(gpu, a.numel());
     for (start, len) in runs(a.numel(), gpu.window_elems() / 4 * 4) {
         let (aw, ab) = gpu.window(a, start, len);
         let (bw, bb) = gpu.window(b.unwrap_or(a), start, len);
@@ -48,11 +44,7 @@ fn run(gpu: &Gpu, k: &Kernel, a: &Tensor, b: Option<&Tensor>, y: &Tensor, alpha:
         } else {
             vec![(1, &aw), (3, &yw)]
         };
-        if lanes == 4 {
-            launch_vec4(gpu, k, &p, &binds, len / 4);
-        } else {
-            launch(gpu, k, &p, &binds, len);
-        }
+        launch_lanes(gpu, k, &p, &binds, len, lanes);
     }
 }
 

@@ -134,16 +134,33 @@ pub(crate) fn launch(
     gpu.dispatch(k, params.words(), windows, threads);
 }
 
-/// `launch` of the kernel's vec4 form (`Gpu::dispatch_vec4`): `threads`
-/// vec4 items, lengths and offsets in `params` counted in vec4s.
-pub(crate) fn launch_vec4(
+/// 4 where a kernel written over `alias V = f32;` may run as vec4s over
+/// items of `len` elements (windows keep vec4 alignment and `len` is a
+/// multiple of 4), else 1.
+pub(crate) fn vec4_lanes(gpu: &Gpu, len: usize) -> usize {
+    if gpu.vec4_windows() && len.is_multiple_of(4) {
+        4
+    } else {
+        1
+    }
+}
+
+/// `launch` over `elems` elements taken `lanes` (from `vec4_lanes`) at a
+/// time: 4 runs the kernel's vec4 form (`Gpu::dispatch_vec4`; lengths and
+/// offsets in `params` counted in vec4s), 1 the kernel itself.
+pub(crate) fn launch_lanes(
     gpu: &Gpu,
     k: &Kernel,
     params: &Params,
     windows: &[(u32, &Window)],
-    threads: usize,
+    elems: usize,
+    lanes: usize,
 ) {
-    gpu.dispatch_vec4(k, params.words(), windows, threads);
+    if lanes == 4 {
+        gpu.dispatch_vec4(k, params.words(), windows, elems / 4);
+    } else {
+        gpu.dispatch(k, params.words(), windows, elems);
+    }
 }
 
 /// `[start, start + len)` runs of at most `max` items covering `total`.
