@@ -441,6 +441,8 @@ pub struct ResultsJson {
     pub checkpoint: String,
     pub threshold: f32,
     pub image_score: String,
+    /// The test-time augmentation (`none`, `flips`, `dihedral`).
+    pub tta: String,
     pub shard: Option<String>,
     pub inputs: usize,
     pub ok: usize,

@@ -20,6 +20,7 @@ pub mod run_folder;
 pub mod shard;
 pub mod spacing;
 pub mod train;
+pub mod tta;
 
 pub use error::{EngineError, Result};
 pub use gpu::{Gpu, Tensor};

@@ -6,12 +6,15 @@
 //! varies far less than any one of them, which is why nnU-Net-style tools
 //! ship an ensemble of folds. Each member runs at its own pixel spacing and
 //! its map is brought back to the input's pixels before averaging, so
-//! members trained at different spacings mix correctly.
+//! members trained at different spacings mix correctly. With test-time
+//! augmentation (`crate::tta`) every member also runs on each flipped or
+//! rotated view of the scan, and all the maps, turned back, are averaged.
 use crate::data::Gray8;
 use crate::gpu::Gpu;
 use crate::infer::{TileOptions, probability_map_at};
 use crate::model::Model;
 use crate::spacing::{ModelSpacing, Origin};
+use crate::tta::Tta;
 
 /// One model of a [`Predictor`].
 pub struct Member {
@@ -22,9 +25,10 @@ pub struct Member {
     pub name: String,
 }
 
-/// One model or the mean of several.
+/// One model or the mean of several, on one view of a scan or several.
 pub struct Predictor {
     members: Vec<Member>,
+    tta: Tta,
 }
 
 /// The spacing one input is run at, as reported in results.
@@ -38,7 +42,19 @@ impl Predictor {
     /// A predictor of `members` (at least one).
     pub fn new(members: Vec<Member>) -> anyhow::Result<Predictor> {
         anyhow::ensure!(!members.is_empty(), "a predictor needs at least one model");
-        Ok(Predictor { members })
+        Ok(Predictor {
+            members,
+            tta: Tta::None,
+        })
+    }
+
+    /// The same predictor, averaging over the views of `tta`.
+    pub fn with_tta(self, tta: Tta) -> Predictor {
+        Predictor { tta, ..self }
+    }
+
+    pub fn tta(&self) -> Tta {
+        self.tta
     }
 
     /// A predictor of one model.
@@ -49,6 +65,7 @@ impl Predictor {
                 spacing,
                 name: name.to_string(),
             }],
+            tta: Tta::None,
         }
     }
 
@@ -80,8 +97,9 @@ impl Predictor {
     }
 
     /// The probability map of `scan` on its own pixels: the mean of the
-    /// members' maps. `file_mm` is the spacing the scan's file declares,
-    /// `flag_mm` the `--pixel-spacing` for files that declare none.
+    /// members' maps over the views. `file_mm` is the spacing the scan's
+    /// file declares, `flag_mm` the `--pixel-spacing` for files that declare
+    /// none.
     pub fn probability_map(
         &self,
         gpu: &Gpu,
@@ -90,20 +108,28 @@ impl Predictor {
         flag_mm: Option<f64>,
         tiles: &TileOptions,
     ) -> anyhow::Result<Vec<f32>> {
-        let mut sum: Option<Vec<f32>> = None;
-        for m in &self.members {
-            let spacings = m.spacing.map(|s| s.for_input(file_mm, flag_mm).0);
-            let p = probability_map_at(gpu, &m.model, scan, spacings, tiles)?;
-            match sum.as_mut() {
-                None => sum = Some(p),
-                Some(acc) => acc.iter_mut().zip(&p).for_each(|(a, b)| *a += b),
+        let size = (scan.width, scan.height);
+        let mut sum = vec![0.0f32; scan.pixels.len()];
+        let mut runs = 0usize;
+        for view in self.tta.views() {
+            let (width, height) = view.size(size);
+            let seen = Gray8 {
+                width,
+                height,
+                pixels: view.apply(&scan.pixels, size),
+            };
+            for m in &self.members {
+                let spacings = m.spacing.map(|s| s.for_input(file_mm, flag_mm).0);
+                let p = probability_map_at(gpu, &m.model, &seen, spacings, tiles)?;
+                let p = view.undo(&p, size);
+                sum.iter_mut().zip(&p).for_each(|(a, b)| *a += b);
+                runs += 1;
             }
         }
-        let mut p = sum.expect("a predictor has members");
-        if self.members.len() > 1 {
-            let n = self.members.len() as f32;
-            p.iter_mut().for_each(|v| *v /= n);
+        if runs > 1 {
+            let n = runs as f32;
+            sum.iter_mut().for_each(|v| *v /= n);
         }
-        Ok(p)
+        Ok(sum)
     }
 }

@@ -818,6 +818,7 @@ fn merged_eval_shards_equal_one_run() {
         checkpoint: "c".into(),
         data: "d".into(),
         split: "test".into(),
+        tta: "none".into(),
     };
     let one = dir.join("one");
     let s = evaluate(

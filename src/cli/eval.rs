@@ -10,6 +10,7 @@ use crate::eval::{EvalOptions, shard};
 use crate::gpu::Gpu;
 use crate::infer::TileOptions;
 use crate::shard::Shard;
+use crate::tta::Tta;
 use clap::Args;
 use std::path::{Path, PathBuf};
 
@@ -42,6 +43,10 @@ pub struct EvalArgs {
     /// image-level curves.
     #[arg(long, value_enum, default_value_t = ImageScore::Area)]
     pub image_score: ImageScore,
+    /// Test-time augmentation: also run the flipped (and rotated) views of
+    /// each image and average the maps (4 or 8 times the network runs).
+    #[arg(long, value_enum, default_value_t = Tta::None)]
+    pub tta: Tta,
     /// Histogram bins of the pixel sweep (thresholds k/bins, exact there);
     /// a multiple of 100.
     #[arg(long, default_value_t = 1000)]
@@ -113,11 +118,12 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
     let checkpoints = read_checkpoints(&files)?;
     writable_out(&a.out)?;
     let gpu = Gpu::new(a.adapter.adapter.as_deref())?;
-    let predictor = load_predictor(&gpu, checkpoints)?;
+    let predictor = load_predictor(&gpu, checkpoints, a.tta)?;
     let source = Source {
         checkpoint: predictor.names(),
         data: data.display().to_string(),
         split: a.split.clone(),
+        tta: a.tta.name().into(),
     };
     if let Some(sh) = a.shard {
         let p = shard::evaluate_shard(&gpu, &predictor, &samples, sh, &opts, source, &a.out, true)?;

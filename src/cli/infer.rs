@@ -31,6 +31,10 @@ pub struct InferArgs {
     /// Statistic of a probability map that scores an image (as in `engine eval`).
     #[arg(long, value_enum, default_value_t = crate::eval::metrics::ImageScore::Area)]
     pub image_score: crate::eval::metrics::ImageScore,
+    /// Test-time augmentation: also run the flipped (and rotated) views of
+    /// each input and average the maps (4 or 8 times the network runs).
+    #[arg(long, value_enum, default_value_t = crate::tta::Tta::None)]
+    pub tta: crate::tta::Tta,
     /// Only files in folders whose name (or, with a '/', path relative to
     /// the folder) matches: `*`, `?`, `**`; e.g. '*.dcm' or '**/FULL*/*.dcm'.
     #[arg(long)]
@@ -94,7 +98,7 @@ pub fn infer(a: InferArgs) -> anyhow::Result<i32> {
     let (all, missing) = collect_inputs(&a)?;
     let checkpoints = read_checkpoints(&files)?;
     let gpu = Gpu::new(a.adapter.adapter.as_deref())?;
-    let predictor = load_predictor(&gpu, checkpoints)?;
+    let predictor = load_predictor(&gpu, checkpoints, a.tta)?;
     let opts = batch_options(&a, &predictor);
     let inputs = match a.shard {
         Some(s) => s.select(&all),
@@ -195,8 +199,12 @@ fn model_name(predictor: &Predictor) -> String {
     } else {
         "network".to_string()
     };
+    let tta = match predictor.tta() {
+        crate::tta::Tta::None => String::new(),
+        t => format!(", test-time augmentation {}", t.name()),
+    };
     format!(
-        "engine {} dense-prediction {kind} (width {}), checkpoint {}",
+        "engine {} dense-prediction {kind} (width {}), checkpoint {}{tta}",
         env!("CARGO_PKG_VERSION"),
         members[0].model.cfg.width,
         files.join(", ")
@@ -226,6 +234,7 @@ fn write_json(a: &InferArgs, predictor: &Predictor, report: &BatchReport) -> any
         checkpoint: predictor.names(),
         threshold: a.threshold,
         image_score: a.image_score.name().into(),
+        tta: a.tta.name().into(),
         shard: a.shard.map(|s| format!("{}/{}", s.index, s.count)),
         inputs: report.rows.len(),
         ok,

@@ -195,6 +195,7 @@ fn read_checkpoints(files: &[PathBuf]) -> anyhow::Result<Vec<(PathBuf, crate::mo
 fn load_predictor(
     gpu: &crate::gpu::Gpu,
     checkpoints: Vec<(PathBuf, crate::model::Checkpoint)>,
+    tta: crate::tta::Tta,
 ) -> anyhow::Result<crate::predictor::Predictor> {
     let mut members = Vec::new();
     for (path, ckpt) in checkpoints {
@@ -214,7 +215,7 @@ fn load_predictor(
             name: path.display().to_string(),
         });
     }
-    crate::predictor::Predictor::new(members)
+    Ok(crate::predictor::Predictor::new(members)?.with_tta(tta))
 }
 
 /// A width multiplier a checkpoint can record: in (0, 16].

@@ -63,6 +63,9 @@ pub struct Source {
     pub checkpoint: String,
     pub data: String,
     pub split: String,
+    /// The test-time augmentation (`none`, `flips`, `dihedral`).
+    #[serde(default)]
+    pub tta: String,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, PartialEq)]
@@ -397,6 +400,9 @@ pub fn table(s: &Summary) -> String {
         s.threshold
     );
     let _ = writeln!(w, "image score: {}", s.definitions.image_score);
+    if !matches!(s.source.tta.as_str(), "" | "none") {
+        let _ = writeln!(w, "test-time augmentation: {}", s.source.tta);
+    }
     let _ = writeln!(
         w,
         "\n  {:<8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
