@@ -85,7 +85,7 @@ fn prepare_cbis_on_synthetic_tree_and_train_loader_consumes_it() {
     let opt = CbisOptions {
         csv: vec![],
         dicom_root: None,
-        val: 0.2,
+        val: engine::data::prepared::Holdout::Fraction(0.2),
         seed: 1,
         // 200 pixels at DDSM's nominal 0.05 mm (the phantoms' DICOMs carry no spacing).
         crop_mm: 10.0,

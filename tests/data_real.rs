@@ -231,7 +231,7 @@ fn prepare_mias_on_real_data() {
     let out = std::env::temp_dir().join(format!("engine-test-mias-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
     let opt = MiasOptions {
-        val: 0.1,
+        val: engine::data::prepared::Holdout::Fraction(0.1),
         test: 0.1,
         seed: 0,
         keep_uncoordinated: false,

@@ -2,9 +2,10 @@
 //! `synth` and `bench-loader`.
 use super::{check_at_least, check_fraction, parse_spacing, writable_out};
 use crate::data::loader::{ImageCache, Loader, LoaderConfig};
-use crate::data::prepared::{CROP_MM, PreparedSet};
+use crate::data::prepared::{CROP_MM, Holdout, PreparedSet};
 use crate::data::synth::SynthOptions;
 use crate::error::bad;
+use crate::shard::Shard;
 use clap::{Subcommand, ValueEnum};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -83,6 +84,12 @@ pub enum PrepareCommand {
         /// Fraction of patients for test.
         #[arg(long, default_value_t = 0.1)]
         test: f64,
+        /// Validation is part K (0-based) of N equal parts of the non-test
+        /// patients, instead of --val: the N preparations K = 0..N-1 share
+        /// one test split and hold out every other patient once
+        /// (cross-validation folds).
+        #[arg(long, conflicts_with = "val")]
+        fold: Option<Shard>,
         /// Seed of the patient split.
         #[arg(long, default_value_t = 0)]
         seed: u64,
@@ -116,6 +123,10 @@ pub enum PrepareCommand {
         /// split is CBIS-DDSM's own).
         #[arg(long, default_value_t = 0.1)]
         val: f64,
+        /// Validation is part K (0-based) of N equal parts of the training
+        /// patients, instead of --val (cross-validation folds).
+        #[arg(long, conflicts_with = "val")]
+        fold: Option<Shard>,
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// Minimum side of ROI crops in millimetres.
@@ -159,6 +170,17 @@ pub fn run(c: DataCommand) -> anyhow::Result<()> {
     }
 }
 
+/// The validation patients of `--val` or, when given, `--fold K/N`.
+fn holdout(val: f64, fold: Option<Shard>) -> Holdout {
+    match fold {
+        Some(f) => Holdout::Fold {
+            index: f.index,
+            count: f.count,
+        },
+        None => Holdout::Fraction(val),
+    }
+}
+
 /// `engine prepare mias|cbis`.
 fn prepare(what: PrepareCommand) -> anyhow::Result<()> {
     let (w, out) = match what {
@@ -167,6 +189,7 @@ fn prepare(what: PrepareCommand) -> anyhow::Result<()> {
             out,
             val,
             test,
+            fold,
             seed,
             keep_uncoordinated,
             crop_mm,
@@ -174,10 +197,12 @@ fn prepare(what: PrepareCommand) -> anyhow::Result<()> {
         } => {
             check_fraction("--val", val)?;
             check_fraction("--test", test)?;
-            check_fraction("--val plus --test", val + test)?;
+            if fold.is_none() {
+                check_fraction("--val plus --test", val + test)?;
+            }
             writable_out(&out)?;
             let opt = crate::data::mias::MiasOptions {
-                val,
+                val: holdout(val, fold),
                 test,
                 seed,
                 keep_uncoordinated,
@@ -192,6 +217,7 @@ fn prepare(what: PrepareCommand) -> anyhow::Result<()> {
             csv,
             dicom_root,
             val,
+            fold,
             seed,
             crop_mm,
             pixel_spacing,
@@ -201,7 +227,7 @@ fn prepare(what: PrepareCommand) -> anyhow::Result<()> {
             let opt = crate::data::cbis::CbisOptions {
                 csv,
                 dicom_root,
-                val,
+                val: holdout(val, fold),
                 seed,
                 crop_mm,
                 spacing_mm: pixel_spacing,

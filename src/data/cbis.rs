@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::dicom::{dicom_size, read_dicom, read_dicom_with_info, series_description};
-use super::prepared::{Prepared, SetWriter, split_patients};
+use super::prepared::{Holdout, Prepared, SetWriter, split_patients};
 use super::{DataError, Gray8};
 
 /// One abnormality row of a case-description CSV.
@@ -191,7 +191,7 @@ fn resolve_mask(root: &Path, rel: &str, size: (usize, usize)) -> Result<PathBuf,
 pub struct CbisOptions {
     pub csv: Vec<PathBuf>,
     pub dicom_root: Option<PathBuf>,
-    pub val: f64,
+    pub val: Holdout,
     pub seed: u64,
     /// Minimum side of ROI crops in millimetres.
     pub crop_mm: f64,

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::prepared::{Prepared, SetWriter, split_patients};
+use super::prepared::{Holdout, Prepared, SetWriter, split_patients};
 use super::read::read_gray8;
 use super::{DataError, Gray8};
 
@@ -152,7 +152,7 @@ pub fn circle_box(
 /// Options of `engine prepare mias`.
 #[derive(Debug, Clone)]
 pub struct MiasOptions {
-    pub val: f64,
+    pub val: Holdout,
     pub test: f64,
     pub seed: u64,
     /// Keep images whose abnormality has no coordinates, as image-level positives

@@ -337,11 +337,24 @@ pub fn roi_crop_box(
     (cx0, cy0, cx1, cy1)
 }
 
+/// Which of the patients not in test are held out for validation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Holdout {
+    /// This fraction of all patients.
+    Fraction(f64),
+    /// Part `index` (0-based) of `count` equal parts of the non-test
+    /// patients: the `count` preparations share one test split, and their
+    /// validation splits cover every other patient exactly once
+    /// (cross-validation).
+    Fold { index: usize, count: usize },
+}
+
 /// Assign patients to train/val/test: a seeded shuffle of the sorted patient ids,
-/// then `round(test * n)` to test, `round(val * n)` to val, the rest to train.
+/// then `round(test * n)` to test, the validation patients of `val` next,
+/// the rest to train. The test split depends only on `test` and `seed`.
 pub fn split_patients(
     patients: &[String],
-    val: f64,
+    val: Holdout,
     test: f64,
     seed: u64,
 ) -> BTreeMap<String, String> {
@@ -351,16 +364,19 @@ pub fn split_patients(
     ids.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
     let n = ids.len();
     let n_test = ((test * n as f64).round() as usize).min(n);
-    let n_val = ((val * n as f64).round() as usize).min(n - n_test);
+    let rest = n - n_test;
+    // Positions among the non-test patients that go to validation.
+    let (v0, v1) = match val {
+        Holdout::Fraction(f) => (0, ((f * n as f64).round() as usize).min(rest)),
+        Holdout::Fold { index, count } => (index * rest / count, (index + 1) * rest / count),
+    };
     ids.into_iter()
         .enumerate()
         .map(|(i, p)| {
-            let s = if i < n_test {
-                "test"
-            } else if i < n_test + n_val {
-                "val"
-            } else {
-                "train"
+            let s = match i.checked_sub(n_test) {
+                None => "test",
+                Some(j) if (v0..v1).contains(&j) => "val",
+                Some(_) => "train",
             };
             (p, s.to_string())
         })
@@ -554,4 +570,54 @@ pub fn summarize(m: &Manifest) -> String {
         }
     }
     s
+}
+
+#[cfg(test)]
+mod split_tests {
+    use super::*;
+
+    fn patients(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("p{i:03}")).collect()
+    }
+
+    fn with(split: &BTreeMap<String, String>, name: &str) -> Vec<String> {
+        split
+            .iter()
+            .filter(|(_, s)| s.as_str() == name)
+            .map(|(p, _)| p.clone())
+            .collect()
+    }
+
+    #[test]
+    fn a_fraction_holds_out_rounded_shares() {
+        let s = split_patients(&patients(108), Holdout::Fraction(0.15), 0.2, 0);
+        assert_eq!(with(&s, "test").len(), 22);
+        assert_eq!(with(&s, "val").len(), 16);
+        assert_eq!(with(&s, "train").len(), 70);
+    }
+
+    #[test]
+    fn folds_share_the_test_split_and_cover_the_rest_once() {
+        let ps = patients(108);
+        let plain = split_patients(&ps, Holdout::Fraction(0.15), 0.2, 7);
+        let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+        for index in 0..5 {
+            let s = split_patients(&ps, Holdout::Fold { index, count: 5 }, 0.2, 7);
+            assert_eq!(with(&s, "test"), with(&plain, "test"), "fold {index}");
+            let val = with(&s, "val");
+            // 86 non-test patients in five parts of 17 or 18.
+            assert!(
+                (17..=18).contains(&val.len()),
+                "fold {index}: {}",
+                val.len()
+            );
+            assert_eq!(with(&s, "train").len(), 86 - val.len());
+            for p in val {
+                *seen.entry(p).or_default() += 1;
+            }
+        }
+        assert_eq!(seen.len(), 86);
+        assert!(seen.values().all(|&c| c == 1));
+        assert!(with(&plain, "test").iter().all(|p| !seen.contains_key(p)));
+    }
 }

@@ -18,7 +18,7 @@ use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::prepared::{Prepared, SetWriter, split_patients};
+use super::prepared::{Holdout, Prepared, SetWriter, split_patients};
 use super::{DataError, Gray8};
 
 /// The nominal pixel spacing of the phantoms: they are drawn at the scale of
@@ -352,7 +352,7 @@ pub fn write_combined_set(
     seed: u64,
 ) -> Result<SetWriter, DataError> {
     let patients: Vec<String> = (0..n).map(|i| format!("S{:04}", i / 2 + 1)).collect();
-    let split = split_patients(&patients, 0.15, 0.15, seed);
+    let split = split_patients(&patients, Holdout::Fraction(0.15), 0.15, seed);
     let crop_px = 1280.min(opt.width.min(opt.height) / 2).max(16);
     let mut w = SetWriter::new(out, "synth", crop_px as f64 * SPACING_MM)?;
     for (i, patient) in patients.iter().enumerate() {
