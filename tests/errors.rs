@@ -353,6 +353,18 @@ fn out_of_range_flag_values_are_usage_errors_in_every_command() {
             &["'abc'", "--pixel-spacing", "is not a number of millimetres"],
         );
     }
+    // --fold K/N: K in 0..N, and not together with --val.
+    let prepare = ["prepare", "mias", "--input", &d, "--out", &d];
+    assert_usage(
+        engine(&[&prepare[..], &["--fold", "5/5"]].concat()),
+        &["'5/5'", "--fold", "needs 0 <= I < N"],
+    );
+    let (code, _, stderr) = engine(&[&prepare[..], &["--fold", "1/5", "--val", "0.2"]].concat());
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("'--fold <FOLD>' cannot be used with '--val <VAL>'"),
+        "{stderr}"
+    );
     assert_usage(
         engine(&["infer", "--checkpoint", &p, "--pixel-spacing", "50", &p]),
         &["--pixel-spacing", "50 mm is not a pixel spacing"],
