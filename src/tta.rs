@@ -94,21 +94,22 @@ impl View {
     /// The `(w, h)` image whose view is `view` (of size `self.size((w, h))`):
     /// the inverse of [`View::apply`].
     pub fn undo<T: Copy>(self, view: &[T], (w, h): (usize, usize)) -> Vec<T> {
-        let (vw, vh) = self.size((w, h));
-        assert_eq!(
-            view.len(),
-            vw * vh,
-            "view of {vw}x{vh} has {} pixels",
-            view.len()
-        );
-        let mut out = vec![view[0]; w * h];
-        for y in 0..vh {
-            for x in 0..vw {
-                let (sx, sy) = self.source((x, y), (vw, vh));
-                out[sy * w + sx] = view[y * vw + x];
+        self.inverse().apply(view, self.size((w, h)))
+    }
+
+    /// The view that turns this one back. Flips are their own inverses; a
+    /// transpose moves a flip of columns to the rows and back, so undoing
+    /// "transpose, then flip x" is "transpose, then flip y".
+    fn inverse(self) -> View {
+        if self.transpose {
+            View {
+                transpose: true,
+                flip_x: self.flip_y,
+                flip_y: self.flip_x,
             }
+        } else {
+            self
         }
-        out
     }
 
     /// The source pixel that view pixel `(x, y)` of a `(vw, vh)` view shows.

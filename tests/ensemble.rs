@@ -7,7 +7,7 @@ use engine::model::{Meta, Model, ModelConfig};
 use engine::spacing::ModelSpacing;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use support::{gpu, temp_dir};
+use support::{gpu, temp_dir, textured_scan as scan};
 
 /// A small model with seed `seed`, saved at `path` with `model_mm` as its
 /// spacing (training data at 0.2 mm).
@@ -28,19 +28,6 @@ fn save_member(path: &Path, seed: u64, model_mm: f64) {
     }
     .write(&mut meta);
     model.save(gpu(), path, &meta, false).unwrap();
-}
-
-/// A textured scan with a bright blob.
-fn scan(w: usize, h: usize) -> Gray8 {
-    let mut g = Gray8::new(w, h);
-    for y in 0..h {
-        for x in 0..w {
-            let d2 = (x as f64 - 40.0).powi(2) + (y as f64 - 30.0).powi(2);
-            let v = 60.0 + 40.0 * ((x * 3 + y * 5) % 17) as f64 / 17.0 + 140.0 * (-d2 / 80.0).exp();
-            g.set(x, y, v.min(255.0) as u8);
-        }
-    }
-    g
 }
 
 fn run(args: &[&OsStr]) -> (i32, String) {

@@ -8,7 +8,7 @@ use engine::predictor::Predictor;
 use engine::spacing::ModelSpacing;
 use engine::tta::{Tta, View};
 use std::ffi::OsStr;
-use support::{gpu, temp_dir};
+use support::{gpu, temp_dir, textured_scan};
 
 /// Training data at 0.2 mm, the model at 0.3 mm: every run resamples.
 const SPACING: ModelSpacing = ModelSpacing {
@@ -24,18 +24,9 @@ fn model(seed: u64) -> Model {
     Model::new(gpu(), cfg, seed).unwrap()
 }
 
-/// A non-square textured scan with an off-centre blob: no view equals another.
+/// A non-square scan whose views all differ.
 fn scan() -> Gray8 {
-    let (w, h) = (90, 70);
-    let mut g = Gray8::new(w, h);
-    for y in 0..h {
-        for x in 0..w {
-            let d2 = (x as f64 - 25.0).powi(2) + (y as f64 - 20.0).powi(2);
-            let v = 50.0 + 50.0 * ((x * 7 + y * 3) % 13) as f64 / 13.0 + 150.0 * (-d2 / 60.0).exp();
-            g.set(x, y, v.min(255.0) as u8);
-        }
-    }
-    g
+    textured_scan(90, 70)
 }
 
 fn view_of(g: &Gray8, v: View) -> Gray8 {

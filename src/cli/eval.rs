@@ -123,7 +123,7 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
         checkpoint: predictor.names(),
         data: data.display().to_string(),
         split: a.split.clone(),
-        tta: a.tta.name().into(),
+        tta: predictor.tta().name().into(),
     };
     if let Some(sh) = a.shard {
         let p = shard::evaluate_shard(&gpu, &predictor, &samples, sh, &opts, source, &a.out, true)?;

@@ -234,7 +234,7 @@ fn write_json(a: &InferArgs, predictor: &Predictor, report: &BatchReport) -> any
         checkpoint: predictor.names(),
         threshold: a.threshold,
         image_score: a.image_score.name().into(),
-        tta: a.tta.name().into(),
+        tta: predictor.tta().name().into(),
         shard: a.shard.map(|s| format!("{}/{}", s.index, s.count)),
         inputs: report.rows.len(),
         ok,

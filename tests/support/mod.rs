@@ -44,3 +44,17 @@ pub fn write_test_split(dir: &std::path::Path, samples: &[engine::data::prepared
     }
     w.finish().unwrap();
 }
+
+/// A `w x h` scan with a slanted texture and a bright blob at (40, 30):
+/// for sizes other than 80 x 60 no flip or rotation of it equals another.
+pub fn textured_scan(w: usize, h: usize) -> engine::data::Gray8 {
+    let mut g = engine::data::Gray8::new(w, h);
+    for y in 0..h {
+        for x in 0..w {
+            let d2 = (x as f64 - 40.0).powi(2) + (y as f64 - 30.0).powi(2);
+            let v = 60.0 + 40.0 * ((x * 3 + y * 5) % 17) as f64 / 17.0 + 140.0 * (-d2 / 80.0).exp();
+            g.set(x, y, v.min(255.0) as u8);
+        }
+    }
+    g
+}
