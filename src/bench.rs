@@ -481,6 +481,7 @@ pub fn model(
         precise_bn: 0,
         spacing: None,
         select: crate::train::Select::PixelAp,
+        swa: 0,
     };
     let adam = optim::Adam::default();
     let l2 = L2_WEIGHTS

@@ -13,6 +13,8 @@ pub const CONFIG_JSON: &str = "config.json";
 pub const CHECKPOINT: &str = "checkpoint.safetensors";
 /// The weights of the epoch `--select` liked best.
 pub const BEST: &str = "best.safetensors";
+/// The weights averaged over the last `--swa` epochs.
+pub const SWA: &str = "swa.safetensors";
 pub const METRICS_CSV: &str = "metrics.csv";
 pub const CURVES_PNG: &str = "curves.png";
 
@@ -21,6 +23,7 @@ pub const CURVES_PNG: &str = "curves.png";
 pub const RUN_FILES: &[&str] = &[
     CHECKPOINT,
     BEST,
+    SWA,
     "metrics.jsonl",
     METRICS_CSV,
     CURVES_PNG,

@@ -372,6 +372,9 @@ fn out_of_range_flag_values_are_usage_errors_in_every_command() {
     // Checks of our own: bad input, one line, the flag and the value.
     let out = engine(&["train", "--width", "0", "--out", &s(&dir.join("run"))]);
     assert_bad_input(out, "--width", &["--width 0 is not in (0, 16]"]);
+    let run = s(&dir.join("run"));
+    let out = engine(&["train", "--sizes", "64:3", "--swa", "4", "--out", &run]);
+    assert_bad_input(out, "--swa", &["--swa 4 averages more epochs", "(3)"]);
     let out = engine(&["bench", "--channels", "0"]);
     assert_bad_input(out, "--channels", &["--channels 0 is less than 1"]);
     let _ = std::fs::remove_dir_all(&dir);

@@ -66,6 +66,7 @@ fn config(epochs: usize) -> TrainConfig {
         precise_bn: 8,
         spacing: None,
         select: Select::Iou,
+        swa: 0,
     }
 }
 
@@ -466,5 +467,96 @@ fn a_diverging_run_stops_with_a_clear_message_and_saves_no_bad_weights() {
             );
         }
     }
+    std::fs::remove_dir_all(&run.0).ok();
+}
+
+/// A checkpoint's tensors by name, and its metadata.
+fn tensors(
+    path: &std::path::Path,
+) -> (
+    std::collections::HashMap<String, Vec<f32>>,
+    engine::model::Meta,
+) {
+    let c = engine::model::Checkpoint::read(path, engine::model::Load::Weights).unwrap();
+    let map = c.tensors.into_iter().map(|(n, _, v)| (n, v)).collect();
+    (map, c.meta)
+}
+
+fn is_statistic(name: &str) -> bool {
+    name.ends_with("running_mean") || name.ends_with("running_var")
+}
+
+/// `--swa 2` of 3 epochs, interrupted in epoch 3 and resumed: swa.safetensors
+/// holds the mean of epoch 2's and epoch 3's weights, with batch-norm
+/// statistics recomputed for that mean, and a resume without the file it
+/// continues is refused, naming it.
+#[test]
+fn swa_averages_the_last_epochs_weights_across_a_resume() {
+    let gpu = gpu();
+    let (train_set, val) = (phantoms(16, SIDE, 7), phantoms(4, SIDE, 8));
+    let cfg = TrainConfig {
+        precise_bn: 2,
+        swa: 2,
+        ..config(3)
+    };
+    let run = temp_run("swa");
+    let go = |resume: bool, stop: &dyn Fn(u64) -> bool| {
+        train(
+            gpu,
+            &cfg,
+            train_set.clone(),
+            val.clone(),
+            &run,
+            resume,
+            stop,
+            true,
+        )
+    };
+    // 4 steps an epoch: step 9 is the first of epoch 3.
+    go(false, &|step| step == 9).unwrap();
+    let (epoch2, meta) = tensors(&run.swa());
+    assert_eq!(meta.extra["train.swa_epochs"], "1");
+    let moved = run.0.join("moved.safetensors");
+    std::fs::rename(run.swa(), &moved).unwrap();
+    let e = go(true, &|_| false).err().expect("no average to continue");
+    assert!(format!("{e:#}").contains("swa.safetensors"), "{e:#}");
+    std::fs::rename(&moved, run.swa()).unwrap();
+    go(true, &|_| false).unwrap();
+    let (epoch3, _) = tensors(&run.checkpoint());
+    let (average, meta) = tensors(&run.swa());
+    assert_eq!(meta.extra["train.swa_epochs"], "2");
+    let mut statistics_recomputed = false;
+    for (name, avg) in &average {
+        let (a, b) = (&epoch2[name], &epoch3[name]);
+        if is_statistic(name) {
+            statistics_recomputed |= avg.iter().zip(b).any(|(x, y)| (x - y).abs() > 1e-4);
+            continue;
+        }
+        for i in 0..avg.len() {
+            approx::assert_relative_eq!(
+                avg[i],
+                (a[i] + b[i]) / 2.0,
+                epsilon = 1e-6,
+                max_relative = 1e-5
+            );
+        }
+        assert!(
+            a.iter().zip(b).any(|(x, y)| x != y),
+            "{name} moved in epoch 3"
+        );
+    }
+    assert!(
+        statistics_recomputed,
+        "batch norm recomputed for the average"
+    );
+    let log = std::fs::read_to_string(run.metrics()).unwrap();
+    let swa: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|l| l.contains(r#""kind":"swa""#))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(swa.len(), 1, "{log}");
+    assert_eq!(swa[0]["swa_epochs"], 2);
+    assert!(swa[0]["val_pixel_ap"].as_f64().unwrap() > 0.0);
     std::fs::remove_dir_all(&run.0).ok();
 }

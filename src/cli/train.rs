@@ -25,7 +25,8 @@ pub struct TrainArgs {
     /// Side of the synthetic phantoms.
     #[arg(long, default_value_t = 192)]
     pub synthetic_size: usize,
-    /// Run folder: checkpoint.safetensors, best.safetensors, config.json,
+    /// Run folder: checkpoint.safetensors, best.safetensors (swa.safetensors
+    /// with --swa), config.json,
     /// metrics.jsonl, metrics.csv and curves.png go here. A non-empty
     /// folder is refused unless --resume or --overwrite.
     #[arg(long, default_value = "runs/train")]
@@ -73,6 +74,11 @@ pub struct TrainArgs {
     /// Data loader threads.
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
+    /// Also average the weights of the last N epochs into swa.safetensors
+    /// (stochastic weight averaging, batch norm recomputed for the average;
+    /// 0: off): one model with no epoch chosen on validation.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub swa: usize,
     /// The validation metric whose best epoch is kept as best.safetensors.
     #[arg(long, value_enum, default_value_t = crate::train::Select::PixelAp)]
     pub select: crate::train::Select,
@@ -173,6 +179,13 @@ fn config(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
     }
     let sizes = crate::train::parse_sizes(&a.sizes)
         .map_err(|e| bad(format!("--sizes {:?}: {e:#}", a.sizes)))?;
+    let epochs: usize = sizes.iter().map(|s| s.1).sum();
+    if a.swa > epochs {
+        return Err(bad(format!(
+            "--swa {} averages more epochs than --sizes {:?} trains ({epochs})",
+            a.swa, a.sizes
+        )));
+    }
     Ok(TrainConfig {
         sizes,
         batch: a.batch,
@@ -192,6 +205,7 @@ fn config(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
         precise_bn: a.precise_bn,
         spacing: None,
         select: a.select,
+        swa: a.swa,
     })
 }
 

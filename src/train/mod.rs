@@ -8,11 +8,13 @@
 //! files, `validate` the validation, `step` the optimiser step.
 mod run_dir;
 mod step;
+mod swa;
 mod trainer;
 mod validate;
 
 pub use run_dir::{RunDir, RunLock, cut_metrics};
 pub(crate) use step::train_step;
+pub use swa::{SWA_EPOCHS_KEY, WeightAverage};
 pub use trainer::{Trained, Trainer, check_resume, train};
 pub use validate::{Validation, recompute_bn_stats, validate};
 
@@ -48,6 +50,9 @@ pub struct TrainConfig {
     pub spacing: Option<ModelSpacing>,
     /// The validation metric that picks `best.safetensors`.
     pub select: Select,
+    /// Average the weights of the last this many epochs into
+    /// `swa.safetensors` (0: no averaging). See `swa`.
+    pub swa: usize,
 }
 
 /// The validation metric that chooses the best epoch.
@@ -114,6 +119,7 @@ impl TrainConfig {
             ("train.decay_every".into(), self.decay_every.to_string()),
             ("train.seed".into(), self.seed.to_string()),
             ("train.select".into(), self.select.name().into()),
+            ("train.swa".into(), self.swa.to_string()),
             (
                 "train.pixel_spacing_mm".into(),
                 self.spacing

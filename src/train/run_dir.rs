@@ -15,6 +15,10 @@ impl RunDir {
     pub fn best(&self) -> PathBuf {
         self.0.join(crate::run_folder::BEST)
     }
+    /// The weights averaged over the last `--swa` epochs.
+    pub fn swa(&self) -> PathBuf {
+        self.0.join(crate::run_folder::SWA)
+    }
     pub fn metrics(&self) -> PathBuf {
         self.0.join("metrics.jsonl")
     }
@@ -135,7 +139,7 @@ pub fn cut_metrics(path: &Path, step: u64, epochs: u64) -> anyhow::Result<usize>
                 match v["kind"].as_str() {
                     Some("baseline") => true,
                     Some("step") => v["step"].as_u64().is_some_and(|s| s <= step),
-                    Some("epoch") => v["epoch"].as_u64().is_some_and(|e| e <= epochs),
+                    Some("epoch" | "swa") => v["epoch"].as_u64().is_some_and(|e| e <= epochs),
                     _ => false,
                 }
             });

@@ -1,6 +1,7 @@
 //! [`Trainer`]: a training run as state plus four moves (step, epoch,
 //! validation, checkpoint).
 use super::run_dir::{MetricsLog, RunDir, RunLock, cut_metrics, remove_stale_temporaries};
+use super::swa::WeightAverage;
 use super::validate::{recompute_bn_stats, validate, validation_record};
 use super::{TrainConfig, train_step};
 use crate::data::loader::{Batch, Loader, LoaderConfig};
@@ -66,6 +67,8 @@ pub struct Trainer<'a> {
     /// The step of the last checkpoint on disk that holds good weights.
     last_good: Option<u64>,
     l2_params: Vec<Tensor>,
+    /// The running weight average of `--swa` (None without it).
+    swa: Option<WeightAverage>,
     quiet: bool,
     _lock: RunLock,
 }
@@ -84,6 +87,13 @@ impl<'a> Trainer<'a> {
     ) -> anyhow::Result<Trainer<'a>> {
         if train.is_empty() {
             bail!("no training images");
+        }
+        if cfg.swa > cfg.epochs() {
+            bail!(
+                "--swa {} averages more epochs than the run has ({})",
+                cfg.swa,
+                cfg.epochs()
+            );
         }
         if cfg.micro_batch == 0 || cfg.batch == 0 || !cfg.batch.is_multiple_of(cfg.micro_batch) {
             bail!(
@@ -116,6 +126,16 @@ impl<'a> Trainer<'a> {
             .iter()
             .map(|n| Ok(model.get(n)?.value.clone()))
             .collect::<crate::error::Result<_>>()?;
+        let swa = match cfg.swa {
+            0 => None,
+            _ => {
+                let done = at.epoch.saturating_sub(cfg.epochs() - cfg.swa);
+                Some(match (resume, done) {
+                    (true, 1..) => WeightAverage::resume(gpu, &run.swa(), done)?,
+                    _ => WeightAverage::new(gpu, &model)?,
+                })
+            }
+        };
         let mut t = Trainer {
             gpu,
             cfg,
@@ -127,6 +147,7 @@ impl<'a> Trainer<'a> {
             at,
             last_good: resume.then_some(at.step),
             l2_params,
+            swa,
             quiet,
             _lock: lock,
         };
@@ -361,7 +382,45 @@ impl<'a> Trainer<'a> {
         }
         self.checkpoint()?;
         self.last_good = Some(self.at.step);
-        Ok(())
+        self.average_weights()
+    }
+
+    /// With `--swa`: folds the epoch's weights into the average when the
+    /// epoch is one of the last `cfg.swa`, and writes `swa.safetensors`;
+    /// after the last epoch, recomputes its batch-norm statistics, validates
+    /// it and logs a `swa` record.
+    fn average_weights(&mut self) -> anyhow::Result<()> {
+        let (gpu, cfg, epoch) = (self.gpu, self.cfg, self.at.epoch);
+        let meta = self.meta();
+        let loader = LoaderConfig {
+            batch: cfg.micro_batch,
+            ..self.loader_config()
+        };
+        let Some(avg) = self.swa.as_mut() else {
+            return Ok(());
+        };
+        if epoch <= cfg.epochs() - cfg.swa {
+            return Ok(());
+        }
+        avg.add(gpu, &self.model)?;
+        if epoch < cfg.epochs() {
+            return avg.save(gpu, &self.run.swa(), &meta);
+        }
+        let batches = cfg.precise_bn.max(SWA_BN_BATCHES);
+        recompute_bn_stats(gpu, &avg.model, &self.train, &loader, batches)?;
+        let v = validate(gpu, &avg.model, &self.val, cfg.spacing)?;
+        let mut record = validation_record("swa", Some(epoch), loader.size, &v);
+        record["swa_epochs"] = avg.epochs.into();
+        self.log.record(&record)?;
+        if !self.quiet {
+            println!(
+                "weights averaged over epochs {}-{epoch} ({}): validation {}",
+                epoch + 1 - avg.epochs,
+                self.run.swa().display(),
+                v.describe()
+            );
+        }
+        avg.save(gpu, &self.run.swa(), &meta)
     }
 
     /// Writes the checkpoint (weights, statistics, Adam state, progress).
@@ -397,6 +456,11 @@ impl<'a> Trainer<'a> {
         meta
     }
 }
+
+/// Training batches over which the averaged weights' batch-norm statistics
+/// are recomputed when `--precise-bn` asks for fewer: statistics of the
+/// last epoch's weights do not fit their average (Izmailov et al., 2018).
+const SWA_BN_BATCHES: usize = 10;
 
 /// An f32 as the f64 of its shortest decimal form (0.003, not
 /// 0.003000000026077032), for the log.
