@@ -560,3 +560,26 @@ fn swa_averages_the_last_epochs_weights_across_a_resume() {
     assert!(swa[0]["val_pixel_ap"].as_f64().unwrap() > 0.0);
     std::fs::remove_dir_all(&run.0).ok();
 }
+
+/// `--select last`: best.safetensors is the final epoch's weights, whatever
+/// validation says (with `>` alone it would stay at epoch 1: a tie).
+#[test]
+fn select_last_keeps_the_final_epoch() {
+    let gpu = gpu();
+    let cfg = TrainConfig {
+        precise_bn: 2,
+        select: Select::Last,
+        ..config(2)
+    };
+    let run = temp_run("last");
+    let (train_set, val) = (phantoms(8, SIDE, 9), phantoms(2, SIDE, 10));
+    train(gpu, &cfg, train_set, val, &run, false, &|_| false, true).unwrap();
+    let (best, _) = tensors(&run.best());
+    let (last, meta) = tensors(&run.checkpoint());
+    assert_eq!(meta.epoch, 2);
+    assert_eq!(best.len(), 156, "weights and statistics, no Adam moments");
+    for (name, values) in &best {
+        assert_eq!(values, &last[name], "{name}");
+    }
+    std::fs::remove_dir_all(&run.0).ok();
+}

@@ -66,6 +66,9 @@ pub enum Select {
     ImageAuc,
     /// Lesion IoU at threshold 0.5 (noisy on hard data: it is often 0).
     Iou,
+    /// No choice: the final epoch. On small validation sets the highest
+    /// score is often one lucky epoch (see docs/STUDY.md).
+    Last,
 }
 
 impl Select {
@@ -74,16 +77,24 @@ impl Select {
             Select::PixelAp => "pixel-ap",
             Select::ImageAuc => "image-auc",
             Select::Iou => "iou",
+            Select::Last => "last",
         }
     }
 
-    /// This metric of a validation (image AUC without both classes: 0).
+    /// This metric of a validation (image AUC without both classes: 0;
+    /// `Last`, which compares nothing: 0).
     pub fn of(self, v: &Validation) -> f64 {
         match self {
             Select::PixelAp => v.pixel_ap,
             Select::ImageAuc => v.image_auc.unwrap_or(0.0),
             Select::Iou => v.counts.iou(),
+            Select::Last => 0.0,
         }
+    }
+
+    /// Whether an epoch scoring `score` replaces the best so far.
+    pub fn replaces(self, score: f64, best: f64) -> bool {
+        self == Select::Last || score > best
     }
 }
 

@@ -375,7 +375,8 @@ impl<'a> Trainer<'a> {
             ..Progress::default()
         };
         let score = cfg.select.of(&v);
-        if !self.val.is_empty() && score > self.at.best_score {
+        let judged = !self.val.is_empty() || cfg.select == super::Select::Last;
+        if judged && cfg.select.replaces(score, self.at.best_score) {
             self.at.best_score = score;
             self.model
                 .save(gpu, &self.run.best(), &self.meta(), false)?;
