@@ -112,5 +112,5 @@ fn the_bundled_model_reaches_its_card_on_the_mias_test_split() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
-const CARD_PIXEL_AP: f64 = 0.253;
-const CARD_IMAGE_AUC: f64 = 0.650;
+const CARD_PIXEL_AP: f64 = 0.185;
+const CARD_IMAGE_AUC: f64 = 0.605;
