@@ -79,7 +79,8 @@ pub struct TrainArgs {
     /// 0: off): one model with no epoch chosen on validation.
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub swa: usize,
-    /// The validation metric whose best epoch is kept as best.safetensors.
+    /// Which epoch best.safetensors keeps: the best by a validation metric,
+    /// or the last.
     #[arg(long, value_enum, default_value_t = crate::train::Select::PixelAp)]
     pub select: crate::train::Select,
     /// Millimetres per network pixel the model works at (recorded in the
