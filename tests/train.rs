@@ -519,7 +519,12 @@ fn swa_averages_the_last_epochs_weights_across_a_resume() {
     let moved = run.0.join("moved.safetensors");
     std::fs::rename(run.swa(), &moved).unwrap();
     let e = go(true, &|_| false).err().expect("no average to continue");
-    assert!(format!("{e:#}").contains("swa.safetensors"), "{e:#}");
+    let e = format!("{e:#}");
+    assert!(e.contains("swa.safetensors: is missing"), "{e}");
+    assert!(
+        e.contains("completed 1 epoch(s) of the --swa window"),
+        "{e}"
+    );
     std::fs::rename(&moved, run.swa()).unwrap();
     go(true, &|_| false).unwrap();
     let (epoch3, _) = tensors(&run.checkpoint());

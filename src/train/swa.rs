@@ -16,7 +16,6 @@
 //! averages.
 use crate::gpu::Gpu;
 use crate::model::{Meta, Model};
-use anyhow::bail;
 use std::path::Path;
 
 /// Metadata key: how many epochs' weights the file averages.
@@ -42,19 +41,24 @@ impl WeightAverage {
     /// `expected` epochs (those the resumed checkpoint has completed inside
     /// the averaging window), or the run could not continue it exactly.
     pub fn resume(gpu: &Gpu, path: &Path, expected: usize) -> anyhow::Result<WeightAverage> {
-        let (model, meta) = Model::load(gpu, path).map_err(crate::error::bad_input)?;
-        let epochs: Option<usize> = meta.extra.get(SWA_EPOCHS_KEY).and_then(|v| v.parse().ok());
-        if epochs != Some(expected) {
-            bail!(
-                "{}: averages {} epoch(s), but the checkpoint has completed {expected} epoch(s) of the --swa window; the average cannot be continued exactly (train again without --resume, or without --swa)",
-                path.display(),
-                epochs.map_or("an unknown number of".into(), |e| e.to_string()),
-            );
+        let refuse = |what: String| {
+            crate::error::bad(format!(
+                "{}: {what}, but the checkpoint has completed {expected} epoch(s) of the --swa window, so the average cannot be continued exactly (the run was killed between writing its checkpoint and this file): start the run again with --overwrite, or use its best.safetensors",
+                path.display()
+            ))
+        };
+        if !path.is_file() {
+            return Err(refuse("is missing".into()));
         }
-        Ok(WeightAverage {
-            model,
-            epochs: expected,
-        })
+        let (model, meta) = Model::load(gpu, path).map_err(crate::error::bad_input)?;
+        match meta.extra.get(SWA_EPOCHS_KEY).map(|v| v.parse::<usize>()) {
+            Some(Ok(e)) if e == expected => Ok(WeightAverage {
+                model,
+                epochs: expected,
+            }),
+            Some(Ok(e)) => Err(refuse(format!("averages {e} epoch(s)"))),
+            _ => Err(refuse(format!("has no valid '{SWA_EPOCHS_KEY}'"))),
+        }
     }
 
     /// Folds `model`'s trainable weights into the mean (mean += (w - mean)
