@@ -180,14 +180,7 @@ fn config(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
     }
     let sizes = crate::train::parse_sizes(&a.sizes)
         .map_err(|e| bad(format!("--sizes {:?}: {e:#}", a.sizes)))?;
-    let epochs: usize = sizes.iter().map(|s| s.1).sum();
-    if a.swa > epochs {
-        return Err(bad(format!(
-            "--swa {} averages more epochs than --sizes {:?} trains ({epochs})",
-            a.swa, a.sizes
-        )));
-    }
-    Ok(TrainConfig {
+    let cfg = TrainConfig {
         sizes,
         batch: a.batch,
         micro_batch,
@@ -207,7 +200,9 @@ fn config(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
         spacing: None,
         select: a.select,
         swa: a.swa,
-    })
+    };
+    cfg.swa_start()?;
+    Ok(cfg)
 }
 
 /// The training and validation samples and the spacings of the run.

@@ -81,26 +81,33 @@ impl Select {
         }
     }
 
-    /// This metric of a validation (image AUC without both classes: 0;
-    /// `Last`, which compares nothing: 0).
-    pub fn of(self, v: &Validation) -> f64 {
+    /// This metric of a validation (image AUC without both classes: 0);
+    /// None for `Last`, which compares nothing.
+    pub fn of(self, v: &Validation) -> Option<f64> {
         match self {
-            Select::PixelAp => v.pixel_ap,
-            Select::ImageAuc => v.image_auc.unwrap_or(0.0),
-            Select::Iou => v.counts.iou(),
-            Select::Last => 0.0,
+            Select::PixelAp => Some(v.pixel_ap),
+            Select::ImageAuc => Some(v.image_auc.unwrap_or(0.0)),
+            Select::Iou => Some(v.counts.iou()),
+            Select::Last => None,
         }
-    }
-
-    /// Whether an epoch scoring `score` replaces the best so far.
-    pub fn replaces(self, score: f64, best: f64) -> bool {
-        self == Select::Last || score > best
     }
 }
 
 impl TrainConfig {
     pub fn epochs(&self) -> usize {
         self.sizes.iter().map(|s| s.1).sum()
+    }
+
+    /// The first epoch (counted from 0) whose weights `--swa` averages;
+    /// bad input when `swa` is more epochs than the run trains.
+    pub fn swa_start(&self) -> anyhow::Result<usize> {
+        self.epochs().checked_sub(self.swa).ok_or_else(|| {
+            crate::error::bad(format!(
+                "--swa {} averages more epochs than the run trains ({})",
+                self.swa,
+                self.epochs()
+            ))
+        })
     }
 
     pub fn size_at(&self, epoch: usize) -> usize {

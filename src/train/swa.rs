@@ -67,15 +67,20 @@ impl WeightAverage {
     pub fn add(&mut self, gpu: &Gpu, model: &Model) -> anyhow::Result<()> {
         let n = self.epochs as f32;
         for (avg, p) in self.model.params.iter().zip(&model.params) {
-            let w = gpu.read(&p.value)?;
-            let value = if p.train.is_some() {
-                let mean = gpu.read(&avg.value)?;
-                mean.iter()
-                    .zip(&w)
-                    .map(|(m, w)| m + (w - m) / (n + 1.0))
-                    .collect()
-            } else {
-                w
+            // One submit for the weight and its mean (per tensor, so the
+            // staging buffer stays small at any width).
+            let value = match p.train {
+                Some(_) => {
+                    let [w, mean]: [Vec<f32>; 2] = gpu
+                        .read_many(&[&p.value, &avg.value])?
+                        .try_into()
+                        .expect("two tensors read");
+                    mean.iter()
+                        .zip(&w)
+                        .map(|(m, w)| m + (w - m) / (n + 1.0))
+                        .collect()
+                }
+                None => gpu.read(&p.value)?,
             };
             gpu.write(&avg.value, &value);
         }

@@ -88,13 +88,7 @@ impl<'a> Trainer<'a> {
         if train.is_empty() {
             bail!("no training images");
         }
-        if cfg.swa > cfg.epochs() {
-            bail!(
-                "--swa {} averages more epochs than the run has ({})",
-                cfg.swa,
-                cfg.epochs()
-            );
-        }
+        let swa_start = cfg.swa_start()?;
         if cfg.micro_batch == 0 || cfg.batch == 0 || !cfg.batch.is_multiple_of(cfg.micro_batch) {
             bail!(
                 "--batch {} must be a multiple of --micro-batch {}",
@@ -129,7 +123,7 @@ impl<'a> Trainer<'a> {
         let swa = match cfg.swa {
             0 => None,
             _ => {
-                let done = at.epoch.saturating_sub(cfg.epochs() - cfg.swa);
+                let done = at.epoch.saturating_sub(swa_start);
                 Some(match (resume, done) {
                     (true, 1..) => WeightAverage::resume(gpu, &run.swa(), done)?,
                     _ => WeightAverage::new(gpu, &model)?,
@@ -374,10 +368,15 @@ impl<'a> Trainer<'a> {
             best_score: at.best_score,
             ..Progress::default()
         };
-        let score = cfg.select.of(&v);
-        let judged = !self.val.is_empty() || cfg.select == super::Select::Last;
-        if judged && cfg.select.replaces(score, self.at.best_score) {
-            self.at.best_score = score;
+        let better = match cfg.select.of(&v) {
+            None => true,
+            Some(score) if !self.val.is_empty() && score > self.at.best_score => {
+                self.at.best_score = score;
+                true
+            }
+            Some(_) => false,
+        };
+        if better {
             self.model
                 .save(gpu, &self.run.best(), &self.meta(), false)?;
         }
@@ -400,7 +399,7 @@ impl<'a> Trainer<'a> {
         let Some(avg) = self.swa.as_mut() else {
             return Ok(());
         };
-        if epoch <= cfg.epochs() - cfg.swa {
+        if epoch <= cfg.swa_start()? {
             return Ok(());
         }
         avg.add(gpu, &self.model)?;
