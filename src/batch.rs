@@ -472,6 +472,70 @@ impl BatchReport {
     }
 }
 
+/// The ok rows of an earlier results file, by input file.
+fn ok_rows_by_file(results: &Path) -> anyhow::Result<BTreeMap<String, Row>> {
+    Ok(read_rows(results)?
+        .into_iter()
+        .filter(|r| r.status == OK)
+        .map(|r| (r.file.clone(), r))
+        .collect())
+}
+
+/// An earlier ok row of `input` whose outputs all still exist (`--skip-existing`).
+fn reusable_row(
+    previous: &BTreeMap<String, Row>,
+    input: &Input,
+    out: &Path,
+    opts: &BatchOptions,
+) -> Option<Row> {
+    let row = previous.get(&input.path.display().to_string())?;
+    let outputs_exist = expected_outputs(out, input, opts)
+        .iter()
+        .all(|p| p.is_file());
+    (row.output == slash_path(&input.stem) && outputs_exist).then(|| Row {
+        index: input.index,
+        ..row.clone()
+    })
+}
+
+/// The batch's progress bar on stderr (hidden when `shown` is false).
+fn progress_bar(len: usize, shown: bool) -> indicatif::ProgressBar {
+    let bar = if shown {
+        indicatif::ProgressBar::new(len as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "infer {bar:30} {pos}/{len} images  {per_sec}  ETA {eta}",
+        )
+        .expect("valid template"),
+    );
+    bar
+}
+
+/// One input's line: its summary on stdout when ok, its error on stderr.
+fn print_row(row: &Row, threshold: f32, outputs: &Path) {
+    if row.status != OK {
+        eprintln!("{}: {}: {}", row.file, row.status, row.error);
+        return;
+    }
+    let call = if row.image_predicted == Some(1) {
+        "positive"
+    } else {
+        "negative"
+    };
+    println!(
+        "{}: max probability {:.3}, {} pixels above {threshold}, image {call} (score {:.3}) ({:.2} s); wrote {}_*",
+        row.file,
+        row.max_probability.unwrap_or(0.0),
+        row.pixels_above_threshold.unwrap_or(0),
+        row.image_score.unwrap_or(0.0),
+        row.seconds,
+        outputs.display()
+    );
+}
+
 /// Everything `engine infer` does after the GPU and the model are ready:
 /// runs `inputs` (already sharded), reusing ok rows of an earlier
 /// `results` file when `skip_existing` and their outputs exist, and
@@ -488,26 +552,12 @@ pub fn run_batch(
     skip_existing: bool,
     progress: bool,
 ) -> anyhow::Result<BatchReport> {
-    let previous: BTreeMap<String, Row> = if skip_existing && results.is_file() {
-        read_rows(results)?
-            .into_iter()
-            .filter(|r| r.status == OK)
-            .map(|r| (r.file.clone(), r))
-            .collect()
+    let previous = if skip_existing && results.is_file() {
+        ok_rows_by_file(results)?
     } else {
         BTreeMap::new()
     };
-    let bar = if progress {
-        indicatif::ProgressBar::new(inputs.len() as u64)
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "infer {bar:30} {pos}/{len} images  {per_sec}  ETA {eta}",
-        )
-        .expect("valid template"),
-    );
+    let bar = progress_bar(inputs.len(), progress);
     let mut report = BatchReport {
         results: results.to_path_buf(),
         ..Default::default()
@@ -539,15 +589,7 @@ pub fn run_batch(
         record(row, &mut report)?;
     }
     for input in inputs {
-        let key = input.path.display().to_string();
-        if let Some(row) = previous.get(&key)
-            && row.output == slash_path(&input.stem)
-            && expected_outputs(out, input, opts)
-                .iter()
-                .all(|p| p.is_file())
-        {
-            let mut row = row.clone();
-            row.index = input.index;
+        if let Some(row) = reusable_row(&previous, input, out, opts) {
             record(row, &mut report)?;
             report.skipped += 1;
             bar.inc(1);
@@ -555,27 +597,7 @@ pub fn run_batch(
         }
         gpu.pool().reset_peak();
         let row = run_one(gpu, predictor, input, out, opts);
-        bar.suspend(|| {
-            if row.status == OK {
-                println!(
-                    "{}: max probability {:.3}, {} pixels above {}, image {} (score {:.3}) ({:.2} s); wrote {}_*",
-                    row.file,
-                    row.max_probability.unwrap_or(0.0),
-                    row.pixels_above_threshold.unwrap_or(0),
-                    opts.threshold,
-                    if row.image_predicted == Some(1) {
-                        "positive"
-                    } else {
-                        "negative"
-                    },
-                    row.image_score.unwrap_or(0.0),
-                    row.seconds,
-                    out.join(&input.stem).display()
-                )
-            } else {
-                eprintln!("{}: {}: {}", row.file, row.status, row.error)
-            }
-        });
+        bar.suspend(|| print_row(&row, opts.threshold, &out.join(&input.stem)));
         record(row, &mut report)?;
         bar.inc(1);
     }
