@@ -2,6 +2,7 @@
 //! check (`--resume` / `--overwrite`), `config.json`, and `metrics.csv` and
 //! `curves.png` rebuilt from `metrics.jsonl` after every epoch.
 use crate::error::bad;
+use crate::eval::plots::to_anyhow;
 use anyhow::Context;
 use plotters::prelude::*;
 use serde::Serialize;
@@ -290,10 +291,6 @@ pub fn refresh_or_warn(dir: &Path) {
     }
 }
 
-fn to_anyhow<E: std::fmt::Debug>(e: E) -> anyhow::Error {
-    anyhow::anyhow!("plotting: {e:?}")
-}
-
 /// Whole epochs only on the x axis.
 fn epoch_label(x: &f64) -> String {
     if x.fract() == 0.0 {
@@ -325,84 +322,98 @@ fn draw_curves(rows: &[serde_json::Map<String, Value>], path: &Path) -> anyhow::
         .fold(1.0f64, f64::max);
     let loss = series("train_loss");
     let loss_max = loss.iter().map(|p| p.1).fold(0.0f64, f64::max).max(1e-6) * 1.05;
+    let validation: Vec<EpochSeries> = [
+        ("val_pixel_ap", "pixel AP", BLACK),
+        ("val_image_auc", "image ROC AUC", MAGENTA),
+        ("val_iou", "lesion IoU at 0.5", RED),
+        ("val_f1", "F1", BLUE),
+        ("val_precision", "precision", RGBColor(0, 150, 0)),
+        ("val_recall", "recall", RGBColor(200, 120, 0)),
+    ]
+    .into_iter()
+    .map(|(key, label, colour)| (series(key), label, colour))
+    .collect();
     let (w, h) = CURVES_SIZE;
     let mut buf = vec![255u8; (w * h * 3) as usize];
     {
         let root = BitMapBackend::with_buffer(&mut buf, CURVES_SIZE).into_drawing_area();
         root.fill(&WHITE).map_err(to_anyhow)?;
         let (left, right) = root.split_horizontally(w / 2);
-        let mut c = ChartBuilder::on(&left)
-            .caption("Training loss (mean per epoch)", ("sans-serif", 18))
+        let loss_panel = EpochPanel {
+            caption: "Training loss (mean per epoch)",
+            y_desc: "loss",
+            y_max: loss_max,
+            last_epoch,
+            legend: false,
+        };
+        loss_panel.draw(&left, &[(loss, "loss", BLUE)])?;
+        let validation_panel = EpochPanel {
+            caption: "Validation (whole films)",
+            y_desc: "value",
+            y_max: 1.02,
+            last_epoch,
+            legend: true,
+        };
+        validation_panel.draw(&right, &validation)?;
+        root.present().map_err(to_anyhow)?;
+    }
+    let png = image::RgbImage::from_raw(w, h, buf).expect("buffer size");
+    crate::fsio::save_png(path, &png.into())
+}
+
+/// One metric's (epoch, value) points, its legend label and colour.
+type EpochSeries = (Vec<(f64, f64)>, &'static str, RGBColor);
+
+/// A chart of metrics against the epoch.
+struct EpochPanel {
+    caption: &'static str,
+    y_desc: &'static str,
+    y_max: f64,
+    last_epoch: f64,
+    legend: bool,
+}
+
+impl EpochPanel {
+    fn draw<DB: DrawingBackend>(
+        &self,
+        area: &DrawingArea<DB, plotters::coord::Shift>,
+        series: &[EpochSeries],
+    ) -> anyhow::Result<()> {
+        let mut c = ChartBuilder::on(area)
+            .caption(self.caption, ("sans-serif", 18))
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(60)
-            .build_cartesian_2d(0.0..last_epoch, 0.0..loss_max)
+            .build_cartesian_2d(0.0..self.last_epoch, 0.0..self.y_max)
             .map_err(to_anyhow)?;
         c.configure_mesh()
             .x_desc("epoch")
             .x_label_formatter(&epoch_label)
-            .y_desc("loss")
+            .y_desc(self.y_desc)
             .label_style(("sans-serif", 13))
             .axis_desc_style(("sans-serif", 15))
             .draw()
             .map_err(to_anyhow)?;
-        c.draw_series(LineSeries::new(
-            loss.iter().copied(),
-            ShapeStyle::from(&BLUE).stroke_width(2),
-        ))
-        .map_err(to_anyhow)?;
-        c.draw_series(loss.iter().map(|&p| Circle::new(p, 3, BLUE.filled())))
-            .map_err(to_anyhow)?;
-        let mut c = ChartBuilder::on(&right)
-            .caption("Validation (whole films)", ("sans-serif", 18))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(50)
-            .build_cartesian_2d(0.0..last_epoch, 0.0..1.02)
-            .map_err(to_anyhow)?;
-        c.configure_mesh()
-            .x_desc("epoch")
-            .x_label_formatter(&epoch_label)
-            .y_desc("value")
-            .label_style(("sans-serif", 13))
-            .axis_desc_style(("sans-serif", 15))
-            .draw()
-            .map_err(to_anyhow)?;
-        let colours = [
-            ("val_pixel_ap", "pixel AP", BLACK),
-            ("val_image_auc", "image ROC AUC", MAGENTA),
-            ("val_iou", "lesion IoU at 0.5", RED),
-            ("val_f1", "F1", BLUE),
-            ("val_precision", "precision", RGBColor(0, 150, 0)),
-            ("val_recall", "recall", RGBColor(200, 120, 0)),
-        ];
-        for (key, label, colour) in colours {
-            let s = series(key);
-            c.draw_series(LineSeries::new(
-                s.iter().copied(),
-                ShapeStyle::from(&colour).stroke_width(2),
-            ))
-            .map_err(to_anyhow)?
-            .label(label)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], colour));
-            c.draw_series(s.iter().map(|&p| Circle::new(p, 3, colour.filled())))
+        for &(ref points, label, colour) in series {
+            let line = ShapeStyle::from(&colour).stroke_width(2);
+            c.draw_series(LineSeries::new(points.iter().copied(), line))
+                .map_err(to_anyhow)?
+                .label(label)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], colour));
+            c.draw_series(points.iter().map(|&p| Circle::new(p, 3, colour.filled())))
                 .map_err(to_anyhow)?;
         }
-        c.configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .label_font(("sans-serif", 13))
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()
-            .map_err(to_anyhow)?;
-        root.present().map_err(to_anyhow)?;
+        if self.legend {
+            c.configure_series_labels()
+                .position(SeriesLabelPosition::LowerRight)
+                .label_font(("sans-serif", 13))
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK)
+                .draw()
+                .map_err(to_anyhow)?;
+        }
+        Ok(())
     }
-    let tmp = path.with_extension("tmp.png");
-    image::RgbImage::from_raw(w, h, buf)
-        .expect("buffer size")
-        .save(&tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
 }
 
 #[cfg(test)]

@@ -21,7 +21,8 @@ pub fn register_font() {
     });
 }
 
-fn to_anyhow<E: std::fmt::Debug>(e: E) -> anyhow::Error {
+/// A plotters error as an [`anyhow::Error`] carrying its `Debug` text.
+pub fn to_anyhow<E: std::fmt::Debug>(e: E) -> anyhow::Error {
     anyhow::anyhow!("plotting: {e:?}")
 }
 
