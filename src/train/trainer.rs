@@ -105,15 +105,7 @@ impl<'a> Trainer<'a> {
         let (model, at) = if resume {
             Self::resumed(gpu, cfg, run, quiet)?
         } else {
-            let config = ModelConfig {
-                width: cfg.width,
-                resize: cfg.resize,
-            };
-            let fresh = Progress {
-                best_score: -1.0,
-                ..Progress::default()
-            };
-            (Model::new(gpu, config, cfg.seed)?, fresh)
+            Self::fresh(gpu, cfg)?
         };
         let log = MetricsLog::open(&run.metrics(), !resume)?;
         let l2_params = L2_WEIGHTS
@@ -124,10 +116,7 @@ impl<'a> Trainer<'a> {
             0 => None,
             _ => {
                 let done = at.epoch.saturating_sub(swa_start);
-                Some(match (resume, done) {
-                    (true, 1..) => WeightAverage::resume(gpu, &run.swa(), done)?,
-                    _ => WeightAverage::new(gpu, &model)?,
-                })
+                Some(Self::weight_average(gpu, &model, run, resume, done)?)
             }
         };
         let mut t = Trainer {
@@ -149,6 +138,34 @@ impl<'a> Trainer<'a> {
             t.baseline()?;
         }
         Ok(t)
+    }
+
+    /// A new model from the seed, before its first epoch.
+    fn fresh(gpu: &Gpu, cfg: &TrainConfig) -> anyhow::Result<(Model, Progress)> {
+        let config = ModelConfig {
+            width: cfg.width,
+            resize: cfg.resize,
+        };
+        let at = Progress {
+            best_score: -1.0,
+            ..Progress::default()
+        };
+        Ok((Model::new(gpu, config, cfg.seed)?, at))
+    }
+
+    /// `--swa`'s running mean: empty, or read back from the run's average
+    /// when a resumed run has already averaged `done` epochs.
+    fn weight_average(
+        gpu: &Gpu,
+        model: &Model,
+        run: &RunDir,
+        resume: bool,
+        done: usize,
+    ) -> anyhow::Result<WeightAverage> {
+        Ok(match (resume, done) {
+            (true, 1..) => WeightAverage::resume(gpu, &run.swa(), done)?,
+            _ => WeightAverage::new(gpu, model)?,
+        })
     }
 
     /// The model and progress of the run's checkpoint; the log is cut back
