@@ -1,6 +1,6 @@
 //! The data commands of the `engine` binary: `inspect`, `prepare mias|cbis`,
 //! `synth` and `bench-loader`.
-use super::{check_at_least, check_fraction, parse_spacing, writable_out};
+use super::{check_at_least, check_fraction, parse_spacing, parse_spacing_pair, writable_out};
 use crate::data::loader::{ImageCache, Loader, LoaderConfig};
 use crate::data::prepared::{CROP_MM, Holdout, PreparedSet};
 use crate::data::synth::SynthOptions;
@@ -81,7 +81,8 @@ pub enum PrepareCommand {
         /// Fraction of patients for validation.
         #[arg(long, default_value_t = 0.1)]
         val: f64,
-        /// Fraction of patients for test.
+        /// Fraction of patients for test (1 with --val 0: a set kept only
+        /// for evaluation).
         #[arg(long, default_value_t = 0.1)]
         test: f64,
         /// Validation is part K (0-based) of N equal parts of the non-test
@@ -104,6 +105,51 @@ pub enum PrepareCommand {
         /// Pixel spacing in mm (default: mini-MIAS's 0.2).
         #[arg(long, value_parser = parse_spacing)]
         pixel_spacing: Option<f64>,
+    },
+    /// A COCO detection export: the JSON (`images`, `annotations` with
+    /// `bbox` = [x, y, width, height], `categories`) and its images folder,
+    /// as annotation tools write it. Boxes become lesion masks; images
+    /// without boxes are normal films.
+    Coco {
+        /// Folder with the images (and, unless --annotations is given, the
+        /// JSON: `_annotations.coco.json` or the folder's only .json file).
+        #[arg(long)]
+        input: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// The COCO JSON, if not in --input.
+        #[arg(long)]
+        annotations: Option<PathBuf>,
+        /// Pixel spacing in mm as ROW,COL (or one value for square pixels).
+        /// Images are resampled to square pixels at the coarser of the two.
+        /// CBIS-DDSM's 800x800 export (scans of about 240 x 150 mm stretched
+        /// to a square): 0.3,0.1875.
+        #[arg(long, value_parser = parse_spacing_pair)]
+        pixel_spacing: (f64, f64),
+        /// Target mask of a box: the inscribed ellipse, or the whole box.
+        #[arg(long, value_enum, default_value_t = crate::data::coco::BoxMask::Ellipse)]
+        box_mask: crate::data::coco::BoxMask,
+        /// Regex on the file name whose first group (or whole match) is the
+        /// patient; splits keep patients together. The default fits
+        /// CBIS-DDSM's `PPPPP_SIDE_VIEW.jpg`.
+        #[arg(long, default_value = crate::data::coco::PATIENT_REGEX)]
+        patient_regex: String,
+        /// Fraction of patients for validation.
+        #[arg(long, default_value_t = 0.1)]
+        val: f64,
+        /// Fraction of patients for test (1 with --val 0: a set kept only
+        /// for evaluation).
+        #[arg(long, default_value_t = 0.1)]
+        test: f64,
+        /// Validation is part K (0-based) of N equal parts of the non-test
+        /// patients, instead of --val (cross-validation folds).
+        #[arg(long, conflicts_with = "val")]
+        fold: Option<Shard>,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Minimum side of ROI crops in millimetres.
+        #[arg(long, default_value_t = CROP_MM)]
+        crop_mm: f64,
     },
     /// CBIS-DDSM: the official case-description CSVs and the DICOM tree.
     Cbis {
@@ -181,7 +227,35 @@ fn holdout(val: f64, fold: Option<Shard>) -> Holdout {
     }
 }
 
-/// `engine prepare mias|cbis`.
+/// `--val` and `--test` as fractions of the patients: each in [0, 1] and
+/// together at most 1 (`--test 1 --val 0`: everyone in test, a set for
+/// evaluation only). With `--fold` there must be patients left to fold.
+fn check_split(val: f64, test: f64, fold: Option<Shard>) -> anyhow::Result<()> {
+    let unit = |flag: &str, v: f64| {
+        if (0.0..=1.0).contains(&v) {
+            Ok(())
+        } else {
+            Err(bad(format!("{flag} {v} is not in [0, 1]")))
+        }
+    };
+    unit("--test", test)?;
+    if fold.is_some() {
+        return if test < 1.0 {
+            Ok(())
+        } else {
+            Err(bad("--fold with --test 1: no patients are left to fold"))
+        };
+    }
+    unit("--val", val)?;
+    if val + test > 1.0 + 1e-9 {
+        return Err(bad(format!(
+            "--val {val} plus --test {test} is more than 1"
+        )));
+    }
+    Ok(())
+}
+
+/// `engine prepare mias|coco|cbis`.
 fn prepare(what: PrepareCommand) -> anyhow::Result<()> {
     let (w, out) = match what {
         PrepareCommand::Mias {
@@ -195,11 +269,7 @@ fn prepare(what: PrepareCommand) -> anyhow::Result<()> {
             crop_mm,
             pixel_spacing,
         } => {
-            check_fraction("--val", val)?;
-            check_fraction("--test", test)?;
-            if fold.is_none() {
-                check_fraction("--val plus --test", val + test)?;
-            }
+            check_split(val, test, fold)?;
             writable_out(&out)?;
             let opt = crate::data::mias::MiasOptions {
                 val: holdout(val, fold),
@@ -210,6 +280,33 @@ fn prepare(what: PrepareCommand) -> anyhow::Result<()> {
                 spacing_mm: pixel_spacing,
             };
             (crate::data::mias::prepare(&input, &out, &opt)?, out)
+        }
+        PrepareCommand::Coco {
+            input,
+            out,
+            annotations,
+            pixel_spacing,
+            box_mask,
+            patient_regex,
+            val,
+            test,
+            fold,
+            seed,
+            crop_mm,
+        } => {
+            check_split(val, test, fold)?;
+            writable_out(&out)?;
+            let opt = crate::data::coco::CocoOptions {
+                annotations,
+                val: holdout(val, fold),
+                test,
+                seed,
+                crop_mm,
+                spacing_mm: pixel_spacing,
+                box_mask,
+                patient_regex,
+            };
+            (crate::data::coco::prepare(&input, &out, &opt)?, out)
         }
         PrepareCommand::Cbis {
             input,

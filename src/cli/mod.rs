@@ -50,6 +50,31 @@ pub struct AdapterArg {
     pub adapter: Option<String>,
 }
 
+/// How candidate lesions are read off a probability map (infer and eval).
+#[derive(Debug, Args, Clone)]
+pub struct CandidateArgs {
+    /// Candidate lesions are peaks of the map at least this far apart (mm;
+    /// pixels for an input of unknown spacing run by a model without one).
+    #[arg(long, default_value_t = 10.0)]
+    pub min_distance_mm: f64,
+    /// Peaks below this probability are not candidates.
+    #[arg(long, default_value_t = 0.05, value_parser = parse_probability)]
+    pub min_candidate_score: f32,
+    /// At most this many candidates per image, highest first.
+    #[arg(long, default_value_t = 20)]
+    pub max_candidates: usize,
+}
+
+impl CandidateArgs {
+    pub fn options(&self) -> crate::lesions::CandidateOptions {
+        crate::lesions::CandidateOptions {
+            min_distance_mm: self.min_distance_mm,
+            min_score: self.min_candidate_score,
+            max_per_image: self.max_candidates,
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// List the GPU adapters wgpu reaches and their limits.
@@ -90,6 +115,14 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
 
 /// `--pixel-spacing`, `--model-spacing`: millimetres per pixel, a positive
 /// number below 10. The one parser of every command that takes a spacing.
+/// `ROW,COL` pixel spacings in mm, or one value for both.
+pub fn parse_spacing_pair(s: &str) -> Result<(f64, f64), String> {
+    match s.split_once(',') {
+        Some((r, c)) => Ok((parse_spacing(r)?, parse_spacing(c)?)),
+        None => parse_spacing(s).map(|v| (v, v)),
+    }
+}
+
 pub fn parse_spacing(s: &str) -> Result<f64, String> {
     let v: f64 = s
         .trim()

@@ -363,6 +363,7 @@ pub fn prepare(input: &Path, out: &Path, opt: &CbisOptions) -> Result<SetWriter,
             classes,
             trim: true,
             spacing_mm: spacing,
+            lesion_boxes: None,
         }) {
             w.skip(name.clone(), e.to_string());
         }

@@ -239,6 +239,7 @@ pub fn prepare(input: &Path, out: &Path, opt: &MiasOptions) -> Result<SetWriter,
             classes,
             trim: true,
             spacing_mm: opt.spacing_mm.unwrap_or(SPACING_MM),
+            lesion_boxes: None,
         })
         .inspect_err(|_| bar.abandon())?;
     }

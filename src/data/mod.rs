@@ -5,6 +5,7 @@
 //! [`Gray8`] too, holding 0 or 1 once loaded (0 or 255 on disk).
 pub mod augment;
 pub mod cbis;
+pub mod coco;
 pub mod dicom;
 pub mod loader;
 pub mod mias;

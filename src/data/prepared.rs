@@ -55,6 +55,12 @@ pub struct Entry {
     /// sets prepared before it was recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pixel_spacing_mm: Option<f64>,
+    /// The ground truth's lesion boxes `[x0, y0, x1, y1]` in this image's
+    /// pixels (sets prepared from boxes, `engine prepare coco`): lesion-level
+    /// evaluation counts a hit inside the box. Absent: the lesions are the
+    /// connected regions of the mask.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lesion_boxes: Option<Vec<[f64; 4]>>,
 }
 
 fn yes() -> bool {
@@ -103,6 +109,8 @@ pub struct Sample {
     pub size: Option<(usize, usize)>,
     /// Pixel spacing in millimetres, if known.
     pub spacing_mm: Option<f64>,
+    /// The ground truth's lesion boxes, for sets prepared from boxes.
+    pub lesion_boxes: Option<Vec<[f64; 4]>>,
 }
 
 impl Sample {
@@ -124,6 +132,7 @@ impl Sample {
             mask_complete: true,
             size: None,
             spacing_mm: None,
+            lesion_boxes: None,
         }
     }
 
@@ -195,6 +204,7 @@ impl PreparedSet {
             mask_complete: e.mask_complete,
             size: Some((e.width, e.height)),
             spacing_mm: e.pixel_spacing_mm,
+            lesion_boxes: e.lesion_boxes.clone(),
         }
     }
 
@@ -414,6 +424,9 @@ pub struct Prepared<'a> {
     pub trim: bool,
     /// Pixel spacing in millimetres.
     pub spacing_mm: f64,
+    /// Lesion boxes `[x0, y0, x1, y1]` of a box ground truth, in the
+    /// untrimmed image's pixels (None: the mask's regions are the lesions).
+    pub lesion_boxes: Option<Vec<[f64; 4]>>,
 }
 
 impl SetWriter {
@@ -463,6 +476,12 @@ impl SetWriter {
             mask_complete: p.mask_complete,
             classes: p.classes.clone(),
             pixel_spacing_mm: Some(p.spacing_mm),
+            lesion_boxes: p.lesion_boxes.as_ref().map(|bs| {
+                let (dx, dy) = (x0 as f64, y0 as f64);
+                bs.iter()
+                    .map(|b| [b[0] - dx, b[1] - dy, b[2] - dx, b[3] - dy])
+                    .collect()
+            }),
         };
         self.manifest.images.push(entry);
         let crop_min = (self.crop_mm / p.spacing_mm).round().max(1.0) as usize;
@@ -503,6 +522,7 @@ impl SetWriter {
                 mask_complete: true,
                 classes: p.classes.clone(),
                 pixel_spacing_mm: Some(p.spacing_mm),
+                lesion_boxes: None,
             });
         }
         Ok(())

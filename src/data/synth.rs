@@ -373,6 +373,7 @@ pub fn write_combined_set(
             classes: p.lesions.iter().map(|l| format!("{:?}", l.kind)).collect(),
             trim: false,
             spacing_mm: SPACING_MM,
+            lesion_boxes: None,
         })?;
     }
     w.finish()?;

@@ -37,6 +37,7 @@ pub fn write_test_split(dir: &std::path::Path, samples: &[engine::data::prepared
             classes: vec![],
             trim: false,
             spacing_mm: 0.2,
+            lesion_boxes: None,
             scan,
             mask,
         })
