@@ -229,6 +229,13 @@ pub struct Row {
     /// Where that spacing came from: file, flag or assumed.
     #[serde(default)]
     pub spacing_source: String,
+    /// Candidate lesions found (listed in `OUTPUT_candidates.json`,
+    /// candidates.csv and detections.json).
+    #[serde(default)]
+    pub candidates: Option<usize>,
+    /// The highest candidate's score.
+    #[serde(default)]
+    pub top_candidate_score: Option<f32>,
     /// Wall time of this input (read, network, writing).
     pub seconds: f64,
     /// The reason of a failure ("" when ok).
@@ -250,6 +257,8 @@ impl Row {
             image_predicted: None,
             pixel_spacing_mm: None,
             spacing_source: String::new(),
+            candidates: None,
+            top_candidate_score: None,
             seconds,
             // The row names the file: the reason alone.
             error: crate::error::without_path(err, &input.path),
@@ -270,6 +279,8 @@ pub struct BatchOptions {
     pub model_name: String,
     /// `--pixel-spacing`: for inputs whose file declares none.
     pub pixel_spacing: Option<f64>,
+    /// How candidate lesions are read off the maps.
+    pub candidates: crate::lesions::CandidateOptions,
 }
 
 impl BatchOptions {
@@ -290,6 +301,7 @@ pub fn expected_outputs(out: &Path, input: &Input, opts: &BatchOptions) -> Vec<P
         output_path(&stem, "prob.png"),
         output_path(&stem, "mask.png"),
         output_path(&stem, "overlay.png"),
+        output_path(&stem, CANDIDATES_SUFFIX),
     ];
     if opts.npy {
         v.push(output_path(&stem, "prob.npy"));
@@ -319,7 +331,23 @@ pub fn run_one(
             .probability_map(gpu, &scan, declared, opts.pixel_spacing, &opts.tiles)
             .with_context(|| format!("inference on {}x{}", scan.width, scan.height))?;
         let stem = out.join(&input.stem);
-        let o = crate::infer::write_outputs(&stem, &scan, &prob, opts.threshold, opts.npy)?;
+        // Without any spacing the candidates' distance is in pixels.
+        let mm = spacing.map(|s| s.input_mm).unwrap_or(1.0);
+        let found =
+            crate::lesions::candidates(&prob, scan.width, scan.height, mm, &opts.candidates);
+        let o = crate::infer::write_outputs(&stem, &scan, &prob, opts.threshold, opts.npy, &found)?;
+        let sidecar = ScanCandidates {
+            file: input.path.display().to_string(),
+            width: scan.width,
+            height: scan.height,
+            pixel_spacing_mm: spacing.map(|s| s.input_mm),
+            candidates: found.clone(),
+        };
+        crate::fsio::write_atomic(
+            &output_path(&stem, CANDIDATES_SUFFIX),
+            serde_json::to_string_pretty(&sidecar)?.as_bytes(),
+            false,
+        )?;
         if opts.dicom.any() && is_dicom(&input.path) {
             crate::dicom_out::write_results(
                 &input.path,
@@ -345,6 +373,8 @@ pub fn run_one(
             spacing_source: spacing
                 .map(|s| s.origin.name().to_string())
                 .unwrap_or_default(),
+            candidates: Some(found.len()),
+            top_candidate_score: found.first().map(|c| c.score),
             seconds: 0.0,
             error: String::new(),
         })
@@ -357,6 +387,177 @@ pub fn run_one(
         }
         Err(e) => Row::failed(input, ERROR, &e, secs),
     }
+}
+
+/// The suffix of an input's candidate list (`OUTPUT_candidates.json`).
+pub const CANDIDATES_SUFFIX: &str = "candidates.json";
+
+/// `OUTPUT_candidates.json`: one scan's candidate lesions, highest first,
+/// in the input's pixels (see `crate::lesions` for how they are found).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ScanCandidates {
+    pub file: String,
+    pub width: usize,
+    pub height: usize,
+    pub pixel_spacing_mm: Option<f64>,
+    pub candidates: Vec<crate::lesions::Candidate>,
+}
+
+/// One detection of a COCO results file (`detections.json`), which
+/// pycocotools' `COCO.loadRes` reads: `bbox` is `[x, y, width, height]`
+/// in the input's pixels. `file_name` is extra, for matching by name.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CocoDetection {
+    pub image_id: u64,
+    pub category_id: u64,
+    pub bbox: [f64; 4],
+    pub score: f32,
+    pub file_name: String,
+}
+
+/// How detections.json numbers images and names the category.
+#[derive(Clone, Debug)]
+pub struct CocoIds {
+    /// Image ids by file name (from `--coco-images`); empty: an input's
+    /// position in results.csv, counted from 1.
+    pub by_file_name: BTreeMap<String, u64>,
+    pub category_id: u64,
+}
+
+impl Default for CocoIds {
+    fn default() -> Self {
+        CocoIds {
+            by_file_name: BTreeMap::new(),
+            category_id: 1,
+        }
+    }
+}
+
+impl CocoIds {
+    /// The ids of a COCO JSON's `images` (by file name, also by its last
+    /// path component) and its first category.
+    pub fn read(path: &Path) -> anyhow::Result<CocoIds> {
+        #[derive(Deserialize)]
+        struct Img {
+            id: u64,
+            file_name: String,
+        }
+        #[derive(Deserialize)]
+        struct Cat {
+            id: u64,
+        }
+        #[derive(Deserialize)]
+        struct File {
+            images: Vec<Img>,
+            #[serde(default)]
+            categories: Vec<Cat>,
+        }
+        let text = std::fs::read(path).map_err(|e| crate::data::DataError::io(path, e))?;
+        let f: File = serde_json::from_slice(&text).map_err(|e| {
+            crate::error::bad(format!(
+                "{}: not a COCO file with \"images\": {e}",
+                path.display()
+            ))
+        })?;
+        Ok(CocoIds {
+            by_file_name: f
+                .images
+                .into_iter()
+                .map(|i| (base_name(&i.file_name), i.id))
+                .collect(),
+            category_id: f.categories.first().map_or(1, |c| c.id),
+        })
+    }
+
+    /// The image id of row `row`, or why there is none.
+    fn image_id(&self, row: &Row) -> Result<u64, String> {
+        if self.by_file_name.is_empty() {
+            return Ok(row.index as u64 + 1);
+        }
+        let name = base_name(&row.file);
+        self.by_file_name
+            .get(&name)
+            .copied()
+            .ok_or_else(|| format!("{}: no image named {name:?} in --coco-images", row.file))
+    }
+}
+
+fn base_name(p: &str) -> String {
+    Path::new(p)
+        .file_name()
+        .map_or(p.to_string(), |n| n.to_string_lossy().into_owned())
+}
+
+fn read_scan_candidates(out: &Path, row: &Row) -> anyhow::Result<ScanCandidates> {
+    let path = output_path(&out.join(&row.output), CANDIDATES_SUFFIX);
+    let text = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_slice(&text).with_context(|| format!("reading {}", path.display()))
+}
+
+/// A row's candidates (none for a failed row).
+pub fn read_candidates(out: &Path, row: &Row) -> anyhow::Result<Vec<crate::lesions::Candidate>> {
+    if row.status != OK {
+        return Ok(Vec::new());
+    }
+    Ok(read_scan_candidates(out, row)?.candidates)
+}
+
+/// Writes `candidates.csv` (one line per candidate) and `detections.json`
+/// (COCO results) for the ok rows, from their `OUTPUT_candidates.json`;
+/// their names take the shard's suffix like results.csv. Returns the
+/// detections' count.
+pub fn write_detections(
+    out: &Path,
+    rows: &[Row],
+    shard: Option<crate::shard::Shard>,
+    ids: &CocoIds,
+) -> anyhow::Result<usize> {
+    #[derive(Serialize)]
+    struct Line<'a> {
+        file: &'a str,
+        rank: usize,
+        score: f32,
+        centre_x: f64,
+        centre_y: f64,
+        box_x: f64,
+        box_y: f64,
+        box_width: f64,
+        box_height: f64,
+    }
+    let csv_path = out.join(crate::shard::Shard::file_name(shard, "candidates", "csv"));
+    let mut w = csv::Writer::from_path(&csv_path)
+        .with_context(|| format!("writing {}", csv_path.display()))?;
+    let mut dets = Vec::new();
+    for row in rows.iter().filter(|r| r.status == OK) {
+        let sc = read_scan_candidates(out, row)?;
+        let image_id = ids.image_id(row).map_err(crate::error::bad)?;
+        for (rank, c) in sc.candidates.iter().enumerate() {
+            let [x0, y0, x1, y1] = c.bbox;
+            w.serialize(Line {
+                file: &row.file,
+                rank: rank + 1,
+                score: c.score,
+                centre_x: c.x,
+                centre_y: c.y,
+                box_x: x0,
+                box_y: y0,
+                box_width: x1 - x0,
+                box_height: y1 - y0,
+            })?;
+            dets.push(CocoDetection {
+                image_id,
+                category_id: ids.category_id,
+                bbox: [x0, y0, x1 - x0, y1 - y0],
+                score: c.score,
+                file_name: base_name(&row.file),
+            });
+        }
+    }
+    w.flush()
+        .with_context(|| format!("writing {}", csv_path.display()))?;
+    let json_path = out.join(crate::shard::Shard::file_name(shard, "detections", "json"));
+    crate::fsio::write_atomic(&json_path, serde_json::to_string(&dets)?.as_bytes(), false)?;
+    Ok(dets.len())
 }
 
 /// Reads a results CSV (for `--skip-existing` and merging shards).
@@ -448,6 +649,9 @@ pub struct ResultsJson {
     pub ok: usize,
     pub failed: usize,
     pub rows: Vec<Row>,
+    /// Each row's candidate lesions (empty for a failed row).
+    #[serde(default)]
+    pub candidates: Vec<Vec<crate::lesions::Candidate>>,
 }
 
 /// What a batch did.
@@ -526,11 +730,12 @@ fn print_row(row: &Row, threshold: f32, outputs: &Path) {
         "negative"
     };
     println!(
-        "{}: max probability {:.3}, {} pixels above {threshold}, image {call} (score {:.3}) ({:.2} s); wrote {}_*",
+        "{}: max probability {:.3}, {} pixels above {threshold}, image {call} (score {:.3}), {} candidate lesions ({:.2} s); wrote {}_*",
         row.file,
         row.max_probability.unwrap_or(0.0),
         row.pixels_above_threshold.unwrap_or(0),
         row.image_score.unwrap_or(0.0),
+        row.candidates.unwrap_or(0),
         row.seconds,
         outputs.display()
     );

@@ -12,6 +12,7 @@ use crate::data::read::read_gray8;
 use crate::data::resample::{Edge, Window, resample, size_at_spacing};
 use crate::gpu::Gpu;
 use crate::graph::Graph;
+use crate::lesions::Candidate;
 use crate::model::Model;
 use crate::ops::elementwise;
 pub use crate::spacing::Spacings;
@@ -241,7 +242,7 @@ pub fn infer_file(
         .file_stem()
         .and_then(|s| s.to_str())
         .unwrap_or("image");
-    write_outputs(&out_dir.join(stem), &img, &prob, threshold, npy)
+    write_outputs(&out_dir.join(stem), &img, &prob, threshold, npy, &[])
 }
 
 /// The output path `STEM_suffix` (e.g. `out/a/1-1` + `prob.png`).
@@ -253,14 +254,16 @@ pub fn output_path(stem: &Path, suffix: &str) -> PathBuf {
 }
 
 /// Writes `STEM_prob.png` (16-bit), `STEM_mask.png` (p > threshold),
-/// `STEM_overlay.png` and, with `npy`, `STEM_prob.npy`, creating the
-/// folder of `stem` when needed.
+/// `STEM_overlay.png` (with the boxes of the candidates scoring above the
+/// threshold) and, with `npy`, `STEM_prob.npy`, creating the folder of
+/// `stem` when needed.
 pub fn write_outputs(
     stem: &Path,
     img: &Gray8,
     prob: &[f32],
     threshold: f32,
     npy: bool,
+    candidates: &[Candidate],
 ) -> anyhow::Result<Outputs> {
     let (h, w) = (img.height, img.width);
     if let Some(dir) = stem.parent() {
@@ -297,9 +300,13 @@ pub fn write_outputs(
             .expect("size matches")
             .into(),
     )?;
+    let mut rgb = overlay_rgb(img, prob);
+    for c in candidates.iter().filter(|c| c.score > threshold) {
+        draw_candidate(&mut rgb, w, h, c);
+    }
     save_png(
         &overlay,
-        image::RgbImage::from_raw(w as u32, h as u32, overlay_rgb(img, prob))
+        image::RgbImage::from_raw(w as u32, h as u32, rgb)
             .expect("size matches")
             .into(),
     )?;
@@ -318,6 +325,34 @@ pub fn write_outputs(
         max_probability: prob.iter().cloned().fold(0.0, f32::max),
         positive_pixels,
     })
+}
+
+/// Draws a candidate on an RGB image: its box in cyan, lines about 0.3% of
+/// the image's longer side thick (at least 1 pixel), so that it shows on a
+/// 5000-pixel scan shrunk to a screen.
+pub fn draw_candidate(rgb: &mut [u8], w: usize, h: usize, c: &Candidate) {
+    const CYAN: [u8; 3] = [0, 255, 255];
+    let t = (w.max(h) / 300).max(1) as isize;
+    let clampx = |v: f64| (v.round() as isize).clamp(0, w as isize - 1);
+    let clampy = |v: f64| (v.round() as isize).clamp(0, h as isize - 1);
+    let (x0, y0) = (clampx(c.bbox[0]), clampy(c.bbox[1]));
+    let (x1, y1) = (clampx(c.bbox[2] - 1.0), clampy(c.bbox[3] - 1.0));
+    let mut put = |x: isize, y: isize| {
+        if (0..w as isize).contains(&x) && (0..h as isize).contains(&y) {
+            let i = (y as usize * w + x as usize) * 3;
+            rgb[i..i + 3].copy_from_slice(&CYAN);
+        }
+    };
+    for k in 0..t {
+        for x in x0 - t + 1..=x1 + t - 1 {
+            put(x, y0 - k);
+            put(x, y1 + k);
+        }
+        for y in y0 - t + 1..=y1 + t - 1 {
+            put(x0 - k, y);
+            put(x1 + k, y);
+        }
+    }
 }
 
 /// The heat overlay (RGB, row-major): the scan in grey, tinted by the heat

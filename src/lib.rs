@@ -13,6 +13,7 @@ pub mod fsio;
 pub mod gpu;
 pub mod graph;
 pub mod infer;
+pub mod lesions;
 pub mod model;
 pub mod ops;
 pub mod predictor;

@@ -21,8 +21,14 @@ pub struct EvalArgs {
     /// The model: a checkpoint file. Give it more than once, or name a
     /// folder of .safetensors files, to evaluate an ensemble (the mean of
     /// the models' probability maps).
-    #[arg(long, required_unless_present = "merge")]
+    #[arg(long, required_unless_present_any = ["merge", "baseline"])]
     pub checkpoint: Vec<PathBuf>,
+    /// Evaluate a trivial detector instead of a model, through the same
+    /// candidates, FROC and metrics: `grey` (p = grey / 255) or
+    /// `smoothed-grey` (the scan smoothed over about 10 mm: its peaks are
+    /// the brightest blobs).
+    #[arg(long, value_enum, conflicts_with_all = ["checkpoint", "merge", "shard", "tta"])]
+    pub baseline: Option<crate::eval::baseline::Baseline>,
     /// Prepared folder (`engine prepare ...` or `engine synth` output).
     #[arg(long, required_unless_present = "merge")]
     pub data: Option<PathBuf>,
@@ -43,6 +49,8 @@ pub struct EvalArgs {
     /// image-level curves.
     #[arg(long, value_enum, default_value_t = ImageScore::Area)]
     pub image_score: ImageScore,
+    #[command(flatten)]
+    pub candidates: super::CandidateArgs,
     /// Test-time augmentation: also run the flipped (and rotated) views of
     /// each image and average the maps (4 or 8 times the network runs).
     #[arg(long, value_enum, default_value_t = Tta::None)]
@@ -96,6 +104,7 @@ impl EvalArgs {
                 ..TileOptions::default()
             },
             pixel_spacing: self.pixel_spacing,
+            candidates: self.candidates.options(),
         }
     }
 }
@@ -108,6 +117,19 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
     opts.validate()?;
     if !a.merge.is_empty() {
         let summary = shard::merge(&a.merge, &a.out)?;
+        return print_summary(&summary, &a.out, a.json);
+    }
+    if let (Some(b), Some(data)) = (a.baseline, &a.data) {
+        let samples = split_samples(data, &a.split)?;
+        writable_out(&a.out)?;
+        let source = Source {
+            checkpoint: format!("baseline {}", b.name()),
+            data: data.display().to_string(),
+            split: a.split.clone(),
+            tta: "none".into(),
+        };
+        let maps = crate::eval::Maps::Baseline(b);
+        let summary = crate::eval::evaluate_maps(maps, &samples, &opts, source, &a.out, true)?;
         return print_summary(&summary, &a.out, a.json);
     }
     let (false, Some(data)) = (a.checkpoint.is_empty(), &a.data) else {

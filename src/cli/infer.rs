@@ -47,9 +47,18 @@ pub struct InferArgs {
     /// of the sorted input list; results go to results-shard-I-of-N.csv.
     #[arg(long)]
     pub shard: Option<Shard>,
-    /// Also write results.json (settings and the same rows).
+    /// Also write results.json (settings, the same rows, and each row's
+    /// candidate lesions).
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub candidates: super::CandidateArgs,
+    /// A COCO JSON whose `images` give detections.json its image ids (by
+    /// file name) and whose first category its category id, so that
+    /// pycocotools can score the detections against it. Without it: the
+    /// input's position in results.csv, from 1, and category 1.
+    #[arg(long)]
+    pub coco_images: Option<PathBuf>,
     /// Combine the results-shard-I-of-N.csv of all N shards in --out into
     /// results.csv, in the order of an unsharded run (no GPU work).
     #[arg(long, conflicts_with_all = ["checkpoint", "shard", "inputs"])]
@@ -86,8 +95,12 @@ pub struct InferArgs {
 /// `engine infer`: returns the exit code of a batch that ran (see
 /// [`crate::batch`]: 2 when an input was bad, 1 when one failed inside).
 pub fn infer(a: InferArgs) -> anyhow::Result<i32> {
+    let ids = match &a.coco_images {
+        Some(p) => batch::CocoIds::read(p)?,
+        None => batch::CocoIds::default(),
+    };
     if a.merge {
-        return merge(&a.out);
+        return merge(&a.out, &ids);
     }
     check_at_least("--tile", a.tile, 1)?;
     check_at_least("--tile-above", a.tile_above, 1)?;
@@ -123,6 +136,7 @@ pub fn infer(a: InferArgs) -> anyhow::Result<i32> {
         true,
     )?;
     warn_assumed_spacing(&report, &predictor);
+    batch::write_detections(&a.out, &report.rows, a.shard, &ids)?;
     if a.json {
         write_json(&a, &predictor, &report)?;
     }
@@ -131,8 +145,9 @@ pub fn infer(a: InferArgs) -> anyhow::Result<i32> {
 }
 
 /// `engine infer --merge`: combines the shards' results in `out`.
-fn merge(out: &Path) -> anyhow::Result<i32> {
+fn merge(out: &Path, ids: &batch::CocoIds) -> anyhow::Result<i32> {
     let rows = batch::merge_shards(out)?;
+    batch::write_detections(out, &rows, None, ids)?;
     let failed = rows.iter().filter(|r| r.status != batch::OK).count();
     println!(
         "{} inputs: {} ok, {failed} failed; results in {}",
@@ -179,6 +194,7 @@ fn batch_options(a: &InferArgs, predictor: &Predictor) -> BatchOptions {
         dicom: a.dicom,
         model_name: model_name(predictor),
         pixel_spacing: a.pixel_spacing,
+        candidates: a.candidates.options(),
     }
 }
 
@@ -239,6 +255,11 @@ fn write_json(a: &InferArgs, predictor: &Predictor, report: &BatchReport) -> any
         inputs: report.rows.len(),
         ok,
         failed: report.rows.len() - ok,
+        candidates: report
+            .rows
+            .iter()
+            .map(|r| batch::read_candidates(&a.out, r))
+            .collect::<anyhow::Result<_>>()?,
         rows: report.rows.clone(),
     };
     std::fs::write(&path, serde_json::to_string_pretty(&j)?)

@@ -9,6 +9,7 @@
 //! Exit codes ([`crate::error::exit_code`]): 0 success, 2 bad input
 //! (missing or corrupt checkpoint or data, bad arguments; clap's own usage
 //! errors are 2 too), 1 internal error (GPU, inference, writing the outputs).
+pub mod baseline;
 pub mod metrics;
 pub mod panels;
 pub mod plots;
@@ -20,8 +21,10 @@ use crate::data::prepared::Sample;
 use crate::error::bad;
 use crate::gpu::Gpu;
 use crate::infer::TileOptions;
+use crate::lesions::{self, CandidateOptions, ImageLesions};
 use crate::predictor::Predictor;
 use anyhow::Context;
+use baseline::Baseline;
 use metrics::{Counts, ImageScore, PixelHistogram};
 use report::{ImageRecord, Summary};
 use std::path::Path;
@@ -38,6 +41,8 @@ pub struct EvalOptions {
     pub tiles: TileOptions,
     /// Spacing of images whose manifest records none (`--pixel-spacing`).
     pub pixel_spacing: Option<f64>,
+    /// How candidate lesions are read off the maps (lesion-level FROC).
+    pub candidates: CandidateOptions,
 }
 
 impl Default for EvalOptions {
@@ -51,6 +56,7 @@ impl Default for EvalOptions {
             panels: true,
             tiles: TileOptions::default(),
             pixel_spacing: None,
+            candidates: CandidateOptions::default(),
         }
     }
 }
@@ -76,6 +82,19 @@ impl EvalOptions {
                 self.bins
             )));
         }
+        let c = &self.candidates;
+        if !(c.min_distance_mm >= 0.0 && c.min_distance_mm.is_finite()) {
+            return Err(bad(format!(
+                "--min-distance-mm {} is not a distance",
+                c.min_distance_mm
+            )));
+        }
+        if !(0.0..=1.0).contains(&c.min_score) || c.max_per_image == 0 {
+            return Err(bad(format!(
+                "--min-candidate-score {} must be in [0, 1] and --max-candidates {} at least 1",
+                c.min_score, c.max_per_image
+            )));
+        }
         if self.panel_size < 16 {
             return Err(bad("--panel-size must be at least 16"));
         }
@@ -89,6 +108,8 @@ pub struct Accumulator {
     hist: PixelHistogram,
     pixel: Counts,
     records: Vec<ImageRecord>,
+    /// Each record's candidates matched against its lesions.
+    lesions: Vec<ImageLesions>,
     /// Position of each record's image in the full list (for shards).
     indices: Vec<usize>,
 }
@@ -100,19 +121,34 @@ impl Accumulator {
             opts,
             pixel: Counts::default(),
             records: Vec::new(),
+            lesions: Vec::new(),
             indices: Vec::new(),
         }
     }
 
-    /// Adds one image: its probability map and 0/1 mask (same size).
-    pub fn add(&mut self, file: &str, mask: &Gray8, prob: &[f32]) -> &ImageRecord {
+    /// Adds one image: its probability map and 0/1 mask (same size), and
+    /// its ground truth's lesions with the map's candidates.
+    pub fn add(
+        &mut self,
+        file: &str,
+        mask: &Gray8,
+        prob: &[f32],
+        lesions: ImageLesions,
+    ) -> &ImageRecord {
         let index = self.records.len();
-        self.add_at(index, file, mask, prob)
+        self.add_at(index, file, mask, prob, lesions)
     }
 
     /// [`Accumulator::add`] for the image at position `index` of the full
     /// list (a shard holds every N-th image).
-    pub fn add_at(&mut self, index: usize, file: &str, mask: &Gray8, prob: &[f32]) -> &ImageRecord {
+    pub fn add_at(
+        &mut self,
+        index: usize,
+        file: &str,
+        mask: &Gray8,
+        prob: &[f32],
+        lesions: ImageLesions,
+    ) -> &ImageRecord {
         self.indices.push(index);
         let t = self.opts.threshold;
         let c = metrics::pixel_counts(prob, &mask.pixels, t);
@@ -141,8 +177,11 @@ impl Accumulator {
             dice: c.f1(),
             iou: c.iou(),
             max_probability: prob.iter().copied().fold(0.0f32, f32::max) as f64,
+            lesions: lesions.lesions,
+            lesions_found: found_lesions(&lesions),
             panel: String::new(),
         });
+        self.lesions.push(lesions);
         self.records.last().expect("just pushed")
     }
 
@@ -155,8 +194,38 @@ impl Accumulator {
     }
 
     pub fn finish(self) -> Summary {
-        report::summarize(&self.opts, self.pixel, &self.hist, self.records)
+        report::summarize(
+            &self.opts,
+            self.pixel,
+            &self.hist,
+            self.records,
+            &self.lesions,
+        )
     }
+}
+
+/// Lesions of one image hit by any of its candidates.
+fn found_lesions(l: &ImageLesions) -> usize {
+    let hit: std::collections::BTreeSet<usize> = l
+        .candidates
+        .iter()
+        .flat_map(|c| c.hits.iter().copied())
+        .collect();
+    hit.len()
+}
+
+/// The candidates of `prob` (at the image's pixels, `spacing_mm` each)
+/// matched against the image's lesions.
+pub fn lesions_of(
+    s: &Sample,
+    mask: &Gray8,
+    prob: &[f32],
+    spacing_mm: f64,
+    opts: &CandidateOptions,
+) -> ImageLesions {
+    let cands = lesions::candidates(prob, mask.width, mask.height, spacing_mm, opts);
+    let truth = lesions::Truth::of(mask, s.lesion_boxes.as_deref());
+    lesions::match_image(&cands, &truth)
 }
 
 /// The file name of image `index`'s panel: index plus a sanitised id.
@@ -176,6 +245,50 @@ pub fn panel_name(index: usize, id: &str) -> String {
     format!("{index:04}_{stem}.png")
 }
 
+/// Where the probability maps come from: a model, or a trivial detector.
+#[derive(Clone, Copy)]
+pub enum Maps<'a> {
+    Model {
+        gpu: &'a Gpu,
+        predictor: &'a Predictor,
+    },
+    Baseline(Baseline),
+}
+
+impl Maps<'_> {
+    /// The map of `scan` at its own pixels, and the spacing its pixels were
+    /// taken to have (None: unknown) with whether that was assumed.
+    fn map(
+        &self,
+        scan: &Gray8,
+        own: Option<f64>,
+        opts: &EvalOptions,
+    ) -> anyhow::Result<(Vec<f32>, Option<f64>, bool)> {
+        match *self {
+            Maps::Model { gpu, predictor } => {
+                let spacing = predictor.input_spacing(own, opts.pixel_spacing);
+                let prob =
+                    predictor.probability_map(gpu, scan, own, opts.pixel_spacing, &opts.tiles)?;
+                let assumed = spacing.is_some_and(|s| s.origin == crate::spacing::Origin::Assumed);
+                Ok((prob, spacing.map(|s| s.input_mm).or(own), assumed))
+            }
+            Maps::Baseline(b) => {
+                let mm = own.or(opts.pixel_spacing).ok_or_else(|| {
+                    bad("a baseline needs each image's pixel spacing: give --pixel-spacing MM")
+                })?;
+                Ok((b.map(scan, mm), Some(mm), false))
+            }
+        }
+    }
+
+    fn spacing(&self) -> Option<crate::spacing::ModelSpacing> {
+        match self {
+            Maps::Model { predictor, .. } => predictor.spacing(),
+            Maps::Baseline(_) => None,
+        }
+    }
+}
+
 /// Evaluates `predictor` on `samples` and writes every output into `out`.
 /// Load failures of a sample are [`BadInput`].
 pub fn evaluate(
@@ -187,8 +300,27 @@ pub fn evaluate(
     out: &Path,
     progress: bool,
 ) -> anyhow::Result<Summary> {
+    evaluate_maps(
+        Maps::Model { gpu, predictor },
+        samples,
+        opts,
+        source,
+        out,
+        progress,
+    )
+}
+
+/// [`evaluate`] for any source of maps.
+pub fn evaluate_maps(
+    maps: Maps<'_>,
+    samples: &[Sample],
+    opts: &EvalOptions,
+    source: report::Source,
+    out: &Path,
+    progress: bool,
+) -> anyhow::Result<Summary> {
     let all: Vec<(usize, Sample)> = samples.iter().cloned().enumerate().collect();
-    let acc = run_samples(gpu, predictor, &all, opts, out, progress)?;
+    let acc = run_samples(maps, &all, opts, out, progress)?;
     let mut summary = acc.finish();
     summary.source = source;
     write_outputs(&mut summary, out, opts.panels)?;
@@ -211,8 +343,7 @@ pub fn write_outputs(summary: &mut Summary, out: &Path, panels: bool) -> anyhow:
 /// Runs `samples` (each with its position in the full list, which names
 /// its panel) through the predictor; writes the panels into `out/panels`.
 pub(crate) fn run_samples(
-    gpu: &Gpu,
-    predictor: &Predictor,
+    maps: Maps<'_>,
     samples: &[(usize, Sample)],
     opts: &EvalOptions,
     out: &Path,
@@ -256,12 +387,14 @@ pub(crate) fn run_samples(
                 s.id, scan.width, scan.height
             )));
         }
-        let spacing = predictor.input_spacing(s.spacing_mm, opts.pixel_spacing);
-        assumed += spacing.is_some_and(|s| s.origin == crate::spacing::Origin::Assumed) as usize;
-        let prob = predictor
-            .probability_map(gpu, &scan, s.spacing_mm, opts.pixel_spacing, &opts.tiles)
+        let (prob, mm, was_assumed) = maps
+            .map(&scan, s.spacing_mm, opts)
             .with_context(|| format!("{}: inference on {}x{}", s.id, scan.width, scan.height))?;
-        acc.add_at(*i, &s.id, &mask, &prob);
+        assumed += was_assumed as usize;
+        // Without any spacing the candidates' distance is in pixels.
+        let mm = mm.unwrap_or(1.0);
+        let found = lesions_of(s, &mask, &prob, mm, &opts.candidates);
+        acc.add_at(*i, &s.id, &mask, &prob, found);
         if opts.panels {
             let name = panel_name(*i, &s.id);
             panels::write_panel(
@@ -278,7 +411,7 @@ pub(crate) fn run_samples(
         bar.inc(1);
     }
     bar.finish_and_clear();
-    if let (Some(m), true) = (predictor.spacing(), assumed > 0 && progress) {
+    if let (Some(m), true) = (maps.spacing(), assumed > 0 && progress) {
         eprintln!(
             "{}",
             crate::spacing::assumed_warning(&format!("{assumed} image(s)"), &m)

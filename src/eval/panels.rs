@@ -194,7 +194,7 @@ fn href(rel: &str) -> String {
 
 fn row_cells(r: &ImageRecord) -> String {
     format!(
-        "<td>{}</td><td>{}x{}</td><td>{}</td><td>{:.4}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.4}</td><td>{:.4}</td><td>{:.4}</td>",
+        "<td>{}</td><td>{}x{}</td><td>{}</td><td>{:.4}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.4}</td><td>{:.4}</td><td>{:.4}</td><td>{}</td><td>{}</td>",
         esc(&r.file),
         r.width,
         r.height,
@@ -210,11 +210,13 @@ fn row_cells(r: &ImageRecord) -> String {
         r.tn,
         r.dice,
         r.iou,
-        r.max_probability
+        r.max_probability,
+        r.lesions,
+        r.lesions_found
     )
 }
 
-const HEADER: &str = "<tr><th>file</th><th>size</th><th>truth</th><th>score</th><th>predicted</th><th>outcome</th><th>mask px</th><th>predicted px</th><th>TP</th><th>FP</th><th>FN</th><th>TN</th><th>Dice</th><th>IoU</th><th>max p</th></tr>";
+const HEADER: &str = "<tr><th>file</th><th>size</th><th>truth</th><th>score</th><th>predicted</th><th>outcome</th><th>mask px</th><th>predicted px</th><th>TP</th><th>FP</th><th>FN</th><th>TN</th><th>Dice</th><th>IoU</th><th>max p</th><th>lesions</th><th>found</th></tr>";
 
 /// Writes index.html into `out` (panels must have been written).
 pub fn write_index(s: &Summary, out: &Path) -> anyhow::Result<()> {
@@ -248,13 +250,20 @@ pub fn write_index(s: &Summary, out: &Path) -> anyhow::Result<()> {
         super::plots::PR_PIXEL,
         super::plots::PR_IMAGE,
         super::plots::ROC_IMAGE,
+        super::plots::FROC,
     ] {
         let _ = write!(
             h,
             "<a href=\"{p}\"><img src=\"{p}\" width=\"420\" alt=\"{p}\"></a> "
         );
     }
-    let _ = writeln!(h, "</p>\n<p>Picked by: {}.</p>", esc(&s.picks.criterion));
+    let _ = writeln!(
+        h,
+        "</p>\n<p>Candidate lesions: {}.</p>\n<p>FROC: {}.</p>",
+        esc(&s.definitions.candidates),
+        esc(s.definitions.froc)
+    );
+    let _ = writeln!(h, "<p>Picked by: {}.</p>", esc(&s.picks.criterion));
     for (id, title, files) in [
         ("best", "Best", &s.picks.best),
         ("worst", "Worst", &s.picks.worst),

@@ -9,6 +9,7 @@ use std::path::Path;
 pub const PR_PIXEL: &str = "pr_pixel.png";
 pub const PR_IMAGE: &str = "pr_image.png";
 pub const ROC_IMAGE: &str = "roc_image.png";
+pub const FROC: &str = "froc.png";
 
 const SIZE: (u32, u32) = (640, 520);
 
@@ -35,6 +36,8 @@ struct Plot<'a> {
     curve: Vec<(f64, f64)>,
     /// Draw the chance diagonal.
     diagonal: bool,
+    /// The x axis runs from 0 to this.
+    x_max: f64,
     /// Marked operating points with a label.
     marks: Vec<(f64, f64, String)>,
 }
@@ -51,7 +54,7 @@ fn draw(plot: &Plot, path: &Path) -> anyhow::Result<()> {
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(50)
-            .build_cartesian_2d(0.0f64..1.0f64, 0.0f64..1.02f64)
+            .build_cartesian_2d(0.0f64..plot.x_max, 0.0f64..1.02f64)
             .map_err(to_anyhow)?;
         chart
             .configure_mesh()
@@ -154,6 +157,7 @@ pub fn write_plots(s: &Summary, out: &Path) -> anyhow::Result<Vec<String>> {
             y_label: "precision",
             curve: pr_curve(&s.curves.pixel_pr),
             diagonal: false,
+            x_max: 1.0,
             marks: pr_marks(s.target_recall, &s.pixel.at_target_recall, &s.pixel.max_f1),
         },
         &out.join(PR_PIXEL),
@@ -169,6 +173,7 @@ pub fn write_plots(s: &Summary, out: &Path) -> anyhow::Result<Vec<String>> {
             y_label: "precision",
             curve: pr_curve(&s.curves.image_pr),
             diagonal: false,
+            x_max: 1.0,
             marks: pr_marks(s.target_recall, &s.image.at_target_recall, &s.image.max_f1),
         },
         &out.join(PR_IMAGE),
@@ -183,9 +188,43 @@ pub fn write_plots(s: &Summary, out: &Path) -> anyhow::Result<Vec<String>> {
             y_label: "true-positive rate (recall)",
             curve: s.curves.image_roc.iter().map(|p| (p.fpr, p.tpr)).collect(),
             diagonal: true,
+            x_max: 1.0,
             marks: Vec::new(),
         },
         &out.join(ROC_IMAGE),
     )?;
-    Ok(vec![PR_PIXEL.into(), PR_IMAGE.into(), ROC_IMAGE.into()])
+    draw(&froc_plot(&s.lesion), &out.join(FROC))?;
+    Ok(vec![
+        PR_PIXEL.into(),
+        PR_IMAGE.into(),
+        ROC_IMAGE.into(),
+        FROC.into(),
+    ])
+}
+
+/// The FROC curve from (0, 0) to 4 false positives per image, flat past
+/// its last point, with the sensitivity at 1 marked.
+fn froc_plot(f: &crate::lesions::Froc) -> Plot<'static> {
+    let x_max = *crate::lesions::FP_RATES.last().expect("rates");
+    let mut curve = vec![(0.0, 0.0)];
+    let mut last = 0.0;
+    for p in f.curve.iter().take_while(|p| p.fp_per_image <= x_max) {
+        curve.push((p.fp_per_image, last));
+        curve.push((p.fp_per_image, p.sensitivity));
+        last = p.sensitivity;
+    }
+    curve.push((x_max, last));
+    let at1 = crate::lesions::sensitivity_at(&f.curve, 1.0);
+    Plot {
+        title: format!(
+            "Lesion FROC: {} lesions, {} images; {at1:.3} at 1 FP/image",
+            f.lesions, f.images
+        ),
+        x_label: "false positives per image",
+        y_label: "sensitivity (lesions found)",
+        curve,
+        diagonal: false,
+        x_max,
+        marks: vec![(1.0, at1, format!("1 FP/image: {at1:.3}"))],
+    }
 }

@@ -2,6 +2,7 @@
 //! the sweep (CSV) and the terminal table.
 use super::EvalOptions;
 use super::metrics::{self, Choice, Counts, ImageScore, PixelHistogram, PrPoint, RocPoint};
+use crate::lesions::{Froc, ImageLesions};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
@@ -45,6 +46,12 @@ pub struct ImageRecord {
     /// Pixel lesion IoU of this image at the threshold.
     pub iou: f64,
     pub max_probability: f64,
+    /// Lesions of the ground truth (boxes, or regions of the mask).
+    #[serde(default)]
+    pub lesions: usize,
+    /// Of those, the ones a candidate hits (at any candidate score).
+    #[serde(default)]
+    pub lesions_found: usize,
     /// The panel, relative to the output folder ("" without panels).
     pub panel: String,
 }
@@ -184,6 +191,8 @@ pub struct Definitions {
     pub average_precision: &'static str,
     pub roc_auc: &'static str,
     pub mean_iou: &'static str,
+    pub candidates: String,
+    pub froc: &'static str,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -202,6 +211,8 @@ pub struct Summary {
     /// Thresholds 0.00, 0.01, ..., 1.00.
     pub sweep: Vec<SweepRow>,
     pub curves: Curves,
+    /// Lesion level: candidates against the ground truth's lesions.
+    pub lesion: Froc,
     pub picks: Picks,
     pub per_image: Vec<ImageRecord>,
     /// Files written, relative to the output folder.
@@ -214,6 +225,7 @@ pub fn summarize(
     pixel_counts: Counts,
     hist: &PixelHistogram,
     records: Vec<ImageRecord>,
+    lesions: &[ImageLesions],
 ) -> Summary {
     let bins = hist.bins();
     // Pixel level.
@@ -296,6 +308,13 @@ pub fn summarize(
             average_precision: "sum over operating points from high to low threshold of (R_n - R_(n-1)) * P_n, starting at recall 0, no interpolation (scikit-learn average_precision_score)",
             roc_auc: "exact area under the ROC curve, ties in the score count one half (scikit-learn roc_auc_score)",
             mean_iou: "(lesion IoU + background IoU) / 2, background IoU = tn / (tn + fp + fn)",
+            candidates: format!(
+                "peaks of the map (no 8-neighbour higher) with p >= {}, from the highest down, at least {} mm apart, at most {} per image; score = the peak's p, centre = the peak pixel's centre, box = the 4-connected region around the peak with p >= half the peak",
+                opts.candidates.min_score,
+                opts.candidates.min_distance_mm,
+                opts.candidates.max_per_image
+            ),
+            froc: "lesions: the ground truth's boxes (sets prepared from boxes), else the 8-connected regions of the mask; a candidate hits every lesion holding its centre, a lesion is found once, a candidate hitting none is a false positive; one point per distinct candidate score t: sensitivity = lesions hit by candidates with score >= t / lesions, FP/image = false positives with score >= t / images; the sensitivity at F is the highest with at most F FP/image",
         },
         pixel,
         image,
@@ -305,6 +324,7 @@ pub fn summarize(
             image_pr,
             image_roc,
         },
+        lesion: crate::lesions::froc(lesions),
         picks: picks(&records),
         per_image: records,
         files: Vec::new(),
@@ -446,5 +466,31 @@ pub fn table(s: &Summary) -> String {
     choice_row(w, "max F1", "pixel", &s.pixel.max_f1);
     choice_row(w, &target, "image", &s.image.at_target_recall);
     choice_row(w, "max F1", "image", &s.image.max_f1);
+    froc_rows(w, &s.lesion);
     o
+}
+
+/// The lesion-level lines of the table: sensitivity at each FP rate.
+fn froc_rows(w: &mut String, f: &Froc) {
+    let _ = writeln!(
+        w,
+        "\n  lesion FROC: {} lesions in {} images, {} candidates",
+        f.lesions, f.images, f.candidates
+    );
+    let head: String = f
+        .sensitivity_at
+        .iter()
+        .map(|(r, _)| format!(" {:>7}", format!("{r} FP")))
+        .collect();
+    let vals: String = f
+        .sensitivity_at
+        .iter()
+        .map(|(_, v)| format!(" {v:>7.3}"))
+        .collect();
+    let _ = writeln!(w, "  {:<12}{head} {:>7}", "FP/image", "mean");
+    let _ = writeln!(
+        w,
+        "  {:<12}{vals} {:>7.3}",
+        "sensitivity", f.mean_sensitivity
+    );
 }

@@ -13,6 +13,7 @@ use super::{Accumulator, EvalOptions, run_samples};
 use crate::data::prepared::Sample;
 use crate::error::bad;
 use crate::gpu::Gpu;
+use crate::lesions::{CandidateOptions, ImageLesions};
 use crate::predictor::Predictor;
 use crate::shard::Shard;
 use anyhow::Context;
@@ -38,6 +39,10 @@ pub struct Partial {
     pub histogram: PixelHistogram,
     /// (position in the split, row).
     pub records: Vec<(usize, ImageRecord)>,
+    /// How candidates were read off the maps.
+    pub candidates: CandidateOptions,
+    /// Each row's candidates matched against its lesions (same order as `records`).
+    pub lesions: Vec<ImageLesions>,
 }
 
 /// Evaluates shard `shard` of `samples` and writes `partial.json` (and
@@ -60,7 +65,13 @@ pub fn evaluate_shard(
         std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
         Accumulator::new(opts.clone())
     } else {
-        run_samples(gpu, predictor, &mine, opts, out, progress)?
+        run_samples(
+            super::Maps::Model { gpu, predictor },
+            &mine,
+            opts,
+            out,
+            progress,
+        )?
     };
     let p = Partial {
         shard_index: shard.index,
@@ -75,6 +86,8 @@ pub fn evaluate_shard(
         pixel: acc.pixel,
         histogram: acc.hist,
         records: acc.indices.into_iter().zip(acc.records).collect(),
+        candidates: opts.candidates,
+        lesions: acc.lesions,
     };
     let path = out.join(PARTIAL_JSON);
     std::fs::write(&path, serde_json::to_string(&p)?)
@@ -111,7 +124,9 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> anyhow::Result<Summary> {
             && p.target_recall == first.target_recall
             && p.image_score == first.image_score
             && p.bins == first.bins
-            && p.panels == first.panels;
+            && p.panels == first.panels
+            && p.candidates == first.candidates
+            && p.lesions.len() == p.records.len();
         if !same {
             return Err(bad(format!(
                 "{} is a shard of another evaluation (settings, data or shard count differ from {})",
@@ -140,18 +155,24 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> anyhow::Result<Summary> {
         image_score: first.image_score,
         bins: first.bins,
         panels: first.panels,
+        candidates: first.candidates,
         ..EvalOptions::default()
     };
     let mut pixel = Counts::default();
     let mut hist = PixelHistogram::new(first.bins);
-    let mut records: Vec<(usize, ImageRecord, &Path)> = Vec::new();
+    let mut records: Vec<(usize, ImageRecord, &Path, ImageLesions)> = Vec::new();
     for (d, p) in &parts {
         pixel.tp += p.pixel.tp;
         pixel.fp += p.pixel.fp;
         pixel.fn_ += p.pixel.fn_;
         pixel.tn += p.pixel.tn;
         hist.merge(&p.histogram);
-        records.extend(p.records.iter().map(|(i, r)| (*i, r.clone(), d.as_path())));
+        records.extend(
+            p.records
+                .iter()
+                .zip(&p.lesions)
+                .map(|((i, r), l)| (*i, r.clone(), d.as_path(), l.clone())),
+        );
     }
     records.sort_by_key(|r| r.0);
     if records.len() != first.total_images || records.iter().enumerate().any(|(k, r)| r.0 != k) {
@@ -164,7 +185,7 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> anyhow::Result<Summary> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     if opts.panels {
         std::fs::create_dir_all(out.join("panels"))?;
-        for (_, r, d) in &records {
+        for (_, r, d, _) in &records {
             let (from, to) = (d.join(&r.panel), out.join(&r.panel));
             if from != to {
                 std::fs::copy(&from, &to)
@@ -172,8 +193,9 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> anyhow::Result<Summary> {
             }
         }
     }
+    let lesions: Vec<ImageLesions> = records.iter().map(|r| r.3.clone()).collect();
     let records: Vec<ImageRecord> = records.into_iter().map(|r| r.1).collect();
-    let mut summary = report::summarize(&opts, pixel, &hist, records);
+    let mut summary = report::summarize(&opts, pixel, &hist, records, &lesions);
     summary.source = first.source.clone();
     super::write_outputs(&mut summary, out, opts.panels)?;
     Ok(summary)

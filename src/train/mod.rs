@@ -66,6 +66,9 @@ pub enum Select {
     ImageAuc,
     /// Lesion IoU at threshold 0.5 (noisy on hard data: it is often 0).
     Iou,
+    /// Mean FROC sensitivity at 0.25-4 false positives per image (lesion
+    /// level: candidate peaks against the ground truth's lesions).
+    Froc,
     /// No choice: the final epoch. On small validation sets the highest
     /// score is often one lucky epoch (see docs/STUDY.md).
     Last,
@@ -77,6 +80,7 @@ impl Select {
             Select::PixelAp => "pixel-ap",
             Select::ImageAuc => "image-auc",
             Select::Iou => "iou",
+            Select::Froc => "froc",
             Select::Last => "last",
         }
     }
@@ -88,6 +92,7 @@ impl Select {
             Select::PixelAp => Some(v.pixel_ap),
             Select::ImageAuc => Some(v.image_auc.unwrap_or(0.0)),
             Select::Iou => Some(v.counts.iou()),
+            Select::Froc => Some(v.froc_mean),
             Select::Last => None,
         }
     }

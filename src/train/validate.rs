@@ -22,6 +22,10 @@ pub struct Validation {
     /// Image-level ROC AUC (None without both positive and negative films).
     pub image_auc: Option<f64>,
     pub image_ap: f64,
+    /// Lesion sensitivity at 1 false positive per image (FROC).
+    pub sensitivity_at_1fp: f64,
+    /// Mean FROC sensitivity at 0.25, 0.5, 1, 2 and 4 false positives per image.
+    pub froc_mean: f64,
 }
 
 /// Validates on whole films, as `engine eval` does: each film is resampled
@@ -53,7 +57,9 @@ pub fn validate(
         };
         let prob = probability_map_at(gpu, model, &scan, Some(spacings), &TileOptions::default())
             .with_context(|| format!("validating on {}", s.id))?;
-        acc.add(&s.id, &mask, &prob);
+        let opts = crate::lesions::CandidateOptions::default();
+        let lesions = crate::eval::lesions_of(s, &mask, &prob, spacings.input_mm, &opts);
+        acc.add(&s.id, &mask, &prob, lesions);
     }
     if acc.records().is_empty() {
         return Ok(Validation::default());
@@ -69,6 +75,8 @@ pub fn validate(
         pixel_ap: summary.pixel.average_precision,
         image_auc: summary.image.roc_auc,
         image_ap: summary.image.average_precision,
+        sensitivity_at_1fp: crate::lesions::sensitivity_at(&summary.lesion.curve, 1.0),
+        froc_mean: summary.lesion.mean_sensitivity,
     })
 }
 
@@ -125,6 +133,8 @@ pub(super) fn validation_record(
         "val_f1": v.counts.f1(),
         "val_iou": v.counts.iou(),
         "val_accuracy": v.counts.accuracy(),
+        "val_sensitivity_at_1fp": v.sensitivity_at_1fp,
+        "val_froc_mean": v.froc_mean,
     });
     if let Some(e) = epoch {
         r["epoch"] = e.into();
@@ -136,11 +146,13 @@ impl Validation {
     /// One line for the console.
     pub fn describe(&self) -> String {
         format!(
-            "pixel AP {:.4}, image AUC {}, lesion IoU {:.3} (precision {:.3} recall {:.3} at 0.5)",
+            "pixel AP {:.4}, image AUC {}, lesions found at 1 FP/image {:.3} (FROC mean {:.3}), lesion IoU {:.3} (precision {:.3} recall {:.3} at 0.5)",
             self.pixel_ap,
             self.image_auc
                 .map(|a| format!("{a:.3}"))
                 .unwrap_or_else(|| "-".into()),
+            self.sensitivity_at_1fp,
+            self.froc_mean,
             self.counts.iou(),
             self.counts.precision(),
             self.counts.recall()
