@@ -465,8 +465,9 @@ mod tests {
         }
         let t = Truth::of(&mask, None);
         assert_eq!(t.count(), 2, "diagonal neighbours join, (6, *) is apart");
-        assert_eq!(t.hits(2.5, 2.5), vec![0]);
-        assert_eq!(t.hits(6.9, 1.2), vec![1]);
+        // Labels follow raster order: (6, 0) starts the first region.
+        assert_eq!(t.hits(6.9, 1.2), vec![0]);
+        assert_eq!(t.hits(2.5, 2.5), vec![1]);
         assert!(t.hits(4.5, 1.5).is_empty());
     }
 

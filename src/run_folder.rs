@@ -160,20 +160,23 @@ pub fn write_config(
     dir: &Path,
     arguments: &impl Serialize,
     gpu: &crate::Gpu,
-    data: Option<&Path>,
+    data: &[std::path::PathBuf],
     resume: bool,
 ) -> anyhow::Result<()> {
+    let set_json = |d: &Path| {
+        let manifest = d.join("manifest.json");
+        json!({
+            "folder": d.display().to_string(),
+            "folder_absolute": d.canonicalize().ok().map(|p| p.display().to_string()),
+            "manifest": manifest.display().to_string(),
+            "manifest_sha256": std::fs::read(&manifest).ok().map(|b| sha256_hex(&b)),
+        })
+    };
+    // One set: its object; several: a list of them; phantoms: null.
     let data_json = match data {
-        Some(d) => {
-            let manifest = d.join("manifest.json");
-            json!({
-                "folder": d.display().to_string(),
-                "folder_absolute": d.canonicalize().ok().map(|p| p.display().to_string()),
-                "manifest": manifest.display().to_string(),
-                "manifest_sha256": std::fs::read(&manifest).ok().map(|b| sha256_hex(&b)),
-            })
-        }
-        None => Value::Null,
+        [] => Value::Null,
+        [one] => set_json(one),
+        many => Value::Array(many.iter().map(|d| set_json(d)).collect()),
     };
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -233,6 +236,8 @@ pub const CSV_COLUMNS: &[&str] = &[
     "val_f1",
     "val_iou",
     "val_accuracy",
+    "val_sensitivity_at_1fp",
+    "val_froc_mean",
     "step_ms",
     "peak_tensor_mib",
 ];

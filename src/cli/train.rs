@@ -16,8 +16,11 @@ pub struct TrainArgs {
     #[command(flatten)]
     pub adapter: AdapterArg,
     /// Prepared folder (`engine prepare ...` or `engine synth` output).
+    /// Give it more than once to train on several sets: each epoch holds
+    /// every set's full training images once, plus ROI crops drawn from all
+    /// sets' crops together; validation reports each set's numbers.
     #[arg(long, conflicts_with = "synthetic")]
-    pub data: Option<std::path::PathBuf>,
+    pub data: Vec<std::path::PathBuf>,
     /// Train on N synthetic phantoms generated in memory instead (the
     /// default, with 64, when --data is not given).
     #[arg(long)]
@@ -111,7 +114,7 @@ pub fn train(a: TrainArgs) -> anyhow::Result<i32> {
         crate::train::check_resume(&cfg, &run)?;
     }
     let gpu = Gpu::new(a.adapter.adapter.as_deref())?;
-    crate::run_folder::write_config(&a.out, &a, &gpu, a.data.as_deref(), a.resume)?;
+    crate::run_folder::write_config(&a.out, &a, &gpu, &a.data, a.resume)?;
     println!(
         "adapter: {}; {} training and {} validation images at {:.3} mm/pixel (model {:.3} mm/pixel); sizes {}; batch {} in micro-batches of {}",
         gpu.info.name,
@@ -207,18 +210,26 @@ fn config(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
 
 /// The training and validation samples and the spacings of the run.
 fn samples(a: &TrainArgs) -> anyhow::Result<(Vec<Sample>, Vec<Sample>, ModelSpacing)> {
-    let source = match a.data.clone() {
-        Some(dir) => crate::train::Source::Prepared(dir),
-        None => crate::train::Source::Synthetic {
+    let source = match a.data.is_empty() {
+        false => crate::train::Source::Prepared(a.data.clone()),
+        true => crate::train::Source::Synthetic {
             n: a.synthetic.unwrap_or(64),
             size: a.synthetic_size,
         },
     };
     let (mut train, mut val) = crate::train::samples(&source, a.val_fraction, a.seed)?;
     if train.is_empty() {
-        return Err(bad(match &a.data {
-            Some(d) => format!("--data {}: no training images", d.display()),
-            None => "--synthetic 0: no training images".to_string(),
+        return Err(bad(if a.data.is_empty() {
+            "--synthetic 0: no training images".to_string()
+        } else {
+            format!(
+                "--data {}: no training images",
+                a.data
+                    .iter()
+                    .map(|d| d.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
         }));
     }
     let spacing = crate::train::resolve_spacing(
@@ -226,7 +237,7 @@ fn samples(a: &TrainArgs) -> anyhow::Result<(Vec<Sample>, Vec<Sample>, ModelSpac
         &mut val,
         a.pixel_spacing,
         a.model_spacing,
-        a.data.as_deref(),
+        a.data.first().map(|d| d.as_path()),
     )
     .map_err(bad_input)?;
     Ok((train, val, spacing))

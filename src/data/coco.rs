@@ -452,7 +452,9 @@ mod tests {
             })
             .count();
         assert_eq!(e.count_nonzero(), expected);
-        assert_eq!(expected, 16);
+        // By hand: rows y = 1, 4 (v^2 = 0.5625) keep the 4 centres with u^2 <= 0.4375,
+        // rows y = 2, 3 (v^2 = 0.0625) all 6: 20 pixels.
+        assert_eq!(expected, 20);
         assert_eq!(e.get(0, 0), 0);
         assert_eq!(e.get(1, 1), 0, "a box's corner is not in its ellipse");
         assert_eq!(e.get(3, 2), 255);
@@ -470,8 +472,8 @@ mod tests {
             Ok([1.0, 2.0, 4.0, 6.0])
         );
         assert_eq!(
-            checked_box(&[-0.3, 0.0, 10.2, 4.0], 10, 10),
-            Ok([0.0, 0.0, 9.9, 4.0])
+            checked_box(&[-0.25, 0.0, 10.5, 4.0], 10, 10),
+            Ok([0.0, 0.0, 10.0, 4.0])
         );
         assert!(
             checked_box(&[5.0, 5.0, 6.0, 1.0], 10, 10)

@@ -111,6 +111,9 @@ pub struct Sample {
     pub spacing_mm: Option<f64>,
     /// The ground truth's lesion boxes, for sets prepared from boxes.
     pub lesion_boxes: Option<Vec<[f64; 4]>>,
+    /// The data set it belongs to when training on several (`engine train
+    /// --data A --data B`: the folders' names); empty for one.
+    pub set: String,
 }
 
 impl Sample {
@@ -133,6 +136,7 @@ impl Sample {
             size: None,
             spacing_mm: None,
             lesion_boxes: None,
+            set: String::new(),
         }
     }
 
@@ -205,6 +209,7 @@ impl PreparedSet {
             size: Some((e.width, e.height)),
             spacing_mm: e.pixel_spacing_mm,
             lesion_boxes: e.lesion_boxes.clone(),
+            set: String::new(),
         }
     }
 

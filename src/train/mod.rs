@@ -179,8 +179,10 @@ pub fn parse_sizes(s: &str) -> anyhow::Result<Vec<(usize, usize)>> {
 /// Where training images come from.
 #[derive(Clone, Debug)]
 pub enum Source {
-    /// A prepared folder (`engine prepare`, `engine synth`).
-    Prepared(PathBuf),
+    /// Prepared folders (`engine prepare`, `engine synth`): with more than
+    /// one, each epoch holds every set's full images once, and ROI crops
+    /// drawn from all sets' crops together (see `data::loader`).
+    Prepared(Vec<PathBuf>),
     /// `n` synthetic phantoms of side `size`, generated in memory.
     Synthetic { n: usize, size: usize },
 }
@@ -221,6 +223,23 @@ pub fn resolve_spacing(
     })
 }
 
+/// The name of each prepared folder for logs and per-set validation: its
+/// last path component, with `-2`, `-3`, ... when two folders share it.
+pub fn set_names(dirs: &[PathBuf]) -> Vec<String> {
+    let mut seen = std::collections::BTreeMap::<String, usize>::new();
+    dirs.iter()
+        .map(|d| {
+            let base = d.file_name().map_or_else(
+                || d.display().to_string(),
+                |n| n.to_string_lossy().into_owned(),
+            );
+            let k = seen.entry(base.clone()).or_insert(0);
+            *k += 1;
+            if *k == 1 { base } else { format!("{base}-{k}") }
+        })
+        .collect()
+}
+
 /// Moves the last `fraction` of `train` (at least one, never all) to a
 /// validation set.
 fn hold_out(train: &mut Vec<Sample>, fraction: f64) -> Vec<Sample> {
@@ -239,12 +258,25 @@ pub fn samples(
     seed: u64,
 ) -> anyhow::Result<(Vec<Sample>, Vec<Sample>)> {
     match source {
-        Source::Prepared(dir) => {
-            let set = PreparedSet::open(dir)?;
-            let mut train = set.training();
-            let mut val = set.split("val");
-            if val.is_empty() {
-                val = hold_out(&mut train, val_fraction);
+        Source::Prepared(dirs) => {
+            let names = set_names(dirs);
+            let (mut train, mut val) = (Vec::new(), Vec::new());
+            for (dir, name) in dirs.iter().zip(&names) {
+                let set = PreparedSet::open(dir)?;
+                let mut t = set.training();
+                let mut v = set.split("val");
+                if v.is_empty() {
+                    v = hold_out(&mut t, val_fraction);
+                }
+                if dirs.len() > 1 {
+                    // Ids key the loader's image cache: keep them unique.
+                    for s in t.iter_mut().chain(v.iter_mut()) {
+                        s.id = format!("{name}/{}", s.id);
+                        s.set = name.clone();
+                    }
+                }
+                train.extend(t);
+                val.extend(v);
             }
             Ok((train, val))
         }

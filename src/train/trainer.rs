@@ -208,7 +208,11 @@ impl<'a> Trainer<'a> {
         self.log
             .record(&validation_record("baseline", None, size, &v))?;
         if !self.quiet {
-            println!("untrained: validation {}", v.describe());
+            println!(
+                "untrained: validation {}{}",
+                v.describe(),
+                v.describe_sets()
+            );
         }
         Ok(())
     }
@@ -374,9 +378,10 @@ impl<'a> Trainer<'a> {
         crate::run_folder::refresh_or_warn(&self.run.0);
         if !self.quiet {
             println!(
-                "epoch {}: train loss {mean_loss:.4}; validation {}; {step_ms:.0} ms/step, peak tensors {peak_mib:.0} MiB",
+                "epoch {}: train loss {mean_loss:.4}; validation {}; {step_ms:.0} ms/step, peak tensors {peak_mib:.0} MiB{}",
                 at.epoch + 1,
-                v.describe()
+                v.describe(),
+                v.describe_sets()
             );
         }
         self.at = Progress {
@@ -431,10 +436,11 @@ impl<'a> Trainer<'a> {
         self.log.record(&record)?;
         if !self.quiet {
             println!(
-                "weights averaged over epochs {}-{epoch} ({}): validation {}",
+                "weights averaged over epochs {}-{epoch} ({}): validation {}{}",
                 epoch + 1 - avg.epochs,
                 self.run.swa().display(),
-                v.describe()
+                v.describe(),
+                v.describe_sets()
             );
         }
         avg.save(gpu, &self.run.swa(), &meta)

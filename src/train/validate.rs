@@ -26,6 +26,8 @@ pub struct Validation {
     pub sensitivity_at_1fp: f64,
     /// Mean FROC sensitivity at 0.25, 0.5, 1, 2 and 4 false positives per image.
     pub froc_mean: f64,
+    /// With several data sets: each set's own validation, by name.
+    pub per_set: Vec<(String, Validation)>,
 }
 
 /// Validates on whole films, as `engine eval` does: each film is resampled
@@ -39,10 +41,15 @@ pub fn validate(
     films: &[Sample],
     spacing: Option<ModelSpacing>,
 ) -> anyhow::Result<Validation> {
-    let mut acc = Accumulator::new(EvalOptions {
-        panels: false,
-        ..EvalOptions::default()
-    });
+    let new_acc = || {
+        Accumulator::new(EvalOptions {
+            panels: false,
+            ..EvalOptions::default()
+        })
+    };
+    let mut all = new_acc();
+    // One accumulator per data set (all films in one when there is one set).
+    let mut sets: Vec<(String, Accumulator)> = Vec::new();
     for s in films.iter().filter(|s| s.mask_complete) {
         let (scan, mask) = s.load()?;
         let spacings = match (spacing, s.spacing_mm) {
@@ -59,13 +66,34 @@ pub fn validate(
             .with_context(|| format!("validating on {}", s.id))?;
         let opts = crate::lesions::CandidateOptions::default();
         let lesions = crate::eval::lesions_of(s, &mask, &prob, spacings.input_mm, &opts);
-        acc.add(&s.id, &mask, &prob, lesions);
+        if !s.set.is_empty() {
+            let k = match sets.iter().position(|(n, _)| *n == s.set) {
+                Some(k) => k,
+                None => {
+                    sets.push((s.set.clone(), new_acc()));
+                    sets.len() - 1
+                }
+            };
+            sets[k].1.add(&s.id, &mask, &prob, lesions.clone());
+        }
+        all.add(&s.id, &mask, &prob, lesions);
     }
+    Ok(Validation {
+        per_set: sets
+            .into_iter()
+            .map(|(name, acc)| (name, summarize(acc)))
+            .collect(),
+        ..summarize(all)
+    })
+}
+
+/// The validation numbers of an accumulator's films.
+fn summarize(acc: Accumulator) -> Validation {
     if acc.records().is_empty() {
-        return Ok(Validation::default());
+        return Validation::default();
     }
     let summary = acc.finish();
-    Ok(Validation {
+    Validation {
         counts: Counts {
             tp: summary.pixel.counts.tp,
             fp: summary.pixel.counts.fp,
@@ -77,7 +105,8 @@ pub fn validate(
         image_ap: summary.image.average_precision,
         sensitivity_at_1fp: crate::lesions::sensitivity_at(&summary.lesion.curve, 1.0),
         froc_mean: summary.lesion.mean_sensitivity,
-    })
+        per_set: Vec::new(),
+    }
 }
 
 /// Replaces every batch-norm layer's running statistics by their average
@@ -136,6 +165,16 @@ pub(super) fn validation_record(
         "val_sensitivity_at_1fp": v.sensitivity_at_1fp,
         "val_froc_mean": v.froc_mean,
     });
+    for (name, sv) in &v.per_set {
+        r["val_sets"][name] = serde_json::json!({
+            "pixel_ap": sv.pixel_ap,
+            "image_auc": sv.image_auc,
+            "image_ap": sv.image_ap,
+            "sensitivity_at_1fp": sv.sensitivity_at_1fp,
+            "froc_mean": sv.froc_mean,
+            "iou": sv.counts.iou(),
+        });
+    }
     if let Some(e) = epoch {
         r["epoch"] = e.into();
     }
@@ -143,6 +182,22 @@ pub(super) fn validation_record(
 }
 
 impl Validation {
+    /// With several data sets, a short line for each, each starting with
+    /// a line break (empty for one set).
+    pub fn describe_sets(&self) -> String {
+        let mut line = String::new();
+        for (name, v) in &self.per_set {
+            line += &format!(
+                "\n    {name}: pixel AP {:.4}, image AUC {}, lesions found at 1 FP/image {:.3}",
+                v.pixel_ap,
+                v.image_auc
+                    .map_or_else(|| "-".into(), |a| format!("{a:.3}")),
+                v.sensitivity_at_1fp
+            );
+        }
+        line
+    }
+
     /// One line for the console.
     pub fn describe(&self) -> String {
         format!(
