@@ -120,7 +120,9 @@ fn accumulator_sums_pixels_and_counts_images() {
     prob[1] = 0.6;
     prob[2] = 0.5; // tie: missed
     prob[100] = 0.7;
-    let r = acc.add("a.png", &gray(30, 25, mask), &prob).clone();
+    let r = acc
+        .add("a.png", &gray(30, 25, mask), &prob, Default::default())
+        .clone();
     assert_eq!(
         (r.truth, r.predicted, r.outcome.as_str(), r.tp, r.fp, r.fn_),
         (1, 1, "TP", 2, 1, 1)
@@ -129,12 +131,24 @@ fn accumulator_sums_pixels_and_counts_images() {
     // Image b: no lesion, one pixel above: not predicted (needs 2).
     let mut prob = vec![0.0f32; 750];
     prob[5] = 0.99;
-    let r = acc.add("b.png", &gray(30, 25, vec![0; 750]), &prob).clone();
+    let r = acc
+        .add(
+            "b.png",
+            &gray(30, 25, vec![0; 750]),
+            &prob,
+            Default::default(),
+        )
+        .clone();
     assert_eq!((r.truth, r.predicted, r.outcome.as_str()), (0, 0, "TN"));
     // Image c: no lesion, 5 pixels above: a false positive.
     let mut prob = vec![0.0f32; 750];
     prob[..5].fill(0.95);
-    acc.add("c.png", &gray(30, 25, vec![0; 750]), &prob);
+    acc.add(
+        "c.png",
+        &gray(30, 25, vec![0; 750]),
+        &prob,
+        Default::default(),
+    );
     let s = acc.finish();
     let p = s.pixel.counts;
     assert_eq!((p.tp, p.fp, p.fn_, p.tn), (2, 1 + 1 + 5, 1, 2250 - 10));
@@ -408,6 +422,7 @@ fn eval_writes_panels_plots_and_an_index_that_links_only_existing_files() {
         "pr_pixel.png",
         "pr_image.png",
         "roc_image.png",
+        "froc.png",
         "index.html",
     ] {
         assert!(out.join(f).is_file(), "{f} missing");
