@@ -592,7 +592,7 @@ fn a_scaled_down_panel_keeps_the_scan_grey_levels() {
     let dir = std::env::temp_dir().join(format!("engine-panel-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("panel.png");
-    engine::eval::panels::write_panel(&path, &scan, &mask, &prob, 0.5, 50).unwrap();
+    engine::eval::panels::write_panel(&path, &scan, &mask, &prob, 0.5, 50, &[]).unwrap();
     let img = image::open(&path).unwrap().to_rgb8();
     // Tile 0 (the scan) starts at x = 0 below the label strip.
     let px = img.get_pixel(10, img.height() - 10);

@@ -393,7 +393,14 @@ pub(crate) fn run_samples(
         assumed += was_assumed as usize;
         // Without any spacing the candidates' distance is in pixels.
         let mm = mm.unwrap_or(1.0);
-        let found = lesions_of(s, &mask, &prob, mm, &opts.candidates);
+        let cands = lesions::candidates(&prob, mask.width, mask.height, mm, &opts.candidates);
+        let truth = lesions::Truth::of(&mask, s.lesion_boxes.as_deref());
+        let found = lesions::match_image(&cands, &truth);
+        let marked: Vec<(lesions::Candidate, bool)> = cands
+            .into_iter()
+            .zip(&found.candidates)
+            .map(|(c, m)| (c, !m.hits.is_empty()))
+            .collect();
         acc.add_at(*i, &s.id, &mask, &prob, found);
         if opts.panels {
             let name = panel_name(*i, &s.id);
@@ -404,6 +411,7 @@ pub(crate) fn run_samples(
                 &prob,
                 opts.threshold,
                 opts.panel_size,
+                &marked,
             )
             .with_context(|| format!("{}: writing its panel", s.id))?;
             acc.records_mut()[k].panel = format!("panels/{name}");

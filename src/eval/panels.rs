@@ -10,6 +10,7 @@
 //! region and one of its 8 neighbours is not.
 use super::report::{self, ImageRecord, Summary};
 use crate::data::Gray8;
+use crate::lesions::Candidate;
 use plotters::prelude::*;
 use std::fmt::Write as _;
 use std::path::Path;
@@ -60,7 +61,10 @@ pub fn outline(region: &[bool], w: usize, h: usize) -> Vec<bool> {
     out
 }
 
-/// Writes the panel of one image.
+/// Writes the panel of one image: the scan, the ground truth's outline,
+/// the map, and the outline of `p > threshold` with the boxes of the
+/// candidates scoring above the threshold (yellow: hits a lesion; cyan:
+/// a false positive).
 pub fn write_panel(
     path: &Path,
     scan: &Gray8,
@@ -68,6 +72,7 @@ pub fn write_panel(
     prob: &[f32],
     threshold: f32,
     size: usize,
+    candidates: &[(Candidate, bool)],
 ) -> anyhow::Result<()> {
     let (w, h) = (scan.width, scan.height);
     let f = (size as f64 / w.max(h) as f64).min(1.0);
@@ -142,6 +147,23 @@ pub fn write_panel(
             );
         }
     }
+    for (c, hit) in candidates.iter().filter(|(c, _)| c.score > threshold) {
+        let colour = if *hit { [255, 220, 0] } else { [0, 230, 255] };
+        let b = [c.bbox[0] * f, c.bbox[1] * f, c.bbox[2] * f, c.bbox[3] * f];
+        let (x0, y0) = ((b[0] as usize).min(pw - 1), (b[1] as usize).min(ph - 1));
+        let (x1, y1) = (
+            (b[2].ceil() as usize).clamp(x0 + 1, pw) - 1,
+            (b[3].ceil() as usize).clamp(y0 + 1, ph) - 1,
+        );
+        for x in x0..=x1 {
+            put(3, x, y0, colour);
+            put(3, x, y1, colour);
+        }
+        for y in y0..=y1 {
+            put(3, x0, y, colour);
+            put(3, x1, y, colour);
+        }
+    }
     super::plots::register_font();
     {
         let root = BitMapBackend::with_buffer(&mut buf, (total_w, total_h)).into_drawing_area();
@@ -149,7 +171,7 @@ pub fn write_panel(
             "scan".to_string(),
             "ground truth".to_string(),
             "probability".to_string(),
-            format!("p > {threshold}"),
+            format!("p > {threshold}, candidates"),
         ];
         for (i, l) in labels.iter().enumerate() {
             root.draw_text(
