@@ -1036,7 +1036,7 @@ fn config_records_the_data_manifest_hash() {
         &dir,
         &serde_json::json!({"lr": 0.001}),
         gpu(),
-        Some(Path::new("data/sample")),
+        &[PathBuf::from("data/sample")],
         false,
     )
     .unwrap();
@@ -1053,7 +1053,7 @@ fn config_records_the_data_manifest_hash() {
     }
     assert_eq!(hash.len(), 64);
     // A resumed run appends itself to `resumes`.
-    engine::run_folder::write_config(&dir, &serde_json::json!({"lr": 0.002}), gpu(), None, true)
+    engine::run_folder::write_config(&dir, &serde_json::json!({"lr": 0.002}), gpu(), &[], true)
         .unwrap();
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
