@@ -306,3 +306,69 @@ fn prepare_mias_on_real_data() {
     assert_eq!((scan.width, scan.height), (e.width, e.height));
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// The whole CBIS-DDSM Mass-Training export (COCO boxes, 800 x 800 JPEGs)
+/// through `engine prepare coco` as docs/STUDY.md prepares it: every film
+/// and box is read, patients stay whole, and the masses come out round at
+/// square 0.3 mm pixels.
+#[test]
+#[cfg_attr(
+    not(mammo_data),
+    ignore = "needs real data: set MAMMO_DATA when building the tests (see data/README.md)"
+)]
+fn the_cbis_ddsm_coco_export_prepares_whole() {
+    use engine::data::coco::{BoxMask, CocoOptions, prepare};
+    use engine::data::prepared::Holdout;
+    let out = std::env::temp_dir().join(format!("engine-test-coco-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let opt = CocoOptions {
+        annotations: None,
+        val: Holdout::Fraction(0.1),
+        test: 0.2,
+        seed: 0,
+        crop_mm: engine::data::prepared::CROP_MM,
+        spacing_mm: (0.3, 0.1875),
+        box_mask: BoxMask::Ellipse,
+        patient_regex: engine::data::coco::PATIENT_REGEX.into(),
+    };
+    let w = prepare(&data_dir().join("cbis-ddsm-masses/train"), &out, &opt).unwrap();
+    let m = &w.manifest;
+    assert!(m.skipped.is_empty(), "{:?}", m.skipped);
+    let films: Vec<_> = m.images.iter().filter(|e| !e.crop).collect();
+    assert_eq!(films.len(), 1231);
+    let boxes: usize = films
+        .iter()
+        .map(|e| e.lesion_boxes.as_ref().unwrap().len())
+        .sum();
+    assert_eq!(boxes, 1318);
+    let mut split_of = std::collections::BTreeMap::new();
+    for e in &films {
+        // 500 x 800 at 0.3 mm, less any black border trimmed.
+        assert!(
+            e.width <= 500 && e.height <= 800 && e.width > 300,
+            "{}",
+            e.file
+        );
+        assert!(e.abnormal && e.positive_pixels > 0, "{}", e.file);
+        let s = split_of.entry(e.patient.clone()).or_insert(e.split.clone());
+        assert_eq!(*s, e.split, "patient {} split apart", e.patient);
+    }
+    assert_eq!(split_of.len(), 691);
+    let count = |s: &str| films.iter().filter(|e| e.split == s).count();
+    assert_eq!(
+        (count("train"), count("val"), count("test")),
+        (860, 118, 253)
+    );
+    // Stretched 1.6x wide as exported (median box 80 x 47 pixels), masses
+    // are about round at square pixels: the median width / height of the
+    // boxes is near 1.
+    let mut ratios: Vec<f64> = films
+        .iter()
+        .flat_map(|e| e.lesion_boxes.clone().unwrap())
+        .map(|b| (b[2] - b[0]) / (b[3] - b[1]))
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    let median = ratios[ratios.len() / 2];
+    assert!((0.85..1.2).contains(&median), "median aspect {median}");
+    std::fs::remove_dir_all(&out).ok();
+}
