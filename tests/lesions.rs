@@ -390,6 +390,15 @@ fn froc_of_hand_made_maps_through_the_evaluation() {
         .map(|r| (r.lesions, r.lesions_found))
         .collect();
     assert_eq!(rows, [(2, 1), (1, 1), (0, 0)]);
+    let scores: Vec<(f64, f64)> = s
+        .per_image
+        .iter()
+        .map(|r| {
+            let r1 = |v: f64| (v * 10.0).round() / 10.0;
+            (r1(r.best_hit_score), r1(r.best_false_positive_score))
+        })
+        .collect();
+    assert_eq!(scores, [(0.9, 0.7), (0.6, 0.8), (0.0, 0.5)]);
 }
 
 fn tiny_checkpoint(path: &Path) {

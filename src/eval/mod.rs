@@ -179,6 +179,8 @@ impl Accumulator {
             max_probability: prob.iter().copied().fold(0.0f32, f32::max) as f64,
             lesions: lesions.lesions,
             lesions_found: found_lesions(&lesions),
+            best_hit_score: best_score(&lesions, true),
+            best_false_positive_score: best_score(&lesions, false),
             panel: String::new(),
         });
         self.lesions.push(lesions);
@@ -202,6 +204,15 @@ impl Accumulator {
             &self.lesions,
         )
     }
+}
+
+/// The highest score of a candidate that hits a lesion (`hit`) or none.
+fn best_score(l: &ImageLesions, hit: bool) -> f64 {
+    l.candidates
+        .iter()
+        .filter(|c| c.hits.is_empty() != hit)
+        .map(|c| c.score as f64)
+        .fold(0.0, f64::max)
 }
 
 /// Lesions of one image hit by any of its candidates.

@@ -52,6 +52,12 @@ pub struct ImageRecord {
     /// Of those, the ones a candidate hits (at any candidate score).
     #[serde(default)]
     pub lesions_found: usize,
+    /// The highest score of a candidate that hits a lesion (0: none).
+    #[serde(default)]
+    pub best_hit_score: f64,
+    /// The highest score of a candidate that hits nothing (0: none).
+    #[serde(default)]
+    pub best_false_positive_score: f64,
     /// The panel, relative to the output folder ("" without panels).
     pub panel: String,
 }
