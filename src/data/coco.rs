@@ -344,7 +344,12 @@ pub fn prepare(input: &Path, out: &Path, opt: &CocoOptions) -> Result<SetWriter,
         let path = input.join(&item.file_name);
         let name = unique_name(&item.file_name, &mut names);
         match read_item(&path, item, opt) {
-            Ok((scan, mask, boxes, spacing)) => w
+            Ok(SquareItem {
+                scan,
+                mask,
+                boxes,
+                spacing_mm: spacing,
+            }) => w
                 .add(Prepared {
                     name: &name,
                     split: &split[&item.patient],
@@ -372,13 +377,16 @@ pub fn prepare(input: &Path, out: &Path, opt: &CocoOptions) -> Result<SetWriter,
     Ok(w)
 }
 
-/// The scan at square pixels, its mask, its boxes in the new pixels, and
-/// its spacing.
-fn read_item(
-    path: &Path,
-    item: &CocoItem,
-    opt: &CocoOptions,
-) -> Result<(Gray8, Gray8, Vec<[f64; 4]>, f64), DataError> {
+/// One image ready to write: the scan at square pixels, its mask, its
+/// boxes in the new pixels, and its spacing.
+struct SquareItem {
+    scan: Gray8,
+    mask: Gray8,
+    boxes: Vec<[f64; 4]>,
+    spacing_mm: f64,
+}
+
+fn read_item(path: &Path, item: &CocoItem, opt: &CocoOptions) -> Result<SquareItem, DataError> {
     let raw = read_gray8(path)?;
     if (raw.width, raw.height) != (item.width, item.height) {
         return Err(DataError::invalid(
@@ -399,7 +407,12 @@ fn read_item(
     for b in &boxes {
         draw_box(&mut mask, *b, opt.box_mask);
     }
-    Ok((scan, mask, boxes, spacing))
+    Ok(SquareItem {
+        scan,
+        mask,
+        boxes,
+        spacing_mm: spacing,
+    })
 }
 
 /// The whole pixels a box touches, `(x0, y0, x1, y1)` with exclusive ends.
