@@ -7,25 +7,11 @@
 mod support;
 use engine::data::Gray8;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::OnceLock;
+use support::engine;
 
 fn temp(name: &str) -> PathBuf {
     support::temp_dir("errors", name)
-}
-
-/// Runs `engine ARGS`; returns (exit code, stdout, stderr).
-fn engine<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (i32, String, String) {
-    let o = Command::new(env!("CARGO_BIN_EXE_engine"))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    (
-        o.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
 }
 
 fn s(p: &Path) -> String {

@@ -12,24 +12,24 @@ use engine::eval::{Accumulator, EvalOptions, lesions_of};
 use engine::model::{Meta, Model, ModelConfig};
 use engine::ops::resize::Mode;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use support::gpu;
+use support::{engine, gpu};
 
 fn temp(name: &str) -> PathBuf {
     support::temp_dir("lesions", name)
 }
 
-fn engine<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (i32, String, String) {
-    let o = Command::new(env!("CARGO_BIN_EXE_engine"))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    (
-        o.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
+/// `engine prepare coco --input INPUT --out OUT ARGS`.
+fn prepare_coco(input: &Path, out: &Path, args: &[&str]) -> (i32, String, String) {
+    let mut all = vec![
+        "prepare".to_string(),
+        "coco".into(),
+        "--input".into(),
+        s(input),
+        "--out".into(),
+        s(out),
+    ];
+    all.extend(args.iter().map(|a| a.to_string()));
+    engine(&all)
 }
 
 fn s(p: &Path) -> String {
@@ -83,22 +83,20 @@ fn coco_preparation_gives_exact_masks_at_square_pixels_and_keeps_patients_togeth
     export(&input, COCO);
     let out = root.join("prepared");
     // Rows 0.2 mm, columns 0.1 mm: images become 20 x 20 at 0.2 mm.
-    let (code, stdout, stderr) = engine(&[
-        "prepare",
-        "coco",
-        "--input",
-        &s(&input),
-        "--out",
-        &s(&out),
-        "--pixel-spacing",
-        "0.2,0.1",
-        "--box-mask",
-        "box",
-        "--val",
-        "0.34",
-        "--test",
-        "0.33",
-    ]);
+    let (code, stdout, stderr) = prepare_coco(
+        &input,
+        &out,
+        &[
+            "--pixel-spacing",
+            "0.2,0.1",
+            "--box-mask",
+            "box",
+            "--val",
+            "0.34",
+            "--test",
+            "0.33",
+        ],
+    );
     assert_eq!(code, 0, "{stdout}{stderr}");
     let set = PreparedSet::open(&out).unwrap();
     let films: Vec<_> = set.manifest.images.iter().filter(|e| !e.crop).collect();
@@ -153,16 +151,7 @@ fn coco_preparation_gives_exact_masks_at_square_pixels_and_keeps_patients_togeth
 
     // The default ellipse: the inscribed ellipse of each box, drawn by the same rule.
     let out_e = root.join("prepared-ellipse");
-    let (code, stdout, stderr) = engine(&[
-        "prepare",
-        "coco",
-        "--input",
-        &s(&input),
-        "--out",
-        &s(&out_e),
-        "--pixel-spacing",
-        "0.2,0.1",
-    ]);
+    let (code, stdout, stderr) = prepare_coco(&input, &out_e, &["--pixel-spacing", "0.2,0.1"]);
     assert_eq!(code, 0, "{stdout}{stderr}");
     let set = PreparedSet::open(&out_e).unwrap();
     let e = set
@@ -188,16 +177,7 @@ fn prepare_with(name: &str, json: &str) -> (i32, String, PathBuf) {
     let input = root.join("export");
     export(&input, json);
     let out = root.join("prepared");
-    let (code, _, stderr) = engine(&[
-        "prepare",
-        "coco",
-        "--input",
-        &s(&input),
-        "--out",
-        &s(&out),
-        "--pixel-spacing",
-        "0.2",
-    ]);
+    let (code, _, stderr) = prepare_coco(&input, &out, &["--pixel-spacing", "0.2"]);
     (code, stderr, out)
 }
 
@@ -243,18 +223,11 @@ fn bad_coco_input_is_named_and_refused_before_anything_is_written() {
     let root = temp("regex");
     let input = root.join("export");
     export(&input, COCO);
-    let (code, _, stderr) = engine(&[
-        "prepare",
-        "coco",
-        "--input",
-        &s(&input),
-        "--out",
-        &s(&root.join("p")),
-        "--pixel-spacing",
-        "0.2",
-        "--patient-regex",
-        "^case([0-9]+)",
-    ]);
+    let (code, _, stderr) = prepare_coco(
+        &input,
+        &root.join("p"),
+        &["--pixel-spacing", "0.2", "--patient-regex", "^case([0-9]+)"],
+    );
     assert_eq!(code, 2);
     assert!(
         stderr.contains("file name \"pa_L_CC.png\" does not match --patient-regex"),
@@ -270,16 +243,7 @@ fn a_missing_or_unreadable_image_is_skipped_and_reported() {
     std::fs::remove_file(input.join("pb_R_CC.png")).unwrap();
     std::fs::write(input.join("pb_R_MLO.png"), b"not a png").unwrap();
     let out = root.join("prepared");
-    let (code, stdout, stderr) = engine(&[
-        "prepare",
-        "coco",
-        "--input",
-        &s(&input),
-        "--out",
-        &s(&out),
-        "--pixel-spacing",
-        "0.2",
-    ]);
+    let (code, stdout, stderr) = prepare_coco(&input, &out, &["--pixel-spacing", "0.2"]);
     assert_eq!(code, 0, "{stderr}");
     assert!(
         stderr.contains("pb_R_CC.png") && stderr.contains("pb_R_MLO.png"),
@@ -430,20 +394,11 @@ fn an_evaluation_only_set_runs_in_eval_and_infer_writes_candidates_and_coco_dete
     let input = root.join("export");
     export(&input, COCO);
     let prepared = root.join("prepared");
-    let (code, stdout, stderr) = engine(&[
-        "prepare",
-        "coco",
-        "--input",
-        &s(&input),
-        "--out",
-        &s(&prepared),
-        "--pixel-spacing",
-        "0.2",
-        "--val",
-        "0",
-        "--test",
-        "1",
-    ]);
+    let (code, stdout, stderr) = prepare_coco(
+        &input,
+        &prepared,
+        &["--pixel-spacing", "0.2", "--val", "0", "--test", "1"],
+    );
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("test             5 images"), "{stdout}");
     let m = PreparedSet::open(&prepared).unwrap().manifest;

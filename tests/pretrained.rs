@@ -69,45 +69,13 @@ fn member_loads_and_runs(path: &Path, model_mm: f64) {
 )]
 fn the_bundled_model_reaches_its_card_on_the_mias_test_split() {
     let root = PathBuf::from(std::env::var_os("MAMMO_DATA").expect("MAMMO_DATA"));
-    let dir = temp_dir("pretrained", "mias");
-    let data = dir.join("mias");
-    let engine = env!("CARGO_BIN_EXE_engine");
-    let prepare = std::process::Command::new(engine)
-        .args([
-            "prepare", "mias", "--fold", "0/5", "--test", "0.2", "--input",
-        ])
-        .arg(root.join("mias"))
-        .arg("--out")
-        .arg(&data)
-        .output()
-        .unwrap();
-    assert!(
-        prepare.status.success(),
-        "{}",
-        String::from_utf8_lossy(&prepare.stderr)
+    let (s, dir) = prepare_and_evaluate(
+        "mias",
+        &["mias", "--fold", "0/5", "--test", "0.2"],
+        &root.join("mias"),
+        &model_path(),
+        &[],
     );
-    let eval = std::process::Command::new(engine)
-        .args([
-            "eval",
-            "--json",
-            "--no-panels",
-            "--split",
-            "test",
-            "--checkpoint",
-        ])
-        .arg(model_path())
-        .arg("--data")
-        .arg(&data)
-        .arg("--out")
-        .arg(dir.join("eval"))
-        .output()
-        .unwrap();
-    assert!(
-        eval.status.success(),
-        "{}",
-        String::from_utf8_lossy(&eval.stderr)
-    );
-    let s: serde_json::Value = serde_json::from_slice(&eval.stdout).unwrap();
     let (images, positives) = (
         s["images"].as_u64().unwrap(),
         s["positive_images"].as_u64().unwrap(),
@@ -152,12 +120,9 @@ fn the_bundled_mass_model_loads_with_its_spacing_and_runs() {
 )]
 fn the_bundled_mass_model_reaches_its_card_on_the_cbis_ddsm_test_split() {
     let root = PathBuf::from(std::env::var_os("MAMMO_DATA").expect("MAMMO_DATA"));
-    let dir = temp_dir("pretrained", "cbis");
-    let data = dir.join("cbis");
-    let engine = env!("CARGO_BIN_EXE_engine");
-    let prepare = std::process::Command::new(engine)
-        .args([
-            "prepare",
+    let (s, dir) = prepare_and_evaluate(
+        "cbis",
+        &[
             "coco",
             "--pixel-spacing",
             "0.3,0.1875",
@@ -165,41 +130,11 @@ fn the_bundled_mass_model_reaches_its_card_on_the_cbis_ddsm_test_split() {
             "0.1",
             "--test",
             "0.2",
-            "--input",
-        ])
-        .arg(root.join("cbis-ddsm-masses/train"))
-        .arg("--out")
-        .arg(&data)
-        .output()
-        .unwrap();
-    assert!(
-        prepare.status.success(),
-        "{}",
-        String::from_utf8_lossy(&prepare.stderr)
+        ],
+        &root.join("cbis-ddsm-masses/train"),
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join(CBIS_MODEL),
+        CBIS_EVAL_FLAGS,
     );
-    let eval = std::process::Command::new(engine)
-        .args([
-            "eval",
-            "--json",
-            "--no-panels",
-            "--split",
-            "test",
-            "--checkpoint",
-        ])
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join(CBIS_MODEL))
-        .args(CBIS_EVAL_FLAGS)
-        .arg("--data")
-        .arg(&data)
-        .arg("--out")
-        .arg(dir.join("eval"))
-        .output()
-        .unwrap();
-    assert!(
-        eval.status.success(),
-        "{}",
-        String::from_utf8_lossy(&eval.stderr)
-    );
-    let s: serde_json::Value = serde_json::from_slice(&eval.stdout).unwrap();
     assert_eq!(s["images"], 253, "the card's test split");
     assert_eq!(s["lesion"]["lesions"], 273);
     let at: Vec<f64> = s["lesion"]["sensitivity_at"]
@@ -221,3 +156,49 @@ fn the_bundled_mass_model_reaches_its_card_on_the_cbis_ddsm_test_split() {
 const CBIS_EVAL_FLAGS: &[&str] = &[];
 /// Sensitivity at 0.25, 0.5, 1, 2 and 4 false positives per image.
 const CARD_FROC: [f64; 5] = [0.0; 5];
+
+/// `engine prepare ARGS --input INPUT` into a temp folder, then `engine eval
+/// --split test` of `model` on it (with `flags`): the summary JSON and the
+/// temp folder.
+fn prepare_and_evaluate(
+    name: &str,
+    prepare: &[&str],
+    input: &Path,
+    model: &Path,
+    flags: &[&str],
+) -> (serde_json::Value, PathBuf) {
+    let dir = temp_dir("pretrained", name);
+    let data = dir.join(name);
+    let mut args: Vec<std::ffi::OsString> = vec!["prepare".into()];
+    args.extend(prepare.iter().map(|a| a.into()));
+    args.extend([
+        "--input".into(),
+        input.into(),
+        "--out".into(),
+        data.clone().into(),
+    ]);
+    let (code, _, stderr) = support::engine(&args);
+    assert_eq!(code, 0, "{stderr}");
+    let mut args: Vec<std::ffi::OsString> = [
+        "eval",
+        "--json",
+        "--no-panels",
+        "--split",
+        "test",
+        "--checkpoint",
+    ]
+    .iter()
+    .map(|a| a.into())
+    .collect();
+    args.push(model.into());
+    args.extend(flags.iter().map(|a| a.into()));
+    args.extend([
+        "--data".into(),
+        data.into(),
+        "--out".into(),
+        dir.join("eval").into(),
+    ]);
+    let (code, stdout, stderr) = support::engine(&args);
+    assert_eq!(code, 0, "{stderr}");
+    (serde_json::from_str(&stdout).unwrap(), dir)
+}

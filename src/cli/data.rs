@@ -69,6 +69,35 @@ pub enum Layout {
     Cbis,
 }
 
+/// How `prepare mias|coco` split patients into train, val and test.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SplitArgs {
+    /// Fraction of patients for validation.
+    #[arg(long, default_value_t = 0.1)]
+    val: f64,
+    /// Fraction of patients for test (1 with --val 0: a set kept only for
+    /// evaluation).
+    #[arg(long, default_value_t = 0.1)]
+    test: f64,
+    /// Validation is part K (0-based) of N equal parts of the non-test
+    /// patients, instead of --val: the N preparations K = 0..N-1 share one
+    /// test split and hold out every other patient once (cross-validation
+    /// folds).
+    #[arg(long, conflicts_with = "val")]
+    fold: Option<Shard>,
+    /// Seed of the patient split.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+impl SplitArgs {
+    /// The validation holdout, after checking the fractions.
+    fn holdout(&self) -> anyhow::Result<Holdout> {
+        check_split(self.val, self.test, self.fold)?;
+        Ok(holdout(self.val, self.fold))
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum PrepareCommand {
     /// mini-MIAS: PGM files and Info.txt.
@@ -78,22 +107,8 @@ pub enum PrepareCommand {
         input: PathBuf,
         #[arg(long)]
         out: PathBuf,
-        /// Fraction of patients for validation.
-        #[arg(long, default_value_t = 0.1)]
-        val: f64,
-        /// Fraction of patients for test (1 with --val 0: a set kept only
-        /// for evaluation).
-        #[arg(long, default_value_t = 0.1)]
-        test: f64,
-        /// Validation is part K (0-based) of N equal parts of the non-test
-        /// patients, instead of --val: the N preparations K = 0..N-1 share
-        /// one test split and hold out every other patient once
-        /// (cross-validation folds).
-        #[arg(long, conflicts_with = "val")]
-        fold: Option<Shard>,
-        /// Seed of the patient split.
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
+        #[command(flatten)]
+        split: SplitArgs,
         /// Keep images with an abnormality that has no coordinates, as image-level
         /// positives for evaluation (never used for training).
         #[arg(long)]
@@ -134,19 +149,8 @@ pub enum PrepareCommand {
         /// CBIS-DDSM's `PPPPP_SIDE_VIEW.jpg`.
         #[arg(long, default_value = crate::data::coco::PATIENT_REGEX)]
         patient_regex: String,
-        /// Fraction of patients for validation.
-        #[arg(long, default_value_t = 0.1)]
-        val: f64,
-        /// Fraction of patients for test (1 with --val 0: a set kept only
-        /// for evaluation).
-        #[arg(long, default_value_t = 0.1)]
-        test: f64,
-        /// Validation is part K (0-based) of N equal parts of the non-test
-        /// patients, instead of --val (cross-validation folds).
-        #[arg(long, conflicts_with = "val")]
-        fold: Option<Shard>,
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
+        #[command(flatten)]
+        split: SplitArgs,
         /// Minimum side of ROI crops in millimetres.
         #[arg(long, default_value_t = CROP_MM)]
         crop_mm: f64,
@@ -261,20 +265,17 @@ fn prepare(what: PrepareCommand) -> anyhow::Result<()> {
         PrepareCommand::Mias {
             input,
             out,
-            val,
-            test,
-            fold,
-            seed,
+            split,
             keep_uncoordinated,
             crop_mm,
             pixel_spacing,
         } => {
-            check_split(val, test, fold)?;
+            let val = split.holdout()?;
             writable_out(&out)?;
             let opt = crate::data::mias::MiasOptions {
-                val: holdout(val, fold),
-                test,
-                seed,
+                val,
+                test: split.test,
+                seed: split.seed,
                 keep_uncoordinated,
                 crop_mm,
                 spacing_mm: pixel_spacing,
@@ -288,19 +289,16 @@ fn prepare(what: PrepareCommand) -> anyhow::Result<()> {
             pixel_spacing,
             box_mask,
             patient_regex,
-            val,
-            test,
-            fold,
-            seed,
+            split,
             crop_mm,
         } => {
-            check_split(val, test, fold)?;
+            let val = split.holdout()?;
             writable_out(&out)?;
             let opt = crate::data::coco::CocoOptions {
                 annotations,
-                val: holdout(val, fold),
-                test,
-                seed,
+                val,
+                test: split.test,
+                seed: split.seed,
                 crop_mm,
                 spacing_mm: pixel_spacing,
                 box_mask,

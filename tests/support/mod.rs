@@ -59,3 +59,18 @@ pub fn textured_scan(w: usize, h: usize) -> engine::data::Gray8 {
     }
     g
 }
+
+/// Runs the `engine` binary with `args`, no standard input; returns (exit
+/// code, stdout, stderr).
+pub fn engine<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (i32, String, String) {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_engine"))
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
