@@ -7,8 +7,9 @@
 //!   in raster order), taken from the highest down and kept when no kept
 //!   peak lies within `min_distance_mm`; at most `max_per_image`. A
 //!   candidate's score is its peak's probability, its centre the peak
-//!   pixel's centre, and its box that of the 4-connected region around the
-//!   peak where the map stays at or above half the peak.
+//!   pixel's centre, and its box that of the peak's hill: the pixels
+//!   reached from the peak through 4-neighbours without climbing, where the
+//!   map stays at or above half the peak.
 //! - **Ground truth**: the lesion boxes of a set prepared from boxes
 //!   (`engine prepare coco`), else the 8-connected regions of the mask (a
 //!   MIAS circle, a CBIS-DDSM outline).
@@ -114,7 +115,10 @@ fn is_peak(prob: &[f32], w: usize, h: usize, i: usize) -> bool {
     true
 }
 
-/// The box of the 4-connected pixels around `seed` with p >= p(seed) / 2.
+/// The box of the peak's hill: the pixels reached from `seed` through
+/// 4-neighbours without ever climbing, with p >= p(seed) / 2. (Without the
+/// no-climbing rule a lower peak's box would swallow a higher neighbour
+/// joined to it above the half level.)
 fn half_max_box(prob: &[f32], w: usize, h: usize, seed: usize) -> [f64; 4] {
     let level = prob[seed] / 2.0;
     let mut seen = vec![false; prob.len()];
@@ -124,8 +128,9 @@ fn half_max_box(prob: &[f32], w: usize, h: usize, seed: usize) -> [f64; 4] {
     while let Some(i) = stack.pop() {
         let (x, y) = (i % w, i / w);
         (x0, y0, x1, y1) = (x0.min(x), y0.min(y), x1.max(x + 1), y1.max(y + 1));
+        let here = prob[i];
         let mut visit = |j: usize| {
-            if !seen[j] && prob[j] >= level {
+            if !seen[j] && prob[j] >= level && prob[j] <= here {
                 seen[j] = true;
                 stack.push(j);
             }
@@ -427,6 +432,28 @@ mod tests {
             },
         );
         assert_eq!(c.len(), 1);
+    }
+
+    #[test]
+    fn a_box_never_climbs_into_a_higher_neighbour() {
+        // Two cones joined above half of the lower one's height.
+        let m = map_with(40, 20, &[(10, 10, 0.9, 0.05), (22, 10, 0.6, 0.05)]);
+        let opts = CandidateOptions {
+            min_distance_mm: 5.0,
+            min_score: 0.05,
+            max_per_image: 10,
+        };
+        let c = candidates(&m, 40, 20, 1.0, &opts);
+        assert_eq!(c.len(), 2);
+        // The lower peak's hill stops where the higher cone takes over
+        // (x = 16: 0.9 - 0.3 = 0.6 - 0.3), not at the higher peak's far side.
+        assert_eq!((c[1].x, c[1].y), (22.5, 10.5));
+        assert!(c[1].bbox[0] >= 16.0, "{:?}", c[1].bbox);
+        assert!(
+            c[0].bbox[0] < 10.0 && c[0].bbox[2] <= 22.0,
+            "nor does the higher one climb into the lower: {:?}",
+            c[0].bbox
+        );
     }
 
     #[test]
