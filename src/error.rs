@@ -67,7 +67,7 @@ pub enum DataError {
     #[error("{path}: invalid data: {reason}")]
     Invalid { path: PathBuf, reason: String },
     /// A folder given as a prepared set holds no manifest.
-    #[error("{dir}: {what}: run `engine prepare mias|cbis` or `engine synth` first")]
+    #[error("{dir}: {what}: run `engine prepare mias|coco|cbis` or `engine synth` first")]
     NotPrepared { dir: PathBuf, what: String },
     /// An output could not be written (an internal error, exit code 1).
     #[error("{path}: cannot write: {reason}")]

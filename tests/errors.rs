@@ -199,7 +199,7 @@ fn an_unprepared_data_folder_says_how_to_prepare_one() {
     let dir = temp("unprepared");
     let data = dir.join("scans");
     std::fs::create_dir_all(&data).unwrap();
-    let fix = "run `engine prepare mias|cbis` or `engine synth` first";
+    let fix = "run `engine prepare mias|coco|cbis` or `engine synth` first";
     let want = format!("{}: no manifest.json: {fix}", data.display());
     let out = engine(&["train", "--data", &s(&data), "--out", &s(&dir.join("run"))]);
     assert_bad_input(out.clone(), "scans", &[&want]);

@@ -1,4 +1,4 @@
-//! The data commands of the `engine` binary: `inspect`, `prepare mias|cbis`,
+//! The data commands of the `engine` binary: `inspect`, `prepare mias|coco|cbis`,
 //! `synth` and `bench-loader`.
 use super::{check_at_least, check_fraction, parse_spacing, parse_spacing_pair, writable_out};
 use crate::data::loader::{ImageCache, Loader, LoaderConfig};
