@@ -198,8 +198,9 @@ impl Truth {
                 .collect(),
             Truth::Regions { labels, width, .. } => {
                 let (c, r) = (x.floor() as usize, y.floor() as usize);
-                match labels.get(r * width + c.min(width - 1)) {
-                    Some(&l) if l > 0 && c < *width => vec![l as usize - 1],
+                let label = (c < *width).then(|| labels.get(r * width + c)).flatten();
+                match label {
+                    Some(&l) if l > 0 => vec![l as usize - 1],
                     _ => vec![],
                 }
             }
@@ -345,6 +346,14 @@ pub fn sensitivity_at(curve: &[FrocPoint], fp: f64) -> f64 {
 mod tests {
     use super::*;
 
+    fn opts(min_distance_mm: f64, min_score: f32, max_per_image: usize) -> CandidateOptions {
+        CandidateOptions {
+            min_distance_mm,
+            min_score,
+            max_per_image,
+        }
+    }
+
     fn map_with(w: usize, h: usize, peaks: &[(usize, usize, f32, f32)]) -> Vec<f32> {
         // Cones: value v at (x, y), falling by `slope` per pixel.
         let mut m = vec![0f32; w * h];
@@ -365,72 +374,22 @@ mod tests {
             30,
             &[(10, 10, 0.9, 0.1), (30, 20, 0.6, 0.1), (13, 10, 0.85, 0.1)],
         );
-        let c = candidates(
-            &m,
-            40,
-            30,
-            1.0,
-            &CandidateOptions {
-                min_distance_mm: 5.0,
-                min_score: 0.05,
-                max_per_image: 10,
-            },
-        );
+        let c = candidates(&m, 40, 30, 1.0, &opts(5.0, 0.05, 10));
         assert_eq!(c.len(), 2, "{c:?}");
         assert_eq!((c[0].x, c[0].y, c[0].score), (10.5, 10.5, 0.9));
         assert_eq!((c[1].x, c[1].y, c[1].score), (30.5, 20.5, 0.6));
         // The second peak's cone: p >= 0.3 within distance 3 of (30, 20).
         assert_eq!(c[1].bbox, [27.0, 17.0, 34.0, 24.0]);
         // Closer peaks allowed: the third one appears.
-        let c = candidates(
-            &m,
-            40,
-            30,
-            1.0,
-            &CandidateOptions {
-                min_distance_mm: 2.0,
-                min_score: 0.05,
-                max_per_image: 10,
-            },
-        );
+        let c = candidates(&m, 40, 30, 1.0, &opts(2.0, 0.05, 10));
         assert_eq!(c.len(), 3);
         // Spacing turns millimetres into pixels: 5 mm at 2 mm/pixel is 2.5 pixels.
-        let c = candidates(
-            &m,
-            40,
-            30,
-            2.0,
-            &CandidateOptions {
-                min_distance_mm: 5.0,
-                min_score: 0.05,
-                max_per_image: 10,
-            },
-        );
+        let c = candidates(&m, 40, 30, 2.0, &opts(5.0, 0.05, 10));
         assert_eq!(c.len(), 3);
         // The score floor and the cap.
-        let c = candidates(
-            &m,
-            40,
-            30,
-            1.0,
-            &CandidateOptions {
-                min_distance_mm: 2.0,
-                min_score: 0.7,
-                max_per_image: 10,
-            },
-        );
+        let c = candidates(&m, 40, 30, 1.0, &opts(2.0, 0.7, 10));
         assert_eq!(c.len(), 2);
-        let c = candidates(
-            &m,
-            40,
-            30,
-            1.0,
-            &CandidateOptions {
-                min_distance_mm: 2.0,
-                min_score: 0.05,
-                max_per_image: 1,
-            },
-        );
+        let c = candidates(&m, 40, 30, 1.0, &opts(2.0, 0.05, 1));
         assert_eq!(c.len(), 1);
     }
 
@@ -438,11 +397,7 @@ mod tests {
     fn a_box_never_climbs_into_a_higher_neighbour() {
         // Two cones joined above half of the lower one's height.
         let m = map_with(40, 20, &[(10, 10, 0.9, 0.05), (22, 10, 0.6, 0.05)]);
-        let opts = CandidateOptions {
-            min_distance_mm: 5.0,
-            min_score: 0.05,
-            max_per_image: 10,
-        };
+        let opts = opts(5.0, 0.05, 10);
         let c = candidates(&m, 40, 20, 1.0, &opts);
         assert_eq!(c.len(), 2);
         // The lower peak's hill stops where the higher cone takes over
@@ -464,17 +419,7 @@ mod tests {
                 m[y * 10 + x] = 0.5;
             }
         }
-        let c = candidates(
-            &m,
-            10,
-            10,
-            1.0,
-            &CandidateOptions {
-                min_distance_mm: 0.0,
-                min_score: 0.1,
-                max_per_image: 10,
-            },
-        );
+        let c = candidates(&m, 10, 10, 1.0, &opts(0.0, 0.1, 10));
         assert_eq!(c.len(), 1);
         assert_eq!((c[0].x, c[0].y), (2.5, 3.5));
         assert_eq!(c[0].bbox, [2.0, 3.0, 7.0, 6.0]);

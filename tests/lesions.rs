@@ -286,7 +286,7 @@ fn froc_of_hand_made_maps_through_the_evaluation() {
         let mut sample =
             engine::data::prepared::Sample::in_memory(name, Gray8::new(w, h), mask.clone());
         sample.lesion_boxes = boxes;
-        let l = lesions_of(&sample, &mask, &prob, 1.0, &opts);
+        let (_, l) = lesions_of(&sample, &mask, &prob, 1.0, &opts);
         acc.add(name, &mask, &prob, l);
     };
     let mut mask_a = Gray8::new(w, h);

@@ -348,7 +348,7 @@ pub fn prepare(input: &Path, out: &Path, opt: &CocoOptions) -> Result<SetWriter,
                 scan,
                 mask,
                 boxes,
-                spacing_mm: spacing,
+                spacing_mm,
             }) => w
                 .add(Prepared {
                     name: &name,
@@ -362,7 +362,7 @@ pub fn prepare(input: &Path, out: &Path, opt: &CocoOptions) -> Result<SetWriter,
                     mask_complete: true,
                     classes: item.classes.clone(),
                     trim: true,
-                    spacing_mm: spacing,
+                    spacing_mm,
                     lesion_boxes: Some(boxes),
                 })
                 .inspect_err(|_| bar.abandon())?,

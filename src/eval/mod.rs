@@ -225,18 +225,19 @@ fn found_lesions(l: &ImageLesions) -> usize {
     hit.len()
 }
 
-/// The candidates of `prob` (at the image's pixels, `spacing_mm` each)
-/// matched against the image's lesions.
+/// The candidates of `prob` (at the image's pixels, `spacing_mm` each),
+/// and them matched against the image's lesions.
 pub fn lesions_of(
     s: &Sample,
     mask: &Gray8,
     prob: &[f32],
     spacing_mm: f64,
     opts: &CandidateOptions,
-) -> ImageLesions {
+) -> (Vec<lesions::Candidate>, ImageLesions) {
     let cands = lesions::candidates(prob, mask.width, mask.height, spacing_mm, opts);
     let truth = lesions::Truth::of(mask, s.lesion_boxes.as_deref());
-    lesions::match_image(&cands, &truth)
+    let matched = lesions::match_image(&cands, &truth);
+    (cands, matched)
 }
 
 /// The file name of image `index`'s panel: index plus a sanitised id.
@@ -404,9 +405,7 @@ pub(crate) fn run_samples(
         assumed += was_assumed as usize;
         // Without any spacing the candidates' distance is in pixels.
         let mm = mm.unwrap_or(1.0);
-        let cands = lesions::candidates(&prob, mask.width, mask.height, mm, &opts.candidates);
-        let truth = lesions::Truth::of(&mask, s.lesion_boxes.as_deref());
-        let found = lesions::match_image(&cands, &truth);
+        let (cands, found) = lesions_of(s, &mask, &prob, mm, &opts.candidates);
         let marked: Vec<(lesions::Candidate, bool)> = cands
             .into_iter()
             .zip(&found.candidates)

@@ -48,6 +48,7 @@ pub fn validate(
         })
     };
     let mut all = new_acc();
+    let candidate_opts = crate::lesions::CandidateOptions::default();
     // One accumulator per data set (all films in one when there is one set).
     let mut sets: Vec<(String, Accumulator)> = Vec::new();
     for s in films.iter().filter(|s| s.mask_complete) {
@@ -64,8 +65,8 @@ pub fn validate(
         };
         let prob = probability_map_at(gpu, model, &scan, Some(spacings), &TileOptions::default())
             .with_context(|| format!("validating on {}", s.id))?;
-        let opts = crate::lesions::CandidateOptions::default();
-        let lesions = crate::eval::lesions_of(s, &mask, &prob, spacings.input_mm, &opts);
+        let (_, lesions) =
+            crate::eval::lesions_of(s, &mask, &prob, spacings.input_mm, &candidate_opts);
         if !s.set.is_empty() {
             let k = match sets.iter().position(|(n, _)| *n == s.set) {
                 Some(k) => k,
