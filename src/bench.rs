@@ -482,6 +482,7 @@ pub fn model(
         spacing: None,
         select: crate::train::Select::PixelAp,
         swa: 0,
+        init: None,
     };
     let adam = optim::Adam::default();
     let l2 = L2_WEIGHTS

@@ -67,6 +67,7 @@ fn config(epochs: usize) -> TrainConfig {
         spacing: None,
         select: Select::Iou,
         swa: 0,
+        init: None,
     }
 }
 
@@ -587,4 +588,74 @@ fn select_last_keeps_the_final_epoch() {
         assert_eq!(values, &last[name], "{name}");
     }
     std::fs::remove_dir_all(&run.0).ok();
+}
+
+/// The validation records of kind `kind` in a run's metrics file.
+fn records(run: &RunDir, kind: &str) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.metrics())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["kind"] == kind)
+        .collect()
+}
+
+#[test]
+fn init_starts_from_a_checkpoints_weights() {
+    let gpu = gpu();
+    let (train_set, val) = (phantoms(16, SIDE, 7), phantoms(4, SIDE, 8));
+    let cfg = config(1);
+    let source = temp_run("init-source");
+    train(
+        gpu,
+        &cfg,
+        train_set.clone(),
+        val.clone(),
+        &source,
+        false,
+        &|_| false,
+        true,
+    )
+    .unwrap();
+    // A new run from the source's checkpoint validates, before its first
+    // step, exactly as the source did after its last epoch: same weights,
+    // same batch-norm statistics.
+    let tuned = temp_run("init-tuned");
+    let init = TrainConfig {
+        init: Some(source.checkpoint()),
+        lr: 1e-3,
+        ..config(1)
+    };
+    engine::train::check_init(&init).unwrap();
+    train(gpu, &init, train_set, val, &tuned, false, &|_| false, true).unwrap();
+    let (last, start) = (
+        &records(&source, "epoch")[0],
+        &records(&tuned, "baseline")[0],
+    );
+    for key in ["val_pixel_ap", "val_image_auc", "val_iou", "val_accuracy"] {
+        assert_eq!(last[key], start[key], "{key}: {last} vs {start}");
+    }
+    assert_eq!(records(&tuned, "epoch").len(), 1, "the epochs count from 1");
+    // A checkpoint of another network is refused before any GPU work.
+    let wider = TrainConfig {
+        width: 0.25,
+        ..init.clone()
+    };
+    let e = engine::train::check_init(&wider).unwrap_err().to_string();
+    assert!(
+        e.contains("not this run's network")
+            && e.contains("it is width 0.125, this run asks for 0.25"),
+        "{e}"
+    );
+    let missing = TrainConfig {
+        init: Some(source.0.join("no-such.safetensors")),
+        ..init
+    };
+    let e = format!("{:#}", engine::train::check_init(&missing).unwrap_err());
+    assert!(
+        e.contains("--init") && e.contains("no-such.safetensors"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&source.0).ok();
+    std::fs::remove_dir_all(&tuned.0).ok();
 }

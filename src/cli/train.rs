@@ -37,6 +37,13 @@ pub struct TrainArgs {
     /// Continue the run in --out from its checkpoint.
     #[arg(long, conflicts_with = "overwrite")]
     pub resume: bool,
+    /// Start from the weights and batch-norm statistics of this checkpoint
+    /// (fine-tuning, or training a model longer under a new schedule)
+    /// instead of random ones. Its width, resize mode and model spacing
+    /// must be this run's; the Adam moments start at zero and the epochs
+    /// count from 1.
+    #[arg(long, value_name = "CHECKPOINT", conflicts_with = "resume")]
+    pub init: Option<std::path::PathBuf>,
     /// Start a new run in a non-empty --out, removing its run files first.
     #[arg(long)]
     pub overwrite: bool,
@@ -113,6 +120,7 @@ pub fn train(a: TrainArgs) -> anyhow::Result<i32> {
     if a.resume {
         crate::train::check_resume(&cfg, &run)?;
     }
+    crate::train::check_init(&cfg)?;
     let gpu = Gpu::new(a.adapter.adapter.as_deref())?;
     crate::run_folder::write_config(&a.out, &a, &gpu, &a.data, a.resume)?;
     println!(
@@ -203,6 +211,7 @@ fn config(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
         spacing: None,
         select: a.select,
         swa: a.swa,
+        init: a.init.clone(),
     };
     cfg.swa_start()?;
     Ok(cfg)

@@ -15,7 +15,7 @@ mod validate;
 pub use run_dir::{RunDir, RunLock, cut_metrics};
 pub(crate) use step::train_step;
 pub use swa::{SWA_EPOCHS_KEY, WeightAverage};
-pub use trainer::{Trained, Trainer, check_resume, train};
+pub use trainer::{Trained, Trainer, check_init, check_resume, train};
 pub use validate::{Validation, recompute_bn_stats, validate};
 
 use crate::data::prepared::{PreparedSet, Sample};
@@ -53,6 +53,9 @@ pub struct TrainConfig {
     /// Average the weights of the last this many epochs into
     /// `swa.safetensors` (0: no averaging). See `swa`.
     pub swa: usize,
+    /// Start from this checkpoint's weights and batch-norm statistics
+    /// instead of the seed's (fine-tuning); Adam starts from zero.
+    pub init: Option<std::path::PathBuf>,
 }
 
 /// The validation metric that chooses the best epoch.

@@ -9,6 +9,7 @@ use crate::data::prepared::Sample;
 use crate::gpu::{Gpu, Tensor};
 use crate::model::{L2_WEIGHTS, Meta, Model, ModelConfig};
 use crate::ops::optim;
+use crate::spacing::ModelSpacing;
 use anyhow::{Context, bail};
 use std::path::Path;
 
@@ -140,7 +141,8 @@ impl<'a> Trainer<'a> {
         Ok(t)
     }
 
-    /// A new model from the seed, before its first epoch.
+    /// A new model, from the seed or from `--init`'s weights, before its
+    /// first epoch.
     fn fresh(gpu: &Gpu, cfg: &TrainConfig) -> anyhow::Result<(Model, Progress)> {
         let config = ModelConfig {
             width: cfg.width,
@@ -150,7 +152,11 @@ impl<'a> Trainer<'a> {
             best_score: -1.0,
             ..Progress::default()
         };
-        Ok((Model::new(gpu, config, cfg.seed)?, at))
+        let model = match &cfg.init {
+            Some(path) => Model::from_checkpoint(gpu, read_init(cfg, path)?)?.0,
+            None => Model::new(gpu, config, cfg.seed)?,
+        };
+        Ok((model, at))
     }
 
     /// `--swa`'s running mean: empty, or read back from the run's average
@@ -208,11 +214,11 @@ impl<'a> Trainer<'a> {
         self.log
             .record(&validation_record("baseline", None, size, &v))?;
         if !self.quiet {
-            println!(
-                "untrained: validation {}{}",
-                v.describe(),
-                v.describe_sets()
-            );
+            let start = match self.cfg.init {
+                Some(_) => "from --init",
+                None => "untrained",
+            };
+            println!("{start}: validation {}{}", v.describe(), v.describe_sets());
         }
         Ok(())
     }
@@ -504,6 +510,54 @@ pub fn check_resume(cfg: &TrainConfig, run: &RunDir) -> anyhow::Result<()> {
     let ckpt = crate::model::Checkpoint::read(&path, crate::model::Load::Weights)
         .map_err(crate::error::bad_input)?;
     check_resume_settings(cfg, &ckpt.cfg, &ckpt.meta, &path)
+}
+
+/// Checks `--init`'s checkpoint against the run's settings before any GPU
+/// work (bad input when it does not fit).
+pub fn check_init(cfg: &TrainConfig) -> anyhow::Result<()> {
+    match &cfg.init {
+        Some(path) => read_init(cfg, path).map(|_| ()),
+        None => Ok(()),
+    }
+}
+
+/// `--init`'s checkpoint, read and validated: the network it holds must be
+/// the one this run trains (width, resize mode, model spacing), or its
+/// weights would mean something else.
+fn read_init(cfg: &TrainConfig, path: &Path) -> anyhow::Result<crate::model::Checkpoint> {
+    let ckpt = crate::model::Checkpoint::read(path, crate::model::Load::Weights)
+        .map_err(|e| crate::error::bad(format!("--init: {e:#}")))?;
+    let mut differ = Vec::new();
+    if ckpt.cfg.width != cfg.width {
+        differ.push(format!(
+            "it is width {:?}, this run asks for {:?} (--width)",
+            ckpt.cfg.width, cfg.width
+        ));
+    }
+    if ckpt.cfg.resize != cfg.resize {
+        differ.push(format!(
+            "it resizes {}, this run {}",
+            ckpt.cfg.resize.name(),
+            cfg.resize.name()
+        ));
+    }
+    let was = ModelSpacing::from_meta(&ckpt.meta, path)?.map(|s| s.model_mm);
+    let now = cfg.spacing.map(|s| s.model_mm);
+    if let (Some(was), Some(now)) = (was, now)
+        && (was - now).abs() > 1e-9
+    {
+        differ.push(format!(
+            "it works at {was} mm/pixel, this run at {now} (--model-spacing)"
+        ));
+    }
+    if !differ.is_empty() {
+        return Err(crate::error::bad(format!(
+            "--init {}: not this run's network: {}",
+            path.display(),
+            differ.join("; ")
+        )));
+    }
+    Ok(ckpt)
 }
 
 /// A resumed run must use the settings it was started with, or it would
