@@ -35,7 +35,7 @@ pub struct BenchArgs {
     pub model: bool,
     #[command(flatten)]
     pub net: NetShape,
-    /// With --model: print one JSON object.
+    /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
     /// With --model: first time the same network with the first-generation
@@ -79,13 +79,25 @@ pub struct TuneArgs {
     pub net: NetShape,
 }
 
+#[derive(Debug, Args)]
+pub struct DevicesArgs {
+    /// Print a JSON array (one object per adapter) instead of the list.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// `engine devices`.
-pub fn devices() -> anyhow::Result<()> {
+pub fn devices(args: DevicesArgs) -> anyhow::Result<()> {
     let adapters = list_adapters();
     if adapters.is_empty() {
         anyhow::bail!(crate::EngineError::NoAdapter {
             hint: String::new()
         });
+    }
+    if args.json {
+        let all: Vec<_> = adapters.iter().map(adapter_json).collect();
+        println!("{}", serde_json::Value::Array(all));
+        return Ok(());
     }
     for a in adapters {
         let l = &a.limits;
@@ -110,6 +122,42 @@ pub fn devices() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One adapter of `engine devices --json`.
+fn adapter_json(a: &crate::gpu::AdapterSummary) -> serde_json::Value {
+    let l = &a.limits;
+    serde_json::json!({
+        "index": a.index,
+        "name": a.info.name,
+        "device_type": format!("{:?}", a.info.device_type),
+        "backend": format!("{:?}", a.info.backend),
+        "driver": a.info.driver,
+        "driver_info": a.info.driver_info,
+        "vendor": a.info.vendor,
+        "device": a.info.device,
+        "max_storage_binding_bytes": l.max_storage_buffer_binding_size,
+        "max_buffer_bytes": l.max_buffer_size,
+        "workgroup_storage_bytes": l.max_compute_workgroup_storage_size,
+        "invocations_per_workgroup": l.max_compute_invocations_per_workgroup,
+        "timestamps": a.timestamps,
+    })
+}
+
+/// One kernel case of `engine bench --json`; `baseline` and `cpu` are the
+/// same case with the first-generation kernel and on the CPU.
+fn measurement_json(m: &crate::bench::Measurement) -> serde_json::Value {
+    let pair =
+        |p: Option<(f64, f64)>| p.map(|(ms, rate)| serde_json::json!({"ms": ms, "rate": rate}));
+    serde_json::json!({
+        "kernel": m.name,
+        "variant": m.variant,
+        "ms": m.ms,
+        "rate": m.rate,
+        "unit": m.unit,
+        "baseline": pair(m.baseline),
+        "cpu": pair(m.cpu),
+    })
+}
+
 /// `engine bench`.
 pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
     if args.model {
@@ -129,6 +177,28 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         h: args.size,
         w: args.size,
     };
+    let run = || {
+        crate::bench::run(
+            &gpu,
+            shape,
+            args.iters.max(1),
+            &args.filter,
+            args.all_variants,
+            !args.no_cpu,
+        )
+    };
+    if args.json {
+        let v = serde_json::json!({
+            "adapter": gpu.info.name,
+            "backend": format!("{:?}", gpu.info.backend),
+            "timestamps": gpu.timestamps,
+            "shape": {"n": shape.n, "c": shape.c, "h": shape.h, "w": shape.w},
+            "iters": args.iters.max(1),
+            "kernels": run()?.iter().map(measurement_json).collect::<Vec<_>>(),
+        });
+        println!("{v}");
+        return Ok(());
+    }
     println!(
         "adapter: {} ({:?}); timing: {}; shape n={} c={} {}x{}; {} runs each",
         gpu.info.name,
@@ -148,15 +218,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         "{:<34} {:<24} {:>10} {:>16} {:>18} {:>18}",
         "kernel", "variant", "ms", "rate", "baseline (gather)", "CPU im2col+SGEMM"
     );
-    let runs = crate::bench::run(
-        &gpu,
-        shape,
-        args.iters.max(1),
-        &args.filter,
-        args.all_variants,
-        !args.no_cpu,
-    )?;
-    for m in runs {
+    for m in run()? {
         let base = m
             .baseline
             .map(|(_, r)| format!("{r:>8.2} {}", m.unit))

@@ -78,7 +78,7 @@ impl CandidateArgs {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// List the GPU adapters wgpu reaches and their limits.
-    Devices,
+    Devices(bench::DevicesArgs),
     /// Time each kernel at one shape (GFLOP/s or GB/s), or the whole network (--model).
     Bench(BenchArgs),
     /// Time every kernel variant for each convolution shape of the network
@@ -103,7 +103,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     crate::data::read::set_max_pixels(cli.max_pixels);
     let done = |r: anyhow::Result<()>| r.map(|()| 0);
     match cli.command {
-        Command::Devices => done(bench::devices()),
+        Command::Devices(a) => done(bench::devices(a)),
         Command::Bench(a) => done(bench::bench(a)),
         Command::Tune(a) => done(bench::tune(a)),
         Command::Train(a) => train::train(a),

@@ -1,0 +1,98 @@
+"""Times docs/MODEL.md's network in PyTorch at the shapes `engine bench --model` uses.
+
+    python3 tools/torch_bench.py --device cuda --width 0.25 --train-size 320 --batch 4 --infer-size 640
+
+A training step is forward, the weighted BCE loss, backward and an Adam step
+on a batch of random crops (as `engine bench --model` times it); inference is
+one forward pass and the sigmoid of one image, without gradients. Each is run
+once to warm up (cuDNN picks its algorithms then), then `--iters` times, with
+the device synchronised around the timed runs. Prints one JSON object; with
+`--device cuda` on a machine without CUDA it says so and exits with status 3.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from engine_torch import Net  # noqa: E402
+
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, iters, device):
+    fn()
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    synchronize(device)
+    return (time.perf_counter() - start) * 1e3 / iters
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--width", type=float, default=0.25)
+    p.add_argument("--train-size", type=int, default=320)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--infer-size", type=int, default=640)
+    p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--pos-weight", type=float, default=15.0)
+    a = p.parse_args()
+    if a.device.startswith("cuda") and not torch.cuda.is_available():
+        print(f"torch {torch.__version__}: no CUDA device is available", file=sys.stderr)
+        sys.exit(3)
+    device = torch.device(a.device)
+    torch.backends.cudnn.benchmark = True
+    torch.manual_seed(0)
+    net = Net(a.width, "bilinear").to(device)
+    for m in net.modules():
+        if hasattr(m, "weight") and m.weight.dim() == 4:
+            torch.nn.init.kaiming_normal_(m.weight)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    x = torch.randn(a.batch, 1, a.train_size, a.train_size, device=device)
+    target = (torch.rand_like(x) < 0.02).float()
+    pos_weight = torch.tensor(a.pos_weight, device=device)
+
+    def train_step():
+        opt.zero_grad(set_to_none=True)
+        loss = F.binary_cross_entropy_with_logits(net(x), target, pos_weight=pos_weight)
+        loss.backward()
+        opt.step()
+
+    net.train()
+    train_ms = timed(train_step, a.iters, device)
+    image = torch.randn(1, 1, a.infer_size, a.infer_size, device=device)
+    net.eval()
+
+    def infer():
+        with torch.no_grad():
+            net.probability(image)
+
+    infer_ms = timed(infer, a.iters, device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(json.dumps({
+        "framework": f"torch {torch.__version__}",
+        "device": name,
+        "threads": torch.get_num_threads(),
+        "width": a.width,
+        "batch": a.batch,
+        "train_size": a.train_size,
+        "infer_size": a.infer_size,
+        "iters": a.iters,
+        "train_step_ms": train_ms,
+        "infer_ms": infer_ms,
+    }))
+
+
+if __name__ == "__main__":
+    main()
