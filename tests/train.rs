@@ -644,7 +644,7 @@ fn init_starts_from_a_checkpoints_weights() {
     let e = engine::train::check_init(&wider).unwrap_err().to_string();
     assert!(
         e.contains("not this run's network")
-            && e.contains("it is width 0.125, this run asks for 0.25"),
+            && e.contains("checkpoint is width 0.125, this run asks for 0.25"),
         "{e}"
     );
     let missing = TrainConfig {

@@ -527,27 +527,14 @@ pub fn check_init(cfg: &TrainConfig) -> anyhow::Result<()> {
 fn read_init(cfg: &TrainConfig, path: &Path) -> anyhow::Result<crate::model::Checkpoint> {
     let ckpt = crate::model::Checkpoint::read(path, crate::model::Load::Weights)
         .map_err(|e| crate::error::bad(format!("--init: {e:#}")))?;
-    let mut differ = Vec::new();
-    if ckpt.cfg.width != cfg.width {
-        differ.push(format!(
-            "it is width {:?}, this run asks for {:?} (--width)",
-            ckpt.cfg.width, cfg.width
-        ));
-    }
-    if ckpt.cfg.resize != cfg.resize {
-        differ.push(format!(
-            "it resizes {}, this run {}",
-            ckpt.cfg.resize.name(),
-            cfg.resize.name()
-        ));
-    }
+    let mut differ = network_differences(&ckpt.cfg, cfg);
     let was = ModelSpacing::from_meta(&ckpt.meta, path)?.map(|s| s.model_mm);
     let now = cfg.spacing.map(|s| s.model_mm);
     if let (Some(was), Some(now)) = (was, now)
         && (was - now).abs() > 1e-9
     {
         differ.push(format!(
-            "it works at {was} mm/pixel, this run at {now} (--model-spacing)"
+            "checkpoint works at {was} mm/pixel, this run at {now} (--model-spacing)"
         ));
     }
     if !differ.is_empty() {
@@ -558,6 +545,26 @@ fn read_init(cfg: &TrainConfig, path: &Path) -> anyhow::Result<crate::model::Che
         )));
     }
     Ok(ckpt)
+}
+
+/// How a checkpoint's network differs from the one `cfg` trains (width,
+/// resize mode): weights of another network would mean something else.
+fn network_differences(model: &ModelConfig, cfg: &TrainConfig) -> Vec<String> {
+    let mut differ = Vec::new();
+    if model.width != cfg.width {
+        differ.push(format!(
+            "checkpoint is width {:?}, this run asks for {:?} (--width)",
+            model.width, cfg.width
+        ));
+    }
+    if model.resize != cfg.resize {
+        differ.push(format!(
+            "resize was {}, now {}",
+            model.resize.name(),
+            cfg.resize.name()
+        ));
+    }
+    differ
 }
 
 /// A resumed run must use the settings it was started with, or it would
@@ -575,19 +582,7 @@ fn check_resume_settings(
             _ => {}
         }
     }
-    if model.width != cfg.width {
-        differ.push(format!(
-            "checkpoint is width {:?}, this run asks for {:?} (--width)",
-            model.width, cfg.width
-        ));
-    }
-    if model.resize != cfg.resize {
-        differ.push(format!(
-            "resize was {}, now {}",
-            model.resize.name(),
-            cfg.resize.name()
-        ));
-    }
+    differ.extend(network_differences(model, cfg));
     if meta.pos_weight != cfg.pos_weight {
         differ.push(format!(
             "pos_weight was {}, now {}",
