@@ -1112,3 +1112,49 @@ fn bench_model_json_reports_times_and_shares() {
         );
     }
 }
+
+/// `ENGINE_TRACE_PIPELINES` names each pipeline once, at its first
+/// dispatch, with the two times; without it nothing is printed.
+#[test]
+fn pipeline_trace_names_each_new_kernel_once() {
+    let dir = temp("trace");
+    let ckpt = dir.join("m.safetensors");
+    save_model(&tiny_model(), &ckpt);
+    let img = dir.join("a.png");
+    write_png(&img, &scan(48, 40, 1));
+    let run = |trace: bool, out: &str| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_engine"));
+        if trace {
+            c.env("ENGINE_TRACE_PIPELINES", "1");
+        }
+        let o = c
+            .args(["infer", "--checkpoint"])
+            .arg(&ckpt)
+            .args(["--pixel-spacing", "0.2", "--out"])
+            .arg(dir.join(out))
+            .arg(&img)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let traced = run(true, "traced");
+    let lines: Vec<&str> = traced
+        .lines()
+        .filter(|l| l.starts_with("pipeline "))
+        .collect();
+    assert!(
+        lines.iter().any(|l| l.starts_with("pipeline direct k3x3")),
+        "{traced}"
+    );
+    let mut keys = std::collections::HashSet::new();
+    for l in &lines {
+        let (key, times) = l.split_once(": created in ").expect(l);
+        assert!(
+            times.contains(" ms, first dispatch ") && times.ends_with(" ms"),
+            "{l}"
+        );
+        assert!(keys.insert(key), "{key} traced twice");
+    }
+    assert!(!run(false, "plain").contains("pipeline "));
+}

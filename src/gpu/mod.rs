@@ -91,6 +91,9 @@ pub struct Gpu {
     /// Pipelines by key: `shader:entry` for the static shaders, the
     /// specialisation's own key for generated ones.
     pipelines: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
+    /// With `ENGINE_TRACE_PIPELINES` set: the pipeline created last, timed
+    /// at its first dispatch (see `trace_first_dispatch`).
+    traced: Option<Mutex<Option<(String, f64)>>>,
     pool: BufferPool,
     rec: Mutex<Recorder>,
     variants: Variants,
@@ -248,6 +251,7 @@ impl Gpu {
             timestamps,
             binding_limit: AtomicU64::new(binding_limit),
             pipelines: Mutex::new(HashMap::new()),
+            traced: std::env::var_os("ENGINE_TRACE_PIPELINES").map(|_| Mutex::new(None)),
             rec: Mutex::new(Recorder {
                 encoder: None,
                 params: Vec::new(),
@@ -372,6 +376,12 @@ impl Gpu {
         if let Some(p) = cache.get(&key) {
             return p.clone();
         }
+        if self.traced.is_some() {
+            // Earlier work must not count towards this pipeline's time.
+            self.flush();
+            let _ = self.wait();
+        }
+        let created = std::time::Instant::now();
         let module = self
             .device
             .create_shader_module(wgpu::ShaderModuleDescriptor {
@@ -388,8 +398,30 @@ impl Gpu {
                 cache: None,
             },
         ));
+        if let Some(t) = &self.traced {
+            *t.lock().unwrap() = Some((key.clone(), created.elapsed().as_secs_f64()));
+        }
         cache.insert(key, pipeline.clone());
         pipeline
+    }
+
+    /// Prints the pipeline created last with its creation time and the
+    /// wall time of its first dispatch, run alone. Drivers that compile
+    /// at first use (lavapipe's LLVM) spend their compile there, so this
+    /// is how a first run's compile time is found kernel by kernel.
+    fn trace_first_dispatch(&self) {
+        let Some(t) = &self.traced else { return };
+        let Some((key, create_s)) = t.lock().unwrap().take() else {
+            return;
+        };
+        let started = std::time::Instant::now();
+        self.flush();
+        let _ = self.wait();
+        eprintln!(
+            "pipeline {key}: created in {:.0} ms, first dispatch {:.0} ms",
+            create_s * 1e3,
+            started.elapsed().as_secs_f64() * 1e3
+        );
     }
 
     /// Allocates an uninitialised tensor from the pool.
@@ -736,6 +768,10 @@ impl Gpu {
         pass.set_pipeline(pipeline);
         pass.set_bind_group(0, &bind_group, &[]);
         pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+        drop(pass);
+        drop(prof);
+        drop(rec);
+        self.trace_first_dispatch();
     }
 
     /// Starts timing every dispatch (see `profile_finish`).
