@@ -82,7 +82,7 @@ impl Tile {
     /// 8, the row's last tile partly masked. Channels: 16 (8 for narrow layers), and
     /// 8 with 40-pixel tiles, whose 16-channel kernel runs about 15%
     /// faster on a 64-channel layer but compiles 3x longer (13.6 s against
-    /// 4.5 s for the plain 3x3 kernel, 38 s with the residual add). On GPUs
+    /// 4.5 s for the plain 3x3 kernel, longer with the residual add). On GPUs
     /// a small tile that keeps occupancy (autotuning is on there).
     pub fn rule(cpu: bool, produced: usize, out_w: usize) -> Tile {
         if !cpu {
