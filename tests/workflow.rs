@@ -69,21 +69,21 @@ fn write_png(path: &Path, g: &Gray8) {
 }
 
 fn engine(args: &[&std::ffi::OsStr]) -> (i32, String, String) {
-    run_engine(args, false)
+    run_engine(args, &[])
 }
 
 /// The command with an adapter that does not exist: any GPU work fails, so
 /// an answer about something else shows it came before the GPU.
 fn engine_without_gpu(args: &[&std::ffi::OsStr]) -> (i32, String, String) {
-    run_engine(args, true)
+    run_engine(args, &[("ENGINE_ADAPTER", "no-such-adapter-for-this-test")])
 }
 
-fn run_engine(args: &[&std::ffi::OsStr], no_gpu: bool) -> (i32, String, String) {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_engine"));
-    if no_gpu {
-        c.env("ENGINE_ADAPTER", "no-such-adapter-for-this-test");
-    }
-    let o = c.args(args).output().unwrap();
+fn run_engine(args: &[&std::ffi::OsStr], env: &[(&str, &str)]) -> (i32, String, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_engine"))
+        .envs(env.iter().copied())
+        .args(args)
+        .output()
+        .unwrap();
     (
         o.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&o.stdout).into_owned(),
@@ -1122,23 +1122,23 @@ fn pipeline_trace_names_each_new_kernel_once() {
     save_model(&tiny_model(), &ckpt);
     let img = dir.join("a.png");
     write_png(&img, &scan(48, 40, 1));
-    let run = |trace: bool, out: &str| {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_engine"));
-        if trace {
-            c.env("ENGINE_TRACE_PIPELINES", "1");
-        }
-        let o = c
-            .args(["infer", "--checkpoint"])
-            .arg(&ckpt)
-            .args(["--pixel-spacing", "0.2", "--out"])
-            .arg(dir.join(out))
-            .arg(&img)
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        String::from_utf8_lossy(&o.stderr).into_owned()
+    let run = |env: &[(&str, &str)], out: &str| {
+        let (out_dir, img) = (dir.join(out), img.as_os_str());
+        let a = args![
+            "infer",
+            "--checkpoint",
+            &ckpt,
+            "--pixel-spacing",
+            "0.2",
+            "--out",
+            &out_dir,
+            img
+        ];
+        let (code, _, stderr) = run_engine(a, env);
+        assert_eq!(code, 0, "{stderr}");
+        stderr
     };
-    let traced = run(true, "traced");
+    let traced = run(&[("ENGINE_TRACE_PIPELINES", "1")], "traced");
     let lines: Vec<&str> = traced
         .lines()
         .filter(|l| l.starts_with("pipeline "))
@@ -1156,5 +1156,5 @@ fn pipeline_trace_names_each_new_kernel_once() {
         );
         assert!(keys.insert(key), "{key} traced twice");
     }
-    assert!(!run(false, "plain").contains("pipeline "));
+    assert!(!run(&[], "plain").contains("pipeline "));
 }

@@ -77,13 +77,13 @@ impl Tile {
     /// The tile used without a tuned choice. On CPU adapters the pixel
     /// tile follows the output row's size class, not its exact width, so
     /// that scans of other sizes reuse the kernels already compiled (on
-    /// lavapipe a new kernel costs 1-40 s of LLVM, often more than the
-    /// pass itself): 40 pixels from rows of 256, 16 from rows of 32, else
-    /// 8, the row's last tile partly masked. Channels: 16 (8 for narrow layers), and
-    /// 8 with 40-pixel tiles, whose 16-channel kernel runs about 15%
-    /// faster on a 64-channel layer but compiles 3x longer (13.6 s against
-    /// 4.5 s for the plain 3x3 kernel, longer with the residual add). On GPUs
-    /// a small tile that keeps occupancy (autotuning is on there).
+    /// lavapipe a new kernel costs about 1-14 s of LLVM, often more than
+    /// the pass itself): 40 pixels from rows of 256, 16 from rows of 32,
+    /// else 8, the row's last tile partly masked. Channels: 16 (8 for
+    /// narrow layers), and 8 with 40-pixel tiles, whose 16-channel kernel
+    /// runs about 15% faster on a 64-channel layer but compiles 3x longer
+    /// (13.6 s against 4.5 s for the plain 3x3 kernel). On GPUs a small
+    /// tile that keeps occupancy (autotuning is on there).
     pub fn rule(cpu: bool, produced: usize, out_w: usize) -> Tile {
         if !cpu {
             return Tile::new(4, 8);
