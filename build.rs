@@ -6,11 +6,17 @@ fn main() {
     println!("cargo:rustc-check-cfg=cfg(python_torch)");
     println!("cargo:rustc-check-cfg=cfg(dciodvfy)");
     println!("cargo:rustc-check-cfg=cfg(python_onnx)");
+    println!("cargo:rustc-check-cfg=cfg(wasm_target)");
     println!("cargo:rerun-if-env-changed=MAMMO_DATA");
     if std::env::var_os("MAMMO_DATA").is_some_and(|v| !v.is_empty()) {
         println!("cargo:rustc-cfg=mammo_data");
     }
     git_commit();
+    // tests/browser_core.rs builds the core for the browser when the
+    // toolchain has the wasm32 target.
+    if has_wasm_target() {
+        println!("cargo:rustc-cfg=wasm_target");
+    }
     // tests/python_interop.rs runs when python3 has what tools/ needs.
     let python = std::process::Command::new("python3")
         .args(["-c", "import torch, safetensors, numpy, PIL"])
@@ -70,4 +76,29 @@ fn git_commit() {
     for p in watch.into_iter().filter(|p| p.exists()) {
         println!("cargo:rerun-if-changed={}", p.display());
     }
+}
+
+/// Whether the toolchain building this has the standard library for
+/// `wasm32-unknown-unknown` (`rustup target add wasm32-unknown-unknown`).
+fn has_wasm_target() -> bool {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let Some(libdir) = std::process::Command::new(rustc)
+        .args([
+            "--print",
+            "target-libdir",
+            "--target",
+            "wasm32-unknown-unknown",
+        ])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    else {
+        return false;
+    };
+    std::fs::read_dir(libdir).is_ok_and(|entries| {
+        entries
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with("libcore-"))
+    })
 }

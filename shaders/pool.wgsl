@@ -35,7 +35,9 @@ fn is_nan(v: f32) -> bool {
 // Row-major index (in the plane) of the first maximum of output (i, j)'s
 // window, or of its first NaN.
 fn argmax(plane: u32, i: u32, j: u32) -> u32 {
-    var best = -3.4028235e38;
+    // -FLT_MAX by its bits: Tint rejects the decimal literal, which rounds
+    // past the largest f32.
+    var best = bitcast<f32>(0xff7fffffu);
     var best_idx = 0xffffffffu;
     for (var p = 0u; p < P.k; p++) {
         let h = i32(i * P.stride + p) - i32(P.pad_t);

@@ -327,9 +327,14 @@ pub fn run_one(
     };
     let spacing = predictor.input_spacing(declared, opts.pixel_spacing);
     let result = (|| -> anyhow::Result<Row> {
-        let prob = predictor
-            .probability_map(gpu, &scan, declared, opts.pixel_spacing, &opts.tiles)
-            .with_context(|| format!("inference on {}x{}", scan.width, scan.height))?;
+        let prob = pollster::block_on(predictor.probability_map(
+            gpu,
+            &scan,
+            declared,
+            opts.pixel_spacing,
+            &opts.tiles,
+        ))
+        .with_context(|| format!("inference on {}x{}", scan.width, scan.height))?;
         let stem = out.join(&input.stem);
         // Without any spacing the candidates' distance is in pixels.
         let mm = spacing.map(|s| s.input_mm).unwrap_or(1.0);

@@ -1,6 +1,10 @@
-//! engine: a GPU compute engine in Rust and WGSL for the dense-prediction
-//! network of "Dense Prediction of Mammography".
+//! engine: the native side of the GPU compute engine for the dense-prediction
+//! network of "Dense Prediction of Mammography": data preparation, training,
+//! evaluation, batch inference over files, benchmarks and the `engine` CLI.
 //!
+//! The core that also runs in a browser (GPU layer, ops, graph, model,
+//! inference) is the `engine-core` crate; its modules are re-exported here
+//! under the same names, so `engine::gpu` is `engine_core::gpu`.
 //! Data flows one way: `data` -> `graph` -> `ops` -> `gpu`.
 pub mod batch;
 pub mod bench;
@@ -10,18 +14,11 @@ pub mod dicom_out;
 pub mod error;
 pub mod eval;
 pub mod fsio;
-pub mod gpu;
-pub mod graph;
 pub mod infer;
-pub mod lesions;
-pub mod model;
-pub mod ops;
-pub mod predictor;
 pub mod run_folder;
 pub mod shard;
-pub mod spacing;
 pub mod train;
-pub mod tta;
 
+pub use engine_core::{gpu, graph, lesions, model, ops, predictor, spacing, tta};
 pub use error::{EngineError, Result};
 pub use gpu::{Gpu, Tensor};

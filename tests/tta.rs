@@ -39,7 +39,7 @@ fn view_of(g: &Gray8, v: View) -> Gray8 {
 }
 
 fn map(p: &Predictor, g: &Gray8) -> Vec<f32> {
-    p.probability_map(gpu(), g, Some(0.2), None, &TileOptions::default())
+    pollster::block_on(p.probability_map(gpu(), g, Some(0.2), None, &TileOptions::default()))
         .unwrap()
 }
 

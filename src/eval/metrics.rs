@@ -98,11 +98,7 @@ pub fn pixel_counts(prob: &[f32], mask: &[u8], threshold: f32) -> Counts {
     c
 }
 
-/// Fewest pixels above the threshold that make an image predicted positive:
-/// `floor(H*W/750) + 1` ("more than H*W/750").
-pub fn area_min_pixels(pixels: usize) -> usize {
-    pixels / 750 + 1
-}
+pub use engine_core::infer::{area_min_pixels, area_score};
 
 /// docs/MODEL.md's image-level rule: more than `H*W/750` pixels exceed `threshold`.
 pub fn image_predicted(prob: &[f32], threshold: f32) -> bool {
@@ -154,18 +150,15 @@ impl ImageScore {
         let k = area_min_pixels(prob.len()).min(prob.len());
         match self {
             ImageScore::Max => prob.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64,
-            ImageScore::Area | ImageScore::TopMean => {
+            ImageScore::Area => area_score(prob),
+            ImageScore::TopMean => {
                 let mut v: Vec<f32> = prob
                     .iter()
                     .map(|&p| if p.is_nan() { 0.0 } else { p })
                     .collect();
                 // Descending: the k largest end up first.
                 v.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
-                if self == ImageScore::Area {
-                    v[k - 1] as f64
-                } else {
-                    v[..k].iter().map(|&p| p as f64).sum::<f64>() / k as f64
-                }
+                v[..k].iter().map(|&p| p as f64).sum::<f64>() / k as f64
             }
         }
     }

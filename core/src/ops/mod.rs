@@ -37,43 +37,43 @@ pub(crate) use wgsl_params;
 
 pub(crate) static CONV2D: Shader = Shader {
     name: "conv2d",
-    source: include_str!("../../shaders/conv2d.wgsl"),
+    source: include_str!("../../../shaders/conv2d.wgsl"),
 };
 pub(crate) static CONV_PREP: Shader = Shader {
     name: "conv_prep",
-    source: include_str!("../../shaders/conv_prep.wgsl"),
+    source: include_str!("../../../shaders/conv_prep.wgsl"),
 };
 pub(crate) static FOLD: Shader = Shader {
     name: "fold",
-    source: include_str!("../../shaders/fold.wgsl"),
+    source: include_str!("../../../shaders/fold.wgsl"),
 };
 pub(crate) static REDUCE: Shader = Shader {
     name: "reduce",
-    source: include_str!("../../shaders/reduce.wgsl"),
+    source: include_str!("../../../shaders/reduce.wgsl"),
 };
 pub(crate) static BATCHNORM: Shader = Shader {
     name: "batchnorm",
-    source: include_str!("../../shaders/batchnorm.wgsl"),
+    source: include_str!("../../../shaders/batchnorm.wgsl"),
 };
 pub(crate) static POOL: Shader = Shader {
     name: "pool",
-    source: include_str!("../../shaders/pool.wgsl"),
+    source: include_str!("../../../shaders/pool.wgsl"),
 };
 pub(crate) static RESIZE: Shader = Shader {
     name: "resize",
-    source: include_str!("../../shaders/resize.wgsl"),
+    source: include_str!("../../../shaders/resize.wgsl"),
 };
 pub(crate) static ELEMENTWISE: Shader = Shader {
     name: "elementwise",
-    source: include_str!("../../shaders/elementwise.wgsl"),
+    source: include_str!("../../../shaders/elementwise.wgsl"),
 };
 pub(crate) static LOSS: Shader = Shader {
     name: "loss",
-    source: include_str!("../../shaders/loss.wgsl"),
+    source: include_str!("../../../shaders/loss.wgsl"),
 };
 pub(crate) static OPTIM: Shader = Shader {
     name: "optim",
-    source: include_str!("../../shaders/optim.wgsl"),
+    source: include_str!("../../../shaders/optim.wgsl"),
 };
 
 /// Every shader file, for validation tests and `engine bench`.

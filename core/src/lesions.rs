@@ -24,7 +24,7 @@
 //!   most F; past the last point the curve stays flat.
 use serde::{Deserialize, Serialize};
 
-use crate::data::Gray8;
+use crate::image::Gray8;
 
 /// The false-positive rates the FROC summary reports.
 pub const FP_RATES: [f64; 5] = [0.25, 0.5, 1.0, 2.0, 4.0];

@@ -2,7 +2,6 @@
 //! every compute pass writes a timestamp at its start and end; each submit
 //! resolves its queries into a staging buffer, and `finish` adds the
 //! durations up per label.
-use std::collections::BTreeMap;
 
 /// Queries per set: wgpu's maximum, two per dispatch, so one set covers a
 /// full recorder (2048 dispatches).
@@ -71,13 +70,15 @@ impl Profiler {
     }
 }
 
-/// Seconds per label, summed over every profiled dispatch.
+/// Seconds per label, summed over every profiled dispatch (blocks: native
+/// only).
+#[cfg(not(target_arch = "wasm32"))]
 pub(super) fn read(
     device: &wgpu::Device,
     period_ns: f64,
     pending: Vec<(wgpu::Buffer, Vec<String>)>,
-) -> Result<BTreeMap<String, f64>, String> {
-    let mut out = BTreeMap::new();
+) -> Result<std::collections::BTreeMap<String, f64>, String> {
+    let mut out = std::collections::BTreeMap::new();
     for (staging, labels) in pending {
         let (tx, rx) = std::sync::mpsc::channel();
         staging.map_async(wgpu::MapMode::Read, .., move |r| {

@@ -78,6 +78,9 @@ pub struct AdapterSummary {
 }
 
 pub struct Gpu {
+    /// The first GPU error nobody captured (a browser only logs them):
+    /// readbacks report it instead of returning what a failed kernel left.
+    uncaptured: Arc<Mutex<Option<String>>>,
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,
     pub info: wgpu::AdapterInfo,
@@ -104,7 +107,11 @@ pub struct Gpu {
 }
 
 fn backends() -> wgpu::Backends {
-    wgpu::Backends::VULKAN | wgpu::Backends::METAL | wgpu::Backends::DX12
+    if cfg!(target_arch = "wasm32") {
+        wgpu::Backends::BROWSER_WEBGPU
+    } else {
+        wgpu::Backends::VULKAN | wgpu::Backends::METAL | wgpu::Backends::DX12
+    }
 }
 
 /// The vec4 form of a shader written over `alias V = f32;` (see
@@ -128,6 +135,7 @@ fn instance() -> wgpu::Instance {
     wgpu::Instance::new(desc)
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 fn rank(t: wgpu::DeviceType) -> u8 {
     match t {
         wgpu::DeviceType::DiscreteGpu => 0,
@@ -138,6 +146,7 @@ fn rank(t: wgpu::DeviceType) -> u8 {
     }
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 fn sorted_adapters(instance: &wgpu::Instance) -> Vec<wgpu::Adapter> {
     let mut adapters = pollster::block_on(instance.enumerate_adapters(backends()));
     // Compute needs compute shaders; GL-only downlevel adapters are dropped.
@@ -151,6 +160,7 @@ fn sorted_adapters(instance: &wgpu::Instance) -> Vec<wgpu::Adapter> {
 }
 
 /// Every adapter wgpu reaches, best first (discrete > integrated > CPU).
+#[cfg(not(target_arch = "wasm32"))]
 pub fn list_adapters() -> Vec<AdapterSummary> {
     sorted_adapters(&instance())
         .into_iter()
@@ -164,10 +174,25 @@ pub fn list_adapters() -> Vec<AdapterSummary> {
         .collect()
 }
 
+/// Where the device's uncaptured errors go. Natively wgpu's default (a
+/// panic naming the error) stands; in a browser they would only be logged,
+/// so they are kept for the next readback to report.
+fn uncaptured_errors(device: &wgpu::Device) -> Arc<Mutex<Option<String>>> {
+    let slot = Arc::new(Mutex::new(None));
+    if cfg!(target_arch = "wasm32") {
+        let keep = slot.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            keep.lock().unwrap().get_or_insert_with(|| e.to_string());
+        }));
+    }
+    slot
+}
+
 impl Gpu {
     /// Opens the best adapter, or the one named by `name` (a case-insensitive
     /// substring of its name, or its index in `engine devices`), or by the
-    /// `ENGINE_ADAPTER` environment variable.
+    /// `ENGINE_ADAPTER` environment variable. Native only: it blocks.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn new(name: Option<&str>) -> Result<Gpu> {
         let instance = instance();
         let adapters = sorted_adapters(&instance);
@@ -194,10 +219,25 @@ impl Gpu {
                     .ok_or(EngineError::AdapterNotFound(w))?
             }
         };
-        Self::from_adapter(adapter)
+        pollster::block_on(Self::open(adapter))
     }
 
-    fn from_adapter(adapter: wgpu::Adapter) -> Result<Gpu> {
+    /// Opens the adapter the platform prefers for high performance: the
+    /// only way in a browser, where adapters cannot be listed.
+    pub async fn request() -> Result<Gpu> {
+        let adapter = instance()
+            .request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: wgpu::PowerPreference::HighPerformance,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| EngineError::NoAdapter {
+                hint: format!(" ({e})"),
+            })?;
+        Self::open(adapter).await
+    }
+
+    async fn open(adapter: wgpu::Adapter) -> Result<Gpu> {
         let info = adapter.get_info();
         // Ask for everything the adapter has, not wgpu's portable defaults:
         // the binding size and workgroup storage decide how work is split.
@@ -207,18 +247,21 @@ impl Gpu {
         if timestamps {
             features |= wgpu::Features::TIMESTAMP_QUERY;
         }
-        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-            label: Some("engine"),
-            required_features: features,
-            required_limits: limits.clone(),
-            experimental_features: wgpu::ExperimentalFeatures::disabled(),
-            memory_hints: wgpu::MemoryHints::Performance,
-            trace: wgpu::Trace::Off,
-        }))
-        .map_err(|e| EngineError::Device {
-            adapter: info.name.clone(),
-            reason: e.to_string(),
-        })?;
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("engine"),
+                required_features: features,
+                required_limits: limits.clone(),
+                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                memory_hints: wgpu::MemoryHints::Performance,
+                trace: wgpu::Trace::Off,
+            })
+            .await
+            .map_err(|e| EngineError::Device {
+                adapter: info.name.clone(),
+                reason: e.to_string(),
+            })?;
+        let uncaptured = uncaptured_errors(&device);
         let params_buf = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("params arena"),
             size: PARAM_SLOT * PARAM_SLOTS,
@@ -251,6 +294,7 @@ impl Gpu {
             timestamps,
             binding_limit: AtomicU64::new(binding_limit),
             pipelines: Mutex::new(HashMap::new()),
+            uncaptured,
             traced: std::env::var_os("ENGINE_TRACE_PIPELINES").map(|_| Mutex::new(None)),
             rec: Mutex::new(Recorder {
                 encoder: None,
@@ -319,11 +363,12 @@ impl Gpu {
 
     /// Seconds per run of `f` (recorded work), over `iters` runs after
     /// everything before has finished: GPU timestamps where the adapter has
-    /// them, else the wall clock of submit-and-wait.
+    /// them, else the wall clock of submit-and-wait. Native only (benchmarks).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn time(&self, iters: usize, f: &dyn Fn() -> Result<()>) -> Result<f64> {
         self.flush();
         self.wait()?;
-        let start = std::time::Instant::now();
+        let start = web_time::Instant::now();
         let timer = self.timestamps.then(|| {
             let set = self.device.create_query_set(&wgpu::QuerySetDescriptor {
                 label: Some("timer"),
@@ -381,7 +426,7 @@ impl Gpu {
             self.flush();
             let _ = self.wait();
         }
-        let created = std::time::Instant::now();
+        let created = web_time::Instant::now();
         let module = self
             .device
             .create_shader_module(wgpu::ShaderModuleDescriptor {
@@ -414,7 +459,7 @@ impl Gpu {
         let Some((key, create_s)) = t.lock().unwrap().take() else {
             return;
         };
-        let started = std::time::Instant::now();
+        let started = web_time::Instant::now();
         self.flush();
         let _ = self.wait();
         eprintln!(
@@ -492,24 +537,31 @@ impl Gpu {
         enc.copy_buffer_to_buffer(src.buffer(), 0, dst.buffer(), 0, src.bytes());
     }
 
-    /// Submits everything recorded and waits for it, then reads back.
-    pub fn read(&self, t: &Tensor) -> Result<Vec<f32>> {
-        Ok(self.read_many(&[t])?.pop().expect("one tensor read"))
+    /// Submits everything recorded and reads `t` back once the GPU is done.
+    pub async fn read_async(&self, t: &Tensor) -> Result<Vec<f32>> {
+        Ok(self
+            .read_many_async(&[t])
+            .await?
+            .pop()
+            .expect("one tensor read"))
     }
 
     /// Reads several tensors with one submit and one wait.
-    pub fn read_many(&self, ts: &[&Tensor]) -> Result<Vec<Vec<f32>>> {
+    pub async fn read_many_async(&self, ts: &[&Tensor]) -> Result<Vec<Vec<f32>>> {
         let srcs: Vec<_> = ts.iter().map(|t| (t.buffer(), t.bytes())).collect();
         Ok(self
-            .read_bytes(&srcs)?
+            .read_bytes_async(&srcs)
+            .await?
             .into_iter()
             .map(|b| bytemuck::pod_collect_to_vec::<u8, f32>(&b))
             .collect())
     }
 
     /// Copies the first `bytes` of each buffer into one staging buffer (in
-    /// stream order), submits, waits, and returns the bytes.
-    pub fn read_bytes(&self, srcs: &[(&wgpu::Buffer, u64)]) -> Result<Vec<Vec<u8>>> {
+    /// stream order), submits, and returns the bytes once they are mapped.
+    /// On native adapters the map completes inside `wait`; in a browser the
+    /// event loop completes it while the caller awaits.
+    pub async fn read_bytes_async(&self, srcs: &[(&wgpu::Buffer, u64)]) -> Result<Vec<Vec<u8>>> {
         // Offsets into the staging buffer keep wgpu's map alignment.
         let mut offsets = Vec::with_capacity(srcs.len());
         let mut total = 0u64;
@@ -536,14 +588,17 @@ impl Gpu {
             }
         }
         self.flush();
-        let (tx, rx) = std::sync::mpsc::channel();
+        let (tx, rx) = futures_channel::oneshot::channel();
         staging.map_async(wgpu::MapMode::Read, .., move |r| {
             let _ = tx.send(r);
         });
         self.wait()?;
-        rx.recv()
-            .map_err(|e| EngineError::Gpu(e.to_string()))?
+        rx.await
+            .map_err(|_| EngineError::Gpu("readback dropped before it was mapped".into()))?
             .map_err(|e| EngineError::Gpu(format!("readback map failed: {e}")))?;
+        if let Some(e) = self.uncaptured.lock().unwrap().clone() {
+            return Err(EngineError::Gpu(e));
+        }
         let out = {
             let view = staging
                 .get_mapped_range(..)
@@ -557,6 +612,24 @@ impl Gpu {
         Ok(out)
     }
 
+    /// [`Gpu::read_async`], waited on (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn read(&self, t: &Tensor) -> Result<Vec<f32>> {
+        pollster::block_on(self.read_async(t))
+    }
+
+    /// [`Gpu::read_many_async`], waited on (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn read_many(&self, ts: &[&Tensor]) -> Result<Vec<Vec<f32>>> {
+        pollster::block_on(self.read_many_async(ts))
+    }
+
+    /// [`Gpu::read_bytes_async`], waited on (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn read_bytes(&self, srcs: &[(&wgpu::Buffer, u64)]) -> Result<Vec<Vec<u8>>> {
+        pollster::block_on(self.read_bytes_async(srcs))
+    }
+
     /// Zeroes a tensor in stream order.
     pub fn clear(&self, t: &Tensor) {
         let mut rec = self.rec.lock().unwrap();
@@ -564,7 +637,8 @@ impl Gpu {
         enc.clear_buffer(t.buffer(), 0, Some(t.bytes()));
     }
 
-    /// Blocks until the GPU is idle.
+    /// Blocks until the GPU is idle (in a browser: returns at once; work
+    /// completes on the event loop).
     pub fn wait(&self) -> Result<()> {
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
@@ -790,6 +864,7 @@ impl Gpu {
     /// Stops timing and returns the GPU seconds per label since
     /// `profile_start`: "op|kernel", the op being the enclosing scope (a
     /// convolution's name, for all its kernels) or the shader's name.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn profile_finish(&self) -> Result<std::collections::BTreeMap<String, f64>> {
         self.flush();
         let Some(p) = self.profiler.lock().unwrap().take() else {

@@ -201,6 +201,7 @@ impl WgradVariant {
 
 /// Runs per candidate when timing one shape (after one warm-up run that
 /// also compiles the pipeline).
+#[cfg(not(target_arch = "wasm32"))]
 const TUNE_ITERS: usize = 2;
 
 /// The variant for `key`: the remembered winner; else, when tuning is on,
@@ -237,6 +238,19 @@ fn pick<V: Copy>(
     if gpu.variants().mode() != TuneMode::On {
         return Ok(rule);
     }
+    let best = fastest(gpu, candidates, rule, time_one)?;
+    gpu.variants().set(key, &name(&best));
+    Ok(best)
+}
+
+/// The candidate that runs `time_one` fastest (ties: the earliest).
+#[cfg(not(target_arch = "wasm32"))]
+fn fastest<V: Copy>(
+    gpu: &Gpu,
+    candidates: &[V],
+    rule: V,
+    time_one: &dyn Fn(V) -> Result<()>,
+) -> Result<V> {
     let mut best = (f64::INFINITY, rule);
     for &v in candidates {
         time_one(v)?;
@@ -245,8 +259,19 @@ fn pick<V: Copy>(
             best = (secs, v);
         }
     }
-    gpu.variants().set(key, &name(&best.1));
     Ok(best.1)
+}
+
+/// In a browser timing would have to wait on the GPU inside a dispatch
+/// call, which cannot block: the rule's choice stands.
+#[cfg(target_arch = "wasm32")]
+fn fastest<V: Copy>(
+    _gpu: &Gpu,
+    _candidates: &[V],
+    rule: V,
+    _time_one: &dyn Fn(V) -> Result<()>,
+) -> Result<V> {
+    Ok(rule)
 }
 
 /// The key a shape is tuned under: pass, source and produced shapes, geometry.

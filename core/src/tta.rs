@@ -6,10 +6,10 @@
 //! views; averaging them removes the part of a map that depends on the
 //! orientation, as nnU-Net's mirroring does by default. The transforms form a
 //! group, so the averaged map of a flipped scan is the flipped averaged map.
-use clap::ValueEnum;
 
 /// Which views of a scan are averaged.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum Tta {
     /// The scan as it is.
     #[default]

@@ -9,8 +9,8 @@
 //! members trained at different spacings mix correctly. With test-time
 //! augmentation (`crate::tta`) every member also runs on each flipped or
 //! rotated view of the scan, and all the maps, turned back, are averaged.
-use crate::data::Gray8;
 use crate::gpu::Gpu;
+use crate::image::Gray8;
 use crate::infer::{TileOptions, probability_map_at};
 use crate::model::Model;
 use crate::spacing::{ModelSpacing, Origin};
@@ -100,7 +100,7 @@ impl Predictor {
     /// members' maps over the views. `file_mm` is the spacing the scan's
     /// file declares, `flag_mm` the `--pixel-spacing` for files that declare
     /// none.
-    pub fn probability_map(
+    pub async fn probability_map(
         &self,
         gpu: &Gpu,
         scan: &Gray8,
@@ -120,7 +120,7 @@ impl Predictor {
             };
             for m in &self.members {
                 let spacings = m.spacing.map(|s| s.for_input(file_mm, flag_mm).0);
-                let p = probability_map_at(gpu, &m.model, &seen, spacings, tiles)?;
+                let p = probability_map_at(gpu, &m.model, &seen, spacings, tiles).await?;
                 let p = view.undo(&p, size);
                 sum.iter_mut().zip(&p).for_each(|(a, b)| *a += b);
                 runs += 1;
