@@ -7,6 +7,7 @@ fn main() {
     println!("cargo:rustc-check-cfg=cfg(dciodvfy)");
     println!("cargo:rustc-check-cfg=cfg(python_onnx)");
     println!("cargo:rustc-check-cfg=cfg(wasm_target)");
+    println!("cargo:rustc-check-cfg=cfg(browser_tools)");
     println!("cargo:rerun-if-env-changed=MAMMO_DATA");
     if std::env::var_os("MAMMO_DATA").is_some_and(|v| !v.is_empty()) {
         println!("cargo:rustc-cfg=mammo_data");
@@ -16,6 +17,10 @@ fn main() {
     // toolchain has the wasm32 target.
     if has_wasm_target() {
         println!("cargo:rustc-cfg=wasm_target");
+        // tests/browser.rs also needs the page's build tools and a browser.
+        if wasm_bindgen_matches_lock() && runs("chromedriver") && runs("chromium") {
+            println!("cargo:rustc-cfg=browser_tools");
+        }
     }
     // tests/python_interop.rs runs when python3 has what tools/ needs.
     let python = std::process::Command::new("python3")
@@ -101,4 +106,30 @@ fn has_wasm_target() -> bool {
             .flatten()
             .any(|e| e.file_name().to_string_lossy().starts_with("libcore-"))
     })
+}
+
+/// Whether `program --version` runs.
+fn runs(program: &str) -> bool {
+    std::process::Command::new(program)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Whether the installed wasm-bindgen CLI is the version of the
+/// wasm-bindgen crate in Cargo.lock (web/build.sh needs exactly that).
+fn wasm_bindgen_matches_lock() -> bool {
+    println!("cargo:rerun-if-changed=Cargo.lock");
+    let lock = std::fs::read_to_string("Cargo.lock").unwrap_or_default();
+    let locked = lock
+        .split("[[package]]")
+        .find(|p| p.contains("name = \"wasm-bindgen\"\n"))
+        .and_then(|p| p.lines().find_map(|l| l.strip_prefix("version = ")))
+        .map(|v| v.trim_matches('"').to_string());
+    let installed = std::process::Command::new("wasm-bindgen")
+        .arg("--version")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    matches!((locked, installed), (Some(l), Some(i)) if i == format!("wasm-bindgen {l}"))
 }

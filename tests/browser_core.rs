@@ -12,13 +12,15 @@ use std::process::Command;
 )]
 fn core_builds_for_webgpu_in_a_browser() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    // A target folder of its own: the outer `cargo test` holds the lock on
-    // the workspace's.
-    let target = root.join("target").join("wasm-check");
+    // A target folder of its own (the outer `cargo test` holds the lock on
+    // the workspace's), and web/build.sh's profile: tests/browser.rs then
+    // finds the build done.
+    let target = root.join("target").join("wasm-site");
     let out = Command::new(env!("CARGO"))
         .current_dir(root)
         .args([
-            "check",
+            "build",
+            "--release",
             "--package",
             "engine-core",
             "--package",
@@ -35,7 +37,7 @@ fn core_builds_for_webgpu_in_a_browser() {
         out.status.success(),
         "engine-core or engine-web does not build for wasm32:\n{stderr}"
     );
-    // `cargo check` succeeds with warnings: the core is kept warning-free
+    // A build succeeds with warnings: the core is kept warning-free
     // on both targets.
     assert!(!stderr.contains("warning"), "{stderr}");
 }

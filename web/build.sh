@@ -21,7 +21,7 @@ cargo build --quiet --release --package engine-web --target wasm32-unknown-unkno
 rm -rf "$out"
 mkdir -p "$out/model"
 wasm-bindgen --target web --no-typescript --out-dir "$out/pkg" \
-  target/wasm32-unknown-unknown/release/engine_web.wasm
+  "${CARGO_TARGET_DIR:-target}/wasm32-unknown-unknown/release/engine_web.wasm"
 cp web/www/index.html web/www/app.js "$out/"
 model=data/models/cbis-w025
 files=()
