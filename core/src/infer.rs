@@ -172,21 +172,28 @@ pub fn area_min_pixels(pixels: usize) -> usize {
     pixels / 750 + 1
 }
 
-/// The image score of that rule: the k-th largest probability, k =
-/// [`area_min_pixels`], so an image is positive at `t` exactly when its
-/// score exceeds `t` (NaN counts as 0; 0 for an empty map).
-pub fn area_score(prob: &[f32]) -> f64 {
+/// The [`area_min_pixels`] largest probabilities of a map (NaN counts as
+/// 0), the smallest of them last; empty for an empty map.
+pub fn area_top(prob: &[f32]) -> Vec<f32> {
     if prob.is_empty() {
-        return 0.0;
+        return Vec::new();
     }
     let k = area_min_pixels(prob.len()).min(prob.len());
     let mut v: Vec<f32> = prob
         .iter()
         .map(|&p| if p.is_nan() { 0.0 } else { p })
         .collect();
-    // Descending: the k largest end up first.
+    // Descending: the k largest end up first, the k-th at k - 1.
     v.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
-    v[k - 1] as f64
+    v.truncate(k);
+    v
+}
+
+/// The image score of that rule: the k-th largest probability (the last
+/// of [`area_top`]), so an image is positive at `t` exactly when its score
+/// exceeds `t` (0 for an empty map).
+pub fn area_score(prob: &[f32]) -> f64 {
+    area_top(prob).last().map_or(0.0, |&p| p as f64)
 }
 
 /// The heat colour of probability p (blue -> cyan -> yellow -> red), as

@@ -98,7 +98,7 @@ pub fn pixel_counts(prob: &[f32], mask: &[u8], threshold: f32) -> Counts {
     c
 }
 
-pub use engine_core::infer::{area_min_pixels, area_score};
+pub use engine_core::infer::{area_min_pixels, area_score, area_top};
 
 /// docs/MODEL.md's image-level rule: more than `H*W/750` pixels exceed `threshold`.
 pub fn image_predicted(prob: &[f32], threshold: f32) -> bool {
@@ -147,18 +147,12 @@ impl ImageScore {
         if prob.is_empty() {
             return 0.0;
         }
-        let k = area_min_pixels(prob.len()).min(prob.len());
         match self {
             ImageScore::Max => prob.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64,
             ImageScore::Area => area_score(prob),
             ImageScore::TopMean => {
-                let mut v: Vec<f32> = prob
-                    .iter()
-                    .map(|&p| if p.is_nan() { 0.0 } else { p })
-                    .collect();
-                // Descending: the k largest end up first.
-                v.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
-                v[..k].iter().map(|&p| p as f64).sum::<f64>() / k as f64
+                let top = area_top(prob);
+                top.iter().map(|&p| p as f64).sum::<f64>() / top.len() as f64
             }
         }
     }

@@ -62,14 +62,16 @@ async function analyse(name, bytes) {
   state.name = name.replace(/\.[^.]*$/, '');
   state.map = null;
   drawGrey(scan);
-  const spacing = parseFloat($('spacing').value);
+  // Empty: the model's training data's spacing (the engine's default).
+  const typed = parseFloat($('spacing').value);
+  const spacing = Number.isFinite(typed) ? typed : undefined;
   const tta = $('tta').value;
   const started = performance.now();
   const tick = setInterval(() => status(
     `Running the network on ${scan.width} x ${scan.height} on ${state.engine.adapter()}… ` +
     `${((performance.now() - started) / 1000).toFixed(0)} s`), 500);
   try {
-    state.map = await state.engine.run(scan, Number.isFinite(spacing) ? spacing : undefined, tta);
+    state.map = await state.engine.run(scan, spacing, tta);
   } catch (e) {
     fail(`${name}: ${message(e)}`);
     throw e;
@@ -78,8 +80,7 @@ async function analyse(name, bytes) {
   }
   const seconds = ((performance.now() - started) / 1000).toFixed(1);
   state.score = image_score(state.map);
-  state.candidates = JSON.parse(state.engine.candidates(
-    state.map, scan.width, scan.height, Number.isFinite(spacing) ? spacing : undefined));
+  state.candidates = JSON.parse(state.engine.candidates(state.map, scan.width, scan.height, spacing));
   const overlay = overlay_rgba(scan, state.map);
   $('scan').getContext('2d').putImageData(
     new ImageData(new Uint8ClampedArray(overlay.buffer), scan.width, scan.height), 0, 0);
