@@ -6,6 +6,7 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+mod checks;
 mod common;
 
 mod batchnorm;

@@ -84,6 +84,36 @@ fn the_page_maps_a_real_film_like_native_infer_and_uploads_nothing() {
     std::fs::remove_dir_all(&scratch).ok();
 }
 
+#[test]
+#[cfg_attr(
+    not(browser_tools),
+    ignore = "needs the wasm32 target, wasm-bindgen-cli of Cargo.lock's version, chromium and chromium-driver (.ci/run installs them), found when building the tests"
+)]
+fn the_kernels_match_their_cpu_references_on_webgpu_in_headless_chromium() {
+    // web/tests/kernels.rs, run by wasm-bindgen-test-runner (.cargo/config.toml)
+    // with Chromium's flags from web/webdriver.json. The release profile and
+    // the target folder of web/build.sh share the dependencies' build.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(env!("CARGO"))
+        .current_dir(root.join("web"))
+        .args(["test", "--release", "--target", "wasm32-unknown-unknown"])
+        .args(["--test", "kernels"])
+        .env("CARGO_TARGET_DIR", root.join("target/wasm-site"))
+        .output()
+        .expect("cargo runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the kernel tests failed in the browser:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The runner must have run every test of the file, not found none.
+    let source = std::fs::read_to_string(root.join("web/tests/kernels.rs")).unwrap();
+    let tests = source.matches("#[wasm_bindgen_test]\n").count();
+    let summary = format!("test result: ok. {tests} passed; 0 failed");
+    assert!(tests >= 10 && stdout.contains(&summary), "{stdout}");
+}
+
 fn tempdir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
