@@ -1,7 +1,8 @@
 //! engine-core: what runs wherever wgpu runs, a browser tab included: the
 //! GPU layer, the WGSL ops, the autograd graph, the network and its
 //! checkpoints, and inference (spacing, padding, tiling, test-time
-//! augmentation, ensembles, candidate lesions).
+//! augmentation, ensembles, candidate lesions), and decoding DICOM files
+//! from bytes (pure-Rust codecs).
 //!
 //! Dependencies point one way: `infer`/`predictor` -> `model` -> `graph`
 //! -> `ops` -> `gpu` -> wgpu. Nothing here blocks on the GPU: readbacks are
@@ -10,6 +11,7 @@
 // Arcs that share buffers across threads natively hold non-Send values there.
 #![cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
 
+pub mod dicom;
 pub mod error;
 pub mod fsio;
 pub mod gpu;
@@ -23,6 +25,8 @@ pub mod predictor;
 pub mod resample;
 pub mod spacing;
 pub mod tta;
+#[cfg(target_arch = "wasm32")]
+mod wasm_libc;
 
 pub use error::{EngineError, Result};
 pub use gpu::{Gpu, Tensor};

@@ -108,6 +108,22 @@ impl Predictor {
         flag_mm: Option<f64>,
         tiles: &TileOptions,
     ) -> anyhow::Result<Vec<f32>> {
+        self.probability_map_with_progress(gpu, scan, (file_mm, flag_mm), tiles, &mut |_, _| {})
+            .await
+    }
+
+    /// [`Self::probability_map`], calling `progress(done, total)` after each
+    /// of the network's passes (one per member and view): the page's
+    /// progress bar.
+    pub async fn probability_map_with_progress(
+        &self,
+        gpu: &Gpu,
+        scan: &Gray8,
+        (file_mm, flag_mm): (Option<f64>, Option<f64>),
+        tiles: &TileOptions,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> anyhow::Result<Vec<f32>> {
+        let total = self.tta.views().len() * self.members.len();
         let size = (scan.width, scan.height);
         let mut sum = vec![0.0f32; scan.pixels.len()];
         let mut runs = 0usize;
@@ -124,6 +140,7 @@ impl Predictor {
                 let p = view.undo(&p, size);
                 sum.iter_mut().zip(&p).for_each(|(a, b)| *a += b);
                 runs += 1;
+                progress(runs, total);
             }
         }
         if runs > 1 {

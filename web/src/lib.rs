@@ -6,6 +6,7 @@
 //!
 //! Everything that waits on the GPU returns a `Promise` (the core's
 //! readbacks are async; a browser's main thread never blocks).
+use engine_core::dicom;
 use engine_core::gpu::Gpu;
 use engine_core::image::Gray8;
 use engine_core::infer::TileOptions;
@@ -40,20 +41,40 @@ fn js_error(e: impl std::fmt::Display) -> JsError {
     JsError::new(&e.to_string())
 }
 
-/// A decoded scan: 8-bit grey, as the network reads it.
+/// A decoded scan: 8-bit grey, as the network reads it, and the pixel
+/// spacing its file declares (DICOM's Pixel Spacing).
 #[wasm_bindgen]
 pub struct Scan {
     gray: Gray8,
+    spacing_mm: Option<f64>,
 }
 
 #[wasm_bindgen]
 impl Scan {
-    /// Decodes a PNG, JPEG or PGM file (colour goes to luma). `name` is
-    /// only for messages. Errors say what is wrong and what to do.
+    /// Decodes a DICOM, PNG, JPEG or PGM file (colour goes to luma; DICOM
+    /// by `engine`'s rule). `name` is only for messages. Errors say what is
+    /// wrong and what to do.
     pub fn decode(name: &str, bytes: &[u8]) -> Result<Scan, JsError> {
+        if dicom::is_dicom_bytes(bytes) {
+            let (gray, info) = dicom::decode_bytes(Path::new(name), bytes, MAX_PIXELS)
+                .map_err(|e| js_error(format!("{e}; `engine infer` reads the same files")))?;
+            return Ok(Scan {
+                gray,
+                spacing_mm: info.pixel_spacing_mm,
+            });
+        }
         decode_gray(name, bytes)
-            .map(|gray| Scan { gray })
+            .map(|gray| Scan {
+                gray,
+                spacing_mm: None,
+            })
             .map_err(js_error)
+    }
+
+    /// Millimetres per pixel from the file's header (DICOM), if it has one.
+    #[wasm_bindgen(getter)]
+    pub fn pixel_spacing(&self) -> Option<f64> {
+        self.spacing_mm
     }
 
     #[wasm_bindgen(getter)]
@@ -72,20 +93,15 @@ impl Scan {
     }
 }
 
-/// The grey image of a file's bytes, with the checks the native reader
-/// makes: a known format, a size within [`MAX_PIXELS`] read from the
-/// header before anything is decoded.
+/// The grey image of a PNG, JPEG or PGM file's bytes, with the checks
+/// the native reader makes: a known format, a size within [`MAX_PIXELS`]
+/// read from the header before anything is decoded.
 pub fn decode_gray(name: &str, bytes: &[u8]) -> anyhow::Result<Gray8> {
-    if bytes.len() > 132 && &bytes[128..132] == b"DICM" {
-        anyhow::bail!(
-            "{name}: a DICOM file. The page reads PNG, JPEG and PGM; export the image as PNG, or run `engine infer` on the DICOM file"
-        );
-    }
     let reader = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
     if reader.format().is_none() {
-        anyhow::bail!("{name}: not an image the page can read (PNG, JPEG or PGM)");
+        anyhow::bail!("{name}: not an image the page can read (DICOM, PNG, JPEG or PGM)");
     }
     let (w, h) = reader
         .into_dimensions()
@@ -171,11 +187,20 @@ impl Engine {
 
     /// The probability map of `scan` (a Promise of a Float32Array, the
     /// scan's size, row-major). `pixel_spacing_mm`: the scan's millimetres
-    /// per pixel (None: the model's training data's). `tta`: "none",
-    /// "flips" or "dihedral".
-    pub fn run(&self, scan: &Scan, pixel_spacing_mm: Option<f64>, tta: &str) -> js_sys::Promise {
+    /// per pixel when its file declares none (None: the model's training
+    /// data's). `tta`: "none", "flips" or "dihedral". `progress(done,
+    /// total)` is called after each pass of the network (one per member
+    /// and view).
+    pub fn run(
+        &self,
+        scan: &Scan,
+        pixel_spacing_mm: Option<f64>,
+        tta: &str,
+        progress: Option<js_sys::Function>,
+    ) -> js_sys::Promise {
         let state = self.state.clone();
         let gray = scan.gray.clone();
+        let spacings = (scan.spacing_mm, pixel_spacing_mm);
         let tta = match tta {
             "flips" => Ok(Tta::Flips),
             "dihedral" => Ok(Tta::Dihedral),
@@ -184,7 +209,12 @@ impl Engine {
         };
         wasm_bindgen_futures::future_to_promise(async move {
             let tta = tta.map_err(|e| JsValue::from(js_error(e)))?;
-            let map = probability_map(&state, &gray, pixel_spacing_mm, tta)
+            let mut report = |done: usize, total: usize| {
+                if let Some(f) = &progress {
+                    let _ = f.call2(&JsValue::NULL, &done.into(), &total.into());
+                }
+            };
+            let map = probability_map(&state, &gray, spacings, tta, &mut report)
                 .await
                 .map_err(|e| JsValue::from(js_error(format!("{e:#}"))))?;
             Ok(js_sys::Float32Array::from(map.as_slice()).into())
@@ -193,21 +223,23 @@ impl Engine {
 
     /// The candidate lesions of a map (JSON: score, centre, box, in the
     /// scan's pixels), at least 10 mm apart (`engine infer`'s rule).
+    /// `pixel_spacing_mm` as for [`Engine::run`].
     pub fn candidates(
         &self,
+        scan: &Scan,
         map: &[f32],
-        width: usize,
-        height: usize,
         pixel_spacing_mm: Option<f64>,
     ) -> Result<String, JsError> {
+        let (width, height) = (scan.gray.width, scan.gray.height);
         if map.len() != width * height {
-            return Err(js_error("candidates: the map is not width x height"));
+            return Err(js_error("candidates: the map is not the scan's size"));
         }
         let predictor = self.state.predictor.borrow();
         let mm = predictor
             .as_ref()
-            .and_then(|p| p.input_spacing(None, pixel_spacing_mm))
+            .and_then(|p| p.input_spacing(scan.spacing_mm, pixel_spacing_mm))
             .map(|s| s.input_mm)
+            .or(scan.spacing_mm)
             .or(pixel_spacing_mm)
             .unwrap_or(1.0);
         let found = candidates(map, width, height, mm, &CandidateOptions::default());
@@ -231,8 +263,9 @@ fn member(gpu: &Gpu, name: &str, bytes: &[u8]) -> anyhow::Result<Member> {
 async fn probability_map(
     state: &State,
     scan: &Gray8,
-    pixel_spacing_mm: Option<f64>,
+    spacings: (Option<f64>, Option<f64>),
     tta: Tta,
+    progress: &mut dyn FnMut(usize, usize),
 ) -> anyhow::Result<Vec<f32>> {
     // The predictor is taken out while it runs (a RefCell borrow cannot
     // be held across an await); a model loaded meanwhile wins.
@@ -243,12 +276,12 @@ async fn probability_map(
         .ok_or_else(|| anyhow::anyhow!("no model loaded"))?
         .with_tta(tta);
     let map = predictor
-        .probability_map(
+        .probability_map_with_progress(
             &state.gpu,
             scan,
-            None,
-            pixel_spacing_mm,
+            spacings,
             &TileOptions::default(),
+            progress,
         )
         .await;
     let mut slot = state.predictor.borrow_mut();

@@ -44,7 +44,7 @@ function useModel(names, files, label) {
   $('model-name').textContent = label;
   const mm = state.model.data_mm;
   $('spacing-hint').textContent = mm
-    ? `(empty: ${mm} mm, the model's training data; the network runs at ${state.model.model_mm} mm)`
+    ? `(for files whose header declares none; empty: ${mm} mm, the model's training data; the network runs at ${state.model.model_mm} mm)`
     : '(this model runs at the scan\'s own pixels)';
 }
 
@@ -62,25 +62,39 @@ async function analyse(name, bytes) {
   state.name = name.replace(/\.[^.]*$/, '');
   state.map = null;
   drawGrey(scan);
-  // Empty: the model's training data's spacing (the engine's default).
+  // Spacing: the file's header (DICOM) first, else the field, else (empty)
+  // the model's training data's: `engine infer`'s order.
   const typed = parseFloat($('spacing').value);
   const spacing = Number.isFinite(typed) ? typed : undefined;
+  const fromHeader = scan.pixel_spacing;
   const tta = $('tta').value;
   const started = performance.now();
-  const tick = setInterval(() => status(
-    `Running the network on ${scan.width} x ${scan.height} on ${state.engine.adapter()}… ` +
-    `${((performance.now() - started) / 1000).toFixed(0)} s`), 500);
+  const bar = $('progress');
+  let passes = '';
+  const show = () => status(
+    `Running the network on ${scan.width} x ${scan.height}` +
+    (fromHeader ? ` (${fromHeader.toFixed(3)} mm per pixel from the DICOM header)` : '') +
+    ` on ${state.engine.adapter()}… ${passes}${((performance.now() - started) / 1000).toFixed(0)} s`);
+  const tick = setInterval(show, 500);
+  bar.value = 0;
+  bar.hidden = false;
   try {
-    state.map = await state.engine.run(scan, spacing, tta);
+    state.map = await state.engine.run(scan, spacing, tta, (done, total) => {
+      bar.max = total;
+      bar.value = done;
+      passes = `pass ${done} of ${total} done, `;
+      show();
+    });
   } catch (e) {
     fail(`${name}: ${message(e)}`);
     throw e;
   } finally {
     clearInterval(tick);
+    bar.hidden = true;
   }
   const seconds = ((performance.now() - started) / 1000).toFixed(1);
   state.score = image_score(state.map);
-  state.candidates = JSON.parse(state.engine.candidates(state.map, scan.width, scan.height, spacing));
+  state.candidates = JSON.parse(state.engine.candidates(scan, state.map, spacing));
   const overlay = overlay_rgba(scan, state.map);
   $('scan').getContext('2d').putImageData(
     new ImageData(new Uint8ClampedArray(overlay.buffer), scan.width, scan.height), 0, 0);
