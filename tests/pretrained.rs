@@ -155,6 +155,32 @@ fn the_bundled_mass_model_reaches_its_card_on_the_cbis_ddsm_test_split() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+#[test]
+#[cfg_attr(
+    not(mammo_data),
+    ignore = "needs real data: set MAMMO_DATA when building the tests (see data/README.md)"
+)]
+fn the_bundled_mass_model_reaches_its_card_on_the_mias_test_split() {
+    let root = PathBuf::from(std::env::var_os("MAMMO_DATA").expect("MAMMO_DATA"));
+    let (s, dir) = prepare_and_evaluate(
+        "mias-cbis-model",
+        &["mias", "--fold", "0/5", "--test", "0.2"],
+        &root.join("mias"),
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join(CBIS_MODEL),
+        CBIS_EVAL_FLAGS,
+    );
+    assert_eq!(s["images"], 44, "the card's MIAS test split");
+    let ap = s["pixel"]["average_precision"].as_f64().unwrap();
+    let auc = s["image"]["roc_auc"].as_f64().unwrap();
+    eprintln!(
+        "bundled mass model on the MIAS test split: pixel AP {ap:.4}, image ROC AUC {auc:.3}"
+    );
+    // The card's MIAS row (data/models/README.md).
+    approx::assert_abs_diff_eq!(ap, 0.171, epsilon = 0.005);
+    approx::assert_abs_diff_eq!(auc, 0.741, epsilon = 0.005);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 /// The flags the card's evaluation used: the model is run with its
 /// mirrored views averaged.
 const CBIS_EVAL_FLAGS: &[&str] = &["--tta", "flips"];

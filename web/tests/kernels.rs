@@ -250,14 +250,7 @@ async fn check_batchnorm(gpu: &Gpu, (n, c, h, w): (usize, usize, usize, usize)) 
     // 1x1 convolution with identity weights.
     let yi = read(gpu, &batchnorm::batchnorm_infer(gpu, &xt, &p).unwrap()).await;
     let (rm, rv) = (to64(&read(gpu, &rmt).await), to64(&read(gpu, &rvt).await));
-    let want_i: Vec<f64> = x64
-        .iter()
-        .enumerate()
-        .map(|(i, v)| {
-            let ci = (i / hw) % c;
-            (v - rm[ci]) / (rv[ci] + 1e-5).sqrt() * g64[ci] + b64[ci]
-        })
-        .collect();
+    let want_i = batchnorm::cpu::batchnorm_infer(&x64, (c, hw), (&g64, &b64), (&rm, &rv));
     assert_close(&format!("{tag} inference"), &yi, &want_i, 1e-4, 1e-4);
     let eye: Vec<f32> = (0..c * c).map(|i| f32::from(i % (c + 1) == 0)).collect();
     let (wf, bf) = fold::fold_bn(

@@ -249,6 +249,23 @@ pub mod cpu {
         (y, mean, var)
     }
 
+    /// Inference with the running statistics: `(x - mean) / sqrt(var + eps)
+    /// * gamma + beta` per channel.
+    pub fn batchnorm_infer(
+        x: &[f64],
+        (c, hw): (usize, usize),
+        (gamma, beta): (&[f64], &[f64]),
+        (mean, var): (&[f64], &[f64]),
+    ) -> Vec<f64> {
+        x.iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let ci = (i / hw) % c;
+                (v - mean[ci]) / (var[ci] + EPS as f64).sqrt() * gamma[ci] + beta[ci]
+            })
+            .collect()
+    }
+
     /// (dx, dgamma, dbeta) of `batchnorm_train`.
     pub fn batchnorm_backward(
         x: &[f64],
