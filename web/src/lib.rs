@@ -56,8 +56,8 @@ impl Scan {
     /// wrong and what to do.
     pub fn decode(name: &str, bytes: &[u8]) -> Result<Scan, JsError> {
         if dicom::is_dicom_bytes(bytes) {
-            let (gray, info) = dicom::decode_bytes(Path::new(name), bytes, MAX_PIXELS)
-                .map_err(|e| js_error(format!("{e}; `engine infer` reads the same files")))?;
+            let (gray, info) =
+                dicom::decode_bytes(Path::new(name), bytes, MAX_PIXELS).map_err(js_error)?;
             return Ok(Scan {
                 gray,
                 spacing_mm: info.pixel_spacing_mm,
