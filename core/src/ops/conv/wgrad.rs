@@ -19,14 +19,24 @@ use crate::ops::{Params, REDUCE, items_per_window, kernel, launch, runs, wgsl_pa
 use std::fmt::Write;
 
 const SUM_PARTIALS: Kernel = kernel(&REDUCE, "sum_partials");
-/// Invocations a weight-gradient dispatch aims for (chunks x channels).
-const THREADS: usize = 16384;
+/// Invocations a weight-gradient dispatch aims for (chunks x channels): a
+/// discrete GPU needs many; lavapipe runs a workgroup per CPU thread and
+/// pays for every extra row chunk in the partial sums (on the 2-core
+/// machine, 64 x 64 channels at 4x80x80: 620 ms of a width-0.25 step's
+/// weight gradients with 16384, 390-400 ms with 128-512).
+fn target_threads(gpu: &Gpu) -> usize {
+    if gpu.is_cpu() { 512 } else { 16384 }
+}
 
 /// One weight-gradient variant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct GemmTile {
     /// Gradient-output channels per invocation (a multiple of 4).
     pub to: usize,
+    /// Summed-input channels per invocation (`wg` apart). Every step's
+    /// gradient values, uniform across the workgroup but on lavapipe still
+    /// loaded lane by lane, then feed `ct` times as many accumulators.
+    pub ct: usize,
     /// Columns per step (the largest divisor of the row width up to this).
     pub jt: usize,
     /// Invocations per workgroup (input channels).
@@ -36,21 +46,40 @@ pub struct GemmTile {
 impl GemmTile {
     /// Measured on lavapipe (conv3x3 64->64, 4x80x80, GFLOP/s, with vec4
     /// loads): to16-jt8 ~18-19, to8-jt8 ~17-20, to8-jt4 ~16; 16-column
-    /// steps were no faster (to8-jt16 17.4, to4-jt16 15.3).
-    pub const CANDIDATES: [GemmTile; 5] = [
+    /// steps were no faster (to8-jt16 17.4, to4-jt16 15.3). Two input
+    /// channels per lane (ct2) gained a third on a slower day (whole
+    /// step's weight gradients 620 -> 400 ms at width 0.25); four (ct4)
+    /// were no faster than two and compiled far longer.
+    pub const CANDIDATES: [GemmTile; 8] = [
         GemmTile::new(8, 4, 8),
         GemmTile::new(16, 8, 8),
         GemmTile::new(16, 4, 8),
         GemmTile::new(8, 8, 8),
         GemmTile::new(8, 4, 32),
+        GemmTile::new(16, 8, 8).with_ct(2),
+        GemmTile::new(8, 8, 8).with_ct(2),
+        GemmTile::new(16, 4, 8).with_ct(2),
     ];
 
     pub const fn new(to: usize, jt: usize, wg: usize) -> GemmTile {
-        GemmTile { to, jt, wg }
+        GemmTile { to, ct: 1, jt, wg }
+    }
+
+    pub const fn with_ct(self, ct: usize) -> GemmTile {
+        GemmTile { ct, ..self }
+    }
+
+    /// Input channels one workgroup covers.
+    fn channels(&self) -> usize {
+        self.ct * self.wg
     }
 
     pub fn name(&self) -> String {
-        format!("gemm-to{}-jt{}-wg{}", self.to, self.jt, self.wg)
+        let ct = match self.ct {
+            1 => String::new(),
+            n => format!("-ct{n}"),
+        };
+        format!("gemm-to{}{ct}-jt{}-wg{}", self.to, self.jt, self.wg)
     }
 }
 
@@ -69,6 +98,7 @@ struct WgradSpec {
     s: usize,
     d: usize,
     to: usize,
+    ct: usize,
     jt: usize,
     wg: usize,
     /// Rows of `g` and of the padded input start at multiples of 4
@@ -80,13 +110,13 @@ struct WgradSpec {
 impl WgradSpec {
     fn key(&self) -> String {
         format!(
-            "wgrad k{} s{} d{} to{} jt{} wg{} v{}",
-            self.k, self.s, self.d, self.to, self.jt, self.wg, self.vec as u8
+            "wgrad k{} s{} d{} to{} ct{} jt{} wg{} v{}",
+            self.k, self.s, self.d, self.to, self.ct, self.jt, self.wg, self.vec as u8
         )
     }
 
     fn source(&self) -> String {
-        let WgradSpec { k, to, wg, .. } = *self;
+        let WgradSpec { k, to, ct, wg, .. } = *self;
         let o4 = to / 4;
         let (gt, xt) = if self.vec {
             ("G4: array<vec4<f32>>", "X4: array<vec4<f32>>")
@@ -105,21 +135,31 @@ impl WgradSpec {
              fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32, @builtin(num_workgroups) nwg: vec3<u32>) {{\n\
              \x20   let flat = wid.x + wid.z * nwg.x;\n\
              \x20   let chunk = flat / P.c_groups;\n\
-             \x20   let c = (flat % P.c_groups) * {wg}u + lid;\n\
-             \x20   if (c >= P.c_count || chunk * P.rows_per_chunk >= P.total_rows) {{ return; }}\n\
-             \x20   let ob = wid.y * {to}u;\n\
-             \x20   let xc = c * P.x_cstride;"
+             \x20   let cb = (flat % P.c_groups) * {}u + lid;\n\
+             \x20   if (cb >= P.c_count || chunk * P.rows_per_chunk >= P.total_rows) {{ return; }}\n\
+             \x20   let ob = wid.y * {to}u;",
+            wg * ct
         );
+        // Channels past the end load the last one and store nothing.
+        for e in 0..ct {
+            let _ = writeln!(
+                w,
+                "    let c{e} = cb + {}u;\n    let xc{e} = min(c{e}, P.c_count - 1u) * P.x_cstride;",
+                e * wg
+            );
+        }
         for v in 0..to {
             let _ = writeln!(
                 w,
                 "    let go{v} = P.g_base + min(ob + {v}u, P.o_count - 1u) * P.g_cstride;"
             );
         }
-        for p in 0..k {
-            for q in 0..k {
-                for u in 0..o4 {
-                    let _ = writeln!(w, "    var a{p}_{q}_{u} = vec4<f32>(0.0);");
+        for e in 0..ct {
+            for p in 0..k {
+                for q in 0..k {
+                    for u in 0..o4 {
+                        let _ = writeln!(w, "    var a{e}_{p}_{q}_{u} = vec4<f32>(0.0);");
+                    }
                 }
             }
         }
@@ -130,15 +170,17 @@ impl WgradSpec {
              \x20       let n = gr / P.out_h;\n\
              \x20       let i = gr % P.out_h;\n\
              \x20       let gb = n * P.g_nstride + i * P.out_w;\n\
-             \x20       let xb = n * P.x_nstride + xc + i * {}u * P.x_w;\n\
+             \x20       let xb = n * P.x_nstride + i * {}u * P.x_w;\n\
              \x20       for (var j = 0u; j < P.out_w; j += {}u) {{",
             self.s, self.jt
         );
         self.write_g_loads(&mut w);
         let cols = tap_cols(self.jt, k, self.s, self.d);
-        for p in 0..k {
-            let row = format!("xb + {}u * P.x_w + j * {}u", p * self.d, self.s);
-            write_row_loads(&mut w, "            ", p, &row, &cols, self.vec);
+        for e in 0..ct {
+            for p in 0..k {
+                let row = format!("xb + xc{e} + {}u * P.x_w + j * {}u", p * self.d, self.s);
+                write_row_loads(&mut w, "            ", e * k + p, &row, &cols, self.vec);
+            }
         }
         self.accumulate(&mut w);
         w.push_str("        }\n    }\n");
@@ -185,14 +227,23 @@ impl WgradSpec {
     /// the columns are summed in order, as in every variant.
     fn accumulate(&self, w: &mut String) {
         let WgradSpec {
-            k, s, d, to, jt, ..
+            k,
+            s,
+            d,
+            to,
+            ct,
+            jt,
+            ..
         } = *self;
-        for p in 0..k {
-            for q in 0..k {
-                for u in 0..to / 4 {
-                    for t in 0..jt {
-                        let m = t * s + q * d;
-                        let _ = writeln!(w, "            a{p}_{q}_{u} += x{p}_{m} * g{t}_{u};");
+        for e in 0..ct {
+            for p in 0..k {
+                for q in 0..k {
+                    for u in 0..to / 4 {
+                        for t in 0..jt {
+                            let (m, x) = (t * s + q * d, e * k + p);
+                            let _ =
+                                writeln!(w, "            a{e}_{p}_{q}_{u} += x{x}_{m} * g{t}_{u};");
+                        }
                     }
                 }
             }
@@ -201,26 +252,28 @@ impl WgradSpec {
 
     fn store(&self, w: &mut String) {
         let kk = self.k * self.k;
-        let _ = writeln!(
-            w,
-            "    let pb = (chunk * P.o_count * P.c_count + c) * {kk}u;"
-        );
-        for v in 0..self.to {
+        for e in 0..self.ct {
             let _ = writeln!(
                 w,
-                "    if (ob + {v}u < P.o_count) {{\n        let po = pb + (ob + {v}u) * P.c_count * {kk}u;"
+                "    let pb{e} = (chunk * P.o_count * P.c_count + c{e}) * {kk}u;"
             );
-            for tap in 0..kk {
+            for v in 0..self.to {
                 let _ = writeln!(
                     w,
-                    "        D[po + {tap}u] = a{}_{}_{}.{};",
-                    tap / self.k,
-                    tap % self.k,
-                    v / 4,
-                    LANE[v % 4]
+                    "    if (c{e} < P.c_count && ob + {v}u < P.o_count) {{\n        let po = pb{e} + (ob + {v}u) * P.c_count * {kk}u;"
                 );
+                for tap in 0..kk {
+                    let _ = writeln!(
+                        w,
+                        "        D[po + {tap}u] = a{e}_{}_{}_{}.{};",
+                        tap / self.k,
+                        tap % self.k,
+                        v / 4,
+                        LANE[v % 4]
+                    );
+                }
+                w.push_str("    }\n");
             }
-            w.push_str("    }\n");
         }
     }
 }
@@ -267,6 +320,7 @@ pub(crate) fn run(
         s: g.s,
         d: g.d,
         to: tile.to,
+        ct: tile.ct,
         jt,
         wg: tile.wg,
         vec,
@@ -314,10 +368,10 @@ pub(crate) fn run(
             for (o0, olen) in runs(o_tot, og) {
                 let total_rows = nb * oh;
                 let per = olen * clen * kk;
-                let c_groups = clen.div_ceil(tile.wg);
+                let c_groups = clen.div_ceil(tile.channels());
                 let o_groups = olen.div_ceil(tile.to);
                 let max_rows = (gpu.loop_budget() / row_cost).max(1);
-                let chunks = THREADS
+                let chunks = target_threads(gpu)
                     .div_ceil(o_groups * c_groups * tile.wg)
                     .max(total_rows.div_ceil(max_rows))
                     .min((win / per).clamp(1, gpu.loop_budget() / 4))
@@ -396,6 +450,7 @@ pub(crate) fn sample_sources() -> Vec<(String, String)> {
                     s,
                     d,
                     to: t.to,
+                    ct: t.ct,
                     jt: t.jt,
                     wg: t.wg,
                     vec,
