@@ -1,5 +1,6 @@
 use crate::common::*;
-use engine::ops::batchnorm::{self, BnParams, cpu};
+use engine::Gpu;
+use engine::ops::batchnorm::{self, BnParams, Then, cpu};
 
 /// Normalised outputs are O(1): 1e-4 absolute after f32 mean/variance.
 fn check(n: usize, c: usize, h: usize, w: usize, seed: u64) {
@@ -175,4 +176,151 @@ fn folded_conv_equals_conv_then_batchnorm_in_eval_mode() {
     let (wf, bf) = fold::fold_bn(gpu, &wt, &b, &p).unwrap();
     let got = read(gpu, &conv::conv2d(gpu, &x, &wf, &bf, 1, 1).unwrap());
     assert_close("folded conv", &got, &want, 1e-4, 1e-4);
+}
+
+fn relu64(v: &[f64]) -> Vec<f64> {
+    v.iter().map(|v| v.max(0.0)).collect()
+}
+
+/// Batch norm with the ReLU (and the residual add) in the same pass,
+/// forward and backward, against the f64 references composed op by op
+/// and, for the backward, finite differences through the ReLU.
+fn check_fused(gpu: &Gpu, (n, c, h, w): (usize, usize, usize, usize), seed: u64) {
+    let tag = format!("fused batchnorm n{n} c{c} {h}x{w}");
+    let hw = h * w;
+    let x = rand_vec(seed, n * c * hw);
+    let skip = rand_vec(seed + 1, n * c * hw);
+    let gamma: Vec<f32> = rand_vec(seed + 2, c)
+        .iter()
+        .map(|v| 1.0 + 0.5 * v)
+        .collect();
+    let beta = rand_vec(seed + 3, c);
+    let (x64, s64, g64, b64) = (to64(&x), to64(&skip), to64(&gamma), to64(&beta));
+    let shape = [n, c, h, w];
+    let (xt, st) = (up(gpu, &shape, &x), up(gpu, &shape, &skip));
+    let (gt, bt) = (up(gpu, &[c], &gamma), up(gpu, &[c], &beta));
+    let (rmt, rvt) = (up(gpu, &[c], &vec![0.0; c]), up(gpu, &[c], &vec![1.0; c]));
+    let p = BnParams {
+        gamma: &gt,
+        beta: &bt,
+        running_mean: &rmt,
+        running_var: &rvt,
+    };
+    let bn_ref =
+        |xv: &[f64], gv: &[f64], bv: &[f64]| cpu::batchnorm_train(xv, (n, c, hw), gv, bv).0;
+    let bn = bn_ref(&x64, &g64, &b64);
+    let train = |then| batchnorm::batchnorm_train_then(gpu, &xt, &p, None, then).unwrap();
+
+    let relu = train(Then::Relu);
+    assert_close(
+        &format!("{tag} relu"),
+        &read(gpu, &relu.y),
+        &relu64(&bn),
+        1e-4,
+        1e-4,
+    );
+    let added: Vec<f64> = bn.iter().zip(&s64).map(|(a, b)| a + b).collect();
+    let join = train(Then::AddRelu(&st));
+    assert_close(
+        &format!("{tag} add+relu"),
+        &read(gpu, &join.y),
+        &relu64(&added),
+        1e-4,
+        1e-4,
+    );
+    let keep = train(Then::ReluKeep);
+    assert_close(
+        &format!("{tag} keep: relu"),
+        &read(gpu, &keep.y),
+        &relu64(&bn),
+        1e-4,
+        1e-4,
+    );
+    let pre = keep.pre.expect("ReluKeep keeps bn(x)");
+    assert_close(
+        &format!("{tag} keep: bn"),
+        &read(gpu, &pre),
+        &bn,
+        1e-4,
+        1e-4,
+    );
+
+    // Backward through relu(bn(x)) from the fused output's gradient.
+    let dy = rand_vec(seed + 4, n * c * hw);
+    let dy64 = to64(&dy);
+    let dyt = up(gpu, &shape, &dy);
+    let (dgt, dbt) = (stale(gpu, &[c]), stale(gpu, &[c]));
+    let dx = batchnorm::batchnorm_relu_backward(
+        gpu,
+        &xt,
+        &relu.y,
+        &dyt,
+        &gt,
+        &relu.stats,
+        &dgt,
+        &dbt,
+        false,
+    )
+    .unwrap();
+    let dx = read(gpu, &dx);
+    let masked: Vec<f64> = dy64
+        .iter()
+        .zip(&bn)
+        .map(|(d, b)| if *b > 0.0 { *d } else { 0.0 })
+        .collect();
+    let (wdx, wdg, wdb) = cpu::batchnorm_backward(&x64, &masked, (n, c, hw), &g64);
+    assert_close(&format!("{tag} relu dx"), &dx, &wdx, 1e-4, 1e-3);
+    let (dg, db) = (read(gpu, &dgt), read(gpu, &dbt));
+    assert_close(&format!("{tag} relu dgamma"), &dg, &wdg, 1e-3, 1e-4);
+    assert_close(&format!("{tag} relu dbeta"), &db, &wdb, 1e-3, 1e-4);
+    let fx = |xv: &[f64]| dot(&dy64, &relu64(&bn_ref(xv, &g64, &b64)));
+    assert_fd(&format!("{tag} relu dx"), fx, &x64, &dx, 40, 2e-3);
+    // Moving gamma or beta moves every value of a channel: over large
+    // planes some value then crosses the ReLU's kink inside the difference
+    // step, so those finite differences are taken on small planes only.
+    if n * hw <= 600 {
+        let fg = |gv: &[f64]| dot(&dy64, &relu64(&bn_ref(&x64, gv, &b64)));
+        assert_fd(&format!("{tag} relu dgamma"), fg, &g64, &dg, 40, 1e-3);
+        let fb = |bv: &[f64]| dot(&dy64, &relu64(&bn_ref(&x64, &g64, bv)));
+        assert_fd(&format!("{tag} relu dbeta"), fb, &b64, &db, 40, 1e-3);
+    }
+    // Accumulating adds this batch's gradients to what is there.
+    batchnorm::batchnorm_relu_backward(gpu, &xt, &relu.y, &dyt, &gt, &relu.stats, &dgt, &dbt, true)
+        .unwrap();
+    let twice = |v: &[f64]| v.iter().map(|v| 2.0 * v).collect::<Vec<_>>();
+    assert_close(
+        &format!("{tag} relu dgamma accumulated"),
+        &read(gpu, &dgt),
+        &twice(&wdg),
+        2e-3,
+        1e-4,
+    );
+    assert_close(
+        &format!("{tag} relu dbeta accumulated"),
+        &read(gpu, &dbt),
+        &twice(&wdb),
+        2e-3,
+        1e-4,
+    );
+}
+
+#[test]
+fn fused_batchnorm_relu_scalar_planes() {
+    check_fused(gpu(), (3, 5, 7, 9), 11);
+}
+
+#[test]
+fn fused_batchnorm_relu_vec4_planes() {
+    check_fused(gpu(), (2, 6, 4, 6), 12);
+}
+
+#[test]
+fn fused_batchnorm_relu_planes_longer_than_a_chunk() {
+    check_fused(gpu(), (2, 3, 40, 36), 13);
+}
+
+#[test]
+fn fused_batchnorm_relu_under_a_tiny_binding_limit() {
+    // Planes of 144 floats, 7 x 12 of them, in 4 KiB windows.
+    check_fused(tiny_gpu(), (7, 12, 12, 12), 14);
 }

@@ -17,13 +17,11 @@ struct Params {
     plane_len: u32,
     c_total: u32,
     c_first: u32,      // channel of the first plane of the window
-    x_base: u32,
-    y_base: u32,
-    dy_base: u32,
+    base: u32,         // of every elementwise binding (all windowed at one offset of same-sized tensors)
     count: f32,        // M = N*H*W
     eps: f32,
     momentum: f32,
-    flags: u32,        // finalize: bit 0 update running statistics
+    flags: u32,        // finalize: bit 0 update running statistics; bn_apply_relu: bit 1 add aux
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
@@ -39,6 +37,8 @@ struct Params {
 @group(0) @binding(10) var<storage, read_write> running_var: array<f32>;
 @group(0) @binding(11) var<storage, read> infer_mean: array<f32>;
 @group(0) @binding(12) var<storage, read> infer_var: array<f32>;
+@group(0) @binding(13) var<storage, read> aux: array<V>;     // the residual skip (apply), the ReLU output (backward)
+@group(0) @binding(14) var<storage, read_write> pre: array<V>;
 
 const WG: u32 = 64u;
 
@@ -59,15 +59,50 @@ fn bn_finalize(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
 }
 
+fn normalised(e: u32) -> V {
+    let c = (P.c_first + e * LANES / P.plane_len) % P.c_total;
+    return (x[P.base + e] - stats[c]) * stats[P.c_total + c] * gamma[c] + beta[c];
+}
+
+// As relu in elementwise.wgsl: NaN passes.
+fn relu(v: V) -> V {
+    return select(v, V(0.0), v < V(0.0));
+}
+
 // y = (x - mean) * rstd * gamma + beta with the batch statistics.
 @compute @workgroup_size(WG)
 fn bn_apply(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let e = gid.x + gid.y * nwg.x * WG;
+    if (e < P.n) {
+        y[P.base + e] = normalised(e);
+    }
+}
+
+// y = relu(bn(x)), or with flags bit 1 relu(bn(x) + aux) (the residual
+// join), in one pass instead of two or three.
+@compute @workgroup_size(WG)
+fn bn_apply_relu(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let e = gid.x + gid.y * nwg.x * WG;
     if (e >= P.n) {
         return;
     }
-    let c = (P.c_first + e * LANES / P.plane_len) % P.c_total;
-    y[P.y_base + e] = (x[P.x_base + e] - stats[c]) * stats[P.c_total + c] * gamma[c] + beta[c];
+    var v = normalised(e);
+    if ((P.flags & 2u) != 0u) {
+        v += aux[P.base + e];
+    }
+    y[P.base + e] = relu(v);
+}
+
+// pre = bn(x) (kept for a residual skip) and y = relu(pre) in one pass.
+@compute @workgroup_size(WG)
+fn bn_apply_keep(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let e = gid.x + gid.y * nwg.x * WG;
+    if (e >= P.n) {
+        return;
+    }
+    let v = normalised(e);
+    pre[P.base + e] = v;
+    y[P.base + e] = relu(v);
 }
 
 // Inference: the same with the running statistics.
@@ -79,20 +114,34 @@ fn bn_infer(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     }
     let c = (P.c_first + e * LANES / P.plane_len) % P.c_total;
     let rstd = 1.0 / sqrt(infer_var[c] + P.eps);
-    y[P.y_base + e] = (x[P.x_base + e] - infer_mean[c]) * rstd * gamma[c] + beta[c];
+    y[P.base + e] = (x[P.base + e] - infer_mean[c]) * rstd * gamma[c] + beta[c];
+}
+
+fn input_grad(e: u32, d: V) -> V {
+    let c = (P.c_first + e * LANES / P.plane_len) % P.c_total;
+    let rstd = stats[P.c_total + c];
+    let xhat = (x[P.base + e] - stats[c]) * rstd;
+    let dgamma = sums[c];
+    let dbeta = sums[P.c_total + c];
+    return gamma[c] * rstd * (d - (dbeta + xhat * dgamma) / P.count);
 }
 
 // dx = gamma * rstd * (dy - dbeta / M - xhat * dgamma / M), xhat = (x - mean) * rstd.
 @compute @workgroup_size(WG)
 fn bn_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let e = gid.x + gid.y * nwg.x * WG;
-    if (e >= P.n) {
-        return;
+    if (e < P.n) {
+        y[P.base + e] = input_grad(e, dy[P.base + e]);
     }
-    let c = (P.c_first + e * LANES / P.plane_len) % P.c_total;
-    let rstd = stats[P.c_total + c];
-    let xhat = (x[P.x_base + e] - stats[c]) * rstd;
-    let dgamma = sums[c];
-    let dbeta = sums[P.c_total + c];
-    y[P.y_base + e] = gamma[c] * rstd * (dy[P.dy_base + e] - (dbeta + xhat * dgamma) / P.count);
+}
+
+// The same through the ReLU that followed: dy counts where the ReLU output
+// aux is positive or NaN (relu_backward's rule), with dgamma and dbeta
+// summed the same way (reduce.wgsl's bn_grad_sums).
+@compute @workgroup_size(WG)
+fn bn_relu_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let e = gid.x + gid.y * nwg.x * WG;
+    if (e < P.n) {
+        y[P.base + e] = input_grad(e, select(dy[P.base + e], V(0.0), aux[P.base + e] <= V(0.0)));
+    }
 }

@@ -3,6 +3,15 @@
 // channel (or per element of a partial-sum stack) by one invocation each.
 // The same inputs give bit-identical results on one adapter. Loop lengths
 // stay under the engine's LOOP_BUDGET (lavapipe stops loops at 65535).
+//
+// The plane sums read va, vb, vc of type V: f32 here, vec4<f32> in the vec4
+// form the engine builds from this file for planes whose length is a
+// multiple of 4 (lengths and bases then count vec4s; on lavapipe a vec4
+// load costs about what one scalar load does). The other entry points read
+// src0 and are only run in the scalar form.
+
+alias V = f32;
+const LANES: u32 = 1u;
 
 struct Params {
     planes: u32,       // planes in this dispatch (plane_sums) / images (combine)
@@ -22,18 +31,31 @@ struct Params {
     inner: u32,        // sum_partials: elements per output row
     out_ostride: u32,  // sum_partials: output stride between rows
     valid: u32,        // plane_sums: elements that exist from the window start (the last plane may be short)
+    c_base: u32,       // plane_sums: base of vc
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read> src0: array<f32>;
-@group(0) @binding(2) var<storage, read> src1: array<f32>;
 @group(0) @binding(3) var<storage, read> stats: array<f32>;
 @group(0) @binding(4) var<storage, read_write> dst: array<f32>;
+@group(0) @binding(5) var<storage, read> va: array<V>;
+@group(0) @binding(6) var<storage, read> vb: array<V>;
+@group(0) @binding(7) var<storage, read> vc: array<V>;
+@group(0) @binding(8) var<storage, read_write> dst2: array<f32>;
+
+// The sum of a V's elements.
+fn total(v: V) -> f32 {
+    return dot(vec4<f32>(v), select(vec4<f32>(1.0, 0.0, 0.0, 0.0), vec4<f32>(1.0), LANES == 4u));
+}
+
+// a where the ReLU output b is positive (or NaN), else 0: relu_backward's rule.
+fn masked(a: V, b: V) -> V {
+    return select(a, V(0.0), b <= V(0.0));
+}
 
 const WG: u32 = 64u;
 
-// Modes: 0 sum a; 1 sum (a - mean)^2; 2 sum a*b; 3 sum a*(b - mean)*rstd;
-// 4 sum a*a. mean = stats[c], rstd = stats[c_total + c].
+// Modes: 0 sum a; 1 sum (a - mean)^2 (mean = stats[c]); 2 sum a*a.
 // dst[out_base + p*chunks + r] = partial sum of chunk r of plane p.
 @compute @workgroup_size(WG)
 fn plane_sums(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -47,41 +69,66 @@ fn plane_sums(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
     let start = r * P.chunk_len;
     let end = min(min(start + P.chunk_len, P.plane_len), max(P.valid, p * P.plane_len) - p * P.plane_len);
     let a0 = P.a_base + p * P.plane_len;
-    let b0 = P.b_base + p * P.plane_len;
-    var s = 0.0;
+    var s = V(0.0);
     switch (P.mode) {
         case 0u: {
             for (var e = start; e < end; e++) {
-                s += src0[a0 + e];
+                s += va[a0 + e];
             }
         }
         case 1u: {
-            let m = stats[P.stat_base + c];
+            let m = V(stats[P.stat_base + c]);
             for (var e = start; e < end; e++) {
-                let d = src0[a0 + e] - m;
+                let d = va[a0 + e] - m;
                 s += d * d;
             }
         }
-        case 2u: {
-            for (var e = start; e < end; e++) {
-                s += src0[a0 + e] * src1[b0 + e];
-            }
-        }
-        case 3u: {
-            let m = stats[P.stat_base + c];
-            for (var e = start; e < end; e++) {
-                s += src0[a0 + e] * (src1[b0 + e] - m);
-            }
-            s *= stats[P.stat_base + P.c_total + c];
-        }
         default: {
             for (var e = start; e < end; e++) {
-                let v = src0[a0 + e];
+                let v = va[a0 + e];
                 s += v * v;
             }
         }
     }
-    dst[P.out_base + p * P.chunks + r] = s;
+    dst[P.out_base + p * P.chunks + r] = total(s);
+}
+
+// Batch norm's backward sums in one pass, as plane_sums lays them out:
+// dst gets the sums of d, dst2 those of d * (c - mean) * rstd, where d = a
+// (the gradient), or with flags bit 1 masked(a, b) (b the ReLU output that
+// followed the batch norm: the ReLU's backward fused in).
+@compute @workgroup_size(WG)
+fn bn_grad_sums(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let idx = gid.x + gid.y * nwg.x * WG;
+    let r = idx % P.chunks;
+    let p = idx / P.chunks;
+    if (p >= P.planes) {
+        return;
+    }
+    let c = (P.c_first + p) % P.c_total;
+    let start = r * P.chunk_len;
+    let end = min(min(start + P.chunk_len, P.plane_len), max(P.valid, p * P.plane_len) - p * P.plane_len);
+    let a0 = P.a_base + p * P.plane_len;
+    let b0 = P.b_base + p * P.plane_len;
+    let c0 = P.c_base + p * P.plane_len;
+    let m = V(stats[P.stat_base + c]);
+    var sd = V(0.0);
+    var sx = V(0.0);
+    if ((P.flags & 2u) != 0u) {
+        for (var e = start; e < end; e++) {
+            let d = masked(va[a0 + e], vb[b0 + e]);
+            sd += d;
+            sx += d * (vc[c0 + e] - m);
+        }
+    } else {
+        for (var e = start; e < end; e++) {
+            let d = va[a0 + e];
+            sd += d;
+            sx += d * (vc[c0 + e] - m);
+        }
+    }
+    dst[P.out_base + p * P.chunks + r] = total(sd);
+    dst2[P.out_base + p * P.chunks + r] = total(sx) * stats[P.stat_base + P.c_total + c];
 }
 
 // dst[out_base + c] = (dst if accumulate) + scale * sum_{n, r}

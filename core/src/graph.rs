@@ -12,7 +12,7 @@
 //! model's gradient tensors. Nothing is read back to the host.
 use crate::error::{EngineError, Result};
 use crate::gpu::{Gpu, Tensor};
-use crate::ops::batchnorm::{self, BnParams};
+use crate::ops::batchnorm::{self, BnParams, Then};
 use crate::ops::resize::Mode;
 use crate::ops::{conv, elementwise, pool, reduce, resize};
 
@@ -32,6 +32,51 @@ pub struct BnRef<'a> {
     pub beta: ParamRef<'a>,
     pub running_mean: &'a Tensor,
     pub running_var: &'a Tensor,
+}
+
+impl BnRef<'_> {
+    fn params(&self) -> BnParams<'_> {
+        BnParams {
+            gamma: self.gamma.value,
+            beta: self.beta.value,
+            running_mean: self.running_mean,
+            running_var: self.running_var,
+        }
+    }
+
+    fn grad(&self, stats: Tensor) -> BnGrad {
+        BnGrad {
+            gamma: self.gamma.value.clone(),
+            dgamma: self.gamma.grad.clone(),
+            dbeta: self.beta.grad.clone(),
+            stats,
+        }
+    }
+}
+
+impl BnGrad {
+    /// dx from dy, adding into dgamma and dbeta; through the ReLU whose
+    /// output is `relu_out` when given.
+    fn backward(
+        &self,
+        gpu: &Gpu,
+        x: &Tensor,
+        dy: &Tensor,
+        relu_out: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let BnGrad {
+            gamma,
+            dgamma,
+            dbeta,
+            stats,
+        } = self;
+        match relu_out {
+            None => batchnorm::batchnorm_backward(gpu, x, dy, gamma, stats, dgamma, dbeta, true),
+            Some(r) => {
+                batchnorm::batchnorm_relu_backward(gpu, x, r, dy, gamma, stats, dgamma, dbeta, true)
+            }
+        }
+    }
 }
 
 /// One value: its tensor while alive, and what keeps it alive.
@@ -67,10 +112,20 @@ enum Node {
     Bn {
         x: Var,
         y: Var,
-        gamma: Tensor,
-        dgamma: Tensor,
-        dbeta: Tensor,
-        stats: Tensor,
+        bn: BnGrad,
+    },
+    /// y = relu(bn(x)) in one pass; the backward pass masks by y.
+    BnRelu {
+        x: Var,
+        y: Var,
+        bn: BnGrad,
+    },
+    /// y = relu(bn(x) + skip) in one pass.
+    BnAddRelu {
+        x: Var,
+        skip: Var,
+        y: Var,
+        bn: BnGrad,
     },
     Relu {
         y: Var,
@@ -95,16 +150,25 @@ enum Node {
     },
 }
 
+/// What a batch-norm node's backward pass needs besides its values.
+struct BnGrad {
+    gamma: Tensor,
+    dgamma: Tensor,
+    dbeta: Tensor,
+    stats: Tensor,
+}
+
 impl Node {
-    /// The value the backward pass of this node reads, if any.
-    fn saved(&self) -> Option<Var> {
+    /// The values the backward pass of this node reads.
+    fn saved(&self) -> Vec<Var> {
         match self {
             Node::Conv { x, .. }
             | Node::Tconv { x, .. }
             | Node::Bn { x, .. }
-            | Node::MaxPool { x, .. } => Some(*x),
-            Node::Relu { y, .. } | Node::AddRelu { y, .. } => Some(*y),
-            Node::Resize { .. } => None,
+            | Node::MaxPool { x, .. } => vec![*x],
+            Node::BnRelu { x, y, .. } | Node::BnAddRelu { x, y, .. } => vec![*x, *y],
+            Node::Relu { y, .. } | Node::AddRelu { y, .. } => vec![*y],
+            Node::Resize { .. } => Vec::new(),
         }
     }
 
@@ -114,6 +178,8 @@ impl Node {
             Node::Conv { y, .. }
             | Node::Tconv { y, .. }
             | Node::Bn { y, .. }
+            | Node::BnRelu { y, .. }
+            | Node::BnAddRelu { y, .. }
             | Node::Relu { y, .. }
             | Node::AddRelu { y, .. }
             | Node::MaxPool { y, .. }
@@ -231,7 +297,7 @@ impl<'g> Graph<'g> {
     fn finish(&mut self, y: Tensor, inputs: &[Var], node: impl FnOnce(Var) -> Option<Node>) -> Var {
         let y = self.push(y, false);
         if let Some(node) = self.train.then(|| node(y)).flatten() {
-            if let Some(v) = node.saved() {
+            for v in node.saved() {
                 self.slots[v.0].saved_by += 1;
             }
             self.nodes.push(node);
@@ -283,30 +349,69 @@ impl<'g> Graph<'g> {
     /// Batch norm: batch statistics and a running-statistics update when
     /// training, running statistics otherwise.
     pub fn bn(&mut self, x: Var, p: &BnRef) -> Result<Var> {
-        let params = BnParams {
-            gamma: p.gamma.value,
-            beta: p.beta.value,
-            running_mean: p.running_mean,
-            running_var: p.running_var,
-        };
-        let xt = self.arg(x)?;
-        let (y, stats) = if self.train {
-            let (y, stats) =
-                batchnorm::batchnorm_train(self.gpu, xt, &params, Some(self.bn_momentum))?;
-            (y, Some(stats))
-        } else {
-            (batchnorm::batchnorm_infer(self.gpu, xt, &params)?, None)
-        };
-        Ok(self.finish(y, &[x], |y| {
-            stats.map(|stats| Node::Bn {
-                x,
-                y,
-                gamma: p.gamma.value.clone(),
-                dgamma: p.gamma.grad.clone(),
-                dbeta: p.beta.grad.clone(),
-                stats,
-            })
+        if !self.train {
+            let y = batchnorm::batchnorm_infer(self.gpu, self.arg(x)?, &p.params())?;
+            return Ok(self.finish(y, &[x], |_| None));
+        }
+        let out = self.bn_train(x, p, Then::Nothing)?;
+        let bn = p.grad(out.stats);
+        Ok(self.finish(out.y, &[x], |y| Some(Node::Bn { x, y, bn })))
+    }
+
+    /// relu(bn(x)): in training one pass, and one backward pass that masks
+    /// by the output (no tensor between the two ops either way).
+    pub fn bn_relu(&mut self, x: Var, p: &BnRef) -> Result<Var> {
+        if !self.train {
+            let b = self.bn(x, p)?;
+            return self.relu(b);
+        }
+        let out = self.bn_train(x, p, Then::Relu)?;
+        let bn = p.grad(out.stats);
+        Ok(self.finish(out.y, &[x], |y| Some(Node::BnRelu { x, y, bn })))
+    }
+
+    /// relu(bn(x) + skip): the residual join, one pass in training.
+    pub fn bn_add_relu(&mut self, x: Var, skip: Var, p: &BnRef) -> Result<Var> {
+        if !self.train {
+            let b = self.bn(x, p)?;
+            return self.add_relu(b, skip);
+        }
+        let out = self.bn_train(x, p, Then::AddRelu(self.arg(skip)?))?;
+        let bn = p.grad(out.stats);
+        Ok(self.finish(out.y, &[x, skip], |y| {
+            Some(Node::BnAddRelu { x, skip, y, bn })
         }))
+    }
+
+    /// (bn(x), relu(bn(x))) for a residual block's first layer, whose
+    /// pre-ReLU value is the skip: one pass in training.
+    pub fn bn_relu_keep(&mut self, x: Var, p: &BnRef) -> Result<(Var, Var)> {
+        if !self.train {
+            let b = self.bn(x, p)?;
+            let skip = self.share(b)?;
+            return Ok((skip, self.relu(b)?));
+        }
+        let out = self.bn_train(x, p, Then::ReluKeep)?;
+        let pre = out.pre.expect("ReluKeep returns bn(x)");
+        let bn = p.grad(out.stats);
+        let pre = self.finish(pre, &[x], |y| Some(Node::Bn { x, y, bn }));
+        self.share(pre)?;
+        // The ReLU's node, over the value the pass already wrote.
+        Ok((
+            pre,
+            self.finish(out.y, &[pre], |y| Some(Node::Relu { y, x: pre })),
+        ))
+    }
+
+    fn bn_train(&self, x: Var, p: &BnRef, then: Then) -> Result<batchnorm::BnOut> {
+        let params = p.params();
+        batchnorm::batchnorm_train_then(
+            self.gpu,
+            self.arg(x)?,
+            &params,
+            Some(self.bn_momentum),
+            then,
+        )
     }
 
     pub fn relu(&mut self, x: Var) -> Result<Var> {
@@ -353,7 +458,7 @@ impl<'g> Graph<'g> {
                     }
                 }
             }
-            if let Some(v) = node.saved() {
+            for v in node.saved() {
                 self.slots[v.0].saved_by -= 1;
                 self.release_if_unused(v);
             }
@@ -405,18 +510,18 @@ impl<'g> Graph<'g> {
                 }
                 vec![(*x, conv::tconv2d_backward_input(gpu, g, w, *stride)?)]
             }
-            Node::Bn {
-                x,
-                gamma,
-                dgamma,
-                dbeta,
-                stats,
-                ..
-            } => {
+            Node::Bn { x, bn, .. } => {
                 let xt = self.try_value(*x)?;
-                let dx =
-                    batchnorm::batchnorm_backward(gpu, xt, g, gamma, stats, dgamma, dbeta, true)?;
-                vec![(*x, dx)]
+                vec![(*x, bn.backward(gpu, xt, g, None)?)]
+            }
+            Node::BnRelu { x, y, bn } => {
+                let (xt, yt) = (self.try_value(*x)?, self.try_value(*y)?);
+                vec![(*x, bn.backward(gpu, xt, g, Some(yt))?)]
+            }
+            Node::BnAddRelu { x, skip, y, bn } => {
+                let d = elementwise::relu_backward(gpu, self.try_value(*y)?, g)?;
+                let dx = bn.backward(gpu, self.try_value(*x)?, &d, None)?;
+                vec![(*x, dx), (*skip, d)]
             }
             Node::Relu { y, x } => {
                 vec![(*x, elementwise::relu_backward(gpu, self.try_value(*y)?, g)?)]

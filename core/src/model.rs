@@ -567,25 +567,26 @@ impl Model {
         skip: &mut Option<Var>,
         (h, w): (usize, usize),
     ) -> Result<Var> {
-        let conv_bn = |g: &mut Graph, c: &Conv| -> Result<Var> {
+        let conv = |g: &mut Graph, c: &Conv| -> Result<Var> {
             let (wt, b) = l.conv_refs()?;
-            let y = g.conv(x, &wt, &b, c.stride, c.dil)?;
-            g.bn(y, &l.bn_ref()?)
+            g.conv(x, &wt, &b, c.stride, c.dil)
         };
+        // Batch norm, the ReLU and the residual add run as one pass.
         match l.step {
             Step::Cbr(c) => {
-                let b = conv_bn(g, &c)?;
-                g.relu(b)
+                let y = conv(g, &c)?;
+                g.bn_relu(y, &l.bn_ref()?)
             }
             Step::CbrSkip(c) => {
-                let b = conv_bn(g, &c)?;
-                *skip = Some(g.share(b)?);
-                g.relu(b)
+                let y = conv(g, &c)?;
+                let (pre, out) = g.bn_relu_keep(y, &l.bn_ref()?)?;
+                *skip = Some(pre);
+                Ok(out)
             }
             Step::CbJoin(c) => {
-                let b = conv_bn(g, &c)?;
+                let y = conv(g, &c)?;
                 let a = take_skip(skip, &c)?;
-                g.add_relu(b, a)
+                g.bn_add_relu(y, a, &l.bn_ref()?)
             }
             Step::Pool { k, .. } => g.maxpool(x, k, 2),
             Step::Resize { div, .. } => {

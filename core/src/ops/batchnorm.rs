@@ -1,7 +1,7 @@
 //! Batch norm (docs/MODEL.md): batch statistics over (N, H, W) in training with
 //! the running-statistics update, running statistics in inference, and the
 //! backward pass with the gradients of gamma and beta.
-use super::reduce::{SumOf, channel_sums, combine};
+use super::reduce::{SumOf, bn_grad_partials, channel_sums, combine};
 use super::{
     BATCHNORM, Params, check_rank, items_per_window, kernel, launch, launch_lanes, runs, vec4_lanes,
 };
@@ -10,6 +10,9 @@ use crate::gpu::{Gpu, Kernel, Tensor};
 
 const FINALIZE: Kernel = kernel(&BATCHNORM, "bn_finalize");
 const APPLY: Kernel = kernel(&BATCHNORM, "bn_apply");
+const APPLY_RELU: Kernel = kernel(&BATCHNORM, "bn_apply_relu");
+const APPLY_KEEP: Kernel = kernel(&BATCHNORM, "bn_apply_keep");
+const RELU_BACKWARD: Kernel = kernel(&BATCHNORM, "bn_relu_backward");
 const INFER: Kernel = kernel(&BATCHNORM, "bn_infer");
 const BACKWARD: Kernel = kernel(&BATCHNORM, "bn_backward");
 
@@ -47,52 +50,75 @@ fn check(op: &'static str, x: &Tensor, p: &BnParams) -> Result<usize> {
     Ok(c)
 }
 
-/// Runs `k` elementwise over x's planes in windows; `bind` adds the
-/// per-channel bindings (which always fit: they are [C] or [2C]).
+/// Runs `k` elementwise over x's planes in windows. `elems` are the
+/// bindings shaped like x (x itself included), all windowed at the same
+/// offsets and so sharing one base; `channels` are the per-channel
+/// bindings, which always fit (they are [C] or [2C]).
 fn per_plane(
     gpu: &Gpu,
     op: &'static str,
     k: &Kernel,
     x: &Tensor,
-    dy: Option<&Tensor>,
-    y: &Tensor,
-    channel_bindings: &[(u32, &Tensor)],
+    elems: &[(u32, &Tensor)],
+    channels: &[(u32, &Tensor)],
+    flags: u32,
 ) -> Result<()> {
     let (n, c, h, w) = x.nchw();
     let hw = h * w;
     let per_window = items_per_window(gpu, op, hw, "plane")?;
-    let chan: Vec<_> = channel_bindings
+    let chan: Vec<_> = channels
         .iter()
         .map(|(b, t)| (*b, gpu.window(t, 0, t.numel()).0))
         .collect();
     // Whole planes of vec4s (one channel each) when the plane allows.
     let lanes = vec4_lanes(gpu, hw);
     for (p0, np) in runs(n * c, per_window) {
-        let (xw, xb) = gpu.window(x, p0 * hw, np * hw);
-        let (yw, yb) = gpu.window(y, p0 * hw, np * hw);
-        let (dw, db) = gpu.window(dy.unwrap_or(x), p0 * hw, np * hw);
+        let wins: Vec<_> = elems
+            .iter()
+            .map(|(b, t)| (*b, gpu.window(t, p0 * hw, np * hw)))
+            .collect();
+        let base = wins[0].1.1;
+        debug_assert!(wins.iter().all(|(_, (_, b))| *b == base));
         let p = Params::new()
             .u(np * hw / lanes)
             .u(hw)
             .u(c)
             .u(p0 % c)
-            .u(xb as usize / lanes)
-            .u(yb as usize / lanes)
-            .u(db as usize / lanes)
+            .u(base as usize / lanes)
             .f((n * hw) as f32)
             .f(EPS)
             .f(MOMENTUM)
-            .u(0);
-        let mut binds: Vec<(u32, &crate::gpu::Window)> = vec![(1, &xw), (5, &yw)];
-        if dy.is_some() {
-            binds.push((6, &dw));
-        }
-        for (b, wnd) in &chan {
-            binds.push((*b, wnd));
-        }
+            .u(flags as usize);
+        let binds: Vec<(u32, &crate::gpu::Window)> = wins
+            .iter()
+            .map(|(b, (wnd, _))| (*b, wnd))
+            .chain(chan.iter().map(|(b, wnd)| (*b, wnd)))
+            .collect();
         launch_lanes(gpu, k, &p, &binds, np * hw, lanes);
     }
     Ok(())
+}
+
+/// What the training forward's pass also does after normalising.
+#[derive(Clone, Copy)]
+pub enum Then<'a> {
+    /// y = bn(x).
+    Nothing,
+    /// y = relu(bn(x)).
+    Relu,
+    /// y = relu(bn(x) + skip): a residual join.
+    AddRelu(&'a Tensor),
+    /// y = relu(bn(x)), and bn(x) kept too (a residual skip's start).
+    ReluKeep,
+}
+
+/// The outputs of `batchnorm_train_then`.
+pub struct BnOut {
+    pub y: Tensor,
+    /// bn(x), with `Then::ReluKeep` only.
+    pub pre: Option<Tensor>,
+    /// The batch statistics [2, C] (mean, rstd) the backward pass needs.
+    pub stats: Tensor,
 }
 
 /// Training forward: normalises with the batch statistics and, given a
@@ -106,14 +132,94 @@ pub fn batchnorm_train(
     p: &BnParams,
     momentum: Option<f32>,
 ) -> Result<(Tensor, Tensor)> {
+    let out = batchnorm_train_then(gpu, x, p, momentum, Then::Nothing)?;
+    Ok((out.y, out.stats))
+}
+
+/// `batchnorm_train` with the ReLU, or the residual add and the ReLU, in
+/// the same pass: one read of x and one write instead of two or three
+/// passes, and no tensor between them.
+pub fn batchnorm_train_then(
+    gpu: &Gpu,
+    x: &Tensor,
+    p: &BnParams,
+    momentum: Option<f32>,
+    then: Then,
+) -> Result<BnOut> {
     const OP: &str = "batchnorm_train";
-    let c = check(OP, x, p)?;
-    let (n, _, h, w) = x.nchw();
+    check(OP, x, p)?;
+    if let Then::AddRelu(skip) = then
+        && skip.shape() != x.shape()
+    {
+        return shape_err(
+            OP,
+            format!("skip {:?} must match input {:?}", skip.shape(), x.shape()),
+        );
+    }
+    let stats = batch_stats(gpu, OP, x, p, momentum)?;
+    let y = gpu.empty(x.shape())?;
+    let chans = [(2, &stats), (3, p.gamma), (4, p.beta)];
+    let pre = match then {
+        Then::Nothing => {
+            per_plane(gpu, OP, &APPLY, x, &[(1, x), (5, &y)], &chans, 0)?;
+            None
+        }
+        Then::Relu => {
+            per_plane(
+                gpu,
+                OP,
+                &APPLY_RELU,
+                x,
+                &[(1, x), (5, &y), (13, x)],
+                &chans,
+                0,
+            )?;
+            None
+        }
+        Then::AddRelu(skip) => {
+            per_plane(
+                gpu,
+                OP,
+                &APPLY_RELU,
+                x,
+                &[(1, x), (5, &y), (13, skip)],
+                &chans,
+                2,
+            )?;
+            None
+        }
+        Then::ReluKeep => {
+            let pre = gpu.empty(x.shape())?;
+            per_plane(
+                gpu,
+                OP,
+                &APPLY_KEEP,
+                x,
+                &[(1, x), (5, &y), (14, &pre)],
+                &chans,
+                0,
+            )?;
+            Some(pre)
+        }
+    };
+    Ok(BnOut { y, pre, stats })
+}
+
+/// The batch's [mean, rstd] per channel (two passes: the mean, then the
+/// squared deviations from it), and the running statistics updated.
+fn batch_stats(
+    gpu: &Gpu,
+    op: &'static str,
+    x: &Tensor,
+    p: &BnParams,
+    momentum: Option<f32>,
+) -> Result<Tensor> {
+    let (n, c, h, w) = x.nchw();
     let m = (n * h * w) as f32;
     let stats = gpu.empty(&[2, c])?;
-    let (part, chunks) = channel_sums(gpu, OP, SumOf::A, x, None, None)?;
+    let (part, chunks) = channel_sums(gpu, op, SumOf::A, x, None)?;
     combine(gpu, &part, (n, c, chunks), 1.0 / m, &stats, 0, false)?;
-    let (part, chunks) = channel_sums(gpu, OP, SumOf::SqDev, x, None, Some(&stats))?;
+    let (part, chunks) = channel_sums(gpu, op, SumOf::SqDev, x, Some(&stats))?;
     combine(gpu, &part, (n, c, chunks), 1.0 / m, &stats, c, false)?;
     let (sw, _) = gpu.window(&stats, 0, 2 * c);
     let (mw, _) = gpu.window(p.running_mean, 0, c);
@@ -124,24 +230,12 @@ pub fn batchnorm_train(
         .u(c)
         .u(0)
         .u(0)
-        .u(0)
-        .u(0)
         .f(m)
         .f(EPS)
         .f(momentum.unwrap_or(0.0))
         .u(momentum.is_some() as usize);
     launch(gpu, &FINALIZE, &fp, &[(8, &sw), (9, &mw), (10, &vw)], c);
-    let y = gpu.empty(x.shape())?;
-    per_plane(
-        gpu,
-        OP,
-        &APPLY,
-        x,
-        None,
-        &y,
-        &[(2, &stats), (3, p.gamma), (4, p.beta)],
-    )?;
-    Ok((y, stats))
+    Ok(stats)
 }
 
 /// Inference forward with the running statistics.
@@ -149,20 +243,13 @@ pub fn batchnorm_infer(gpu: &Gpu, x: &Tensor, p: &BnParams) -> Result<Tensor> {
     const OP: &str = "batchnorm_infer";
     check(OP, x, p)?;
     let y = gpu.empty(x.shape())?;
-    per_plane(
-        gpu,
-        OP,
-        &INFER,
-        x,
-        None,
-        &y,
-        &[
-            (3, p.gamma),
-            (4, p.beta),
-            (11, p.running_mean),
-            (12, p.running_var),
-        ],
-    )?;
+    let chans = [
+        (3, p.gamma),
+        (4, p.beta),
+        (11, p.running_mean),
+        (12, p.running_var),
+    ];
+    per_plane(gpu, OP, &INFER, x, &[(1, x), (5, &y)], &chans, 0)?;
     Ok(y)
 }
 
@@ -179,45 +266,104 @@ pub fn batchnorm_backward(
     dbeta: &Tensor,
     accumulate: bool,
 ) -> Result<Tensor> {
+    let grads = BnGrads {
+        gamma,
+        stats,
+        dgamma,
+        dbeta,
+        accumulate,
+    };
+    backward(gpu, x, dy, None, &grads)
+}
+
+/// Backward of `batchnorm_train_then(.., Then::Relu)` from the gradient of
+/// its output y (`relu_out`): the ReLU's backward in the same passes.
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_relu_backward(
+    gpu: &Gpu,
+    x: &Tensor,
+    relu_out: &Tensor,
+    dy: &Tensor,
+    gamma: &Tensor,
+    stats: &Tensor,
+    dgamma: &Tensor,
+    dbeta: &Tensor,
+    accumulate: bool,
+) -> Result<Tensor> {
+    let grads = BnGrads {
+        gamma,
+        stats,
+        dgamma,
+        dbeta,
+        accumulate,
+    };
+    backward(gpu, x, dy, Some(relu_out), &grads)
+}
+
+/// The per-channel tensors of a backward pass.
+struct BnGrads<'a> {
+    gamma: &'a Tensor,
+    stats: &'a Tensor,
+    dgamma: &'a Tensor,
+    dbeta: &'a Tensor,
+    accumulate: bool,
+}
+
+fn backward(
+    gpu: &Gpu,
+    x: &Tensor,
+    dy: &Tensor,
+    relu_out: Option<&Tensor>,
+    g: &BnGrads,
+) -> Result<Tensor> {
     const OP: &str = "batchnorm_backward";
     check_rank(OP, "input", x, 4)?;
     let (n, c, _, _) = x.nchw();
     if dy.shape() != x.shape()
-        || stats.shape() != [2, c]
-        || gamma.shape() != [c]
-        || dgamma.shape() != [c]
-        || dbeta.shape() != [c]
+        || relu_out.is_some_and(|r| r.shape() != x.shape())
+        || g.stats.shape() != [2, c]
+        || g.gamma.shape() != [c]
+        || g.dgamma.shape() != [c]
+        || g.dbeta.shape() != [c]
     {
         return shape_err(
             OP,
             format!(
-                "x {:?}, dy {:?}, gamma {:?}, stats {:?}, dgamma {:?}, dbeta {:?} do not agree",
+                "x {:?}, dy {:?}, relu output {:?}, gamma {:?}, stats {:?}, dgamma {:?}, dbeta {:?} do not agree",
                 x.shape(),
                 dy.shape(),
-                gamma.shape(),
-                stats.shape(),
-                dgamma.shape(),
-                dbeta.shape()
+                relu_out.map(|r| r.shape()),
+                g.gamma.shape(),
+                g.stats.shape(),
+                g.dgamma.shape(),
+                g.dbeta.shape()
             ),
         );
     }
+    // sums = [sum d * xhat, sum d] per channel: this batch's dgamma, dbeta.
     let sums = gpu.empty(&[2, c])?;
-    let (pg, chunks) = channel_sums(gpu, OP, SumOf::ANormB, dy, Some(x), Some(stats))?;
-    combine(gpu, &pg, (n, c, chunks), 1.0, &sums, 0, false)?;
-    combine(gpu, &pg, (n, c, chunks), 1.0, dgamma, 0, accumulate)?;
-    let (pb, chunks) = channel_sums(gpu, OP, SumOf::A, dy, None, None)?;
-    combine(gpu, &pb, (n, c, chunks), 1.0, &sums, c, false)?;
-    combine(gpu, &pb, (n, c, chunks), 1.0, dbeta, 0, accumulate)?;
+    let (pb, pg, chunks) = bn_grad_partials(gpu, OP, dy, relu_out, x, g.stats)?;
+    for (part, offset, grad) in [(&pg, 0, g.dgamma), (&pb, c, g.dbeta)] {
+        combine(gpu, part, (n, c, chunks), 1.0, &sums, offset, false)?;
+        combine(gpu, part, (n, c, chunks), 1.0, grad, 0, g.accumulate)?;
+    }
     let dx = gpu.empty(x.shape())?;
-    per_plane(
-        gpu,
-        OP,
-        &BACKWARD,
-        x,
-        Some(dy),
-        &dx,
-        &[(2, stats), (3, gamma), (7, &sums)],
-    )?;
+    let chans = [(2, g.stats), (3, g.gamma), (7, &sums)];
+    match relu_out {
+        None => per_plane(
+            gpu,
+            OP,
+            &BACKWARD,
+            x,
+            &[(1, x), (6, dy), (5, &dx)],
+            &chans,
+            0,
+        )?,
+        Some(r) => {
+            let elems = [(1, x), (6, dy), (13, r), (5, &dx)];
+            per_plane(gpu, OP, &RELU_BACKWARD, x, &elems, &chans, 0)?
+        }
+    }
     Ok(dx)
 }
 

@@ -2,7 +2,10 @@
 //! sums in a fixed order, then one invocation per channel adds them in a
 //! fixed order. Used for bias gradients, batch-norm statistics, the mean
 //! loss and the L2 term.
-use super::{Params, REDUCE, check_nonempty, items_per_window, kernel, launch, runs};
+use super::{
+    Params, REDUCE, check_nonempty, items_per_window, kernel, launch, launch_lanes, runs,
+    vec4_lanes,
+};
 use crate::error::{Result, shape_err};
 use crate::gpu::{Gpu, Kernel, Tensor};
 
@@ -14,6 +17,7 @@ fn max_combine(gpu: &Gpu) -> usize {
 
 const PLANE_SUMS: Kernel = kernel(&REDUCE, "plane_sums");
 const COMBINE: Kernel = kernel(&REDUCE, "combine_channels");
+const BN_GRAD_SUMS: Kernel = kernel(&REDUCE, "bn_grad_sums");
 /// Elements one invocation sums before the combine pass, at least.
 const CHUNK: usize = 1024;
 
@@ -38,6 +42,7 @@ pub(crate) struct ReduceParams {
     pub inner: u32,
     pub out_ostride: u32,
     pub valid: u32,
+    pub c_base: u32,
 }
 
 /// What `plane_sums` adds up (mode numbers of reduce.wgsl).
@@ -47,10 +52,8 @@ pub enum SumOf {
     A = 0,
     /// (a - mean[c])^2
     SqDev = 1,
-    /// a * (b - mean[c]) * rstd[c]
-    ANormB = 3,
     /// a * a
-    Sq = 4,
+    Sq = 2,
 }
 
 /// Partial sums of every (plane, chunk) of `a` viewed as `planes` planes of
@@ -64,65 +67,170 @@ pub fn plane_partials(
     op: &'static str,
     mode: SumOf,
     a: &Tensor,
-    b: Option<&Tensor>,
     stats: Option<&Tensor>,
-    (planes, plane_len, c_total): (usize, usize, usize),
+    shape: (usize, usize, usize),
     total: usize,
 ) -> Result<(Tensor, usize)> {
-    let images = planes / c_total;
-    // Few chunks when there are many images, so the combine stays one level.
-    let chunks = plane_len
-        .div_ceil(CHUNK)
-        .clamp(1, (max_combine(gpu) / images.max(1)).max(1));
-    let chunk_len = plane_len.div_ceil(chunks);
-    if chunk_len > max_combine(gpu) {
-        return Err(crate::error::EngineError::TooLarge {
-            op,
-            detail: format!(
-                "{images} planes of {plane_len} values exceed the per-invocation loop budget"
-            ),
-        });
-    }
-    let partials = gpu.empty(&[planes * chunks])?;
-    let per_window = items_per_window(gpu, op, plane_len, "plane")?.min(items_per_window(
+    let sources = Sources {
+        a,
+        b: None,
+        c: None,
+        stats,
+    };
+    let plan = SumPlan::new(gpu, op, shape, total)?;
+    let partials = gpu.empty(&[shape.0 * plan.chunks])?;
+    plan.dispatch(gpu, op, &PLANE_SUMS, &sources, mode as u32, &[&partials])?;
+    Ok((partials, plan.chunks))
+}
+
+/// Batch norm's two backward sums of `dy` over the planes of `x` [N, C, H,
+/// W] in one pass (`bn_grad_sums`): partials of d and of d * xhat, where d
+/// is dy, or dy where the ReLU output `relu_out` is positive. Returns both
+/// and the chunk count.
+pub(crate) fn bn_grad_partials(
+    gpu: &Gpu,
+    op: &'static str,
+    dy: &Tensor,
+    relu_out: Option<&Tensor>,
+    x: &Tensor,
+    stats: &Tensor,
+) -> Result<(Tensor, Tensor, usize)> {
+    let (n, c, h, w) = x.nchw();
+    let sources = Sources {
+        a: dy,
+        b: relu_out,
+        c: Some(x),
+        stats: Some(stats),
+    };
+    let plan = SumPlan::new(gpu, op, (n * c, h * w, c), x.numel())?;
+    let sums = gpu.empty(&[n * c * plan.chunks])?;
+    let sums_xhat = gpu.empty(&[n * c * plan.chunks])?;
+    let flags = (relu_out.is_some() as u32) << 1;
+    plan.dispatch(
         gpu,
         op,
-        chunks,
-        "partial row",
-    )?);
-    for (p0, np) in runs(planes, per_window) {
-        let valid = (total - p0 * plane_len).min(np * plane_len);
-        let (aw, ab) = gpu.window(a, p0 * plane_len, valid);
-        let (bw, bb) = gpu.window(b.unwrap_or(a), p0 * plane_len, valid);
-        let (sw, sb) = match stats {
-            Some(s) => gpu.window(s, 0, s.numel()),
-            None => gpu.window(a, 0, 1),
+        &BN_GRAD_SUMS,
+        &sources,
+        flags,
+        &[&sums, &sums_xhat],
+    )?;
+    Ok((sums, sums_xhat, plan.chunks))
+}
+
+/// What a plane-sum pass reads: a, b and c element by element, the
+/// per-channel statistics whole.
+struct Sources<'a> {
+    a: &'a Tensor,
+    b: Option<&'a Tensor>,
+    c: Option<&'a Tensor>,
+    stats: Option<&'a Tensor>,
+}
+
+/// How a plane-sum pass splits its planes into chunks and windows.
+struct SumPlan {
+    planes: usize,
+    plane_len: usize,
+    c_total: usize,
+    total: usize,
+    chunks: usize,
+    /// 4 when every plane, window and chunk is a run of whole vec4s.
+    lanes: usize,
+}
+
+impl SumPlan {
+    fn new(
+        gpu: &Gpu,
+        op: &'static str,
+        (planes, plane_len, c_total): (usize, usize, usize),
+        total: usize,
+    ) -> Result<SumPlan> {
+        let images = planes / c_total;
+        // Few chunks when there are many images, so the combine stays one level.
+        let chunks = plane_len
+            .div_ceil(CHUNK)
+            .clamp(1, (max_combine(gpu) / images.max(1)).max(1));
+        if plane_len.div_ceil(chunks) > max_combine(gpu) {
+            return Err(crate::error::EngineError::TooLarge {
+                op,
+                detail: format!(
+                    "{images} planes of {plane_len} values exceed the per-invocation loop budget"
+                ),
+            });
+        }
+        let lanes = match total.is_multiple_of(4) {
+            true => vec4_lanes(gpu, plane_len),
+            false => 1,
         };
-        let (ow, ob) = gpu.window(&partials, p0 * chunks, np * chunks);
-        let p = ReduceParams {
-            planes: np as u32,
-            plane_len: plane_len as u32,
-            chunks: chunks as u32,
-            chunk_len: chunk_len as u32,
-            mode: mode as u32,
-            c_total: c_total as u32,
-            c_first: (p0 % c_total) as u32,
-            a_base: ab,
-            b_base: bb,
-            stat_base: sb,
-            out_base: ob,
-            valid: valid as u32,
-            ..Default::default()
-        };
-        launch(
-            gpu,
-            &PLANE_SUMS,
-            &Params::of(&p),
-            &[(1, &aw), (2, &bw), (3, &sw), (4, &ow)],
-            np * chunks,
-        );
+        Ok(SumPlan {
+            planes,
+            plane_len,
+            c_total,
+            total,
+            chunks,
+            lanes,
+        })
     }
-    Ok((partials, chunks))
+
+    /// Dispatches `k` over every (plane, chunk) in windows, writing each
+    /// output's partials [planes * chunks] (bindings 4 and 8).
+    fn dispatch(
+        &self,
+        gpu: &Gpu,
+        op: &'static str,
+        k: &Kernel,
+        src: &Sources,
+        mode_or_flags: u32,
+        outs: &[&Tensor],
+    ) -> Result<()> {
+        let (plane_len, chunks, lanes) = (self.plane_len, self.chunks, self.lanes);
+        let chunk_len = (plane_len / lanes).div_ceil(chunks);
+        let per_window = items_per_window(gpu, op, plane_len, "plane")?.min(items_per_window(
+            gpu,
+            op,
+            chunks,
+            "partial row",
+        )?);
+        for (p0, np) in runs(self.planes, per_window) {
+            let valid = (self.total - p0 * plane_len).min(np * plane_len);
+            let (aw, ab) = gpu.window(src.a, p0 * plane_len, valid);
+            let (bw, bb) = gpu.window(src.b.unwrap_or(src.a), p0 * plane_len, valid);
+            let (cw, cb) = gpu.window(src.c.unwrap_or(src.a), p0 * plane_len, valid);
+            let (sw, sb) = match src.stats {
+                Some(s) => gpu.window(s, 0, s.numel()),
+                None => gpu.window(src.a, 0, 1),
+            };
+            let out: Vec<_> = outs
+                .iter()
+                .map(|t| gpu.window(t, p0 * chunks, np * chunks))
+                .collect();
+            let p = ReduceParams {
+                planes: np as u32,
+                plane_len: (plane_len / lanes) as u32,
+                chunks: chunks as u32,
+                chunk_len: chunk_len as u32,
+                mode: mode_or_flags,
+                flags: mode_or_flags,
+                c_total: self.c_total as u32,
+                c_first: (p0 % self.c_total) as u32,
+                a_base: ab / lanes as u32,
+                b_base: bb / lanes as u32,
+                c_base: cb / lanes as u32,
+                stat_base: sb,
+                out_base: out[0].1,
+                valid: (valid / lanes) as u32,
+                ..Default::default()
+            };
+            let mut binds = vec![(5, &aw), (3, &sw), (4, &out[0].0)];
+            // The two-output kernel (bn_grad_sums) also reads b and c.
+            if let Some((w2, base2)) = out.get(1) {
+                // Same offset in same-sized tensors: the same base.
+                debug_assert_eq!(*base2, out[0].1);
+                binds.extend([(6, &bw), (7, &cw), (8, w2)]);
+            }
+            launch_lanes(gpu, k, &Params::of(&p), &binds, np * chunks * lanes, lanes);
+        }
+        Ok(())
+    }
 }
 
 /// out[offset + c] (+)= scale * sum over images and chunks of the partials
@@ -217,11 +325,10 @@ pub(crate) fn channel_sums(
     op: &'static str,
     mode: SumOf,
     x: &Tensor,
-    b: Option<&Tensor>,
     stats: Option<&Tensor>,
 ) -> Result<(Tensor, usize)> {
     let (n, c, h, w) = x.nchw();
-    plane_partials(gpu, op, mode, x, b, stats, (n * c, h * w, c), x.numel())
+    plane_partials(gpu, op, mode, x, stats, (n * c, h * w, c), x.numel())
 }
 
 /// Per-channel sum over (N, H, W) of x [N, C, H, W] into `out` [C] (added to
@@ -240,7 +347,7 @@ pub fn channel_sum(gpu: &Gpu, x: &Tensor, out: &Tensor, accumulate: bool) -> Res
             ),
         );
     }
-    let (partials, chunks) = channel_sums(gpu, OP, SumOf::A, x, None, None)?;
+    let (partials, chunks) = channel_sums(gpu, OP, SumOf::A, x, None)?;
     combine(gpu, &partials, (n, c, chunks), 1.0, out, 0, accumulate)
 }
 
@@ -256,16 +363,8 @@ pub fn sum(gpu: &Gpu, x: &Tensor, squares: bool, scale: f32) -> Result<Tensor> {
         let len = level.numel();
         let plane_len = len.min(64 * CHUNK).min(gpu.window_elems());
         let planes = len.div_ceil(plane_len);
-        let (partials, chunks) = plane_partials(
-            gpu,
-            OP,
-            mode,
-            &level,
-            None,
-            None,
-            (planes, plane_len, 1),
-            len,
-        )?;
+        let (partials, chunks) =
+            plane_partials(gpu, OP, mode, &level, None, (planes, plane_len, 1), len)?;
         if planes * chunks <= max_combine(gpu) {
             let out = gpu.empty(&[1])?;
             combine(gpu, &partials, (planes, 1, chunks), scale, &out, 0, false)?;
