@@ -178,13 +178,9 @@ fn folded_conv_equals_conv_then_batchnorm_in_eval_mode() {
     assert_close("folded conv", &got, &want, 1e-4, 1e-4);
 }
 
-fn relu64(v: &[f64]) -> Vec<f64> {
-    v.iter().map(|v| v.max(0.0)).collect()
-}
-
 /// Batch norm with the ReLU (and the residual add) in the same pass,
-/// forward and backward, against the f64 references composed op by op
-/// and, for the backward, finite differences through the ReLU.
+/// forward and backward, against the f64 references and, for the
+/// backward, finite differences through the ReLU.
 fn check_fused(gpu: &Gpu, (n, c, h, w): (usize, usize, usize, usize), seed: u64) {
     let tag = format!("fused batchnorm n{n} c{c} {h}x{w}");
     let hw = h * w;
@@ -206,25 +202,26 @@ fn check_fused(gpu: &Gpu, (n, c, h, w): (usize, usize, usize, usize), seed: u64)
         running_mean: &rmt,
         running_var: &rvt,
     };
-    let bn_ref =
-        |xv: &[f64], gv: &[f64], bv: &[f64]| cpu::batchnorm_train(xv, (n, c, hw), gv, bv).0;
-    let bn = bn_ref(&x64, &g64, &b64);
+    let dims = (n, c, hw);
+    let fused =
+        |xv: &[f64], gv: &[f64], bv: &[f64], sv| cpu::batchnorm_relu_train(xv, dims, (gv, bv), sv);
     let train = |then| batchnorm::batchnorm_train_then(gpu, &xt, &p, None, then).unwrap();
 
     let relu = train(Then::Relu);
+    let want = fused(&x64, &g64, &b64, None);
     assert_close(
         &format!("{tag} relu"),
         &read(gpu, &relu.y),
-        &relu64(&bn),
+        &want,
         1e-4,
         1e-4,
     );
-    let added: Vec<f64> = bn.iter().zip(&s64).map(|(a, b)| a + b).collect();
     let join = train(Then::AddRelu(&st));
+    let want_join = fused(&x64, &g64, &b64, Some(&s64));
     assert_close(
         &format!("{tag} add+relu"),
         &read(gpu, &join.y),
-        &relu64(&added),
+        &want_join,
         1e-4,
         1e-4,
     );
@@ -232,11 +229,12 @@ fn check_fused(gpu: &Gpu, (n, c, h, w): (usize, usize, usize, usize), seed: u64)
     assert_close(
         &format!("{tag} keep: relu"),
         &read(gpu, &keep.y),
-        &relu64(&bn),
+        &want,
         1e-4,
         1e-4,
     );
     let pre = keep.pre.expect("ReluKeep keeps bn(x)");
+    let bn = cpu::batchnorm_train(&x64, dims, &g64, &b64).0;
     assert_close(
         &format!("{tag} keep: bn"),
         &read(gpu, &pre),
@@ -250,54 +248,51 @@ fn check_fused(gpu: &Gpu, (n, c, h, w): (usize, usize, usize, usize), seed: u64)
     let dy64 = to64(&dy);
     let dyt = up(gpu, &shape, &dy);
     let (dgt, dbt) = (stale(gpu, &[c]), stale(gpu, &[c]));
-    let dx = batchnorm::batchnorm_relu_backward(
-        gpu,
-        &xt,
-        &relu.y,
-        &dyt,
-        &gt,
-        &relu.stats,
-        &dgt,
-        &dbt,
-        false,
-    )
-    .unwrap();
-    let dx = read(gpu, &dx);
-    let masked: Vec<f64> = dy64
-        .iter()
-        .zip(&bn)
-        .map(|(d, b)| if *b > 0.0 { *d } else { 0.0 })
-        .collect();
-    let (wdx, wdg, wdb) = cpu::batchnorm_backward(&x64, &masked, (n, c, hw), &g64);
+    let backward = |accumulate| {
+        batchnorm::batchnorm_relu_backward(
+            gpu,
+            &xt,
+            &relu.y,
+            &dyt,
+            &gt,
+            &relu.stats,
+            &dgt,
+            &dbt,
+            accumulate,
+        )
+        .unwrap()
+    };
+    let dx = read(gpu, &backward(false));
+    let (wdx, wdg, wdb) = cpu::batchnorm_relu_backward(&x64, &dy64, dims, (&g64, &b64));
     assert_close(&format!("{tag} relu dx"), &dx, &wdx, 1e-4, 1e-3);
     let (dg, db) = (read(gpu, &dgt), read(gpu, &dbt));
     assert_close(&format!("{tag} relu dgamma"), &dg, &wdg, 1e-3, 1e-4);
     assert_close(&format!("{tag} relu dbeta"), &db, &wdb, 1e-3, 1e-4);
-    let fx = |xv: &[f64]| dot(&dy64, &relu64(&bn_ref(xv, &g64, &b64)));
+    let fx = |xv: &[f64]| dot(&dy64, &fused(xv, &g64, &b64, None));
     assert_fd(&format!("{tag} relu dx"), fx, &x64, &dx, 40, 2e-3);
     // Moving gamma or beta moves every value of a channel: over large
     // planes some value then crosses the ReLU's kink inside the difference
     // step, so those finite differences are taken on small planes only.
     if n * hw <= 600 {
-        let fg = |gv: &[f64]| dot(&dy64, &relu64(&bn_ref(&x64, gv, &b64)));
+        let fg = |gv: &[f64]| dot(&dy64, &fused(&x64, gv, &b64, None));
         assert_fd(&format!("{tag} relu dgamma"), fg, &g64, &dg, 40, 1e-3);
-        let fb = |bv: &[f64]| dot(&dy64, &relu64(&bn_ref(&x64, &g64, bv)));
+        let fb = |bv: &[f64]| dot(&dy64, &fused(&x64, &g64, bv, None));
         assert_fd(&format!("{tag} relu dbeta"), fb, &b64, &db, 40, 1e-3);
     }
     // Accumulating adds this batch's gradients to what is there.
-    batchnorm::batchnorm_relu_backward(gpu, &xt, &relu.y, &dyt, &gt, &relu.stats, &dgt, &dbt, true)
-        .unwrap();
+    backward(true);
     let twice = |v: &[f64]| v.iter().map(|v| 2.0 * v).collect::<Vec<_>>();
+    let (dg2, db2) = (read(gpu, &dgt), read(gpu, &dbt));
     assert_close(
         &format!("{tag} relu dgamma accumulated"),
-        &read(gpu, &dgt),
+        &dg2,
         &twice(&wdg),
         2e-3,
         1e-4,
     );
     assert_close(
         &format!("{tag} relu dbeta accumulated"),
-        &read(gpu, &dbt),
+        &db2,
         &twice(&wdb),
         2e-3,
         1e-4,

@@ -11,7 +11,7 @@ mod checks;
 
 use checks::*;
 use engine_core::gpu::{Gpu, Tensor};
-use engine_core::ops::batchnorm::{self, BnParams};
+use engine_core::ops::batchnorm::{self, BnParams, Then};
 use engine_core::ops::conv::{self, ConvVariant, WgradVariant, conv_geom, cpu as ccpu};
 use engine_core::ops::elementwise::{self, cpu as ecpu};
 use engine_core::ops::loss::{self, cpu as lcpu};
@@ -264,6 +264,105 @@ async fn check_batchnorm(gpu: &Gpu, (n, c, h, w): (usize, usize, usize, usize)) 
     assert_close(&format!("{tag} folded"), &folded, &want_i, 1e-4, 1e-4);
 }
 
+/// Batch norm with the ReLU and the residual add in the same pass, and
+/// the fused backward, against the f64 references and finite differences.
+async fn check_fused_batchnorm(gpu: &Gpu, (n, c, h, w): (usize, usize, usize, usize)) {
+    let tag = format!("fused batchnorm n{n} c{c} {h}x{w}");
+    let (hw, shape) = (h * w, [n, c, h, w]);
+    let (x, skip, dy) = (
+        rand_vec(5, n * c * hw),
+        rand_vec(6, n * c * hw),
+        rand_vec(7, n * c * hw),
+    );
+    let gamma: Vec<f32> = rand_vec(8, c).iter().map(|v| 1.0 + 0.5 * v).collect();
+    let beta = rand_vec(9, c);
+    let (x64, s64, dy64, g64, b64) = (to64(&x), to64(&skip), to64(&dy), to64(&gamma), to64(&beta));
+    let (xt, st, dyt) = (
+        up(gpu, &shape, &x),
+        up(gpu, &shape, &skip),
+        up(gpu, &shape, &dy),
+    );
+    let (gt, bt) = (up(gpu, &[c], &gamma), up(gpu, &[c], &beta));
+    let (rmt, rvt) = (gpu.zeros(&[c]).unwrap(), up(gpu, &[c], &vec![1.0; c]));
+    let p = BnParams {
+        gamma: &gt,
+        beta: &bt,
+        running_mean: &rmt,
+        running_var: &rvt,
+    };
+    let dims = (n, c, hw);
+    let fused = |xv: &[f64], sv| batchnorm::cpu::batchnorm_relu_train(xv, dims, (&g64, &b64), sv);
+    let train = |then| batchnorm::batchnorm_train_then(gpu, &xt, &p, None, then).unwrap();
+    let relu = train(Then::Relu);
+    let want = fused(&x64, None);
+    assert_close(
+        &format!("{tag} relu"),
+        &read(gpu, &relu.y).await,
+        &want,
+        1e-4,
+        1e-4,
+    );
+    let join = train(Then::AddRelu(&st));
+    let want_join = fused(&x64, Some(&s64));
+    assert_close(
+        &format!("{tag} add+relu"),
+        &read(gpu, &join.y).await,
+        &want_join,
+        1e-4,
+        1e-4,
+    );
+    let keep = train(Then::ReluKeep);
+    assert_close(
+        &format!("{tag} keep: relu"),
+        &read(gpu, &keep.y).await,
+        &want,
+        1e-4,
+        1e-4,
+    );
+    let bn = batchnorm::cpu::batchnorm_train(&x64, dims, &g64, &b64).0;
+    let pre = read(gpu, keep.pre.as_ref().unwrap()).await;
+    assert_close(&format!("{tag} keep: bn"), &pre, &bn, 1e-4, 1e-4);
+
+    let (dgt, dbt) = (stale(gpu, &[c]), stale(gpu, &[c]));
+    let dxt = batchnorm::batchnorm_relu_backward(
+        gpu,
+        &xt,
+        &relu.y,
+        &dyt,
+        &gt,
+        &relu.stats,
+        &dgt,
+        &dbt,
+        false,
+    );
+    let dx = read(gpu, &dxt.unwrap()).await;
+    let (wdx, wdg, wdb) = batchnorm::cpu::batchnorm_relu_backward(&x64, &dy64, dims, (&g64, &b64));
+    assert_close(&format!("{tag} relu dx"), &dx, &wdx, 1e-4, 1e-3);
+    assert_close(
+        &format!("{tag} relu dgamma"),
+        &read(gpu, &dgt).await,
+        &wdg,
+        1e-3,
+        1e-4,
+    );
+    assert_close(
+        &format!("{tag} relu dbeta"),
+        &read(gpu, &dbt).await,
+        &wdb,
+        1e-3,
+        1e-4,
+    );
+    let fx = |xv: &[f64]| dot(&dy64, &fused(xv, None));
+    assert_fd(&format!("{tag} relu dx"), fx, &x64, &dx, 30, 2e-3);
+}
+
+#[wasm_bindgen_test]
+async fn batchnorm_relu_and_add_fused_forward_and_backward() {
+    let gpu = gpu().await;
+    check_fused_batchnorm(&gpu, (3, 5, 7, 9)).await;
+    check_fused_batchnorm(&gpu, (2, 6, 4, 6)).await;
+}
+
 #[wasm_bindgen_test]
 async fn batchnorm_train_backward_inference_and_fold() {
     let gpu = gpu().await;
@@ -470,4 +569,5 @@ async fn work_is_split_under_a_4_kib_binding_limit() {
     check_conv(&gpu, (2, 6, 8, 17, 13, 3, 1, 1), None, None, false).await;
     check_conv(&gpu, (2, 5, 7, 15, 12, 3, 2, 1), None, None, false).await;
     check_batchnorm(&gpu, (4, 3, 20, 30)).await;
+    check_fused_batchnorm(&gpu, (7, 12, 12, 12)).await;
 }

@@ -441,4 +441,36 @@ pub mod cpu {
             .collect();
         (dx, dgamma, dbeta)
     }
+
+    /// relu(bn(x) + skip) in training (`Then::Relu`, or `Then::AddRelu`
+    /// with a skip).
+    pub fn batchnorm_relu_train(
+        x: &[f64],
+        shape: (usize, usize, usize),
+        (gamma, beta): (&[f64], &[f64]),
+        skip: Option<&[f64]>,
+    ) -> Vec<f64> {
+        let (y, _, _) = batchnorm_train(x, shape, gamma, beta);
+        y.iter()
+            .enumerate()
+            .map(|(i, v)| (v + skip.map_or(0.0, |s| s[i])).max(0.0))
+            .collect()
+    }
+
+    /// (dx, dgamma, dbeta) of relu(bn(x)): dy where the output is
+    /// positive, then `batchnorm_backward`.
+    pub fn batchnorm_relu_backward(
+        x: &[f64],
+        dy: &[f64],
+        shape: (usize, usize, usize),
+        (gamma, beta): (&[f64], &[f64]),
+    ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+        let y = batchnorm_relu_train(x, shape, (gamma, beta), None);
+        let masked: Vec<f64> = dy
+            .iter()
+            .zip(&y)
+            .map(|(d, y)| if *y > 0.0 { *d } else { 0.0 })
+            .collect();
+        batchnorm_backward(x, &masked, shape, gamma)
+    }
 }
