@@ -147,6 +147,9 @@ fn every_conv_variant_matches_the_reference() {
         // dilation 2 with a shift-2 padded copy.
         (2, 5, 9, 7, 8, 3, 1, 1),
         (1, 6, 7, 10, 8, 3, 1, 2),
+        // More input channels than a workgroup's 8 lanes: the weight
+        // gradient's two-channel lanes, the second group partly past the end.
+        (1, 19, 6, 7, 8, 3, 1, 1),
     ] {
         conv_all_variants(gpu(), shape);
     }
@@ -154,7 +157,12 @@ fn every_conv_variant_matches_the_reference() {
 
 #[test]
 fn every_tconv_variant_matches_the_reference() {
-    for shape in [(2, 5, 6, 5, 7, 2), (1, 3, 9, 6, 5, 1), (1, 3, 5, 4, 8, 2)] {
+    for shape in [
+        (2, 5, 6, 5, 7, 2),
+        (1, 3, 9, 6, 5, 1),
+        (1, 3, 5, 4, 8, 2),
+        (1, 17, 19, 4, 8, 2),
+    ] {
         tconv_all_variants(gpu(), shape);
     }
 }

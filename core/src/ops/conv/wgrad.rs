@@ -306,6 +306,12 @@ pub(crate) fn run(
     let (n, o_tot, oh, ow) = gout.nchw();
     let (_, c_tot, _, _) = input.nchw();
     let kk = g.k * g.k;
+    // A layer narrower than a workgroup's lanes gets no second channel
+    // per lane (its loads and multiply-adds would all be clamped waste).
+    let tile = GemmTile {
+        ct: tile.ct.min(c_tot.div_ceil(tile.wg)),
+        ..tile
+    };
     // The largest divisor of the row up to the tile's, a multiple of 4
     // where one divides (vec4 loads).
     let jt = (1..=tile.jt)
