@@ -55,19 +55,35 @@ fn masked(a: V, b: V) -> V {
 
 const WG: u32 = 64u;
 
+// One invocation's chunk: chunk `index` of plane `plane`, its elements
+// [start, end) (the window's last plane may be cut short at `valid`).
+struct Chunk {
+    plane: u32,
+    index: u32,
+    start: u32,
+    end: u32,
+}
+
+fn chunk_of(idx: u32) -> Chunk {
+    let p = idx / P.chunks;
+    let r = idx % P.chunks;
+    let start = r * P.chunk_len;
+    let end = min(min(start + P.chunk_len, P.plane_len), max(P.valid, p * P.plane_len) - p * P.plane_len);
+    return Chunk(p, r, start, end);
+}
+
 // Modes: 0 sum a; 1 sum (a - mean)^2 (mean = stats[c]); 2 sum a*a.
 // dst[out_base + p*chunks + r] = partial sum of chunk r of plane p.
 @compute @workgroup_size(WG)
 fn plane_sums(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let idx = gid.x + gid.y * nwg.x * WG;
-    let r = idx % P.chunks;
-    let p = idx / P.chunks;
-    if (p >= P.planes) {
+    let k = chunk_of(gid.x + gid.y * nwg.x * WG);
+    if (k.plane >= P.planes) {
         return;
     }
+    let p = k.plane;
     let c = (P.c_first + p) % P.c_total;
-    let start = r * P.chunk_len;
-    let end = min(min(start + P.chunk_len, P.plane_len), max(P.valid, p * P.plane_len) - p * P.plane_len);
+    let start = k.start;
+    let end = k.end;
     let a0 = P.a_base + p * P.plane_len;
     var s = V(0.0);
     switch (P.mode) {
@@ -90,7 +106,7 @@ fn plane_sums(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
             }
         }
     }
-    dst[P.out_base + p * P.chunks + r] = total(s);
+    dst[P.out_base + p * P.chunks + k.index] = total(s);
 }
 
 // Batch norm's backward sums in one pass, as plane_sums lays them out:
@@ -99,15 +115,14 @@ fn plane_sums(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
 // followed the batch norm: the ReLU's backward fused in).
 @compute @workgroup_size(WG)
 fn bn_grad_sums(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let idx = gid.x + gid.y * nwg.x * WG;
-    let r = idx % P.chunks;
-    let p = idx / P.chunks;
-    if (p >= P.planes) {
+    let k = chunk_of(gid.x + gid.y * nwg.x * WG);
+    if (k.plane >= P.planes) {
         return;
     }
+    let p = k.plane;
     let c = (P.c_first + p) % P.c_total;
-    let start = r * P.chunk_len;
-    let end = min(min(start + P.chunk_len, P.plane_len), max(P.valid, p * P.plane_len) - p * P.plane_len);
+    let start = k.start;
+    let end = k.end;
     let a0 = P.a_base + p * P.plane_len;
     let b0 = P.b_base + p * P.plane_len;
     let c0 = P.c_base + p * P.plane_len;
@@ -127,8 +142,9 @@ fn bn_grad_sums(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
             sx += d * (vc[c0 + e] - m);
         }
     }
-    dst[P.out_base + p * P.chunks + r] = total(sd);
-    dst2[P.out_base + p * P.chunks + r] = total(sx) * stats[P.stat_base + P.c_total + c];
+    let o = P.out_base + p * P.chunks + k.index;
+    dst[o] = total(sd);
+    dst2[o] = total(sx) * stats[P.stat_base + P.c_total + c];
 }
 
 // dst[out_base + c] = (dst if accumulate) + scale * sum_{n, r}
