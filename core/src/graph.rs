@@ -54,6 +54,14 @@ impl BnRef<'_> {
     }
 }
 
+/// What a batch-norm node's backward pass needs besides its values.
+struct BnGrad {
+    gamma: Tensor,
+    dgamma: Tensor,
+    dbeta: Tensor,
+    stats: Tensor,
+}
+
 impl BnGrad {
     /// dx from dy, adding into dgamma and dbeta; through the ReLU whose
     /// output is `relu_out` when given.
@@ -148,14 +156,6 @@ enum Node {
         mode: Mode,
         in_hw: (usize, usize),
     },
-}
-
-/// What a batch-norm node's backward pass needs besides its values.
-struct BnGrad {
-    gamma: Tensor,
-    dgamma: Tensor,
-    dbeta: Tensor,
-    stats: Tensor,
 }
 
 impl Node {
