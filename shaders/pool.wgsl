@@ -2,7 +2,9 @@
 // A NaN in a window is its maximum (as in PyTorch): the first NaN wins.
 // Backward sends each output's gradient to the first maximal input of its
 // window in row-major order, as a gather over the inputs (no atomics, so it
-// is deterministic).
+// is deterministic), after one pass has written each output's argmax: a
+// window's argmax then costs its k*k loads once instead of once per input
+// it covers.
 
 struct Params {
     planes: u32,
@@ -23,6 +25,8 @@ struct Params {
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> dy: array<f32>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
+@group(0) @binding(4) var<storage, read> arg_in: array<u32>;      // per output, as dy
+@group(0) @binding(5) var<storage, read_write> arg_out: array<u32>;
 
 const WG: u32 = 64u;
 
@@ -75,6 +79,19 @@ fn maxpool_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_w
     y[P.y_base + e] = x[plane + argmax(plane, i, j)];
 }
 
+// arg_out[y_base + e] = the plane index of output e's argmax.
+@compute @workgroup_size(WG)
+fn maxpool_argmax(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let e = gid.x + gid.y * nwg.x * WG;
+    let ohw = P.out_h * P.out_w;
+    if (e >= P.planes * ohw) {
+        return;
+    }
+    let pl = e / ohw;
+    let plane = P.x_base + pl * P.in_h * P.in_w;
+    arg_out[P.y_base + e] = argmax(plane, (e % ohw) / P.out_w, e % P.out_w);
+}
+
 @compute @workgroup_size(WG)
 fn maxpool_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let e = gid.x + gid.y * nwg.x * WG;
@@ -86,7 +103,6 @@ fn maxpool_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_
     let at = e % hw;
     let h = at / P.in_w;
     let w = at % P.in_w;
-    let plane = P.x_base + pl * hw;
     // Outputs whose window covers (h, w): i*stride - pad_t <= h <= i*stride - pad_t + k - 1.
     let i_lo = max(i32(h + P.pad_t) - i32(P.k) + 1, 0);
     let i_hi = min(i32(h + P.pad_t) / i32(P.stride), i32(P.out_h) - 1);
@@ -95,8 +111,9 @@ fn maxpool_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_
     var g = 0.0;
     for (var i = (i_lo + i32(P.stride) - 1) / i32(P.stride); i <= i_hi; i++) {
         for (var j = (j_lo + i32(P.stride) - 1) / i32(P.stride); j <= j_hi; j++) {
-            if (argmax(plane, u32(i), u32(j)) == at) {
-                g += dy[P.dy_base + pl * P.out_h * P.out_w + u32(i) * P.out_w + u32(j)];
+            let o = P.dy_base + pl * P.out_h * P.out_w + u32(i) * P.out_w + u32(j);
+            if (arg_in[o] == at) {
+                g += dy[o];
             }
         }
     }

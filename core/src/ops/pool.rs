@@ -5,6 +5,7 @@ use crate::error::{Result, shape_err};
 use crate::gpu::{Gpu, Kernel, Tensor};
 
 const FORWARD: Kernel = kernel(&POOL, "maxpool_forward");
+const ARGMAX: Kernel = kernel(&POOL, "maxpool_argmax");
 const BACKWARD: Kernel = kernel(&POOL, "maxpool_backward");
 
 /// (out_h, out_w, pad_t, pad_l).
@@ -14,43 +15,62 @@ pub fn pool_geom(h: usize, w: usize, k: usize, s: usize) -> (usize, usize, usize
     (oh, ow, pt, pl)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn run(
-    gpu: &Gpu,
-    op: &'static str,
-    k: &Kernel,
-    x: &Tensor,
-    dy: Option<&Tensor>,
-    y: &Tensor,
-    ks: usize,
-    s: usize,
-) -> Result<()> {
+/// One pool pass over x's planes in windows.
+enum Pass<'a> {
+    /// y = max of each window.
+    Forward { y: &'a Tensor },
+    /// arg = the plane index of each window's first maximum.
+    Argmax { arg: &'a Tensor },
+    /// dx from dy and `Argmax`'s arg.
+    Backward {
+        dy: &'a Tensor,
+        arg: &'a Tensor,
+        dx: &'a Tensor,
+    },
+}
+
+fn run(gpu: &Gpu, op: &'static str, x: &Tensor, pass: Pass, ks: usize, s: usize) -> Result<()> {
     let (n, c, h, w) = x.nchw();
     let (oh, ow, pt, pl) = pool_geom(h, w, ks, s);
     let per = items_per_window(gpu, op, h * w, "plane")?;
     for (p0, np) in runs(n * c, per) {
-        let (xw, xb) = gpu.window(x, p0 * h * w, np * h * w);
-        let (dw, db) = gpu.window(dy.unwrap_or(x), p0 * oh * ow, np * oh * ow);
-        let (yw, yb) = match dy {
-            Some(_) => gpu.window(y, p0 * h * w, np * h * w),
-            None => gpu.window(y, p0 * oh * ow, np * oh * ow),
+        let planes = |t| gpu.window(t, p0 * h * w, np * h * w);
+        let outs = |t| gpu.window(t, p0 * oh * ow, np * oh * ow);
+        let (xw, xb) = planes(x);
+        let params = |db: u32, yb: u32| {
+            Params::new()
+                .u(np)
+                .u(h)
+                .u(w)
+                .u(oh)
+                .u(ow)
+                .u(ks)
+                .u(s)
+                .u(pt)
+                .u(pl)
+                .u(xb as usize)
+                .u(db as usize)
+                .u(yb as usize)
         };
-        let p = Params::new()
-            .u(np)
-            .u(h)
-            .u(w)
-            .u(oh)
-            .u(ow)
-            .u(ks)
-            .u(s)
-            .u(pt)
-            .u(pl)
-            .u(xb as usize)
-            .u(db as usize)
-            .u(yb as usize);
-        match dy {
-            Some(_) => launch(gpu, k, &p, &[(1, &xw), (2, &dw), (3, &yw)], np * h * w),
-            None => launch(gpu, k, &p, &[(1, &xw), (3, &yw)], np * oh * ow),
+        match pass {
+            Pass::Forward { y } => {
+                let (yw, yb) = outs(y);
+                let p = params(0, yb);
+                launch(gpu, &FORWARD, &p, &[(1, &xw), (3, &yw)], np * oh * ow);
+            }
+            Pass::Argmax { arg } => {
+                let (aw, ab) = outs(arg);
+                let p = params(0, ab);
+                launch(gpu, &ARGMAX, &p, &[(1, &xw), (5, &aw)], np * oh * ow);
+            }
+            Pass::Backward { dy, arg, dx } => {
+                // dy and arg: same offsets of same-sized tensors, one base.
+                let ((dw, db), (aw, _)) = (outs(dy), outs(arg));
+                let (yw, yb) = planes(dx);
+                let p = params(db, yb);
+                let binds = [(2, &dw), (4, &aw), (3, &yw)];
+                launch(gpu, &BACKWARD, &p, &binds, np * h * w);
+            }
         }
     }
     Ok(())
@@ -69,7 +89,7 @@ pub fn maxpool2d(gpu: &Gpu, x: &Tensor, k: usize, s: usize) -> Result<Tensor> {
     let (n, c, h, w) = x.nchw();
     let (oh, ow, _, _) = pool_geom(h, w, k, s);
     let y = gpu.empty(&[n, c, oh, ow])?;
-    run(gpu, "maxpool2d", &FORWARD, x, None, &y, k, s)?;
+    run(gpu, "maxpool2d", x, Pass::Forward { y: &y }, k, s)?;
     Ok(y)
 }
 
@@ -96,8 +116,15 @@ pub fn maxpool2d_backward(
             ),
         );
     }
+    let arg = gpu.empty(dy.shape())?;
+    run(gpu, OP, x, Pass::Argmax { arg: &arg }, k, s)?;
     let dx = gpu.empty(x.shape())?;
-    run(gpu, OP, &BACKWARD, x, Some(dy), &dx, k, s)?;
+    let pass = Pass::Backward {
+        dy,
+        arg: &arg,
+        dx: &dx,
+    };
+    run(gpu, OP, x, pass, k, s)?;
     Ok(dx)
 }
 
