@@ -89,7 +89,8 @@ fn check(n: usize, c: usize, h: usize, w: usize, seed: u64) {
     let (dgt, dbt) = (gpu.empty(&[c]).unwrap(), gpu.empty(&[c]).unwrap());
     let dx = read(
         gpu,
-        &batchnorm::batchnorm_backward(gpu, &xt, &dyt, &gt, &stats, &dgt, &dbt, false).unwrap(),
+        &batchnorm::batchnorm_backward(gpu, &xt, &dyt, None, &gt, &stats, &dgt, &dbt, false)
+            .unwrap(),
     );
     let (wdx, wdg, wdb) = cpu::batchnorm_backward(&x64, &dy64, (n, c, hw), &g64);
     assert_close(&format!("{tag} dx"), &dx, &wdx, 1e-4, 1e-3);
@@ -249,11 +250,11 @@ fn check_fused(gpu: &Gpu, (n, c, h, w): (usize, usize, usize, usize), seed: u64)
     let dyt = up(gpu, &shape, &dy);
     let (dgt, dbt) = (stale(gpu, &[c]), stale(gpu, &[c]));
     let backward = |accumulate| {
-        batchnorm::batchnorm_relu_backward(
+        batchnorm::batchnorm_backward(
             gpu,
             &xt,
-            &relu.y,
             &dyt,
+            Some(&relu.y),
             &gt,
             &relu.stats,
             &dgt,

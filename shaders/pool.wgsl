@@ -65,31 +65,29 @@ fn argmax(plane: u32, i: u32, j: u32) -> u32 {
     return best_idx;
 }
 
+// (start of the plane in x, argmax within the plane) of output e.
+fn output_argmax(e: u32) -> vec2<u32> {
+    let ohw = P.out_h * P.out_w;
+    let plane = P.x_base + (e / ohw) * P.in_h * P.in_w;
+    return vec2<u32>(plane, argmax(plane, (e % ohw) / P.out_w, e % P.out_w));
+}
+
 @compute @workgroup_size(WG)
 fn maxpool_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let e = gid.x + gid.y * nwg.x * WG;
-    let ohw = P.out_h * P.out_w;
-    if (e >= P.planes * ohw) {
-        return;
+    if (e < P.planes * P.out_h * P.out_w) {
+        let a = output_argmax(e);
+        y[P.y_base + e] = x[a.x + a.y];
     }
-    let pl = e / ohw;
-    let i = (e % ohw) / P.out_w;
-    let j = e % P.out_w;
-    let plane = P.x_base + pl * P.in_h * P.in_w;
-    y[P.y_base + e] = x[plane + argmax(plane, i, j)];
 }
 
 // arg_out[y_base + e] = the plane index of output e's argmax.
 @compute @workgroup_size(WG)
 fn maxpool_argmax(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let e = gid.x + gid.y * nwg.x * WG;
-    let ohw = P.out_h * P.out_w;
-    if (e >= P.planes * ohw) {
-        return;
+    if (e < P.planes * P.out_h * P.out_w) {
+        arg_out[P.y_base + e] = output_argmax(e).y;
     }
-    let pl = e / ohw;
-    let plane = P.x_base + pl * P.in_h * P.in_w;
-    arg_out[P.y_base + e] = argmax(plane, (e % ohw) / P.out_w, e % P.out_w);
 }
 
 @compute @workgroup_size(WG)

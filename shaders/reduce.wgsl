@@ -55,11 +55,14 @@ fn masked(a: V, b: V) -> V {
 
 const WG: u32 = 64u;
 
-// One invocation's chunk: chunk `index` of plane `plane`, its elements
-// [start, end) (the window's last plane may be cut short at `valid`).
+// One invocation's chunk: chunk `index` of plane `plane` (of channel
+// `channel`), its elements [start, end) counted from `offset`, the plane's
+// start (the window's last plane may be cut short at `valid`).
 struct Chunk {
     plane: u32,
+    channel: u32,
     index: u32,
+    offset: u32,
     start: u32,
     end: u32,
 }
@@ -69,7 +72,7 @@ fn chunk_of(idx: u32) -> Chunk {
     let r = idx % P.chunks;
     let start = r * P.chunk_len;
     let end = min(min(start + P.chunk_len, P.plane_len), max(P.valid, p * P.plane_len) - p * P.plane_len);
-    return Chunk(p, r, start, end);
+    return Chunk(p, (P.c_first + p) % P.c_total, r, p * P.plane_len, start, end);
 }
 
 // Modes: 0 sum a; 1 sum (a - mean)^2 (mean = stats[c]); 2 sum a*a.
@@ -80,33 +83,29 @@ fn plane_sums(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
     if (k.plane >= P.planes) {
         return;
     }
-    let p = k.plane;
-    let c = (P.c_first + p) % P.c_total;
-    let start = k.start;
-    let end = k.end;
-    let a0 = P.a_base + p * P.plane_len;
+    let a0 = P.a_base + k.offset;
     var s = V(0.0);
     switch (P.mode) {
         case 0u: {
-            for (var e = start; e < end; e++) {
+            for (var e = k.start; e < k.end; e++) {
                 s += va[a0 + e];
             }
         }
         case 1u: {
-            let m = V(stats[P.stat_base + c]);
-            for (var e = start; e < end; e++) {
+            let m = V(stats[P.stat_base + k.channel]);
+            for (var e = k.start; e < k.end; e++) {
                 let d = va[a0 + e] - m;
                 s += d * d;
             }
         }
         default: {
-            for (var e = start; e < end; e++) {
+            for (var e = k.start; e < k.end; e++) {
                 let v = va[a0 + e];
                 s += v * v;
             }
         }
     }
-    dst[P.out_base + p * P.chunks + k.index] = total(s);
+    dst[P.out_base + k.plane * P.chunks + k.index] = total(s);
 }
 
 // Batch norm's backward sums in one pass, as plane_sums lays them out:
@@ -119,32 +118,28 @@ fn bn_grad_sums(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
     if (k.plane >= P.planes) {
         return;
     }
-    let p = k.plane;
-    let c = (P.c_first + p) % P.c_total;
-    let start = k.start;
-    let end = k.end;
-    let a0 = P.a_base + p * P.plane_len;
-    let b0 = P.b_base + p * P.plane_len;
-    let c0 = P.c_base + p * P.plane_len;
-    let m = V(stats[P.stat_base + c]);
+    let a0 = P.a_base + k.offset;
+    let b0 = P.b_base + k.offset;
+    let c0 = P.c_base + k.offset;
+    let m = V(stats[P.stat_base + k.channel]);
     var sd = V(0.0);
     var sx = V(0.0);
     if ((P.flags & 2u) != 0u) {
-        for (var e = start; e < end; e++) {
+        for (var e = k.start; e < k.end; e++) {
             let d = masked(va[a0 + e], vb[b0 + e]);
             sd += d;
             sx += d * (vc[c0 + e] - m);
         }
     } else {
-        for (var e = start; e < end; e++) {
+        for (var e = k.start; e < k.end; e++) {
             let d = va[a0 + e];
             sd += d;
             sx += d * (vc[c0 + e] - m);
         }
     }
-    let o = P.out_base + p * P.chunks + k.index;
+    let o = P.out_base + k.plane * P.chunks + k.index;
     dst[o] = total(sd);
-    dst2[o] = total(sx) * stats[P.stat_base + P.c_total + c];
+    dst2[o] = total(sx) * stats[P.stat_base + P.c_total + k.channel];
 }
 
 // dst[out_base + c] = (dst if accumulate) + scale * sum_{n, r}

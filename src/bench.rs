@@ -274,7 +274,28 @@ fn cases<'a>(gpu: &'a Gpu, s: Shape, t: &'a Inputs, filter: &str) -> Vec<Case<'a
         case("batchnorm bwd", bytes(7.0), gb, move || {
             let (_, stats) = batchnorm::batchnorm_train(gpu, &t.x, &t.bn(), None)?;
             batchnorm::batchnorm_backward(
-                gpu, &t.x, &t.dy, &t.ones, &stats, &t.dgamma, &t.dbeta, false,
+                gpu, &t.x, &t.dy, None, &t.ones, &stats, &t.dgamma, &t.dbeta, false,
+            )
+            .map(drop)
+        }),
+        case("batchnorm+relu train fwd", bytes(4.0), gb, move || {
+            let then = batchnorm::Then::Relu;
+            batchnorm::batchnorm_train_then(gpu, &t.x, &t.bn(), None, then).map(drop)
+        }),
+        // Its forward (4 tensors), the sums (dy, y, x), then dx from x, dy, y.
+        case("batchnorm+relu bwd", bytes(11.0), gb, move || {
+            let then = batchnorm::Then::Relu;
+            let out = batchnorm::batchnorm_train_then(gpu, &t.x, &t.bn(), None, then)?;
+            batchnorm::batchnorm_backward(
+                gpu,
+                &t.x,
+                &t.dy,
+                Some(&out.y),
+                &t.ones,
+                &out.stats,
+                &t.dgamma,
+                &t.dbeta,
+                false,
             )
             .map(drop)
         }),

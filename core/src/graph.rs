@@ -78,12 +78,7 @@ impl BnGrad {
             dbeta,
             stats,
         } = self;
-        match relu_out {
-            None => batchnorm::batchnorm_backward(gpu, x, dy, gamma, stats, dgamma, dbeta, true),
-            Some(r) => {
-                batchnorm::batchnorm_relu_backward(gpu, x, r, dy, gamma, stats, dgamma, dbeta, true)
-            }
-        }
+        batchnorm::batchnorm_backward(gpu, x, dy, relu_out, gamma, stats, dgamma, dbeta, true)
     }
 }
 

@@ -228,7 +228,7 @@ async fn check_batchnorm(gpu: &Gpu, (n, c, h, w): (usize, usize, usize, usize)) 
     let dy64 = to64(&dy);
     let dyt = up(gpu, &[n, c, h, w], &dy);
     let (dgt, dbt) = (gpu.empty(&[c]).unwrap(), gpu.empty(&[c]).unwrap());
-    let dxt = batchnorm::batchnorm_backward(gpu, &xt, &dyt, &gt, &stats, &dgt, &dbt, false);
+    let dxt = batchnorm::batchnorm_backward(gpu, &xt, &dyt, None, &gt, &stats, &dgt, &dbt, false);
     let dx = read(gpu, &dxt.unwrap()).await;
     let (wdx, wdg, wdb) = batchnorm::cpu::batchnorm_backward(&x64, &dy64, (n, c, hw), &g64);
     assert_close(&format!("{tag} dx"), &dx, &wdx, 1e-4, 1e-3);
@@ -324,11 +324,11 @@ async fn check_fused_batchnorm(gpu: &Gpu, (n, c, h, w): (usize, usize, usize, us
     assert_close(&format!("{tag} keep: bn"), &pre, &bn, 1e-4, 1e-4);
 
     let (dgt, dbt) = (stale(gpu, &[c]), stale(gpu, &[c]));
-    let dxt = batchnorm::batchnorm_relu_backward(
+    let dxt = batchnorm::batchnorm_backward(
         gpu,
         &xt,
-        &relu.y,
         &dyt,
+        Some(&relu.y),
         &gt,
         &relu.stats,
         &dgt,

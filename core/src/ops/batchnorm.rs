@@ -255,76 +255,29 @@ pub fn batchnorm_infer(gpu: &Gpu, x: &Tensor, p: &BnParams) -> Result<Tensor> {
 
 /// Backward of `batchnorm_train`: returns dx and adds (or writes, when not
 /// `accumulate`) the gradients of gamma and beta into `dgamma`, `dbeta`.
+/// Given `relu_out`, the output y of `batchnorm_train_then(.., Then::Relu)`,
+/// dy is y's gradient and the ReLU's backward runs in the same passes.
 #[allow(clippy::too_many_arguments)]
 pub fn batchnorm_backward(
     gpu: &Gpu,
     x: &Tensor,
     dy: &Tensor,
-    gamma: &Tensor,
-    stats: &Tensor,
-    dgamma: &Tensor,
-    dbeta: &Tensor,
-    accumulate: bool,
-) -> Result<Tensor> {
-    let grads = BnGrads {
-        gamma,
-        stats,
-        dgamma,
-        dbeta,
-        accumulate,
-    };
-    backward(gpu, x, dy, None, &grads)
-}
-
-/// Backward of `batchnorm_train_then(.., Then::Relu)` from the gradient of
-/// its output y (`relu_out`): the ReLU's backward in the same passes.
-#[allow(clippy::too_many_arguments)]
-pub fn batchnorm_relu_backward(
-    gpu: &Gpu,
-    x: &Tensor,
-    relu_out: &Tensor,
-    dy: &Tensor,
-    gamma: &Tensor,
-    stats: &Tensor,
-    dgamma: &Tensor,
-    dbeta: &Tensor,
-    accumulate: bool,
-) -> Result<Tensor> {
-    let grads = BnGrads {
-        gamma,
-        stats,
-        dgamma,
-        dbeta,
-        accumulate,
-    };
-    backward(gpu, x, dy, Some(relu_out), &grads)
-}
-
-/// The per-channel tensors of a backward pass.
-struct BnGrads<'a> {
-    gamma: &'a Tensor,
-    stats: &'a Tensor,
-    dgamma: &'a Tensor,
-    dbeta: &'a Tensor,
-    accumulate: bool,
-}
-
-fn backward(
-    gpu: &Gpu,
-    x: &Tensor,
-    dy: &Tensor,
     relu_out: Option<&Tensor>,
-    g: &BnGrads,
+    gamma: &Tensor,
+    stats: &Tensor,
+    dgamma: &Tensor,
+    dbeta: &Tensor,
+    accumulate: bool,
 ) -> Result<Tensor> {
     const OP: &str = "batchnorm_backward";
     check_rank(OP, "input", x, 4)?;
     let (n, c, _, _) = x.nchw();
     if dy.shape() != x.shape()
         || relu_out.is_some_and(|r| r.shape() != x.shape())
-        || g.stats.shape() != [2, c]
-        || g.gamma.shape() != [c]
-        || g.dgamma.shape() != [c]
-        || g.dbeta.shape() != [c]
+        || stats.shape() != [2, c]
+        || gamma.shape() != [c]
+        || dgamma.shape() != [c]
+        || dbeta.shape() != [c]
     {
         return shape_err(
             OP,
@@ -333,22 +286,22 @@ fn backward(
                 x.shape(),
                 dy.shape(),
                 relu_out.map(|r| r.shape()),
-                g.gamma.shape(),
-                g.stats.shape(),
-                g.dgamma.shape(),
-                g.dbeta.shape()
+                gamma.shape(),
+                stats.shape(),
+                dgamma.shape(),
+                dbeta.shape()
             ),
         );
     }
     // sums = [sum d * xhat, sum d] per channel: this batch's dgamma, dbeta.
     let sums = gpu.empty(&[2, c])?;
-    let (pb, pg, chunks) = bn_grad_partials(gpu, OP, dy, relu_out, x, g.stats)?;
-    for (part, offset, grad) in [(&pg, 0, g.dgamma), (&pb, c, g.dbeta)] {
+    let (pb, pg, chunks) = bn_grad_partials(gpu, OP, dy, relu_out, x, stats)?;
+    for (part, offset, grad) in [(&pg, 0, dgamma), (&pb, c, dbeta)] {
         combine(gpu, part, (n, c, chunks), 1.0, &sums, offset, false)?;
-        combine(gpu, part, (n, c, chunks), 1.0, grad, 0, g.accumulate)?;
+        combine(gpu, part, (n, c, chunks), 1.0, grad, 0, accumulate)?;
     }
     let dx = gpu.empty(x.shape())?;
-    let chans = [(2, g.stats), (3, g.gamma), (7, &sums)];
+    let chans = [(2, stats), (3, gamma), (7, &sums)];
     match relu_out {
         None => per_plane(
             gpu,

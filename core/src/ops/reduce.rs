@@ -79,7 +79,14 @@ pub fn plane_partials(
     };
     let plan = SumPlan::new(gpu, op, shape, total)?;
     let partials = gpu.empty(&[shape.0 * plan.chunks])?;
-    plan.dispatch(gpu, op, &PLANE_SUMS, &sources, mode as u32, &[&partials])?;
+    plan.dispatch(
+        gpu,
+        op,
+        &PLANE_SUMS,
+        &sources,
+        (mode as u32, 0),
+        &[&partials],
+    )?;
     Ok((partials, plan.chunks))
 }
 
@@ -111,7 +118,7 @@ pub(crate) fn bn_grad_partials(
         op,
         &BN_GRAD_SUMS,
         &sources,
-        flags,
+        (0, flags),
         &[&sums, &sums_xhat],
     )?;
     Ok((sums, sums_xhat, plan.chunks))
@@ -179,7 +186,7 @@ impl SumPlan {
         op: &'static str,
         k: &Kernel,
         src: &Sources,
-        mode_or_flags: u32,
+        (mode, flags): (u32, u32),
         outs: &[&Tensor],
     ) -> Result<()> {
         let (plane_len, chunks, lanes) = (self.plane_len, self.chunks, self.lanes);
@@ -208,8 +215,8 @@ impl SumPlan {
                 plane_len: (plane_len / lanes) as u32,
                 chunks: chunks as u32,
                 chunk_len: chunk_len as u32,
-                mode: mode_or_flags,
-                flags: mode_or_flags,
+                mode,
+                flags,
                 c_total: self.c_total as u32,
                 c_first: (p0 % self.c_total) as u32,
                 a_base: ab / lanes as u32,
