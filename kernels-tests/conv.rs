@@ -370,3 +370,84 @@ fn conv_is_deterministic() {
             .all(|(p, q)| p.to_bits() == q.to_bits())
     );
 }
+
+/// The residual join `relu(conv(x) + skip)`, added in the convolution's
+/// store and as a separate pass, against the f64 reference on odd shapes
+/// (dilation 2 as in the network's last block), natively and under the
+/// 4 KiB binding limit (where the store join accumulates over channel
+/// groups, in another order), NaN in the skip included; without channel
+/// groups the two joins must be bit-identical.
+#[test]
+fn conv_add_relu_joins_agree_with_the_reference() {
+    use conv::Join;
+    for (gpu, same_order) in [(gpu(), true), (tiny_gpu(), false)] {
+        for (n, c, o, h, w, d) in [(2, 5, 7, 9, 37, 1), (1, 19, 17, 11, 13, 2)] {
+            let tag = format!("join n{n} c{c} o{o} {h}x{w} d{d}");
+            let (oh, ow, g) = conv_geom(h, w, 3, 1, d);
+            let (x, wt, b) = (
+                rand_vec(11, n * c * h * w),
+                rand_vec(12, o * c * 9),
+                rand_vec(13, o),
+            );
+            let mut skip = rand_vec(14, n * o * oh * ow);
+            skip[3] = f32::NAN;
+            let conv_ref = cpu::conv2d(
+                &to64(&x),
+                (n, c, h, w),
+                &to64(&wt),
+                &to64(&b),
+                o,
+                g,
+                (oh, ow),
+            );
+            let want: Vec<f64> = conv_ref
+                .iter()
+                .zip(&skip)
+                .map(|(v, s)| (v + *s as f64).max(0.0))
+                .collect();
+            let (xt, wtt, bt) = (
+                up(gpu, &[n, c, h, w], &x),
+                up(gpu, &[o, c, 3, 3], &wt),
+                up(gpu, &[o], &b),
+            );
+            let run = |join| {
+                let st = up(gpu, &[n, o, oh, ow], &skip);
+                read(
+                    gpu,
+                    &conv::conv2d_add_relu_with(gpu, &xt, &wtt, &bt, st, 1, d, join).unwrap(),
+                )
+            };
+            let (fused, separate) = (run(Join::InStore), run(Join::Separate));
+            assert!(fused[3].is_nan() && separate[3].is_nan(), "{tag}: NaN skip");
+            let finite = |v: &[f32]| -> Vec<f32> {
+                v.iter()
+                    .map(|x| if x.is_nan() { 0.0 } else { *x })
+                    .collect()
+            };
+            let mut want = want;
+            want[3] = 0.0;
+            assert_close(
+                &format!("{tag} in store"),
+                &finite(&fused),
+                &want,
+                ATOL,
+                RTOL,
+            );
+            assert_close(
+                &format!("{tag} separate"),
+                &finite(&separate),
+                &want,
+                ATOL,
+                RTOL,
+            );
+            assert!(
+                !same_order
+                    || fused
+                        .iter()
+                        .zip(&separate)
+                        .all(|(p, q)| p.to_bits() == q.to_bits()),
+                "{tag}: the joins differ"
+            );
+        }
+    }
+}

@@ -110,6 +110,9 @@ wgsl_params! {
         w_base, w_cstride, o4_stride,
         o_count, b_base,
         y_base, y_nstride, y_cstride, y_w,
+        /// The f32 bits below which a stored value becomes 0: 0.0 for a
+        /// fused ReLU, -inf for none (no value is below it, NaN stays).
+        relu_floor,
     }
 }
 
@@ -125,7 +128,6 @@ pub(crate) struct DirectSpec {
     pub tile: Tile,
     pub bias: bool,
     pub accumulate: bool,
-    pub relu: bool,
     /// Input rows and planes start at multiples of 4 elements: rows are
     /// read as aligned vec4s (on lavapipe a vec4 load costs about half of
     /// four scalar loads).
@@ -135,7 +137,7 @@ pub(crate) struct DirectSpec {
 impl DirectSpec {
     pub fn key(&self) -> String {
         format!(
-            "direct k{}x{} s{} d{} os{} {} b{} a{} r{} v{}",
+            "direct k{}x{} s{} d{} os{} {} b{} a{} v{}",
             self.kh,
             self.kw,
             self.s,
@@ -144,7 +146,6 @@ impl DirectSpec {
             self.tile.name(),
             self.bias as u8,
             self.accumulate as u8,
-            self.relu as u8,
             self.vec as u8
         )
     }
@@ -284,14 +285,18 @@ impl DirectSpec {
     }
 
     /// Bias, accumulation and ReLU (NaN-preserving, as PyTorch's) applied
-    /// once per output element at the store.
+    /// once per output element at the store. The ReLU is a run-time floor,
+    /// not a baked flag: one kernel serves layers with and without it (on
+    /// lavapipe each distinct kernel costs 1-5 s of LLVM at its first
+    /// dispatch, and the select costs the same either way).
     fn write_store(&self, w: &mut String) {
         let Tile { tp, to, .. } = self.tile;
         let os = self.ostep;
         let _ = writeln!(
             w,
             "    let yb = P.y_base + n * P.y_nstride + i * {os}u * P.y_w + j0 * {os}u;\n\
-             \x20   let ob = wid.y * {to}u;"
+             \x20   let ob = wid.y * {to}u;\n\
+             \x20   let floor = bitcast<f32>(P.relu_floor);"
         );
         for k in 0..to {
             let (u, lane) = (k / 4, LANE[k % 4]);
@@ -314,9 +319,7 @@ impl DirectSpec {
                 if self.accumulate {
                     let _ = write!(w, " v += Y[yo + {at}u];");
                 }
-                if self.relu {
-                    w.push_str(" v = select(v, 0.0, v < 0.0);");
-                }
+                w.push_str(" v = select(v, 0.0, v < floor);");
                 let _ = writeln!(w, " Y[yo + {at}u] = v; }}");
             }
             w.push_str("    }\n");
@@ -487,7 +490,6 @@ pub(crate) fn run(gpu: &Gpu, j: &DirectJob, tile: Tile) -> Result<()> {
                     tile,
                     bias: j.bias.is_some() && first,
                     accumulate: j.accumulate || !first,
-                    relu: j.relu && last,
                     vec,
                 };
                 // An unused binding is not in the generated layout.
@@ -517,6 +519,12 @@ pub(crate) fn run(gpu: &Gpu, j: &DirectJob, tile: Tile) -> Result<()> {
                     y_nstride: y_img as u32,
                     y_cstride: (yh * yw) as u32,
                     y_w: yw as u32,
+                    relu_floor: if j.relu && last {
+                        0.0f32
+                    } else {
+                        f32::NEG_INFINITY
+                    }
+                    .to_bits(),
                 };
                 let pipeline = gpu.pipeline_for(spec.key(), || spec.source(), "main");
                 let groups = (nb * j.out_h * col_groups).div_ceil(tile.wg) as u64;
@@ -563,7 +571,6 @@ pub(crate) fn sample_sources() -> Vec<(String, String)> {
                 tile,
                 bias: i % 2 == 0,
                 accumulate: i % 3 == 0,
-                relu: i % 4 < 2,
                 vec: i % 3 != 1,
             };
             out.push((spec.key(), spec.source()));

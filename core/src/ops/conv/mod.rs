@@ -20,7 +20,7 @@ mod wgrad;
 pub use direct::Tile;
 pub use wgrad::GemmTile;
 
-use super::{check_rank, same_padding};
+use super::{check_rank, elementwise, same_padding};
 use crate::error::{Result, shape_err};
 use crate::gpu::{Gpu, Tensor, TuneMode};
 use direct::DirectJob;
@@ -634,8 +634,32 @@ pub fn conv2d_with(
     Ok(y)
 }
 
-/// `relu(conv2d(x) + skip)` with the add and the ReLU in the convolution's
-/// store, written over `skip`'s buffer (the residual join of inference).
+/// Where `conv2d_add_relu` adds the skip.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Join {
+    /// In the convolution's store, over the skip's buffer: one pass.
+    InStore,
+    /// A separate `add_relu` pass after the plain convolution.
+    Separate,
+}
+
+impl Join {
+    /// `Separate` on CPU adapters, `InStore` elsewhere. On lavapipe a
+    /// kernel that also loads its output compiles about twice as long (3x3
+    /// with a 16x16 tile: 4 s of LLVM plain, 7-11 s accumulating), a first
+    /// run is mostly compiles, and the plain convolution is the kernel the
+    /// block's first layer has already compiled; the extra pass is small.
+    pub fn rule(gpu: &Gpu) -> Join {
+        if gpu.is_cpu() {
+            Join::Separate
+        } else {
+            Join::InStore
+        }
+    }
+}
+
+/// `relu(conv2d(x) + skip)`, the residual join of inference, joined as
+/// `Join::rule` says.
 pub fn conv2d_add_relu(
     gpu: &Gpu,
     x: &Tensor,
@@ -644,6 +668,24 @@ pub fn conv2d_add_relu(
     skip: Tensor,
     stride: usize,
     dil: usize,
+) -> Result<Tensor> {
+    conv2d_add_relu_with(gpu, x, w, b, skip, stride, dil, Join::rule(gpu))
+}
+
+/// `conv2d_add_relu` joined as given. Both joins do the same operations in
+/// the same order, so their results are bit-identical, unless the input
+/// channels are split into groups to fit a binding (then the store join
+/// adds the skip after the first group's sum).
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_add_relu_with(
+    gpu: &Gpu,
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    skip: Tensor,
+    stride: usize,
+    dil: usize,
+    join: Join,
 ) -> Result<Tensor> {
     const OP: &str = "conv2d";
     check_conv_args(OP, x, w, Some(b), false)?;
@@ -654,6 +696,10 @@ pub fn conv2d_add_relu(
             OP,
             format!("skip {:?} does not match the conv's output", skip.shape()),
         );
+    }
+    if join == Join::Separate {
+        let y = conv2d_with(gpu, x, w, Some(b), stride, dil, false, None)?;
+        return elementwise::add_relu(gpu, &y, &skip);
     }
     let y = if skip.is_shared() {
         let y = gpu.empty(skip.shape())?;
