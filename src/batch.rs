@@ -327,13 +327,13 @@ pub fn run_one(
     };
     let spacing = predictor.input_spacing(declared, opts.pixel_spacing);
     let result = (|| -> anyhow::Result<Row> {
-        let prob = pollster::block_on(predictor.probability_map(
+        let prob = crate::infer::predictor_map(
             gpu,
+            predictor,
             &scan,
-            declared,
-            opts.pixel_spacing,
+            (declared, opts.pixel_spacing),
             &opts.tiles,
-        ))
+        )
         .with_context(|| format!("inference on {}x{}", scan.width, scan.height))?;
         let stem = out.join(&input.stem);
         // Without any spacing the candidates' distance is in pixels.

@@ -9,6 +9,7 @@ use crate::data::read::read_gray8;
 use crate::gpu::Gpu;
 use crate::lesions::Candidate;
 use crate::model::Model;
+use crate::predictor::Predictor;
 use anyhow::Context;
 pub use engine_core::infer::{
     MARGIN, Spacings, TileOptions, draw_candidate, heat, overlay_rgb, scale_input,
@@ -50,6 +51,25 @@ pub fn probability_map_at(
     pollster::block_on(engine_core::infer::probability_map_at(
         gpu, model, scan, spacings, tiles,
     ))
+}
+
+/// The predictor's probability map of one scan (`Predictor::probability_map`),
+/// its new kernels compiled in the background meanwhile where that helps
+/// (`crate::prewarm`). `declared`: the spacing the scan's file declares;
+/// `flag`: `--pixel-spacing`.
+pub fn predictor_map(
+    gpu: &Gpu,
+    predictor: &Predictor,
+    scan: &Gray8,
+    (declared, flag): (Option<f64>, Option<f64>),
+    tiles: &TileOptions,
+) -> anyhow::Result<Vec<f32>> {
+    if crate::prewarm::useful(gpu) {
+        let size = (scan.width, scan.height);
+        let kernels = predictor.kernels_for(gpu, size, (declared, flag), tiles)?;
+        crate::prewarm::start(gpu, kernels);
+    }
+    pollster::block_on(predictor.probability_map(gpu, scan, declared, flag, tiles))
 }
 
 /// The written files of one input.

@@ -15,6 +15,7 @@ pub mod error;
 pub mod eval;
 pub mod fsio;
 pub mod infer;
+pub mod prewarm;
 pub mod run_folder;
 pub mod shard;
 pub mod train;

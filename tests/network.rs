@@ -336,3 +336,49 @@ fn a_tensor_name_the_model_lacks_is_an_error_naming_it() {
     let e = model.get("fc_2.weight").err().unwrap().to_string();
     assert!(e.contains("'fc_2.weight'"), "{e}");
 }
+
+#[test]
+fn a_dry_run_lists_the_kernels_a_forward_needs_and_computes_nothing() {
+    // A device of its own: its pipeline cache starts empty.
+    let gpu = &engine::Gpu::new(None).unwrap();
+    let cfg = ModelConfig {
+        width: 0.125,
+        resize: Mode::Bilinear,
+    };
+    let model = Model::new(gpu, cfg, 3).unwrap();
+    let (h, w) = (64, 96);
+    let listed = engine_core::infer::kernels_for(gpu, &model, &[(h, w)]).unwrap();
+    assert!(listed.len() >= 5, "{} kernels", listed.len());
+    let mut keys: Vec<_> = listed.iter().map(|k| k.key.clone()).collect();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), listed.len(), "a kernel listed twice");
+    assert!(
+        listed
+            .iter()
+            .all(|k| !k.params.is_empty() && k.wgsl.contains(&k.entry))
+    );
+    // Nothing was dispatched: a tensor an in-place op would change is
+    // unchanged after its dry run.
+    let y = gpu.upload(&[5], &[7.0; 5]).unwrap();
+    let a = gpu.upload(&[5], &[1.0; 5]).unwrap();
+    gpu.begin_dry_run();
+    engine::ops::elementwise::axpy(gpu, 2.0, &a, &y).unwrap();
+    gpu.end_dry_run();
+    assert_eq!(gpu.read(&y).unwrap(), vec![7.0; 5]);
+    // The real forward creates no kernel the dry run missed, and gives the
+    // maps of a device that never ran a dry run.
+    let x: Vec<f32> = (0..h * w)
+        .map(|i| ((i * 7919) % 255) as f32 / 255.0 - 0.5)
+        .collect();
+    let got = engine::infer::predict(gpu, &model, &x, 1, h, w).unwrap();
+    assert!(
+        engine_core::infer::kernels_for(gpu, &model, &[(h, w)])
+            .unwrap()
+            .is_empty()
+    );
+    let other = support::gpu();
+    let model2 = Model::new(other, cfg, 3).unwrap();
+    let want = engine::infer::predict(other, &model2, &x, 1, h, w).unwrap();
+    assert_eq!(got, want);
+}

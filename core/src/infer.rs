@@ -9,7 +9,7 @@
 //! offset is a multiple of 32 sees the same sampling grid as the whole scan.
 //! Scans larger than `TileOptions::max_pixels` run as overlapping tiles;
 //! each tile keeps only its core, `margin` pixels away from its borders.
-use crate::gpu::Gpu;
+use crate::gpu::{Gpu, KernelSource, Tensor};
 use crate::graph::Graph;
 use crate::image::Gray8;
 use crate::lesions::Candidate;
@@ -33,6 +33,12 @@ pub async fn predict(
     w: usize,
 ) -> anyhow::Result<Vec<f32>> {
     let x = gpu.upload(&[n, 1, h, w], images)?;
+    let p = probabilities(gpu, model, x)?;
+    Ok(gpu.read_async(&p).await?)
+}
+
+/// The network's probabilities for `x`, in inference mode, on the GPU.
+fn probabilities(gpu: &Gpu, model: &Model, x: Tensor) -> anyhow::Result<Tensor> {
     let logits = if gpu.variants().baseline() {
         // The first-generation path: the tape in eval mode, nothing fused.
         let mut g = Graph::new(gpu, false);
@@ -42,8 +48,24 @@ pub async fn predict(
     } else {
         model.forward_folded(gpu, x)?
     };
-    let p = elementwise::sigmoid(gpu, &logits)?;
-    Ok(gpu.read_async(&p).await?)
+    Ok(elementwise::sigmoid(gpu, &logits)?)
+}
+
+/// The kernels that running `model` on inputs of these sizes (height,
+/// width) would create and that `gpu` has not created yet, found by a dry
+/// run (`Gpu::begin_dry_run`): nothing is computed.
+pub fn kernels_for(
+    gpu: &Gpu,
+    model: &Model,
+    sizes: &[(usize, usize)],
+) -> anyhow::Result<Vec<KernelSource>> {
+    gpu.begin_dry_run();
+    let run = sizes.iter().try_for_each(|&(h, w)| -> anyhow::Result<()> {
+        probabilities(gpu, model, gpu.empty(&[1, 1, h, w])?)?;
+        Ok(())
+    });
+    let kernels = gpu.end_dry_run();
+    run.map(|_| kernels)
 }
 
 /// How a scan is split into tiles.
@@ -95,10 +117,10 @@ pub async fn probability_map_at(
     spacings: Option<Spacings>,
     tiles: &TileOptions,
 ) -> anyhow::Result<Vec<f32>> {
-    let Some(s) = spacings.filter(|s| (s.input_mm / s.model_mm - 1.0).abs() > 1e-3) else {
+    let (w, h) = (scan.width, scan.height);
+    let Some(s) = resampled(spacings) else {
         return probability_map(gpu, model, scan, tiles).await;
     };
-    let (w, h) = (scan.width, scan.height);
     let (w2, h2) = size_at_spacing(w, h, s.input_mm, s.model_mm);
     let grey = resample(
         &scan.pixels,
@@ -116,6 +138,21 @@ pub async fn probability_map_at(
         (w, h),
         Edge::Clamp,
     ))
+}
+
+/// The spacings when the scan must be resampled (they differ by more than
+/// 0.1%), else None: the scan runs at its own pixels.
+fn resampled(spacings: Option<Spacings>) -> Option<Spacings> {
+    spacings.filter(|s| (s.input_mm / s.model_mm - 1.0).abs() > 1e-3)
+}
+
+/// The size (width, height) at which `probability_map_at` runs a scan of
+/// `(w, h)` pixels.
+pub fn size_at_model((w, h): (usize, usize), spacings: Option<Spacings>) -> (usize, usize) {
+    match resampled(spacings) {
+        Some(s) => size_at_spacing(w, h, s.input_mm, s.model_mm),
+        None => (w, h),
+    }
 }
 
 /// The probability map of an input already scaled as the network expects.
@@ -136,24 +173,18 @@ async fn map_scaled(
     let full = if hp * wp <= tiles.max_pixels {
         predict(gpu, model, &x, 1, hp, wp).await?
     } else {
-        let core = tiles.tile.max(1).next_multiple_of(ALIGN);
-        let margin = tiles.margin.next_multiple_of(ALIGN);
         let mut out = vec![0.0f32; hp * wp];
-        for y0 in (0..hp).step_by(core) {
-            for x0 in (0..wp).step_by(core) {
-                let (y1, x1) = ((y0 + core).min(hp), (x0 + core).min(wp));
-                let (ty0, tx0) = (y0.saturating_sub(margin), x0.saturating_sub(margin));
-                let (ty1, tx1) = ((y1 + margin).min(hp), (x1 + margin).min(wp));
-                let (th, tw) = (ty1 - ty0, tx1 - tx0);
-                let mut tile = Vec::with_capacity(th * tw);
-                for r in ty0..ty1 {
-                    tile.extend_from_slice(&x[r * wp + tx0..r * wp + tx1]);
-                }
-                let p = predict(gpu, model, &tile, 1, th, tw).await?;
-                for r in y0..y1 {
-                    let src = (r - ty0) * tw + (x0 - tx0);
-                    out[r * wp + x0..r * wp + x1].copy_from_slice(&p[src..src + (x1 - x0)]);
-                }
+        for t in scan_tiles(hp, wp, tiles) {
+            let ([y0, y1, x0, x1], [ty0, ty1, tx0, tx1]) = (t.core, t.context);
+            let (th, tw) = (ty1 - ty0, tx1 - tx0);
+            let mut tile = Vec::with_capacity(th * tw);
+            for r in ty0..ty1 {
+                tile.extend_from_slice(&x[r * wp + tx0..r * wp + tx1]);
+            }
+            let p = predict(gpu, model, &tile, 1, th, tw).await?;
+            for r in y0..y1 {
+                let src = (r - ty0) * tw + (x0 - tx0);
+                out[r * wp + x0..r * wp + x1].copy_from_slice(&p[src..src + (x1 - x0)]);
             }
         }
         out
@@ -163,6 +194,47 @@ async fn map_scaled(
         .take(h)
         .flat_map(|row| row[..w].iter().copied())
         .collect())
+}
+
+/// One tile of a scan too large to run whole: its kept core and the
+/// context it runs with, each `[row0, row1, col0, col1]` of the padded scan.
+struct ScanTile {
+    core: [usize; 4],
+    context: [usize; 4],
+}
+
+fn scan_tiles(hp: usize, wp: usize, tiles: &TileOptions) -> Vec<ScanTile> {
+    let core = tiles.tile.max(1).next_multiple_of(ALIGN);
+    let margin = tiles.margin.next_multiple_of(ALIGN);
+    let mut out = Vec::new();
+    for y0 in (0..hp).step_by(core) {
+        for x0 in (0..wp).step_by(core) {
+            let (y1, x1) = ((y0 + core).min(hp), (x0 + core).min(wp));
+            let (ty0, tx0) = (y0.saturating_sub(margin), x0.saturating_sub(margin));
+            let (ty1, tx1) = ((y1 + margin).min(hp), (x1 + margin).min(wp));
+            out.push(ScanTile {
+                core: [y0, y1, x0, x1],
+                context: [ty0, ty1, tx0, tx1],
+            });
+        }
+    }
+    out
+}
+
+/// The network input sizes (height, width) that `map_scaled` runs for a
+/// scaled scan of `(w, h)` pixels: the padded scan, or its tiles.
+pub fn network_inputs((w, h): (usize, usize), tiles: &TileOptions) -> Vec<(usize, usize)> {
+    let (hp, wp) = (h.next_multiple_of(ALIGN), w.next_multiple_of(ALIGN));
+    if hp * wp <= tiles.max_pixels {
+        return vec![(hp, wp)];
+    }
+    let mut sizes: Vec<_> = scan_tiles(hp, wp, tiles)
+        .iter()
+        .map(|t| (t.context[1] - t.context[0], t.context[3] - t.context[2]))
+        .collect();
+    sizes.sort_unstable();
+    sizes.dedup();
+    sizes
 }
 
 /// Fewest pixels above the threshold that make an image predicted positive

@@ -9,9 +9,9 @@
 //! members trained at different spacings mix correctly. With test-time
 //! augmentation (`crate::tta`) every member also runs on each flipped or
 //! rotated view of the scan, and all the maps, turned back, are averaged.
-use crate::gpu::Gpu;
+use crate::gpu::{Gpu, KernelSource};
 use crate::image::Gray8;
-use crate::infer::{TileOptions, probability_map_at};
+use crate::infer::{self, TileOptions, probability_map_at};
 use crate::model::Model;
 use crate::spacing::{ModelSpacing, Origin};
 use crate::tta::Tta;
@@ -110,6 +110,28 @@ impl Predictor {
     ) -> anyhow::Result<Vec<f32>> {
         self.probability_map_with_progress(gpu, scan, (file_mm, flag_mm), tiles, &mut |_, _| {})
             .await
+    }
+
+    /// The kernels that [`Self::probability_map`] of a scan of `size`
+    /// (width, height) would create on `gpu` and has not yet: every
+    /// member's network inputs over the views, found by a dry run.
+    pub fn kernels_for(
+        &self,
+        gpu: &Gpu,
+        size: (usize, usize),
+        (file_mm, flag_mm): (Option<f64>, Option<f64>),
+        tiles: &TileOptions,
+    ) -> anyhow::Result<Vec<KernelSource>> {
+        let mut kernels = Vec::new();
+        for view in self.tta.views() {
+            for m in &self.members {
+                let spacings = m.spacing.map(|s| s.for_input(file_mm, flag_mm).0);
+                let at_model = infer::size_at_model(view.size(size), spacings);
+                let sizes = infer::network_inputs(at_model, tiles);
+                kernels.extend(infer::kernels_for(gpu, &m.model, &sizes)?);
+            }
+        }
+        Ok(kernels)
     }
 
     /// [`Self::probability_map`], calling `progress(done, total)` after each

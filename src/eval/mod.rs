@@ -279,13 +279,13 @@ impl Maps<'_> {
         match *self {
             Maps::Model { gpu, predictor } => {
                 let spacing = predictor.input_spacing(own, opts.pixel_spacing);
-                let prob = pollster::block_on(predictor.probability_map(
+                let prob = crate::infer::predictor_map(
                     gpu,
+                    predictor,
                     scan,
-                    own,
-                    opts.pixel_spacing,
+                    (own, opts.pixel_spacing),
                     &opts.tiles,
-                ))?;
+                )?;
                 let assumed = spacing.is_some_and(|s| s.origin == crate::spacing::Origin::Assumed);
                 Ok((prob, spacing.map(|s| s.input_mm).or(own), assumed))
             }

@@ -104,6 +104,27 @@ pub struct Gpu {
     profiler: Mutex<Option<profile::Profiler>>,
     /// The op whose dispatches are being recorded (profile label).
     scope: Mutex<Option<&'static str>>,
+    /// During a dry run (`begin_dry_run`): the kernels created so far, and
+    /// no dispatch is recorded.
+    dry_run: Mutex<Option<Vec<DryKernel>>>,
+}
+
+/// A kernel as a dry run met it: what another device needs to compile it.
+#[derive(Clone, Debug)]
+pub struct KernelSource {
+    pub key: String,
+    pub wgsl: String,
+    pub entry: String,
+    /// The parameters of its first dispatch. lavapipe specialises a
+    /// kernel to some of its uniform values when it compiles it, so a
+    /// compile ahead of time must see the values the run will use.
+    pub params: Vec<u32>,
+}
+
+struct DryKernel {
+    source: KernelSource,
+    pipeline: Arc<wgpu::ComputePipeline>,
+    dispatched: bool,
 }
 
 fn backends() -> wgpu::Backends {
@@ -286,6 +307,7 @@ impl Gpu {
             variants,
             profiler: Mutex::new(None),
             scope: Mutex::new(None),
+            dry_run: Mutex::new(None),
             pool: BufferPool::new(device.clone()),
             device,
             queue,
@@ -427,11 +449,13 @@ impl Gpu {
             let _ = self.wait();
         }
         let created = web_time::Instant::now();
+        let wgsl = source();
+        let dry_source = self.dry_run.lock().unwrap().is_some().then(|| wgsl.clone());
         let module = self
             .device
             .create_shader_module(wgpu::ShaderModuleDescriptor {
                 label: Some(&key),
-                source: wgpu::ShaderSource::Wgsl(source().into()),
+                source: wgpu::ShaderSource::Wgsl(wgsl.into()),
             });
         let pipeline = Arc::new(self.device.create_compute_pipeline(
             &wgpu::ComputePipelineDescriptor {
@@ -446,8 +470,45 @@ impl Gpu {
         if let Some(t) = &self.traced {
             *t.lock().unwrap() = Some((key.clone(), created.elapsed().as_secs_f64()));
         }
+        if let (Some(wgsl), Some(dry)) = (dry_source, self.dry_run.lock().unwrap().as_mut()) {
+            dry.push(DryKernel {
+                source: KernelSource {
+                    key: key.clone(),
+                    wgsl,
+                    entry: entry.to_owned(),
+                    params: Vec::new(),
+                },
+                pipeline: pipeline.clone(),
+                dispatched: false,
+            });
+        }
         cache.insert(key, pipeline.clone());
         pipeline
+    }
+
+    /// Starts a dry run: ops plan, allocate and create their pipelines as
+    /// usual, but no dispatch is recorded (tensors keep whatever they
+    /// held), until `end_dry_run`. It lists the kernels a computation
+    /// needs without running it, so that another device can compile them
+    /// first (drivers such as lavapipe compile at the first dispatch).
+    pub fn begin_dry_run(&self) {
+        *self.dry_run.lock().unwrap() = Some(Vec::new());
+    }
+
+    /// Ends the dry run: the kernels it created and dispatched, in order
+    /// of creation (those created before it are not listed).
+    pub fn end_dry_run(&self) -> Vec<KernelSource> {
+        let kernels = self.dry_run.lock().unwrap().take().unwrap_or_default();
+        kernels
+            .into_iter()
+            .filter(|k| k.dispatched)
+            .map(|k| k.source)
+            .collect()
+    }
+
+    /// Whether `ENGINE_TRACE_PIPELINES` times each kernel's first dispatch.
+    pub fn traces_pipelines(&self) -> bool {
+        self.traced.is_some()
     }
 
     /// Prints the pipeline created last with its creation time and the
@@ -787,6 +848,16 @@ impl Gpu {
         groups: [u32; 3],
     ) {
         assert!(params.len() * 4 <= PARAM_SLOT as usize);
+        if let Some(dry) = self.dry_run.lock().unwrap().as_mut() {
+            let first = dry
+                .iter_mut()
+                .find(|k| !k.dispatched && std::ptr::eq(Arc::as_ptr(&k.pipeline), pipeline));
+            if let Some(k) = first {
+                k.source.params = params.to_vec();
+                k.dispatched = true;
+            }
+            return;
+        }
         let mut rec = self.rec.lock().unwrap();
         if rec.slots_used == PARAM_SLOTS {
             self.submit(&mut rec);

@@ -1,0 +1,153 @@
+//! Background compiles for a first run on a CPU adapter.
+//!
+//! lavapipe compiles each kernel with LLVM at its first dispatch, one at a
+//! time on its queue's thread, and keeps the result in Mesa's shader cache
+//! (`~/.cache/mesa_shader_cache`). A first run of a network therefore
+//! waits for 10-20 compiles of 1-5 s in a row while the other cores idle.
+//! Here a dry run lists the kernels a scan will need with the parameters
+//! of their first dispatch (`Predictor::kernels_for`; lavapipe specialises
+//! a kernel to some uniform values, so a compile with other parameters
+//! would not be the one the run needs). One of them is dispatched at once
+//! on the main device and timed: a cache hit means a warm cache, and
+//! nothing more is done. Otherwise a thread opens a second device on the
+//! same adapter and dispatches the others once each, last first, one
+//! workgroup on small zeroed buffers: what it compiles lands in the
+//! shader cache, where the main device's first dispatch finds it. The
+//! main run and the thread work from opposite ends of the list and meet
+//! in the middle; a kernel both reach is compiled twice, never waited for.
+//!
+//! Off where it cannot help: on GPUs (their drivers compile when the
+//! pipeline is created), when Mesa's shader cache is disabled
+//! (`MESA_SHADER_CACHE_DISABLE`), with `ENGINE_TRACE_PIPELINES` (which
+//! times each compile alone), and with `ENGINE_BACKGROUND_COMPILE=off`.
+use engine_core::gpu::{Gpu, KernelSource};
+use std::thread::JoinHandle;
+
+/// Turns the background compiles off when set to `off` (or `0`).
+pub const BACKGROUND_COMPILE_ENV: &str = "ENGINE_BACKGROUND_COMPILE";
+
+/// Whether background compiles can help on `gpu`.
+pub fn useful(gpu: &Gpu) -> bool {
+    let env_off = |name: &str| {
+        std::env::var(name).is_ok_and(|v| {
+            let v = v.to_lowercase();
+            matches!(v.as_str(), "off" | "0" | "false" | "no")
+        })
+    };
+    let cache_disabled = std::env::var("MESA_SHADER_CACHE_DISABLE")
+        .is_ok_and(|v| matches!(v.to_lowercase().as_str(), "1" | "true" | "yes"));
+    gpu.is_cpu() && !cache_disabled && !gpu.traces_pipelines() && !env_off(BACKGROUND_COMPILE_ENV)
+}
+
+/// A first dispatch slower than this compiled (a shader-cache hit takes
+/// milliseconds, an LLVM compile of a convolution 1-5 s).
+const COLD: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Compiles `kernels` (in the order a run meets them) ahead of the run:
+/// first one heavy kernel on `gpu` itself, timed, and if that compiled
+/// (the shader cache is cold) the rest on a second device, last first.
+/// None when nothing was started; the thread is not waited for (a process
+/// may end while it compiles). On a warm cache this costs one small
+/// dispatch, so warm runs keep their speed.
+pub fn start(gpu: &Gpu, mut kernels: Vec<KernelSource>) -> Option<JoinHandle<()>> {
+    if kernels.is_empty() || !useful(gpu) {
+        return None;
+    }
+    // The probe: the first kernel at least a quarter the length of the
+    // longest (a convolution, not an elementwise pass), which the run
+    // would compile first anyway.
+    let longest = kernels.iter().map(|k| k.wgsl.len()).max()?;
+    let probe = kernels.iter().position(|k| k.wgsl.len() * 4 >= longest)?;
+    let started = std::time::Instant::now();
+    compile(gpu, &kernels.remove(probe))?;
+    if started.elapsed() < COLD || kernels.is_empty() {
+        return None;
+    }
+    let adapter = gpu.info.name.clone();
+    std::thread::Builder::new()
+        .name("background compiles".into())
+        .spawn(move || {
+            // A failure here only loses the head start: the main run
+            // compiles whatever this thread did not.
+            let Ok(twin) = Gpu::new(Some(&adapter)) else {
+                return;
+            };
+            // Natively an uncaptured error panics; here it would only mean
+            // a kernel not compiled ahead.
+            twin.device
+                .on_uncaptured_error(std::sync::Arc::new(|_: wgpu::Error| {}));
+            for k in kernels.iter().rev() {
+                if compile(&twin, k).is_none() {
+                    return;
+                }
+            }
+        })
+        .ok()
+}
+
+/// One workgroup of `k` with its first dispatch's parameters on small
+/// zeroed buffers: reads and writes past them are clamped or dropped
+/// (wgpu's bounds checks), and the compile is the one the run will need.
+fn compile(gpu: &Gpu, k: &KernelSource) -> Option<()> {
+    let bindings = storage_bindings(&k.wgsl, &k.entry)?;
+    let pipeline = gpu.pipeline_for(k.key.clone(), || k.wgsl.clone(), &k.entry);
+    // One buffer per binding: a buffer may not be bound read-only and
+    // read-write in one dispatch.
+    let buffers = bindings
+        .iter()
+        .map(|_| gpu.zeros(&[64]).ok())
+        .collect::<Option<Vec<_>>>()?;
+    let windows: Vec<_> = buffers.iter().map(|t| gpu.window(t, 0, 64).0).collect();
+    let bound: Vec<_> = bindings.iter().copied().zip(windows.iter()).collect();
+    gpu.dispatch_grid(&pipeline, "background compile", &k.params, &bound, 1, 1);
+    gpu.flush();
+    gpu.wait().ok()
+}
+
+/// The storage bindings that `entry` of `wgsl` uses (wgpu's automatic
+/// layout holds only those).
+fn storage_bindings(wgsl: &str, entry: &str) -> Option<Vec<u32>> {
+    use naga::valid::{Capabilities, ValidationFlags, Validator};
+    let module = naga::front::wgsl::parse_str(wgsl).ok()?;
+    let info = Validator::new(ValidationFlags::all(), Capabilities::all())
+        .validate(&module)
+        .ok()?;
+    let index = module.entry_points.iter().position(|e| e.name == entry)?;
+    let uses = info.get_entry_point(index);
+    Some(
+        module
+            .global_variables
+            .iter()
+            .filter(|(h, v)| {
+                matches!(v.space, naga::AddressSpace::Storage { .. }) && !uses[*h].is_empty()
+            })
+            .filter_map(|(_, v)| v.binding.as_ref().map(|b| b.binding))
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::storage_bindings;
+
+    #[test]
+    fn storage_bindings_are_those_the_entry_point_uses() {
+        let wgsl = "struct Params { n: u32 }\n\
+            @group(0) @binding(0) var<uniform> P: Params;\n\
+            @group(0) @binding(1) var<storage, read> a: array<f32>;\n\
+            @group(0) @binding(2) var<storage, read> unused: array<f32>;\n\
+            @group(0) @binding(4) var<storage, read_write> y: array<vec4<f32>>;\n\
+            @compute @workgroup_size(8)\n\
+            fn main(@builtin(global_invocation_id) g: vec3<u32>) {\n\
+                if (g.x < P.n) { y[g.x] = vec4<f32>(a[g.x]); }\n\
+            }\n\
+            @compute @workgroup_size(8)\n\
+            fn other(@builtin(global_invocation_id) g: vec3<u32>) {\n\
+                if (g.x < P.n) { y[g.x] = vec4<f32>(unused[g.x]); }\n\
+            }\n";
+        assert_eq!(storage_bindings(wgsl, "main"), Some(vec![1, 4]));
+        assert_eq!(storage_bindings(wgsl, "other"), Some(vec![2, 4]));
+        assert_eq!(storage_bindings(wgsl, "missing"), None);
+        assert_eq!(storage_bindings("not wgsl", "main"), None);
+    }
+}
