@@ -18,9 +18,11 @@
 //!
 //! Off where it cannot help: on GPUs (their drivers compile when the
 //! pipeline is created), when Mesa's shader cache is disabled
-//! (`MESA_SHADER_CACHE_DISABLE`), with `ENGINE_TRACE_PIPELINES` (which
-//! times each compile alone), and with `ENGINE_BACKGROUND_COMPILE=off`.
-use engine_core::gpu::{Gpu, KernelSource};
+//! (`MESA_SHADER_CACHE_DISABLE`), with `ENGINE_TUNE=on` (the run times
+//! candidates a dry run cannot foresee), with `ENGINE_TRACE_PIPELINES`
+//! (which times each compile alone), and with
+//! `ENGINE_BACKGROUND_COMPILE=off`.
+use engine_core::gpu::{Gpu, KernelSource, TuneMode};
 use std::thread::JoinHandle;
 
 /// Turns the background compiles off when set to `off` (or `0`).
@@ -36,7 +38,13 @@ pub fn useful(gpu: &Gpu) -> bool {
     };
     let cache_disabled = std::env::var("MESA_SHADER_CACHE_DISABLE")
         .is_ok_and(|v| matches!(v.to_lowercase().as_str(), "1" | "true" | "yes"));
-    gpu.is_cpu() && !cache_disabled && !gpu.traces_pipelines() && !env_off(BACKGROUND_COMPILE_ENV)
+    // With tuning on, the run times candidates the dry run cannot foresee.
+    let tuning = gpu.variants().mode() == TuneMode::On;
+    gpu.is_cpu()
+        && !cache_disabled
+        && !tuning
+        && !gpu.traces_pipelines()
+        && !env_off(BACKGROUND_COMPILE_ENV)
 }
 
 /// A first dispatch slower than this compiled (a shader-cache hit takes

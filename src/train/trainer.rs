@@ -135,10 +135,51 @@ impl<'a> Trainer<'a> {
             quiet,
             _lock: lock,
         };
+        // Before the baseline's validation, so that the two overlap.
+        t.compile_ahead()?;
         if !resume {
             t.baseline()?;
         }
         Ok(t)
+    }
+
+    /// The kernels of a step at this epoch's crop size, compiled ahead on
+    /// a second device where that helps (`crate::prewarm`): a dry run of
+    /// one step on a zero batch lists them, and changes nothing (no
+    /// dispatch runs; the step counter is a copy).
+    fn compile_ahead(&self) -> anyhow::Result<()> {
+        if !crate::prewarm::useful(self.gpu) {
+            return Ok(());
+        }
+        let cfg = self.cfg;
+        let (n, size) = (cfg.batch, cfg.size_at(self.at.epoch));
+        let zeros = Batch {
+            n,
+            size,
+            images: vec![0.0; n * size * size],
+            masks: vec![0.0; n * size * size],
+            ids: Vec::new(),
+        };
+        let mut step = self.at.step;
+        let adam = optim::Adam::default();
+        let micro = cfg.batch / cfg.micro_batch;
+        self.gpu.begin_dry_run();
+        let lr = cfg.lr_at(self.at.epoch);
+        let dry = train_step(
+            self.gpu,
+            &self.model,
+            cfg,
+            &adam,
+            lr,
+            &mut step,
+            &zeros,
+            micro,
+            &self.l2_params,
+        );
+        let kernels = self.gpu.end_dry_run();
+        dry?;
+        crate::prewarm::start(self.gpu, kernels);
+        Ok(())
     }
 
     /// A new model, from the seed or from `--init`'s weights, before its
@@ -260,6 +301,13 @@ impl<'a> Trainer<'a> {
     /// Trains the current epoch's remaining batches; false when `stop`
     /// interrupted it (the checkpoint is written).
     fn epoch(&mut self, stop: &dyn Fn(u64) -> bool) -> anyhow::Result<bool> {
+        let epoch = self.at.epoch;
+        if epoch > 0
+            && self.at.batch_in_epoch == 0
+            && self.cfg.size_at(epoch) != self.cfg.size_at(epoch - 1)
+        {
+            self.compile_ahead()?;
+        }
         let loader = Loader::new(self.train.clone(), self.loader_config());
         let bar = self.progress_bar(loader.batches_per_epoch());
         self.gpu.pool().reset_peak();

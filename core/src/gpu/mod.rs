@@ -104,9 +104,15 @@ pub struct Gpu {
     profiler: Mutex<Option<profile::Profiler>>,
     /// The op whose dispatches are being recorded (profile label).
     scope: Mutex<Option<&'static str>>,
-    /// During a dry run (`begin_dry_run`): the kernels created so far, and
-    /// no dispatch is recorded.
-    dry_run: Mutex<Option<Vec<DryKernel>>>,
+    /// The threads in a dry run (`begin_dry_run`), each with the kernels
+    /// it has created so far; their dispatches are not recorded. Per
+    /// thread, so that other threads sharing the device (tests) run as
+    /// usual meanwhile.
+    dry_runs: Mutex<HashMap<std::thread::ThreadId, Vec<DryKernel>>>,
+}
+
+fn this_thread() -> std::thread::ThreadId {
+    std::thread::current().id()
 }
 
 /// A kernel as a dry run met it: what another device needs to compile it.
@@ -307,7 +313,7 @@ impl Gpu {
             variants,
             profiler: Mutex::new(None),
             scope: Mutex::new(None),
-            dry_run: Mutex::new(None),
+            dry_runs: Mutex::new(HashMap::new()),
             pool: BufferPool::new(device.clone()),
             device,
             queue,
@@ -450,7 +456,7 @@ impl Gpu {
         }
         let created = web_time::Instant::now();
         let wgsl = source();
-        let dry_source = self.dry_run.lock().unwrap().is_some().then(|| wgsl.clone());
+        let dry_source = self.in_dry_run().then(|| wgsl.clone());
         let module = self
             .device
             .create_shader_module(wgpu::ShaderModuleDescriptor {
@@ -470,7 +476,8 @@ impl Gpu {
         if let Some(t) = &self.traced {
             *t.lock().unwrap() = Some((key.clone(), created.elapsed().as_secs_f64()));
         }
-        if let (Some(wgsl), Some(dry)) = (dry_source, self.dry_run.lock().unwrap().as_mut()) {
+        let mut dry_runs = self.dry_runs.lock().unwrap();
+        if let (Some(wgsl), Some(dry)) = (dry_source, dry_runs.get_mut(&this_thread())) {
             dry.push(DryKernel {
                 source: KernelSource {
                     key: key.clone(),
@@ -492,18 +499,28 @@ impl Gpu {
     /// needs without running it, so that another device can compile them
     /// first (drivers such as lavapipe compile at the first dispatch).
     pub fn begin_dry_run(&self) {
-        *self.dry_run.lock().unwrap() = Some(Vec::new());
+        self.dry_runs
+            .lock()
+            .unwrap()
+            .insert(this_thread(), Vec::new());
     }
 
     /// Ends the dry run: the kernels it created and dispatched, in order
     /// of creation (those created before it are not listed).
     pub fn end_dry_run(&self) -> Vec<KernelSource> {
-        let kernels = self.dry_run.lock().unwrap().take().unwrap_or_default();
+        let kernels = self.dry_runs.lock().unwrap().remove(&this_thread());
+        let kernels = kernels.unwrap_or_default();
         kernels
             .into_iter()
             .filter(|k| k.dispatched)
             .map(|k| k.source)
             .collect()
+    }
+
+    /// Whether a dry run is on (nothing is dispatched, so nothing may be
+    /// timed or read).
+    pub fn in_dry_run(&self) -> bool {
+        self.dry_runs.lock().unwrap().contains_key(&this_thread())
     }
 
     /// Whether `ENGINE_TRACE_PIPELINES` times each kernel's first dispatch.
@@ -848,7 +865,7 @@ impl Gpu {
         groups: [u32; 3],
     ) {
         assert!(params.len() * 4 <= PARAM_SLOT as usize);
-        if let Some(dry) = self.dry_run.lock().unwrap().as_mut() {
+        if let Some(dry) = self.dry_runs.lock().unwrap().get_mut(&this_thread()) {
             let first = dry
                 .iter_mut()
                 .find(|k| !k.dispatched && std::ptr::eq(Arc::as_ptr(&k.pipeline), pipeline));

@@ -239,7 +239,8 @@ fn pick<V: Copy>(
     {
         return Ok(*v);
     }
-    if gpu.variants().mode() != TuneMode::On {
+    // A dry run dispatches nothing, so it cannot time candidates.
+    if gpu.variants().mode() != TuneMode::On || gpu.in_dry_run() {
         return Ok(rule);
     }
     let best = fastest(gpu, candidates, rule, time_one)?;
