@@ -12,5 +12,6 @@ fn main() {
             engine::error::exit_code(&e)
         }
     };
+    engine::prewarm::finish();
     std::process::exit(code);
 }

@@ -23,7 +23,25 @@
 //! (which times each compile alone), and with
 //! `ENGINE_BACKGROUND_COMPILE=off`.
 use engine_core::gpu::{Gpu, KernelSource, TuneMode};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
+
+/// The threads started, for `finish`.
+static THREADS: Mutex<Vec<JoinHandle<()>>> = Mutex::new(Vec::new());
+/// Set by `finish`: the threads stop before their next kernel.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+/// Stops the background compiles and waits for them: at most the rest of
+/// one kernel's compile. The process calls this before it exits, so that
+/// no thread is inside the driver while the process tears it down.
+pub fn finish() {
+    STOP.store(true, Ordering::Relaxed);
+    let threads = std::mem::take(&mut *THREADS.lock().unwrap());
+    for t in threads {
+        let _ = t.join();
+    }
+}
 
 /// Turns the background compiles off when set to `off` (or `0`).
 pub const BACKGROUND_COMPILE_ENV: &str = "ENGINE_BACKGROUND_COMPILE";
@@ -54,11 +72,14 @@ const COLD: std::time::Duration = std::time::Duration::from_millis(250);
 /// Compiles `kernels` (in the order a run meets them) ahead of the run:
 /// first one heavy kernel on `gpu` itself, timed, and if that compiled
 /// (the shader cache is cold) the rest on a second device, last first.
-/// None when nothing was started; the thread is not waited for (a process
-/// may end while it compiles). On a warm cache this costs one small
-/// dispatch, so warm runs keep their speed.
-pub fn start(gpu: &Gpu, mut kernels: Vec<KernelSource>) -> Option<JoinHandle<()>> {
-    if kernels.is_empty() || !useful(gpu) {
+/// Returns whether a thread was started (`finish` stops it). On a warm
+/// cache this costs one small dispatch, so warm runs keep their speed.
+pub fn start(gpu: &Gpu, mut kernels: Vec<KernelSource>) -> bool {
+    start_thread(gpu, &mut kernels).is_some()
+}
+
+fn start_thread(gpu: &Gpu, kernels: &mut Vec<KernelSource>) -> Option<()> {
+    if kernels.is_empty() || !useful(gpu) || STOP.load(Ordering::Relaxed) {
         return None;
     }
     // The probe: the first kernel at least a quarter the length of the
@@ -72,7 +93,8 @@ pub fn start(gpu: &Gpu, mut kernels: Vec<KernelSource>) -> Option<JoinHandle<()>
         return None;
     }
     let adapter = gpu.info.name.clone();
-    std::thread::Builder::new()
+    let kernels = std::mem::take(kernels);
+    let thread = std::thread::Builder::new()
         .name("background compiles".into())
         .spawn(move || {
             // A failure here only loses the head start: the main run
@@ -85,12 +107,14 @@ pub fn start(gpu: &Gpu, mut kernels: Vec<KernelSource>) -> Option<JoinHandle<()>
             twin.device
                 .on_uncaptured_error(std::sync::Arc::new(|_: wgpu::Error| {}));
             for k in kernels.iter().rev() {
-                if compile(&twin, k).is_none() {
+                if STOP.load(Ordering::Relaxed) || compile(&twin, k).is_none() {
                     return;
                 }
             }
         })
-        .ok()
+        .ok()?;
+    THREADS.lock().unwrap().push(thread);
+    Some(())
 }
 
 /// One workgroup of `k` with its first dispatch's parameters on small
