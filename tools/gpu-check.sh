@@ -39,8 +39,20 @@ die() { echo "gpu-check: $*" >&2; exit 1; }
 
 # The Vulkan loader and, with an NVIDIA driver, its Vulkan ICD file: without
 # them wgpu finds no GPU and the engine would quietly measure nothing useful.
+# The loader where the dynamic linker finds it: the ldconfig cache or a
+# folder on LD_LIBRARY_PATH. (Not `grep -q`: under pipefail, ldconfig's
+# SIGPIPE after an early match would read as "not found".)
+has_vulkan_loader() {
+  local d
+  ldconfig -p 2>/dev/null | grep 'libvulkan\.so\.1' >/dev/null && return 0
+  for d in ${LD_LIBRARY_PATH//:/ }; do
+    [ -e "$d/libvulkan.so.1" ] && return 0
+  done
+  return 1
+}
+
 preflight() {
-  if ! ldconfig -p 2>/dev/null | grep -q 'libvulkan\.so\.1'; then
+  if ! has_vulkan_loader; then
     cat >&2 <<'EOF'
 gpu-check: no Vulkan loader (libvulkan.so.1) on this machine, so wgpu sees no Vulkan GPU.
   Debian/Ubuntu: apt-get install libvulkan1 (and mesa-vulkan-drivers for lavapipe).
