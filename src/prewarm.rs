@@ -72,13 +72,9 @@ const COLD: std::time::Duration = std::time::Duration::from_millis(250);
 /// Compiles `kernels` (in the order a run meets them) ahead of the run:
 /// first one heavy kernel on `gpu` itself, timed, and if that compiled
 /// (the shader cache is cold) the rest on a second device, last first.
-/// Returns whether a thread was started (`finish` stops it). On a warm
-/// cache this costs one small dispatch, so warm runs keep their speed.
-pub fn start(gpu: &Gpu, mut kernels: Vec<KernelSource>) -> bool {
-    start_thread(gpu, &mut kernels).is_some()
-}
-
-fn start_thread(gpu: &Gpu, kernels: &mut Vec<KernelSource>) -> Option<()> {
+/// None when no thread was started (`finish` stops those that were). On a
+/// warm cache this costs one small dispatch, so warm runs keep their speed.
+pub fn start(gpu: &Gpu, mut kernels: Vec<KernelSource>) -> Option<()> {
     if kernels.is_empty() || !useful(gpu) || STOP.load(Ordering::Relaxed) {
         return None;
     }
@@ -93,7 +89,6 @@ fn start_thread(gpu: &Gpu, kernels: &mut Vec<KernelSource>) -> Option<()> {
         return None;
     }
     let adapter = gpu.info.name.clone();
-    let kernels = std::mem::take(kernels);
     let thread = std::thread::Builder::new()
         .name("background compiles".into())
         .spawn(move || {

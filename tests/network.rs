@@ -362,9 +362,8 @@ fn a_dry_run_lists_the_kernels_a_forward_needs_and_computes_nothing() {
     // unchanged after its dry run.
     let y = gpu.upload(&[5], &[7.0; 5]).unwrap();
     let a = gpu.upload(&[5], &[1.0; 5]).unwrap();
-    gpu.begin_dry_run();
-    engine::ops::elementwise::axpy(gpu, 2.0, &a, &y).unwrap();
-    gpu.end_dry_run();
+    let (done, _) = gpu.dry_run(|| engine::ops::elementwise::axpy(gpu, 2.0, &a, &y));
+    done.unwrap();
     assert_eq!(gpu.read(&y).unwrap(), vec![7.0; 5]);
     // The real forward creates no kernel the dry run missed, and gives the
     // maps of a device that never ran a dry run.

@@ -53,18 +53,18 @@ fn probabilities(gpu: &Gpu, model: &Model, x: Tensor) -> anyhow::Result<Tensor> 
 
 /// The kernels that running `model` on inputs of these sizes (height,
 /// width) would create and that `gpu` has not created yet, found by a dry
-/// run (`Gpu::begin_dry_run`): nothing is computed.
+/// run (`Gpu::dry_run`): nothing is computed.
 pub fn kernels_for(
     gpu: &Gpu,
     model: &Model,
     sizes: &[(usize, usize)],
 ) -> anyhow::Result<Vec<KernelSource>> {
-    gpu.begin_dry_run();
-    let run = sizes.iter().try_for_each(|&(h, w)| -> anyhow::Result<()> {
-        probabilities(gpu, model, gpu.empty(&[1, 1, h, w])?)?;
-        Ok(())
+    let (run, kernels) = gpu.dry_run(|| {
+        sizes.iter().try_for_each(|&(h, w)| -> anyhow::Result<()> {
+            probabilities(gpu, model, gpu.empty(&[1, 1, h, w])?)?;
+            Ok(())
+        })
     });
-    let kernels = gpu.end_dry_run();
     run.map(|_| kernels)
 }
 

@@ -163,20 +163,20 @@ impl<'a> Trainer<'a> {
         let mut step = self.at.step;
         let adam = optim::Adam::default();
         let micro = cfg.batch / cfg.micro_batch;
-        self.gpu.begin_dry_run();
         let lr = cfg.lr_at(self.at.epoch);
-        let dry = train_step(
-            self.gpu,
-            &self.model,
-            cfg,
-            &adam,
-            lr,
-            &mut step,
-            &zeros,
-            micro,
-            &self.l2_params,
-        );
-        let kernels = self.gpu.end_dry_run();
+        let (dry, kernels) = self.gpu.dry_run(|| {
+            train_step(
+                self.gpu,
+                &self.model,
+                cfg,
+                &adam,
+                lr,
+                &mut step,
+                &zeros,
+                micro,
+                &self.l2_params,
+            )
+        });
         dry?;
         crate::prewarm::start(self.gpu, kernels);
         Ok(())

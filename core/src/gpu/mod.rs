@@ -104,7 +104,7 @@ pub struct Gpu {
     profiler: Mutex<Option<profile::Profiler>>,
     /// The op whose dispatches are being recorded (profile label).
     scope: Mutex<Option<&'static str>>,
-    /// The threads in a dry run (`begin_dry_run`), each with the kernels
+    /// The threads in a dry run (`Gpu::dry_run`), each with the kernels
     /// it has created so far; their dispatches are not recorded. Per
     /// thread, so that other threads sharing the device (tests) run as
     /// usual meanwhile.
@@ -456,12 +456,11 @@ impl Gpu {
         }
         let created = web_time::Instant::now();
         let wgsl = source();
-        let dry_source = self.in_dry_run().then(|| wgsl.clone());
         let module = self
             .device
             .create_shader_module(wgpu::ShaderModuleDescriptor {
                 label: Some(&key),
-                source: wgpu::ShaderSource::Wgsl(wgsl.into()),
+                source: wgpu::ShaderSource::Wgsl(wgsl.as_str().into()),
             });
         let pipeline = Arc::new(self.device.create_compute_pipeline(
             &wgpu::ComputePipelineDescriptor {
@@ -476,8 +475,7 @@ impl Gpu {
         if let Some(t) = &self.traced {
             *t.lock().unwrap() = Some((key.clone(), created.elapsed().as_secs_f64()));
         }
-        let mut dry_runs = self.dry_runs.lock().unwrap();
-        if let (Some(wgsl), Some(dry)) = (dry_source, dry_runs.get_mut(&this_thread())) {
+        if let Some(dry) = self.dry_runs.lock().unwrap().get_mut(&this_thread()) {
             dry.push(DryKernel {
                 source: KernelSource {
                     key: key.clone(),
@@ -493,28 +491,27 @@ impl Gpu {
         pipeline
     }
 
-    /// Starts a dry run: ops plan, allocate and create their pipelines as
+    /// Runs `f` dry: ops plan, allocate and create their pipelines as
     /// usual, but no dispatch is recorded (tensors keep whatever they
-    /// held), until `end_dry_run`. It lists the kernels a computation
-    /// needs without running it, so that another device can compile them
-    /// first (drivers such as lavapipe compile at the first dispatch).
-    pub fn begin_dry_run(&self) {
+    /// held). Returns `f`'s result and the kernels it created and
+    /// dispatched, in order of creation (those created before are not
+    /// listed): what a computation needs, found without running it, so
+    /// that another device can compile them first (drivers such as
+    /// lavapipe compile at the first dispatch).
+    pub fn dry_run<T>(&self, f: impl FnOnce() -> T) -> (T, Vec<KernelSource>) {
         self.dry_runs
             .lock()
             .unwrap()
             .insert(this_thread(), Vec::new());
-    }
-
-    /// Ends the dry run: the kernels it created and dispatched, in order
-    /// of creation (those created before it are not listed).
-    pub fn end_dry_run(&self) -> Vec<KernelSource> {
+        let out = f();
         let kernels = self.dry_runs.lock().unwrap().remove(&this_thread());
-        let kernels = kernels.unwrap_or_default();
-        kernels
+        let kernels = kernels
+            .unwrap_or_default()
             .into_iter()
             .filter(|k| k.dispatched)
             .map(|k| k.source)
-            .collect()
+            .collect();
+        (out, kernels)
     }
 
     /// Whether a dry run is on (nothing is dispatched, so nothing may be
