@@ -208,6 +208,52 @@ fn direct_variants_are_bit_identical() {
 }
 
 #[test]
+fn uniform_and_storage_weights_are_bit_identical() {
+    // Weights read through a uniform binding (CPU adapters) or a storage
+    // one give the same sums in the same order: every tile, forward and
+    // input gradient, with the produced channels split to fit the uniform
+    // binding (64 input channels), and past what it holds (130: storage
+    // for 16-channel tiles).
+    let storage = Gpu::new(None).expect("a GPU adapter");
+    storage.set_uniform_operands(false);
+    let uniform = Gpu::new(None).expect("a GPU adapter");
+    uniform.set_uniform_operands(true);
+    assert!(
+        uniform.uniform_operands(),
+        "{} has no 64 KiB uniform binding",
+        uniform.info.name
+    );
+    for (n, c, o, h, w) in [(2, 64, 40, 7, 9), (1, 130, 20, 5, 6)] {
+        let x = rand_vec(21, n * c * h * w);
+        let wt = rand_vec(22, o * c * 9);
+        let b = rand_vec(23, o);
+        let dy = rand_vec(24, n * o * h * w);
+        let run = |gpu: &Gpu, t: conv::Tile| {
+            let v = Some(ConvVariant::Direct(t));
+            let (xt, wtt, bt) = (
+                up(gpu, &[n, c, h, w], &x),
+                up(gpu, &[o, c, 3, 3], &wt),
+                up(gpu, &[o], &b),
+            );
+            let y = conv::conv2d_with(gpu, &xt, &wtt, Some(&bt), 1, 1, false, v).unwrap();
+            let dyt = up(gpu, &[n, o, h, w], &dy);
+            let dx = conv::conv2d_backward_input_with(gpu, &dyt, &wtt, (h, w), 1, 1, v).unwrap();
+            (read(gpu, &y), read(gpu, &dx))
+        };
+        for t in conv::Tile::CANDIDATES.into_iter().filter(|t| !t.shared) {
+            let (a, b) = (run(&uniform, t), run(&storage, t));
+            let tag = format!("n{n} c{c} o{o} {h}x{w} {}", t.name());
+            assert!(bits_equal(&a.0, &b.0), "{tag}: forward differs");
+            assert!(bits_equal(&a.1, &b.1), "{tag}: input gradient differs");
+        }
+    }
+}
+
+fn bits_equal(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits())
+}
+
+#[test]
 fn generated_kernels_validate_in_naga() {
     // What the GPU compiles at first use, checked ahead of time for every
     // variant and geometry the network uses.

@@ -113,27 +113,33 @@ pub fn start(gpu: &Gpu, mut kernels: Vec<KernelSource>) -> Option<()> {
 }
 
 /// One workgroup of `k` with its first dispatch's parameters on small
-/// zeroed buffers: reads and writes past them are clamped or dropped
-/// (wgpu's bounds checks), and the compile is the one the run will need.
+/// zeroed buffers (a uniform array gets its declared size): reads and
+/// writes past them are clamped or dropped (wgpu's bounds checks), and the
+/// compile is the one the run will need.
 fn compile(gpu: &Gpu, k: &KernelSource) -> Option<()> {
-    let bindings = storage_bindings(&k.wgsl, &k.entry)?;
+    let bindings = operand_bindings(&k.wgsl, &k.entry)?;
     let pipeline = gpu.pipeline_for(k.key.clone(), || k.wgsl.clone(), &k.entry);
     // One buffer per binding: a buffer may not be bound read-only and
     // read-write in one dispatch.
     let buffers = bindings
         .iter()
-        .map(|_| gpu.zeros(&[64]).ok())
+        .map(|&(_, len)| gpu.zeros(&[len]).ok())
         .collect::<Option<Vec<_>>>()?;
-    let windows: Vec<_> = buffers.iter().map(|t| gpu.window(t, 0, 64).0).collect();
-    let bound: Vec<_> = bindings.iter().copied().zip(windows.iter()).collect();
+    let windows: Vec<_> = buffers
+        .iter()
+        .map(|t| gpu.window(t, 0, t.numel()).0)
+        .collect();
+    let bound: Vec<_> = bindings.iter().map(|b| b.0).zip(windows.iter()).collect();
     gpu.dispatch_grid(&pipeline, "background compile", &k.params, &bound, 1, 1);
     gpu.flush();
     gpu.wait().ok()
 }
 
-/// The storage bindings that `entry` of `wgsl` uses (wgpu's automatic
-/// layout holds only those).
-fn storage_bindings(wgsl: &str, entry: &str) -> Option<Vec<u32>> {
+/// The operand bindings that `entry` of `wgsl` uses (wgpu's automatic
+/// layout holds only those), with the f32 count to bind: 64 for a storage
+/// array, the declared size for a uniform one. Binding 0 (the parameters)
+/// is the dispatch's own.
+fn operand_bindings(wgsl: &str, entry: &str) -> Option<Vec<(u32, usize)>> {
     use naga::valid::{Capabilities, ValidationFlags, Validator};
     let module = naga::front::wgsl::parse_str(wgsl).ok()?;
     let info = Validator::new(ValidationFlags::all(), Capabilities::all())
@@ -141,40 +147,52 @@ fn storage_bindings(wgsl: &str, entry: &str) -> Option<Vec<u32>> {
         .ok()?;
     let index = module.entry_points.iter().position(|e| e.name == entry)?;
     let uses = info.get_entry_point(index);
-    Some(
-        module
-            .global_variables
-            .iter()
-            .filter(|(h, v)| {
-                matches!(v.space, naga::AddressSpace::Storage { .. }) && !uses[*h].is_empty()
-            })
-            .filter_map(|(_, v)| v.binding.as_ref().map(|b| b.binding))
-            .collect(),
-    )
+    let mut out = Vec::new();
+    for (h, v) in module.global_variables.iter() {
+        let (Some(binding), false) = (v.binding.as_ref(), uses[h].is_empty()) else {
+            continue;
+        };
+        let len = match v.space {
+            naga::AddressSpace::Storage { .. } => 64,
+            naga::AddressSpace::Uniform if binding.binding != 0 => {
+                module.types[v.ty].inner.size(module.to_ctx()) as usize / 4
+            }
+            _ => continue,
+        };
+        out.push((binding.binding, len));
+    }
+    Some(out)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::storage_bindings;
+    use super::operand_bindings;
 
     #[test]
-    fn storage_bindings_are_those_the_entry_point_uses() {
+    fn operand_bindings_are_those_the_entry_point_uses() {
         let wgsl = "struct Params { n: u32 }\n\
             @group(0) @binding(0) var<uniform> P: Params;\n\
             @group(0) @binding(1) var<storage, read> a: array<f32>;\n\
             @group(0) @binding(2) var<storage, read> unused: array<f32>;\n\
             @group(0) @binding(4) var<storage, read_write> y: array<vec4<f32>>;\n\
+            @group(0) @binding(3) var<uniform> u: array<vec4<f32>, 16>;\n\
             @compute @workgroup_size(8)\n\
             fn main(@builtin(global_invocation_id) g: vec3<u32>) {\n\
-                if (g.x < P.n) { y[g.x] = vec4<f32>(a[g.x]); }\n\
+                if (g.x < P.n) { y[g.x] = vec4<f32>(a[g.x]) + u[g.x % 16u]; }\n\
             }\n\
             @compute @workgroup_size(8)\n\
             fn other(@builtin(global_invocation_id) g: vec3<u32>) {\n\
                 if (g.x < P.n) { y[g.x] = vec4<f32>(unused[g.x]); }\n\
             }\n";
-        assert_eq!(storage_bindings(wgsl, "main"), Some(vec![1, 4]));
-        assert_eq!(storage_bindings(wgsl, "other"), Some(vec![2, 4]));
-        assert_eq!(storage_bindings(wgsl, "missing"), None);
-        assert_eq!(storage_bindings("not wgsl", "main"), None);
+        assert_eq!(
+            operand_bindings(wgsl, "main"),
+            Some(vec![(1, 64), (4, 64), (3, 64)])
+        );
+        assert_eq!(
+            operand_bindings(wgsl, "other"),
+            Some(vec![(2, 64), (4, 64)])
+        );
+        assert_eq!(operand_bindings(wgsl, "missing"), None);
+        assert_eq!(operand_bindings("not wgsl", "main"), None);
     }
 }

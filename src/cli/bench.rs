@@ -29,6 +29,10 @@ pub struct BenchArgs {
     /// Leave out the CPU reference column (im2col + multithreaded SGEMM).
     #[arg(long)]
     pub no_cpu: bool,
+    /// Time the variants the rules pick for training (`engine train`),
+    /// which may compile longer than those for a first scan.
+    #[arg(long)]
+    pub long_run: bool,
     /// Time the whole network instead: training steps (forward, loss,
     /// backward, Adam) and inferences, with per-family GPU time shares.
     #[arg(long)]
@@ -171,6 +175,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
     if args.model {
         return bench_model(&gpu, &args.net, args.iters.max(1), args.json, args.baseline);
     }
+    gpu.variants().set_long_run(args.long_run);
     let shape = crate::bench::Shape {
         n: args.n,
         c: args.channels,
@@ -277,18 +282,23 @@ fn bench_model(
     for (what, r) in rows {
         println!("{what}:");
         println!(
-            "  training step, batch {} at {}x{}: {:.1} ms ({:.0} dispatches, {:.0} submits); peak tensors {:.1} MiB",
+            "  training step, batch {} at {}x{}: {:.1} ms{} ({:.0} dispatches, {:.0} submits); peak tensors {:.1} MiB",
             r.batch,
             r.train_size,
             r.train_size,
             r.train_step_ms,
+            gpu_busy(r.train_gpu_ms),
             r.dispatches_per_step,
             r.submits_per_step,
             r.peak_mib
         );
         println!(
-            "  inference, {}x{}: {:.1} ms ({:.0} dispatches)",
-            r.infer_size, r.infer_size, r.infer_ms, r.dispatches_per_infer
+            "  inference, {}x{}: {:.1} ms{} ({:.0} dispatches)",
+            r.infer_size,
+            r.infer_size,
+            r.infer_ms,
+            gpu_busy(r.infer_gpu_ms),
+            r.dispatches_per_infer
         );
     }
     if let Some(b) = &before {
@@ -311,6 +321,16 @@ fn bench_model(
 
 /// The kernels behind the families, largest training share first (those
 /// above 0.5% of either pass).
+/// ", GPU busy X ms" from a profiled run's dispatch times (nothing
+/// without timestamp queries).
+fn gpu_busy(ms: f64) -> String {
+    if ms > 0.0 {
+        format!(", GPU busy {ms:.1} ms")
+    } else {
+        String::new()
+    }
+}
+
 fn print_kernel_shares(m: &crate::bench::ModelBench) {
     let mut rows: Vec<(&String, f64, f64)> = m
         .kernel_shares

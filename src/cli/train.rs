@@ -122,6 +122,8 @@ pub fn train(a: TrainArgs) -> anyhow::Result<i32> {
     }
     crate::train::check_init(&cfg)?;
     let gpu = Gpu::new(a.adapter.adapter.as_deref())?;
+    // Thousands of steps pay back kernels that compile longer but run faster.
+    gpu.variants().set_long_run(true);
     crate::run_folder::write_config(&a.out, &a, &gpu, &a.data, a.resume)?;
     println!(
         "adapter: {}; {} training and {} validation images at {:.3} mm/pixel (model {:.3} mm/pixel); sizes {}; batch {} in micro-batches of {}",

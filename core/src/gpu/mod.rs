@@ -26,6 +26,10 @@ use std::sync::{Arc, Mutex};
 /// value on lavapipe, with margin) by splitting channels, rows or chunks over
 /// more invocations or dispatches.
 pub const LOOP_BUDGET: usize = 40_000;
+
+/// Size of a uniform operand binding (`Gpu::uniform_operands`): WebGPU's
+/// default limit for a uniform binding, so every adapter can take it.
+pub const UNIFORM_OPERAND_BYTES: u64 = 64 << 10;
 /// The per-invocation loop budget on other adapters: no driver limit, but
 /// long invocations risk display-driver watchdogs, so work is still split.
 pub const GPU_LOOP_BUDGET: usize = 1 << 20;
@@ -89,6 +93,9 @@ pub struct Gpu {
     /// Largest storage binding the ops plan for, in bytes. Starts at the
     /// adapter's limit; tests lower it to prove that splitting works.
     binding_limit: AtomicU64,
+    /// Whether kernels read small read-only operands (a convolution's
+    /// weight slice) through a uniform binding; see `uniform_operands`.
+    uniform_operands: std::sync::atomic::AtomicBool,
     /// Loop iterations one invocation may run (see `LOOP_BUDGET`).
     loop_budget: usize,
     /// Pipelines by key: `shader:entry` for the static shaders, the
@@ -301,6 +308,8 @@ impl Gpu {
         let mode = TuneMode::from_env(info.device_type == wgpu::DeviceType::Cpu)
             .map_err(EngineError::Gpu)?;
         let variants = Variants::new(mode, &info.name, &info.driver_info);
+        let uniform_operands = info.device_type == wgpu::DeviceType::Cpu
+            && limits.max_uniform_buffer_binding_size >= UNIFORM_OPERAND_BYTES;
         let lavapipe = [&info.name, &info.driver]
             .iter()
             .any(|s| s.to_lowercase().contains("llvmpipe"));
@@ -321,6 +330,7 @@ impl Gpu {
             limits,
             timestamps,
             binding_limit: AtomicU64::new(binding_limit),
+            uniform_operands: uniform_operands.into(),
             pipelines: Mutex::new(HashMap::new()),
             uncaptured,
             traced: std::env::var_os("ENGINE_TRACE_PIPELINES").map(|_| Mutex::new(None)),
@@ -354,6 +364,21 @@ impl Gpu {
             .max_storage_buffer_binding_size
             .min(self.limits.max_buffer_size);
         self.binding_limit.store(bytes.min(hw), Ordering::Relaxed);
+    }
+
+    /// Whether kernels read small read-only operands through a uniform
+    /// binding of `UNIFORM_OPERAND_BYTES`. On by default on CPU adapters:
+    /// lavapipe loads a storage value lane by lane, each lane behind a
+    /// branch, even when every lane reads the same address, but loads a
+    /// uniform value once and broadcasts it (Mesa's gallivm). Tests turn
+    /// it off to cover the storage path.
+    pub fn uniform_operands(&self) -> bool {
+        self.uniform_operands.load(Ordering::Relaxed)
+    }
+
+    pub fn set_uniform_operands(&self, on: bool) {
+        let fits = self.limits.max_uniform_buffer_binding_size >= UNIFORM_OPERAND_BYTES;
+        self.uniform_operands.store(on && fits, Ordering::Relaxed);
     }
 
     /// Whether storage windows keep 4-element alignment (offsets are

@@ -79,7 +79,10 @@ impl BufferPool {
                 self.device.create_buffer(&wgpu::BufferDescriptor {
                     label: Some("tensor"),
                     size: class,
+                    // UNIFORM: CPU adapters read small operands (a
+                    // convolution's weight slice) through a uniform binding.
                     usage: wgpu::BufferUsages::STORAGE
+                        | wgpu::BufferUsages::UNIFORM
                         | wgpu::BufferUsages::COPY_SRC
                         | wgpu::BufferUsages::COPY_DST,
                     mapped_at_creation: false,

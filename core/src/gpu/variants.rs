@@ -58,6 +58,7 @@ pub struct Variants {
     path: Option<PathBuf>,
     winners: Mutex<BTreeMap<String, String>>,
     baseline: std::sync::atomic::AtomicBool,
+    long_run: std::sync::atomic::AtomicBool,
     last_used: Mutex<String>,
 }
 
@@ -106,6 +107,7 @@ impl Variants {
             path,
             winners: Mutex::new(BTreeMap::new()),
             baseline: Default::default(),
+            long_run: Default::default(),
             last_used: Mutex::default(),
         };
         if mode != TuneMode::Off {
@@ -145,6 +147,19 @@ impl Variants {
 
     pub fn set_baseline(&self, on: bool) {
         self.baseline
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the rules may pick kernels that compile longer but run
+    /// faster: set for work whose kernels run thousands of times (training),
+    /// where a compile of a few more seconds is paid back in minutes; left
+    /// off for a first scan, whose time is mostly compiles.
+    pub fn long_run(&self) -> bool {
+        self.long_run.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn set_long_run(&self, on: bool) {
+        self.long_run
             .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 

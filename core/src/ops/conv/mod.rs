@@ -158,8 +158,9 @@ impl ConvVariant {
     }
 
     /// The variant used when no tuned choice exists (see `Tile::rule`).
-    pub fn rule(gpu: &Gpu, produced: usize, out_w: usize) -> ConvVariant {
-        ConvVariant::Direct(Tile::rule(gpu.is_cpu(), produced, out_w))
+    pub fn rule(gpu: &Gpu, k: usize, produced: usize, out_w: usize) -> ConvVariant {
+        let long_run = gpu.variants().long_run();
+        ConvVariant::Direct(Tile::rule(gpu.is_cpu(), long_run, k, produced, out_w))
     }
 }
 
@@ -372,8 +373,8 @@ impl Produce<'_> {
     fn rule(&self, gpu: &Gpu, y: &Tensor) -> ConvVariant {
         let (_, o, _, w) = y.nchw();
         match self.dir {
-            Direction::Direct => ConvVariant::rule(gpu, o, w),
-            Direction::Transposed => ConvVariant::rule(gpu, o, w / self.g.stride),
+            Direction::Direct => ConvVariant::rule(gpu, self.g.k, o, w),
+            Direction::Transposed => ConvVariant::rule(gpu, self.g.k, o, w / self.g.stride),
         }
     }
 

@@ -178,14 +178,16 @@ pub(crate) fn prep_weights(
     m: &WeightMap,
     (o0, olen, opad): (usize, usize, usize),
     (s0, slen): (usize, usize),
+    min_elems: usize,
 ) -> Result<Tensor> {
     let taps = m.kh * m.kw;
-    let dst = gpu.empty(&[slen, taps, opad])?;
+    // A uniform binding must span its whole declared array: room for it.
+    let dst = gpu.empty(&[(slen * taps * opad).max(min_elems)])?;
     let start = o0 * m.prod_stride + s0 * m.sum_stride;
     let (sw, sb) = gpu.window(w, start, m.span(olen, slen));
     let (dw, _) = gpu.window(&dst, 0, dst.numel());
     let p = PrepParams {
-        total: dst.numel() as u32,
+        total: (slen * taps * opad) as u32,
         a: opad as u32,
         b: taps as u32,
         c: m.kw as u32,
@@ -204,7 +206,7 @@ pub(crate) fn prep_weights(
         &PREP,
         &Params::of(&p),
         &[(1, &sw), (4, &dw)],
-        dst.numel(),
+        slen * taps * opad,
     );
     Ok(dst)
 }
