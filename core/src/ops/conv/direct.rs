@@ -9,8 +9,10 @@
 //! `(tp-1)*s + (kw-1)*d + 1` input values is loaded once and reused by every
 //! tap of that row. Weights are re-laid [summed][tap][produced]
 //! (`prep::prep_weights`) and the produced-channel group is `workgroup_id.y`,
-//! so every weight load has the same address in all lanes (one load and a
-//! broadcast on lavapipe, one broadcast transaction on a GPU).
+//! so every weight load has the same address in all lanes (one broadcast
+//! transaction on a GPU). lavapipe still loads a storage value lane by
+//! lane, so on CPU adapters the weight slice is a uniform binding, whose
+//! uniform-address loads are one load and a broadcast (`uniform_w`).
 //!
 //! The sum runs over summed channels, then taps in row-major order, for
 //! every tile: all tiles give bit-identical results.

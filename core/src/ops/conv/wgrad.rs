@@ -4,8 +4,8 @@
 //! Lanes run over summed-input channels c; the gradient-output channel
 //! group is `workgroup_id.y` and the row chunk is the flattened x/z
 //! workgroup index, so the loops over rows and columns and every load of
-//! `g` are uniform across a workgroup (one load and a broadcast on
-//! lavapipe). Each invocation keeps `k*k*to/4` vec4 accumulators (taps x
+//! `g` are uniform across a workgroup (one broadcast transaction on a
+//! GPU; lavapipe still loads a storage value lane by lane, see `GemmTile`). Each invocation keeps `k*k*to/4` vec4 accumulators (taps x
 //! channel group) and walks a row `jt` columns at a time, loading each
 //! needed input value once per step. Row chunks (split-K) write partial
 //! sums that `reduce::sum_partials` adds in a fixed order: deterministic.
