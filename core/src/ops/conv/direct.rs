@@ -636,6 +636,7 @@ mod tests {
     /// changes only at the size-class boundaries, whatever the width.
     #[test]
     fn default_tile_depends_on_size_class_only() {
+        let rule64 = |long_run, k, w| Tile::rule(true, long_run, k, 64, w);
         for long_run in [false, true] {
             for (k, produced) in [1, 3]
                 .into_iter()
@@ -650,23 +651,11 @@ mod tests {
                     }
                 }
             }
-            assert_ne!(
-                Tile::rule(true, long_run, 3, 64, 31),
-                Tile::rule(true, long_run, 3, 64, 32)
-            );
+            assert_ne!(rule64(long_run, 3, 31), rule64(long_run, 3, 32));
         }
-        assert_ne!(
-            Tile::rule(true, false, 3, 64, 255),
-            Tile::rule(true, false, 3, 64, 256)
-        );
-        assert_ne!(
-            Tile::rule(true, false, 1, 64, 31),
-            Tile::rule(true, false, 1, 64, 32)
-        );
+        assert_ne!(rule64(false, 3, 255), rule64(false, 3, 256));
+        assert_ne!(rule64(false, 1, 31), rule64(false, 1, 32));
         // A long run trades compile time for speed; a first scan does not.
-        assert_ne!(
-            Tile::rule(true, true, 3, 64, 80),
-            Tile::rule(true, false, 3, 64, 80)
-        );
+        assert_ne!(rule64(true, 3, 80), rule64(false, 3, 80));
     }
 }
