@@ -197,6 +197,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
             "adapter": gpu.info.name,
             "backend": format!("{:?}", gpu.info.backend),
             "timestamps": gpu.timestamps,
+            "long_run": args.long_run,
             "shape": {"n": shape.n, "c": shape.c, "h": shape.h, "w": shape.w},
             "iters": args.iters.max(1),
             "kernels": run()?.iter().map(measurement_json).collect::<Vec<_>>(),
