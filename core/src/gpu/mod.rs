@@ -30,6 +30,10 @@ pub const LOOP_BUDGET: usize = 40_000;
 /// Size of a uniform operand binding (`Gpu::uniform_operands`): WebGPU's
 /// default limit for a uniform binding, so every adapter can take it.
 pub const UNIFORM_OPERAND_BYTES: u64 = 64 << 10;
+
+fn uniform_operands_fit(limits: &wgpu::Limits) -> bool {
+    limits.max_uniform_buffer_binding_size >= UNIFORM_OPERAND_BYTES
+}
 /// The per-invocation loop budget on other adapters: no driver limit, but
 /// long invocations risk display-driver watchdogs, so work is still split.
 pub const GPU_LOOP_BUDGET: usize = 1 << 20;
@@ -308,8 +312,8 @@ impl Gpu {
         let mode = TuneMode::from_env(info.device_type == wgpu::DeviceType::Cpu)
             .map_err(EngineError::Gpu)?;
         let variants = Variants::new(mode, &info.name, &info.driver_info);
-        let uniform_operands = info.device_type == wgpu::DeviceType::Cpu
-            && limits.max_uniform_buffer_binding_size >= UNIFORM_OPERAND_BYTES;
+        let uniform_operands =
+            info.device_type == wgpu::DeviceType::Cpu && uniform_operands_fit(&limits);
         let lavapipe = [&info.name, &info.driver]
             .iter()
             .any(|s| s.to_lowercase().contains("llvmpipe"));
@@ -377,8 +381,8 @@ impl Gpu {
     }
 
     pub fn set_uniform_operands(&self, on: bool) {
-        let fits = self.limits.max_uniform_buffer_binding_size >= UNIFORM_OPERAND_BYTES;
-        self.uniform_operands.store(on && fits, Ordering::Relaxed);
+        let on = on && uniform_operands_fit(&self.limits);
+        self.uniform_operands.store(on, Ordering::Relaxed);
     }
 
     /// Whether storage windows keep 4-element alignment (offsets are

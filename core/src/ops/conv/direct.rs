@@ -183,20 +183,12 @@ impl DirectSpec {
              @group(0) @binding(3) var<storage, read> B: array<f32>;\n\
              @group(0) @binding(4) var<storage, read_write> Y: array<f32>;\n",
         );
-        let _ = writeln!(
-            w,
-            "@group(0) @binding(2) var<{}> W: array<vec4<f32>{}>;",
-            if self.uniform_w {
-                "uniform"
-            } else {
-                "storage, read"
-            },
-            if self.uniform_w {
-                format!(", {UNIFORM_VEC4S}")
-            } else {
-                String::new()
-            }
-        );
+        let weights = if self.uniform_w {
+            format!("uniform> W: array<vec4<f32>, {UNIFORM_VEC4S}>")
+        } else {
+            "storage, read> W: array<vec4<f32>>".to_owned()
+        };
+        let _ = writeln!(w, "@group(0) @binding(2) var<{weights};");
         let _ = writeln!(
             w,
             "@group(0) @binding(1) var<storage, read> {};",
