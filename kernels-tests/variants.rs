@@ -249,6 +249,52 @@ fn uniform_and_storage_weights_are_bit_identical() {
     }
 }
 
+#[test]
+fn uniform_gradient_slabs_match_the_reference() {
+    // On CPU adapters the weight gradient reads g through 64 KiB uniform
+    // slabs of whole rows: here 16-channel rows of 64 columns, 16 to a
+    // slab, over 120 rows (the last slab half full, so its last row chunks
+    // store zeros), a second block of 4 channels, and a 256 KiB storage
+    // window that holds three slabs at a time (partial sums added in
+    // batches).
+    let gpu = Gpu::new(None).expect("a GPU adapter");
+    gpu.set_uniform_operands(true);
+    assert!(
+        gpu.uniform_operands(),
+        "{} has no 64 KiB uniform binding",
+        gpu.info.name
+    );
+    gpu.set_binding_limit(256 << 10);
+    let (n, c, o, h, w) = (3, 12, 20, 40, 64);
+    let (_, _, g) = conv_geom(h, w, 3, 1, 1);
+    let (x, dy) = (rand_vec(31, n * c * h * w), rand_vec(32, n * o * h * w));
+    let dw_ref = cpu::conv2d_backward_weight(&to64(&dy), (n, o, h, w), &to64(&x), (c, h, w), g);
+    let (xt, dyt) = (up(&gpu, &[n, c, h, w], &x), up(&gpu, &[n, o, h, w], &dy));
+    let v = Some(WgradVariant::Gemm(conv::GemmTile::new(16, 8, 8).with_ct(2)));
+    let dwt = stale(&gpu, &[o, c, 3, 3]);
+    let run = |acc| conv::conv2d_backward_weight_with(&gpu, &dyt, &xt, &dwt, 1, 1, acc, v);
+    let (done, kernels) = gpu.dry_run(|| run(false));
+    done.unwrap();
+    assert!(
+        kernels
+            .iter()
+            .any(|k| k.key.starts_with("wgrad") && k.key.ends_with("u1")),
+        "no uniform-slab kernel among {:?}",
+        kernels.iter().map(|k| &k.key).collect::<Vec<_>>()
+    );
+    run(false).unwrap();
+    assert_close("slabs dw", &read(&gpu, &dwt), &dw_ref, 5e-4, 1e-4);
+    run(true).unwrap();
+    let twice: Vec<f64> = dw_ref.iter().map(|v| 2.0 * v).collect();
+    assert_close(
+        "slabs dw accumulated",
+        &read(&gpu, &dwt),
+        &twice,
+        1e-3,
+        1e-4,
+    );
+}
+
 fn bits_equal(a: &[f32], b: &[f32]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits())
 }

@@ -1,7 +1,11 @@
 //! Pieces of generated WGSL shared by the direct and weight-gradient
 //! kernels: the input columns a run of output columns reads, and the loads
 //! of one input row into named values.
+use crate::gpu::UNIFORM_OPERAND_BYTES;
 use std::fmt::Write;
+
+/// vec4s in a uniform operand binding (`Gpu::uniform_operands`).
+pub(super) const UNIFORM_VEC4S: usize = (UNIFORM_OPERAND_BYTES / 16) as usize;
 
 /// Vec4 components by index.
 pub(super) const LANE: [&str; 4] = ["x", "y", "z", "w"];

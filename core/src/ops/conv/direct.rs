@@ -16,10 +16,10 @@
 //!
 //! The sum runs over summed channels, then taps in row-major order, for
 //! every tile: all tiles give bit-identical results.
-use super::codegen::{LANE, tap_cols, write_row_loads};
+use super::codegen::{LANE, UNIFORM_VEC4S, tap_cols, write_row_loads};
 use super::prep::{self, PadRegion, WeightMap};
 use crate::error::Result;
-use crate::gpu::{Gpu, Tensor, UNIFORM_OPERAND_BYTES};
+use crate::gpu::{Gpu, Tensor};
 use crate::ops::{items_per_window, runs, wgsl_params};
 use std::fmt::Write;
 
@@ -150,9 +150,6 @@ pub(crate) struct DirectSpec {
     /// with the weights' loads removed altogether ran 1.85x as fast).
     pub uniform_w: bool,
 }
-
-/// vec4s in a uniform weight binding (`UNIFORM_OPERAND_BYTES`).
-const UNIFORM_VEC4S: usize = (UNIFORM_OPERAND_BYTES / 16) as usize;
 
 impl DirectSpec {
     pub fn key(&self) -> String {

@@ -1,7 +1,7 @@
 //! Operand preparation for the generated kernels (shaders/conv_prep.wgsl):
 //! zero-padded input copies and weights re-laid as [summed][tap][produced].
 use crate::error::Result;
-use crate::gpu::{Gpu, Kernel, Tensor};
+use crate::gpu::{Gpu, Kernel, Tensor, Window};
 use crate::ops::{CONV_PREP, Params, kernel, launch, wgsl_params};
 
 const PAD: Kernel = kernel(&CONV_PREP, "pad_input");
@@ -211,11 +211,94 @@ pub(crate) fn prep_weights(
     Ok(dst)
 }
 
-/// (key, WGSL) of the generated row-copy kernels, for validation tests.
+wgsl_params! {
+    /// The uniform of the slab copy (offsets and strides in vec4s).
+    struct SlabRowsParams {
+        total, o_count, quads, rows_per_slab, slab_quads, row0,
+        src_base, src_nstride, src_cstride, src_h,
+    }
+}
+
+/// Local row `lr` (from `row0`) of gradient channel `o` goes to slab
+/// `lr / rows_per_slab`, where rows are stored [row][channel][column]:
+/// one slab holds whole rows of every channel of the block.
+fn slab_rows_source() -> String {
+    format!(
+        "{params}\
+         @group(0) @binding(0) var<uniform> P: Params;\n\
+         @group(0) @binding(1) var<storage, read> src: array<vec4<f32>>;\n\
+         @group(0) @binding(4) var<storage, read_write> dst: array<vec4<f32>>;\n\
+         @compute @workgroup_size(64)\n\
+         fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {{\n\
+         \x20   let e = gid.x + (gid.y + gid.z * nwg.y) * nwg.x * 64u;\n\
+         \x20   if (e >= P.total) {{ return; }}\n\
+         \x20   let o = e % P.o_count;\n\
+         \x20   let lr = e / P.o_count;\n\
+         \x20   let gr = P.row0 + lr;\n\
+         \x20   let s = P.src_base + (gr / P.src_h) * P.src_nstride + o * P.src_cstride + (gr % P.src_h) * P.quads;\n\
+         \x20   let d = (lr / P.rows_per_slab) * P.slab_quads + ((lr % P.rows_per_slab) * P.o_count + o) * P.quads;\n\
+         \x20   for (var k = 0u; k < P.quads; k++) {{\n\
+         \x20       dst[d + k] = src[s + k];\n\
+         \x20   }}\n\
+         }}\n",
+        params = SlabRowsParams::WGSL
+    )
+}
+
+/// Rows of a gradient block, cut into uniform-sized slabs.
+pub(crate) struct SlabRows {
+    /// Channels of the block and row width (a multiple of 4).
+    pub channels: usize,
+    pub width: usize,
+    /// Rows per image (rows of the block run over its images).
+    pub height: usize,
+    /// Elements between images and between channels of the source.
+    pub nstride: usize,
+    pub cstride: usize,
+    /// First row and rows to copy; rows per slab and elements per slab.
+    pub row0: usize,
+    pub rows: usize,
+    pub rows_per_slab: usize,
+    pub slab_elems: usize,
+}
+
+/// Copies rows `row0..row0+rows` of every channel of the block that starts
+/// at element `base` of `src` (a vec4-aligned window) into slabs of `dst`:
+/// slab `r / rows_per_slab` holds row `r` at `(r % rows_per_slab) *
+/// channels * width`, channel by channel. The weight gradient binds one
+/// slab as a uniform array, whose loads at uniform addresses lavapipe
+/// broadcasts instead of loading lane by lane.
+pub(crate) fn slab_rows(gpu: &Gpu, src: &Window, base: u32, dst: &Window, s: &SlabRows) {
+    let p = SlabRowsParams {
+        total: (s.rows * s.channels) as u32,
+        o_count: s.channels as u32,
+        quads: (s.width / 4) as u32,
+        rows_per_slab: s.rows_per_slab as u32,
+        slab_quads: (s.slab_elems / 4) as u32,
+        row0: s.row0 as u32,
+        src_base: base / 4,
+        src_nstride: (s.nstride / 4) as u32,
+        src_cstride: (s.cstride / 4) as u32,
+        src_h: s.height as u32,
+    };
+    let pipeline = gpu.pipeline_for("slab_rows".into(), slab_rows_source, "main");
+    gpu.dispatch_grid(
+        &pipeline,
+        "slab_rows",
+        bytemuck::cast_slice(bytemuck::bytes_of(&p)),
+        &[(1, src), (4, dst)],
+        (s.rows * s.channels).div_ceil(64) as u64,
+        1,
+    );
+}
+
+/// (key, WGSL) of the generated copy kernels, for validation tests.
 pub(crate) fn sample_sources() -> Vec<(String, String)> {
-    (0..4)
+    let mut out: Vec<(String, String)> = (0..4)
         .map(|shift| (format!("pad_rows shift{shift}"), pad_rows_source(shift)))
-        .collect()
+        .collect();
+    out.push(("slab_rows".into(), slab_rows_source()));
+    out
 }
 
 #[cfg(test)]

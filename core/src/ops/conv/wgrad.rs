@@ -5,15 +5,18 @@
 //! group is `workgroup_id.y` and the row chunk is the flattened x/z
 //! workgroup index, so the loops over rows and columns and every load of
 //! `g` are uniform across a workgroup (one broadcast transaction on a
-//! GPU; lavapipe still loads a storage value lane by lane, see `GemmTile`). Each invocation keeps `k*k*to/4` vec4 accumulators (taps x
-//! channel group) and walks a row `jt` columns at a time, loading each
-//! needed input value once per step. Row chunks (split-K) write partial
-//! sums that `reduce::sum_partials` adds in a fixed order: deterministic.
-use super::codegen::{LANE, tap_cols, write_row_loads};
-use super::prep::{self, PadRegion};
+//! GPU). lavapipe loads a storage value lane by lane even then, so on CPU
+//! adapters `g` is copied into 64 KiB slabs of whole rows and read through
+//! a uniform binding, one dispatch per slab (`Job::uniform_pass`). Each
+//! invocation keeps `k*k*to/4` vec4 accumulators (taps x channel group)
+//! and walks a row `jt` columns at a time, loading each needed input value
+//! once per step. Row chunks (split-K) write partial sums that
+//! `reduce::sum_partials` adds in a fixed order: deterministic.
+use super::codegen::{LANE, UNIFORM_VEC4S, tap_cols, write_row_loads};
+use super::prep::{self, PadRegion, SlabRows};
 use crate::error::{EngineError, Result};
 use crate::gpu::Kernel;
-use crate::gpu::{Gpu, Tensor};
+use crate::gpu::{Gpu, Tensor, Window};
 use crate::ops::reduce::ReduceParams;
 use crate::ops::{Params, REDUCE, items_per_window, kernel, launch, runs, wgsl_params};
 use std::fmt::Write;
@@ -86,9 +89,9 @@ impl GemmTile {
 wgsl_params! {
     pub(crate) struct WgradParams {
         out_h, out_w, c_count, o_count, c_groups,
-        g_base, g_nstride, g_cstride,
+        g_base, g_nstride, g_cstride, g_rstride,
         x_nstride, x_cstride, x_w,
-        rows_per_chunk, total_rows,
+        rows_per_chunk, total_rows, row0, slot,
     }
 }
 
@@ -105,30 +108,49 @@ struct WgradSpec {
     /// elements, so a step's values are read as aligned vec4s: on
     /// lavapipe a vec4 load costs about half of four scalar loads.
     vec: bool,
+    /// `g` through a uniform binding of one slab (`prep::slab_rows`),
+    /// rows [row][channel][column] from `row0`: lavapipe loads a uniform
+    /// value once and broadcasts it (3x3 64 -> 64 at 4x80x80 with the
+    /// gradient's loads removed altogether ran 2.4x as fast). Needs `vec`.
+    uniform_g: bool,
 }
 
 impl WgradSpec {
     fn key(&self) -> String {
         format!(
-            "wgrad k{} s{} d{} to{} ct{} jt{} wg{} v{}",
-            self.k, self.s, self.d, self.to, self.ct, self.jt, self.wg, self.vec as u8
+            "wgrad k{} s{} d{} to{} ct{} jt{} wg{} v{} u{}",
+            self.k,
+            self.s,
+            self.d,
+            self.to,
+            self.ct,
+            self.jt,
+            self.wg,
+            self.vec as u8,
+            self.uniform_g as u8
         )
     }
 
     fn source(&self) -> String {
         let WgradSpec { k, to, ct, wg, .. } = *self;
         let o4 = to / 4;
-        let (gt, xt) = if self.vec {
-            ("G4: array<vec4<f32>>", "X4: array<vec4<f32>>")
-        } else {
-            ("G: array<f32>", "X: array<f32>")
+        let (gt, xt) = match (self.vec, self.uniform_g) {
+            (true, true) => (
+                format!("uniform> G4: array<vec4<f32>, {UNIFORM_VEC4S}>"),
+                "X4: array<vec4<f32>>",
+            ),
+            (true, false) => (
+                "storage, read> G4: array<vec4<f32>>".into(),
+                "X4: array<vec4<f32>>",
+            ),
+            (false, _) => ("storage, read> G: array<f32>".into(), "X: array<f32>"),
         };
         let mut w = String::new();
         w.push_str(WgradParams::WGSL);
         let _ = writeln!(
             w,
             "@group(0) @binding(0) var<uniform> P: Params;\n\
-             @group(0) @binding(1) var<storage, read> {gt};\n\
+             @group(0) @binding(1) var<{gt};\n\
              @group(0) @binding(2) var<storage, read> {xt};\n\
              @group(0) @binding(4) var<storage, read_write> D: array<f32>;\n\
              @compute @workgroup_size({wg})\n\
@@ -136,7 +158,8 @@ impl WgradSpec {
              \x20   let flat = wid.x + wid.z * nwg.x;\n\
              \x20   let chunk = flat / P.c_groups;\n\
              \x20   let cb = (flat % P.c_groups) * {}u + lid;\n\
-             \x20   if (cb >= P.c_count || chunk * P.rows_per_chunk >= P.total_rows) {{ return; }}\n\
+             \x20   if (cb >= P.c_count) {{ return; }}\n\
+             \x20   let row_begin = P.row0 + chunk * P.rows_per_chunk;\n\
              \x20   let ob = wid.y * {to}u;",
             wg * ct
         );
@@ -163,13 +186,18 @@ impl WgradSpec {
                 }
             }
         }
+        // A slab holds the rows from row0 only; storage holds every row.
+        let g_row = match self.uniform_g {
+            true => "(gr - P.row0) * P.g_rstride",
+            false => "n * P.g_nstride + i * P.g_rstride",
+        };
         let _ = writeln!(
             w,
-            "    let row_end = min((chunk + 1u) * P.rows_per_chunk, P.total_rows);\n\
-             \x20   for (var gr = chunk * P.rows_per_chunk; gr < row_end; gr++) {{\n\
+            "    let row_end = min(row_begin + P.rows_per_chunk, P.total_rows);\n\
+             \x20   for (var gr = row_begin; gr < row_end; gr++) {{\n\
              \x20       let n = gr / P.out_h;\n\
              \x20       let i = gr % P.out_h;\n\
-             \x20       let gb = n * P.g_nstride + i * P.out_w;\n\
+             \x20       let gb = {g_row};\n\
              \x20       let xb = n * P.x_nstride + i * {}u * P.x_w;\n\
              \x20       for (var j = 0u; j < P.out_w; j += {}u) {{",
             self.s, self.jt
@@ -255,7 +283,7 @@ impl WgradSpec {
         for e in 0..self.ct {
             let _ = writeln!(
                 w,
-                "    let pb{e} = (chunk * P.o_count * P.c_count + c{e}) * {kk}u;"
+                "    let pb{e} = ((P.slot + chunk) * P.o_count * P.c_count + c{e}) * {kk}u;"
             );
             for v in 0..self.to {
                 let _ = writeln!(
@@ -287,6 +315,209 @@ pub(crate) struct WgradGeom {
     pub d: usize,
     pub row0: isize,
     pub col0: isize,
+}
+
+/// Floats in one uniform slab of `g`.
+const SLAB_ELEMS: usize = UNIFORM_VEC4S * 4;
+/// Workgroups a slab's dispatch aims for (lavapipe runs one per thread).
+const SLAB_WORKGROUPS: usize = 8;
+
+/// What every dispatch of one weight gradient shares.
+struct Job<'a> {
+    gpu: &'a Gpu,
+    op: &'static str,
+    gout: &'a Tensor,
+    dw: &'a Tensor,
+    pipeline: &'a wgpu::ComputePipeline,
+    tile: GemmTile,
+    kk: usize,
+    /// Loop iterations one row costs an invocation.
+    row_cost: usize,
+    accumulate: bool,
+}
+
+/// One block of dw's sums: images `n0..n0+nb`, input channels `c0..` (in
+/// the padded copy `x`, `plane` elements per channel), gradient channels
+/// `o0..`.
+struct Block<'a> {
+    n0: usize,
+    nb: usize,
+    c0: usize,
+    clen: usize,
+    o0: usize,
+    olen: usize,
+    x: Window<'a>,
+    plane: usize,
+    x_w: usize,
+    /// The first image group: dw is written, not added (unless `accumulate`).
+    first: bool,
+}
+
+impl Job<'_> {
+    fn dims(&self) -> (usize, usize, usize, usize) {
+        self.gout.nchw()
+    }
+
+    /// The window of `gout` holding the block's images and channels.
+    fn g_window(&self, b: &Block) -> (Window<'_>, u32) {
+        let (_, o_tot, oh, ow) = self.dims();
+        let g_img = o_tot * oh * ow;
+        self.gpu.window(
+            self.gout,
+            b.n0 * g_img + b.o0 * oh * ow,
+            (b.nb - 1) * g_img + b.olen * oh * ow,
+        )
+    }
+
+    fn params(&self, b: &Block, rows_per_chunk: usize) -> WgradParams {
+        let (_, o_tot, oh, ow) = self.dims();
+        WgradParams {
+            out_h: oh as u32,
+            out_w: ow as u32,
+            c_count: b.clen as u32,
+            o_count: b.olen as u32,
+            c_groups: b.clen.div_ceil(self.tile.channels()) as u32,
+            g_nstride: (o_tot * oh * ow) as u32,
+            g_cstride: (oh * ow) as u32,
+            g_rstride: ow as u32,
+            x_nstride: (b.clen * b.plane) as u32,
+            x_cstride: b.plane as u32,
+            x_w: b.x_w as u32,
+            rows_per_chunk: rows_per_chunk as u32,
+            total_rows: (b.nb * oh) as u32,
+            ..Default::default()
+        }
+    }
+
+    fn slice(&self, b: &Block) -> DwSlice {
+        DwSlice {
+            o0: b.o0,
+            olen: b.olen,
+            c0: b.c0,
+            clen: b.clen,
+            c_tot: self.dw.shape()[1],
+            kk: self.kk,
+        }
+    }
+
+    /// `g` read from storage: rows split into chunks, one dispatch.
+    fn storage_pass(&self, b: &Block) -> Result<()> {
+        let gpu = self.gpu;
+        let win = gpu.window_elems();
+        let total_rows = b.nb * self.dims().2;
+        let per = b.olen * b.clen * self.kk;
+        let c_groups = b.clen.div_ceil(self.tile.channels());
+        let o_groups = b.olen.div_ceil(self.tile.to);
+        let max_rows = (gpu.loop_budget() / self.row_cost).max(1);
+        let chunks = target_threads(gpu)
+            .div_ceil(o_groups * c_groups * self.tile.wg)
+            .max(total_rows.div_ceil(max_rows))
+            .min((win / per).clamp(1, gpu.loop_budget() / 4))
+            .clamp(1, total_rows);
+        let rows_per_chunk = total_rows.div_ceil(chunks);
+        if rows_per_chunk > max_rows {
+            items_per_window(
+                gpu,
+                self.op,
+                per * total_rows.div_ceil(max_rows),
+                "partial-sum stack",
+            )?;
+        }
+        let chunks = total_rows.div_ceil(rows_per_chunk);
+        let partials = gpu.empty(&[chunks * per])?;
+        let (pw, _) = gpu.window(&partials, 0, chunks * per);
+        let (gw, gb) = self.g_window(b);
+        let p = WgradParams {
+            g_base: gb,
+            ..self.params(b, rows_per_chunk)
+        };
+        gpu.dispatch_grid(
+            self.pipeline,
+            self.op,
+            bytemuck::cast_slice(bytemuck::bytes_of(&p)),
+            &[(1, &gw), (2, &b.x), (4, &pw)],
+            (chunks * c_groups) as u64,
+            o_groups as u32,
+        );
+        let add = self.accumulate || !b.first;
+        add_partials(gpu, &pw, chunks, self.dw, self.slice(b), add);
+        Ok(())
+    }
+
+    /// `g` through a uniform binding: the block's rows are copied into
+    /// 64 KiB slabs of whole rows (`prep::slab_rows`), one dispatch per
+    /// slab, its rows cut into chunks that each write their own partial
+    /// sums; the partials are added in order, as many slabs at a time as a
+    /// window holds.
+    fn uniform_pass(&self, b: &Block) -> Result<()> {
+        let gpu = self.gpu;
+        let win = gpu.window_elems();
+        let (_, _, oh, ow) = self.dims();
+        let total_rows = b.nb * oh;
+        let rstride = b.olen * ow;
+        let rows = (SLAB_ELEMS / rstride).min(total_rows);
+        let c_groups = b.clen.div_ceil(self.tile.channels());
+        let o_groups = b.olen.div_ceil(self.tile.to);
+        // Enough workgroups per dispatch to keep every CPU thread busy.
+        let max_rows = (gpu.loop_budget() / self.row_cost).max(1);
+        let chunk_rows = rows
+            .div_ceil(SLAB_WORKGROUPS.div_ceil(c_groups * o_groups))
+            .min(max_rows);
+        let chunks = rows.div_ceil(chunk_rows);
+        let slabs = total_rows.div_ceil(rows);
+        let per = b.olen * b.clen * self.kk * chunks;
+        let batch = slabs.min(win / SLAB_ELEMS).min(win / per).max(1);
+        let slab_t = gpu.empty(&[batch * SLAB_ELEMS])?;
+        let partials = gpu.empty(&[batch * per])?;
+        let (pw, _) = gpu.window(&partials, 0, batch * per);
+        let (gw, gb) = self.g_window(b);
+        for (s0, count) in runs(slabs, batch) {
+            let row0 = s0 * rows;
+            let copy = SlabRows {
+                channels: b.olen,
+                width: ow,
+                height: oh,
+                nstride: self.dims().1 * oh * ow,
+                cstride: oh * ow,
+                row0,
+                rows: (count * rows).min(total_rows - row0),
+                rows_per_slab: rows,
+                slab_elems: SLAB_ELEMS,
+            };
+            let (sw, _) = gpu.window(&slab_t, 0, count * SLAB_ELEMS);
+            prep::slab_rows(gpu, &gw, gb, &sw, &copy);
+            for s in 0..count {
+                let (uw, _) = gpu.window(&slab_t, s * SLAB_ELEMS, SLAB_ELEMS);
+                // A chunk past the slab's last row stores zeros.
+                let p = WgradParams {
+                    g_cstride: ow as u32,
+                    g_rstride: rstride as u32,
+                    row0: (row0 + s * rows) as u32,
+                    slot: (s * chunks) as u32,
+                    total_rows: (row0 + (s + 1) * rows).min(total_rows) as u32,
+                    ..self.params(b, chunk_rows)
+                };
+                gpu.dispatch_grid(
+                    self.pipeline,
+                    self.op,
+                    bytemuck::cast_slice(bytemuck::bytes_of(&p)),
+                    &[(1, &uw), (2, &b.x), (4, &pw)],
+                    (chunks * c_groups) as u64,
+                    o_groups as u32,
+                );
+            }
+            let add = self.accumulate || !b.first || s0 > 0;
+            add_partials(gpu, &pw, count * chunks, self.dw, self.slice(b), add);
+        }
+        Ok(())
+    }
+}
+
+/// Whether the weight gradient reads `g` through uniform slabs: on
+/// adapters that want uniform operands, for vec4 rows, when a slab holds
+/// a row of `to` channels and a storage window holds a slab.
+fn uniform_g(gpu: &Gpu, vec: bool, ow: usize, to: usize) -> bool {
+    vec && gpu.uniform_operands() && ow * to <= SLAB_ELEMS && gpu.window_elems() >= SLAB_ELEMS
 }
 
 /// dw[o, c] (o over channels of `gout` [N, O, OH, OW], c over channels of
@@ -330,6 +561,7 @@ pub(crate) fn run(
         jt,
         wg: tile.wg,
         vec,
+        uniform_g: uniform_g(gpu, vec, ow, tile.to),
     };
     let row_cost = ow / jt + 2;
     if row_cost > gpu.loop_budget() {
@@ -343,9 +575,14 @@ pub(crate) fn run(
     let cols = if vec { cols.next_multiple_of(4) } else { cols };
     let plane = rows * cols;
     let win = gpu.window_elems();
-    let og = o_tot
+    let mut og = o_tot
         .min(items_per_window(gpu, op, oh * ow, "gradient plane")?)
         .min((win / (c_tot * kk)).max(1));
+    // One tile of gradient channels per block: a slab then holds the
+    // most rows, and the partial sums per row are fewest.
+    if spec.uniform_g {
+        og = og.min(tile.to);
+    }
     let mut cg = c_tot.min(items_per_window(gpu, op, plane, "padded input plane")?);
     while cg > 1 && (og - 1) * c_tot * kk + cg * kk > win {
         cg = cg.div_ceil(2);
@@ -355,9 +592,18 @@ pub(crate) fn run(
         .min(1 + (win - cg * plane) / (cg * plane))
         .clamp(1, n);
     let pipeline = gpu.pipeline_for(spec.key(), || spec.source(), "main");
+    let job = Job {
+        gpu,
+        op,
+        gout,
+        dw,
+        pipeline: &pipeline,
+        tile,
+        kk,
+        row_cost,
+        accumulate,
+    };
     for (n0, nb) in runs(n, imgs) {
-        // Each (o, c) of dw is written by one dispatch per image group.
-        let first = n0 == 0;
         for (c0, clen) in runs(c_tot, cg) {
             let region = PadRegion {
                 n0,
@@ -370,67 +616,24 @@ pub(crate) fn run(
                 cols,
             };
             let xp = prep::pad_input(gpu, input, &region)?;
-            let (xw, _) = gpu.window(&xp, 0, xp.numel());
             for (o0, olen) in runs(o_tot, og) {
-                let total_rows = nb * oh;
-                let per = olen * clen * kk;
-                let c_groups = clen.div_ceil(tile.channels());
-                let o_groups = olen.div_ceil(tile.to);
-                let max_rows = (gpu.loop_budget() / row_cost).max(1);
-                let chunks = target_threads(gpu)
-                    .div_ceil(o_groups * c_groups * tile.wg)
-                    .max(total_rows.div_ceil(max_rows))
-                    .min((win / per).clamp(1, gpu.loop_budget() / 4))
-                    .clamp(1, total_rows);
-                let rows_per_chunk = total_rows.div_ceil(chunks);
-                if rows_per_chunk > max_rows {
-                    items_per_window(
-                        gpu,
-                        op,
-                        per * total_rows.div_ceil(max_rows),
-                        "partial-sum stack",
-                    )?;
-                }
-                let chunks = total_rows.div_ceil(rows_per_chunk);
-                let partials = gpu.empty(&[chunks * per])?;
-                let (pw, _) = gpu.window(&partials, 0, chunks * per);
-                let (gw, gb) = gpu.window(
-                    gout,
-                    n0 * g_img + o0 * oh * ow,
-                    (nb - 1) * g_img + olen * oh * ow,
-                );
-                let p = WgradParams {
-                    out_h: oh as u32,
-                    out_w: ow as u32,
-                    c_count: clen as u32,
-                    o_count: olen as u32,
-                    c_groups: c_groups as u32,
-                    g_base: gb,
-                    g_nstride: g_img as u32,
-                    g_cstride: (oh * ow) as u32,
-                    x_nstride: (clen * plane) as u32,
-                    x_cstride: plane as u32,
-                    x_w: cols as u32,
-                    rows_per_chunk: rows_per_chunk as u32,
-                    total_rows: total_rows as u32,
-                };
-                gpu.dispatch_grid(
-                    &pipeline,
-                    op,
-                    bytemuck::cast_slice(bytemuck::bytes_of(&p)),
-                    &[(1, &gw), (2, &xw), (4, &pw)],
-                    (chunks * c_groups) as u64,
-                    o_groups as u32,
-                );
-                let slice = DwSlice {
-                    o0,
-                    olen,
+                // Each (o, c) of dw is written by one block per image group.
+                let block = Block {
+                    n0,
+                    nb,
                     c0,
                     clen,
-                    c_tot,
-                    kk,
+                    o0,
+                    olen,
+                    x: gpu.window(&xp, 0, xp.numel()).0,
+                    plane,
+                    x_w: cols,
+                    first: n0 == 0,
                 };
-                add_partials(gpu, &pw, chunks, dw, slice, accumulate || !first);
+                match spec.uniform_g {
+                    true => job.uniform_pass(&block)?,
+                    false => job.storage_pass(&block)?,
+                }
             }
         }
     }
@@ -450,7 +653,7 @@ pub(crate) fn sample_sources() -> Vec<(String, String)> {
             (4, 2, 1),
             (4, 1, 1),
         ] {
-            for vec in [false, true] {
+            for (vec, uniform_g) in [(false, false), (true, false), (true, true)] {
                 let spec = WgradSpec {
                     k,
                     s,
@@ -460,6 +663,7 @@ pub(crate) fn sample_sources() -> Vec<(String, String)> {
                     jt: t.jt,
                     wg: t.wg,
                     vec,
+                    uniform_g,
                 };
                 out.push((spec.key(), spec.source()));
             }
