@@ -216,13 +216,7 @@ fn uniform_and_storage_weights_are_bit_identical() {
     // for 16-channel tiles).
     let storage = Gpu::new(None).expect("a GPU adapter");
     storage.set_uniform_operands(false);
-    let uniform = Gpu::new(None).expect("a GPU adapter");
-    uniform.set_uniform_operands(true);
-    assert!(
-        uniform.uniform_operands(),
-        "{} has no 64 KiB uniform binding",
-        uniform.info.name
-    );
+    let uniform = uniform_gpu();
     for (n, c, o, h, w) in [(2, 64, 40, 7, 9), (1, 130, 20, 5, 6)] {
         let x = rand_vec(21, n * c * h * w);
         let wt = rand_vec(22, o * c * 9);
@@ -257,13 +251,7 @@ fn uniform_gradient_slabs_match_the_reference() {
     // store zeros), a second block of 4 channels, and a 256 KiB storage
     // window that holds three slabs at a time (partial sums added in
     // batches).
-    let gpu = Gpu::new(None).expect("a GPU adapter");
-    gpu.set_uniform_operands(true);
-    assert!(
-        gpu.uniform_operands(),
-        "{} has no 64 KiB uniform binding",
-        gpu.info.name
-    );
+    let gpu = uniform_gpu();
     gpu.set_binding_limit(256 << 10);
     let (n, c, o, h, w) = (3, 12, 20, 40, 64);
     let (_, _, g) = conv_geom(h, w, 3, 1, 1);
@@ -293,6 +281,18 @@ fn uniform_gradient_slabs_match_the_reference() {
         1e-3,
         1e-4,
     );
+}
+
+/// A device of its own that reads small operands through uniform bindings.
+fn uniform_gpu() -> Gpu {
+    let gpu = Gpu::new(None).expect("a GPU adapter");
+    gpu.set_uniform_operands(true);
+    assert!(
+        gpu.uniform_operands(),
+        "{} has no 64 KiB uniform binding",
+        gpu.info.name
+    );
+    gpu
 }
 
 fn bits_equal(a: &[f32], b: &[f32]) -> bool {
