@@ -466,7 +466,8 @@ impl Job<'_> {
         let chunks = rows.div_ceil(chunk_rows);
         let slabs = total_rows.div_ceil(rows);
         let per = b.olen * b.clen * self.kk * chunks;
-        let batch = slabs.min(win / SLAB_ELEMS).min(win / per).max(1);
+        items_per_window(gpu, self.op, per, "slab's partial sums")?;
+        let batch = slabs.min(win / SLAB_ELEMS).min(win / per);
         let slab_t = gpu.empty(&[batch * SLAB_ELEMS])?;
         let partials = gpu.empty(&[batch * per])?;
         let (pw, _) = gpu.window(&partials, 0, batch * per);
@@ -552,7 +553,7 @@ pub(crate) fn run(
     // Every row of g and of the padded copy starts at a multiple of 4
     // elements when the row width is one (window offsets keep alignment).
     let vec = ow % 4 == 0 && jt % 4 == 0 && gpu.vec4_windows();
-    let spec = WgradSpec {
+    let mut spec = WgradSpec {
         k: g.k,
         s: g.s,
         d: g.d,
@@ -587,6 +588,8 @@ pub(crate) fn run(
     while cg > 1 && (og - 1) * c_tot * kk + cg * kk > win {
         cg = cg.div_ceil(2);
     }
+    // A slab's partial sums (up to SLAB_WORKGROUPS row chunks) fit a window.
+    spec.uniform_g &= og * cg * kk * SLAB_WORKGROUPS <= win;
     let g_img = o_tot * oh * ow;
     let imgs = (1 + (win - og * oh * ow) / g_img)
         .min(1 + (win - cg * plane) / (cg * plane))
