@@ -376,7 +376,7 @@ impl Job<'_> {
             out_w: ow as u32,
             c_count: b.clen as u32,
             o_count: b.olen as u32,
-            c_groups: b.clen.div_ceil(self.tile.channels()) as u32,
+            c_groups: self.groups(b).0 as u32,
             g_nstride: (o_tot * oh * ow) as u32,
             g_cstride: (oh * ow) as u32,
             g_rstride: ow as u32,
@@ -387,6 +387,28 @@ impl Job<'_> {
             total_rows: (b.nb * oh) as u32,
             ..Default::default()
         }
+    }
+
+    /// Workgroups of a block's dispatch per row chunk (input-channel
+    /// groups) and along y (gradient-channel tiles).
+    fn groups(&self, b: &Block) -> (usize, usize) {
+        (
+            b.clen.div_ceil(self.tile.channels()),
+            b.olen.div_ceil(self.tile.to),
+        )
+    }
+
+    /// One dispatch over `chunks` row chunks of the block, `g` from `g`.
+    fn dispatch(&self, p: &WgradParams, g: &Window, b: &Block, partials: &Window, chunks: usize) {
+        let (c_groups, o_groups) = self.groups(b);
+        self.gpu.dispatch_grid(
+            self.pipeline,
+            self.op,
+            bytemuck::cast_slice(bytemuck::bytes_of(p)),
+            &[(1, g), (2, &b.x), (4, partials)],
+            (chunks * c_groups) as u64,
+            o_groups as u32,
+        );
     }
 
     fn slice(&self, b: &Block) -> DwSlice {
@@ -406,8 +428,7 @@ impl Job<'_> {
         let win = gpu.window_elems();
         let total_rows = b.nb * self.dims().2;
         let per = b.olen * b.clen * self.kk;
-        let c_groups = b.clen.div_ceil(self.tile.channels());
-        let o_groups = b.olen.div_ceil(self.tile.to);
+        let (c_groups, o_groups) = self.groups(b);
         let max_rows = (gpu.loop_budget() / self.row_cost).max(1);
         let chunks = target_threads(gpu)
             .div_ceil(o_groups * c_groups * self.tile.wg)
@@ -431,14 +452,7 @@ impl Job<'_> {
             g_base: gb,
             ..self.params(b, rows_per_chunk)
         };
-        gpu.dispatch_grid(
-            self.pipeline,
-            self.op,
-            bytemuck::cast_slice(bytemuck::bytes_of(&p)),
-            &[(1, &gw), (2, &b.x), (4, &pw)],
-            (chunks * c_groups) as u64,
-            o_groups as u32,
-        );
+        self.dispatch(&p, &gw, b, &pw, chunks);
         let add = self.accumulate || !b.first;
         add_partials(gpu, &pw, chunks, self.dw, self.slice(b), add);
         Ok(())
@@ -456,8 +470,7 @@ impl Job<'_> {
         let total_rows = b.nb * oh;
         let rstride = b.olen * ow;
         let rows = (SLAB_ELEMS / rstride).min(total_rows);
-        let c_groups = b.clen.div_ceil(self.tile.channels());
-        let o_groups = b.olen.div_ceil(self.tile.to);
+        let (c_groups, o_groups) = self.groups(b);
         // Enough workgroups per dispatch to keep every CPU thread busy.
         let max_rows = (gpu.loop_budget() / self.row_cost).max(1);
         let chunk_rows = rows
@@ -498,14 +511,7 @@ impl Job<'_> {
                     total_rows: (row0 + (s + 1) * rows).min(total_rows) as u32,
                     ..self.params(b, chunk_rows)
                 };
-                gpu.dispatch_grid(
-                    self.pipeline,
-                    self.op,
-                    bytemuck::cast_slice(bytemuck::bytes_of(&p)),
-                    &[(1, &uw), (2, &b.x), (4, &pw)],
-                    (chunks * c_groups) as u64,
-                    o_groups as u32,
-                );
+                self.dispatch(&p, &uw, b, &pw, chunks);
             }
             let add = self.accumulate || !b.first || s0 > 0;
             add_partials(gpu, &pw, count * chunks, self.dw, self.slice(b), add);
