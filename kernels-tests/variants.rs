@@ -212,8 +212,9 @@ fn uniform_and_storage_weights_are_bit_identical() {
     // Weights read through a uniform binding (CPU adapters) or a storage
     // one give the same sums in the same order: every tile, forward and
     // input gradient, with the produced channels split to fit the uniform
-    // binding (64 input channels), and past what it holds (130: storage
-    // for 16-channel tiles).
+    // binding (64 input channels; 130 for 8-channel tiles, whose slice of
+    // 130 summed channels still fits; 16-channel tiles split those, see
+    // `summed_channel_groups_for_uniform_weights_match_the_reference`).
     let storage = Gpu::new(None).expect("a GPU adapter");
     storage.set_uniform_operands(false);
     let uniform = uniform_gpu();
@@ -234,13 +235,47 @@ fn uniform_and_storage_weights_are_bit_identical() {
             let dx = conv::conv2d_backward_input_with(gpu, &dyt, &wtt, (h, w), 1, 1, v).unwrap();
             (read(gpu, &y), read(gpu, &dx))
         };
-        for t in conv::Tile::CANDIDATES.into_iter().filter(|t| !t.shared) {
+        let whole = |t: &conv::Tile| c * 9 * t.to <= UNIFORM_FLOATS;
+        for t in conv::Tile::CANDIDATES
+            .into_iter()
+            .filter(|t| !t.shared && whole(t))
+        {
             let (a, b) = (run(&uniform, t), run(&storage, t));
             let tag = format!("n{n} c{c} o{o} {h}x{w} {}", t.name());
             assert!(bits_equal(&a.0, &b.0), "{tag}: forward differs");
             assert!(bits_equal(&a.1, &b.1), "{tag}: input gradient differs");
         }
     }
+}
+
+/// Floats in a uniform operand binding (64 KiB).
+const UNIFORM_FLOATS: usize = 16384;
+
+#[test]
+fn summed_channel_groups_for_uniform_weights_match_the_reference() {
+    // 130 summed channels of a 3x3 kernel (and 70 of a 4x4) are more than
+    // a 16-channel tile's uniform weight slice holds: they are summed in
+    // equal groups that accumulate in the output, under every variant,
+    // with bias and ReLU applied once. (The dry run comes first: it lists
+    // only the kernels it creates.)
+    let gpu = uniform_gpu();
+    let (n, c, o, h, w) = (1, 130, 20, 5, 6);
+    let xt = up(&gpu, &[n, c, h, w], &rand_vec(41, n * c * h * w));
+    let wt = up(&gpu, &[o, c, 3, 3], &rand_vec(42, o * c * 9));
+    let v = Some(ConvVariant::Direct(conv::Tile::new(8, 16)));
+    let (done, kernels) = gpu.dry_run(|| conv::conv2d_with(&gpu, &xt, &wt, None, 1, 1, true, v));
+    done.unwrap();
+    let keys: Vec<&String> = kernels.iter().map(|k| &k.key).collect();
+    let uniform = |acc: &str| {
+        keys.iter()
+            .any(|k| k.starts_with("direct") && k.ends_with(" u1") && k.contains(acc))
+    };
+    assert!(
+        uniform(" a0 ") && uniform(" a1 "),
+        "no first and accumulating uniform-weight kernels among {keys:?}"
+    );
+    conv_all_variants(&gpu, (2, 130, 20, 5, 6, 3, 1, 1));
+    conv_all_variants(&gpu, (1, 70, 17, 7, 9, 4, 2, 1));
 }
 
 #[test]
