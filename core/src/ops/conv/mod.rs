@@ -158,9 +158,9 @@ impl ConvVariant {
     }
 
     /// The variant used when no tuned choice exists (see `Tile::rule`).
-    pub fn rule(gpu: &Gpu, k: usize, produced: usize, out_w: usize) -> ConvVariant {
+    pub fn rule(gpu: &Gpu, ks: (usize, usize), produced: usize, out_w: usize) -> ConvVariant {
         let long_run = gpu.variants().long_run();
-        ConvVariant::Direct(Tile::rule(gpu.is_cpu(), long_run, k, produced, out_w))
+        ConvVariant::Direct(Tile::rule(gpu.is_cpu(), long_run, ks, produced, out_w))
     }
 }
 
@@ -373,8 +373,9 @@ impl Produce<'_> {
     fn rule(&self, gpu: &Gpu, y: &Tensor) -> ConvVariant {
         let (_, o, _, w) = y.nchw();
         match self.dir {
-            Direction::Direct => ConvVariant::rule(gpu, self.g.k, o, w),
-            Direction::Transposed => ConvVariant::rule(gpu, self.g.k, o, w / self.g.stride),
+            Direction::Direct => ConvVariant::rule(gpu, (self.g.k, self.g.stride), o, w),
+            // Transposed passes run as stride-1 phases.
+            Direction::Transposed => ConvVariant::rule(gpu, (self.g.k, 1), o, w / self.g.stride),
         }
     }
 
