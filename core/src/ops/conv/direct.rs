@@ -486,8 +486,14 @@ fn padded_extent(gpu: &Gpu, j: &DirectJob, tp: usize) -> (usize, usize) {
 /// `tile`, or the same channels with fewer pixels when one padded input
 /// plane of `tile` would not fit a storage binding (a wide tile pads each
 /// row further). Tiles give bit-identical results, so this changes speed
-/// only.
+/// only. Likewise fewer produced channels when one summed channel's
+/// weight slice (`k*k*to` values) would not fit.
 fn fitting_tile(gpu: &Gpu, j: &DirectJob, tile: Tile) -> Tile {
+    let kk = j.map.kh * j.map.kw;
+    let mut tile = tile;
+    while tile.to > 8 && kk * tile.to > gpu.window_elems() {
+        tile.to /= 2;
+    }
     let fits = |tp: usize| {
         let (rows, cols) = padded_extent(gpu, j, tp);
         rows * cols <= gpu.window_elems()
