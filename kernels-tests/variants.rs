@@ -7,7 +7,7 @@
 //! choose is proven.
 use crate::common::*;
 use engine::Gpu;
-use engine::gpu::{TuneMode, Variants};
+use engine::gpu::{TuneMode, UNIFORM_OPERAND_BYTES, Variants};
 use engine::ops::conv::{self, ConvVariant, WgradVariant, conv_geom, cpu};
 
 const ATOL: f64 = 1e-4;
@@ -235,7 +235,7 @@ fn uniform_and_storage_weights_are_bit_identical() {
             let dx = conv::conv2d_backward_input_with(gpu, &dyt, &wtt, (h, w), 1, 1, v).unwrap();
             (read(gpu, &y), read(gpu, &dx))
         };
-        let whole = |t: &conv::Tile| c * 9 * t.to <= UNIFORM_FLOATS;
+        let whole = |t: &conv::Tile| c * 9 * t.to * 4 <= UNIFORM_OPERAND_BYTES as usize;
         for t in conv::Tile::CANDIDATES
             .into_iter()
             .filter(|t| !t.shared && whole(t))
@@ -247,9 +247,6 @@ fn uniform_and_storage_weights_are_bit_identical() {
         }
     }
 }
-
-/// Floats in a uniform operand binding (64 KiB).
-const UNIFORM_FLOATS: usize = 16384;
 
 #[test]
 fn summed_channel_groups_for_uniform_weights_match_the_reference() {

@@ -485,9 +485,11 @@ fn padded_extent(gpu: &Gpu, j: &DirectJob, tp: usize) -> (usize, usize) {
 
 /// `tile`, or the same channels with fewer pixels when one padded input
 /// plane of `tile` would not fit a storage binding (a wide tile pads each
-/// row further). Tiles give bit-identical results, so this changes speed
-/// only. Likewise fewer produced channels when one summed channel's
-/// weight slice (`k*k*to` values) would not fit.
+/// row further), or fewer produced channels when one summed channel's
+/// weight slice (`k*k*to` values) would not fit. Tiles of one channel
+/// grouping give bit-identical results, so this changes speed only
+/// (except where `uniform_weight_groups` then groups summed channels
+/// differently).
 fn fitting_tile(gpu: &Gpu, j: &DirectJob, tile: Tile) -> Tile {
     let kk = j.map.kh * j.map.kw;
     let mut tile = tile;
