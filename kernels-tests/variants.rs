@@ -298,7 +298,7 @@ fn uniform_gradient_slabs_match_the_reference() {
     assert!(
         kernels
             .iter()
-            .any(|k| k.key.starts_with("wgrad") && k.key.ends_with("u1")),
+            .any(|k| k.key.starts_with("wgrad") && k.key.contains(" u1 ")),
         "no uniform-slab kernel among {:?}",
         kernels.iter().map(|k| &k.key).collect::<Vec<_>>()
     );
@@ -313,6 +313,61 @@ fn uniform_gradient_slabs_match_the_reference() {
         1e-3,
         1e-4,
     );
+}
+
+#[test]
+fn texel_and_storage_inputs_give_bit_identical_weight_gradients() {
+    // On CPU adapters the weight gradient reads its padded input as texels
+    // of a texture (`Gpu::texel_operands`); the storage path sums the same
+    // values in the same order. Every tile, 3x3 (stride 1 and 2) and 1x1,
+    // with g from uniform slabs and from storage; more than one texture
+    // row of texels (4096) in the first shape.
+    let storage = Gpu::new(None).expect("a GPU adapter");
+    storage.set_texel_operands(false);
+    let texels = Gpu::new(None).expect("a GPU adapter");
+    texels.set_texel_operands(true);
+    assert!(
+        texels.texel_operands(),
+        "{} has no 4096-texel rows",
+        texels.info.name
+    );
+    for uniform in [true, false] {
+        storage.set_uniform_operands(uniform);
+        texels.set_uniform_operands(uniform);
+        for (n, c, o, h, w, k, s) in [
+            (2, 19, 20, 20, 24, 3, 1),
+            (1, 12, 10, 9, 16, 3, 2),
+            (2, 9, 6, 5, 8, 1, 1),
+        ] {
+            let x = rand_vec(41, n * c * h * w);
+            let (oh, ow, _) = conv_geom(h, w, k, s, 1);
+            let dy = rand_vec(42, n * o * oh * ow);
+            let run = |gpu: &Gpu, t: conv::GemmTile| {
+                let (xt, dyt) = (up(gpu, &[n, c, h, w], &x), up(gpu, &[n, o, oh, ow], &dy));
+                let dwt = stale(gpu, &[o, c, k, k]);
+                let v = Some(WgradVariant::Gemm(t));
+                let (done, kernels) = gpu.dry_run(|| {
+                    conv::conv2d_backward_weight_with(gpu, &dyt, &xt, &dwt, s, 1, false, v)
+                });
+                done.unwrap();
+                conv::conv2d_backward_weight_with(gpu, &dyt, &xt, &dwt, s, 1, false, v).unwrap();
+                let wgrad = kernels.iter().find(|k| k.key.starts_with("wgrad")).unwrap();
+                (read(gpu, &dwt), wgrad.key.clone())
+            };
+            for t in conv::GemmTile::CANDIDATES {
+                let tag = format!(
+                    "n{n} c{c} o{o} {h}x{w} k{k} s{s} {} uniform {uniform}",
+                    t.name()
+                );
+                let ((a, ka), (b, kb)) = (run(&texels, t), run(&storage, t));
+                assert!(
+                    ka.ends_with(" t1") && kb.ends_with(" t0"),
+                    "{tag}: kernels {ka} / {kb}"
+                );
+                assert!(bits_equal(&a, &b), "{tag}: texel and storage inputs differ");
+            }
+        }
+    }
 }
 
 /// A device of its own that reads small operands through uniform bindings.

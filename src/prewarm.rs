@@ -120,26 +120,49 @@ fn compile(gpu: &Gpu, k: &KernelSource) -> Option<()> {
     let bindings = operand_bindings(&k.wgsl, &k.entry)?;
     let pipeline = gpu.pipeline_for(k.key.clone(), || k.wgsl.clone(), &k.entry);
     // One buffer per binding: a buffer may not be bound read-only and
-    // read-write in one dispatch.
+    // read-write in one dispatch. A texel operand gets 4 zeros.
     let buffers = bindings
         .iter()
-        .map(|&(_, len)| gpu.zeros(&[len]).ok())
+        .map(|&(_, b)| gpu.zeros(&[b.floats()]).ok())
         .collect::<Option<Vec<_>>>()?;
-    let windows: Vec<_> = buffers
-        .iter()
-        .map(|t| gpu.window(t, 0, t.numel()).0)
-        .collect();
-    let bound: Vec<_> = bindings.iter().map(|b| b.0).zip(windows.iter()).collect();
-    gpu.dispatch_grid(&pipeline, "background compile", &k.params, &bound, 1, 1);
+    let (mut windows, mut texels) = (Vec::new(), Vec::new());
+    for (&(binding, b), t) in bindings.iter().zip(&buffers) {
+        match b {
+            Bound::Floats(_) => windows.push((binding, gpu.window(t, 0, t.numel()).0)),
+            Bound::Texels => texels.push((binding, gpu.texels("background compile", t).ok()?)),
+        }
+    }
+    let windows: Vec<_> = windows.iter().map(|(b, w)| (*b, w)).collect();
+    let texels: Vec<_> = texels.iter().map(|(b, v)| (*b, v)).collect();
+    let bound = (windows.as_slice(), texels.as_slice());
+    gpu.dispatch_grid(&pipeline, "background compile", &k.params, bound, 1, 1);
     gpu.flush();
     gpu.wait().ok()
 }
 
+/// What a compile dispatch binds to one operand binding.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Bound {
+    /// A buffer of this many f32s.
+    Floats(usize),
+    /// A texture of texels (`Gpu::texels` of one vec4).
+    Texels,
+}
+
+impl Bound {
+    fn floats(self) -> usize {
+        match self {
+            Bound::Floats(n) => n,
+            Bound::Texels => 4,
+        }
+    }
+}
+
 /// The operand bindings that `entry` of `wgsl` uses (wgpu's automatic
-/// layout holds only those), with the f32 count to bind: 64 for a storage
-/// array, the declared size for a uniform one. Binding 0 (the parameters)
-/// is the dispatch's own.
-fn operand_bindings(wgsl: &str, entry: &str) -> Option<Vec<(u32, usize)>> {
+/// layout holds only those), with what to bind: 64 f32s for a storage
+/// array, the declared size for a uniform one, texels for a texture.
+/// Binding 0 (the parameters) is the dispatch's own.
+fn operand_bindings(wgsl: &str, entry: &str) -> Option<Vec<(u32, Bound)>> {
     use naga::valid::{Capabilities, ValidationFlags, Validator};
     let module = naga::front::wgsl::parse_str(wgsl).ok()?;
     let info = Validator::new(ValidationFlags::all(), Capabilities::all())
@@ -152,21 +175,26 @@ fn operand_bindings(wgsl: &str, entry: &str) -> Option<Vec<(u32, usize)>> {
         let (Some(binding), false) = (v.binding.as_ref(), uses[h].is_empty()) else {
             continue;
         };
-        let len = match v.space {
-            naga::AddressSpace::Storage { .. } => 64,
+        let bound = match v.space {
+            naga::AddressSpace::Storage { .. } => Bound::Floats(64),
             naga::AddressSpace::Uniform if binding.binding != 0 => {
-                module.types[v.ty].inner.size(module.to_ctx()) as usize / 4
+                Bound::Floats(module.types[v.ty].inner.size(module.to_ctx()) as usize / 4)
+            }
+            naga::AddressSpace::Handle
+                if matches!(module.types[v.ty].inner, naga::TypeInner::Image { .. }) =>
+            {
+                Bound::Texels
             }
             _ => continue,
         };
-        out.push((binding.binding, len));
+        out.push((binding.binding, bound));
     }
     Some(out)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::operand_bindings;
+    use super::{Bound, operand_bindings};
 
     #[test]
     fn operand_bindings_are_those_the_entry_point_uses() {
@@ -176,9 +204,10 @@ mod tests {
             @group(0) @binding(2) var<storage, read> unused: array<f32>;\n\
             @group(0) @binding(4) var<storage, read_write> y: array<vec4<f32>>;\n\
             @group(0) @binding(3) var<uniform> u: array<vec4<f32>, 16>;\n\
+            @group(0) @binding(5) var t: texture_2d<f32>;\n\
             @compute @workgroup_size(8)\n\
             fn main(@builtin(global_invocation_id) g: vec3<u32>) {\n\
-                if (g.x < P.n) { y[g.x] = vec4<f32>(a[g.x]) + u[g.x % 16u]; }\n\
+                if (g.x < P.n) { y[g.x] = vec4<f32>(a[g.x]) + u[g.x % 16u] + textureLoad(t, vec2<u32>(g.x, 0u), 0); }\n\
             }\n\
             @compute @workgroup_size(8)\n\
             fn other(@builtin(global_invocation_id) g: vec3<u32>) {\n\
@@ -186,11 +215,16 @@ mod tests {
             }\n";
         assert_eq!(
             operand_bindings(wgsl, "main"),
-            Some(vec![(1, 64), (4, 64), (3, 64)])
+            Some(vec![
+                (1, Bound::Floats(64)),
+                (4, Bound::Floats(64)),
+                (3, Bound::Floats(64)),
+                (5, Bound::Texels)
+            ])
         );
         assert_eq!(
             operand_bindings(wgsl, "other"),
-            Some(vec![(2, 64), (4, 64)])
+            Some(vec![(2, Bound::Floats(64)), (4, Bound::Floats(64))])
         );
         assert_eq!(operand_bindings(wgsl, "missing"), None);
         assert_eq!(operand_bindings("not wgsl", "main"), None);

@@ -5,10 +5,12 @@
 mod pool;
 mod profile;
 mod tensor;
+mod texels;
 mod variants;
 
 pub use pool::{BufferPool, PooledBuffer, size_class};
 pub use tensor::Tensor;
+pub use texels::{TEXEL_FN, TEXEL_ROW};
 pub use variants::{TUNE_ENV, TUNE_FILE_ENV, TuneMode, Variants};
 
 use crate::error::{EngineError, Result};
@@ -100,6 +102,9 @@ pub struct Gpu {
     /// Whether kernels read small read-only operands (a convolution's
     /// weight slice) through a uniform binding; see `uniform_operands`.
     uniform_operands: std::sync::atomic::AtomicBool,
+    /// Whether kernels read per-lane operands as texels; see `texel_operands`.
+    texel_operands: std::sync::atomic::AtomicBool,
+    texel_store: Mutex<Option<texels::TexelStore>>,
     /// Loop iterations one invocation may run (see `LOOP_BUDGET`).
     loop_budget: usize,
     /// Pipelines by key: `shader:entry` for the static shaders, the
@@ -314,6 +319,8 @@ impl Gpu {
         let variants = Variants::new(mode, &info.name, &info.driver_info);
         let uniform_operands =
             info.device_type == wgpu::DeviceType::Cpu && uniform_operands_fit(&limits);
+        let texel_operands =
+            info.device_type == wgpu::DeviceType::Cpu && texels::texel_operands_fit(&limits);
         let lavapipe = [&info.name, &info.driver]
             .iter()
             .any(|s| s.to_lowercase().contains("llvmpipe"));
@@ -335,6 +342,8 @@ impl Gpu {
             timestamps,
             binding_limit: AtomicU64::new(binding_limit),
             uniform_operands: uniform_operands.into(),
+            texel_operands: texel_operands.into(),
+            texel_store: Mutex::new(None),
             pipelines: Mutex::new(HashMap::new()),
             uncaptured,
             traced: std::env::var_os("ENGINE_TRACE_PIPELINES").map(|_| Mutex::new(None)),
@@ -840,7 +849,7 @@ impl Gpu {
             pipeline,
             (kernel.shader.name, kernel.entry),
             params,
-            windows,
+            (windows, &[]),
             [gx as u32, gy as u32, 1],
         );
     }
@@ -854,7 +863,7 @@ impl Gpu {
         pipeline: &wgpu::ComputePipeline,
         label: &str,
         params: &[u32],
-        windows: &[(u32, &Window)],
+        (windows, texels): (&[(u32, &Window)], &[(u32, &wgpu::TextureView)]),
         flat: u64,
         y: u32,
     ) {
@@ -875,7 +884,7 @@ impl Gpu {
             pipeline,
             (label, label),
             params,
-            windows,
+            (windows, texels),
             [gx as u32, y, gz as u32],
         );
     }
@@ -887,7 +896,7 @@ impl Gpu {
         pipeline: &wgpu::ComputePipeline,
         (op, kernel): (&str, &str),
         params: &[u32],
-        windows: &[(u32, &Window)],
+        (windows, texels): (&[(u32, &Window)], &[(u32, &wgpu::TextureView)]),
         groups: [u32; 3],
     ) {
         assert!(params.len() * 4 <= PARAM_SLOT as usize);
@@ -929,6 +938,12 @@ impl Gpu {
                     offset: w.offset,
                     size: wgpu::BufferSize::new(w.size.max(4)),
                 }),
+            });
+        }
+        for (binding, view) in texels {
+            entries.push(wgpu::BindGroupEntry {
+                binding: *binding,
+                resource: wgpu::BindingResource::TextureView(view),
             });
         }
         let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {

@@ -1,7 +1,7 @@
 //! Pieces of generated WGSL shared by the direct and weight-gradient
 //! kernels: the input columns a run of output columns reads, and the loads
 //! of one input row into named values.
-use crate::gpu::UNIFORM_OPERAND_BYTES;
+use crate::gpu::{TEXEL_FN, UNIFORM_OPERAND_BYTES};
 use std::fmt::Write;
 
 /// vec4s in a uniform operand binding (`Gpu::uniform_operands`).
@@ -21,20 +21,56 @@ pub(super) fn tap_cols(outs: usize, kw: usize, s: usize, d: usize) -> Vec<usize>
     cols
 }
 
+/// Where a kernel's input rows come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(super) enum RowLoads {
+    /// Scalar loads of storage `X`.
+    Scalar,
+    /// Aligned vec4 loads of storage `X4` (rows start at multiples of 4
+    /// elements; on lavapipe a vec4 load costs about half of four scalar
+    /// loads).
+    Vec4,
+    /// Aligned vec4s as texels of texture `XT` (`Gpu::texel_operands`).
+    Texels,
+}
+
+impl RowLoads {
+    pub fn of(vec: bool, texels: bool) -> RowLoads {
+        match (vec, texels) {
+            (false, _) => RowLoads::Scalar,
+            (true, false) => RowLoads::Vec4,
+            (true, true) => RowLoads::Texels,
+        }
+    }
+
+    /// The input's binding declaration (and texel reader), at `binding`.
+    pub fn declare(self, binding: u32) -> String {
+        match self {
+            RowLoads::Scalar => {
+                format!("@group(0) @binding({binding}) var<storage, read> X: array<f32>;\n")
+            }
+            RowLoads::Vec4 => {
+                format!("@group(0) @binding({binding}) var<storage, read> X4: array<vec4<f32>>;\n")
+            }
+            RowLoads::Texels => {
+                format!("@group(0) @binding({binding}) var XT: texture_2d<f32>;\n{TEXEL_FN}")
+            }
+        }
+    }
+}
+
 /// `let x{p}_{m} = ...` for every column `m` of `cols`, from the row whose
-/// first element is `row` (an element index). With `vec` the row start is a
-/// multiple of 4 and the values come from the aligned vec4s of `X4` that
-/// hold them (on lavapipe a vec4 load costs about half of four scalar
-/// loads); otherwise from scalar loads of `X`.
+/// first element is `row` (an element index): scalar loads, or the aligned
+/// vec4s (storage or texels) that hold them.
 pub(super) fn write_row_loads(
     w: &mut String,
     indent: &str,
     p: usize,
     row: &str,
     cols: &[usize],
-    vec: bool,
+    loads: RowLoads,
 ) {
-    if !vec {
+    if loads == RowLoads::Scalar {
         let _ = writeln!(w, "{indent}let r{p} = {row};");
         for m in cols {
             let _ = writeln!(w, "{indent}let x{p}_{m} = X[r{p} + {m}u];");
@@ -45,7 +81,11 @@ pub(super) fn write_row_loads(
     let mut quads: Vec<usize> = cols.iter().map(|m| m / 4).collect();
     quads.dedup();
     for q in quads {
-        let _ = writeln!(w, "{indent}let xv{p}_{q} = X4[r{p} + {q}u];");
+        let load = match loads {
+            RowLoads::Texels => format!("texel(r{p} + {q}u)"),
+            _ => format!("X4[r{p} + {q}u]"),
+        };
+        let _ = writeln!(w, "{indent}let xv{p}_{q} = {load};");
     }
     for m in cols {
         let _ = writeln!(w, "{indent}let x{p}_{m} = xv{p}_{}.{};", m / 4, LANE[m % 4]);

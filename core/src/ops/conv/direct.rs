@@ -16,7 +16,7 @@
 //!
 //! The sum runs over summed channels, then taps in row-major order, for
 //! every tile: all tiles give bit-identical results.
-use super::codegen::{LANE, UNIFORM_VEC4S, tap_cols, write_row_loads};
+use super::codegen::{LANE, RowLoads, UNIFORM_VEC4S, tap_cols, write_row_loads};
 use super::prep::{self, PadRegion, WeightMap};
 use crate::error::Result;
 use crate::gpu::{Gpu, Tensor};
@@ -209,15 +209,7 @@ impl DirectSpec {
             "storage, read> W: array<vec4<f32>>".to_owned()
         };
         let _ = writeln!(w, "@group(0) @binding(2) var<{weights};");
-        let _ = writeln!(
-            w,
-            "@group(0) @binding(1) var<storage, read> {};",
-            if self.vec {
-                "X4: array<vec4<f32>>"
-            } else {
-                "X: array<f32>"
-            }
-        );
+        w.push_str(&RowLoads::of(self.vec, false).declare(1));
         if shared {
             let _ = writeln!(
                 w,
@@ -279,7 +271,7 @@ impl DirectSpec {
         let cols = tap_cols(self.tile.tp, self.kw, s, d);
         for p in 0..self.kh {
             let row = format!("xb + {}u * P.x_w", p * d);
-            write_row_loads(w, "        ", p, &row, &cols, self.vec);
+            write_row_loads(w, "        ", p, &row, &cols, RowLoads::of(self.vec, false));
             for q in 0..self.kw {
                 for u in 0..o4 {
                     let wt = weight(p * self.kw + q, u);
@@ -621,7 +613,7 @@ pub(crate) fn run(gpu: &Gpu, j: &DirectJob, tile: Tile) -> Result<()> {
                     &pipeline,
                     j.op,
                     bytemuck::cast_slice(bytemuck::bytes_of(&p)),
-                    &windows,
+                    (&windows, &[]),
                     groups,
                     (opad / tile.to) as u32,
                 );

@@ -114,7 +114,7 @@ pub(crate) fn pad_input(gpu: &Gpu, src: &Tensor, r: &PadRegion) -> Result<Tensor
             &pipeline,
             "pad_input",
             bytemuck::cast_slice(bytemuck::bytes_of(&p)),
-            &[(1, &sw), (4, &dw)],
+            (&[(1, &sw), (4, &dw)], &[]),
             groups,
             1,
         );
@@ -286,7 +286,7 @@ pub(crate) fn slab_rows(gpu: &Gpu, src: &Window, base: u32, dst: &Window, s: &Sl
         &pipeline,
         "slab_rows",
         bytemuck::cast_slice(bytemuck::bytes_of(&p)),
-        &[(1, src), (4, dst)],
+        (&[(1, src), (4, dst)], &[]),
         (s.rows * s.channels).div_ceil(64) as u64,
         1,
     );

@@ -12,7 +12,7 @@
 //! and walks a row `jt` columns at a time, loading each needed input value
 //! once per step. Row chunks (split-K) write partial sums that
 //! `reduce::sum_partials` adds in a fixed order: deterministic.
-use super::codegen::{LANE, UNIFORM_VEC4S, tap_cols, write_row_loads};
+use super::codegen::{LANE, RowLoads, UNIFORM_VEC4S, tap_cols, write_row_loads};
 use super::prep::{self, PadRegion, SlabRows};
 use crate::error::{EngineError, Result};
 use crate::gpu::Kernel;
@@ -113,12 +113,14 @@ struct WgradSpec {
     /// value once and broadcasts it (3x3 64 -> 64 at 4x80x80 with the
     /// gradient's loads removed altogether ran 2.4x as fast). Needs `vec`.
     uniform_g: bool,
+    /// The padded input as texels (`Gpu::texel_operands`). Needs `vec`.
+    texels: bool,
 }
 
 impl WgradSpec {
     fn key(&self) -> String {
         format!(
-            "wgrad k{} s{} d{} to{} ct{} jt{} wg{} v{} u{}",
+            "wgrad k{} s{} d{} to{} ct{} jt{} wg{} v{} u{} t{}",
             self.k,
             self.s,
             self.d,
@@ -127,31 +129,26 @@ impl WgradSpec {
             self.jt,
             self.wg,
             self.vec as u8,
-            self.uniform_g as u8
+            self.uniform_g as u8,
+            self.texels as u8
         )
     }
 
     fn source(&self) -> String {
         let WgradSpec { k, to, ct, wg, .. } = *self;
         let o4 = to / 4;
-        let (gt, xt) = match (self.vec, self.uniform_g) {
-            (true, true) => (
-                format!("uniform> G4: array<vec4<f32>, {UNIFORM_VEC4S}>"),
-                "X4: array<vec4<f32>>",
-            ),
-            (true, false) => (
-                "storage, read> G4: array<vec4<f32>>".into(),
-                "X4: array<vec4<f32>>",
-            ),
-            (false, _) => ("storage, read> G: array<f32>".into(), "X: array<f32>"),
+        let gt = match (self.vec, self.uniform_g) {
+            (true, true) => format!("uniform> G4: array<vec4<f32>, {UNIFORM_VEC4S}>"),
+            (true, false) => "storage, read> G4: array<vec4<f32>>".into(),
+            (false, _) => "storage, read> G: array<f32>".into(),
         };
         let mut w = String::new();
         w.push_str(WgradParams::WGSL);
+        w.push_str(&self.row_loads().declare(2));
         let _ = writeln!(
             w,
             "@group(0) @binding(0) var<uniform> P: Params;\n\
              @group(0) @binding(1) var<{gt};\n\
-             @group(0) @binding(2) var<storage, read> {xt};\n\
              @group(0) @binding(4) var<storage, read_write> D: array<f32>;\n\
              @compute @workgroup_size({wg})\n\
              fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32, @builtin(num_workgroups) nwg: vec3<u32>) {{\n\
@@ -207,7 +204,14 @@ impl WgradSpec {
         for e in 0..ct {
             for p in 0..k {
                 let row = format!("xb + xc{e} + {}u * P.x_w + j * {}u", p * self.d, self.s);
-                write_row_loads(&mut w, "            ", e * k + p, &row, &cols, self.vec);
+                write_row_loads(
+                    &mut w,
+                    "            ",
+                    e * k + p,
+                    &row,
+                    &cols,
+                    self.row_loads(),
+                );
             }
         }
         self.accumulate(&mut w);
@@ -215,6 +219,10 @@ impl WgradSpec {
         self.store(&mut w);
         w.push_str("}\n");
         w
+    }
+
+    fn row_loads(&self) -> RowLoads {
+        RowLoads::of(self.vec, self.texels)
     }
 
     /// `g{t}_{u}` (column t of the step, gradient channels 4u..4u+3) from
@@ -322,6 +330,12 @@ const SLAB_ELEMS: usize = UNIFORM_VEC4S * 4;
 /// Workgroups a slab's dispatch aims for (lavapipe runs one per thread).
 const SLAB_WORKGROUPS: usize = 8;
 
+/// The padded input a block reads: a storage window or texels.
+enum Operand<'a> {
+    Window(Window<'a>),
+    Texels(wgpu::TextureView),
+}
+
 /// What every dispatch of one weight gradient shares.
 struct Job<'a> {
     gpu: &'a Gpu,
@@ -346,7 +360,7 @@ struct Block<'a> {
     clen: usize,
     o0: usize,
     olen: usize,
-    x: Window<'a>,
+    x: &'a Operand<'a>,
     plane: usize,
     x_w: usize,
     /// The first image group: dw is written, not added (unless `accumulate`).
@@ -401,14 +415,21 @@ impl Job<'_> {
     /// One dispatch over `chunks` row chunks of the block, `g` from `g`.
     fn dispatch(&self, p: &WgradParams, g: &Window, b: &Block, partials: &Window, chunks: usize) {
         let (c_groups, o_groups) = self.groups(b);
-        self.gpu.dispatch_grid(
-            self.pipeline,
-            self.op,
-            bytemuck::cast_slice(bytemuck::bytes_of(p)),
-            &[(1, g), (2, &b.x), (4, partials)],
-            (chunks * c_groups) as u64,
-            o_groups as u32,
-        );
+        let params = bytemuck::cast_slice(bytemuck::bytes_of(p));
+        let (flat, y) = ((chunks * c_groups) as u64, o_groups as u32);
+        match &b.x {
+            Operand::Window(x) => {
+                let windows = [(1, g), (2, x), (4, partials)];
+                self.gpu
+                    .dispatch_grid(self.pipeline, self.op, params, (&windows, &[]), flat, y)
+            }
+            Operand::Texels(view) => {
+                let windows = [(1, g), (4, partials)];
+                let texels = [(2, view)];
+                self.gpu
+                    .dispatch_grid(self.pipeline, self.op, params, (&windows, &texels), flat, y)
+            }
+        }
     }
 
     fn slice(&self, b: &Block) -> DwSlice {
@@ -569,6 +590,7 @@ pub(crate) fn run(
         wg: tile.wg,
         vec,
         uniform_g: uniform_g(gpu, vec, ow, tile.to),
+        texels: vec && gpu.texel_operands(),
     };
     let row_cost = ow / jt + 2;
     if row_cost > gpu.loop_budget() {
@@ -625,6 +647,10 @@ pub(crate) fn run(
                 cols,
             };
             let xp = prep::pad_input(gpu, input, &region)?;
+            let x = match spec.texels {
+                true => Operand::Texels(gpu.texels(op, &xp)?),
+                false => Operand::Window(gpu.window(&xp, 0, xp.numel()).0),
+            };
             for (o0, olen) in runs(o_tot, og) {
                 // Each (o, c) of dw is written by one block per image group.
                 let block = Block {
@@ -634,7 +660,7 @@ pub(crate) fn run(
                     clen,
                     o0,
                     olen,
-                    x: gpu.window(&xp, 0, xp.numel()).0,
+                    x: &x,
                     plane,
                     x_w: cols,
                     first: n0 == 0,
@@ -662,7 +688,13 @@ pub(crate) fn sample_sources() -> Vec<(String, String)> {
             (4, 2, 1),
             (4, 1, 1),
         ] {
-            for (vec, uniform_g) in [(false, false), (true, false), (true, true)] {
+            for (vec, uniform_g, texels) in [
+                (false, false, false),
+                (true, false, false),
+                (true, true, false),
+                (true, false, true),
+                (true, true, true),
+            ] {
                 let spec = WgradSpec {
                     k,
                     s,
@@ -673,6 +705,7 @@ pub(crate) fn sample_sources() -> Vec<(String, String)> {
                     wg: t.wg,
                     vec,
                     uniform_g,
+                    texels,
                 };
                 out.push((spec.key(), spec.source()));
             }

@@ -1,0 +1,152 @@
+//! Texel operands: an operand that every lane reads at its own address,
+//! copied into an `rgba32float` texture and read with `textureLoad`.
+//!
+//! Why: Mesa's gallivm (lavapipe) compiles a load from a storage buffer
+//! whose address differs per lane as a loop over the 8 SIMD lanes that
+//! inserts each lane's value into a vector through the stack, one
+//! store-forwarding stall per element: in `perf`, two thirds of the weight
+//! gradient's time sat on those reloads. A texel fetch compiles to
+//! unrolled inserts instead; the same kernel reading its padded input from
+//! a texture ran 1.5-2.6x as fast. On GPUs a storage load is already the
+//! fast path, so this is for CPU adapters only (`Gpu::texel_operands`).
+//!
+//! Texel `i` (elements `4i..4i+4`) lies at column `i % TEXEL_ROW`, row
+//! `i / TEXEL_ROW`; `TEXEL_FN` is the WGSL that reads it.
+use super::{Gpu, Tensor};
+use crate::error::{EngineError, Result};
+use std::sync::atomic::Ordering;
+
+/// Texels per texture row: a power of two, so a kernel splits an index
+/// with a shift and a mask, and below every adapter's 2-D size limit
+/// (WebGPU guarantees 8192).
+pub const TEXEL_ROW: u32 = 4096;
+const TEXEL_ROW_SHIFT: u32 = TEXEL_ROW.trailing_zeros();
+const TEXEL_BYTES: u32 = 16;
+
+/// WGSL for `texel(i)`, reading texture `XT` (bound by the kernel).
+pub const TEXEL_FN: &str = "fn texel(i: u32) -> vec4<f32> {\n    \
+     return textureLoad(XT, vec2<u32>(i & 4095u, i >> 12u), 0);\n}\n";
+const _: () = assert!(TEXEL_ROW == 4096 && TEXEL_ROW_SHIFT == 12);
+
+/// The one texture all texel operands are copied into, grown as needed.
+/// Copies and dispatches are recorded in order into one encoder, so each
+/// dispatch reads what the copy before it wrote.
+pub(super) struct TexelStore {
+    texture: wgpu::Texture,
+    view: wgpu::TextureView,
+    rows: u32,
+}
+
+pub(super) fn texel_operands_fit(limits: &wgpu::Limits) -> bool {
+    limits.max_texture_dimension_2d >= TEXEL_ROW
+}
+
+impl Gpu {
+    /// Whether kernels read per-lane operands (the weight gradient's
+    /// padded input) as texels (see the module's comment). On by default
+    /// on CPU adapters; tests turn it off to cover the storage path.
+    pub fn texel_operands(&self) -> bool {
+        self.texel_operands.load(Ordering::Relaxed)
+    }
+
+    pub fn set_texel_operands(&self, on: bool) {
+        let on = on && texel_operands_fit(&self.limits);
+        self.texel_operands.store(on, Ordering::Relaxed);
+    }
+
+    /// Records a copy of all of `t` (a multiple of 4 elements) into the
+    /// texel texture and returns its view, which holds `t` for every
+    /// dispatch recorded before the next call.
+    pub fn texels(&self, op: &'static str, t: &Tensor) -> Result<wgpu::TextureView> {
+        let texels = t.numel() / 4;
+        assert_eq!(texels * 4, t.numel(), "texel operands hold whole vec4s");
+        let rows = texels.div_ceil(TEXEL_ROW as usize).max(1);
+        if rows > self.limits.max_texture_dimension_2d as usize {
+            return Err(EngineError::TooLarge {
+                op,
+                detail: format!(
+                    "{} elements need {rows} texture rows of {TEXEL_ROW} texels; the adapter allows {}",
+                    t.numel(),
+                    self.limits.max_texture_dimension_2d
+                ),
+            });
+        }
+        let mut store = self.texel_store.lock().unwrap();
+        if store.as_ref().is_none_or(|s| (s.rows as usize) < rows) {
+            *store = Some(self.texel_texture(rows as u32));
+        }
+        let store = store.as_ref().unwrap();
+        if !self.in_dry_run() {
+            let mut rec = self.rec.lock().unwrap();
+            let enc = self.encoder(&mut rec);
+            let full = (texels / TEXEL_ROW as usize) as u32;
+            let tail = (texels % TEXEL_ROW as usize) as u32;
+            copy_rows(enc, t.buffer(), &store.texture, (0, full), TEXEL_ROW);
+            copy_rows(enc, t.buffer(), &store.texture, (full, 1), tail);
+        }
+        Ok(store.view.clone())
+    }
+
+    fn texel_texture(&self, rows: u32) -> TexelStore {
+        let texture = self.device.create_texture(&wgpu::TextureDescriptor {
+            label: Some("texel operands"),
+            size: wgpu::Extent3d {
+                width: TEXEL_ROW,
+                height: rows,
+                depth_or_array_layers: 1,
+            },
+            mip_level_count: 1,
+            sample_count: 1,
+            dimension: wgpu::TextureDimension::D2,
+            format: wgpu::TextureFormat::Rgba32Float,
+            usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
+            view_formats: &[],
+        });
+        let view = texture.create_view(&Default::default());
+        TexelStore {
+            texture,
+            view,
+            rows,
+        }
+    }
+}
+
+/// Copies `count` texture rows from `row0` on, `width` texels each, from
+/// the same texels of `buffer` (nothing when empty).
+fn copy_rows(
+    enc: &mut wgpu::CommandEncoder,
+    buffer: &wgpu::Buffer,
+    texture: &wgpu::Texture,
+    (row0, count): (u32, u32),
+    width: u32,
+) {
+    if count == 0 || width == 0 {
+        return;
+    }
+    let bytes_per_row = TEXEL_ROW * TEXEL_BYTES;
+    enc.copy_buffer_to_texture(
+        wgpu::TexelCopyBufferInfo {
+            buffer,
+            layout: wgpu::TexelCopyBufferLayout {
+                offset: row0 as u64 * bytes_per_row as u64,
+                bytes_per_row: Some(bytes_per_row),
+                rows_per_image: None,
+            },
+        },
+        wgpu::TexelCopyTextureInfo {
+            texture,
+            mip_level: 0,
+            origin: wgpu::Origin3d {
+                x: 0,
+                y: row0,
+                z: 0,
+            },
+            aspect: wgpu::TextureAspect::All,
+        },
+        wgpu::Extent3d {
+            width,
+            height: count,
+            depth_or_array_layers: 1,
+        },
+    );
+}
