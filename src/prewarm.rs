@@ -129,7 +129,9 @@ fn compile(gpu: &Gpu, k: &KernelSource) -> Option<()> {
     for (&(binding, b), t) in bindings.iter().zip(&buffers) {
         match b {
             Bound::Floats(_) => windows.push((binding, gpu.window(t, 0, t.numel()).0)),
-            Bound::Texels => texels.push((binding, gpu.texels("background compile", t).ok()?)),
+            Bound::Texels => {
+                texels.push((binding, gpu.texels("background compile", t, 0, 4).ok()?))
+            }
         }
     }
     let windows: Vec<_> = windows.iter().map(|(b, w)| (*b, w)).collect();

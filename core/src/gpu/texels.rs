@@ -54,20 +54,28 @@ impl Gpu {
         self.texel_operands.store(on, Ordering::Relaxed);
     }
 
-    /// Records a copy of all of `t` (a multiple of 4 elements) into the
-    /// texel texture and returns its view, which holds `t` for every
-    /// dispatch recorded before the next call.
-    pub fn texels(&self, op: &'static str, t: &Tensor) -> Result<wgpu::TextureView> {
-        let texels = t.numel() / 4;
-        assert_eq!(texels * 4, t.numel(), "texel operands hold whole vec4s");
+    /// Records a copy of elements `start..start + len` of `t` (multiples
+    /// of 4) into the texel texture, from texel 0 on, and returns its view,
+    /// which holds them for every dispatch recorded before the next call.
+    pub fn texels(
+        &self,
+        op: &'static str,
+        t: &Tensor,
+        start: usize,
+        len: usize,
+    ) -> Result<wgpu::TextureView> {
+        assert!(
+            start % 4 == 0 && len % 4 == 0 && start + len <= t.numel(),
+            "texel operands hold whole vec4s of the tensor"
+        );
+        let texels = len / 4;
         let rows = texels.div_ceil(TEXEL_ROW as usize).max(1);
         if rows > self.limits.max_texture_dimension_2d as usize {
             return Err(EngineError::TooLarge {
                 op,
                 detail: format!(
                     "{} elements need {rows} texture rows of {TEXEL_ROW} texels; the adapter allows {}",
-                    t.numel(),
-                    self.limits.max_texture_dimension_2d
+                    len, self.limits.max_texture_dimension_2d
                 ),
             });
         }
@@ -81,8 +89,9 @@ impl Gpu {
             let enc = self.encoder(&mut rec);
             let full = (texels / TEXEL_ROW as usize) as u32;
             let tail = (texels % TEXEL_ROW as usize) as u32;
-            copy_rows(enc, t.buffer(), &store.texture, (0, full), TEXEL_ROW);
-            copy_rows(enc, t.buffer(), &store.texture, (full, 1), tail);
+            let (src, offset) = (t.buffer(), start as u64 * 4);
+            copy_rows(enc, (src, offset), &store.texture, (0, full), TEXEL_ROW);
+            copy_rows(enc, (src, offset), &store.texture, (full, 1), tail);
         }
         Ok(store.view.clone())
     }
@@ -112,10 +121,11 @@ impl Gpu {
 }
 
 /// Copies `count` texture rows from `row0` on, `width` texels each, from
-/// the same texels of `buffer` (nothing when empty).
+/// the same texels of `buffer` counted from byte `offset` (nothing when
+/// empty).
 fn copy_rows(
     enc: &mut wgpu::CommandEncoder,
-    buffer: &wgpu::Buffer,
+    (buffer, offset): (&wgpu::Buffer, u64),
     texture: &wgpu::Texture,
     (row0, count): (u32, u32),
     width: u32,
@@ -128,7 +138,7 @@ fn copy_rows(
         wgpu::TexelCopyBufferInfo {
             buffer,
             layout: wgpu::TexelCopyBufferLayout {
-                offset: row0 as u64 * bytes_per_row as u64,
+                offset: offset + row0 as u64 * bytes_per_row as u64,
                 bytes_per_row: Some(bytes_per_row),
                 rows_per_image: None,
             },

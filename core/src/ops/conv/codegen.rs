@@ -1,7 +1,8 @@
 //! Pieces of generated WGSL shared by the direct and weight-gradient
 //! kernels: the input columns a run of output columns reads, and the loads
 //! of one input row into named values.
-use crate::gpu::{TEXEL_FN, UNIFORM_OPERAND_BYTES};
+use crate::error::Result;
+use crate::gpu::{Gpu, TEXEL_FN, Tensor, UNIFORM_OPERAND_BYTES, Window};
 use std::fmt::Write;
 
 /// vec4s in a uniform operand binding (`Gpu::uniform_operands`).
@@ -55,6 +56,45 @@ impl RowLoads {
             RowLoads::Texels => {
                 format!("@group(0) @binding({binding}) var XT: texture_2d<f32>;\n{TEXEL_FN}")
             }
+        }
+    }
+}
+
+/// A kernel's input operand: a storage window or texels.
+pub(super) enum Operand<'a> {
+    Window(Window<'a>),
+    Texels(wgpu::TextureView),
+}
+
+impl<'a> Operand<'a> {
+    /// Elements `start..start + len` of `t`, as texels when `texels` (then
+    /// `start` and `len` are multiples of 4), with the element index of
+    /// `start` within the operand.
+    pub fn of(
+        gpu: &Gpu,
+        op: &'static str,
+        (t, start, len): (&'a Tensor, usize, usize),
+        texels: bool,
+    ) -> Result<(Operand<'a>, u32)> {
+        Ok(match texels {
+            true => (Operand::Texels(gpu.texels(op, t, start, len)?), 0),
+            false => {
+                let (w, base) = gpu.window(t, start, len);
+                (Operand::Window(w), base)
+            }
+        })
+    }
+
+    /// Adds the operand at `binding` to a dispatch's windows or texels.
+    pub fn bind<'b>(
+        &'b self,
+        binding: u32,
+        windows: &mut Vec<(u32, &'b Window<'a>)>,
+        texels: &mut Vec<(u32, &'b wgpu::TextureView)>,
+    ) {
+        match self {
+            Operand::Window(w) => windows.push((binding, w)),
+            Operand::Texels(v) => texels.push((binding, v)),
         }
     }
 }

@@ -12,7 +12,7 @@
 //! and walks a row `jt` columns at a time, loading each needed input value
 //! once per step. Row chunks (split-K) write partial sums that
 //! `reduce::sum_partials` adds in a fixed order: deterministic.
-use super::codegen::{LANE, RowLoads, UNIFORM_VEC4S, tap_cols, write_row_loads};
+use super::codegen::{LANE, Operand, RowLoads, UNIFORM_VEC4S, tap_cols, write_row_loads};
 use super::prep::{self, PadRegion, SlabRows};
 use crate::error::{EngineError, Result};
 use crate::gpu::Kernel;
@@ -330,12 +330,6 @@ const SLAB_ELEMS: usize = UNIFORM_VEC4S * 4;
 /// Workgroups a slab's dispatch aims for (lavapipe runs one per thread).
 const SLAB_WORKGROUPS: usize = 8;
 
-/// The padded input a block reads: a storage window or texels.
-enum Operand<'a> {
-    Window(Window<'a>),
-    Texels(wgpu::TextureView),
-}
-
 /// What every dispatch of one weight gradient shares.
 struct Job<'a> {
     gpu: &'a Gpu,
@@ -417,19 +411,10 @@ impl Job<'_> {
         let (c_groups, o_groups) = self.groups(b);
         let params = bytemuck::cast_slice(bytemuck::bytes_of(p));
         let (flat, y) = ((chunks * c_groups) as u64, o_groups as u32);
-        match &b.x {
-            Operand::Window(x) => {
-                let windows = [(1, g), (2, x), (4, partials)];
-                self.gpu
-                    .dispatch_grid(self.pipeline, self.op, params, (&windows, &[]), flat, y)
-            }
-            Operand::Texels(view) => {
-                let windows = [(1, g), (4, partials)];
-                let texels = [(2, view)];
-                self.gpu
-                    .dispatch_grid(self.pipeline, self.op, params, (&windows, &texels), flat, y)
-            }
-        }
+        let (mut windows, mut texels) = (vec![(1, g), (4, partials)], vec![]);
+        b.x.bind(2, &mut windows, &mut texels);
+        self.gpu
+            .dispatch_grid(self.pipeline, self.op, params, (&windows, &texels), flat, y);
     }
 
     fn slice(&self, b: &Block) -> DwSlice {
@@ -647,10 +632,7 @@ pub(crate) fn run(
                 cols,
             };
             let xp = prep::pad_input(gpu, input, &region)?;
-            let x = match spec.texels {
-                true => Operand::Texels(gpu.texels(op, &xp)?),
-                false => Operand::Window(gpu.window(&xp, 0, xp.numel()).0),
-            };
+            let (x, _) = Operand::of(gpu, op, (&xp, 0, xp.numel()), spec.texels)?;
             for (o0, olen) in runs(o_tot, og) {
                 // Each (o, c) of dw is written by one block per image group.
                 let block = Block {
