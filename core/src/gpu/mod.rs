@@ -64,6 +64,13 @@ pub struct Window<'a> {
     pub size: u64,
 }
 
+/// A dispatch's operands by binding: storage windows, and textures of
+/// texels (`Gpu::texels`).
+pub type Operands<'s, 'w> = (
+    &'s [(u32, &'s Window<'w>)],
+    &'s [(u32, &'s wgpu::TextureView)],
+);
+
 /// Bytes per parameter slot in the uniform arena (>= every adapter's
 /// `min_uniform_buffer_offset_alignment`, which is at most 256).
 const PARAM_SLOT: u64 = 256;
@@ -863,7 +870,7 @@ impl Gpu {
         pipeline: &wgpu::ComputePipeline,
         label: &str,
         params: &[u32],
-        (windows, texels): (&[(u32, &Window)], &[(u32, &wgpu::TextureView)]),
+        (windows, texels): Operands,
         flat: u64,
         y: u32,
     ) {
@@ -896,7 +903,7 @@ impl Gpu {
         pipeline: &wgpu::ComputePipeline,
         (op, kernel): (&str, &str),
         params: &[u32],
-        (windows, texels): (&[(u32, &Window)], &[(u32, &wgpu::TextureView)]),
+        (windows, texels): Operands,
         groups: [u32; 3],
     ) {
         assert!(params.len() * 4 <= PARAM_SLOT as usize);

@@ -65,7 +65,7 @@ impl Gpu {
         len: usize,
     ) -> Result<wgpu::TextureView> {
         assert!(
-            start % 4 == 0 && len % 4 == 0 && start + len <= t.numel(),
+            start.is_multiple_of(4) && len.is_multiple_of(4) && start + len <= t.numel(),
             "texel operands hold whole vec4s of the tensor"
         );
         let texels = len / 4;
