@@ -111,7 +111,8 @@ pub struct Gpu {
     uniform_operands: std::sync::atomic::AtomicBool,
     /// Whether kernels read per-lane operands as texels; see `texel_operands`.
     texel_operands: std::sync::atomic::AtomicBool,
-    texel_store: Mutex<Option<texels::TexelStore>>,
+    /// Per recording thread (see `texels::TexelStore`).
+    texel_stores: Mutex<HashMap<std::thread::ThreadId, texels::TexelStore>>,
     /// Loop iterations one invocation may run (see `LOOP_BUDGET`).
     loop_budget: usize,
     /// Pipelines by key: `shader:entry` for the static shaders, the
@@ -350,7 +351,7 @@ impl Gpu {
             binding_limit: AtomicU64::new(binding_limit),
             uniform_operands: uniform_operands.into(),
             texel_operands: texel_operands.into(),
-            texel_store: Mutex::new(None),
+            texel_stores: Mutex::new(HashMap::new()),
             pipelines: Mutex::new(HashMap::new()),
             uncaptured,
             traced: std::env::var_os("ENGINE_TRACE_PIPELINES").map(|_| Mutex::new(None)),

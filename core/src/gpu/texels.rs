@@ -28,9 +28,11 @@ pub const TEXEL_FN: &str = "fn texel(i: u32) -> vec4<f32> {\n    \
      return textureLoad(XT, vec2<u32>(i & 4095u, i >> 12u), 0);\n}\n";
 const _: () = assert!(TEXEL_ROW == 4096 && TEXEL_ROW_SHIFT == 12);
 
-/// The one texture all texel operands are copied into, grown as needed.
-/// Copies and dispatches are recorded in order into one encoder, so each
-/// dispatch reads what the copy before it wrote.
+/// The texture a recording thread copies its texel operands into, grown
+/// as needed. A thread's copies and dispatches are recorded in order into
+/// one encoder, so each dispatch reads what its thread's copy before it
+/// wrote; threads sharing a device (tests) each have their own texture,
+/// so another thread's copy cannot come in between.
 pub(super) struct TexelStore {
     texture: wgpu::Texture,
     view: wgpu::TextureView,
@@ -55,8 +57,9 @@ impl Gpu {
     }
 
     /// Records a copy of elements `start..start + len` of `t` (multiples
-    /// of 4) into the texel texture, from texel 0 on, and returns its view,
-    /// which holds them for every dispatch recorded before the next call.
+    /// of 4) into this thread's texel texture, from texel 0 on, and returns
+    /// its view, which holds them for every dispatch this thread records
+    /// before its next call.
     pub fn texels(
         &self,
         op: &'static str,
@@ -79,11 +82,13 @@ impl Gpu {
                 ),
             });
         }
-        let mut store = self.texel_store.lock().unwrap();
-        if store.as_ref().is_none_or(|s| (s.rows as usize) < rows) {
-            *store = Some(self.texel_texture(rows as u32));
+        let mut stores = self.texel_stores.lock().unwrap();
+        let store = stores
+            .entry(super::this_thread())
+            .or_insert_with(|| self.texel_texture(rows as u32));
+        if (store.rows as usize) < rows {
+            *store = self.texel_texture(rows as u32);
         }
-        let store = store.as_ref().unwrap();
         if !self.in_dry_run() {
             let mut rec = self.rec.lock().unwrap();
             let enc = self.encoder(&mut rec);
