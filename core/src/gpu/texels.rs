@@ -19,20 +19,21 @@ use std::sync::atomic::Ordering;
 /// Texels per texture row: a power of two, so a kernel splits an index
 /// with a shift and a mask, and below every adapter's 2-D size limit
 /// (WebGPU guarantees 8192).
-pub const TEXEL_ROW: u32 = 4096;
-const TEXEL_ROW_SHIFT: u32 = TEXEL_ROW.trailing_zeros();
+const TEXEL_ROW: u32 = 4096;
 const TEXEL_BYTES: u32 = 16;
 
-/// WGSL for `texel(i)`, reading texture `XT` (bound by the kernel).
+/// WGSL for `texel(i)`, reading texture `XT` (bound by the kernel); its
+/// mask and shift are `TEXEL_ROW`'s.
 pub const TEXEL_FN: &str = "fn texel(i: u32) -> vec4<f32> {\n    \
      return textureLoad(XT, vec2<u32>(i & 4095u, i >> 12u), 0);\n}\n";
-const _: () = assert!(TEXEL_ROW == 4096 && TEXEL_ROW_SHIFT == 12);
+const _: () = assert!(TEXEL_ROW == 1 << 12);
 
 /// The texture a recording thread copies its texel operands into, grown
 /// as needed. A thread's copies and dispatches are recorded in order into
 /// one encoder, so each dispatch reads what its thread's copy before it
 /// wrote; threads sharing a device (tests) each have their own texture,
-/// so another thread's copy cannot come in between.
+/// so another thread's copy cannot come in between. A texture lives as
+/// long as the device (one per thread that ever recorded a texel copy).
 pub(super) struct TexelStore {
     texture: wgpu::Texture,
     view: wgpu::TextureView,

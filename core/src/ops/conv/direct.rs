@@ -209,7 +209,7 @@ impl DirectSpec {
             "storage, read> W: array<vec4<f32>>".to_owned()
         };
         let _ = writeln!(w, "@group(0) @binding(2) var<{weights};");
-        w.push_str(&RowLoads::of(self.vec, false).declare(1));
+        w.push_str(&self.row_loads().declare(1));
         if shared {
             let _ = writeln!(
                 w,
@@ -260,6 +260,12 @@ impl DirectSpec {
         w
     }
 
+    /// Input rows from storage (texels measured faster on lavapipe but not
+    /// yet adopted: docs/PERFORMANCE.md).
+    fn row_loads(&self) -> RowLoads {
+        RowLoads::of(self.vec, false)
+    }
+
     /// The sum over one summed channel at `xb`, weights from `weight(tap,
     /// u)`. Loads first, then each accumulator's whole sum over the taps
     /// in one run: every accumulator is read and written once per summed
@@ -271,7 +277,7 @@ impl DirectSpec {
         let cols = tap_cols(self.tile.tp, self.kw, s, d);
         for p in 0..self.kh {
             let row = format!("xb + {}u * P.x_w", p * d);
-            write_row_loads(w, "        ", p, &row, &cols, RowLoads::of(self.vec, false));
+            write_row_loads(w, "        ", p, &row, &cols, self.row_loads());
             for q in 0..self.kw {
                 for u in 0..o4 {
                     let wt = weight(p * self.kw + q, u);
