@@ -35,7 +35,7 @@ fn conv_all_variants(gpu: &Gpu, (n, c, o, h, w, k, s, d): ConvShape) {
     let relu_ref: Vec<f64> = y_ref.iter().map(|v| v.max(0.0)).collect();
     let dx_ref = cpu::conv2d_backward_input(&dy64, (n, o, oh, ow), &w64, c, g, (h, w));
     let dw_ref = cpu::conv2d_backward_weight(&dy64, (n, o, oh, ow), &x64, (c, h, w), g);
-    for v in ConvVariant::all() {
+    for v in ConvVariant::candidates(gpu) {
         let name = v.name();
         let y = conv::conv2d_with(gpu, &xt, &wtt, Some(&bt), s, d, false, Some(v)).unwrap();
         assert_close(
@@ -62,7 +62,7 @@ fn conv_all_variants(gpu: &Gpu, (n, c, o, h, w, k, s, d): ConvShape) {
             1e-4,
         );
     }
-    for v in WgradVariant::all() {
+    for v in WgradVariant::candidates(gpu, k * k) {
         let dwt = stale(gpu, &[o, c, k, k]);
         conv::conv2d_backward_weight_with(gpu, &dyt, &xt, &dwt, s, d, false, Some(v)).unwrap();
         let tag = format!("{tag} {} dw", v.name());
@@ -97,7 +97,7 @@ fn tconv_all_variants(gpu: &Gpu, (n, c, o, h, w, s): (usize, usize, usize, usize
     let y_ref = cpu::tconv2d(&x64, (n, c, h, w), &w64, &b64, o, s);
     let relu_ref: Vec<f64> = y_ref.iter().map(|v| v.max(0.0)).collect();
     let (dx_ref, dw_ref) = cpu::tconv2d_backward(&dy64, &x64, (n, c, h, w), &w64, o, s);
-    for v in ConvVariant::all() {
+    for v in ConvVariant::candidates(gpu) {
         let name = v.name();
         let y = conv::tconv2d_with(gpu, &xt, &wtt, Some(&bt), s, false, Some(v)).unwrap();
         assert_close(
@@ -124,7 +124,7 @@ fn tconv_all_variants(gpu: &Gpu, (n, c, o, h, w, s): (usize, usize, usize, usize
             1e-4,
         );
     }
-    for v in WgradVariant::all() {
+    for v in WgradVariant::candidates(gpu, 16) {
         let dwt = stale(gpu, &[c, o, 4, 4]);
         conv::tconv2d_backward_weight_with(gpu, &dyt, &xt, &dwt, s, false, Some(v)).unwrap();
         let tag = format!("{tag} {} dw", v.name());
@@ -186,7 +186,8 @@ fn direct_variants_are_bit_identical() {
     let xt = up(gpu, &[n, c, h, w], &rand_vec(11, n * c * h * w));
     let wt = up(gpu, &[o, c, 3, 3], &rand_vec(12, o * c * 9));
     let bt = up(gpu, &[o], &rand_vec(13, o));
-    let outs: Vec<Vec<f32>> = conv::Tile::CANDIDATES
+    let tiles = conv::Tile::candidates(gpu);
+    let outs: Vec<Vec<f32>> = tiles
         .iter()
         .map(|&t| {
             let v = Some(ConvVariant::Direct(t));
@@ -196,13 +197,13 @@ fn direct_variants_are_bit_identical() {
             )
         })
         .collect();
-    for (t, out) in conv::Tile::CANDIDATES.iter().zip(&outs) {
+    for (t, out) in tiles.iter().zip(&outs) {
         assert_eq!(
             out,
             &outs[0],
             "{} differs from {}",
             t.name(),
-            conv::Tile::CANDIDATES[0].name()
+            tiles[0].name()
         );
     }
 }
@@ -236,7 +237,7 @@ fn uniform_and_storage_weights_are_bit_identical() {
             (read(gpu, &y), read(gpu, &dx))
         };
         let whole = |t: &conv::Tile| c * 9 * t.to * 4 <= UNIFORM_OPERAND_BYTES as usize;
-        for t in conv::Tile::CANDIDATES
+        for t in conv::Tile::candidates(&storage)
             .into_iter()
             .filter(|t| !t.shared && whole(t))
         {
@@ -354,7 +355,7 @@ fn texel_and_storage_inputs_give_bit_identical_weight_gradients() {
                 let wgrad = kernels.iter().find(|k| k.key.starts_with("wgrad")).unwrap();
                 (read(gpu, &dwt), wgrad.key.clone())
             };
-            for t in conv::GemmTile::CANDIDATES {
+            for t in conv::GemmTile::candidates(&storage, k * k) {
                 let tag = format!(
                     "n{n} c{c} o{o} {h}x{w} k{k} s{s} {} uniform {uniform}",
                     t.name()

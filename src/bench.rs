@@ -66,20 +66,23 @@ struct Case<'a> {
     family: Family,
     /// (M, K, N) of the GEMM a CPU framework would run for this case.
     gemm: Option<(usize, usize, usize)>,
+    /// The convolution's kernel taps (k x k), which bound the weight
+    /// gradient's candidates on GPUs.
+    taps: usize,
     run: Op<'a>,
 }
 
 impl Case<'_> {
     /// The choices to time: the chosen one, then the baseline (and every
     /// variant when asked).
-    fn choices(&self, all: bool) -> Vec<Choice> {
+    fn choices(&self, gpu: &Gpu, all: bool) -> Vec<Choice> {
         match self.family {
             Family::Single => vec![Choice::Chosen],
-            Family::Produce if all => conv::ConvVariant::all()
+            Family::Produce if all => conv::ConvVariant::candidates(gpu)
                 .into_iter()
                 .map(Choice::Conv)
                 .collect(),
-            Family::Wgrad if all => conv::WgradVariant::all()
+            Family::Wgrad if all => conv::WgradVariant::candidates(gpu, self.taps)
                 .into_iter()
                 .map(Choice::Wgrad)
                 .collect(),
@@ -162,6 +165,7 @@ fn case<'a>(
         flops,
         family: Family::Single,
         gemm: None,
+        taps: 0,
         run: Box::new(move |_| run()),
     }
 }
@@ -170,6 +174,7 @@ fn case<'a>(
 struct ConvWork {
     flops: f64,
     gemm: (usize, usize, usize),
+    taps: usize,
 }
 
 fn conv_case<'a>(
@@ -183,6 +188,7 @@ fn conv_case<'a>(
         flops: true,
         family: Family::Produce,
         gemm: Some(work.gemm),
+        taps: work.taps,
         run: Box::new(move |c| match c {
             Choice::Conv(v) => run(Some(v)),
             _ => run(None),
@@ -201,6 +207,7 @@ fn wgrad_case<'a>(
         flops: true,
         family: Family::Wgrad,
         gemm: Some(work.gemm),
+        taps: work.taps,
         run: Box::new(move |c| match c {
             Choice::Wgrad(v) => run(Some(v)),
             _ => run(None),
@@ -216,6 +223,7 @@ fn cases<'a>(gpu: &'a Gpu, s: Shape, t: &'a Inputs, filter: &str) -> Vec<Case<'a
     let conv_work = |k: usize, out: f64| ConvWork {
         flops: 2.0 * out * (c * k * k) as f64,
         gemm: (c, c * k * k, out as usize / c),
+        taps: k * k,
     };
     let half = (n * c * h.div_ceil(2) * w.div_ceil(2)) as f64;
     let bytes = |tensors: f64| tensors * act * 4.0;
@@ -347,7 +355,7 @@ pub fn run(
     let inputs = Inputs::new(gpu, shape)?;
     for case in cases(gpu, shape, &inputs, filter) {
         let mut timed = Vec::new();
-        for choice in case.choices(all) {
+        for choice in case.choices(gpu, all) {
             (case.run)(choice)?;
             let variant = variant_name(gpu, &case, choice);
             let secs = gpu.time(iters, &|| (case.run)(choice))?;

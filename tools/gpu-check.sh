@@ -8,6 +8,7 @@
 # included. See README.md, "Checking a GPU".
 #
 #   tools/gpu-check.sh [--out DIR] [--adapter NAME|INDEX] [--iters N] [--quick]
+#                      [--step-limit SECONDS]  # each step's limit (tests: twice)
 #   tools/gpu-check.sh --pack DIR     # build here, copy what a run needs into DIR
 #   DIR/gpu-check.sh --bin DIR ...    # run from such a folder (no Rust toolchain)
 set -uo pipefail
@@ -19,8 +20,9 @@ bin=""
 pack=""
 iters=5
 quick=0
+limit=150
 
-usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --out) out=$2; shift 2 ;;
@@ -28,6 +30,7 @@ while [ $# -gt 0 ]; do
     --bin) bin=$2; shift 2 ;;
     --pack) pack=$2; shift 2 ;;
     --iters) iters=$2; shift 2 ;;
+    --step-limit) limit=$2; shift 2 ;;
     --quick) quick=1; shift ;;
     -h|--help) usage 0 ;;
     *) echo "gpu-check: unknown argument '$1'" >&2; usage 2 ;;
@@ -127,33 +130,56 @@ say "adapters"
 "$engine" devices
 export ENGINE_ADAPTER=${adapter:-0}
 [ "$quick" = 1 ] && iters=1
+: >"$out/steps.tsv"
 
-run_tests() {  # name executable [filter]: libtest's summary goes to the log
-  say "tests: $1 on adapter $ENGINE_ADAPTER"
-  "$2" ${3:+"$3"} >"$out/tests-$1.log" 2>&1
+# One step, bounded by its time limit (a driver that hangs must not eat a
+# short GPU window), its stdout into FILE and stderr into FILE.err, its exit
+# status and seconds appended to steps.tsv for the report.
+step() {  # name limit file command...
+  local name=$1 limit=$2 file=$3 t0=$SECONDS rc
+  shift 3
+  say "$name"
+  timeout "$limit" "$@" >"$file" 2>"$file.err"
+  rc=$?
+  printf '%s\t%s\t%s\t%s\n' "$name" "$rc" "$((SECONDS - t0))" "$limit" >>"$out/steps.tsv"
+  return $rc
+}
+
+json_step() {  # as step; on failure FILE holds {"error": why}
+  local rc why
+  step "$@" && return 0
+  rc=$?
+  if [ $rc = 124 ]; then why="timed out after $2 s"; else why="exit status $rc: $(tail -1 "$3.err")"; fi
+  printf '{"error": "%s"}\n' "$(echo "$why" | tr -d '"\\')" >"$3"
+}
+
+test_step() {  # name executable [filter]: libtest's output and summary
+  step "tests: $1 on adapter $ENGINE_ADAPTER" "$((2 * limit))" "$out/tests-$1.log" "$2" ${3:+"$3"}
   echo "$?" >"$out/tests-$1.rc"
+  cat "$out/tests-$1.log.err" >>"$out/tests-$1.log"
   grep '^test result' "$out/tests-$1.log" >&2
 }
-run_tests kernels "$kernels" "$([ "$quick" = 1 ] && echo conv)"
-run_tests network "$network"
 
-say "engine bench (every kernel)"
-"$engine" bench --json --iters "$iters" $([ "$quick" = 1 ] && echo --filter conv3x3) >"$out/bench-kernels.json" \
-  || echo '{"error": "engine bench failed"}' >"$out/bench-kernels.json"
-for w in 0.25 1; do
-  say "engine bench --model --width $w"
-  "$engine" bench --model --json --width "$w" --iters "$iters" >"$out/bench-model-w$w.json" \
-    || echo '{"error": "engine bench --model failed"}' >"$out/bench-model-w$w.json"
-done
-
+# The numbers first, then the tests: if the window closes early, what came
+# back is the measurement. A one-kernel bench first proves the setup.
+json_step "smoke: one convolution" "$limit" "$out/smoke.json" \
+  "$engine" bench --json --iters 1 --filter "conv3x3 fwd"
 torch_device=cpu
 if command -v nvidia-smi >/dev/null 2>&1 && python3 -c 'import torch, sys; sys.exit(not torch.cuda.is_available())' 2>/dev/null; then
   torch_device=cuda
 fi
 for w in 0.25 1; do
-  say "PyTorch ($torch_device) --width $w"
-  python3 "$tools/torch_bench.py" --device "$torch_device" --width "$w" --iters "$iters" >"$out/torch-w$w.json" 2>"$out/torch-w$w.err" \
-    || echo "{\"error\": \"$(tail -1 "$out/torch-w$w.err" | tr -d '"\\')\"}" >"$out/torch-w$w.json"
+  json_step "engine bench --model --width $w" "$limit" "$out/bench-model-w$w.json" \
+    "$engine" bench --model --json --width "$w" --iters "$iters"
+  json_step "PyTorch ($torch_device) --width $w" "$limit" "$out/torch-w$w.json" \
+    python3 "$tools/torch_bench.py" --device "$torch_device" --width "$w" --iters "$iters"
+  # PyTorch's default lets cuDNN use TF32; the engine computes in fp32.
+  [ "$torch_device" = cuda ] && json_step "PyTorch (cuda, fp32) --width $w" "$limit" "$out/torch-fp32-w$w.json" \
+    python3 "$tools/torch_bench.py" --device cuda --tf32 off --width "$w" --iters "$iters"
 done
+json_step "engine bench (every kernel)" "$limit" "$out/bench-kernels.json" \
+  "$engine" bench --json --iters "$iters" $([ "$quick" = 1 ] && echo --filter conv3x3)
+test_step kernels "$kernels" "$([ "$quick" = 1 ] && echo conv)"
+test_step network "$network"
 
 python3 "$tools/gpu_check_report.py" "$out" || die "could not write the report"

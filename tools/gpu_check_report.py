@@ -2,8 +2,9 @@
 
     python3 tools/gpu_check_report.py OUT_DIR
 
-Reads OUT_DIR/adapters.json, tests-*.log/.rc, bench-kernels.json,
-bench-model-w*.json and torch-w*.json; writes OUT_DIR/gpu-check.json and
+Reads OUT_DIR/adapters.json, steps.tsv, tests-*.log/.rc, smoke.json,
+bench-kernels.json, bench-model-w*.json and torch-w*.json (torch-fp32-w*.json
+on CUDA); writes OUT_DIR/gpu-check.json and
 OUT_DIR/gpu-check.md and prints the table. A step that failed is reported as
 failed, with its error, never left out.
 """
@@ -37,7 +38,22 @@ def test_summary(out, name):
                 m = re.search(rf"(\d+) {key}", line)
                 counts[key] += int(m.group(1)) if m else 0
     failures = re.findall(r"^test (\S+) \.\.\. FAILED", log, re.M)
-    return {**counts, "exit_status": rc, "ok": rc == 0 and counts["passed"] > 0, "failures": failures}
+    summary = {**counts, "exit_status": rc, "ok": rc == 0 and counts["passed"] > 0, "failures": failures}
+    if rc == 124:
+        summary["error"] = "timed out (see steps)"
+    return summary
+
+
+def read_steps(out):
+    """Each step's name, exit status, seconds and limit, in order."""
+    steps = []
+    try:
+        for line in open(os.path.join(out, "steps.tsv")):
+            name, rc, secs, limit = line.rstrip("\n").split("\t")
+            steps.append({"step": name, "exit_status": int(rc), "seconds": int(secs), "limit": int(limit)})
+    except (OSError, ValueError):
+        pass
+    return steps
 
 
 def gather(out):
@@ -50,6 +66,9 @@ def gather(out):
         "bench_kernels": read_json(os.path.join(out, "bench-kernels.json")),
         "bench_model": {w: read_json(os.path.join(out, f"bench-model-w{w}.json")) for w in WIDTHS},
         "torch": {w: read_json(os.path.join(out, f"torch-w{w}.json")) for w in WIDTHS},
+        "torch_fp32": {w: read_json(os.path.join(out, f"torch-fp32-w{w}.json"))
+                       for w in WIDTHS if os.path.exists(os.path.join(out, f"torch-fp32-w{w}.json"))},
+        "steps": read_steps(out),
     }
 
 
@@ -66,13 +85,25 @@ def network_table(r):
         else:
             rows.append(f"| engine on {e['adapter']} | {w} | {ms(e['train_step_ms'])} "
                         f"(batch {e['batch']} at {e['train_size']}) | {ms(e['infer_ms'])} (at {e['infer_size']}) |")
-        if "error" in t:
-            rows.append(f"| PyTorch | {w} | not run: {t['error']} | |")
-        else:
-            rows.append(f"| {t['framework']} on {t['device']} | {w} | {ms(t['train_step_ms'])} | {ms(t['infer_ms'])} |")
+        for label, t in [("", t), (", fp32", r["torch_fp32"].get(w))]:
+            if t is None:
+                continue
+            if "error" in t:
+                rows.append(f"| PyTorch{label} | {w} | not run: {t['error']} | |")
+                continue
+            rows.append(f"| {t['framework']} on {t['device']}{label} | {w} | {ms(t['train_step_ms'])} "
+                        f"| {ms(t['infer_ms'])} |")
             if "error" not in e:
-                rows.append(f"| engine / PyTorch | {w} | {e['train_step_ms'] / t['train_step_ms']:.2f}x "
+                rows.append(f"| engine / PyTorch{label} | {w} | {e['train_step_ms'] / t['train_step_ms']:.2f}x "
                             f"| {e['infer_ms'] / t['infer_ms']:.2f}x |")
+    return rows
+
+
+def steps_table(steps):
+    rows = ["| step | exit status | seconds (limit) |", "|---|---|---|"]
+    for s in steps:
+        state = "timed out" if s["exit_status"] == 124 else s["exit_status"]
+        rows.append(f"| {s['step']} | {state} | {s['seconds']} ({s['limit']}) |")
     return rows
 
 
@@ -99,7 +130,8 @@ def markdown(r):
         state = "passed" if t.get("ok") else "FAILED"
         lines.append(f"- {name} tests: {state} ({t.get('passed', 0)} passed, {t.get('failed', 0)} failed, "
                      f"{t.get('ignored', 0)} ignored){' ' + ', '.join(t.get('failures', [])) if t.get('failures') else ''}")
-    return "\n".join(lines + [""] + network_table(r) + [""] + kernel_table(r["bench_kernels"])) + "\n"
+    tables = network_table(r) + [""] + kernel_table(r["bench_kernels"]) + [""] + steps_table(r["steps"])
+    return "\n".join(lines + [""] + tables) + "\n"
 
 
 def main():

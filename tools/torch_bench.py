@@ -47,12 +47,18 @@ def main():
     p.add_argument("--infer-size", type=int, default=640)
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--pos-weight", type=float, default=15.0)
+    p.add_argument("--tf32", choices=["default", "off"], default="default",
+                   help="off: plain fp32 convolutions on CUDA, as the engine computes "
+                   "(PyTorch's default lets cuDNN use TF32 tensor cores)")
     a = p.parse_args()
     if a.device.startswith("cuda") and not torch.cuda.is_available():
         print(f"torch {torch.__version__}: no CUDA device is available", file=sys.stderr)
         sys.exit(3)
     device = torch.device(a.device)
     torch.backends.cudnn.benchmark = True
+    if a.tf32 == "off":
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
     torch.manual_seed(0)
     net = Net(a.width, "bilinear").to(device)
     for m in net.modules():
@@ -89,6 +95,7 @@ def main():
         "train_size": a.train_size,
         "infer_size": a.infer_size,
         "iters": a.iters,
+        "cudnn_tf32": torch.backends.cudnn.allow_tf32,
         "train_step_ms": train_ms,
         "infer_ms": infer_ms,
     }))

@@ -40,6 +40,20 @@ fn uniform_operands_fit(limits: &wgpu::Limits) -> bool {
 /// long invocations risk display-driver watchdogs, so work is still split.
 pub const GPU_LOOP_BUDGET: usize = 1 << 20;
 
+/// Float accumulators one invocation of a generated convolution kernel may
+/// keep on a GPU, whose registers are few (255 per thread on NVIDIA): the
+/// wide register tiles that win on lavapipe, where registers are memory,
+/// are not candidates there. On an NVIDIA H200 (driver 580) building the
+/// first 1024-accumulator tile (16 pixels x 64 channels) failed, and wgpu
+/// lost the device with it.
+pub const GPU_ACCUMULATORS: usize = 128;
+
+/// Whether a kernel keeping `n` float accumulators per invocation is a
+/// candidate on a CPU adapter (`cpu`: any) or a GPU (`GPU_ACCUMULATORS`).
+pub fn holds_accumulators(cpu: bool, n: usize) -> bool {
+    cpu || n <= GPU_ACCUMULATORS
+}
+
 /// Environment variable that picks an adapter by (part of its) name.
 pub const ADAPTER_ENV: &str = "ENGINE_ADAPTER";
 
@@ -225,9 +239,11 @@ pub fn list_adapters() -> Vec<AdapterSummary> {
         .collect()
 }
 
-/// Where the device's uncaptured errors go. Natively wgpu's default (a
-/// panic naming the error) stands; in a browser they would only be logged,
-/// so they are kept for the next readback to report.
+/// Where the device's uncaptured errors and its loss go. Natively wgpu's
+/// default for errors (a panic naming the error) stands; in a browser they
+/// would only be logged, so they are kept for the next readback to report.
+/// A lost device (a driver that cannot build a kernel loses it in wgpu)
+/// turns every later call into a silent no-op, so its reason is kept too.
 fn uncaptured_errors(device: &wgpu::Device) -> Arc<Mutex<Option<String>>> {
     let slot = Arc::new(Mutex::new(None));
     if cfg!(target_arch = "wasm32") {
@@ -236,6 +252,13 @@ fn uncaptured_errors(device: &wgpu::Device) -> Arc<Mutex<Option<String>>> {
             keep.lock().unwrap().get_or_insert_with(|| e.to_string());
         }));
     }
+    let keep = slot.clone();
+    device.set_device_lost_callback(move |reason, message| {
+        if reason != wgpu::DeviceLostReason::Destroyed {
+            let lost = format!("the GPU device was lost: {message}");
+            keep.lock().unwrap().get_or_insert(lost);
+        }
+    });
     slot
 }
 
@@ -521,6 +544,7 @@ impl Gpu {
         if let Some(t) = &self.traced {
             *t.lock().unwrap() = Some((key.clone(), created.elapsed().as_secs_f64()));
         }
+        self.assert_not_lost(&format!("after building kernel `{key}`"));
         if let Some(dry) = self.dry_runs.lock().unwrap().get_mut(&this_thread()) {
             dry.push(DryKernel {
                 source: KernelSource {
@@ -630,8 +654,23 @@ impl Gpu {
         Ok(t)
     }
 
+    /// Natively only a lost device lands in `uncaptured`; every later call
+    /// would then fail without saying why, so this says it, with `when`.
+    fn assert_not_lost(&self, when: &str) {
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Some(e) = self.uncaptured.lock().unwrap().as_ref() {
+            panic!(
+                "{e} ({when}, on {}). A driver that cannot build a kernel loses \
+                 the device; ENGINE_TUNE=off keeps to the default kernels",
+                self.info.name
+            );
+        }
+        let _ = when;
+    }
+
     /// Overwrites a tensor's contents from the host, in stream order.
     pub fn write(&self, t: &Tensor, data: &[f32]) {
+        self.assert_not_lost("before an upload");
         assert_eq!(t.numel(), data.len(), "write: length mismatch");
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("upload"),

@@ -19,7 +19,7 @@
 use super::codegen::{LANE, RowLoads, UNIFORM_VEC4S, tap_cols, write_row_loads};
 use super::prep::{self, PadRegion, WeightMap};
 use crate::error::Result;
-use crate::gpu::{Gpu, Tensor};
+use crate::gpu::{Gpu, Tensor, holds_accumulators};
 use crate::ops::{items_per_window, runs, wgsl_params};
 use std::fmt::Write;
 
@@ -129,6 +129,21 @@ impl Tile {
             32.. => Tile::new(16, to),
             _ => Tile::new(8, to),
         }
+    }
+
+    /// Float accumulators per invocation.
+    pub fn accumulators(&self) -> usize {
+        self.tp * self.to
+    }
+
+    /// The candidates this adapter can hold (see `gpu::holds_accumulators`).
+    pub fn candidates(gpu: &Gpu) -> Vec<Tile> {
+        Tile::candidates_for(gpu.is_cpu())
+    }
+
+    fn candidates_for(cpu: bool) -> Vec<Tile> {
+        let fits = |t: &Tile| holds_accumulators(cpu, t.accumulators());
+        Tile::CANDIDATES.into_iter().filter(fits).collect()
     }
 
     pub fn name(&self) -> String {
@@ -692,5 +707,20 @@ mod tests {
         assert_ne!(rule64(false, 1, 31), rule64(false, 1, 32));
         // A long run trades compile time for speed; a first scan does not.
         assert_ne!(rule64(true, 3, 80), rule64(false, 3, 80));
+    }
+
+    /// GPUs time only tiles their registers hold, their default among
+    /// them; CPU adapters time every tile.
+    #[test]
+    fn gpu_candidates_fit_the_register_budget() {
+        use crate::gpu::GPU_ACCUMULATORS;
+        assert_eq!(Tile::candidates_for(true), Tile::CANDIDATES);
+        let gpu = Tile::candidates_for(false);
+        assert!(gpu.iter().all(|t| t.accumulators() <= GPU_ACCUMULATORS));
+        assert!(gpu.contains(&Tile::rule(false, true, (3, 1), 64, 80)));
+        assert!(
+            gpu.len() > 1 && gpu.len() < Tile::CANDIDATES.len(),
+            "{gpu:?}"
+        );
     }
 }

@@ -150,10 +150,10 @@ impl ConvVariant {
         }
     }
 
-    /// Every variant, for tests and tuning.
-    pub fn all() -> Vec<ConvVariant> {
+    /// Every variant this adapter can build, for tests and tuning.
+    pub fn candidates(gpu: &Gpu) -> Vec<ConvVariant> {
         let mut v = vec![ConvVariant::Gather];
-        v.extend(Tile::CANDIDATES.map(ConvVariant::Direct));
+        v.extend(Tile::candidates(gpu).into_iter().map(ConvVariant::Direct));
         v
     }
 
@@ -181,9 +181,12 @@ impl WgradVariant {
         }
     }
 
-    pub fn all() -> Vec<WgradVariant> {
+    /// Every variant this adapter can build for a kernel of `taps` taps,
+    /// for tests and tuning.
+    pub fn candidates(gpu: &Gpu, taps: usize) -> Vec<WgradVariant> {
         let mut v = vec![WgradVariant::Rows];
-        v.extend(GemmTile::CANDIDATES.map(WgradVariant::Gemm));
+        let tiles = GemmTile::candidates(gpu, taps).into_iter();
+        v.extend(tiles.map(WgradVariant::Gemm));
         v
     }
 
@@ -358,7 +361,7 @@ impl Produce<'_> {
                 choose(
                     gpu,
                     &key,
-                    &ConvVariant::all(),
+                    &ConvVariant::candidates(gpu),
                     self.rule(gpu, y),
                     ConvVariant::name,
                     &|v| self.run_variant(gpu, &gpu.empty(y.shape())?, v),
@@ -557,7 +560,7 @@ impl WeightGrad<'_> {
                 choose(
                     gpu,
                     &key,
-                    &WgradVariant::all(),
+                    &WgradVariant::candidates(gpu, self.g.k * self.g.k),
                     WgradVariant::rule(gpu, self.gout.nchw().1),
                     WgradVariant::name,
                     &|v| self.run_variant(gpu, &gpu.empty(dw.shape())?, false, v),

@@ -16,7 +16,7 @@ use super::codegen::{LANE, Operand, RowLoads, UNIFORM_VEC4S, tap_cols, write_row
 use super::prep::{self, PadRegion, SlabRows};
 use crate::error::{EngineError, Result};
 use crate::gpu::Kernel;
-use crate::gpu::{Gpu, Tensor, Window};
+use crate::gpu::{Gpu, Tensor, Window, holds_accumulators};
 use crate::ops::reduce::ReduceParams;
 use crate::ops::{Params, REDUCE, items_per_window, kernel, launch, runs, wgsl_params};
 use std::fmt::Write;
@@ -75,6 +75,22 @@ impl GemmTile {
     /// Input channels one workgroup covers.
     fn channels(&self) -> usize {
         self.ct * self.wg
+    }
+
+    /// Float accumulators per invocation for a kernel of `taps` taps.
+    pub fn accumulators(&self, taps: usize) -> usize {
+        taps * self.to * self.ct
+    }
+
+    /// The candidates this adapter can hold for a kernel of `taps` taps
+    /// (see `gpu::holds_accumulators`).
+    pub fn candidates(gpu: &Gpu, taps: usize) -> Vec<GemmTile> {
+        GemmTile::candidates_for(gpu.is_cpu(), taps)
+    }
+
+    fn candidates_for(cpu: bool, taps: usize) -> Vec<GemmTile> {
+        let fits = |t: &GemmTile| holds_accumulators(cpu, t.accumulators(taps));
+        GemmTile::CANDIDATES.into_iter().filter(fits).collect()
     }
 
     pub fn name(&self) -> String {
@@ -738,4 +754,25 @@ pub(super) fn add_partials(
         &[(1, partials), (4, &dww)],
         per,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::GemmTile;
+    use crate::gpu::GPU_ACCUMULATORS;
+
+    /// GPUs time only tiles their registers hold, for 3x3 and the
+    /// transposed 4x4 kernels alike, their default (8 channels, 32 lanes)
+    /// among them; CPU adapters time every tile.
+    #[test]
+    fn gpu_candidates_fit_the_register_budget() {
+        for taps in [1, 9, 16] {
+            assert_eq!(GemmTile::candidates_for(true, taps), GemmTile::CANDIDATES);
+            let gpu = GemmTile::candidates_for(false, taps);
+            let fits = |t: &GemmTile| t.accumulators(taps) <= GPU_ACCUMULATORS;
+            assert!(gpu.iter().all(fits), "{taps} taps: {gpu:?}");
+            assert!(gpu.contains(&GemmTile::new(8, 4, 32)), "{taps} taps");
+        }
+        assert!(GemmTile::candidates_for(false, 9).len() < GemmTile::CANDIDATES.len());
+    }
 }
