@@ -266,7 +266,7 @@ fn summed_channel_groups_for_uniform_weights_match_the_reference() {
     let keys: Vec<&String> = kernels.iter().map(|k| &k.key).collect();
     let uniform = |acc: &str| {
         keys.iter()
-            .any(|k| k.starts_with("direct") && k.ends_with(" u1") && k.contains(acc))
+            .any(|k| k.starts_with("direct") && k.contains(" u1 ") && k.contains(acc))
     };
     assert!(
         uniform(" a0 ") && uniform(" a1 "),
@@ -369,6 +369,109 @@ fn texel_and_storage_inputs_give_bit_identical_weight_gradients() {
             }
         }
     }
+}
+
+#[test]
+fn texel_and_storage_inputs_give_bit_identical_direct_passes() {
+    // In long runs (training) on CPU adapters the direct kernels read their
+    // input as texels too, padded copies and inputs read as they are; the
+    // storage path sums the same values in the same order. Every tile for
+    // the 3x3 forward and input gradient; the training tile for stride 2,
+    // 1x1 (a source read as is) and the stride-2 transposed convolution.
+    let open = |texels: bool| {
+        let gpu = Gpu::new(None).expect("a GPU adapter");
+        gpu.set_texel_operands(texels);
+        gpu.variants().set_long_run(true);
+        gpu
+    };
+    let (storage, texels) = (open(false), open(true));
+    assert!(
+        texels.texel_operands(),
+        "{} has no 4096-texel rows",
+        texels.info.name
+    );
+    let training = |k, s, o, ow| conv::Tile::rule(true, true, (k, s), o, ow);
+    for (n, c, o, h, w, k, s) in [
+        (2, 19, 20, 20, 24, 3, 1),
+        (1, 12, 10, 9, 16, 3, 2),
+        (2, 9, 6, 5, 8, 1, 1),
+    ] {
+        let (oh, ow, _) = conv_geom(h, w, k, s, 1);
+        let (x, wt, b) = (
+            rand_vec(51, n * c * h * w),
+            rand_vec(52, o * c * k * k),
+            rand_vec(53, o),
+        );
+        let dy = rand_vec(54, n * o * oh * ow);
+        let run = |gpu: &Gpu, t: conv::Tile| {
+            let v = Some(ConvVariant::Direct(t));
+            let (xt, wtt, bt) = (
+                up(gpu, &[n, c, h, w], &x),
+                up(gpu, &[o, c, k, k], &wt),
+                up(gpu, &[o], &b),
+            );
+            let dyt = up(gpu, &[n, o, oh, ow], &dy);
+            let pass = || {
+                let y = conv::conv2d_with(gpu, &xt, &wtt, Some(&bt), s, 1, true, v)?;
+                let dx = conv::conv2d_backward_input_with(gpu, &dyt, &wtt, (h, w), s, 1, v)?;
+                Ok::<_, engine::EngineError>((y, dx))
+            };
+            let (done, kernels) = gpu.dry_run(|| pass().map(drop));
+            done.unwrap();
+            let (y, dx) = pass().unwrap();
+            let keys: Vec<String> = kernels.into_iter().map(|k| k.key).collect();
+            ((read(gpu, &y), read(gpu, &dx)), keys)
+        };
+        let tiles = match (k, s) {
+            (3, 1) => conv::Tile::candidates(&storage),
+            _ => vec![training(k, s, o, ow)],
+        };
+        for t in tiles {
+            let tag = format!("n{n} c{c} o{o} {h}x{w} k{k} s{s} {}", t.name());
+            let ((a, ka), (b, kb)) = (run(&texels, t), run(&storage, t));
+            assert_direct_keys(&tag, &ka, &kb);
+            assert!(bits_equal(&a.0, &b.0), "{tag}: forward differs");
+            assert!(bits_equal(&a.1, &b.1), "{tag}: input gradient differs");
+        }
+    }
+    let (n, c, o, h, w) = (2, 10, 12, 6, 7);
+    let (x, wt) = (rand_vec(55, n * c * h * w), rand_vec(56, c * o * 16));
+    let dy = rand_vec(57, n * o * h * 2 * w * 2);
+    let run = |gpu: &Gpu| {
+        let v = Some(ConvVariant::Direct(training(4, 1, o, 2 * w)));
+        let (xt, wtt) = (up(gpu, &[n, c, h, w], &x), up(gpu, &[c, o, 4, 4], &wt));
+        let dyt = up(gpu, &[n, o, h * 2, w * 2], &dy);
+        let pass = || {
+            let y = conv::tconv2d_with(gpu, &xt, &wtt, None, 2, false, v)?;
+            let dx = conv::tconv2d_backward_input_with(gpu, &dyt, &wtt, 2, v)?;
+            Ok::<_, engine::EngineError>((y, dx))
+        };
+        let (done, kernels) = gpu.dry_run(|| pass().map(drop));
+        done.unwrap();
+        let (y, dx) = pass().unwrap();
+        let keys: Vec<String> = kernels.into_iter().map(|k| k.key).collect();
+        ((read(gpu, &y), read(gpu, &dx)), keys)
+    };
+    let ((a, ka), (b, kb)) = (run(&texels), run(&storage));
+    assert_direct_keys("tconv4x4 s2", &ka, &kb);
+    assert!(bits_equal(&a.0, &b.0), "tconv4x4 s2: forward differs");
+    assert!(
+        bits_equal(&a.1, &b.1),
+        "tconv4x4 s2: input gradient differs"
+    );
+}
+
+/// Every direct kernel of the texel device read texels, none of the
+/// storage device's did, and there was at least one.
+fn assert_direct_keys(tag: &str, texels: &[String], storage: &[String]) {
+    let direct = |keys: &[String], t: &str| {
+        let d: Vec<&String> = keys.iter().filter(|k| k.starts_with("direct")).collect();
+        !d.is_empty() && d.iter().all(|k| k.ends_with(t))
+    };
+    assert!(
+        direct(texels, " t1") && direct(storage, " t0"),
+        "{tag}: kernels {texels:?} / {storage:?}"
+    );
 }
 
 /// A device of its own that reads small operands through uniform bindings.

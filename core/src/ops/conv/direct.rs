@@ -16,7 +16,7 @@
 //!
 //! The sum runs over summed channels, then taps in row-major order, for
 //! every tile: all tiles give bit-identical results.
-use super::codegen::{LANE, RowLoads, UNIFORM_VEC4S, tap_cols, write_row_loads};
+use super::codegen::{LANE, Operand, RowLoads, UNIFORM_VEC4S, tap_cols, write_row_loads};
 use super::prep::{self, PadRegion, WeightMap};
 use crate::error::Result;
 use crate::gpu::{Gpu, Tensor, holds_accumulators};
@@ -187,12 +187,14 @@ pub(crate) struct DirectSpec {
     /// weight instead of a guarded load per lane (3x3 64 -> 64 at 4x80x80
     /// with the weights' loads removed altogether ran 1.85x as fast).
     pub uniform_w: bool,
+    /// The input as texels (`Gpu::texel_operands`; needs `vec`).
+    pub texels: bool,
 }
 
 impl DirectSpec {
     pub fn key(&self) -> String {
         format!(
-            "direct k{}x{} s{} d{} os{} {} b{} a{} v{} u{}",
+            "direct k{}x{} s{} d{} os{} {} b{} a{} v{} u{} t{}",
             self.kh,
             self.kw,
             self.s,
@@ -202,7 +204,8 @@ impl DirectSpec {
             self.bias as u8,
             self.accumulate as u8,
             self.vec as u8,
-            self.uniform_w as u8
+            self.uniform_w as u8,
+            self.texels as u8
         )
     }
 
@@ -278,7 +281,7 @@ impl DirectSpec {
     /// Input rows from storage (texels measured faster on lavapipe but not
     /// yet adopted: docs/PERFORMANCE.md).
     fn row_loads(&self) -> RowLoads {
-        RowLoads::of(self.vec, false)
+        RowLoads::of(self.vec, self.texels)
     }
 
     /// The sum over one summed channel at `xb`, weights from `weight(tap,
@@ -555,19 +558,17 @@ pub(crate) fn run(gpu: &Gpu, j: &DirectJob, tile: Tile) -> Result<()> {
             } else {
                 Some(prep::pad_input(gpu, j.src, &region)?)
             };
-            let (xw, x_base, x_nstride) = match &padded {
+            let texels = vec && reads_texels(gpu);
+            let (x, x_base, x_nstride) = match &padded {
                 Some(xp) => {
-                    let (w, _) = gpu.window(xp, 0, xp.numel());
-                    (w, 0, clen * rows * cols)
+                    let (x, _) = Operand::of(gpu, j.op, (xp, 0, xp.numel()), texels)?;
+                    (x, 0, clen * rows * cols)
                 }
                 None => {
                     let img = cs * ih * iw;
-                    let (w, base) = gpu.window(
-                        j.src,
-                        n0 * img + c0 * ih * iw,
-                        (nb - 1) * img + clen * ih * iw,
-                    );
-                    (w, base, img)
+                    let (start, len) = (n0 * img + c0 * ih * iw, (nb - 1) * img + clen * ih * iw);
+                    let (x, base) = Operand::of(gpu, j.op, (j.src, start, len), texels)?;
+                    (x, base, img)
                 }
             };
             for (o0, olen) in runs(co, sp.o_group) {
@@ -589,6 +590,7 @@ pub(crate) fn run(gpu: &Gpu, j: &DirectJob, tile: Tile) -> Result<()> {
                     accumulate: j.accumulate || !first,
                     vec,
                     uniform_w: sp.uniform_w,
+                    texels,
                 };
                 // An unused binding is not in the generated layout.
                 let bias = j
@@ -626,7 +628,8 @@ pub(crate) fn run(gpu: &Gpu, j: &DirectJob, tile: Tile) -> Result<()> {
                 };
                 let pipeline = gpu.pipeline_for(spec.key(), || spec.source(), "main");
                 let groups = (nb * j.out_h * col_groups).div_ceil(tile.wg) as u64;
-                let mut windows = vec![(1, &xw), (2, &ww), (4, &yw_)];
+                let (mut windows, mut texel_views) = (vec![(2, &ww), (4, &yw_)], vec![]);
+                x.bind(1, &mut windows, &mut texel_views);
                 if let Some((bw, _)) = &bias {
                     windows.push((3, bw));
                 }
@@ -634,7 +637,7 @@ pub(crate) fn run(gpu: &Gpu, j: &DirectJob, tile: Tile) -> Result<()> {
                     &pipeline,
                     j.op,
                     bytemuck::cast_slice(bytemuck::bytes_of(&p)),
-                    (&windows, &[]),
+                    (&windows, &texel_views),
                     groups,
                     (opad / tile.to) as u32,
                 );
@@ -642,6 +645,16 @@ pub(crate) fn run(gpu: &Gpu, j: &DirectJob, tile: Tile) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Whether a direct kernel reads its input as texels: on CPU adapters
+/// (`Gpu::texel_operands`), in long runs only. On lavapipe texel fetches
+/// skip the per-lane storage loads' stalls (width 0.25 at 640x640: an
+/// inference 580 -> 370 ms), but the texel kernels compile longer: a first
+/// scan with an empty shader cache took 23.3 s against 20.4, so a first
+/// run keeps the storage kernels, as it keeps the narrower tiles.
+fn reads_texels(gpu: &Gpu) -> bool {
+    gpu.texel_operands() && gpu.variants().long_run()
 }
 
 /// (key, WGSL) of generated direct kernels: every tile with every kernel
@@ -671,6 +684,7 @@ pub(crate) fn sample_sources() -> Vec<(String, String)> {
                 accumulate: i % 3 == 0,
                 vec: i % 3 != 1,
                 uniform_w: !tile.shared && i % 2 == 1,
+                texels: i % 3 == 2,
             };
             out.push((spec.key(), spec.source()));
         }
