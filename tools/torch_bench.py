@@ -95,7 +95,7 @@ def main():
         "train_size": a.train_size,
         "infer_size": a.infer_size,
         "iters": a.iters,
-        "cudnn_tf32": torch.backends.cudnn.allow_tf32,
+        "cudnn_tf32": torch.backends.cudnn.allow_tf32 if device.type == "cuda" else None,
         "train_step_ms": train_ms,
         "infer_ms": infer_ms,
     }))
