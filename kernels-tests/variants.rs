@@ -6,9 +6,9 @@
 //! variant must give the reference's numbers, so any variant the tuner may
 //! choose is proven.
 use crate::common::*;
-use engine::Gpu;
 use engine::gpu::{TuneMode, UNIFORM_OPERAND_BYTES, Variants};
 use engine::ops::conv::{self, ConvVariant, WgradVariant, conv_geom, cpu};
+use engine::{Gpu, Tensor};
 
 const ATOL: f64 = 1e-4;
 
@@ -411,16 +411,11 @@ fn texel_and_storage_inputs_give_bit_identical_direct_passes() {
                 up(gpu, &[o], &b),
             );
             let dyt = up(gpu, &[n, o, oh, ow], &dy);
-            let pass = || {
+            recorded_pair(gpu, || {
                 let y = conv::conv2d_with(gpu, &xt, &wtt, Some(&bt), s, 1, true, v)?;
                 let dx = conv::conv2d_backward_input_with(gpu, &dyt, &wtt, (h, w), s, 1, v)?;
-                Ok::<_, engine::EngineError>((y, dx))
-            };
-            let (done, kernels) = gpu.dry_run(|| pass().map(drop));
-            done.unwrap();
-            let (y, dx) = pass().unwrap();
-            let keys: Vec<String> = kernels.into_iter().map(|k| k.key).collect();
-            ((read(gpu, &y), read(gpu, &dx)), keys)
+                Ok((y, dx))
+            })
         };
         let tiles = match (k, s) {
             (3, 1) => conv::Tile::candidates(&storage),
@@ -428,10 +423,7 @@ fn texel_and_storage_inputs_give_bit_identical_direct_passes() {
         };
         for t in tiles {
             let tag = format!("n{n} c{c} o{o} {h}x{w} k{k} s{s} {}", t.name());
-            let ((a, ka), (b, kb)) = (run(&texels, t), run(&storage, t));
-            assert_direct_keys(&tag, &ka, &kb);
-            assert!(bits_equal(&a.0, &b.0), "{tag}: forward differs");
-            assert!(bits_equal(&a.1, &b.1), "{tag}: input gradient differs");
+            assert_texels_match_storage(&tag, run(&texels, t), run(&storage, t));
         }
     }
     let (n, c, o, h, w) = (2, 10, 12, 6, 7);
@@ -441,24 +433,33 @@ fn texel_and_storage_inputs_give_bit_identical_direct_passes() {
         let v = Some(ConvVariant::Direct(training(4, 1, o, 2 * w)));
         let (xt, wtt) = (up(gpu, &[n, c, h, w], &x), up(gpu, &[c, o, 4, 4], &wt));
         let dyt = up(gpu, &[n, o, h * 2, w * 2], &dy);
-        let pass = || {
+        recorded_pair(gpu, || {
             let y = conv::tconv2d_with(gpu, &xt, &wtt, None, 2, false, v)?;
             let dx = conv::tconv2d_backward_input_with(gpu, &dyt, &wtt, 2, v)?;
-            Ok::<_, engine::EngineError>((y, dx))
-        };
-        let (done, kernels) = gpu.dry_run(|| pass().map(drop));
-        done.unwrap();
-        let (y, dx) = pass().unwrap();
-        let keys: Vec<String> = kernels.into_iter().map(|k| k.key).collect();
-        ((read(gpu, &y), read(gpu, &dx)), keys)
+            Ok((y, dx))
+        })
     };
-    let ((a, ka), (b, kb)) = (run(&texels), run(&storage));
-    assert_direct_keys("tconv4x4 s2", &ka, &kb);
-    assert!(bits_equal(&a.0, &b.0), "tconv4x4 s2: forward differs");
-    assert!(
-        bits_equal(&a.1, &b.1),
-        "tconv4x4 s2: input gradient differs"
-    );
+    assert_texels_match_storage("tconv4x4 s2", run(&texels), run(&storage));
+}
+
+/// A forward and input-gradient pass's outputs, with the kernels a dry
+/// run of it lists.
+type Recorded = ((Vec<f32>, Vec<f32>), Vec<String>);
+
+fn recorded_pair(gpu: &Gpu, pass: impl Fn() -> engine::Result<(Tensor, Tensor)>) -> Recorded {
+    let (done, kernels) = gpu.dry_run(|| pass().map(drop));
+    done.unwrap();
+    let (y, dx) = pass().unwrap();
+    let keys = kernels.into_iter().map(|k| k.key).collect();
+    ((read(gpu, &y), read(gpu, &dx)), keys)
+}
+
+/// Bit-identical outputs, with every direct kernel of the texel device
+/// reading texels and none of the storage device's.
+fn assert_texels_match_storage(tag: &str, (a, ka): Recorded, (b, kb): Recorded) {
+    assert_direct_keys(tag, &ka, &kb);
+    assert!(bits_equal(&a.0, &b.0), "{tag}: forward differs");
+    assert!(bits_equal(&a.1, &b.1), "{tag}: input gradient differs");
 }
 
 /// Every direct kernel of the texel device read texels, none of the
