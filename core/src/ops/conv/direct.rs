@@ -187,7 +187,7 @@ pub(crate) struct DirectSpec {
     /// weight instead of a guarded load per lane (3x3 64 -> 64 at 4x80x80
     /// with the weights' loads removed altogether ran 1.85x as fast).
     pub uniform_w: bool,
-    /// The input as texels (`Gpu::texel_operands`; needs `vec`).
+    /// The input as texels (`reads_texels`; needs `vec`).
     pub texels: bool,
 }
 
@@ -278,8 +278,7 @@ impl DirectSpec {
         w
     }
 
-    /// Input rows from storage (texels measured faster on lavapipe but not
-    /// yet adopted: docs/PERFORMANCE.md).
+    /// Input rows from storage, or as texels (see `reads_texels`).
     fn row_loads(&self) -> RowLoads {
         RowLoads::of(self.vec, self.texels)
     }
