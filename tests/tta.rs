@@ -1,6 +1,7 @@
 //! Test-time augmentation (`--tta flips|dihedral`): the map is the mean of
 //! the maps of the scan's flipped and rotated views, each turned back.
 mod support;
+use engine::Gpu;
 use engine::data::Gray8;
 use engine::infer::{TileOptions, probability_map_at};
 use engine::model::{Model, ModelConfig};
@@ -153,4 +154,53 @@ fn infer_records_the_tta_and_writes_its_map() {
         &scan(),
     );
     assert!(max_diff(&npy, &want) < 1e-6);
+}
+
+/// A batch of many scans (`engine infer` of a folder, `engine eval`) reads
+/// the convolutions' inputs as texels on CPU adapters
+/// (`Variants::many_runs`): each scan's map must be the one it gets alone,
+/// bit for bit, from other kernels.
+#[test]
+fn a_scan_in_a_many_scan_batch_gets_its_map_alone_bit_for_bit() {
+    let open = |many_runs: bool| {
+        let gpu = Gpu::new(None).expect("a GPU adapter");
+        gpu.set_texel_operands(true);
+        gpu.variants().set_many_runs(many_runs);
+        gpu
+    };
+    let g = scan();
+    let run = |gpu: &Gpu| {
+        let cfg = ModelConfig {
+            width: 0.125,
+            ..ModelConfig::default()
+        };
+        let mut m = Model::new(gpu, cfg, 11).unwrap();
+        m.freeze(gpu).unwrap();
+        let p = Predictor::single(m, Some(SPACING), "m").with_tta(Tta::Flips);
+        let spacing = (Some(0.2), None);
+        let tiles = TileOptions::default();
+        let keys: Vec<String> = p
+            .kernels_for(gpu, (g.width, g.height), spacing, &tiles)
+            .unwrap()
+            .into_iter()
+            .map(|k| k.key)
+            .filter(|k| k.starts_with("direct"))
+            .collect();
+        let map = pollster::block_on(p.probability_map(gpu, &g, Some(0.2), None, &tiles)).unwrap();
+        (map, keys)
+    };
+    let (alone, alone_keys) = run(&open(false));
+    let (batch, batch_keys) = run(&open(true));
+    let all_end =
+        |keys: &[String], t: &str| !keys.is_empty() && keys.iter().all(|k| k.ends_with(t));
+    assert!(
+        all_end(&alone_keys, " t0") && all_end(&batch_keys, " t1"),
+        "kernels {alone_keys:?} / {batch_keys:?}"
+    );
+    assert_eq!(alone.len(), batch.len());
+    let same = alone
+        .iter()
+        .zip(&batch)
+        .all(|(a, b)| a.to_bits() == b.to_bits());
+    assert!(same, "maps differ by up to {}", max_diff(&alone, &batch));
 }

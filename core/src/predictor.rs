@@ -73,6 +73,11 @@ impl Predictor {
         &self.members
     }
 
+    /// Network runs per scan: one per member and view (unless tiled).
+    pub fn runs_per_scan(&self) -> usize {
+        self.members.len() * self.tta.views().len()
+    }
+
     /// The spacing of the first member that records one (for warnings).
     pub fn spacing(&self) -> Option<ModelSpacing> {
         self.members.iter().find_map(|m| m.spacing)

@@ -1,6 +1,7 @@
 //! `engine eval`.
 use super::{
-    AdapterArg, check_at_least, checkpoint_files, load_predictor, read_checkpoints, writable_out,
+    AdapterArg, check_at_least, checkpoint_files, choose_kernels, load_predictor, read_checkpoints,
+    writable_out,
 };
 use crate::data::prepared::{PreparedSet, Sample};
 use crate::error::bad;
@@ -147,6 +148,10 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
         split: a.split.clone(),
         tta: predictor.tta().name().into(),
     };
+    let scans = a
+        .shard
+        .map_or(samples.len(), |sh| sh.select(&samples).len());
+    choose_kernels(&gpu, &predictor, scans);
     if let Some(sh) = a.shard {
         let p = shard::evaluate_shard(&gpu, &predictor, &samples, sh, &opts, source, &a.out, true)?;
         println!(

@@ -1,6 +1,7 @@
 //! `engine infer`.
 use super::{
-    AdapterArg, check_at_least, checkpoint_files, load_predictor, read_checkpoints, writable_out,
+    AdapterArg, check_at_least, checkpoint_files, choose_kernels, load_predictor, read_checkpoints,
+    writable_out,
 };
 use crate::batch::{self, BatchOptions, BatchReport, Input, Missing};
 use crate::error::bad;
@@ -123,6 +124,7 @@ pub fn infer(a: InferArgs) -> anyhow::Result<i32> {
     } else {
         Vec::new()
     };
+    choose_kernels(&gpu, &predictor, inputs.len());
     let results = a.out.join(Shard::file_name(a.shard, "results", "csv"));
     let report = batch::run_batch(
         &gpu,

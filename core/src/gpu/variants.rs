@@ -59,6 +59,7 @@ pub struct Variants {
     winners: Mutex<BTreeMap<String, String>>,
     baseline: std::sync::atomic::AtomicBool,
     long_run: std::sync::atomic::AtomicBool,
+    many_runs: std::sync::atomic::AtomicBool,
     last_used: Mutex<String>,
 }
 
@@ -108,6 +109,7 @@ impl Variants {
             winners: Mutex::new(BTreeMap::new()),
             baseline: Default::default(),
             long_run: Default::default(),
+            many_runs: Default::default(),
             last_used: Mutex::default(),
         };
         if mode != TuneMode::Off {
@@ -160,6 +162,19 @@ impl Variants {
 
     pub fn set_long_run(&self, on: bool) {
         self.long_run
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the network runs often enough (a batch of scans) for
+    /// kernel forms that compile longer but give the same sums as a first
+    /// scan's, so that a scan's map does not depend on its batch: texel
+    /// inputs on CPU adapters, not the long run's wider tiles.
+    pub fn many_runs(&self) -> bool {
+        self.many_runs.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn set_many_runs(&self, on: bool) {
+        self.many_runs
             .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 

@@ -647,13 +647,15 @@ pub(crate) fn run(gpu: &Gpu, j: &DirectJob, tile: Tile) -> Result<()> {
 }
 
 /// Whether a direct kernel reads its input as texels: on CPU adapters
-/// (`Gpu::texel_operands`), in long runs only. On lavapipe texel fetches
-/// skip the per-lane storage loads' stalls (width 0.25 at 640x640: an
-/// inference 580 -> 370 ms), but the texel kernels compile longer: a first
-/// scan with an empty shader cache took 23.3 s against 20.4, so a first
-/// run keeps the storage kernels, as it keeps the narrower tiles.
+/// (`Gpu::texel_operands`), in long runs and in batches of many scans. On
+/// lavapipe texel fetches skip the per-lane storage loads' stalls (width
+/// 0.25 at 640x640: an inference 580 -> 370 ms), but the texel kernels
+/// compile longer: a first scan with an empty shader cache took 23.3 s
+/// against 20.4, so a first run keeps the storage kernels, as it keeps the
+/// narrower tiles. The sums are the same either way.
 fn reads_texels(gpu: &Gpu) -> bool {
-    gpu.texel_operands() && gpu.variants().long_run()
+    let v = gpu.variants();
+    gpu.texel_operands() && (v.long_run() || v.many_runs())
 }
 
 /// (key, WGSL) of generated direct kernels: every tile with every kernel
