@@ -267,38 +267,15 @@ impl DirectSpec {
             self.write_store(&mut w);
             w.push_str("    }\n");
         } else {
-            self.write_channel_loops(&mut w);
+            w.push_str("    for (var c = 0u; c < P.c_in; c++) {\n");
+            self.write_channel(&mut w, &|tap, u| {
+                format!("W[wb + {tap}u * P.o4_stride + {u}u]")
+            });
+            w.push_str("        xb += P.x_cstride;\n        wb += P.w_cstride;\n    }\n");
             self.write_store(&mut w);
         }
         w.push_str("}\n");
         w
-    }
-
-    /// Summed channels per pass over the accumulators (`channel_pass`).
-    fn pass_channels(&self) -> usize {
-        channel_pass(self.kh * self.kw, self.tile.shared)
-    }
-
-    /// The loop over summed channels: passes of `pass_channels` channels,
-    /// then the rest one at a time.
-    fn write_channel_loops(&self, w: &mut String) {
-        let cp = self.pass_channels();
-        let weight = |ch: usize, tap: usize, u: usize| {
-            format!("W[wb + {ch}u * P.w_cstride + {tap}u * P.o4_stride + {u}u]")
-        };
-        w.push_str("    var c = 0u;\n");
-        let mut loops = vec![(cp, format!("c + {cp}u <= P.c_in"))];
-        if cp > 1 {
-            loops.push((1, "c < P.c_in".to_owned()));
-        }
-        for (channels, cond) in loops {
-            let _ = writeln!(w, "    for (; {cond}; c += {channels}u) {{");
-            self.write_channels(w, channels, &weight);
-            let _ = writeln!(
-                w,
-                "        xb += {channels}u * P.x_cstride;\n        wb += {channels}u * P.w_cstride;\n    }}"
-            );
-        }
     }
 
     /// Input rows from storage, or as texels (see `reads_texels`).
@@ -313,40 +290,24 @@ impl DirectSpec {
     /// makes wide pixel tiles pay; the per-accumulator order (row, then
     /// column) is the same in every tile, so all tiles stay bit-identical.
     fn write_channel(&self, w: &mut String, weight: &dyn Fn(usize, usize) -> String) {
-        self.write_channels(w, 1, &|_, tap, u| weight(tap, u));
-    }
-
-    /// [`Self::write_channel`] over `channels` summed channels at once, the
-    /// `ch`-th at `xb + ch * x_cstride` (weights from `weight(ch, tap, u)`):
-    /// each accumulator is read and written once per pass, and sums its
-    /// channels in order, so the result is the same bit for bit.
-    fn write_channels(
-        &self,
-        w: &mut String,
-        channels: usize,
-        weight: &dyn Fn(usize, usize, usize) -> String,
-    ) {
-        let (s, d, o4, kh) = (self.s, self.d, self.tile.to / 4, self.kh);
+        let (s, d, o4) = (self.s, self.d, self.tile.to / 4);
         let cols = tap_cols(self.tile.tp, self.kw, s, d);
-        for ch in 0..channels {
-            for p in 0..kh {
-                let r = ch * kh + p;
-                let row = format!("xb + {ch}u * P.x_cstride + {}u * P.x_w", p * d);
-                write_row_loads(w, "        ", r, &row, &cols, self.row_loads());
-                for q in 0..self.kw {
-                    for u in 0..o4 {
-                        let wt = weight(ch, p * self.kw + q, u);
-                        let _ = writeln!(w, "        let w{r}_{q}_{u} = {wt};");
-                    }
+        for p in 0..self.kh {
+            let row = format!("xb + {}u * P.x_w", p * d);
+            write_row_loads(w, "        ", p, &row, &cols, self.row_loads());
+            for q in 0..self.kw {
+                for u in 0..o4 {
+                    let wt = weight(p * self.kw + q, u);
+                    let _ = writeln!(w, "        let w{p}_{q}_{u} = {wt};");
                 }
             }
         }
         for t in 0..self.tile.tp {
             for u in 0..o4 {
-                for r in 0..channels * kh {
+                for p in 0..self.kh {
                     for q in 0..self.kw {
                         let m = t * s + q * d;
-                        let _ = writeln!(w, "        a{t}_{u} += x{r}_{m} * w{r}_{q}_{u};");
+                        let _ = writeln!(w, "        a{t}_{u} += x{p}_{m} * w{p}_{q}_{u};");
                     }
                 }
             }
@@ -425,19 +386,6 @@ impl DirectSpec {
             w.push_str("    }\n");
         }
     }
-}
-
-/// Summed channels a direct kernel of `taps` taps adds per pass over its
-/// accumulators. lavapipe keeps few accumulators in registers, so each
-/// pass reads and writes every one of them: a 3x3 kernel does 9
-/// multiply-adds per accumulator and pass, a 1x1 only one, which left the
-/// 1x1 forward at 57-71% of the 3x3's rate. Four channels per pass give
-/// the 1x1 four, but on an idle machine the 1x1 gained within the noise
-/// while its kernels compiled a second longer in a first run and much
-/// longer in the variant tests, so every kernel keeps one channel a pass
-/// (see docs/PERFORMANCE.md); the multi-channel form stays for trials.
-fn channel_pass(_taps: usize, _shared: bool) -> usize {
-    1
 }
 
 /// One direct convolution over a padded view of `src`, written into `y`:
