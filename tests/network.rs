@@ -262,6 +262,57 @@ fn folded_inference_matches_the_tape_in_eval_mode() {
 }
 
 #[test]
+fn a_frozen_model_relays_its_weights_once_per_shape() {
+    // A convolution re-lays its weights before each run; a frozen model's
+    // are frozen tensors, so the re-laid copies are kept and reused. Its
+    // own device, so that the dispatch counts are this test's alone.
+    let gpu = &engine::gpu::Gpu::new(None).unwrap();
+    let cfg = ModelConfig {
+        width: 0.125,
+        resize: Mode::Bilinear,
+    };
+    let mut model = Model::new(gpu, cfg, 3).unwrap();
+    // Widths of two size classes: other tiles, the same bits.
+    let sizes = [(64, 64), (40, 24)];
+    let run = |m: &Model, (h, w): (usize, usize)| {
+        let x: Vec<f32> = (0..h * w)
+            .map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0)
+            .collect();
+        let before = gpu.counters().0;
+        let xt = gpu.upload(&[1, 1, h, w], &x).unwrap();
+        let out = gpu.read(&m.forward_folded(gpu, xt).unwrap()).unwrap();
+        (out, gpu.counters().0 - before)
+    };
+    let per_call: Vec<_> = sizes.iter().map(|&s| run(&model, s)).collect();
+    model.freeze(gpu).unwrap();
+    for (&size, (want, per_call_dispatches)) in sizes.iter().zip(&per_call) {
+        let (first, first_dispatches) = run(&model, size);
+        let (again, again_dispatches) = run(&model, size);
+        assert_eq!(&first, want, "{size:?}: frozen and per-call weights differ");
+        assert_eq!(&again, want, "{size:?}: kept weights differ");
+        assert!(
+            first_dispatches < *per_call_dispatches,
+            "{size:?}: the fold still ran per call ({first_dispatches} >= {per_call_dispatches})"
+        );
+        // The first size re-lays every weight once; the second needs new
+        // copies only where its tiles take other channel groups.
+        let kept = if size == sizes[0] {
+            again_dispatches < first_dispatches
+        } else {
+            again_dispatches <= first_dispatches
+        };
+        assert!(
+            kept,
+            "{size:?}: weights re-laid again ({again_dispatches} vs {first_dispatches})"
+        );
+    }
+    // Back to the first size: its copies are still kept.
+    let (back, back_dispatches) = run(&model, sizes[0]);
+    assert_eq!(back, per_call[0].0);
+    assert_eq!(back_dispatches, run(&model, sizes[0]).1);
+}
+
+#[test]
 fn the_graph_frees_each_value_after_its_last_use() {
     let gpu = gpu();
     let cfg = ModelConfig {

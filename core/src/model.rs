@@ -620,18 +620,26 @@ impl Model {
 
     /// Folds every batch norm into its conv once, for a model that will
     /// only run inference (a loaded checkpoint): `forward_folded` then
-    /// reuses the folded tensors instead of folding per call. A frozen
-    /// model refuses training (its folded copies would go stale).
+    /// reuses the folded tensors instead of folding per call, and the
+    /// convolutions keep their re-laid weights (`Tensor::frozen`). A
+    /// frozen model refuses training (its folded copies would go stale).
     pub fn freeze(&mut self, gpu: &Gpu) -> Result<()> {
         let folded = self
             .layers()?
             .iter()
             .map(|l| match l.step {
-                Step::Cbr(_) | Step::CbrSkip(_) | Step::CbJoin(_) => l.folded(gpu).map(Some),
+                Step::Cbr(_) | Step::CbrSkip(_) | Step::CbJoin(_) => {
+                    l.folded(gpu).map(|(w, b)| Some((w.frozen(), b)))
+                }
                 _ => Ok(None),
             })
             .collect::<Result<Vec<_>>>()?;
         self.folded = folded;
+        // The transposed convolutions' and the logits' weights are used as
+        // they are: frozen too, so their re-laid copies are kept.
+        for p in &mut self.params {
+            p.value = p.value.frozen();
+        }
         Ok(())
     }
 

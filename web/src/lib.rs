@@ -251,7 +251,9 @@ impl Engine {
 /// loader validates a file.
 fn member(gpu: &Gpu, name: &str, bytes: &[u8]) -> anyhow::Result<Member> {
     let checkpoint = Checkpoint::parse(bytes, Path::new(name), Load::Weights)?;
-    let (model, meta) = Model::from_checkpoint(gpu, checkpoint)?;
+    let (mut model, meta) = Model::from_checkpoint(gpu, checkpoint)?;
+    // Inference only: batch norm folded and weights re-laid once, here.
+    model.freeze(gpu)?;
     let spacing = ModelSpacing::from_meta(&meta, Path::new(name))?;
     Ok(Member {
         model,

@@ -170,9 +170,25 @@ impl WeightMap {
     }
 }
 
-/// A new tensor [slen, kh*kw, opad] of weights for produced channels
-/// `o0..o0+olen` (zeros up to `opad`) and summed channels `s0..s0+slen`.
+/// A tensor [slen, kh*kw, opad] of weights for produced channels
+/// `o0..o0+olen` (zeros up to `opad`) and summed channels `s0..s0+slen`:
+/// new, or for frozen weights (an inference model's) the one made at the
+/// first call with the same arguments.
 pub(crate) fn prep_weights(
+    gpu: &Gpu,
+    w: &Tensor,
+    m: &WeightMap,
+    (o0, olen, opad): (usize, usize, usize),
+    (s0, slen): (usize, usize),
+    min_elems: usize,
+) -> Result<Tensor> {
+    let key = || format!("prep_weights {m:?} o{o0}+{olen}/{opad} s{s0}+{slen} min{min_elems}");
+    let make = || prep_weights_now(gpu, w, m, (o0, olen, opad), (s0, slen), min_elems);
+    w.derived(gpu.in_dry_run(), key, make)
+}
+
+/// `prep_weights`, recorded now.
+fn prep_weights_now(
     gpu: &Gpu,
     w: &Tensor,
     m: &WeightMap,
