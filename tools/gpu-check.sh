@@ -179,6 +179,8 @@ for w in 0.25 1; do
 done
 json_step "engine bench (every kernel)" "$limit" "$out/bench-kernels.json" \
   "$engine" bench --json --iters "$iters" $([ "$quick" = 1 ] && echo --filter conv3x3)
+json_step "PyTorch ($torch_device) kernels" "$limit" "$out/torch-kernels.json" \
+  python3 "$tools/torch_bench.py" --device "$torch_device" --kernels --iters "$iters"
 test_step kernels "$kernels" "$([ "$quick" = 1 ] && echo conv)"
 test_step network "$network"
 

@@ -3,8 +3,8 @@
     python3 tools/gpu_check_report.py OUT_DIR
 
 Reads OUT_DIR/adapters.json, steps.tsv, tests-*.log/.rc, smoke.json,
-bench-kernels.json, bench-model-w*.json and torch-w*.json (torch-fp32-w*.json
-on CUDA); writes OUT_DIR/gpu-check.json and
+bench-kernels.json, bench-model-w*.json, torch-w*.json (torch-fp32-w*.json
+on CUDA) and torch-kernels.json; writes OUT_DIR/gpu-check.json and
 OUT_DIR/gpu-check.md and prints the table. A step that failed is reported as
 failed, with its error, never left out.
 """
@@ -68,6 +68,7 @@ def gather(out):
         "torch": {w: read_json(os.path.join(out, f"torch-w{w}.json")) for w in WIDTHS},
         "torch_fp32": {w: read_json(os.path.join(out, f"torch-fp32-w{w}.json"))
                        for w in WIDTHS if os.path.exists(os.path.join(out, f"torch-fp32-w{w}.json"))},
+        "torch_kernels": read_json(os.path.join(out, "torch-kernels.json")),
         "steps": read_steps(out),
     }
 
@@ -107,15 +108,26 @@ def steps_table(steps):
     return rows
 
 
-def kernel_table(k):
+def torch_rate(tk, kernel):
+    """PyTorch's GFLOP/s for the engine's case `kernel` (its name, then the
+    shape), from `torch_bench.py --kernels`."""
+    for name, rate in tk.get("gflops", {}).items():
+        if kernel == name or kernel.startswith(name + " "):
+            return f"{rate:.1f}"
+    return ""
+
+
+def kernel_table(k, tk):
     if "error" in k:
         return [f"engine bench failed: {k['error']}"]
     s = k["shape"]
+    torch_col = f"{tk['framework']} on {tk['device']} (GFLOP/s)" if "error" not in tk else "PyTorch"
     rows = [f"Kernels on {k['adapter']}, n={s['n']} c={s['c']} {s['h']}x{s['w']}:", "",
-            "| kernel | variant | ms | rate | CPU im2col+SGEMM |", "|---|---|---|---|---|"]
+            f"| kernel | variant | ms | rate | CPU im2col+SGEMM | {torch_col} |", "|---|---|---|---|---|---|"]
     for m in k["kernels"]:
         cpu = f"{m['cpu']['rate']:.2f}" if m.get("cpu") else ""
-        rows.append(f"| {m['kernel']} | {m['variant']} | {m['ms']:.3f} | {m['rate']:.2f} {m['unit']} | {cpu} |")
+        rows.append(f"| {m['kernel']} | {m['variant']} | {m['ms']:.3f} | {m['rate']:.2f} {m['unit']} | {cpu} "
+                    f"| {torch_rate(tk, m['kernel'])} |")
     return rows
 
 
@@ -130,7 +142,7 @@ def markdown(r):
         state = "passed" if t.get("ok") else "FAILED"
         lines.append(f"- {name} tests: {state} ({t.get('passed', 0)} passed, {t.get('failed', 0)} failed, "
                      f"{t.get('ignored', 0)} ignored){' ' + ', '.join(t.get('failures', [])) if t.get('failures') else ''}")
-    tables = network_table(r) + [""] + kernel_table(r["bench_kernels"]) + [""] + steps_table(r["steps"])
+    tables = network_table(r) + [""] + kernel_table(r["bench_kernels"], r["torch_kernels"]) + [""] + steps_table(r["steps"])
     return "\n".join(lines + [""] + tables) + "\n"
 
 

@@ -1,6 +1,7 @@
 """Times docs/MODEL.md's network in PyTorch at the shapes `engine bench --model` uses.
 
     python3 tools/torch_bench.py --device cuda --width 0.25 --train-size 320 --batch 4 --infer-size 640
+    python3 tools/torch_bench.py --device cpu --kernels   # engine bench's conv cases
 
 A training step is forward, the weighted BCE loss, backward and an Adam step
 on a batch of random crops (as `engine bench --model` times it); inference is
@@ -38,6 +39,25 @@ def timed(fn, iters, device):
     return (time.perf_counter() - start) * 1e3 / iters
 
 
+def kernel_rates(device, n, c, size, iters):
+    """GFLOP/s of the convolution cases `engine bench` times at its default
+    shape (2 FLOPs per multiply-add; stride 2 does a quarter of the work)."""
+    x = torch.randn(n, c, size, size, device=device, requires_grad=True)
+    w3 = torch.randn(c, c, 3, 3, device=device, requires_grad=True)
+    w1 = torch.randn(c, c, 1, 1, device=device)
+    y = F.conv2d(x, w3, padding=1)
+    g = torch.randn_like(y)
+    flops = 2 * n * size * size * c * c * 9
+    cases = {
+        "conv3x3 fwd": (flops, lambda: F.conv2d(x, w3, padding=1)),
+        "conv3x3 bwd input": (flops, lambda: torch.autograd.grad(y, x, g, retain_graph=True)),
+        "conv3x3 bwd weight": (flops, lambda: torch.autograd.grad(y, w3, g, retain_graph=True)),
+        "conv3x3 s2 fwd": (flops / 4, lambda: F.conv2d(x, w3, padding=1, stride=2)),
+        "conv1x1 fwd": (flops / 9, lambda: F.conv2d(x, w1)),
+    }
+    return {name: round(f / timed(fn, iters, device) * 1e-6, 1) for name, (f, fn) in cases.items()}
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -50,6 +70,9 @@ def main():
     p.add_argument("--tf32", choices=["default", "off"], default="default",
                    help="off: plain fp32 convolutions on CUDA, as the engine computes "
                    "(PyTorch's default lets cuDNN use TF32 tensor cores)")
+    p.add_argument("--kernels", action="store_true",
+                   help="time the convolution cases of `engine bench` (n=4, 64 channels, "
+                   "80x80) instead of the network, in GFLOP/s")
     a = p.parse_args()
     if a.device.startswith("cuda") and not torch.cuda.is_available():
         print(f"torch {torch.__version__}: no CUDA device is available", file=sys.stderr)
@@ -60,6 +83,11 @@ def main():
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
     torch.manual_seed(0)
+    if a.kernels:
+        rates = kernel_rates(device, 4, 64, 80, a.iters)
+        print(json.dumps({"framework": f"torch {torch.__version__}", "device": a.device,
+                          "threads": torch.get_num_threads(), "gflops": rates}))
+        return
     net = Net(a.width, "bilinear").to(device)
     for m in net.modules():
         if hasattr(m, "weight") and m.weight.dim() == 4:
