@@ -581,3 +581,70 @@ fn corrupt_or_foreign_tuning_files_are_ignored_and_rebuilt() {
         assert_eq!(again.variants().table().len(), 2, "{name}: rebuilt and readable");
     }
 }
+
+#[test]
+fn a_long_run_times_the_rule_against_its_rival_once_and_reuses_the_winner() {
+    // Training on a CPU adapter without a tuned choice: each wide-tile
+    // shape times the rule against the 40-pixel tile once, remembers the
+    // faster under its own key, and later runs take it without timing.
+    let path = tune_dir("rivals").join("tune.json");
+    let open = |mode, long_run| {
+        let g = gpu_with_file(mode, &path);
+        g.variants().set_long_run(long_run);
+        g
+    };
+    let (n, c, o, h, w) = (1, 8, 64, 10, 40);
+    let (x, wt, b) = (
+        rand_vec(61, n * c * h * w),
+        rand_vec(62, o * c * 9),
+        rand_vec(63, o),
+    );
+    let forward = |gpu: &Gpu, v: Option<ConvVariant>| {
+        let (xt, wtt, bt) = (
+            up(gpu, &[n, c, h, w], &x),
+            up(gpu, &[o, c, 3, 3], &wt),
+            up(gpu, &[o], &b),
+        );
+        read(
+            gpu,
+            &conv::conv2d_with(gpu, &xt, &wtt, Some(&bt), 1, 1, false, v).unwrap(),
+        )
+    };
+    let first = open(TuneMode::Cache, true);
+    if !first.is_cpu() {
+        eprintln!("{}: not a CPU adapter, no long-run rivals", first.info.name);
+        return;
+    }
+    let rule = ConvVariant::rule(&first, (3, 1), o, w);
+    let rivals = ConvVariant::long_run_rivals(&first, rule, w);
+    assert_eq!(rivals.len(), 2, "{rivals:?}");
+    let short_row = ConvVariant::rule(&first, (3, 1), o, 20);
+    assert!(ConvVariant::long_run_rivals(&first, short_row, 20).is_empty());
+    let y = forward(&first, None);
+    let table = first.variants().table();
+    assert_eq!(table.len(), 1, "one timed shape: {table:?}");
+    let (key, winner) = table.iter().next().unwrap();
+    assert!(key.ends_with("(long-run rivals)"), "{key}");
+    let chosen = rivals.iter().find(|v| &v.name() == winner);
+    let chosen = chosen.unwrap_or_else(|| panic!("{winner} is not one of {rivals:?}"));
+    assert!(
+        bits_equal(&y, &forward(&first, Some(*chosen))),
+        "ran the winner"
+    );
+    // A later long run reads the file: the same bits, nothing timed anew.
+    let again = open(TuneMode::Cache, true);
+    assert!(bits_equal(&y, &forward(&again, None)), "reused the winner");
+    assert_eq!(again.variants().table(), table);
+    // A short run keeps to the rule and times nothing; so does `off`.
+    let short = open(TuneMode::Cache, false);
+    assert!(bits_equal(
+        &forward(&short, None),
+        &forward(&short, Some(ConvVariant::rule(&short, (3, 1), o, w)))
+    ));
+    assert_eq!(short.variants().table(), table);
+    let off = open(TuneMode::Off, true);
+    assert!(
+        bits_equal(&forward(&off, None), &forward(&off, Some(rule))),
+        "off: the rule"
+    );
+}

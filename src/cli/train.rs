@@ -111,6 +111,20 @@ pub struct TrainArgs {
 /// would mostly wait for them.
 const LONG_RUN_STEPS: usize = 1000;
 
+/// Says why a long run's first step on a CPU adapter is slow: it times
+/// two wide tiles per convolution shape (`ConvVariant::long_run_rivals`).
+fn note_long_run_timing(gpu: &Gpu) {
+    let v = gpu.variants();
+    if gpu.is_cpu() && v.long_run() && v.mode() == crate::gpu::TuneMode::Cache {
+        let file = v
+            .path()
+            .map_or("memory".into(), |p| p.display().to_string());
+        println!(
+            "long run: the first step times two tiles per convolution shape not yet in {file} (ENGINE_TUNE=off keeps to the rules)"
+        );
+    }
+}
+
 /// Runs `engine train`; returns the process exit status (0, or
 /// `EXIT_INTERRUPTED` after Ctrl-C). Everything that can be checked on
 /// the host (the run folder, the settings, the data, a resumed checkpoint)
@@ -146,6 +160,7 @@ pub fn train(a: TrainArgs) -> anyhow::Result<i32> {
         cfg.batch,
         cfg.micro_batch
     );
+    note_long_run_timing(&gpu);
     let stop = ctrl_c_flag();
     let start = std::time::Instant::now();
     let stop_requested = |_step: u64| stop.load(Ordering::SeqCst);
