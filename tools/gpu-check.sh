@@ -184,4 +184,9 @@ json_step "PyTorch ($torch_device) kernels" "$limit" "$out/torch-kernels.json" \
 test_step kernels "$kernels" "$([ "$quick" = 1 ] && echo conv)"
 test_step network "$network"
 
-python3 "$tools/gpu_check_report.py" "$out" || die "could not write the report"
+python3 "$tools/gpu_check_report.py" "$out"
+case $? in
+  0) ;;
+  1) die "tests failed or timed out: see the table above and $out/tests-*.log" ;;
+  *) die "could not write the report" ;;
+esac

@@ -160,4 +160,8 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except Exception as e:  # exit status 1 means failed tests, not this
+        print(f"gpu_check_report: {e!r}", file=sys.stderr)
+        sys.exit(2)
