@@ -61,10 +61,17 @@ pub fn textured_scan(w: usize, h: usize) -> engine::data::Gray8 {
 }
 
 /// Runs the `engine` binary with `args`, no standard input; returns (exit
-/// code, stdout, stderr).
+/// code, stdout, stderr). Kernel choices it times (a long run's tiles) go
+/// to a tuning file of this test process, not the user's cache, unless
+/// `ENGINE_TUNE_FILE` names one.
 pub fn engine<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (i32, String, String) {
+    let tune_file = std::env::var_os("ENGINE_TUNE_FILE").unwrap_or_else(|| {
+        let name = format!("engine-tests-tune-{}.json", std::process::id());
+        std::env::temp_dir().join(name).into_os_string()
+    });
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_engine"))
         .args(args)
+        .env("ENGINE_TUNE_FILE", tune_file)
         .stdin(std::process::Stdio::null())
         .output()
         .unwrap();
