@@ -112,7 +112,7 @@ pub struct TrainArgs {
 const LONG_RUN_STEPS: usize = 1000;
 
 /// Says why a long run's first step on a CPU adapter is slow: it times
-/// two wide tiles per convolution shape (`ConvVariant::long_run_rivals`).
+/// two wide tiles per convolution shape (`ConvVariant::long_run_rival`).
 fn note_long_run_timing(gpu: &Gpu) {
     let v = gpu.variants();
     if gpu.is_cpu() && v.long_run() && v.mode() == crate::gpu::TuneMode::Cache {

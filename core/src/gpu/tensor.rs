@@ -37,10 +37,6 @@ impl Tensor {
         }
     }
 
-    pub fn is_frozen(&self) -> bool {
-        self.derived.is_some()
-    }
-
     /// `make()`, computed once per `key` for a frozen tensor and kept as
     /// long as it lives; for any other tensor, and inside a dry run (which
     /// records nothing, so its result holds no data), computed every time.

@@ -171,15 +171,11 @@ impl ConvVariant {
     /// 37 against 24) and won on every such row of a width-1 network but
     /// one; on an older EPYC the rule's tiles won. On shorter rows the
     /// rule won every time. A long run amortises the extra compile and
-    /// the few timed runs in its first step. Empty: nothing to time.
-    pub fn long_run_rivals(gpu: &Gpu, rule: ConvVariant, out_w: usize) -> Vec<ConvVariant> {
-        let rival = ConvVariant::Direct(Tile::new(40, 16));
+    /// the few timed runs in its first step. None: nothing to time.
+    pub fn long_run_rival(gpu: &Gpu, rule: ConvVariant, out_w: usize) -> Option<ConvVariant> {
         let wide_rule = matches!(rule, ConvVariant::Direct(t) if t.to > 16);
-        if gpu.is_cpu() && gpu.variants().long_run() && wide_rule && out_w >= 32 {
-            vec![rule, rival]
-        } else {
-            Vec::new()
-        }
+        (gpu.is_cpu() && gpu.variants().long_run() && wide_rule && out_w >= 32)
+            .then_some(ConvVariant::Direct(Tile::new(40, 16)))
     }
 }
 
@@ -233,17 +229,17 @@ const TUNE_ITERS: usize = 2;
 
 /// The variant for `key`: the remembered winner; else, when tuning is on,
 /// the fastest candidate by `time_one` (remembered); else, in a long run
-/// without tuning, the faster of `rivals` (remembered under its own key, so
-/// that `engine tune` still times every candidate); else `rule`.
+/// without tuning, the faster of `rule` and `rival` (remembered under its
+/// own key, so that `engine tune` still times every candidate); else `rule`.
 fn choose<V: Copy>(
     gpu: &Gpu,
     key: &str,
     candidates: &[V],
-    (rule, rivals): (V, &[V]),
+    (rule, rival): (V, Option<V>),
     name: impl Fn(&V) -> String,
     time_one: &dyn Fn(V) -> Result<()>,
 ) -> Result<V> {
-    let v = pick(gpu, key, candidates, (rule, rivals), &name, time_one)?;
+    let v = pick(gpu, key, candidates, (rule, rival), &name, time_one)?;
     gpu.variants().note_used(&name(&v));
     Ok(v)
 }
@@ -252,7 +248,7 @@ fn pick<V: Copy>(
     gpu: &Gpu,
     key: &str,
     candidates: &[V],
-    (rule, rivals): (V, &[V]),
+    (rule, rival): (V, Option<V>),
     name: &impl Fn(&V) -> String,
     time_one: &dyn Fn(V) -> Result<()>,
 ) -> Result<V> {
@@ -264,9 +260,11 @@ fn pick<V: Copy>(
         let winner = variants.get(key)?;
         candidates.iter().find(|v| name(v) == winner).copied()
     };
-    let rivals_key =
-        (variants.mode() == TuneMode::Cache && rivals.len() > 1).then(|| rivals_key(key));
-    for k in std::iter::once(key).chain(rivals_key.as_deref()) {
+    // Without tuning, a long run's rival and its own key.
+    let rivalry = rival
+        .filter(|_| variants.mode() == TuneMode::Cache)
+        .map(|r| ([rule, r], rivals_key(key)));
+    for k in std::iter::once(key).chain(rivalry.as_ref().map(|(_, k)| k.as_str())) {
         if let Some(v) = remembered(k) {
             return Ok(v);
         }
@@ -275,9 +273,9 @@ fn pick<V: Copy>(
     if gpu.in_dry_run() {
         return Ok(rule);
     }
-    let (timed, key) = match (variants.mode(), &rivals_key) {
+    let (timed, key) = match (variants.mode(), &rivalry) {
         (TuneMode::On, _) => (candidates, key),
-        (TuneMode::Cache, Some(k)) => (rivals, k.as_str()),
+        (_, Some((pair, k))) => (&pair[..], k.as_str()),
         _ => return Ok(rule),
     };
     let best = fastest(gpu, timed, rule, time_one)?;
@@ -285,7 +283,8 @@ fn pick<V: Copy>(
     Ok(best)
 }
 
-/// The key under which the faster of a long run's rivals is remembered.
+/// The key under which the faster of a long run's rule and rival is
+/// remembered.
 fn rivals_key(key: &str) -> String {
     format!("{key} (long-run rivals)")
 }
@@ -395,13 +394,13 @@ impl Produce<'_> {
             Some(v) => v,
             None => {
                 let key = shape_key(self.op, self.src, y, self.g);
-                let (rule, rivals) = self.rule(gpu, y);
+                let (rule, rival) = self.rule_and_rival(gpu, y);
                 // Timing (tuning only) writes into a scratch output.
                 choose(
                     gpu,
                     &key,
                     &ConvVariant::candidates(gpu),
-                    (rule, &rivals),
+                    (rule, rival),
                     ConvVariant::name,
                     &|v| self.run_variant(gpu, &gpu.empty(y.shape())?, v),
                 )?
@@ -410,16 +409,16 @@ impl Produce<'_> {
         self.run_variant(gpu, y, v)
     }
 
-    /// The rule's variant and a long run's rivals to it: direct passes
+    /// The rule's variant and a long run's rival to it: direct passes
     /// keep their stride; transposed passes run stride-1 phases.
-    fn rule(&self, gpu: &Gpu, y: &Tensor) -> (ConvVariant, Vec<ConvVariant>) {
+    fn rule_and_rival(&self, gpu: &Gpu, y: &Tensor) -> (ConvVariant, Option<ConvVariant>) {
         let (_, o, _, w) = y.nchw();
         let (stride, row) = match self.dir {
             Direction::Direct => (self.g.stride, w),
             Direction::Transposed => (1, w / self.g.stride),
         };
         let rule = ConvVariant::rule(gpu, (self.g.k, stride), o, row);
-        (rule, ConvVariant::long_run_rivals(gpu, rule, row))
+        (rule, ConvVariant::long_run_rival(gpu, rule, row))
     }
 
     fn run_variant(&self, gpu: &Gpu, y: &Tensor, v: ConvVariant) -> Result<()> {
@@ -601,7 +600,7 @@ impl WeightGrad<'_> {
                     gpu,
                     &key,
                     &WgradVariant::candidates(gpu, self.g.k * self.g.k),
-                    (WgradVariant::rule(gpu, self.gout.nchw().1), &[]),
+                    (WgradVariant::rule(gpu, self.gout.nchw().1), None),
                     WgradVariant::name,
                     &|v| self.run_variant(gpu, &gpu.empty(dw.shape())?, false, v),
                 )?
