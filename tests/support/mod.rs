@@ -3,12 +3,55 @@
 #![allow(dead_code)]
 use engine::Gpu;
 use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::sync::Mutex;
 
-/// One device per test binary, with the adapter's own limits.
+/// A device with the adapter's own limits, leased to the calling test
+/// (see `DevicePool`).
 pub fn gpu() -> &'static Gpu {
-    static GPU: OnceLock<Gpu> = OnceLock::new();
-    GPU.get_or_init(|| Gpu::new(None).expect("a GPU adapter (apt-get install mesa-vulkan-drivers)"))
+    static POOL: DevicePool = DevicePool::new();
+    thread_local!(static LEASE: Lease = POOL.lease(|| Gpu::new(None)));
+    LEASE.with(|l| l.gpu)
+}
+
+/// Devices leased one per running test thread and handed on, with the
+/// pipelines they compiled, when it ends. lavapipe compiles a kernel (up
+/// to ~13 s of LLVM for the widest tiles) and runs its dispatches on its
+/// device's one queue thread, so tests sharing one device wait for each
+/// other's compiles: one core busy while the others idle.
+pub struct DevicePool {
+    free: Mutex<Vec<&'static Gpu>>,
+}
+
+/// A test thread's device, back in its pool when the thread ends.
+pub struct Lease {
+    pub gpu: &'static Gpu,
+    pool: &'static DevicePool,
+}
+
+impl DevicePool {
+    pub const fn new() -> DevicePool {
+        DevicePool {
+            free: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A free device, or a new one from `make` (kept for later tests).
+    pub fn lease(&'static self, make: impl FnOnce() -> engine::Result<Gpu>) -> Lease {
+        let free = self.free.lock().unwrap().pop();
+        let gpu = free.unwrap_or_else(|| {
+            let gpu = make().expect("a GPU adapter (apt-get install mesa-vulkan-drivers)");
+            Box::leak(Box::new(gpu))
+        });
+        Lease { gpu, pool: self }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Ok(mut free) = self.pool.free.lock() {
+            free.push(self.gpu);
+        }
+    }
 }
 
 /// A fresh, empty folder `engine-{suite}-{name}-{pid}` in the temp dir.
