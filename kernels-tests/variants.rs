@@ -135,7 +135,9 @@ fn tconv_all_variants(gpu: &Gpu, (n, c, o, h, w, s): (usize, usize, usize, usize
 #[test]
 fn every_conv_variant_matches_the_reference() {
     for shape in [
-        (2, 5, 9, 11, 13, 3, 1, 1),
+        // Rows of 10 from 12 padded columns: tiles of 8 or more pixels run
+        // flat along the padded plane (`direct::layout`), 4-pixel ones by row.
+        (2, 5, 9, 11, 10, 3, 1, 1),
         (2, 3, 6, 9, 10, 3, 2, 1),
         (1, 4, 5, 8, 7, 3, 2, 1),
         (1, 6, 7, 10, 9, 3, 1, 2),
@@ -174,6 +176,9 @@ fn every_variant_splits_under_a_tiny_binding_limit() {
     conv_all_variants(tiny_gpu(), (3, 12, 10, 12, 12, 3, 1, 1));
     conv_all_variants(tiny_gpu(), (2, 12, 20, 12, 11, 3, 2, 1));
     conv_all_variants(tiny_gpu(), (3, 12, 10, 8, 16, 1, 1, 1));
+    // Rows of 10, run flat: the widened gradient fits a window, the
+    // padded input planes go in channel groups.
+    conv_all_variants(tiny_gpu(), (2, 12, 3, 10, 10, 3, 1, 1));
     tconv_all_variants(tiny_gpu(), (2, 6, 5, 6, 6, 2));
 }
 
@@ -437,6 +442,53 @@ fn texel_and_storage_inputs_give_bit_identical_direct_passes() {
         })
     };
     assert_texels_match_storage("tconv4x4 s2", run(&texels), run(&storage));
+}
+
+#[test]
+fn smaller_workgroups_give_bit_identical_direct_passes() {
+    // A long run on a CPU adapter shrinks the workgroups of dispatches with
+    // few invocations (two images of 10x10 run flat: 16 invocations of 16
+    // pixels) so that every CPU thread gets some; a first scan keeps 64.
+    // Devices of their own: a dry run lists only kernels not yet made.
+    let open = |long: bool| {
+        let gpu = Gpu::new(None).expect("a GPU adapter");
+        gpu.variants().set_long_run(long);
+        gpu.set_texel_operands(false);
+        gpu
+    };
+    let (long_run, plain) = (open(true), open(false));
+    let (n, c, o, h, w) = (2, 9, 10, 10, 10);
+    let (x, wt, b) = (
+        rand_vec(61, n * c * h * w),
+        rand_vec(62, o * c * 9),
+        rand_vec(63, o),
+    );
+    let dy = rand_vec(64, n * o * h * w);
+    let v = Some(ConvVariant::Direct(conv::Tile::new(16, 16)));
+    let run = |gpu: &Gpu| {
+        let (xt, wtt, bt) = (
+            up(gpu, &[n, c, h, w], &x),
+            up(gpu, &[o, c, 3, 3], &wt),
+            up(gpu, &[o], &b),
+        );
+        let dyt = up(gpu, &[n, o, h, w], &dy);
+        recorded_pair(gpu, || {
+            let y = conv::conv2d_with(gpu, &xt, &wtt, Some(&bt), 1, 1, true, v)?;
+            let dx = conv::conv2d_backward_input_with(gpu, &dyt, &wtt, (h, w), 1, 1, v)?;
+            Ok((y, dx))
+        })
+    };
+    let ((small, small_keys), (wide, wide_keys)) = (run(&long_run), run(&plain));
+    let direct = |keys: &[String], part: &str| {
+        let d: Vec<&String> = keys.iter().filter(|k| k.starts_with("direct")).collect();
+        !d.is_empty() && d.iter().all(|k| k.contains(part) && k.contains(" f1"))
+    };
+    assert!(
+        direct(&small_keys, "-wg8 ") && direct(&wide_keys, "-wg64 "),
+        "kernels {small_keys:?} / {wide_keys:?}"
+    );
+    assert!(bits_equal(&small.0, &wide.0), "forward differs");
+    assert!(bits_equal(&small.1, &wide.1), "input gradient differs");
 }
 
 /// A forward and input-gradient pass's outputs, with the kernels a dry

@@ -458,6 +458,13 @@ impl Gpu {
         self.info.device_type == wgpu::DeviceType::Cpu
     }
 
+    /// Workgroups a dispatch needs to keep a CPU adapter busy: lavapipe
+    /// runs each workgroup on one of its threads, one per CPU (two where
+    /// the count is unknown, as in a browser).
+    pub fn cpu_threads(&self) -> usize {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    }
+
     /// Seconds per run of `f` (recorded work), over `iters` runs after
     /// everything before has finished: GPU timestamps where the adapter has
     /// them, else the wall clock of submit-and-wait. Native only (benchmarks).

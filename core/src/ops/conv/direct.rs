@@ -189,12 +189,16 @@ pub(crate) struct DirectSpec {
     pub uniform_w: bool,
     /// The input as texels (`reads_texels`; needs `vec`).
     pub texels: bool,
+    /// Output pixels run along the whole padded plane as one row
+    /// (`Layout::flat`): the store skips the columns past the row's end
+    /// and finds each pixel's row by a division.
+    pub flat: bool,
 }
 
 impl DirectSpec {
     pub fn key(&self) -> String {
         format!(
-            "direct k{}x{} s{} d{} os{} {} b{} a{} v{} u{} t{}",
+            "direct k{}x{} s{} d{} os{} {} b{} a{} v{} u{} f{} t{}",
             self.kh,
             self.kw,
             self.s,
@@ -205,6 +209,7 @@ impl DirectSpec {
             self.accumulate as u8,
             self.vec as u8,
             self.uniform_w as u8,
+            self.flat as u8,
             self.texels as u8
         )
     }
@@ -351,14 +356,20 @@ impl DirectSpec {
     /// lavapipe each distinct kernel costs 1-5 s of LLVM at its first
     /// dispatch, and the select costs the same either way).
     fn write_store(&self, w: &mut String) {
-        let Tile { tp, to, .. } = self.tile;
+        let to = self.tile.to;
         let os = self.ostep;
+        let yb = if self.flat {
+            "P.y_base + n * P.y_nstride"
+        } else {
+            &format!("P.y_base + n * P.y_nstride + i * {os}u * P.y_w + j0 * {os}u")
+        };
         let _ = writeln!(
             w,
-            "    let yb = P.y_base + n * P.y_nstride + i * {os}u * P.y_w + j0 * {os}u;\n\
+            "    let yb = {yb};\n\
              \x20   let ob = wid.y * {to}u;\n\
              \x20   let floor = bitcast<f32>(P.relu_floor);"
         );
+        let spots = self.write_store_spots(w);
         for k in 0..to {
             let (u, lane) = (k / 4, LANE[k % 4]);
             let _ = writeln!(
@@ -371,20 +382,43 @@ impl DirectSpec {
             } else {
                 ""
             };
-            for t in 0..tp {
-                let at = t * os;
-                let _ = write!(
-                    w,
-                    "        if (j0 + {t}u < P.out_w) {{ var v = a{t}_{u}.{lane}{bias};"
-                );
+            for (t, (live, at)) in spots.iter().enumerate() {
+                let _ = write!(w, "        if ({live}) {{ var v = a{t}_{u}.{lane}{bias};");
                 if self.accumulate {
-                    let _ = write!(w, " v += Y[yo + {at}u];");
+                    let _ = write!(w, " v += Y[yo + {at}];");
                 }
                 w.push_str(" v = select(v, 0.0, v < floor);");
-                let _ = writeln!(w, " Y[yo + {at}u] = v; }}");
+                let _ = writeln!(w, " Y[yo + {at}] = v; }}");
             }
             w.push_str("    }\n");
         }
+    }
+
+    /// (condition, offset from `yo`) of each of the tile's pixels. Flat:
+    /// pixel `j0 + t` of the padded plane is row `/ x_w`, column `% x_w`
+    /// of the output (whose rows are `y_w` wide), stored when the column
+    /// lies inside the row: one division per pixel at the store, nothing
+    /// in the channel loop.
+    fn write_store_spots(&self, w: &mut String) -> Vec<(String, String)> {
+        let (tp, os) = (self.tile.tp, self.ostep);
+        if !self.flat {
+            let spot = |t: usize| (format!("j0 + {t}u < P.out_w"), format!("{}u", t * os));
+            return (0..tp).map(spot).collect();
+        }
+        (0..tp)
+            .map(|t| {
+                let _ = writeln!(
+                    w,
+                    "    let f{t} = j0 + {t}u;\n\
+                     \x20   let fr{t} = f{t} / P.x_w;\n\
+                     \x20   let fc{t} = f{t} - fr{t} * P.x_w;"
+                );
+                (
+                    format!("f{t} < P.out_w && fc{t} < P.y_w"),
+                    format!("fr{t} * P.y_w + fc{t}"),
+                )
+            })
+            .collect()
     }
 }
 
@@ -484,18 +518,100 @@ fn uniform_weight_groups(gpu: &Gpu, j: &DirectJob, tile: Tile, cg: usize) -> (us
     (cs.div_ceil(cs.div_ceil(most)), true)
 }
 
-/// The padded input region a tile reads: (rows, columns), the columns
-/// rounded up to a multiple of 4 for vec4 rows.
-fn padded_extent(gpu: &Gpu, j: &DirectJob, tp: usize) -> (usize, usize) {
-    let col_groups = j.out_w.div_ceil(tp);
-    let rows = (j.out_h - 1) * j.s + (j.map.kh - 1) * j.d + 1;
-    let cols = (col_groups * tp - 1) * j.s + (j.map.kw - 1) * j.d + 1;
-    let cols = if gpu.vec4_windows() {
-        cols.next_multiple_of(4)
-    } else {
-        cols
+/// How a job's output pixels meet the invocations: `out_h` rows of
+/// `out_w` pixels over a padded input plane of `rows x cols`; `flat`: one
+/// row running along the whole padded plane (see `layout`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Layout {
+    flat: bool,
+    rows: usize,
+    cols: usize,
+    out_h: usize,
+    out_w: usize,
+}
+
+impl Layout {
+    fn col_groups(&self, tp: usize) -> usize {
+        self.out_w.div_ceil(tp)
+    }
+
+    /// Invocation pixels, live or masked.
+    fn lanes(&self, tp: usize) -> usize {
+        self.out_h * self.col_groups(tp) * tp
+    }
+}
+
+/// The row length a tile rule should see for a stride-1 pass producing
+/// `out_h x out_w` with a `k x k` kernel of dilation `d`: rows narrower
+/// than a wide tile run flat (`layout`), as one row of the padded plane.
+pub(crate) fn rule_row(gpu: &Gpu, (out_h, out_w): (usize, usize), k: usize, d: usize) -> usize {
+    if k == 1 || out_h == 1 || out_w >= 32 {
+        return out_w;
+    }
+    (out_h - 1) * padded_cols(gpu.vec4_windows(), out_w + (k - 1) * d) + out_w
+}
+
+/// `n` columns, rounded up to whole vec4s where rows are read as vec4s.
+fn padded_cols(vec4: bool, n: usize) -> usize {
+    if vec4 { n.next_multiple_of(4) } else { n }
+}
+
+/// The layout a tile of `tp` pixels runs the job in. Rows narrower than
+/// the tile waste most of it (a 10-pixel row fills 10 of 16 pixels of
+/// two 8-pixel tiles, 10 of 40 of one 40-pixel tile), so a stride-1 job
+/// whose rows the padded plane can carry runs flat when that wastes
+/// less: output pixel (r, c) is plane element `r * cols + c`, every tap
+/// at a constant offset from it, and the pixels of the plane's padding
+/// columns are computed and dropped. The sums and their order are those
+/// of the row layout, so the results are bit-identical.
+fn layout(gpu: &Gpu, j: &DirectJob, tp: usize) -> Layout {
+    let stores_whole_rows = j.ostep == 1 && (j.oy, j.ox) == (0, 0) && j.out_w == j.y.shape()[3];
+    let geom = (j.map.kh, j.map.kw, j.s, j.d);
+    layout_of(
+        gpu.vec4_windows(),
+        geom,
+        (j.out_h, j.out_w),
+        stores_whole_rows,
+        tp,
+    )
+}
+
+fn layout_of(
+    vec4: bool,
+    (kh, kw, s, d): (usize, usize, usize, usize),
+    (out_h, out_w): (usize, usize),
+    stores_whole_rows: bool,
+    tp: usize,
+) -> Layout {
+    let quads = |n: usize| padded_cols(vec4, n);
+    let rows = Layout {
+        flat: false,
+        rows: (out_h - 1) * s + (kh - 1) * d + 1,
+        cols: quads((out_w.div_ceil(tp) * tp - 1) * s + (kw - 1) * d + 1),
+        out_h,
+        out_w,
     };
-    (rows, cols)
+    // The store finds a pixel's row from the padded row's width and
+    // checks its column against the output's (`stores_whole_rows`).
+    if s != 1 || out_h == 1 || kh * kw == 1 || !stores_whole_rows {
+        return rows;
+    }
+    let cols = quads(out_w + (kw - 1) * d);
+    let flat_w = (out_h - 1) * cols + out_w;
+    // Every element the last tile's loads touch lies inside the plane.
+    let read = (kh - 1) * d * cols + quads(flat_w.div_ceil(tp) * tp + (kw - 1) * d);
+    let flat = Layout {
+        flat: true,
+        rows: read.div_ceil(cols),
+        cols,
+        out_h: 1,
+        out_w: flat_w,
+    };
+    if flat.lanes(tp) < rows.lanes(tp) {
+        flat
+    } else {
+        rows
+    }
 }
 
 /// `tile`, or the same channels with fewer pixels when one padded input
@@ -512,8 +628,8 @@ fn fitting_tile(gpu: &Gpu, j: &DirectJob, tile: Tile) -> Tile {
         tile.to /= 2;
     }
     let fits = |tp: usize| {
-        let (rows, cols) = padded_extent(gpu, j, tp);
-        rows * cols <= gpu.window_elems()
+        let l = layout(gpu, j, tp);
+        l.rows * l.cols <= gpu.window_elems()
     };
     // The candidates' pixel widths, widest first, no wider than `tile`'s.
     std::iter::once(tile.tp)
@@ -529,9 +645,13 @@ pub(crate) fn run(gpu: &Gpu, j: &DirectJob, tile: Tile) -> Result<()> {
     let (n, cs, _, _) = j.src.nchw();
     let (_, co, yh, yw) = j.y.nchw();
     let (kh, kw) = (j.map.kh, j.map.kw);
-    let col_groups = j.out_w.div_ceil(tile.tp);
-    let (rows, cols) = padded_extent(gpu, j, tile.tp);
+    let lay = layout(gpu, j, tile.tp);
+    let (rows, cols, col_groups) = (lay.rows, lay.cols, lay.col_groups(tile.tp));
     let sp = plan(gpu, j, tile, rows * cols)?;
+    let tile = Tile {
+        wg: workgroup_size(gpu, tile, sp.images.min(n) * lay.out_h * col_groups),
+        ..tile
+    };
     let y_img = co * yh * yw;
     for (n0, nb) in runs(n, sp.images) {
         for (c0, clen) in runs(cs, sp.c_group) {
@@ -590,6 +710,7 @@ pub(crate) fn run(gpu: &Gpu, j: &DirectJob, tile: Tile) -> Result<()> {
                     vec,
                     uniform_w: sp.uniform_w,
                     texels,
+                    flat: lay.flat,
                 };
                 // An unused binding is not in the generated layout.
                 let bias = j
@@ -601,8 +722,8 @@ pub(crate) fn run(gpu: &Gpu, j: &DirectJob, tile: Tile) -> Result<()> {
                 let (yw_, yb) = gpu.window(j.y, y_start, y_span);
                 let p = DirectParams {
                     n_count: nb as u32,
-                    out_h: j.out_h as u32,
-                    out_w: j.out_w as u32,
+                    out_h: lay.out_h as u32,
+                    out_w: lay.out_w as u32,
                     col_groups: col_groups as u32,
                     c_in: clen as u32,
                     x_base,
@@ -626,7 +747,7 @@ pub(crate) fn run(gpu: &Gpu, j: &DirectJob, tile: Tile) -> Result<()> {
                     .to_bits(),
                 };
                 let pipeline = gpu.pipeline_for(spec.key(), || spec.source(), "main");
-                let groups = (nb * j.out_h * col_groups).div_ceil(tile.wg) as u64;
+                let groups = (nb * lay.out_h * col_groups).div_ceil(tile.wg) as u64;
                 let (mut windows, mut texel_views) = (vec![(2, &ww), (4, &yw_)], vec![]);
                 x.bind(1, &mut windows, &mut texel_views);
                 if let Some((bw, _)) = &bias {
@@ -644,6 +765,28 @@ pub(crate) fn run(gpu: &Gpu, j: &DirectJob, tile: Tile) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Invocations per workgroup for dispatches of `invocations`: the tile's
+/// (64), or on a CPU adapter in long runs and batches of many scans the
+/// largest of 32, 16 and 8 that still gives every CPU thread two workgroups.
+/// lavapipe runs a workgroup on one thread, so a 10x10 layer's 32
+/// invocations (4 images) in one workgroup left a core idle (4x256 -> 256
+/// at 10x10 on 2 cores: forward 7.4 -> 12-15 GFLOP/s, input gradient 7.3
+/// -> 11-17, with 8 or 16). A first scan keeps 64: the size would change
+/// with the scan's, and each size a new kernel to compile. The sums are
+/// the same whatever the size; a workgroup-memory tile keeps its own.
+fn workgroup_size(gpu: &Gpu, tile: Tile, invocations: usize) -> usize {
+    let v = gpu.variants();
+    if !gpu.is_cpu() || tile.shared || !(v.long_run() || v.many_runs()) {
+        return tile.wg;
+    }
+    let threads = gpu.cpu_threads();
+    [64, 32, 16, 8]
+        .into_iter()
+        .filter(|&wg| wg <= tile.wg)
+        .find(|&wg| invocations.div_ceil(wg) >= 2 * threads)
+        .unwrap_or(8.min(tile.wg))
 }
 
 /// Whether a direct kernel reads its input as texels: on CPU adapters
@@ -686,6 +829,7 @@ pub(crate) fn sample_sources() -> Vec<(String, String)> {
                 vec: i % 3 != 1,
                 uniform_w: !tile.shared && i % 2 == 1,
                 texels: i % 3 == 2,
+                flat: i % 4 == 2,
             };
             out.push((spec.key(), spec.source()));
         }
@@ -722,6 +866,36 @@ mod tests {
         assert_ne!(rule64(false, 1, 31), rule64(false, 1, 32));
         // A long run trades compile time for speed; a first scan does not.
         assert_ne!(rule64(true, 3, 80), rule64(false, 3, 80));
+    }
+
+    /// Rows narrower than the tile run flat along the padded plane, with
+    /// the plane tall enough for the last tile's loads; wide rows, strided
+    /// and 1x1 passes and outputs stored at an offset keep the rows.
+    #[test]
+    fn narrow_stride_1_rows_run_flat_where_that_wastes_less() {
+        use super::layout_of;
+        // 10x10 from a 3x3 kernel: rows of 12 (10 + 2), 118 pixels.
+        let l = layout_of(true, (3, 3, 1, 1), (10, 10), true, 16);
+        assert!(
+            l.flat && (l.out_h, l.out_w, l.cols) == (1, 118, 12),
+            "{l:?}"
+        );
+        // The last tile's loads end at element 2*12 + 128 + 2 -> 13 rows.
+        assert_eq!(l.rows, 13);
+        assert!(l.rows * l.cols >= 2 * 12 + 128 + 2);
+        // Dilation 2: rows of 16 (10 + 4, whole vec4s), 154 pixels; with
+        // 16-pixel tiles that is as many lanes as rows (a tie keeps rows).
+        let l = layout_of(true, (3, 3, 1, 2), (10, 10), true, 40);
+        assert!(l.flat && (l.out_w, l.cols) == (154, 16), "{l:?}");
+        assert!(!layout_of(true, (3, 3, 1, 2), (10, 10), true, 16).flat);
+        // 80-pixel rows fill 16-pixel tiles exactly: rows.
+        assert!(!layout_of(true, (3, 3, 1, 1), (80, 80), true, 16).flat);
+        // 4-pixel tiles waste as much either way: rows.
+        assert!(!layout_of(true, (3, 3, 1, 1), (10, 10), true, 4).flat);
+        assert!(!layout_of(true, (3, 3, 2, 1), (10, 10), true, 16).flat);
+        assert!(!layout_of(true, (1, 1, 1, 1), (10, 10), true, 16).flat);
+        assert!(!layout_of(true, (3, 3, 1, 1), (10, 10), false, 16).flat);
+        assert!(!layout_of(true, (3, 3, 1, 1), (1, 10), true, 16).flat);
     }
 
     /// GPUs time only tiles their registers hold, their default among

@@ -412,10 +412,11 @@ impl Produce<'_> {
     /// The rule's variant and a long run's rival to it: direct passes
     /// keep their stride; transposed passes run stride-1 phases.
     fn rule_and_rival(&self, gpu: &Gpu, y: &Tensor) -> (ConvVariant, Option<ConvVariant>) {
-        let (_, o, _, w) = y.nchw();
-        let (stride, row) = match self.dir {
-            Direction::Direct => (self.g.stride, w),
-            Direction::Transposed => (1, w / self.g.stride),
+        let (_, o, h, w) = y.nchw();
+        let (stride, row) = match (self.dir, self.g.stride) {
+            (_, 1) => (1, direct::rule_row(gpu, (h, w), self.g.k, self.g.dil)),
+            (Direction::Direct, s) => (s, w),
+            (Direction::Transposed, s) => (1, w / s),
         };
         let rule = ConvVariant::rule(gpu, (self.g.k, stride), o, row);
         (rule, ConvVariant::long_run_rival(gpu, rule, row))

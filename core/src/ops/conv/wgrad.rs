@@ -563,6 +563,59 @@ pub(crate) fn run(
     accumulate: bool,
     tile: GemmTile,
 ) -> Result<()> {
+    match flat_gradient(gpu, gout, g)? {
+        Some((flat, plane)) => run_on(gpu, op, &flat, input, dw, g, accumulate, tile, plane),
+        None => run_on(gpu, op, gout, input, dw, g, accumulate, tile, None),
+    }
+}
+
+/// The padded input plane (rows, columns) of a flat gradient.
+type FlatPlane = Option<(usize, usize)>;
+
+/// Narrow rows (a 10x10 layer: 10 steps of 5 scalar columns per image,
+/// one row at a time) as one row per image: `gout` copied with its rows
+/// widened to the padded input's (`cols`, whole vec4s) by zero columns,
+/// viewed as [N, O, 1, OH*cols], over the padded input plane read as one
+/// row of the same width. A column past a row's end has a zero gradient,
+/// so it adds nothing; every real column reads its own taps. Stride 1,
+/// vec4 windows, and the widened copy within one window; else `None`.
+fn flat_gradient(gpu: &Gpu, gout: &Tensor, g: WgradGeom) -> Result<Option<(Tensor, FlatPlane)>> {
+    let (n, o, oh, ow) = gout.nchw();
+    let cols = (ow + (g.k - 1) * g.d).next_multiple_of(4);
+    let flat = g.s == 1 && g.k > 1 && oh > 1 && ow < 32 && gpu.vec4_windows();
+    if !flat || n * o * oh * cols > gpu.window_elems() {
+        return Ok(None);
+    }
+    let region = PadRegion {
+        n0: 0,
+        images: n,
+        c0: 0,
+        planes: o,
+        row0: 0,
+        col0: 0,
+        rows: oh,
+        cols,
+    };
+    let widened = prep::pad_input(gpu, gout, &region)?.reshape(&[n, o, 1, oh * cols]);
+    // The last step's loads end (k-1)*d rows and columns past the row.
+    let read = (g.k - 1) * g.d * cols + (oh * cols + (g.k - 1) * g.d).next_multiple_of(4);
+    Ok(Some((widened, Some((read.div_ceil(cols), cols)))))
+}
+
+/// `run` over `gout`, whose rows read the padded input plane `plane`
+/// gives (rows, columns), or (`None`) the plane its own geometry needs.
+#[allow(clippy::too_many_arguments)]
+fn run_on(
+    gpu: &Gpu,
+    op: &'static str,
+    gout: &Tensor,
+    input: &Tensor,
+    dw: &Tensor,
+    g: WgradGeom,
+    accumulate: bool,
+    tile: GemmTile,
+    plane: FlatPlane,
+) -> Result<()> {
     let (n, o_tot, oh, ow) = gout.nchw();
     let (_, c_tot, _, _) = input.nchw();
     let kk = g.k * g.k;
@@ -600,9 +653,11 @@ pub(crate) fn run(
             detail: format!("rows of {ow} columns exceed the per-invocation loop budget"),
         });
     }
-    let rows = (oh - 1) * g.s + (g.k - 1) * g.d + 1;
-    let cols = (ow - 1) * g.s + (g.k - 1) * g.d + 1;
-    let cols = if vec { cols.next_multiple_of(4) } else { cols };
+    let (rows, cols) = plane.unwrap_or_else(|| {
+        let cols = (ow - 1) * g.s + (g.k - 1) * g.d + 1;
+        let cols = if vec { cols.next_multiple_of(4) } else { cols };
+        ((oh - 1) * g.s + (g.k - 1) * g.d + 1, cols)
+    });
     let plane = rows * cols;
     let win = gpu.window_elems();
     let mut og = o_tot
