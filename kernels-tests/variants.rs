@@ -135,9 +135,7 @@ fn tconv_all_variants(gpu: &Gpu, (n, c, o, h, w, s): (usize, usize, usize, usize
 #[test]
 fn every_conv_variant_matches_the_reference() {
     for shape in [
-        // Rows of 10 from 12 padded columns: tiles of 8 or more pixels run
-        // flat along the padded plane (`direct::layout`), 4-pixel ones by row.
-        (2, 5, 9, 11, 10, 3, 1, 1),
+        (2, 5, 9, 11, 13, 3, 1, 1),
         (2, 3, 6, 9, 10, 3, 2, 1),
         (1, 4, 5, 8, 7, 3, 2, 1),
         (1, 6, 7, 10, 9, 3, 1, 2),
@@ -155,6 +153,30 @@ fn every_conv_variant_matches_the_reference() {
     ] {
         conv_all_variants(gpu(), shape);
     }
+}
+
+#[test]
+fn every_variant_runs_narrow_rows_flat_in_a_long_run() {
+    // Training runs rows narrower than 32 flat along the padded plane
+    // (`direct::layout`) where that wastes fewer lanes, in workgroups of
+    // as few as 8 invocations (`smaller_workgroups_...` checks that both
+    // happen). Rows of 10 from 12 padded columns: tiles of 8 or more
+    // pixels run flat, 4-pixel ones by row; dilation 2 (rows of 16): the
+    // 40-pixel tiles; and under the 4 KiB binding limit, with channel
+    // groups.
+    let open = |limit: Option<u64>| {
+        let gpu = Gpu::new(None).expect("a GPU adapter");
+        gpu.variants().set_long_run(true);
+        gpu.set_texel_operands(false);
+        if let Some(bytes) = limit {
+            gpu.set_binding_limit(bytes);
+        }
+        gpu
+    };
+    let long_run = open(None);
+    conv_all_variants(&long_run, (2, 5, 9, 11, 10, 3, 1, 1));
+    conv_all_variants(&long_run, (1, 6, 7, 10, 10, 3, 1, 2));
+    conv_all_variants(&open(Some(TINY_LIMIT)), (2, 12, 3, 10, 10, 3, 1, 1));
 }
 
 #[test]
@@ -176,8 +198,8 @@ fn every_variant_splits_under_a_tiny_binding_limit() {
     conv_all_variants(tiny_gpu(), (3, 12, 10, 12, 12, 3, 1, 1));
     conv_all_variants(tiny_gpu(), (2, 12, 20, 12, 11, 3, 2, 1));
     conv_all_variants(tiny_gpu(), (3, 12, 10, 8, 16, 1, 1, 1));
-    // Rows of 10, run flat: the widened gradient fits a window, the
-    // padded input planes go in channel groups.
+    // Rows of 10: the weight gradient's widened copy of dy fits a window,
+    // the padded input planes go in channel groups.
     conv_all_variants(tiny_gpu(), (2, 12, 3, 10, 10, 3, 1, 1));
     tconv_all_variants(tiny_gpu(), (2, 6, 5, 6, 6, 2));
 }
@@ -446,9 +468,10 @@ fn texel_and_storage_inputs_give_bit_identical_direct_passes() {
 
 #[test]
 fn smaller_workgroups_give_bit_identical_direct_passes() {
-    // A long run on a CPU adapter shrinks the workgroups of dispatches with
-    // few invocations (two images of 10x10 run flat: 16 invocations of 16
-    // pixels) so that every CPU thread gets some; a first scan keeps 64.
+    // A long run on a CPU adapter runs narrow rows flat and shrinks the
+    // workgroups of dispatches with few invocations (two images of 10x10
+    // flat: 16 invocations of 16 pixels) so that every CPU thread gets
+    // some; a first scan keeps rows and workgroups of 64.
     // Devices of their own: a dry run lists only kernels not yet made.
     let open = |long: bool| {
         let gpu = Gpu::new(None).expect("a GPU adapter");
@@ -479,12 +502,12 @@ fn smaller_workgroups_give_bit_identical_direct_passes() {
         })
     };
     let ((small, small_keys), (wide, wide_keys)) = (run(&long_run), run(&plain));
-    let direct = |keys: &[String], part: &str| {
+    let direct = |keys: &[String], wg: &str, flat: &str| {
         let d: Vec<&String> = keys.iter().filter(|k| k.starts_with("direct")).collect();
-        !d.is_empty() && d.iter().all(|k| k.contains(part) && k.contains(" f1"))
+        !d.is_empty() && d.iter().all(|k| k.contains(wg) && k.contains(flat))
     };
     assert!(
-        direct(&small_keys, "-wg8 ") && direct(&wide_keys, "-wg64 "),
+        direct(&small_keys, "-wg8 ", " f1") && direct(&wide_keys, "-wg64 ", " f0"),
         "kernels {small_keys:?} / {wide_keys:?}"
     );
     assert!(bits_equal(&small.0, &wide.0), "forward differs");

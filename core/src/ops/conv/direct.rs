@@ -395,26 +395,33 @@ impl DirectSpec {
     }
 
     /// (condition, offset from `yo`) of each of the tile's pixels. Flat:
-    /// pixel `j0 + t` of the padded plane is row `/ x_w`, column `% x_w`
-    /// of the output (whose rows are `y_w` wide), stored when the column
-    /// lies inside the row: one division per pixel at the store, nothing
-    /// in the channel loop.
+    /// pixel `j0 + t` of the padded plane is row `fr{t}`, column `fc{t}`
+    /// of the output (whose rows are `y_w` wide, the plane's `x_w`),
+    /// stored when the column lies inside the row. One division per
+    /// invocation, then a step per pixel (lavapipe divides lane by lane).
     fn write_store_spots(&self, w: &mut String) -> Vec<(String, String)> {
         let (tp, os) = (self.tile.tp, self.ostep);
         if !self.flat {
             let spot = |t: usize| (format!("j0 + {t}u < P.out_w"), format!("{}u", t * os));
             return (0..tp).map(spot).collect();
         }
+        let _ = writeln!(
+            w,
+            "    let fr0 = j0 / P.x_w;\n    let fc0 = j0 - fr0 * P.x_w;"
+        );
+        for t in 1..tp {
+            let _ = writeln!(
+                w,
+                "    let wrap{t} = fc{p} + 1u == P.x_w;\n\
+                 \x20   let fc{t} = select(fc{p} + 1u, 0u, wrap{t});\n\
+                 \x20   let fr{t} = fr{p} + select(0u, 1u, wrap{t});",
+                p = t - 1
+            );
+        }
         (0..tp)
             .map(|t| {
-                let _ = writeln!(
-                    w,
-                    "    let f{t} = j0 + {t}u;\n\
-                     \x20   let fr{t} = f{t} / P.x_w;\n\
-                     \x20   let fc{t} = f{t} - fr{t} * P.x_w;"
-                );
                 (
-                    format!("f{t} < P.out_w && fc{t} < P.y_w"),
+                    format!("j0 + {t}u < P.out_w && fc{t} < P.y_w"),
                     format!("fr{t} * P.y_w + fc{t}"),
                 )
             })
@@ -542,13 +549,33 @@ impl Layout {
 }
 
 /// The row length a tile rule should see for a stride-1 pass producing
-/// `out_h x out_w` with a `k x k` kernel of dilation `d`: rows narrower
-/// than a wide tile run flat (`layout`), as one row of the padded plane.
-pub(crate) fn rule_row(gpu: &Gpu, (out_h, out_w): (usize, usize), k: usize, d: usize) -> usize {
-    if k == 1 || out_h == 1 || out_w >= 32 {
-        return out_w;
+/// `out_h x out_w` with a `k x k` kernel: where rows narrower than 32 run
+/// flat along the padded plane (`layout`), which fills a 16-pixel tile,
+/// a row of 32 (the kernels of the 32-pixel size class).
+pub(crate) fn rule_row(gpu: &Gpu, (out_h, out_w): (usize, usize), k: usize) -> usize {
+    if runs_flat(gpu) && flat_class(k * k, out_h, out_w) {
+        32
+    } else {
+        out_w
     }
-    (out_h - 1) * padded_cols(gpu.vec4_windows(), out_w + (k - 1) * d) + out_w
+}
+
+/// Whether narrow rows run flat: in long runs and batches of many scans.
+/// A first scan keeps rows and the narrow tiles: with the flat layout its
+/// bottom layers took 16-pixel tiles whose kernels compile 2-4x longer
+/// (a cold `engine infer` of the mini-MIAS ensemble 16.3 s against
+/// 10.6 s), and half as many invocations, one workgroup where there were
+/// two (warm 2.87-3.02 s against 2.47-2.50 s).
+fn runs_flat(gpu: &Gpu) -> bool {
+    let v = gpu.variants();
+    v.long_run() || v.many_runs()
+}
+
+/// Whether a stride-1 pass with `taps` taps and rows of `out_w` may run
+/// flat: rows narrower than the 32-pixel size class, more than one of
+/// them, and a kernel that pads (a 1x1 pass reads its source as is).
+fn flat_class(taps: usize, out_h: usize, out_w: usize) -> bool {
+    taps > 1 && out_h > 1 && out_w < 32
 }
 
 /// `n` columns, rounded up to whole vec4s where rows are read as vec4s.
@@ -556,31 +583,28 @@ fn padded_cols(vec4: bool, n: usize) -> usize {
     if vec4 { n.next_multiple_of(4) } else { n }
 }
 
-/// The layout a tile of `tp` pixels runs the job in. Rows narrower than
-/// the tile waste most of it (a 10-pixel row fills 10 of 16 pixels of
-/// two 8-pixel tiles, 10 of 40 of one 40-pixel tile), so a stride-1 job
-/// whose rows the padded plane can carry runs flat when that wastes
-/// less: output pixel (r, c) is plane element `r * cols + c`, every tap
-/// at a constant offset from it, and the pixels of the plane's padding
-/// columns are computed and dropped. The sums and their order are those
-/// of the row layout, so the results are bit-identical.
+/// The layout a tile of `tp` pixels runs the job in. Narrow rows waste
+/// most of a tile (a 10-pixel row fills 10 of 16 pixels of two 8-pixel
+/// tiles, 10 of 40 of one 40-pixel tile), so a stride-1 job with rows
+/// narrower than 32 (`flat_class`) runs flat, where that wastes less and
+/// `runs_flat` allows it: output pixel (r, c) is plane element
+/// `r * cols + c`, every tap at a constant offset from it, and the pixels
+/// of the plane's padding columns are computed and dropped. The sums and
+/// their order are those of the row layout: the results are bit-identical.
 fn layout(gpu: &Gpu, j: &DirectJob, tp: usize) -> Layout {
+    // The store finds a pixel's row from the padded row's width and
+    // checks its column against the output's.
     let stores_whole_rows = j.ostep == 1 && (j.oy, j.ox) == (0, 0) && j.out_w == j.y.shape()[3];
+    let may_flat = runs_flat(gpu) && stores_whole_rows;
     let geom = (j.map.kh, j.map.kw, j.s, j.d);
-    layout_of(
-        gpu.vec4_windows(),
-        geom,
-        (j.out_h, j.out_w),
-        stores_whole_rows,
-        tp,
-    )
+    layout_of(gpu.vec4_windows(), geom, (j.out_h, j.out_w), may_flat, tp)
 }
 
 fn layout_of(
     vec4: bool,
     (kh, kw, s, d): (usize, usize, usize, usize),
     (out_h, out_w): (usize, usize),
-    stores_whole_rows: bool,
+    may_flat: bool,
     tp: usize,
 ) -> Layout {
     let quads = |n: usize| padded_cols(vec4, n);
@@ -591,9 +615,7 @@ fn layout_of(
         out_h,
         out_w,
     };
-    // The store finds a pixel's row from the padded row's width and
-    // checks its column against the output's (`stores_whole_rows`).
-    if s != 1 || out_h == 1 || kh * kw == 1 || !stores_whole_rows {
+    if s != 1 || !flat_class(kh * kw, out_h, out_w) || !may_flat {
         return rows;
     }
     let cols = quads(out_w + (kw - 1) * d);
@@ -896,6 +918,8 @@ mod tests {
         assert!(!layout_of(true, (1, 1, 1, 1), (10, 10), true, 16).flat);
         assert!(!layout_of(true, (3, 3, 1, 1), (10, 10), false, 16).flat);
         assert!(!layout_of(true, (3, 3, 1, 1), (1, 10), true, 16).flat);
+        // Rows of 32 or more keep their layout, whatever the tile wastes.
+        assert!(!layout_of(true, (3, 3, 1, 1), (10, 50), true, 40).flat);
     }
 
     /// GPUs time only tiles their registers hold, their default among

@@ -414,7 +414,7 @@ impl Produce<'_> {
     fn rule_and_rival(&self, gpu: &Gpu, y: &Tensor) -> (ConvVariant, Option<ConvVariant>) {
         let (_, o, h, w) = y.nchw();
         let (stride, row) = match (self.dir, self.g.stride) {
-            (_, 1) => (1, direct::rule_row(gpu, (h, w), self.g.k, self.g.dil)),
+            (_, 1) => (1, direct::rule_row(gpu, (h, w), self.g.k)),
             (Direction::Direct, s) => (s, w),
             (Direction::Transposed, s) => (1, w / s),
         };
