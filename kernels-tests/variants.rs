@@ -15,7 +15,14 @@ const ATOL: f64 = 1e-4;
 /// (n, c, o, h, w, k, s, d)
 type ConvShape = (usize, usize, usize, usize, usize, usize, usize, usize);
 
-fn conv_all_variants(gpu: &Gpu, (n, c, o, h, w, k, s, d): ConvShape) {
+fn conv_all_variants(gpu: &Gpu, shape: ConvShape) {
+    conv_variants(gpu, shape, &ConvVariant::candidates(gpu));
+}
+
+/// `conv_all_variants` with only the given direct variants (every weight
+/// gradient variant still): where the others would only repeat kernels
+/// another test proves, each a compile of up to ~15 s on lavapipe.
+fn conv_variants(gpu: &Gpu, (n, c, o, h, w, k, s, d): ConvShape, variants: &[ConvVariant]) {
     let tag = format!("conv n{n} c{c} o{o} {h}x{w} k{k} s{s} d{d}");
     let (oh, ow, g) = conv_geom(h, w, k, s, d);
     let (x, wt, b) = (
@@ -35,7 +42,7 @@ fn conv_all_variants(gpu: &Gpu, (n, c, o, h, w, k, s, d): ConvShape) {
     let relu_ref: Vec<f64> = y_ref.iter().map(|v| v.max(0.0)).collect();
     let dx_ref = cpu::conv2d_backward_input(&dy64, (n, o, oh, ow), &w64, c, g, (h, w));
     let dw_ref = cpu::conv2d_backward_weight(&dy64, (n, o, oh, ow), &x64, (c, h, w), g);
-    for v in ConvVariant::candidates(gpu) {
+    for &v in variants {
         let name = v.name();
         let y = conv::conv2d_with(gpu, &xt, &wtt, Some(&bt), s, d, false, Some(v)).unwrap();
         assert_close(
@@ -160,10 +167,11 @@ fn every_variant_runs_narrow_rows_flat_in_a_long_run() {
     // Training runs rows narrower than 32 flat along the padded plane
     // (`direct::layout`) where that wastes fewer lanes, in workgroups of
     // as few as 8 invocations (`smaller_workgroups_...` checks that both
-    // happen). Rows of 10 from 12 padded columns: tiles of 8 or more
-    // pixels run flat, 4-pixel ones by row; dilation 2 (rows of 16): the
-    // 40-pixel tiles; and under the 4 KiB binding limit, with channel
-    // groups.
+    // happen). Rows of 10 from 12 padded columns: every tile of 8 or more
+    // pixels runs flat, 4-pixel ones by row; dilation 2 (rows of 16, as
+    // many lanes either way for 8 and 16 pixels): the 40-pixel tiles; and
+    // under the 4 KiB binding limit, with channel groups: the training
+    // rule's tile, its rival and a narrow one.
     let open = |limit: Option<u64>| {
         let gpu = Gpu::new(None).expect("a GPU adapter");
         gpu.variants().set_long_run(true);
@@ -173,10 +181,20 @@ fn every_variant_runs_narrow_rows_flat_in_a_long_run() {
         }
         gpu
     };
+    let direct = |tiles: &[(usize, usize)]| -> Vec<ConvVariant> {
+        let tile = |&(tp, to): &(usize, usize)| ConvVariant::Direct(conv::Tile::new(tp, to));
+        tiles.iter().map(tile).collect()
+    };
     let long_run = open(None);
     conv_all_variants(&long_run, (2, 5, 9, 11, 10, 3, 1, 1));
-    conv_all_variants(&long_run, (1, 6, 7, 10, 10, 3, 1, 2));
-    conv_all_variants(&open(Some(TINY_LIMIT)), (2, 12, 3, 10, 10, 3, 1, 1));
+    let wide = direct(&[(40, 16), (40, 8)]);
+    conv_variants(&long_run, (1, 6, 7, 10, 10, 3, 1, 2), &wide);
+    let splits = direct(&[(16, 64), (40, 16), (8, 16)]);
+    conv_variants(
+        &open(Some(TINY_LIMIT)),
+        (2, 12, 3, 10, 10, 3, 1, 1),
+        &splits,
+    );
 }
 
 #[test]

@@ -563,10 +563,31 @@ pub(crate) fn run(
     accumulate: bool,
     tile: GemmTile,
 ) -> Result<()> {
+    let pass = Pass {
+        gpu,
+        op,
+        input,
+        dw,
+        g,
+        accumulate,
+        tile,
+    };
     match flat_gradient(gpu, gout, g)? {
-        Some((flat, plane)) => run_on(gpu, op, &flat, input, dw, g, accumulate, tile, plane),
-        None => run_on(gpu, op, gout, input, dw, g, accumulate, tile, None),
+        Some((flat, plane)) => pass.run_on(&flat, plane),
+        None => pass.run_on(gout, None),
     }
+}
+
+/// What `run` passes on whatever the gradient's layout.
+#[derive(Clone, Copy)]
+struct Pass<'a> {
+    gpu: &'a Gpu,
+    op: &'static str,
+    input: &'a Tensor,
+    dw: &'a Tensor,
+    g: WgradGeom,
+    accumulate: bool,
+    tile: GemmTile,
 }
 
 /// The padded input plane (rows, columns) of a flat gradient.
@@ -602,130 +623,122 @@ fn flat_gradient(gpu: &Gpu, gout: &Tensor, g: WgradGeom) -> Result<Option<(Tenso
     Ok(Some((widened, Some((read.div_ceil(cols), cols)))))
 }
 
-/// `run` over `gout`, whose rows read the padded input plane `plane`
-/// gives (rows, columns), or (`None`) the plane its own geometry needs.
-#[allow(clippy::too_many_arguments)]
-fn run_on(
-    gpu: &Gpu,
-    op: &'static str,
-    gout: &Tensor,
-    input: &Tensor,
-    dw: &Tensor,
-    g: WgradGeom,
-    accumulate: bool,
-    tile: GemmTile,
-    plane: FlatPlane,
-) -> Result<()> {
-    let (n, o_tot, oh, ow) = gout.nchw();
-    let (_, c_tot, _, _) = input.nchw();
-    let kk = g.k * g.k;
-    // A layer narrower than a workgroup's lanes gets no second channel
-    // per lane (its loads and multiply-adds would all be clamped waste).
-    let tile = GemmTile {
-        ct: tile.ct.min(c_tot.div_ceil(tile.wg)),
-        ..tile
-    };
-    // The largest divisor of the row up to the tile's, a multiple of 4
-    // where one divides (vec4 loads).
-    let jt = (1..=tile.jt)
-        .filter(|t| ow % t == 0)
-        .max_by_key(|&t| (t % 4 == 0, t))
-        .unwrap_or(1);
-    // Every row of g and of the padded copy starts at a multiple of 4
-    // elements when the row width is one (window offsets keep alignment).
-    let vec = ow % 4 == 0 && jt % 4 == 0 && gpu.vec4_windows();
-    let mut spec = WgradSpec {
-        k: g.k,
-        s: g.s,
-        d: g.d,
-        to: tile.to,
-        ct: tile.ct,
-        jt,
-        wg: tile.wg,
-        vec,
-        uniform_g: uniform_g(gpu, vec, ow, tile.to),
-        texels: vec && gpu.texel_operands(),
-    };
-    let row_cost = ow / jt + 2;
-    if row_cost > gpu.loop_budget() {
-        return Err(EngineError::TooLarge {
-            op,
-            detail: format!("rows of {ow} columns exceed the per-invocation loop budget"),
+impl Pass<'_> {
+    /// `run` over `gout`, whose rows read the padded input plane `plane`
+    /// gives (rows, columns), or (`None`) the plane its own geometry needs.
+    fn run_on(&self, gout: &Tensor, plane: FlatPlane) -> Result<()> {
+        let Pass { gpu, op, g, .. } = *self;
+        let (n, o_tot, oh, ow) = gout.nchw();
+        let (_, c_tot, _, _) = self.input.nchw();
+        let kk = g.k * g.k;
+        // A layer narrower than a workgroup's lanes gets no second channel
+        // per lane (its loads and multiply-adds would all be clamped waste).
+        let tile = GemmTile {
+            ct: self.tile.ct.min(c_tot.div_ceil(self.tile.wg)),
+            ..self.tile
+        };
+        // The largest divisor of the row up to the tile's, a multiple of 4
+        // where one divides (vec4 loads).
+        let jt = (1..=tile.jt)
+            .filter(|t| ow % t == 0)
+            .max_by_key(|&t| (t % 4 == 0, t))
+            .unwrap_or(1);
+        // Every row of g and of the padded copy starts at a multiple of 4
+        // elements when the row width is one (window offsets keep alignment).
+        let vec = ow % 4 == 0 && jt % 4 == 0 && gpu.vec4_windows();
+        let mut spec = WgradSpec {
+            k: g.k,
+            s: g.s,
+            d: g.d,
+            to: tile.to,
+            ct: tile.ct,
+            jt,
+            wg: tile.wg,
+            vec,
+            uniform_g: uniform_g(gpu, vec, ow, tile.to),
+            texels: vec && gpu.texel_operands(),
+        };
+        let row_cost = ow / jt + 2;
+        if row_cost > gpu.loop_budget() {
+            return Err(EngineError::TooLarge {
+                op,
+                detail: format!("rows of {ow} columns exceed the per-invocation loop budget"),
+            });
+        }
+        let (rows, cols) = plane.unwrap_or_else(|| {
+            let cols = (ow - 1) * g.s + (g.k - 1) * g.d + 1;
+            let cols = if vec { cols.next_multiple_of(4) } else { cols };
+            ((oh - 1) * g.s + (g.k - 1) * g.d + 1, cols)
         });
-    }
-    let (rows, cols) = plane.unwrap_or_else(|| {
-        let cols = (ow - 1) * g.s + (g.k - 1) * g.d + 1;
-        let cols = if vec { cols.next_multiple_of(4) } else { cols };
-        ((oh - 1) * g.s + (g.k - 1) * g.d + 1, cols)
-    });
-    let plane = rows * cols;
-    let win = gpu.window_elems();
-    let mut og = o_tot
-        .min(items_per_window(gpu, op, oh * ow, "gradient plane")?)
-        .min((win / (c_tot * kk)).max(1));
-    // One tile of gradient channels per block: a slab then holds the
-    // most rows, and the partial sums per row are fewest.
-    if spec.uniform_g {
-        og = og.min(tile.to);
-    }
-    let mut cg = c_tot.min(items_per_window(gpu, op, plane, "padded input plane")?);
-    while cg > 1 && (og - 1) * c_tot * kk + cg * kk > win {
-        cg = cg.div_ceil(2);
-    }
-    // A slab's partial sums (up to SLAB_WORKGROUPS row chunks) fit a window.
-    spec.uniform_g &= og * cg * kk * SLAB_WORKGROUPS <= win;
-    let g_img = o_tot * oh * ow;
-    let imgs = (1 + (win - og * oh * ow) / g_img)
-        .min(1 + (win - cg * plane) / (cg * plane))
-        .clamp(1, n);
-    let pipeline = gpu.pipeline_for(spec.key(), || spec.source(), "main");
-    let job = Job {
-        gpu,
-        op,
-        gout,
-        dw,
-        pipeline: &pipeline,
-        tile,
-        kk,
-        row_cost,
-        accumulate,
-    };
-    for (n0, nb) in runs(n, imgs) {
-        for (c0, clen) in runs(c_tot, cg) {
-            let region = PadRegion {
-                n0,
-                images: nb,
-                c0,
-                planes: clen,
-                row0: g.row0,
-                col0: g.col0,
-                rows,
-                cols,
-            };
-            let xp = prep::pad_input(gpu, input, &region)?;
-            let (x, _) = Operand::of(gpu, op, (&xp, 0, xp.numel()), spec.texels)?;
-            for (o0, olen) in runs(o_tot, og) {
-                // Each (o, c) of dw is written by one block per image group.
-                let block = Block {
+        let plane = rows * cols;
+        let win = gpu.window_elems();
+        let mut og = o_tot
+            .min(items_per_window(gpu, op, oh * ow, "gradient plane")?)
+            .min((win / (c_tot * kk)).max(1));
+        // One tile of gradient channels per block: a slab then holds the
+        // most rows, and the partial sums per row are fewest.
+        if spec.uniform_g {
+            og = og.min(tile.to);
+        }
+        let mut cg = c_tot.min(items_per_window(gpu, op, plane, "padded input plane")?);
+        while cg > 1 && (og - 1) * c_tot * kk + cg * kk > win {
+            cg = cg.div_ceil(2);
+        }
+        // A slab's partial sums (up to SLAB_WORKGROUPS row chunks) fit a window.
+        spec.uniform_g &= og * cg * kk * SLAB_WORKGROUPS <= win;
+        let g_img = o_tot * oh * ow;
+        let imgs = (1 + (win - og * oh * ow) / g_img)
+            .min(1 + (win - cg * plane) / (cg * plane))
+            .clamp(1, n);
+        let pipeline = gpu.pipeline_for(spec.key(), || spec.source(), "main");
+        let job = Job {
+            gpu,
+            op,
+            gout,
+            dw: self.dw,
+            pipeline: &pipeline,
+            tile,
+            kk,
+            row_cost,
+            accumulate: self.accumulate,
+        };
+        for (n0, nb) in runs(n, imgs) {
+            for (c0, clen) in runs(c_tot, cg) {
+                let region = PadRegion {
                     n0,
-                    nb,
+                    images: nb,
                     c0,
-                    clen,
-                    o0,
-                    olen,
-                    x: &x,
-                    plane,
-                    x_w: cols,
-                    first: n0 == 0,
+                    planes: clen,
+                    row0: g.row0,
+                    col0: g.col0,
+                    rows,
+                    cols,
                 };
-                match spec.uniform_g {
-                    true => job.uniform_pass(&block)?,
-                    false => job.storage_pass(&block)?,
+                let xp = prep::pad_input(gpu, self.input, &region)?;
+                let (x, _) = Operand::of(gpu, op, (&xp, 0, xp.numel()), spec.texels)?;
+                for (o0, olen) in runs(o_tot, og) {
+                    // Each (o, c) of dw is written by one block per image group.
+                    let block = Block {
+                        n0,
+                        nb,
+                        c0,
+                        clen,
+                        o0,
+                        olen,
+                        x: &x,
+                        plane,
+                        x_w: cols,
+                        first: n0 == 0,
+                    };
+                    match spec.uniform_g {
+                        true => job.uniform_pass(&block)?,
+                        false => job.storage_pass(&block)?,
+                    }
                 }
             }
         }
+        Ok(())
     }
-    Ok(())
 }
 
 /// (key, WGSL) of generated weight-gradient kernels for every tile and the
