@@ -413,18 +413,12 @@ impl Produce<'_> {
     /// keep their stride; transposed passes run stride-1 phases.
     fn rule_and_rival(&self, gpu: &Gpu, y: &Tensor) -> (ConvVariant, Option<ConvVariant>) {
         let (_, o, h, w) = y.nchw();
-        let (stride, row) = match self.dir {
-            Direction::Direct => (self.g.stride, w),
-            Direction::Transposed => (1, w / self.g.stride),
+        let (stride, row) = match (self.dir, self.g.stride) {
+            (_, 1) => (1, direct::rule_row(gpu, (h, w), self.g.k)),
+            (Direction::Direct, s) => (s, w),
+            (Direction::Transposed, s) => (1, w / s),
         };
-        // Flat narrow rows take the 32-pixel class's tile, but no rival:
-        // on rows under 32 the rule won every timing (session 28), and
-        // each rival is a kernel to compile in the first step.
-        let tile_row = match self.g.stride {
-            1 => direct::rule_row(gpu, (h, w), self.g.k),
-            _ => row,
-        };
-        let rule = ConvVariant::rule(gpu, (self.g.k, stride), o, tile_row);
+        let rule = ConvVariant::rule(gpu, (self.g.k, stride), o, row);
         (rule, ConvVariant::long_run_rival(gpu, rule, row))
     }
 
