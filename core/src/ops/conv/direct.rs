@@ -191,7 +191,7 @@ pub(crate) struct DirectSpec {
     pub texels: bool,
     /// Output pixels run along the whole padded plane as one row
     /// (`Layout::flat`): the store skips the columns past the row's end
-    /// and finds each pixel's row by a division.
+    /// and steps each pixel's row and column from the invocation's first.
     pub flat: bool,
 }
 
@@ -553,20 +553,21 @@ impl Layout {
 /// flat along the padded plane (`layout`), which fills a 16-pixel tile,
 /// a row of 32 (the kernels of the 32-pixel size class).
 pub(crate) fn rule_row(gpu: &Gpu, (out_h, out_w): (usize, usize), k: usize) -> usize {
-    if runs_flat(gpu) && flat_class(k * k, out_h, out_w) {
+    if amortises_compiles(gpu) && flat_class(k * k, out_h, out_w) {
         32
     } else {
         out_w
     }
 }
 
-/// Whether narrow rows run flat: in long runs and batches of many scans.
-/// A first scan keeps rows and the narrow tiles: with the flat layout its
-/// bottom layers took 16-pixel tiles whose kernels compile 2-4x longer
-/// (a cold `engine infer` of the mini-MIAS ensemble 16.3 s against
+/// Whether this work amortises kernels that compile longer or per size:
+/// long runs and batches of many scans take texel reads, flat narrow rows
+/// and small workgroups; a first scan does not. With flat rows a first
+/// scan's bottom layers took 16-pixel tiles whose kernels compile 2-4x
+/// longer (a cold `engine infer` of the mini-MIAS ensemble 16.3 s against
 /// 10.6 s), and half as many invocations, one workgroup where there were
 /// two (warm 2.87-3.02 s against 2.47-2.50 s).
-fn runs_flat(gpu: &Gpu) -> bool {
+fn amortises_compiles(gpu: &Gpu) -> bool {
     let v = gpu.variants();
     v.long_run() || v.many_runs()
 }
@@ -587,7 +588,7 @@ fn padded_cols(vec4: bool, n: usize) -> usize {
 /// most of a tile (a 10-pixel row fills 10 of 16 pixels of two 8-pixel
 /// tiles, 10 of 40 of one 40-pixel tile), so a stride-1 job with rows
 /// narrower than 32 (`flat_class`) runs flat, where that wastes less and
-/// `runs_flat` allows it: output pixel (r, c) is plane element
+/// `amortises_compiles` allows it: output pixel (r, c) is plane element
 /// `r * cols + c`, every tap at a constant offset from it, and the pixels
 /// of the plane's padding columns are computed and dropped. The sums and
 /// their order are those of the row layout: the results are bit-identical.
@@ -595,7 +596,7 @@ fn layout(gpu: &Gpu, j: &DirectJob, tp: usize) -> Layout {
     // The store finds a pixel's row from the padded row's width and
     // checks its column against the output's.
     let stores_whole_rows = j.ostep == 1 && (j.oy, j.ox) == (0, 0) && j.out_w == j.y.shape()[3];
-    let may_flat = runs_flat(gpu) && stores_whole_rows;
+    let may_flat = amortises_compiles(gpu) && stores_whole_rows;
     let geom = (j.map.kh, j.map.kw, j.s, j.d);
     layout_of(gpu.vec4_windows(), geom, (j.out_h, j.out_w), may_flat, tp)
 }
@@ -799,8 +800,7 @@ pub(crate) fn run(gpu: &Gpu, j: &DirectJob, tile: Tile) -> Result<()> {
 /// with the scan's, and each size a new kernel to compile. The sums are
 /// the same whatever the size; a workgroup-memory tile keeps its own.
 fn workgroup_size(gpu: &Gpu, tile: Tile, invocations: usize) -> usize {
-    let v = gpu.variants();
-    if !gpu.is_cpu() || tile.shared || !(v.long_run() || v.many_runs()) {
+    if !gpu.is_cpu() || tile.shared || !amortises_compiles(gpu) {
         return tile.wg;
     }
     let threads = gpu.cpu_threads();
@@ -819,8 +819,7 @@ fn workgroup_size(gpu: &Gpu, tile: Tile, invocations: usize) -> usize {
 /// against 20.4, so a first run keeps the storage kernels, as it keeps the
 /// narrower tiles. The sums are the same either way.
 fn reads_texels(gpu: &Gpu) -> bool {
-    let v = gpu.variants();
-    gpu.texel_operands() && (v.long_run() || v.many_runs())
+    gpu.texel_operands() && amortises_compiles(gpu)
 }
 
 /// (key, WGSL) of generated direct kernels: every tile with every kernel

@@ -169,8 +169,10 @@ impl ConvVariant {
     /// wins depends on the CPU: on a Zen 4 EPYC the 40-pixel tile ran 3x3
     /// 64 -> 64 at 4x80x80 at 61 GFLOP/s against the rule's 38 (stride 2:
     /// 37 against 24) and won on every such row of a width-1 network but
-    /// one; on an older EPYC the rule's tiles won. On shorter rows the
-    /// rule won every time. A long run amortises the extra compile and
+    /// one; on an older EPYC the rule's tiles won. On shorter rows laid
+    /// out as rows the rule won every time; rows under 32 that run flat
+    /// (`direct::rule_row` calls them 32) are timed too, and there the
+    /// rival won on most shapes. A long run amortises the extra compile and
     /// the few timed runs in its first step. None: nothing to time.
     pub fn long_run_rival(gpu: &Gpu, rule: ConvVariant, out_w: usize) -> Option<ConvVariant> {
         let wide_rule = matches!(rule, ConvVariant::Direct(t) if t.to > 16);
