@@ -584,7 +584,8 @@ fn bits_equal(a: &[f32], b: &[f32]) -> bool {
 #[test]
 fn generated_kernels_validate_in_naga() {
     // What the GPU compiles at first use, checked ahead of time for every
-    // variant and geometry the network uses.
+    // variant and geometry the network uses, and kept small enough for the
+    // WGSL front end.
     for source in conv::generated_sources() {
         let module = naga::front::wgsl::parse_str(&source.1)
             .unwrap_or_else(|e| panic!("{}: {}", source.0, e.emit_to_string(&source.1)));
@@ -594,6 +595,22 @@ fn generated_kernels_validate_in_naga() {
         )
         .validate(&module)
         .unwrap_or_else(|e| panic!("{}: {e:?}", source.0));
+        let largest = module
+            .entry_points
+            .iter()
+            .map(|e| &e.function)
+            .chain(module.functions.iter().map(|(_, f)| f))
+            .map(|f| f.expressions.len())
+            .max()
+            .unwrap_or(0);
+        // naga's WGSL front end takes time quadratic in a function's
+        // expressions, at every process start (before any shader cache):
+        // a 16x64 tile's 53688 took 0.5 s; 25000 take about 0.1 s.
+        assert!(
+            largest <= 25_000,
+            "{}: a function of {largest} expressions",
+            source.0
+        );
     }
 }
 

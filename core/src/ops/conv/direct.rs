@@ -247,6 +247,7 @@ impl DirectSpec {
         } else {
             ("n", "if (n >= P.n_count) { return; }")
         };
+        w.push_str(&self.store_function());
         let _ = writeln!(
             w,
             "@compute @workgroup_size({wg})\n\
@@ -354,7 +355,14 @@ impl DirectSpec {
     /// once per output element at the store. The ReLU is a run-time floor,
     /// not a baked flag: one kernel serves layers with and without it (on
     /// lavapipe each distinct kernel costs 1-5 s of LLVM at its first
-    /// dispatch, and the select costs the same either way).
+    /// dispatch, and the select costs the same either way). Each element
+    /// is one call of `put` (`store_function`), with each pixel's
+    /// condition and offset named once: naga's WGSL front end spends time
+    /// quadratic in a function's expression count (`Typifier::grow` walks
+    /// the arena from its start at every new expression), and the written
+    /// out stores were four fifths of a wide tile's expressions (a 16x64
+    /// tile: 53688 expressions, 0.5 s of parsing at every process start,
+    /// Mesa's shader cache or not). Drivers inline `put`.
     fn write_store(&self, w: &mut String) {
         let to = self.tile.to;
         let os = self.ostep;
@@ -382,28 +390,40 @@ impl DirectSpec {
             } else {
                 ""
             };
-            for (t, (live, at)) in spots.iter().enumerate() {
-                let _ = write!(w, "        if ({live}) {{ var v = a{t}_{u}.{lane}{bias};");
-                if self.accumulate {
-                    let _ = write!(w, " v += Y[yo + {at}];");
-                }
-                w.push_str(" v = select(v, 0.0, v < floor);");
-                let _ = writeln!(w, " Y[yo + {at}] = v; }}");
+            for (t, at) in spots.iter().enumerate() {
+                let _ = writeln!(
+                    w,
+                    "        put(yo + {at}, live{t}, a{t}_{u}.{lane}{bias}, floor);"
+                );
             }
             w.push_str("    }\n");
         }
     }
 
-    /// (condition, offset from `yo`) of each of the tile's pixels. Flat:
-    /// pixel `j0 + t` of the padded plane is row `fr{t}`, column `fc{t}`
-    /// of the output (whose rows are `y_w` wide, the plane's `x_w`),
-    /// stored when the column lies inside the row. One division per
-    /// invocation, then a step per pixel (lavapipe divides lane by lane).
-    fn write_store_spots(&self, w: &mut String) -> Vec<(String, String)> {
+    /// `put(i, live, sum, floor)`: stores one output element at `Y[i]`
+    /// when `live` (accumulating onto what is there, for `accumulate`).
+    fn store_function(&self) -> String {
+        let add = if self.accumulate { " v += Y[i];" } else { "" };
+        format!(
+            "fn put(i: u32, live: bool, sum: f32, floor: f32) {{\n\
+             \x20   if (live) {{ var v = sum;{add} v = select(v, 0.0, v < floor); Y[i] = v; }}\n\
+             }}\n"
+        )
+    }
+
+    /// Names each of the tile's pixels' store condition `live{t}` and
+    /// returns its offset from `yo`. Flat: pixel `j0 + t` of the padded
+    /// plane is row `fr{t}`, column `fc{t}` of the output (whose rows are
+    /// `y_w` wide, the plane's `x_w`), stored when the column lies inside
+    /// the row. One division per invocation, then a step per pixel
+    /// (lavapipe divides lane by lane).
+    fn write_store_spots(&self, w: &mut String) -> Vec<String> {
         let (tp, os) = (self.tile.tp, self.ostep);
         if !self.flat {
-            let spot = |t: usize| (format!("j0 + {t}u < P.out_w"), format!("{}u", t * os));
-            return (0..tp).map(spot).collect();
+            for t in 0..tp {
+                let _ = writeln!(w, "    let live{t} = j0 + {t}u < P.out_w;");
+            }
+            return (0..tp).map(|t| format!("{}u", t * os)).collect();
         }
         let _ = writeln!(
             w,
@@ -420,10 +440,12 @@ impl DirectSpec {
         }
         (0..tp)
             .map(|t| {
-                (
-                    format!("j0 + {t}u < P.out_w && fc{t} < P.y_w"),
-                    format!("fr{t} * P.y_w + fc{t}"),
-                )
+                let _ = writeln!(
+                    w,
+                    "    let live{t} = j0 + {t}u < P.out_w && fc{t} < P.y_w;\n\
+                     \x20   let at{t} = fr{t} * P.y_w + fc{t};"
+                );
+                format!("at{t}")
             })
             .collect()
     }
