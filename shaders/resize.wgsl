@@ -2,7 +2,8 @@
 // align_corners=False, no antialiasing) or nearest (PyTorch `nearest`).
 // The source coordinate is computed in f32 exactly as PyTorch does; the
 // backward pass is a gather over the outputs that read each input, found by
-// re-running the forward index rule, so it is exact and deterministic.
+// re-running the forward index rule, so it is exact and deterministic (one
+// axis at a time: see resize_backward_cols).
 
 struct Params {
     planes: u32,
@@ -81,9 +82,36 @@ fn out_range(i: u32, scale: f32, n_out: u32) -> vec2<i32> {
     return vec2<i32>(max(lo, 0), min(hi, i32(n_out) - 1));
 }
 
-// a = dy [planes, out_h, out_w], y = dx [planes, in_h, in_w].
+// The backward pass in two separable halves (the same sums, in the same
+// order, as one gather over both axes, which recomputed every row sum for
+// each input row that reads it).
+//
+// Columns: a = dy [planes, out_h, out_w], y = t [planes, out_h, in_w],
+// t[pl, oh, w] = sum over ow of ww(ow, w) * dy[pl, oh, ow].
 @compute @workgroup_size(WG)
-fn resize_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+fn resize_backward_cols(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let e = gid.x + gid.y * nwg.x * WG;
+    let plane = P.out_h * P.in_w;
+    if (e >= P.planes * plane) {
+        return;
+    }
+    let pl = e / plane;
+    let oh = (e % plane) / P.in_w;
+    let w = e % P.in_w;
+    let rw = out_range(w, P.scale_w, P.out_w);
+    let base = P.a_base + (pl * P.out_h + oh) * P.out_w;
+    var row = 0.0;
+    for (var ow = rw.x; ow <= rw.y; ow++) {
+        let ww = weight(taps(u32(ow), P.scale_w, P.in_w), w);
+        row += ww * a[base + u32(ow)];
+    }
+    y[P.y_base + e] = row;
+}
+
+// Rows: a = t [planes, out_h, in_w], y = dx [planes, in_h, in_w],
+// dx[pl, h, w] = sum over oh of wh(oh, h) * t[pl, oh, w].
+@compute @workgroup_size(WG)
+fn resize_backward_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let e = gid.x + gid.y * nwg.x * WG;
     let hw = P.in_h * P.in_w;
     if (e >= P.planes * hw) {
@@ -93,20 +121,14 @@ fn resize_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_w
     let h = (e % hw) / P.in_w;
     let w = e % P.in_w;
     let rh = out_range(h, P.scale_h, P.out_h);
-    let rw = out_range(w, P.scale_w, P.out_w);
-    let base = P.a_base + pl * P.out_h * P.out_w;
+    let base = P.a_base + pl * P.out_h * P.in_w + w;
     var g = 0.0;
     for (var oh = rh.x; oh <= rh.y; oh++) {
         let wh = weight(taps(u32(oh), P.scale_h, P.in_h), h);
         if (wh == 0.0) {
             continue;
         }
-        var row = 0.0;
-        for (var ow = rw.x; ow <= rw.y; ow++) {
-            let ww = weight(taps(u32(ow), P.scale_w, P.in_w), w);
-            row += ww * a[base + u32(oh) * P.out_w + u32(ow)];
-        }
-        g += wh * row;
+        g += wh * a[base + u32(oh) * P.in_w];
     }
     y[P.y_base + e] = g;
 }

@@ -5,7 +5,8 @@ use crate::error::{Result, shape_err};
 use crate::gpu::{Gpu, Kernel, Tensor};
 
 const FORWARD: Kernel = kernel(&RESIZE, "resize_forward");
-const BACKWARD: Kernel = kernel(&RESIZE, "resize_backward");
+const BACKWARD_COLS: Kernel = kernel(&RESIZE, "resize_backward_cols");
+const BACKWARD_ROWS: Kernel = kernel(&RESIZE, "resize_backward_rows");
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Mode {
@@ -85,15 +86,28 @@ pub fn resize_backward(
         );
     }
     let (n, c, oh, ow) = dy.nchw();
+    // Along the columns first, into the rows' source.
+    let cols = gpu.empty(&[n, c, oh, in_w])?;
+    let (src, out) = ((in_h, in_w), (oh, ow));
+    run(
+        gpu,
+        "resize_backward",
+        &BACKWARD_COLS,
+        dy,
+        &cols,
+        src,
+        out,
+        mode,
+    )?;
     let dx = gpu.empty(&[n, c, in_h, in_w])?;
     run(
         gpu,
         "resize_backward",
-        &BACKWARD,
-        dy,
+        &BACKWARD_ROWS,
+        &cols,
         &dx,
-        (in_h, in_w),
-        (oh, ow),
+        src,
+        out,
         mode,
     )?;
     Ok(dx)
