@@ -82,30 +82,42 @@ fn out_range(i: u32, scale: f32, n_out: u32) -> vec2<i32> {
     return vec2<i32>(max(lo, 0), min(hi, i32(n_out) - 1));
 }
 
+// (plane, row, column) of element `e` of planes of `rows` x `cols`.
+fn cell(e: u32, rows: u32, cols: u32) -> vec3<u32> {
+    let plane = rows * cols;
+    return vec3<u32>(e / plane, (e % plane) / cols, e % cols);
+}
+
 // The backward pass in two separable halves (the same sums, in the same
 // order, as one gather over both axes, which recomputed every row sum for
 // each input row that reads it).
 //
+// The sum over the outputs `o` that read input `i` along one axis of
+// weight(o, i) * a[base + o * stride] (terms of weight 0 skipped).
+fn axis_sum(i: u32, scale: f32, n_in: u32, n_out: u32, base: u32, stride: u32) -> f32 {
+    let r = out_range(i, scale, n_out);
+    var sum = 0.0;
+    for (var o = r.x; o <= r.y; o++) {
+        let wt = weight(taps(u32(o), scale, n_in), i);
+        if (wt == 0.0) {
+            continue;
+        }
+        sum += wt * a[base + u32(o) * stride];
+    }
+    return sum;
+}
+
 // Columns: a = dy [planes, out_h, out_w], y = t [planes, out_h, in_w],
 // t[pl, oh, w] = sum over ow of ww(ow, w) * dy[pl, oh, ow].
 @compute @workgroup_size(WG)
 fn resize_backward_cols(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let e = gid.x + gid.y * nwg.x * WG;
-    let plane = P.out_h * P.in_w;
-    if (e >= P.planes * plane) {
+    if (e >= P.planes * P.out_h * P.in_w) {
         return;
     }
-    let pl = e / plane;
-    let oh = (e % plane) / P.in_w;
-    let w = e % P.in_w;
-    let rw = out_range(w, P.scale_w, P.out_w);
-    let base = P.a_base + (pl * P.out_h + oh) * P.out_w;
-    var row = 0.0;
-    for (var ow = rw.x; ow <= rw.y; ow++) {
-        let ww = weight(taps(u32(ow), P.scale_w, P.in_w), w);
-        row += ww * a[base + u32(ow)];
-    }
-    y[P.y_base + e] = row;
+    let at = cell(e, P.out_h, P.in_w);
+    let base = P.a_base + (at.x * P.out_h + at.y) * P.out_w;
+    y[P.y_base + e] = axis_sum(at.z, P.scale_w, P.in_w, P.out_w, base, 1u);
 }
 
 // Rows: a = t [planes, out_h, in_w], y = dx [planes, in_h, in_w],
@@ -113,22 +125,10 @@ fn resize_backward_cols(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(
 @compute @workgroup_size(WG)
 fn resize_backward_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let e = gid.x + gid.y * nwg.x * WG;
-    let hw = P.in_h * P.in_w;
-    if (e >= P.planes * hw) {
+    if (e >= P.planes * P.in_h * P.in_w) {
         return;
     }
-    let pl = e / hw;
-    let h = (e % hw) / P.in_w;
-    let w = e % P.in_w;
-    let rh = out_range(h, P.scale_h, P.out_h);
-    let base = P.a_base + pl * P.out_h * P.in_w + w;
-    var g = 0.0;
-    for (var oh = rh.x; oh <= rh.y; oh++) {
-        let wh = weight(taps(u32(oh), P.scale_h, P.in_h), h);
-        if (wh == 0.0) {
-            continue;
-        }
-        g += wh * a[base + u32(oh) * P.in_w];
-    }
-    y[P.y_base + e] = g;
+    let at = cell(e, P.in_h, P.in_w);
+    let base = P.a_base + at.x * P.out_h * P.in_w + at.z;
+    y[P.y_base + e] = axis_sum(at.y, P.scale_h, P.in_h, P.out_h, base, P.in_w);
 }
