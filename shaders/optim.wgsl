@@ -1,6 +1,11 @@
 // Adam (PyTorch's form: eps added to sqrt(v_hat)) with an optional L2 term
 // folded into the gradient: g = grad_scale * grad + l2 * p, which is the
 // gradient of l2 * sum(p^2) / 2 (docs/MODEL.md: 0.0025 on fc_1 and logits).
+// One invocation per element of type V: f32 here, vec4<f32> in the vec4 form
+// the engine builds from this file where lengths and offsets are multiples
+// of 4 (the same operations per component, so the same bits).
+
+alias V = f32;
 
 struct Params {
     n: u32,
@@ -12,14 +17,14 @@ struct Params {
     bias_c2: f32,      // 1 - beta2^step
     l2: f32,
     grad_scale: f32,
-    base: u32,         // element offset of this run in every binding
+    base: u32,         // offset (in V) of this run in every binding
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
-@group(0) @binding(1) var<storage, read_write> param: array<f32>;
-@group(0) @binding(2) var<storage, read> grad: array<f32>;
-@group(0) @binding(3) var<storage, read_write> m: array<f32>;
-@group(0) @binding(4) var<storage, read_write> v: array<f32>;
+@group(0) @binding(1) var<storage, read_write> param: array<V>;
+@group(0) @binding(2) var<storage, read> grad: array<V>;
+@group(0) @binding(3) var<storage, read_write> m: array<V>;
+@group(0) @binding(4) var<storage, read_write> v: array<V>;
 
 const WG: u32 = 64u;
 

@@ -1,6 +1,6 @@
 //! Adam (PyTorch's eps placement) with the optional L2 term of docs/MODEL.md
 //! folded into the gradient.
-use super::{OPTIM, Params, kernel, launch, runs};
+use super::{OPTIM, Params, kernel, launch_lanes, runs, vec4_lanes};
 use crate::error::{Result, shape_err};
 use crate::gpu::{Gpu, Kernel, Tensor};
 
@@ -58,13 +58,14 @@ pub fn adam_step(
     // Bias corrections in f64 on the host, so late steps lose nothing.
     let bc1 = (1.0 - (adam.beta1 as f64).powf(step as f64)) as f32;
     let bc2 = (1.0 - (adam.beta2 as f64).powf(step as f64)) as f32;
-    for (start, len) in runs(param.numel(), gpu.window_elems()) {
+    let lanes = vec4_lanes(gpu, param.numel());
+    for (start, len) in runs(param.numel(), gpu.window_elems() / 4 * 4) {
         let (pw, base) = gpu.window(param, start, len);
         let (gw, _) = gpu.window(grad, start, len);
         let (mw, _) = gpu.window(m, start, len);
         let (vw, _) = gpu.window(v, start, len);
         let p = Params::new()
-            .u(len)
+            .u(len / lanes)
             .f(adam.lr)
             .f(adam.beta1)
             .f(adam.beta2)
@@ -73,14 +74,9 @@ pub fn adam_step(
             .f(bc2)
             .f(l2)
             .f(grad_scale)
-            .u(base as usize);
-        launch(
-            gpu,
-            &ADAM,
-            &p,
-            &[(1, &pw), (2, &gw), (3, &mw), (4, &vw)],
-            len,
-        );
+            .u(base as usize / lanes);
+        let binds = [(1, &pw), (2, &gw), (3, &mw), (4, &vw)];
+        launch_lanes(gpu, &ADAM, &p, &binds, len, lanes);
     }
     Ok(())
 }
