@@ -86,7 +86,7 @@ pub fn resize_backward(
         );
     }
     let (n, c, oh, ow) = dy.nchw();
-    // Along the columns first, into the rows' source.
+    // The column pass writes [N, C, out_h, in_w]; the row pass reads it.
     let cols = gpu.empty(&[n, c, oh, in_w])?;
     let (src, out) = ((in_h, in_w), (oh, ow));
     run(
