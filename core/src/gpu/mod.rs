@@ -10,7 +10,7 @@ mod variants;
 
 pub use pool::{BufferPool, PooledBuffer, size_class};
 pub use tensor::Tensor;
-pub use texels::TEXEL_FN;
+pub use texels::{TEXEL_FN, TEXEL_STORE_FN};
 pub use variants::{TUNE_ENV, TUNE_FILE_ENV, TuneMode, Variants};
 
 use crate::error::{EngineError, Result};

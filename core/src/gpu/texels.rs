@@ -1,5 +1,6 @@
 //! Texel operands: an operand that every lane reads at its own address,
-//! copied into an `rgba32float` texture and read with `textureLoad`.
+//! copied (or, a padded input, padded straight) into an `rgba32float`
+//! texture and read with `textureLoad`.
 //!
 //! Why: Mesa's gallivm (lavapipe) compiles a load from a storage buffer
 //! whose address differs per lane as a loop over the 8 SIMD lanes that
@@ -11,7 +12,8 @@
 //! fast path, so this is for CPU adapters only (`Gpu::texel_operands`).
 //!
 //! Texel `i` (elements `4i..4i+4`) lies at column `i % TEXEL_ROW`, row
-//! `i / TEXEL_ROW`; `TEXEL_FN` is the WGSL that reads it.
+//! `i / TEXEL_ROW`; `TEXEL_FN` is the WGSL that reads it, `TEXEL_STORE_FN`
+//! the WGSL that writes it.
 use super::{Gpu, Tensor};
 use crate::error::{EngineError, Result};
 use std::sync::atomic::Ordering;
@@ -26,12 +28,16 @@ const TEXEL_BYTES: u32 = 16;
 /// mask and shift are `TEXEL_ROW`'s.
 pub const TEXEL_FN: &str = "fn texel(i: u32) -> vec4<f32> {\n    \
      return textureLoad(XT, vec2<u32>(i & 4095u, i >> 12u), 0);\n}\n";
+/// WGSL for `texel_store(i, v)`, the writer's side of `texel(i)` into the
+/// storage texture `XO` (bound by the kernel that pads into it).
+pub const TEXEL_STORE_FN: &str = "fn texel_store(i: u32, v: vec4<f32>) {\n    \
+     textureStore(XO, vec2<u32>(i & 4095u, i >> 12u), v);\n}\n";
 const _: () = assert!(TEXEL_ROW == 1 << 12);
 
-/// The texture a recording thread copies its texel operands into, grown
-/// as needed. A thread's copies and dispatches are recorded in order into
-/// one encoder, so each dispatch reads what its thread's copy before it
-/// wrote; threads sharing a device (tests) each have their own texture,
+/// The texture a recording thread copies its texel operands into (or has a
+/// kernel write them into: `texel_target`), grown as needed. A thread's
+/// copies and dispatches are recorded in order into one encoder, so each
+/// dispatch reads what its thread's copy or writer before it wrote; threads sharing a device (tests) each have their own texture,
 /// so another thread's copy cannot come in between. A texture lives as
 /// long as the device (one per thread that ever recorded a texel copy).
 pub(super) struct TexelStore {
@@ -73,13 +79,41 @@ impl Gpu {
             "texel operands hold whole vec4s of the tensor"
         );
         let texels = len / 4;
-        let rows = texels.div_ceil(TEXEL_ROW as usize).max(1);
+        let (texture, view) = self.texel_store(op, len)?;
+        if !self.in_dry_run() {
+            let mut rec = self.rec.lock().unwrap();
+            let enc = self.encoder(&mut rec);
+            let full = (texels / TEXEL_ROW as usize) as u32;
+            let tail = (texels % TEXEL_ROW as usize) as u32;
+            let (src, offset) = (t.buffer(), start as u64 * 4);
+            copy_rows(enc, (src, offset), &texture, (0, full), TEXEL_ROW);
+            copy_rows(enc, (src, offset), &texture, (full, 1), tail);
+        }
+        Ok(view)
+    }
+
+    /// This thread's texel texture, grown to hold `len` elements (a
+    /// multiple of 4), for a kernel to write (`TEXEL_STORE_FN`) instead of
+    /// a copy: what it writes is what the dispatches this thread records
+    /// next read, as after `texels`.
+    pub fn texel_target(&self, op: &'static str, len: usize) -> Result<wgpu::TextureView> {
+        assert!(len.is_multiple_of(4), "texel operands hold whole vec4s");
+        self.texel_store(op, len).map(|(_, view)| view)
+    }
+
+    /// This thread's texture and its view, grown to hold `len` elements.
+    fn texel_store(
+        &self,
+        op: &'static str,
+        len: usize,
+    ) -> Result<(wgpu::Texture, wgpu::TextureView)> {
+        let rows = (len / 4).div_ceil(TEXEL_ROW as usize).max(1);
         if rows > self.limits.max_texture_dimension_2d as usize {
             return Err(EngineError::TooLarge {
                 op,
                 detail: format!(
-                    "{} elements need {rows} texture rows of {TEXEL_ROW} texels; the adapter allows {}",
-                    len, self.limits.max_texture_dimension_2d
+                    "{len} elements need {rows} texture rows of {TEXEL_ROW} texels; the adapter allows {}",
+                    self.limits.max_texture_dimension_2d
                 ),
             });
         }
@@ -90,16 +124,7 @@ impl Gpu {
         if (store.rows as usize) < rows {
             *store = self.texel_texture(rows as u32);
         }
-        if !self.in_dry_run() {
-            let mut rec = self.rec.lock().unwrap();
-            let enc = self.encoder(&mut rec);
-            let full = (texels / TEXEL_ROW as usize) as u32;
-            let tail = (texels % TEXEL_ROW as usize) as u32;
-            let (src, offset) = (t.buffer(), start as u64 * 4);
-            copy_rows(enc, (src, offset), &store.texture, (0, full), TEXEL_ROW);
-            copy_rows(enc, (src, offset), &store.texture, (full, 1), tail);
-        }
-        Ok(store.view.clone())
+        Ok((store.texture.clone(), store.view.clone()))
     }
 
     fn texel_texture(&self, rows: u32) -> TexelStore {
@@ -114,7 +139,9 @@ impl Gpu {
             sample_count: 1,
             dimension: wgpu::TextureDimension::D2,
             format: wgpu::TextureFormat::Rgba32Float,
-            usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
+            usage: wgpu::TextureUsages::TEXTURE_BINDING
+                | wgpu::TextureUsages::COPY_DST
+                | wgpu::TextureUsages::STORAGE_BINDING,
             view_formats: &[],
         });
         let view = texture.create_view(&Default::default());

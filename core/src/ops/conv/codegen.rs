@@ -1,6 +1,7 @@
 //! Pieces of generated WGSL shared by the direct and weight-gradient
 //! kernels: the input columns a run of output columns reads, and the loads
 //! of one input row into named values.
+use super::prep::Padded;
 use crate::error::Result;
 use crate::gpu::{Gpu, TEXEL_FN, Tensor, UNIFORM_OPERAND_BYTES, Window};
 use std::fmt::Write;
@@ -82,6 +83,20 @@ impl<'a> Operand<'a> {
                 let (w, base) = gpu.window(t, start, len);
                 (Operand::Window(w), base)
             }
+        })
+    }
+
+    /// A padded copy as the operand: its texels as they are, or its
+    /// buffer (as texels when `texels`).
+    pub fn padded(
+        gpu: &Gpu,
+        op: &'static str,
+        xp: &'a Padded,
+        texels: bool,
+    ) -> Result<Operand<'a>> {
+        Ok(match xp {
+            Padded::Texels(view) => Operand::Texels(view.clone()),
+            Padded::Buffer(t) => Operand::of(gpu, op, (t, 0, t.numel()), texels)?.0,
         })
     }
 

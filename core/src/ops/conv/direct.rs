@@ -717,17 +717,18 @@ pub(crate) fn run(gpu: &Gpu, j: &DirectJob, tile: Tile) -> Result<()> {
             // Rows of a multiple of 4 (always for padded copies; a source
             // read as is then has planes and windows of such rows too).
             let vec = gpu.vec4_windows() && cols.is_multiple_of(4);
+            let texels = vec && reads_texels(gpu);
             let padded = if as_is {
                 None
             } else {
-                Some(prep::pad_input(gpu, j.src, &region)?)
+                Some(prep::pad(gpu, j.op, j.src, &region, texels)?)
             };
-            let texels = vec && reads_texels(gpu);
             let (x, x_base, x_nstride) = match &padded {
-                Some(xp) => {
-                    let (x, _) = Operand::of(gpu, j.op, (xp, 0, xp.numel()), texels)?;
-                    (x, 0, clen * rows * cols)
-                }
+                Some(xp) => (
+                    Operand::padded(gpu, j.op, xp, texels)?,
+                    0,
+                    clen * rows * cols,
+                ),
                 None => {
                     let img = cs * ih * iw;
                     let (start, len) = (n0 * img + c0 * ih * iw, (nb - 1) * img + clen * ih * iw);

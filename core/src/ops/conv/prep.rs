@@ -3,7 +3,7 @@
 //! (a tap map, first tap and step per axis, steps may be negative, selects
 //! flipped kernels and the sub-kernels of the transposed passes).
 use crate::error::Result;
-use crate::gpu::{Gpu, Kernel, Tensor, Window};
+use crate::gpu::{Gpu, Kernel, Operands, TEXEL_STORE_FN, Tensor, Window};
 use crate::ops::{CONV_PREP, Params, kernel, launch, wgsl_params};
 
 const PAD: Kernel = kernel(&CONV_PREP, "pad_input");
@@ -44,8 +44,10 @@ wgsl_params! {
 /// one vec4 load and one vec4 store (the per-element kernel costs four
 /// scalar loads and stores plus index arithmetic; on lavapipe every
 /// per-lane memory access is a loop over the SIMD lanes). `shift` is the
-/// source column offset modulo 4, baked in.
-fn pad_rows_source(shift: usize) -> String {
+/// source column offset modulo 4, baked in; `texels`: the copy goes
+/// straight into the texel texture (`TEXEL_STORE_FN`) that the consumer
+/// reads, instead of a buffer the engine would then copy there.
+fn pad_rows_source(shift: usize, texels: bool) -> String {
     let quad = match shift {
         0 => "cur",
         1 => "vec4<f32>(cur.yzw, next.x)",
@@ -56,7 +58,7 @@ fn pad_rows_source(shift: usize) -> String {
         "{params}\
          @group(0) @binding(0) var<uniform> P: Params;\n\
          @group(0) @binding(1) var<storage, read> src: array<vec4<f32>>;\n\
-         @group(0) @binding(4) var<storage, read_write> dst: array<vec4<f32>>;\n\
+         {dst}\
          fn fetch(row: u32, row_ok: bool, b: i32) -> vec4<f32> {{\n\
          \x20   let v = src[row + u32(clamp(b, 0, i32(P.src_quads) - 1))];\n\
          \x20   return select(vec4<f32>(0.0), v, row_ok && b >= 0 && b < i32(P.src_quads));\n\
@@ -74,51 +76,60 @@ fn pad_rows_source(shift: usize) -> String {
          \x20   var cur = fetch(row, row_ok, i32(P.q0));\n\
          \x20   for (var k = 0u; k < P.quads; k++) {{\n\
          \x20       let next = fetch(row, row_ok, i32(P.q0) + i32(k) + 1);\n\
-         \x20       dst[d0 + k] = {quad};\n\
+         \x20       store(d0 + k, {quad});\n\
          \x20       cur = next;\n\
          \x20   }}\n\
          }}\n",
-        params = PadRowsParams::WGSL
+        params = PadRowsParams::WGSL,
+        dst = match texels {
+            true => format!(
+                "@group(0) @binding(4) var XO: texture_storage_2d<rgba32float, write>;\n\
+                 {TEXEL_STORE_FN}\
+                 fn store(i: u32, v: vec4<f32>) {{ texel_store(i, v); }}\n"
+            ),
+            false => "@group(0) @binding(4) var<storage, read_write> dst: array<vec4<f32>>;\n\
+                      fn store(i: u32, v: vec4<f32>) { dst[i] = v; }\n"
+                .into(),
+        },
     )
+}
+
+/// A padded copy of a region: a tensor [images, planes, rows, cols], or,
+/// for a kernel that reads texels, this thread's texel texture holding the
+/// same elements from texel 0 on.
+pub(crate) enum Padded {
+    Buffer(Tensor),
+    Texels(wgpu::TextureView),
+}
+
+/// The region of `src` [N, C, H, W] padded with zeros outside the source:
+/// straight into the texel texture when `texels` and the rows are whole
+/// vec4s (no buffer, no copy), else into a new tensor.
+pub(crate) fn pad(
+    gpu: &Gpu,
+    op: &'static str,
+    src: &Tensor,
+    r: &PadRegion,
+    texels: bool,
+) -> Result<Padded> {
+    let (sw, sb) = source_window(gpu, src, r);
+    if let Some(copy) = texels.then(|| RowCopy::of(gpu, src, r, sb)).flatten() {
+        let view = gpu.texel_target(op, r.images * r.planes * r.rows * r.cols)?;
+        copy.dispatch(gpu, &sw, (&[], &[(4, &view)]));
+        return Ok(Padded::Texels(view));
+    }
+    pad_input(gpu, src, r).map(Padded::Buffer)
 }
 
 /// A new tensor [images, planes, rows, cols] holding the region of `src`
 /// [N, C, H, W], zero outside the source.
 pub(crate) fn pad_input(gpu: &Gpu, src: &Tensor, r: &PadRegion) -> Result<Tensor> {
     let (_, c, h, w) = src.nchw();
-    let img = c * h * w;
     let dst = gpu.empty(&[r.images, r.planes, r.rows, r.cols])?;
-    let span = (r.images - 1) * img + r.planes * h * w;
-    let (sw, sb) = gpu.window(src, r.n0 * img + r.c0 * h * w, span);
+    let (sw, sb) = source_window(gpu, src, r);
     let (dw, _) = gpu.window(&dst, 0, dst.numel());
-    // Whole quads on both sides, and windows that keep 4-element alignment.
-    let aligned = gpu.vec4_windows();
-    if aligned && w.is_multiple_of(4) && r.cols.is_multiple_of(4) && sb.is_multiple_of(4) {
-        let shift = r.col0.rem_euclid(4) as usize;
-        let p = PadRowsParams {
-            total_rows: (r.images * r.planes * r.rows) as u32,
-            quads: (r.cols / 4) as u32,
-            rows: r.rows as u32,
-            planes: r.planes as u32,
-            src_base: sb / 4,
-            src_nstride: (img / 4) as u32,
-            src_cstride: (h * w / 4) as u32,
-            src_h: h as u32,
-            src_quads: (w / 4) as u32,
-            r0: r.row0 as i32 as u32,
-            q0: r.col0.div_euclid(4) as i32 as u32,
-        };
-        let key = format!("pad_rows shift{shift}");
-        let pipeline = gpu.pipeline_for(key, || pad_rows_source(shift), "main");
-        let groups = (r.images * r.planes * r.rows).div_ceil(64) as u64;
-        gpu.dispatch_grid(
-            &pipeline,
-            "pad_input",
-            bytemuck::cast_slice(bytemuck::bytes_of(&p)),
-            (&[(1, &sw), (4, &dw)], &[]),
-            groups,
-            1,
-        );
+    if let Some(copy) = RowCopy::of(gpu, src, r, sb) {
+        copy.dispatch(gpu, &sw, (&[(4, &dw)], &[]));
         return Ok(dst);
     }
     let p = PadParams {
@@ -127,7 +138,7 @@ pub(crate) fn pad_input(gpu: &Gpu, src: &Tensor, r: &PadRegion) -> Result<Tensor
         b: r.cols as u32,
         c: r.planes as u32,
         src_base: sb,
-        src_nstride: img as u32,
+        src_nstride: (c * h * w) as u32,
         src_cstride: (h * w) as u32,
         src_h: h as u32,
         src_w: w as u32,
@@ -142,6 +153,67 @@ pub(crate) fn pad_input(gpu: &Gpu, src: &Tensor, r: &PadRegion) -> Result<Tensor
         dst.numel(),
     );
     Ok(dst)
+}
+
+/// The window of `src` the region's planes lie in, and its base.
+fn source_window<'a>(gpu: &Gpu, src: &'a Tensor, r: &PadRegion) -> (Window<'a>, u32) {
+    let (_, c, h, w) = src.nchw();
+    let img = c * h * w;
+    let span = (r.images - 1) * img + r.planes * h * w;
+    gpu.window(src, r.n0 * img + r.c0 * h * w, span)
+}
+
+/// The vec4 row copy of a region (`pad_rows_source`).
+struct RowCopy {
+    p: PadRowsParams,
+    shift: usize,
+}
+
+impl RowCopy {
+    /// When rows are whole quads on both sides and the source window
+    /// (base `sb`) keeps 4-element alignment.
+    fn of(gpu: &Gpu, src: &Tensor, r: &PadRegion, sb: u32) -> Option<RowCopy> {
+        let (_, c, h, w) = src.nchw();
+        let aligned = gpu.vec4_windows();
+        if !(aligned && w.is_multiple_of(4) && r.cols.is_multiple_of(4) && sb.is_multiple_of(4)) {
+            return None;
+        }
+        let p = PadRowsParams {
+            total_rows: (r.images * r.planes * r.rows) as u32,
+            quads: (r.cols / 4) as u32,
+            rows: r.rows as u32,
+            planes: r.planes as u32,
+            src_base: sb / 4,
+            src_nstride: (c * h * w / 4) as u32,
+            src_cstride: (h * w / 4) as u32,
+            src_h: h as u32,
+            src_quads: (w / 4) as u32,
+            r0: r.row0 as i32 as u32,
+            q0: r.col0.div_euclid(4) as i32 as u32,
+        };
+        let shift = r.col0.rem_euclid(4) as usize;
+        Some(RowCopy { p, shift })
+    }
+
+    /// Records the copy from `src` into the destination bound at 4.
+    fn dispatch(&self, gpu: &Gpu, src: &Window, (windows, texels): Operands) {
+        let (shift, texel) = (self.shift, !texels.is_empty());
+        let key = format!(
+            "pad_rows shift{shift}{}",
+            if texel { " texels" } else { "" }
+        );
+        let pipeline = gpu.pipeline_for(key, || pad_rows_source(shift, texel), "main");
+        let mut bound = vec![(1, src)];
+        bound.extend_from_slice(windows);
+        gpu.dispatch_grid(
+            &pipeline,
+            "pad_input",
+            bytemuck::cast_slice(bytemuck::bytes_of(&self.p)),
+            (&bound, texels),
+            (self.p.total_rows as u64).div_ceil(64),
+            1,
+        );
+    }
 }
 
 /// How prepared tap (tp, tq) of summed channel s and produced channel o
@@ -358,7 +430,18 @@ pub(crate) fn slab_rows(gpu: &Gpu, src: &Window, base: u32, dst: &Window, s: &Sl
 /// (key, WGSL) of the generated copy kernels, for validation tests.
 pub(crate) fn sample_sources() -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = (0..4)
-        .map(|shift| (format!("pad_rows shift{shift}"), pad_rows_source(shift)))
+        .flat_map(|shift| {
+            [
+                (
+                    format!("pad_rows shift{shift}"),
+                    pad_rows_source(shift, false),
+                ),
+                (
+                    format!("pad_rows shift{shift} texels"),
+                    pad_rows_source(shift, true),
+                ),
+            ]
+        })
         .collect();
     out.push(("slab_rows".into(), slab_rows_source()));
     out.push(("prep_weights".into(), prep_weights_source()));

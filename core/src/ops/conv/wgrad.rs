@@ -714,8 +714,8 @@ impl Pass<'_> {
                     rows,
                     cols,
                 };
-                let xp = prep::pad_input(gpu, self.input, &region)?;
-                let (x, _) = Operand::of(gpu, op, (&xp, 0, xp.numel()), spec.texels)?;
+                let xp = prep::pad(gpu, op, self.input, &region, spec.texels)?;
+                let x = Operand::padded(gpu, op, &xp, spec.texels)?;
                 for (o0, olen) in runs(o_tot, og) {
                     // Each (o, c) of dw is written by one block per image group.
                     let block = Block {
