@@ -65,3 +65,58 @@ fn adam_first_step_moves_by_lr() {
         0.0,
     );
 }
+
+#[test]
+fn adam_with_squares_updates_alike_and_writes_each_squared_gradient_in_place() {
+    // Two parameters side by side in one squares buffer (the training
+    // step's gradient norm), the vec4 and the scalar form, on the full
+    // device and on one whose 4 KiB bindings split every run into windows.
+    for gpu in [gpu(), tiny_gpu()] {
+        let adam = Adam::default();
+        let (lens, offsets) = ([1000, 999], [0, 1024]);
+        let sq = gpu.zeros(&[1024 + 999 + 64]).unwrap();
+        for (i, (&n, &offset)) in lens.iter().zip(&offsets).enumerate() {
+            let p0 = rand_vec(60 + i as u64, n);
+            let g = rand_vec(70 + i as u64, n);
+            let (gt, zeros) = (up(gpu, &[n], &g), vec![0.0; n]);
+            let with = [
+                up(gpu, &[n], &p0),
+                up(gpu, &[n], &zeros),
+                up(gpu, &[n], &zeros),
+            ];
+            let without = [
+                up(gpu, &[n], &p0),
+                up(gpu, &[n], &zeros),
+                up(gpu, &[n], &zeros),
+            ];
+            let [p, m, v] = &with;
+            let scales = (0.0025, 0.5);
+            optim::adam_step_sq(gpu, &adam, 2, p, &gt, m, v, scales, (&sq, offset)).unwrap();
+            let [p, m, v] = &without;
+            optim::adam_step(gpu, &adam, 2, p, &gt, m, v, 0.0025, 0.5).unwrap();
+            for (a, b) in with.iter().zip(&without) {
+                let bits = |t| read(gpu, t).iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    bits(a),
+                    bits(b),
+                    "n {n}: Adam with squares updates differently"
+                );
+            }
+            let got = read(gpu, &sq);
+            for (j, &gj) in g.iter().enumerate() {
+                assert_eq!(
+                    got[offset + j].to_bits(),
+                    (gj * gj).to_bits(),
+                    "n {n}: square {j}"
+                );
+            }
+        }
+        // What lies between and after the parameters stays as it was.
+        let got = read(gpu, &sq);
+        let gaps = got[1000..1024].iter().chain(&got[1024 + 999..]);
+        assert!(gaps.into_iter().all(|&v| v == 0.0), "a gap was written");
+        let t = up(gpu, &[8], &[1.0; 8]);
+        let err = optim::adam_step_sq(gpu, &adam, 1, &t, &t, &t, &t, (0.0, 1.0), (&sq, 32));
+        assert!(err.is_err(), "an unaligned offset was accepted");
+    }
+}

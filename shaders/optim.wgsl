@@ -25,8 +25,25 @@ struct Params {
 @group(0) @binding(2) var<storage, read> grad: array<V>;
 @group(0) @binding(3) var<storage, read_write> m: array<V>;
 @group(0) @binding(4) var<storage, read_write> v: array<V>;
+// adam_step_sq only: each element's squared gradient (as accumulated,
+// before scaling and L2), for the step's gradient norm in one reduction
+// over every parameter instead of one per parameter.
+@group(0) @binding(5) var<storage, read_write> sq: array<V>;
 
 const WG: u32 = 64u;
+
+// Updates element i (param, m, v) and returns its accumulated gradient.
+fn update(i: u32) -> V {
+    let p = param[i];
+    let acc = grad[i];
+    let g = P.grad_scale * acc + P.l2 * p;
+    let m1 = P.beta1 * m[i] + (1.0 - P.beta1) * g;
+    let v1 = P.beta2 * v[i] + (1.0 - P.beta2) * g * g;
+    m[i] = m1;
+    v[i] = v1;
+    param[i] = p - P.lr * (m1 / P.bias_c1) / (sqrt(v1 / P.bias_c2) + P.eps);
+    return acc;
+}
 
 @compute @workgroup_size(WG)
 fn adam_step(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -34,12 +51,15 @@ fn adam_step(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
     if (e >= P.n) {
         return;
     }
-    let i = P.base + e;
-    let p = param[i];
-    let g = P.grad_scale * grad[i] + P.l2 * p;
-    let m1 = P.beta1 * m[i] + (1.0 - P.beta1) * g;
-    let v1 = P.beta2 * v[i] + (1.0 - P.beta2) * g * g;
-    m[i] = m1;
-    v[i] = v1;
-    param[i] = p - P.lr * (m1 / P.bias_c1) / (sqrt(v1 / P.bias_c2) + P.eps);
+    _ = update(P.base + e);
+}
+
+@compute @workgroup_size(WG)
+fn adam_step_sq(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let e = gid.x + gid.y * nwg.x * WG;
+    if (e >= P.n) {
+        return;
+    }
+    let acc = update(P.base + e);
+    sq[P.base + e] = acc * acc;
 }

@@ -9,7 +9,7 @@ use crate::infer::predict;
 use crate::model::{L2_WEIGHTS, Model, ModelConfig};
 use crate::ops::batchnorm::{self, BnParams};
 use crate::ops::{conv, elementwise, loss, optim, pool, resize};
-use crate::train::{TrainConfig, train_step};
+use crate::train::train_step;
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -504,24 +504,6 @@ pub fn model(
         ..ModelConfig::default()
     };
     let model = Model::new(gpu, cfg, 0)?;
-    let tcfg = TrainConfig {
-        sizes: vec![(train_size, 1)],
-        batch,
-        micro_batch: batch,
-        lr: 1e-3,
-        decay: 0.85,
-        decay_every: 10,
-        pos_weight: 15.0,
-        width,
-        resize: cfg.resize,
-        seed: 0,
-        threads: 1,
-        precise_bn: 0,
-        spacing: None,
-        select: crate::train::Select::PixelAp,
-        swa: 0,
-        init: None,
-    };
     let adam = optim::Adam::default();
     let l2 = L2_WEIGHTS
         .iter()
@@ -532,7 +514,8 @@ pub fn model(
     // As `engine train` runs: the rules' long-run kernels.
     let long_run = gpu.variants().long_run();
     gpu.variants().set_long_run(true);
-    let mut train_once = || train_step(gpu, &model, &tcfg, &adam, 1e-3, &mut step, &b, 1, &l2);
+    // 15: engine train's default --pos-weight.
+    let mut train_once = || train_step(gpu, &model, 15.0, &adam, 1e-3, &mut step, &b, 1, &l2);
     train_once()?; // compiles every pipeline
     gpu.pool().reset_peak();
     let (d0, s0) = gpu.counters();

@@ -168,7 +168,7 @@ impl<'a> Trainer<'a> {
             train_step(
                 self.gpu,
                 &self.model,
-                cfg,
+                cfg.pos_weight,
                 &adam,
                 lr,
                 &mut step,
@@ -363,7 +363,7 @@ impl<'a> Trainer<'a> {
         let (data_loss, total, grad_norm) = train_step(
             self.gpu,
             &self.model,
-            cfg,
+            cfg.pos_weight,
             &adam,
             lr,
             &mut self.at.step,

@@ -5,6 +5,12 @@ use crate::error::{Result, shape_err};
 use crate::gpu::{Gpu, Kernel, Tensor};
 
 const ADAM: Kernel = kernel(&OPTIM, "adam_step");
+const ADAM_SQ: Kernel = kernel(&OPTIM, "adam_step_sq");
+
+/// Elements between parameters in a squared-gradient buffer
+/// (`adam_step_sq`): 256 bytes, every adapter's largest storage offset
+/// alignment, so a parameter's windows there have the same base as its own.
+pub const SQ_ALIGN: usize = 64;
 
 #[derive(Clone, Copy, Debug)]
 pub struct Adam {
@@ -40,6 +46,64 @@ pub fn adam_step(
     l2: f32,
     grad_scale: f32,
 ) -> Result<()> {
+    let state = AdamState { param, grad, m, v };
+    update(gpu, adam, step, &state, (l2, grad_scale), None)
+}
+
+/// `adam_step`, also writing each element's squared gradient (`grad`
+/// itself, before `grad_scale` and L2) into `sq` from element `offset` on
+/// (a multiple of `SQ_ALIGN`): one reduction of `sq` then gives the
+/// squared norm of every parameter's gradient.
+#[allow(clippy::too_many_arguments)]
+pub fn adam_step_sq(
+    gpu: &Gpu,
+    adam: &Adam,
+    step: u64,
+    param: &Tensor,
+    grad: &Tensor,
+    m: &Tensor,
+    v: &Tensor,
+    (l2, grad_scale): (f32, f32),
+    (sq, offset): (&Tensor, usize),
+) -> Result<()> {
+    if !offset.is_multiple_of(SQ_ALIGN) || offset + param.numel() > sq.numel() {
+        return shape_err(
+            "adam_step",
+            format!(
+                "squares at {offset} of {} do not fit {} aligned elements",
+                sq.numel(),
+                param.numel()
+            ),
+        );
+    }
+    let state = AdamState { param, grad, m, v };
+    update(
+        gpu,
+        adam,
+        step,
+        &state,
+        (l2, grad_scale),
+        Some((sq, offset)),
+    )
+}
+
+/// A parameter and the tensors Adam reads and writes with it.
+struct AdamState<'a> {
+    param: &'a Tensor,
+    grad: &'a Tensor,
+    m: &'a Tensor,
+    v: &'a Tensor,
+}
+
+fn update(
+    gpu: &Gpu,
+    adam: &Adam,
+    step: u64,
+    s: &AdamState,
+    (l2, grad_scale): (f32, f32),
+    sq: Option<(&Tensor, usize)>,
+) -> Result<()> {
+    let AdamState { param, grad, m, v } = *s;
     for (name, t) in [("grad", grad), ("m", m), ("v", v)] {
         if t.shape() != param.shape() {
             return shape_err(
@@ -75,8 +139,16 @@ pub fn adam_step(
             .f(l2)
             .f(grad_scale)
             .u(base as usize / lanes);
-        let binds = [(1, &pw), (2, &gw), (3, &mw), (4, &vw)];
-        launch_lanes(gpu, &ADAM, &p, &binds, len, lanes);
+        let mut binds = vec![(1, &pw), (2, &gw), (3, &mw), (4, &vw)];
+        let sw = sq.map(|(t, offset)| gpu.window(t, offset + start, len));
+        match &sw {
+            Some((sw, sq_base)) => {
+                debug_assert_eq!(*sq_base, base, "SQ_ALIGN keeps the bases equal");
+                binds.push((5, sw));
+                launch_lanes(gpu, &ADAM_SQ, &p, &binds, len, lanes);
+            }
+            None => launch_lanes(gpu, &ADAM, &p, &binds, len, lanes),
+        }
     }
     Ok(())
 }
