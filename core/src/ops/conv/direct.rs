@@ -698,8 +698,17 @@ pub(crate) fn run(gpu: &Gpu, j: &DirectJob, tile: Tile) -> Result<()> {
         ..tile
     };
     let y_img = co * yh * yw;
+    let grid = prep::BlockGrid {
+        cs,
+        c_group: sp.c_group,
+        co,
+        o_group: sp.o_group,
+        to: tile.to,
+    };
+    let min_elems = if sp.uniform_w { UNIFORM_VEC4S * 4 } else { 0 };
+    let weights = prep::prep_weights(gpu, j.w, &j.map, &grid, min_elems)?;
     for (n0, nb) in runs(n, sp.images) {
-        for (c0, clen) in runs(cs, sp.c_group) {
+        for (ci, (c0, clen)) in runs(cs, sp.c_group).enumerate() {
             let region = PadRegion {
                 n0,
                 images: nb,
@@ -736,12 +745,9 @@ pub(crate) fn run(gpu: &Gpu, j: &DirectJob, tile: Tile) -> Result<()> {
                     (x, base, img)
                 }
             };
-            for (o0, olen) in runs(co, sp.o_group) {
+            for (oi, (o0, olen)) in runs(co, sp.o_group).enumerate() {
                 let opad = olen.next_multiple_of(tile.to);
-                let min_elems = if sp.uniform_w { UNIFORM_VEC4S * 4 } else { 0 };
-                let wp =
-                    prep::prep_weights(gpu, j.w, &j.map, (o0, olen, opad), (c0, clen), min_elems)?;
-                let (ww, _) = gpu.window(&wp, 0, wp.numel());
+                let ww = weights.window(gpu, ci, oi);
                 let first = c0 == 0;
                 let last = c0 + clen == cs;
                 let spec = DirectSpec {

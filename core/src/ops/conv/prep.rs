@@ -4,7 +4,7 @@
 //! flipped kernels and the sub-kernels of the transposed passes).
 use crate::error::Result;
 use crate::gpu::{Gpu, Kernel, Operands, TEXEL_STORE_FN, Tensor, Window};
-use crate::ops::{CONV_PREP, Params, kernel, launch, wgsl_params};
+use crate::ops::{CONV_PREP, Params, kernel, launch, runs, wgsl_params};
 
 const PAD: Kernel = kernel(&CONV_PREP, "pad_input");
 
@@ -242,89 +242,212 @@ impl WeightMap {
     }
 }
 
-/// A tensor [slen, kh*kw, opad] of weights for produced channels
-/// `o0..o0+olen` (zeros up to `opad`) and summed channels `s0..s0+slen`:
-/// new, or for frozen weights (an inference model's) the one made at the
-/// first call with the same arguments.
+/// How a pass splits its channels into blocks: runs of `c_group` of the
+/// `cs` summed channels times runs of `o_group` of the `co` produced ones,
+/// each block's produced channels padded to a multiple of `to`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BlockGrid {
+    pub cs: usize,
+    pub c_group: usize,
+    pub co: usize,
+    pub o_group: usize,
+    pub to: usize,
+}
+
+impl BlockGrid {
+    fn o_runs(&self) -> usize {
+        self.co.div_ceil(self.o_group)
+    }
+
+    fn blocks(&self) -> usize {
+        self.cs.div_ceil(self.c_group) * self.o_runs()
+    }
+
+    /// Elements of the largest block.
+    fn block_len(&self, taps: usize) -> usize {
+        self.c_group * taps * self.o_group.next_multiple_of(self.to)
+    }
+
+    /// Elements between blocks: the largest block, rounded up to 256
+    /// bytes (every adapter's largest binding offset alignment), so each
+    /// block's window starts at its own first element.
+    fn stride(&self, taps: usize) -> usize {
+        self.block_len(taps).next_multiple_of(64)
+    }
+
+    /// Elements from the first block's start to the last one's end.
+    fn span(&self, taps: usize, stride: usize) -> usize {
+        (self.blocks() - 1) * stride + self.block_len(taps)
+    }
+}
+
+/// Every block of one pass's weights re-laid in one tensor: block
+/// (ci, oi), summed channels `ci * c_group..` and produced `oi * o_group..`,
+/// holds [slen, kh*kw, opad] (produced channels zero from olen up to
+/// opad, a multiple of `to`) at element `(ci * o_runs + oi) * stride`.
+pub(crate) struct WeightBlocks {
+    t: Tensor,
+    stride: usize,
+    o_runs: usize,
+    /// Elements a block's window spans (a uniform binding must span its
+    /// whole declared array).
+    window: usize,
+}
+
+impl WeightBlocks {
+    /// Block (ci, oi)'s window.
+    pub fn window(&self, gpu: &Gpu, ci: usize, oi: usize) -> Window<'_> {
+        gpu.window(&self.t, (ci * self.o_runs + oi) * self.stride, self.window)
+            .0
+    }
+}
+
+/// The pass's weights re-laid (`WeightBlocks`): new, or for frozen weights
+/// (an inference model's) the ones made at the first call with the same
+/// arguments. One dispatch for every block where the weights and the
+/// result fit a window, else one per block.
 pub(crate) fn prep_weights(
     gpu: &Gpu,
     w: &Tensor,
     m: &WeightMap,
-    (o0, olen, opad): (usize, usize, usize),
-    (s0, slen): (usize, usize),
+    grid: &BlockGrid,
     min_elems: usize,
-) -> Result<Tensor> {
-    let key = || format!("prep_weights {m:?} o{o0}+{olen}/{opad} s{s0}+{slen} min{min_elems}");
-    let make = || prep_weights_now(gpu, w, m, (o0, olen, opad), (s0, slen), min_elems);
-    w.derived(gpu.in_dry_run(), key, make)
+) -> Result<WeightBlocks> {
+    let taps = m.kh * m.kw;
+    let stride = grid.stride(taps);
+    let window = grid.block_len(taps).max(min_elems);
+    let key = || format!("prep_weights {m:?} {grid:?} min{min_elems}");
+    let make = || {
+        let dst = gpu.empty(&[(grid.blocks() - 1) * stride + window])?;
+        relay(gpu, w, m, grid, stride, &dst);
+        Ok(dst)
+    };
+    let t = w.derived(gpu.in_dry_run(), key, make)?;
+    Ok(WeightBlocks {
+        t,
+        stride,
+        o_runs: grid.o_runs(),
+        window,
+    })
 }
 
 wgsl_params! {
     /// The uniform of the generated weight re-laying kernel (r0, c0,
-    /// rstep, cstep are i32 there: two's complement bits).
+    /// rstep, cstep are i32 there: two's complement bits; strides in
+    /// elements, `stride4` in vec4s).
     struct PrepWeightsParams {
-        pairs, taps, kw, o4s, olen, src_base, prod_stride, sum_stride, k, r0, c0, rstep, cstep,
+        summed, taps, kw, c_group, o_group, co, to, o_runs, y_per_block, stride4,
+        src_base, prod_stride, sum_stride, k, r0, c0, rstep, cstep,
     }
 }
 
 /// Invocations per workgroup of the weight re-laying kernel.
 const PREP_WG: usize = 8;
 
-/// One workgroup per (summed channel, tap) pair and group of 8 produced
-/// vec4s: the pair's division and tap arithmetic are the same in the whole
-/// workgroup, each invocation loads 4 produced channels and stores one
-/// vec4. (One invocation per element, dividing its index three times,
-/// took 6.6% of a width-1 training step on lavapipe, which divides lane
-/// by lane.)
+/// One workgroup per summed channel, block column and group of 8 produced
+/// vec4s, looping over the taps: the divisions and tap arithmetic are the
+/// same in the whole workgroup, each invocation loads 4 produced channels
+/// and stores one vec4 per tap. (One invocation per element, dividing its
+/// index three times, took 6.6% of a width-1 training step on lavapipe,
+/// which divides lane by lane; one dispatch per block, 1522 per width-1
+/// step, cost more in dispatches than in re-laying; one workgroup per
+/// (channel, tap) pair, 73728 of 8 lanes per width-1 pass, 1.8x as long
+/// as the tap loop.)
 fn prep_weights_source() -> String {
     format!(
         "{params}\
          @group(0) @binding(0) var<uniform> P: Params;\n\
          @group(0) @binding(1) var<storage, read> src: array<f32>;\n\
          @group(0) @binding(4) var<storage, read_write> dst: array<vec4<f32>>;\n\
-         fn weight(at: u32, o: u32) -> f32 {{\n\
-         \x20   if (o >= P.olen) {{ return 0.0; }}\n\
+         fn weight(at: u32, o: u32, olen: u32) -> f32 {{\n\
+         \x20   if (o >= olen) {{ return 0.0; }}\n\
          \x20   return src[at + o * P.prod_stride];\n\
          }}\n\
          @compute @workgroup_size({PREP_WG})\n\
          fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32, @builtin(num_workgroups) nwg: vec3<u32>) {{\n\
-         \x20   let pair = wid.x + wid.z * nwg.x;\n\
-         \x20   let o4 = wid.y * {PREP_WG}u + lid;\n\
-         \x20   if (pair >= P.pairs || o4 >= P.o4s) {{ return; }}\n\
-         \x20   let s = pair / P.taps;\n\
-         \x20   let tap = pair - s * P.taps;\n\
-         \x20   let p = i32(P.r0) + i32(tap / P.kw) * i32(P.rstep);\n\
-         \x20   let q = i32(P.c0) + i32(tap % P.kw) * i32(P.cstep);\n\
-         \x20   let at = P.src_base + s * P.sum_stride + u32(p) * P.k + u32(q);\n\
+         \x20   let s = wid.x + wid.z * nwg.x;\n\
+         \x20   let oi = wid.y / P.y_per_block;\n\
+         \x20   let o4 = (wid.y - oi * P.y_per_block) * {PREP_WG}u + lid;\n\
+         \x20   let o_first = oi * P.o_group;\n\
+         \x20   let olen = min(P.o_group, P.co - o_first);\n\
+         \x20   let o4s = (olen + P.to - 1u) / P.to * (P.to / 4u);\n\
+         \x20   if (s >= P.summed || o4 >= o4s) {{ return; }}\n\
+         \x20   let ci = s / P.c_group;\n\
+         \x20   let base = (ci * P.o_runs + oi) * P.stride4 + (s - ci * P.c_group) * P.taps * o4s + o4;\n\
          \x20   let o = o4 * 4u;\n\
-         \x20   dst[pair * P.o4s + o4] = vec4<f32>(weight(at, o), weight(at, o + 1u), weight(at, o + 2u), weight(at, o + 3u));\n\
+         \x20   for (var tap = 0u; tap < P.taps; tap++) {{\n\
+         \x20       let p = i32(P.r0) + i32(tap / P.kw) * i32(P.rstep);\n\
+         \x20       let q = i32(P.c0) + i32(tap % P.kw) * i32(P.cstep);\n\
+         \x20       let at = P.src_base + o_first * P.prod_stride + s * P.sum_stride + u32(p) * P.k + u32(q);\n\
+         \x20       let v = vec4<f32>(weight(at, o, olen), weight(at, o + 1u, olen), weight(at, o + 2u, olen), weight(at, o + 3u, olen));\n\
+         \x20       dst[base + tap * o4s] = v;\n\
+         \x20   }}\n\
          }}\n",
         params = PrepWeightsParams::WGSL
     )
 }
 
-/// `prep_weights`, recorded now.
-fn prep_weights_now(
+/// Records the re-laying of every block of `grid` into `dst`, block
+/// (ci, oi) at `(ci * o_runs + oi) * stride`.
+fn relay(gpu: &Gpu, w: &Tensor, m: &WeightMap, grid: &BlockGrid, stride: usize, dst: &Tensor) {
+    let win = gpu.window_elems();
+    if m.span(grid.co, grid.cs) <= win && grid.span(m.kh * m.kw, stride) <= win {
+        relay_blocks(gpu, w, m, grid, (0, 0), (dst, 0, stride));
+        return;
+    }
+    // One block at a time, each its own grid of one block.
+    for (ci, (s0, slen)) in runs(grid.cs, grid.c_group).enumerate() {
+        for (oi, (o0, olen)) in runs(grid.co, grid.o_group).enumerate() {
+            let one = BlockGrid {
+                cs: slen,
+                c_group: slen,
+                co: olen,
+                o_group: olen,
+                to: grid.to,
+            };
+            let at = (ci * grid.o_runs() + oi) * stride;
+            relay_blocks(
+                gpu,
+                w,
+                m,
+                &one,
+                (s0, o0),
+                (dst, at, one.stride(m.kh * m.kw)),
+            );
+        }
+    }
+}
+
+/// One dispatch re-laying the blocks of `grid`, whose summed and produced
+/// channels start at (s0, o0) of `w`, into `dst` from element `at` on.
+fn relay_blocks(
     gpu: &Gpu,
     w: &Tensor,
     m: &WeightMap,
-    (o0, olen, opad): (usize, usize, usize),
-    (s0, slen): (usize, usize),
-    min_elems: usize,
-) -> Result<Tensor> {
-    assert!(opad.is_multiple_of(4), "produced channels padded to vec4s");
+    grid: &BlockGrid,
+    (s0, o0): (usize, usize),
+    (dst, at, stride): (&Tensor, usize, usize),
+) {
+    assert!(
+        grid.to.is_multiple_of(4),
+        "produced channels padded to vec4s"
+    );
     let taps = m.kh * m.kw;
-    // A uniform binding must span its whole declared array: room for it.
-    let dst = gpu.empty(&[(slen * taps * opad).max(min_elems)])?;
     let start = o0 * m.prod_stride + s0 * m.sum_stride;
-    let (sw, sb) = gpu.window(w, start, m.span(olen, slen));
-    let (dw, _) = gpu.window(&dst, 0, dst.numel());
+    let (sw, sb) = gpu.window(w, start, m.span(grid.co, grid.cs));
+    let (dw, _) = gpu.window(dst, at, grid.span(taps, stride));
+    let y_per_block = (grid.o_group.next_multiple_of(grid.to) / 4).div_ceil(PREP_WG);
     let p = PrepWeightsParams {
-        pairs: (slen * taps) as u32,
+        summed: grid.cs as u32,
         taps: taps as u32,
         kw: m.kw as u32,
-        o4s: (opad / 4) as u32,
-        olen: olen as u32,
+        c_group: grid.c_group as u32,
+        o_group: grid.o_group as u32,
+        co: grid.co as u32,
+        to: grid.to as u32,
+        o_runs: grid.o_runs() as u32,
+        y_per_block: y_per_block as u32,
+        stride4: (stride / 4) as u32,
         src_base: sb,
         prod_stride: m.prod_stride as u32,
         sum_stride: m.sum_stride as u32,
@@ -340,10 +463,9 @@ fn prep_weights_now(
         "prep_weights",
         bytemuck::cast_slice(bytemuck::bytes_of(&p)),
         (&[(1, &sw), (4, &dw)], &[]),
-        (slen * taps) as u64,
-        (opad / 4).div_ceil(PREP_WG) as u32,
+        grid.cs as u64,
+        (grid.o_runs() * y_per_block) as u32,
     );
-    Ok(dst)
 }
 
 wgsl_params! {
