@@ -63,3 +63,63 @@ fn channel_sum_of_many_images_stays_within_the_loop_budget() {
     reduce::channel_sum(gpu, &xt, &out, false).unwrap();
     assert_eq!(read(gpu, &out)[0], n as f32);
 }
+
+#[test]
+fn batch_norm_grad_sums_in_one_pass_match_four_combines_bit_for_bit() {
+    // combine_bn_grads replaces four `combine` calls of a batch norm's
+    // backward: the sums, then dgamma and dbeta written or accumulated.
+    let gpu = gpu();
+    let (n, c, chunks) = (3, 37, 5);
+    let pg = up(gpu, &[n * c * chunks], &rand_vec(81, n * c * chunks));
+    let pb = up(gpu, &[n * c * chunks], &rand_vec(82, n * c * chunks));
+    let (g0, b0) = (rand_vec(83, c), rand_vec(84, c));
+    let bits = |t: &engine::Tensor| read(gpu, t).iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    for accumulate in [false, true] {
+        let (sums, dg, db) = (stale(gpu, &[2 * c]), up(gpu, &[c], &g0), up(gpu, &[c], &b0));
+        let fused = reduce::combine_bn_grads(
+            gpu,
+            (&pg, &pb),
+            (n, c, chunks),
+            &sums,
+            (&dg, &db),
+            accumulate,
+        );
+        assert!(fused, "a small batch norm's sums fit one pass");
+        let (sums4, dg4, db4) = (stale(gpu, &[2 * c]), up(gpu, &[c], &g0), up(gpu, &[c], &b0));
+        for (part, offset, grad) in [(&pg, 0, &dg4), (&pb, c, &db4)] {
+            reduce::combine(gpu, part, (n, c, chunks), 1.0, &sums4, offset, false).unwrap();
+            reduce::combine(gpu, part, (n, c, chunks), 1.0, grad, 0, accumulate).unwrap();
+        }
+        assert_eq!(bits(&sums), bits(&sums4), "sums, accumulate {accumulate}");
+        assert_eq!(bits(&dg), bits(&dg4), "dgamma, accumulate {accumulate}");
+        assert_eq!(bits(&db), bits(&db4), "dbeta, accumulate {accumulate}");
+        // And against the f64 sums of the partials.
+        let (pg64, pb64) = (to64(&read(gpu, &pg)), to64(&read(gpu, &pb)));
+        let total = |p: &[f64], ch: usize| -> f64 {
+            (0..n)
+                .map(|i| p[(i * c + ch) * chunks..][..chunks].iter().sum::<f64>())
+                .sum()
+        };
+        let want: Vec<f64> = (0..c)
+            .map(|ch| total(&pg64, ch))
+            .chain((0..c).map(|ch| total(&pb64, ch)))
+            .collect();
+        assert_close("bn grad sums", &read(gpu, &sums), &want, 1e-5, 1e-5);
+    }
+    // A device whose bindings cannot hold the partials: nothing recorded.
+    let tiny = tiny_gpu();
+    let big = up(tiny, &[4 * 300 * 2], &vec![1.0; 4 * 300 * 2]);
+    let (s, g, b) = (
+        tiny.zeros(&[600]).unwrap(),
+        tiny.zeros(&[300]).unwrap(),
+        tiny.zeros(&[300]).unwrap(),
+    );
+    assert!(!reduce::combine_bn_grads(
+        tiny,
+        (&big, &big),
+        (4, 300, 2),
+        &s,
+        (&g, &b),
+        false
+    ));
+}

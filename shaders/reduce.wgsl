@@ -42,6 +42,8 @@ struct Params {
 @group(0) @binding(6) var<storage, read> vb: array<V>;
 @group(0) @binding(7) var<storage, read> vc: array<V>;
 @group(0) @binding(8) var<storage, read_write> dst2: array<f32>;
+@group(0) @binding(2) var<storage, read> src1: array<f32>;
+@group(0) @binding(9) var<storage, read_write> dst3: array<f32>;
 
 // The sum of a V's elements.
 fn total(v: V) -> f32 {
@@ -142,6 +144,35 @@ fn bn_grad_sums(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
     dst2[o] = total(sx) * stats[P.stat_base + P.c_total + k.channel];
 }
 
+// Where partial r of channel c of image n lies in a [image][channel][chunk]
+// stack of partials.
+fn partial_at(n: u32, c: u32, r: u32) -> u32 {
+    return P.a_base + (n * P.c_total + c) * P.chunks + r;
+}
+
+// Channel c's sum over `planes` images of its `chunks` partials in src0
+// (src1), in a fixed order. Two functions: a binding a function touches is
+// part of every entry point that calls it.
+fn src0_total(c: u32) -> f32 {
+    var s = 0.0;
+    for (var n = 0u; n < P.planes; n++) {
+        for (var r = 0u; r < P.chunks; r++) {
+            s += src0[partial_at(n, c, r)];
+        }
+    }
+    return s;
+}
+
+fn src1_total(c: u32) -> f32 {
+    var s = 0.0;
+    for (var n = 0u; n < P.planes; n++) {
+        for (var r = 0u; r < P.chunks; r++) {
+            s += src1[partial_at(n, c, r)];
+        }
+    }
+    return s;
+}
+
 // dst[out_base + c] = (dst if accumulate) + scale * sum_{n, r}
 //   src0[a_base + (n*c_total + c)*chunks + r], n over `planes` images.
 @compute @workgroup_size(WG)
@@ -150,18 +181,31 @@ fn combine_channels(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_
     if (c >= P.c_total) {
         return;
     }
-    var s = 0.0;
-    for (var n = 0u; n < P.planes; n++) {
-        let base = P.a_base + (n * P.c_total + c) * P.chunks;
-        for (var r = 0u; r < P.chunks; r++) {
-            s += src0[base + r];
-        }
-    }
-    var v = s * P.scale;
+    var v = src0_total(c) * P.scale;
     if ((P.flags & 1u) != 0u) {
         v += dst[P.out_base + c];
     }
     dst[P.out_base + c] = v;
+}
+
+// A batch norm's backward sums in one pass instead of four combines: from
+// the partials of sum d * xhat (src0) and of sum d (src1), dst[c] and
+// dst[c_total + c] get the two sums, dst2[c] and dst3[c] (dgamma, dbeta)
+// get them added (flags bit 0) or written. The same sums in the same order
+// as combine_channels with scale 1.
+@compute @workgroup_size(WG)
+fn combine_bn_grads(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let c = gid.x;
+    if (c >= P.c_total) {
+        return;
+    }
+    let sg = src0_total(c);
+    let sb = src1_total(c);
+    dst[c] = sg;
+    dst[P.c_total + c] = sb;
+    let acc = (P.flags & 1u) != 0u;
+    dst2[c] = select(sg, sg + dst2[c], acc);
+    dst3[c] = select(sb, sb + dst3[c], acc);
 }
 
 // Sums a stack of `chunks` partials of `len` elements each:

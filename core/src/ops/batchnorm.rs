@@ -1,7 +1,7 @@
 //! Batch norm (docs/MODEL.md): batch statistics over (N, H, W) in training with
 //! the running-statistics update, running statistics in inference, and the
 //! backward pass with the gradients of gamma and beta.
-use super::reduce::{SumOf, bn_grad_partials, channel_sums, combine};
+use super::reduce::{SumOf, bn_grad_partials, channel_sums, combine, combine_bn_grads};
 use super::{
     BATCHNORM, Params, check_rank, items_per_window, kernel, launch, launch_lanes, runs, vec4_lanes,
 };
@@ -296,9 +296,12 @@ pub fn batchnorm_backward(
     // sums = [sum d * xhat, sum d] per channel: this batch's dgamma, dbeta.
     let sums = gpu.empty(&[2, c])?;
     let (pb, pg, chunks) = bn_grad_partials(gpu, OP, dy, relu_out, x, stats)?;
-    for (part, offset, grad) in [(&pg, 0, dgamma), (&pb, c, dbeta)] {
-        combine(gpu, part, (n, c, chunks), 1.0, &sums, offset, false)?;
-        combine(gpu, part, (n, c, chunks), 1.0, grad, 0, accumulate)?;
+    let grads = (dgamma, dbeta);
+    if !combine_bn_grads(gpu, (&pg, &pb), (n, c, chunks), &sums, grads, accumulate) {
+        for (part, offset, grad) in [(&pg, 0, dgamma), (&pb, c, dbeta)] {
+            combine(gpu, part, (n, c, chunks), 1.0, &sums, offset, false)?;
+            combine(gpu, part, (n, c, chunks), 1.0, grad, 0, accumulate)?;
+        }
     }
     let dx = gpu.empty(x.shape())?;
     let chans = [(2, stats), (3, gamma), (7, &sums)];

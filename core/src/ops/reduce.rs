@@ -18,6 +18,7 @@ fn max_combine(gpu: &Gpu) -> usize {
 const PLANE_SUMS: Kernel = kernel(&REDUCE, "plane_sums");
 const COMBINE: Kernel = kernel(&REDUCE, "combine_channels");
 const BN_GRAD_SUMS: Kernel = kernel(&REDUCE, "bn_grad_sums");
+const COMBINE_BN_GRADS: Kernel = kernel(&REDUCE, "combine_bn_grads");
 /// Elements one invocation sums before the combine pass, at least.
 const CHUNK: usize = 1024;
 
@@ -291,6 +292,43 @@ pub fn combine(
         offset,
         accumulate,
     )
+}
+
+/// A batch norm's backward sums in one dispatch: from the partials `pg`
+/// (of sum d * xhat) and `pb` (of sum d), [images, c, chunks] each, writes
+/// `sums` = [sum d * xhat, sum d] and adds them to (or, not `accumulate`,
+/// writes them into) `dgamma`, `dbeta`: what four `combine` calls do, the
+/// same sums in the same order, in one dispatch instead of four. False
+/// (nothing recorded) where one pass cannot hold them: the caller then
+/// combines one by one.
+pub fn combine_bn_grads(
+    gpu: &Gpu,
+    (pg, pb): (&Tensor, &Tensor),
+    (images, c, chunks): (usize, usize, usize),
+    sums: &Tensor,
+    (dgamma, dbeta): (&Tensor, &Tensor),
+    accumulate: bool,
+) -> bool {
+    let len = images * c * chunks;
+    if images * chunks > max_combine(gpu) || len.max(2 * c) > gpu.window_elems() {
+        return false;
+    }
+    let (gw, _) = gpu.window(pg, 0, len);
+    let (bw, _) = gpu.window(pb, 0, len);
+    let (sw, _) = gpu.window(sums, 0, 2 * c);
+    let (dgw, _) = gpu.window(dgamma, 0, c);
+    let (dbw, _) = gpu.window(dbeta, 0, c);
+    let p = ReduceParams {
+        planes: images as u32,
+        chunks: chunks as u32,
+        c_total: c as u32,
+        flags: accumulate as u32,
+        scale: 1.0,
+        ..Default::default()
+    };
+    let binds = [(1, &gw), (2, &bw), (4, &sw), (8, &dgw), (9, &dbw)];
+    launch(gpu, &COMBINE_BN_GRADS, &Params::of(&p), &binds, c);
+    true
 }
 
 #[allow(clippy::too_many_arguments)]
