@@ -1104,7 +1104,7 @@ fn bench_model_json_reports_times_and_shares() {
             .sum();
         assert!((total - 1.0).abs() < 1e-6, "{key} sums to {total}");
     }
-    for kernel in ["pad_input", "conv2d_backward_weight", "adam_step"] {
+    for kernel in ["pad_input", "conv2d_backward_weight", "adam_step_sq"] {
         assert!(
             v["kernel_shares"].get(kernel).is_some(),
             "{kernel} in {}",
