@@ -7,8 +7,8 @@
 // The plane sums read va, vb, vc of type V: f32 here, vec4<f32> in the vec4
 // form the engine builds from this file for planes whose length is a
 // multiple of 4 (lengths and bases then count vec4s; on lavapipe a vec4
-// load costs about what one scalar load does). The other entry points read
-// src0 and are only run in the scalar form.
+// load costs about what one scalar load does), and so does sum_partials.
+// The other entry points read src0 and are only run in the scalar form.
 
 alias V = f32;
 const LANES: u32 = 1u;
@@ -44,6 +44,7 @@ struct Params {
 @group(0) @binding(8) var<storage, read_write> dst2: array<f32>;
 @group(0) @binding(2) var<storage, read> src1: array<f32>;
 @group(0) @binding(9) var<storage, read_write> dst3: array<f32>;
+@group(0) @binding(10) var<storage, read_write> vdst: array<V>;
 
 // The sum of a V's elements.
 fn total(v: V) -> f32 {
@@ -208,21 +209,23 @@ fn combine_bn_grads(@builtin(global_invocation_id) gid: vec3<u32>) {
     dst3[c] = select(sb, sb + dst3[c], acc);
 }
 
-// Sums a stack of `chunks` partials of `len` elements each:
-// dst[out_base + (e / inner)*out_ostride + e % inner] (+)= sum_r src0[a_base + r*len + e].
+// Sums a stack of `chunks` partials of `len` items of type V each:
+// vdst[out_base + (e / inner)*out_ostride + e % inner] (+)= sum_r va[a_base + r*len + e].
+// In the vec4 form every length, stride and base counts vec4s: the same
+// sums, in the same order, per component.
 @compute @workgroup_size(WG)
 fn sum_partials(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let e = gid.x + gid.y * nwg.x * WG;
     if (e >= P.len) {
         return;
     }
-    var s = 0.0;
+    var s = V(0.0);
     for (var r = 0u; r < P.chunks; r++) {
-        s += src0[P.a_base + r * P.len + e];
+        s += va[P.a_base + r * P.len + e];
     }
     let o = P.out_base + (e / P.inner) * P.out_ostride + e % P.inner;
     if ((P.flags & 1u) != 0u) {
-        s += dst[o];
+        s += vdst[o];
     }
-    dst[o] = s;
+    vdst[o] = s;
 }

@@ -18,7 +18,9 @@ use crate::error::{EngineError, Result};
 use crate::gpu::Kernel;
 use crate::gpu::{Gpu, Tensor, Window, holds_accumulators};
 use crate::ops::reduce::ReduceParams;
-use crate::ops::{Params, REDUCE, items_per_window, kernel, launch, runs, wgsl_params};
+use crate::ops::{
+    Params, REDUCE, items_per_window, kernel, launch_lanes, runs, vec4_lanes, wgsl_params,
+};
 use std::fmt::Write;
 
 const SUM_PARTIALS: Kernel = kernel(&REDUCE, "sum_partials");
@@ -805,23 +807,25 @@ pub(super) fn add_partials(
     let start = s.o0 * s.c_tot * s.kk + s.c0 * s.kk;
     let len = (s.olen - 1) * s.c_tot * s.kk + s.clen * s.kk;
     let (dww, dwb) = gpu.window(dw, start, len);
+    let (inner, ostride) = (s.clen * s.kk, s.c_tot * s.kk);
+    // vec4s where every length, stride and base is whole vec4s (the
+    // partials' window starts at their first element).
+    let whole = [per, inner, ostride, dwb as usize]
+        .iter()
+        .all(|v| v.is_multiple_of(4));
+    let lanes = if whole { vec4_lanes(gpu, per) } else { 1 };
     let sp = ReduceParams {
         chunks: chunks as u32,
-        out_base: dwb,
+        out_base: dwb / lanes as u32,
         flags: add as u32,
         scale: 1.0,
-        len: per as u32,
-        inner: (s.clen * s.kk) as u32,
-        out_ostride: (s.c_tot * s.kk) as u32,
+        len: (per / lanes) as u32,
+        inner: (inner / lanes) as u32,
+        out_ostride: (ostride / lanes) as u32,
         ..Default::default()
     };
-    launch(
-        gpu,
-        &SUM_PARTIALS,
-        &Params::of(&sp),
-        &[(1, partials), (4, &dww)],
-        per,
-    );
+    let binds = [(5, partials), (10, &dww)];
+    launch_lanes(gpu, &SUM_PARTIALS, &Params::of(&sp), &binds, per, lanes);
 }
 
 #[cfg(test)]
@@ -842,5 +846,51 @@ mod tests {
             assert!(gpu.contains(&GemmTile::new(8, 4, 32)), "{taps} taps");
         }
         assert!(GemmTile::candidates_for(false, 9).len() < GemmTile::CANDIDATES.len());
+    }
+
+    /// The partial sums go into their slice of dw in chunk order, exactly
+    /// (f32 on the host in the same order): 4 summed channels of 9 taps
+    /// run as vec4s, 3 as scalars.
+    #[test]
+    fn partial_sums_add_in_chunk_order_as_vec4s_and_scalars() {
+        use super::{DwSlice, add_partials};
+        let gpu = crate::gpu::Gpu::new(None).expect("a GPU adapter");
+        let (o_tot, c_tot, kk, chunks, o0, olen) = (5, 12, 9, 3, 1, 3);
+        for (c0, clen) in [(4, 4), (1, 3)] {
+            let slice = DwSlice {
+                o0,
+                olen,
+                c0,
+                clen,
+                c_tot,
+                kk,
+            };
+            let per = olen * clen * kk;
+            let parts: Vec<f32> = (0..chunks * per)
+                .map(|i| (i * 7919 % 1000) as f32 / 997.0 - 0.5)
+                .collect();
+            let dw0: Vec<f32> = (0..o_tot * c_tot * kk)
+                .map(|i| (i % 13) as f32 * 0.25)
+                .collect();
+            for add in [false, true] {
+                let pt = gpu.upload(&[chunks * per], &parts).unwrap();
+                let dw = gpu.upload(&[o_tot, c_tot, 3, 3], &dw0).unwrap();
+                let (pw, _) = gpu.window(&pt, 0, chunks * per);
+                add_partials(&gpu, &pw, chunks, &dw, slice, add);
+                let mut want = dw0.clone();
+                for e in 0..per {
+                    let (o, c, t) = (e / (clen * kk), e / kk % clen, e % kk);
+                    let at = ((o0 + o) * c_tot + c0 + c) * kk + t;
+                    let mut s = 0.0f32;
+                    for r in 0..chunks {
+                        s += parts[r * per + e];
+                    }
+                    want[at] = if add { s + want[at] } else { s };
+                }
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                let got = gpu.read(&dw).unwrap();
+                assert_eq!(bits(&got), bits(&want), "{clen} channels, add {add}");
+            }
+        }
     }
 }
