@@ -195,8 +195,8 @@ fn combine_channels(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_
 // get them added (flags bit 0) or written. The same sums in the same order
 // as combine_channels with scale 1.
 @compute @workgroup_size(WG)
-fn combine_bn_grads(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let c = gid.x;
+fn combine_bn_grads(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let c = gid.x + gid.y * nwg.x * WG;
     if (c >= P.c_total) {
         return;
     }

@@ -83,18 +83,8 @@ fn adam_with_grad_norm(
             0.0
         };
         let scales = (l2, 1.0 / micro as f32);
-        let (param, grad) = (&p.value, &t.grad);
-        optim::adam_step_sq(
-            gpu,
-            adam,
-            step,
-            param,
-            grad,
-            &t.m,
-            &t.v,
-            scales,
-            (&squares, offset),
-        )?;
+        let sq = (&squares, offset);
+        optim::adam_step_sq(gpu, adam, step, &p.value, &t.grad, &t.m, &t.v, scales, sq)?;
     }
     reduce::sum(gpu, &squares, false, 1.0)
 }

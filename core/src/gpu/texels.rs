@@ -37,8 +37,9 @@ const _: () = assert!(TEXEL_ROW == 1 << 12);
 /// The texture a recording thread copies its texel operands into (or has a
 /// kernel write them into: `texel_target`), grown as needed. A thread's
 /// copies and dispatches are recorded in order into one encoder, so each
-/// dispatch reads what its thread's copy or writer before it wrote; threads sharing a device (tests) each have their own texture,
-/// so another thread's copy cannot come in between. A texture lives as
+/// dispatch reads what its thread's copy or writer before it wrote;
+/// threads sharing a device (tests) each have their own texture, so
+/// another thread's copy cannot come in between. A texture lives as
 /// long as the device (one per thread that ever recorded a texel copy).
 pub(super) struct TexelStore {
     texture: wgpu::Texture,

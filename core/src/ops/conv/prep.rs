@@ -112,11 +112,13 @@ pub(crate) fn pad(
     r: &PadRegion,
     texels: bool,
 ) -> Result<Padded> {
-    let (sw, sb) = source_window(gpu, src, r);
-    if let Some(copy) = texels.then(|| RowCopy::of(gpu, src, r, sb)).flatten() {
-        let view = gpu.texel_target(op, r.images * r.planes * r.rows * r.cols)?;
-        copy.dispatch(gpu, &sw, (&[], &[(4, &view)]));
-        return Ok(Padded::Texels(view));
+    if texels {
+        let (sw, sb) = source_window(gpu, src, r);
+        if let Some(copy) = RowCopy::of(gpu, src, r, sb) {
+            let view = gpu.texel_target(op, r.images * r.planes * r.rows * r.cols)?;
+            copy.dispatch(gpu, &sw, (&[], &[(4, &view)]));
+            return Ok(Padded::Texels(view));
+        }
     }
     pad_input(gpu, src, r).map(Padded::Buffer)
 }
