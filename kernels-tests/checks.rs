@@ -15,6 +15,19 @@ pub fn to64(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| x as f64).collect()
 }
 
+/// The same f32 bits everywhere; reports the first element that differs.
+#[track_caller]
+pub fn assert_bits_eq(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let first = got
+        .iter()
+        .zip(want)
+        .position(|(a, b)| a.to_bits() != b.to_bits());
+    if let Some(i) = first {
+        panic!("{what}: element {i} is {} against {}", got[i], want[i]);
+    }
+}
+
 /// Every element within `atol + rtol * |want|`; reports the worst element.
 #[track_caller]
 pub fn assert_close(what: &str, got: &[f32], want: &[f64], atol: f64, rtol: f64) {

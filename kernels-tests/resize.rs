@@ -1,5 +1,5 @@
 use crate::common::*;
-use engine::ops::resize::{self, Mode, cpu};
+use engine::ops::resize::{self, Kernels, Mode, cpu};
 
 /// Weighted sums of 4 values: 1e-5 absolute.
 fn check(
@@ -36,6 +36,47 @@ fn check(
 fn bilinear_network_factors() {
     check(2, 3, (20, 20), (80, 80), Mode::Bilinear, 1); // resize_1: x4
     check(1, 2, (40, 40), (80, 80), Mode::Bilinear, 2); // resize_2: x2
+}
+
+#[test]
+fn bilinear_power_of_two_upscales_on_odd_sizes() {
+    check(1, 2, (5, 7), (10, 28), Mode::Bilinear, 9); // rows x2, columns x4
+    check(2, 1, (3, 5), (6, 10), Mode::Bilinear, 10); // rows of 10: no quads
+    check(1, 2, (1, 3), (8, 24), Mode::Bilinear, 11); // one input row, x8
+    check(1, 1, (6, 4), (3, 8), Mode::Bilinear, 12); // rows down, columns x2
+}
+
+/// The upscale kernels (`resize_forward_quads`, the tight backward ranges)
+/// against the general ones: the same taps and sums in the same order, so
+/// the same bits.
+#[test]
+fn upscale_kernels_match_the_general_ones_bit_for_bit() {
+    let gpu = gpu();
+    let cases = [
+        (2, 3, (10, 10), (40, 40)),
+        (1, 2, (40, 40), (80, 80)),
+        (1, 2, (5, 7), (10, 28)),
+        (2, 1, (3, 5), (6, 10)),
+        (1, 1, (1, 3), (8, 24)),
+        (1, 1, (6, 4), (3, 8)),
+    ];
+    for (i, (n, c, (h, w), (oh, ow))) in cases.into_iter().enumerate() {
+        let tag = format!("{h}x{w} -> {oh}x{ow}");
+        let x = up(gpu, &[n, c, h, w], &rand_vec(20 + i as u64, n * c * h * w));
+        let dy = up(
+            gpu,
+            &[n, c, oh, ow],
+            &rand_vec(40 + i as u64, n * c * oh * ow),
+        );
+        let run = |k: Kernels| {
+            let y = resize::resize_with(gpu, &x, (oh, ow), Mode::Bilinear, k).unwrap();
+            let dx = resize::resize_backward_with(gpu, &dy, (h, w), Mode::Bilinear, k).unwrap();
+            (read(gpu, &y), read(gpu, &dx))
+        };
+        let (fast, general) = (run(Kernels::Fast), run(Kernels::General));
+        assert_bits_eq(&format!("{tag} forward"), &fast.0, &general.0);
+        assert_bits_eq(&format!("{tag} dx"), &fast.1, &general.1);
+    }
 }
 
 #[test]

@@ -16,11 +16,17 @@ struct Params {
     mode: u32,         // 0 bilinear, 1 nearest
     a_base: u32,
     y_base: u32,
+    // An upscale by this power of two along the axis (bilinear, out = up *
+    // in), else 0: the backward sums run over exactly the 2 * up outputs
+    // that can read an input, and resize_forward_quads may run.
+    up_h: u32,
+    up_w: u32,
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
+@group(0) @binding(3) var<storage, read_write> y4: array<vec4<f32>>;
 
 const WG: u32 = 64u;
 
@@ -74,11 +80,49 @@ fn resize_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
         + th.w1 * (tw.w0 * a[r1 + tw.i0] + tw.w1 * a[r1 + tw.i1]);
 }
 
+// Bilinear upscale of the rows by a power of two (P.up_w >= 2, out_w a
+// multiple of 4): one invocation writes 4 neighbouring outputs, whose taps
+// lie in 4 neighbouring inputs of each source row (at most 3.5 inputs apart
+// at scale 1/2), so 8 loads instead of 16; the same taps, weights and sums
+// as resize_forward, so the same bits.
+@compute @workgroup_size(WG)
+fn resize_forward_quads(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let e = gid.x + gid.y * nwg.x * WG;
+    let quads = P.out_w / 4u;
+    if (e >= P.planes * P.out_h * quads) {
+        return;
+    }
+    let pl = e / (P.out_h * quads);
+    let th = taps((e / quads) % P.out_h, P.scale_h, P.in_h);
+    let j0 = (e % quads) * 4u;
+    let base = P.a_base + pl * P.in_h * P.in_w;
+    let r0 = base + th.i0 * P.in_w;
+    let r1 = base + th.i1 * P.in_w;
+    let lo = taps(j0, P.scale_w, P.in_w).i0;
+    let last = P.in_w - 1u;
+    let c = vec4<u32>(lo, min(lo + 1u, last), min(lo + 2u, last), min(lo + 3u, last));
+    let v0 = vec4<f32>(a[r0 + c.x], a[r0 + c.y], a[r0 + c.z], a[r0 + c.w]);
+    let v1 = vec4<f32>(a[r1 + c.x], a[r1 + c.y], a[r1 + c.z], a[r1 + c.w]);
+    var out = vec4<f32>(0.0);
+    for (var k = 0u; k < 4u; k++) {
+        let tw = taps(j0 + k, P.scale_w, P.in_w);
+        let i0 = tw.i0 - lo;
+        let i1 = tw.i1 - lo;
+        out[k] = th.w0 * (tw.w0 * v0[i0] + tw.w1 * v0[i1])
+            + th.w1 * (tw.w0 * v1[i0] + tw.w1 * v1[i1]);
+    }
+    y4[P.y_base / 4u + e] = out;
+}
+
 // First and last output index along one axis whose taps may include input i
-// (a safe superset; `weight` decides).
-fn out_range(i: u32, scale: f32, n_out: u32) -> vec2<i32> {
-    let lo = i32(floor((f32(i) - 1.0) / scale)) - 2;
-    let hi = i32(ceil((f32(i) + 2.0) / scale)) + 2;
+// (a superset; `weight` decides). For an upscale by a power of two `up`
+// (scale 1/up, exact in f32) these are exactly the 2 * up outputs from
+// up * i - up / 2 on (those whose first tap is i - 1 or i), in the same
+// ascending order, so the sums are the same; else a safe general bound.
+fn out_range(i: u32, scale: f32, n_out: u32, up: u32) -> vec2<i32> {
+    let lo_up = i32(i * up) - i32(up / 2u);
+    let lo = select(i32(floor((f32(i) - 1.0) / scale)) - 2, lo_up, up > 0u);
+    let hi = select(i32(ceil((f32(i) + 2.0) / scale)) + 2, lo_up + 2 * i32(up) - 1, up > 0u);
     return vec2<i32>(max(lo, 0), min(hi, i32(n_out) - 1));
 }
 
@@ -94,8 +138,8 @@ fn cell(e: u32, rows: u32, cols: u32) -> vec3<u32> {
 //
 // The sum over the outputs `o` that read input `i` along one axis of
 // weight(o, i) * a[base + o * stride] (terms of weight 0 skipped).
-fn axis_sum(i: u32, scale: f32, n_in: u32, n_out: u32, base: u32, stride: u32) -> f32 {
-    let r = out_range(i, scale, n_out);
+fn axis_sum(i: u32, scale: f32, n_in: u32, n_out: u32, up: u32, base: u32, stride: u32) -> f32 {
+    let r = out_range(i, scale, n_out, up);
     var sum = 0.0;
     for (var o = r.x; o <= r.y; o++) {
         let wt = weight(taps(u32(o), scale, n_in), i);
@@ -117,7 +161,7 @@ fn resize_backward_cols(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(
     }
     let at = cell(e, P.out_h, P.in_w);
     let base = P.a_base + (at.x * P.out_h + at.y) * P.out_w;
-    y[P.y_base + e] = axis_sum(at.z, P.scale_w, P.in_w, P.out_w, base, 1u);
+    y[P.y_base + e] = axis_sum(at.z, P.scale_w, P.in_w, P.out_w, P.up_w, base, 1u);
 }
 
 // Rows: a = t [planes, out_h, in_w], y = dx [planes, in_h, in_w],
@@ -130,5 +174,5 @@ fn resize_backward_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(
     }
     let at = cell(e, P.in_h, P.in_w);
     let base = P.a_base + at.x * P.out_h * P.in_w + at.z;
-    y[P.y_base + e] = axis_sum(at.y, P.scale_h, P.in_h, P.out_h, base, P.in_w);
+    y[P.y_base + e] = axis_sum(at.y, P.scale_h, P.in_h, P.out_h, P.up_h, base, P.in_w);
 }

@@ -7,6 +7,7 @@ use crate::gpu::{Gpu, Kernel, Tensor};
 const FORWARD: Kernel = kernel(&RESIZE, "resize_forward");
 const BACKWARD_COLS: Kernel = kernel(&RESIZE, "resize_backward_cols");
 const BACKWARD_ROWS: Kernel = kernel(&RESIZE, "resize_backward_rows");
+const FORWARD_QUADS: Kernel = kernel(&RESIZE, "resize_forward_quads");
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Mode {
@@ -24,20 +25,46 @@ impl Mode {
     }
 }
 
-/// `src` holds the planes read, `dst` the planes written.
+/// The factor of a bilinear upscale from `n_in` to `n_out` along one axis
+/// when it is a power of two (2, 4, 8, ...): its scale `1 / up` and every
+/// source coordinate are exact in f32, which the kernels' tight ranges
+/// rely on; else 0 (the general rule).
+fn upscale(mode: Mode, n_in: usize, n_out: usize) -> usize {
+    let up = n_out / n_in;
+    let exact = up >= 2 && up.is_power_of_two() && up * n_in == n_out;
+    if mode == Mode::Bilinear && exact {
+        up
+    } else {
+        0
+    }
+}
+
+/// Which kernels run: `Fast` takes the upscale kernels where they apply
+/// (bit-identical to the general ones), `General` never (for comparisons).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernels {
+    Fast,
+    General,
+}
+
+/// `src` holds the planes read, `dst` the planes written; `quads`: the
+/// kernel writes 4 outputs per invocation into binding 3.
 #[allow(clippy::too_many_arguments)]
 fn run(
     gpu: &Gpu,
     op: &'static str,
-    k: &Kernel,
+    (k, quads): (&Kernel, bool),
     src: &Tensor,
     dst: &Tensor,
     (in_h, in_w): (usize, usize),
     (out_h, out_w): (usize, usize),
-    mode: Mode,
+    (mode, kernels): (Mode, Kernels),
 ) -> Result<()> {
     let (n, c, sh, sw) = src.nchw();
     let (_, _, dh, dw) = dst.nchw();
+    let fast = kernels == Kernels::Fast;
+    let up_h = if fast { upscale(mode, in_h, out_h) } else { 0 };
+    let up_w = if fast { upscale(mode, in_w, out_w) } else { 0 };
     let per = items_per_window(gpu, op, (sh * sw).max(dh * dw), "plane")?;
     for (p0, np) in runs(n * c, per) {
         let (aw, ab) = gpu.window(src, p0 * sh * sw, np * sh * sw);
@@ -52,21 +79,53 @@ fn run(
             .f(in_w as f32 / out_w as f32)
             .u((mode == Mode::Nearest) as usize)
             .u(ab as usize)
-            .u(yb as usize);
-        launch(gpu, k, &p, &[(1, &aw), (2, &yw)], np * dh * dw);
+            .u(yb as usize)
+            .u(up_h)
+            .u(up_w);
+        let (binding, per_thread) = if quads { (3, 4) } else { (2, 1) };
+        launch(
+            gpu,
+            k,
+            &p,
+            &[(1, &aw), (binding, &yw)],
+            np * dh * dw / per_thread,
+        );
     }
     Ok(())
 }
 
+/// Whether `resize_forward_quads` runs: a bilinear upscale of the rows by
+/// a power of two into rows of whole vec4s (vec4-aligned windows).
+fn forward_quads(gpu: &Gpu, mode: Mode, in_w: usize, out_w: usize, kernels: Kernels) -> bool {
+    let up = upscale(mode, in_w, out_w) > 0;
+    kernels == Kernels::Fast && up && out_w.is_multiple_of(4) && gpu.vec4_windows()
+}
+
 /// x [N, C, H, W] -> [N, C, out_h, out_w].
 pub fn resize(gpu: &Gpu, x: &Tensor, out_h: usize, out_w: usize, mode: Mode) -> Result<Tensor> {
+    resize_with(gpu, x, (out_h, out_w), mode, Kernels::Fast)
+}
+
+/// `resize` with the given kernels.
+pub fn resize_with(
+    gpu: &Gpu,
+    x: &Tensor,
+    (out_h, out_w): (usize, usize),
+    mode: Mode,
+    kernels: Kernels,
+) -> Result<Tensor> {
     check_rank("resize", "input", x, 4)?;
     if out_h == 0 || out_w == 0 {
         return shape_err("resize", format!("output size {out_h}x{out_w} is empty"));
     }
     let (n, c, h, w) = x.nchw();
     let y = gpu.empty(&[n, c, out_h, out_w])?;
-    run(gpu, "resize", &FORWARD, x, &y, (h, w), (out_h, out_w), mode)?;
+    let k = match forward_quads(gpu, mode, w, out_w, kernels) {
+        true => (&FORWARD_QUADS, true),
+        false => (&FORWARD, false),
+    };
+    let (src, out) = ((h, w), (out_h, out_w));
+    run(gpu, "resize", k, x, &y, src, out, (mode, kernels))?;
     Ok(y)
 }
 
@@ -77,6 +136,17 @@ pub fn resize_backward(
     in_h: usize,
     in_w: usize,
     mode: Mode,
+) -> Result<Tensor> {
+    resize_backward_with(gpu, dy, (in_h, in_w), mode, Kernels::Fast)
+}
+
+/// `resize_backward` with the given kernels.
+pub fn resize_backward_with(
+    gpu: &Gpu,
+    dy: &Tensor,
+    (in_h, in_w): (usize, usize),
+    mode: Mode,
+    kernels: Kernels,
 ) -> Result<Tensor> {
     check_rank("resize_backward", "dy", dy, 4)?;
     if in_h == 0 || in_w == 0 {
@@ -89,27 +159,11 @@ pub fn resize_backward(
     // The column pass writes [N, C, out_h, in_w]; the row pass reads it.
     let cols = gpu.empty(&[n, c, oh, in_w])?;
     let (src, out) = ((in_h, in_w), (oh, ow));
-    run(
-        gpu,
-        "resize_backward",
-        &BACKWARD_COLS,
-        dy,
-        &cols,
-        src,
-        out,
-        mode,
-    )?;
+    let how = (mode, kernels);
+    let op = "resize_backward";
+    run(gpu, op, (&BACKWARD_COLS, false), dy, &cols, src, out, how)?;
     let dx = gpu.empty(&[n, c, in_h, in_w])?;
-    run(
-        gpu,
-        "resize_backward",
-        &BACKWARD_ROWS,
-        &cols,
-        &dx,
-        src,
-        out,
-        mode,
-    )?;
+    run(gpu, op, (&BACKWARD_ROWS, false), &cols, &dx, src, out, how)?;
     Ok(dx)
 }
 
