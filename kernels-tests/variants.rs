@@ -758,3 +758,62 @@ fn a_long_run_times_the_rule_against_its_rival_once_and_reuses_the_winner() {
         "off: the rule"
     );
 }
+
+#[test]
+fn narrow_rows_of_a_long_run_lead_with_the_40_pixel_tile_and_time_the_wide_one() {
+    // A stride-1 3x3 pass with rows under 32 (flat class) in training: the
+    // rule is the 40-pixel, 16-channel tile, run as is without timing,
+    // and timed once against the wide tile with timing allowed.
+    let path = tune_dir("narrow-rivals").join("tune.json");
+    let open = |mode| {
+        let g = gpu_with_file(mode, &path);
+        g.variants().set_long_run(true);
+        g
+    };
+    // 64 summed channels: the wide tile splits them into two uniform
+    // groups, so its bits differ from the 40-pixel tile's.
+    let (n, c, o, h, w) = (2, 64, 64, 10, 10);
+    let (x, wt, b) = (
+        rand_vec(71, n * c * h * w),
+        rand_vec(72, o * c * 9),
+        rand_vec(73, o),
+    );
+    let forward = |gpu: &Gpu, v: Option<ConvVariant>| {
+        let (xt, wtt, bt) = (
+            up(gpu, &[n, c, h, w], &x),
+            up(gpu, &[o, c, 3, 3], &wt),
+            up(gpu, &[o], &b),
+        );
+        read(
+            gpu,
+            &conv::conv2d_with(gpu, &xt, &wtt, Some(&bt), 1, 2, false, v).unwrap(),
+        )
+    };
+    let off = open(TuneMode::Off);
+    if !off.is_cpu() {
+        eprintln!("{}: not a CPU adapter, no long-run rivals", off.info.name);
+        return;
+    }
+    let tile40 = ConvVariant::Direct(conv::Tile::new(40, 16));
+    let wide = ConvVariant::rule(&off, (3, 1), o, 32);
+    assert_ne!(tile40, wide, "the wide tile differs");
+    let y = forward(&off, None);
+    assert!(
+        bits_equal(&y, &forward(&off, Some(tile40))),
+        "off: the 40-pixel tile"
+    );
+    assert!(
+        !bits_equal(&y, &forward(&off, Some(wide))),
+        "the pair's bits differ"
+    );
+    assert!(off.variants().table().is_empty(), "off: nothing timed");
+    let cache = open(TuneMode::Cache);
+    forward(&cache, None);
+    let table = cache.variants().table();
+    assert_eq!(table.len(), 1, "one timed shape: {table:?}");
+    let winner = table.values().next().unwrap();
+    assert!(
+        [tile40, wide].iter().any(|v| &v.name() == winner),
+        "{winner} is one of the pair"
+    );
+}

@@ -170,9 +170,10 @@ impl ConvVariant {
     /// 64 -> 64 at 4x80x80 at 61 GFLOP/s against the rule's 38 (stride 2:
     /// 37 against 24) and won on every such row of a width-1 network but
     /// one; on an older EPYC the rule's tiles won. On shorter rows laid
-    /// out as rows the rule won every time; rows under 32 that run flat
-    /// (`direct::rule_row` calls them 32) are timed too, and there the
-    /// rival won on most shapes. A long run amortises the extra compile and
+    /// out as rows the rule won every time; on rows under 32 that run flat
+    /// (`direct::rule_row` calls them 32) the rival won on most shapes, so
+    /// there the pass makes it the rule and this tile the one it is timed
+    /// against (`rule_and_rival`). A long run amortises the extra compile and
     /// the few timed runs in its first step. None: nothing to time.
     pub fn long_run_rival(gpu: &Gpu, rule: ConvVariant, out_w: usize) -> Option<ConvVariant> {
         let wide_rule = matches!(rule, ConvVariant::Direct(t) if t.to > 16);
@@ -421,7 +422,16 @@ impl Produce<'_> {
             (Direction::Transposed, s) => (1, w / s),
         };
         let rule = ConvVariant::rule(gpu, (self.g.k, stride), o, row);
-        (rule, ConvVariant::long_run_rival(gpu, rule, row))
+        let rival = ConvVariant::long_run_rival(gpu, rule, row);
+        // Rows under 32 (the bottleneck's 10x10 planes of a 320 crop): the
+        // 40-pixel tile won every timed shape of both widths on a Zen 4
+        // EPYC (3x3 dilation 2, 512 -> 512 at 4x10x10: 22.3 GFLOP/s
+        // against 14.6), so it leads and the wide tile is what it is
+        // timed against; without timing (`ENGINE_TUNE=off`) it runs.
+        match rival {
+            Some(r) if stride == 1 && direct::narrow_rows(gpu, (h, w), self.g.k) => (r, Some(rule)),
+            _ => (rule, rival),
+        }
     }
 
     fn run_variant(&self, gpu: &Gpu, y: &Tensor, v: ConvVariant) -> Result<()> {
