@@ -377,9 +377,10 @@ fn texel_and_storage_inputs_give_bit_identical_weight_gradients() {
     for uniform in [true, false] {
         storage.set_uniform_operands(uniform);
         texels.set_uniform_operands(uniform);
+        // The second shape's rows of 15 are padded from scalar loads.
         for (n, c, o, h, w, k, s) in [
             (2, 19, 20, 20, 24, 3, 1),
-            (1, 12, 10, 9, 16, 3, 2),
+            (1, 12, 10, 9, 15, 3, 2),
             (2, 9, 6, 5, 8, 1, 1),
         ] {
             let x = rand_vec(41, n * c * h * w);
@@ -433,9 +434,10 @@ fn texel_and_storage_inputs_give_bit_identical_direct_passes() {
         texels.info.name
     );
     let training = |k, s, o, ow| conv::Tile::rule(true, true, (k, s), o, ow);
+    // The second shape's rows of 14 are padded from scalar loads.
     for (n, c, o, h, w, k, s) in [
         (2, 19, 20, 20, 24, 3, 1),
-        (1, 12, 10, 9, 16, 3, 2),
+        (1, 12, 10, 9, 14, 3, 2),
         (2, 9, 6, 5, 8, 1, 1),
     ] {
         let (oh, ow, _) = conv_geom(h, w, k, s, 1);

@@ -32,37 +32,79 @@ pub(crate) struct PadRegion {
 }
 
 wgsl_params! {
-    /// The uniform of the generated row-copy kernel (in vec4 units).
+    /// The uniform of the generated row-copy kernel: source offsets and
+    /// widths in vec4s for `Source::Quads`, in elements for
+    /// `Source::Scalars` (`src_cols`, `col0`).
     struct PadRowsParams {
         total_rows, quads, rows, planes,
-        src_base, src_nstride, src_cstride, src_h, src_quads, r0, q0,
+        src_base, src_nstride, src_cstride, src_h, src_cols, r0, col0,
     }
 }
 
-/// A row copy that reads and writes vec4s: one invocation walks one padded
-/// row, keeping the previous source quad in registers, so each quad costs
-/// one vec4 load and one vec4 store (the per-element kernel costs four
-/// scalar loads and stores plus index arithmetic; on lavapipe every
-/// per-lane memory access is a loop over the SIMD lanes). `shift` is the
-/// source column offset modulo 4, baked in; `texels`: the copy goes
-/// straight into the texel texture (`TEXEL_STORE_FN`) that the consumer
-/// reads, instead of a buffer the engine would then copy there.
-fn pad_rows_source(shift: usize, texels: bool) -> String {
-    let quad = match shift {
-        0 => "cur",
-        1 => "vec4<f32>(cur.yzw, next.x)",
-        2 => "vec4<f32>(cur.zw, next.xy)",
-        _ => "vec4<f32>(cur.w, next.xyz)",
+/// How a row copy reads its source.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Source {
+    /// vec4s, the padded row starting `shift` (0-3, baked in) elements
+    /// into a source quad: sources of whole-quad rows.
+    Quads(usize),
+    /// Four scalar loads per stored quad: rows of other widths (the 10x10
+    /// planes at the bottom of the network). Per row, not per element, so
+    /// the row's plane and image cost their divisions once: lavapipe
+    /// divides by a run-time value lane by lane (a per-element copy of
+    /// 4x26x14x16 floats took ~0.5 ms, mostly its five divisions).
+    Scalars,
+}
+
+/// A row copy that stores vec4s: one invocation walks one padded row
+/// (for quads keeping the previous source quad in registers, so each quad
+/// costs one vec4 load and one vec4 store; the per-element kernel costs
+/// four scalar loads and stores plus index arithmetic; on lavapipe every
+/// per-lane memory access is a loop over the SIMD lanes). `texels`: the
+/// copy goes straight into the texel texture (`TEXEL_STORE_FN`) that the
+/// consumer reads, instead of a buffer the engine would then copy there.
+fn pad_rows_source(source: Source, texels: bool) -> String {
+    let (src, fetch, first, quad) = match source {
+        Source::Quads(shift) => (
+            "array<vec4<f32>>",
+            "fn fetch(row: u32, row_ok: bool, b: i32) -> vec4<f32> {\n\
+             \x20   let v = src[row + u32(clamp(b, 0, i32(P.src_cols) - 1))];\n\
+             \x20   return select(vec4<f32>(0.0), v, row_ok && b >= 0 && b < i32(P.src_cols));\n\
+             }\n",
+            "    var cur = fetch(row, row_ok, i32(P.col0));\n",
+            match shift {
+                0 => "let q = cur;\n",
+                1 => "let q = vec4<f32>(cur.yzw, next.x);\n",
+                2 => "let q = vec4<f32>(cur.zw, next.xy);\n",
+                _ => "let q = vec4<f32>(cur.w, next.xyz);\n",
+            }
+            .to_string(),
+        ),
+        Source::Scalars => (
+            "array<f32>",
+            "fn fetch(row: u32, row_ok: bool, c: i32) -> f32 {\n\
+             \x20   let v = src[row + u32(clamp(c, 0, i32(P.src_cols) - 1))];\n\
+             \x20   return select(0.0, v, row_ok && c >= 0 && c < i32(P.src_cols));\n\
+             }\n",
+            "",
+            "let c = i32(P.col0) + 4 * i32(k);\n\
+             \x20       let q = vec4<f32>(fetch(row, row_ok, c), fetch(row, row_ok, c + 1), \
+             fetch(row, row_ok, c + 2), fetch(row, row_ok, c + 3));\n"
+                .to_string(),
+        ),
+    };
+    let advance = match source {
+        Source::Quads(_) => (
+            "        let next = fetch(row, row_ok, i32(P.col0) + i32(k) + 1);\n",
+            "        cur = next;\n",
+        ),
+        Source::Scalars => ("", ""),
     };
     format!(
         "{params}\
          @group(0) @binding(0) var<uniform> P: Params;\n\
-         @group(0) @binding(1) var<storage, read> src: array<vec4<f32>>;\n\
+         @group(0) @binding(1) var<storage, read> src: {src};\n\
          {dst}\
-         fn fetch(row: u32, row_ok: bool, b: i32) -> vec4<f32> {{\n\
-         \x20   let v = src[row + u32(clamp(b, 0, i32(P.src_quads) - 1))];\n\
-         \x20   return select(vec4<f32>(0.0), v, row_ok && b >= 0 && b < i32(P.src_quads));\n\
-         }}\n\
+         {fetch}\
          @compute @workgroup_size(64)\n\
          fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {{\n\
          \x20   let e = gid.x + (gid.y + gid.z * nwg.y) * nwg.x * 64u;\n\
@@ -71,16 +113,19 @@ fn pad_rows_source(shift: usize, texels: bool) -> String {
          \x20   let sr = i32(e % P.rows) + i32(P.r0);\n\
          \x20   let row_ok = sr >= 0 && sr < i32(P.src_h);\n\
          \x20   let row = P.src_base + (plane / P.planes) * P.src_nstride + (plane % P.planes) * P.src_cstride\n\
-         \x20       + u32(clamp(sr, 0, i32(P.src_h) - 1)) * P.src_quads;\n\
+         \x20       + u32(clamp(sr, 0, i32(P.src_h) - 1)) * P.src_cols;\n\
          \x20   let d0 = e * P.quads;\n\
-         \x20   var cur = fetch(row, row_ok, i32(P.q0));\n\
+         {first}\
          \x20   for (var k = 0u; k < P.quads; k++) {{\n\
-         \x20       let next = fetch(row, row_ok, i32(P.q0) + i32(k) + 1);\n\
-         \x20       store(d0 + k, {quad});\n\
-         \x20       cur = next;\n\
+         {next}\
+         \x20       {quad}\
+         \x20       store(d0 + k, q);\n\
+         {shift_on}\
          \x20   }}\n\
          }}\n",
         params = PadRowsParams::WGSL,
+        next = advance.0,
+        shift_on = advance.1,
         dst = match texels {
             true => format!(
                 "@group(0) @binding(4) var XO: texture_storage_2d<rgba32float, write>;\n\
@@ -165,46 +210,49 @@ fn source_window<'a>(gpu: &Gpu, src: &'a Tensor, r: &PadRegion) -> (Window<'a>, 
     gpu.window(src, r.n0 * img + r.c0 * h * w, span)
 }
 
-/// The vec4 row copy of a region (`pad_rows_source`).
+/// The vec4-storing row copy of a region (`pad_rows_source`).
 struct RowCopy {
     p: PadRowsParams,
-    shift: usize,
+    source: Source,
 }
 
 impl RowCopy {
-    /// When rows are whole quads on both sides and the source window
-    /// (base `sb`) keeps 4-element alignment.
+    /// When the padded rows are whole quads and windows keep vec4
+    /// alignment; the source is read as quads where its rows and window
+    /// base (`sb`) are whole quads too, else as scalars.
     fn of(gpu: &Gpu, src: &Tensor, r: &PadRegion, sb: u32) -> Option<RowCopy> {
         let (_, c, h, w) = src.nchw();
-        let aligned = gpu.vec4_windows();
-        if !(aligned && w.is_multiple_of(4) && r.cols.is_multiple_of(4) && sb.is_multiple_of(4)) {
+        if !(gpu.vec4_windows() && r.cols.is_multiple_of(4)) {
             return None;
         }
+        let quads = w.is_multiple_of(4) && sb.is_multiple_of(4);
+        // Source offsets and widths in the unit the kernel reads.
+        let unit = if quads { 4 } else { 1 };
         let p = PadRowsParams {
             total_rows: (r.images * r.planes * r.rows) as u32,
             quads: (r.cols / 4) as u32,
             rows: r.rows as u32,
             planes: r.planes as u32,
-            src_base: sb / 4,
-            src_nstride: (c * h * w / 4) as u32,
-            src_cstride: (h * w / 4) as u32,
+            src_base: sb / unit as u32,
+            src_nstride: (c * h * w / unit) as u32,
+            src_cstride: (h * w / unit) as u32,
             src_h: h as u32,
-            src_quads: (w / 4) as u32,
+            src_cols: (w / unit) as u32,
             r0: r.row0 as i32 as u32,
-            q0: r.col0.div_euclid(4) as i32 as u32,
+            col0: r.col0.div_euclid(unit as isize) as i32 as u32,
         };
-        let shift = r.col0.rem_euclid(4) as usize;
-        Some(RowCopy { p, shift })
+        let source = match quads {
+            true => Source::Quads(r.col0.rem_euclid(4) as usize),
+            false => Source::Scalars,
+        };
+        Some(RowCopy { p, source })
     }
 
     /// Records the copy from `src` into the destination bound at 4.
     fn dispatch(&self, gpu: &Gpu, src: &Window, (windows, texels): Operands) {
-        let (shift, texel) = (self.shift, !texels.is_empty());
-        let key = format!(
-            "pad_rows shift{shift}{}",
-            if texel { " texels" } else { "" }
-        );
-        let pipeline = gpu.pipeline_for(key, || pad_rows_source(shift, texel), "main");
+        let (source, texel) = (self.source, !texels.is_empty());
+        let key = format!("pad_rows {source:?}{}", if texel { " texels" } else { "" });
+        let pipeline = gpu.pipeline_for(key, || pad_rows_source(source, texel), "main");
         let mut bound = vec![(1, src)];
         bound.extend_from_slice(windows);
         gpu.dispatch_grid(
@@ -553,18 +601,16 @@ pub(crate) fn slab_rows(gpu: &Gpu, src: &Window, base: u32, dst: &Window, s: &Sl
 
 /// (key, WGSL) of the generated copy kernels, for validation tests.
 pub(crate) fn sample_sources() -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = (0..4)
-        .flat_map(|shift| {
-            [
+    let sources = (0..4).map(Source::Quads).chain([Source::Scalars]);
+    let mut out: Vec<(String, String)> = sources
+        .flat_map(|source| {
+            [false, true].map(|texels| {
+                let tag = if texels { " texels" } else { "" };
                 (
-                    format!("pad_rows shift{shift}"),
-                    pad_rows_source(shift, false),
-                ),
-                (
-                    format!("pad_rows shift{shift} texels"),
-                    pad_rows_source(shift, true),
-                ),
-            ]
+                    format!("pad_rows {source:?}{tag}"),
+                    pad_rows_source(source, texels),
+                )
+            })
         })
         .collect();
     out.push(("slab_rows".into(), slab_rows_source()));
@@ -600,13 +646,14 @@ mod tests {
     #[test]
     fn padded_copies_match_the_reference_for_every_shift_and_width() {
         let gpu = Gpu::new(None).expect("a GPU adapter");
-        // Width 8 takes the vec4 row copy, width 7 the per-element one.
+        // Width 8 reads the source as quads, width 7 as scalars; padded
+        // rows of 13 take the per-element kernel.
         for (h, w) in [(5, 8), (5, 7)] {
             let (n, c) = (3, 4);
             let src: Vec<f32> = (0..n * c * h * w).map(|i| i as f32 + 1.0).collect();
             let t = gpu.upload(&[n, c, h, w], &src).unwrap();
             for col0 in -3..=5 {
-                for (row0, rows, cols) in [(-1, 7, 12), (2, 4, 8), (-2, 9, 16)] {
+                for (row0, rows, cols) in [(-1, 7, 12), (2, 4, 8), (-2, 9, 16), (-1, 7, 13)] {
                     let r = PadRegion {
                         n0: 1,
                         images: 2,
