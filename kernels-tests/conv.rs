@@ -239,6 +239,26 @@ fn conv_wide_rows_split_weight_gradient_chunks() {
 }
 
 #[test]
+fn conv3x3_weight_gradient_over_several_slabs_per_dispatch() {
+    // 16 gradient channels of 64 columns: 16 rows per 64 KiB slab, 112
+    // rows in 7 slabs, read 4 per dispatch on CPU adapters (a dispatch of
+    // 4, then one of 3 whose fourth binding runs no row).
+    check_conv(
+        Case {
+            n: 2,
+            c: 5,
+            o: 16,
+            h: 56,
+            w: 64,
+            k: 3,
+            s: 1,
+            d: 1,
+        },
+        67,
+    );
+}
+
+#[test]
 fn conv3x3_larger_than_a_workgroup() {
     check_conv(
         Case {

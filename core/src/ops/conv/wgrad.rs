@@ -109,7 +109,7 @@ wgsl_params! {
         out_h, out_w, c_count, o_count, c_groups,
         g_base, g_nstride, g_cstride, g_rstride,
         x_nstride, x_cstride, x_w,
-        rows_per_chunk, total_rows, row0, slot,
+        rows_per_chunk, total_rows, row0, slot, slab_rows,
     }
 }
 
@@ -133,12 +133,17 @@ struct WgradSpec {
     uniform_g: bool,
     /// The padded input as texels (`Gpu::texel_operands`). Needs `vec`.
     texels: bool,
+    /// Uniform slabs per dispatch (with `uniform_g`), each its own
+    /// binding (`SLAB_BINDINGS`) and its own copy of the row loop, run one
+    /// after the other by every invocation: fewer dispatches, which cost
+    /// lavapipe tens of microseconds each whatever they do.
+    slabs: usize,
 }
 
 impl WgradSpec {
     fn key(&self) -> String {
         format!(
-            "wgrad k{} s{} d{} to{} ct{} jt{} wg{} v{} u{} t{}",
+            "wgrad k{} s{} d{} to{} ct{} jt{} wg{} v{} u{} t{}{}",
             self.k,
             self.s,
             self.d,
@@ -148,7 +153,11 @@ impl WgradSpec {
             self.wg,
             self.vec as u8,
             self.uniform_g as u8,
-            self.texels as u8
+            self.texels as u8,
+            match self.slabs {
+                1 => String::new(),
+                n => format!(" x{n}"),
+            }
         )
     }
 
@@ -163,6 +172,12 @@ impl WgradSpec {
         let mut w = String::new();
         w.push_str(WgradParams::WGSL);
         w.push_str(&self.row_loads().declare(2));
+        for (b, binding) in SLAB_BINDINGS.iter().enumerate().take(self.slabs).skip(1) {
+            let _ = writeln!(
+                w,
+                "@group(0) @binding({binding}) var<uniform> G4_{b}: array<vec4<f32>, {UNIFORM_VEC4S}>;"
+            );
+        }
         let _ = writeln!(
             w,
             "@group(0) @binding(0) var<uniform> P: Params;\n\
@@ -174,7 +189,6 @@ impl WgradSpec {
              \x20   let chunk = flat / P.c_groups;\n\
              \x20   let cb = (flat % P.c_groups) * {}u + lid;\n\
              \x20   if (cb >= P.c_count) {{ return; }}\n\
-             \x20   let row_begin = P.row0 + chunk * P.rows_per_chunk;\n\
              \x20   let ob = wid.y * {to}u;",
             wg * ct
         );
@@ -201,14 +215,36 @@ impl WgradSpec {
                 }
             }
         }
-        // A slab holds the rows from row0 only; storage holds every row.
-        let g_row = match self.uniform_g {
-            true => "(gr - P.row0) * P.g_rstride",
-            false => "n * P.g_nstride + i * P.g_rstride",
+        for b in 0..self.slabs {
+            self.write_rows(&mut w, b);
+        }
+        self.store(&mut w);
+        w.push_str("}\n");
+        w
+    }
+
+    /// The loop over one chunk's rows of slab `b` (the only slab, or the
+    /// rows in storage): a slab holds `slab_rows` rows from row0 + b *
+    /// slab_rows only; storage holds every row.
+    fn write_rows(&self, w: &mut String, b: usize) {
+        let (k, ct) = (self.k, self.ct);
+        let (first, g_row) = match self.uniform_g {
+            true => (
+                format!("P.row0 + {b}u * P.slab_rows"),
+                "(gr - first) * P.g_rstride",
+            ),
+            false => ("P.row0".into(), "n * P.g_nstride + i * P.g_rstride"),
+        };
+        let last = match self.uniform_g {
+            true => "min(first + P.slab_rows, P.total_rows)",
+            false => "P.total_rows",
         };
         let _ = writeln!(
             w,
-            "    let row_end = min(row_begin + P.rows_per_chunk, P.total_rows);\n\
+            "    {{\n\
+             \x20   let first = {first};\n\
+             \x20   let row_begin = first + chunk * P.rows_per_chunk;\n\
+             \x20   let row_end = min(row_begin + P.rows_per_chunk, {last});\n\
              \x20   for (var gr = row_begin; gr < row_end; gr++) {{\n\
              \x20       let n = gr / P.out_h;\n\
              \x20       let i = gr % P.out_h;\n\
@@ -217,26 +253,16 @@ impl WgradSpec {
              \x20       for (var j = 0u; j < P.out_w; j += {}u) {{",
             self.s, self.jt
         );
-        self.write_g_loads(&mut w);
+        self.write_g_loads(w, b);
         let cols = tap_cols(self.jt, k, self.s, self.d);
         for e in 0..ct {
             for p in 0..k {
                 let row = format!("xb + xc{e} + {}u * P.x_w + j * {}u", p * self.d, self.s);
-                write_row_loads(
-                    &mut w,
-                    "            ",
-                    e * k + p,
-                    &row,
-                    &cols,
-                    self.row_loads(),
-                );
+                write_row_loads(w, "            ", e * k + p, &row, &cols, self.row_loads());
             }
         }
-        self.accumulate(&mut w);
-        w.push_str("        }\n    }\n");
-        self.store(&mut w);
-        w.push_str("}\n");
-        w
+        self.accumulate(w);
+        w.push_str("        }\n    }\n    }\n");
     }
 
     fn row_loads(&self) -> RowLoads {
@@ -246,15 +272,19 @@ impl WgradSpec {
     /// `g{t}_{u}` (column t of the step, gradient channels 4u..4u+3) from
     /// scalar loads, or with `vec` from aligned vec4 loads along the row
     /// (`jt` a multiple of 4), assembled by swizzles (free in SIMD).
-    fn write_g_loads(&self, w: &mut String) {
+    fn write_g_loads(&self, w: &mut String, b: usize) {
         let (to, jt) = (self.to, self.jt);
+        let g4 = match b {
+            0 => "G4".to_string(),
+            b => format!("G4_{b}"),
+        };
         if self.vec {
             let _ = writeln!(w, "            let gq = (gb + j) >> 2u;");
             for v in 0..to {
                 for tq in 0..jt / 4 {
                     let _ = writeln!(
                         w,
-                        "            let gv{v}_{tq} = G4[(go{v} >> 2u) + gq + {tq}u];"
+                        "            let gv{v}_{tq} = {g4}[(go{v} >> 2u) + gq + {tq}u];"
                     );
                 }
             }
@@ -345,6 +375,10 @@ pub(crate) struct WgradGeom {
 
 /// Floats in one uniform slab of `g`.
 const SLAB_ELEMS: usize = UNIFORM_VEC4S * 4;
+/// The bindings of the slabs one dispatch reads (`WgradSpec::slabs`): 1
+/// for the first, then free numbers of the kernel's layout. Four: with
+/// the parameters, five uniform buffers, within WebGPU's default 12.
+const SLAB_BINDINGS: [u32; 4] = [1, 5, 6, 7];
 /// Workgroups a slab's dispatch aims for (lavapipe runs one per thread).
 const SLAB_WORKGROUPS: usize = 8;
 
@@ -354,7 +388,8 @@ struct Job<'a> {
     op: &'static str,
     gout: &'a Tensor,
     dw: &'a Tensor,
-    pipeline: &'a wgpu::ComputePipeline,
+    /// The kernel (one slab per dispatch; `uniform_pass` may take more).
+    spec: WgradSpec,
     tile: GemmTile,
     kk: usize,
     /// Loop iterations one row costs an invocation.
@@ -424,15 +459,26 @@ impl Job<'_> {
         )
     }
 
-    /// One dispatch over `chunks` row chunks of the block, `g` from `g`.
-    fn dispatch(&self, p: &WgradParams, g: &Window, b: &Block, partials: &Window, chunks: usize) {
+    /// One dispatch of the kernel `spec` over `chunks` row chunks of the
+    /// block, `g` from `g` (one window per slab, bound at `SLAB_BINDINGS`).
+    fn dispatch(
+        &self,
+        spec: WgradSpec,
+        p: &WgradParams,
+        g: &[Window],
+        b: &Block,
+        (partials, chunks): (&Window, usize),
+    ) {
         let (c_groups, o_groups) = self.groups(b);
+        let pipeline = self.gpu.pipeline_for(spec.key(), || spec.source(), "main");
         let params = bytemuck::cast_slice(bytemuck::bytes_of(p));
         let (flat, y) = ((chunks * c_groups) as u64, o_groups as u32);
-        let (mut windows, mut texels) = (vec![(1, g), (4, partials)], vec![]);
+        let mut windows: Vec<(u32, &Window)> = SLAB_BINDINGS.iter().copied().zip(g).collect();
+        windows.push((4, partials));
+        let mut texels = vec![];
         b.x.bind(2, &mut windows, &mut texels);
         self.gpu
-            .dispatch_grid(self.pipeline, self.op, params, (&windows, &texels), flat, y);
+            .dispatch_grid(&pipeline, self.op, params, (&windows, &texels), flat, y);
     }
 
     fn slice(&self, b: &Block) -> DwSlice {
@@ -476,17 +522,18 @@ impl Job<'_> {
             g_base: gb,
             ..self.params(b, rows_per_chunk)
         };
-        self.dispatch(&p, &gw, b, &pw, chunks);
+        self.dispatch(self.spec, &p, &[gw], b, (&pw, chunks));
         let add = self.accumulate || !b.first;
         add_partials(gpu, &pw, chunks, self.dw, self.slice(b), add);
         Ok(())
     }
 
-    /// `g` through a uniform binding: the block's rows are copied into
-    /// 64 KiB slabs of whole rows (`prep::slab_rows`), one dispatch per
-    /// slab, its rows cut into chunks that each write their own partial
-    /// sums; the partials are added in order, as many slabs at a time as a
-    /// window holds.
+    /// `g` through uniform bindings: the block's rows are copied into
+    /// 64 KiB slabs of whole rows (`prep::slab_rows`), up to
+    /// `SLAB_BINDINGS.len()` slabs per dispatch, whose rows are cut into
+    /// chunks; each chunk's invocations add up its rows of every slab of
+    /// the dispatch and write their own partial sums; the partials are
+    /// added in order, as many slabs at a time as a window holds.
     fn uniform_pass(&self, b: &Block) -> Result<()> {
         let gpu = self.gpu;
         let win = gpu.window_elems();
@@ -494,20 +541,31 @@ impl Job<'_> {
         let total_rows = b.nb * oh;
         let rstride = b.olen * ow;
         let rows = (SLAB_ELEMS / rstride).min(total_rows);
+        let slabs = total_rows.div_ceil(rows);
         let (c_groups, o_groups) = self.groups(b);
-        // Enough workgroups per dispatch to keep every CPU thread busy.
+        // Every slab's rows of a chunk run in one invocation's loops.
         let max_rows = (gpu.loop_budget() / self.row_cost).max(1);
+        let uniforms = gpu.limits.max_uniform_buffers_per_shader_stage as usize;
+        let per_dispatch = slabs
+            .min(SLAB_BINDINGS.len())
+            .min(max_rows)
+            .min(uniforms.saturating_sub(1))
+            .max(1);
+        let spec = WgradSpec {
+            slabs: per_dispatch,
+            ..self.spec
+        };
+        // Enough workgroups per dispatch to keep every CPU thread busy.
         let chunk_rows = rows
             .div_ceil(SLAB_WORKGROUPS.div_ceil(c_groups * o_groups))
-            .min(max_rows);
+            .min(max_rows / per_dispatch);
         let chunks = rows.div_ceil(chunk_rows);
-        let slabs = total_rows.div_ceil(rows);
         let per = b.olen * b.clen * self.kk * chunks;
-        items_per_window(gpu, self.op, per, "slab's partial sums")?;
-        let batch = slabs.min(win / SLAB_ELEMS).min(win / per);
+        items_per_window(gpu, self.op, per, "dispatch's partial sums")?;
+        let batch = slabs.min(win / SLAB_ELEMS).min(win / per * per_dispatch);
         let slab_t = gpu.empty(&[batch * SLAB_ELEMS])?;
-        let partials = gpu.empty(&[batch * per])?;
-        let (pw, _) = gpu.window(&partials, 0, batch * per);
+        let partials = gpu.empty(&[batch.div_ceil(per_dispatch) * per])?;
+        let (pw, _) = gpu.window(&partials, 0, batch.div_ceil(per_dispatch) * per);
         let (gw, gb) = self.g_window(b);
         for (s0, count) in runs(slabs, batch) {
             let row0 = s0 * rows;
@@ -524,21 +582,32 @@ impl Job<'_> {
             };
             let (sw, _) = gpu.window(&slab_t, 0, count * SLAB_ELEMS);
             prep::slab_rows(gpu, &gw, gb, &sw, &copy);
-            for s in 0..count {
-                let (uw, _) = gpu.window(&slab_t, s * SLAB_ELEMS, SLAB_ELEMS);
-                // A chunk past the slab's last row stores zeros.
+            let dispatches = count.div_ceil(per_dispatch);
+            for d in 0..dispatches {
+                let first = d * per_dispatch;
+                // A binding past the batch's last slab repeats it; its rows
+                // lie past total_rows, so its loop runs no row.
+                let g: Vec<Window> = (first..first + per_dispatch)
+                    .map(|s| {
+                        gpu.window(&slab_t, s.min(count - 1) * SLAB_ELEMS, SLAB_ELEMS)
+                            .0
+                    })
+                    .collect();
+                // A chunk past its slabs' last row stores zeros.
+                let end = row0 + (first + per_dispatch).min(count) * rows;
                 let p = WgradParams {
                     g_cstride: ow as u32,
                     g_rstride: rstride as u32,
-                    row0: (row0 + s * rows) as u32,
-                    slot: (s * chunks) as u32,
-                    total_rows: (row0 + (s + 1) * rows).min(total_rows) as u32,
+                    row0: (row0 + first * rows) as u32,
+                    slot: (d * chunks) as u32,
+                    total_rows: end.min(total_rows) as u32,
+                    slab_rows: rows as u32,
                     ..self.params(b, chunk_rows)
                 };
-                self.dispatch(&p, &uw, b, &pw, chunks);
+                self.dispatch(spec, &p, &g, b, (&pw, chunks));
             }
             let add = self.accumulate || !b.first || s0 > 0;
-            add_partials(gpu, &pw, count * chunks, self.dw, self.slice(b), add);
+            add_partials(gpu, &pw, dispatches * chunks, self.dw, self.slice(b), add);
         }
         Ok(())
     }
@@ -659,6 +728,7 @@ impl Pass<'_> {
             vec,
             uniform_g: uniform_g(gpu, vec, ow, tile.to),
             texels: vec && gpu.texel_operands(),
+            slabs: 1,
         };
         let row_cost = ow / jt + 2;
         if row_cost > gpu.loop_budget() {
@@ -692,13 +762,12 @@ impl Pass<'_> {
         let imgs = (1 + (win - og * oh * ow) / g_img)
             .min(1 + (win - cg * plane) / (cg * plane))
             .clamp(1, n);
-        let pipeline = gpu.pipeline_for(spec.key(), || spec.source(), "main");
         let job = Job {
             gpu,
             op,
             gout,
             dw: self.dw,
-            pipeline: &pipeline,
+            spec,
             tile,
             kk,
             row_cost,
@@ -774,8 +843,16 @@ pub(crate) fn sample_sources() -> Vec<(String, String)> {
                     vec,
                     uniform_g,
                     texels,
+                    slabs: 1,
                 };
                 out.push((spec.key(), spec.source()));
+                if uniform_g {
+                    let most = WgradSpec {
+                        slabs: SLAB_BINDINGS.len(),
+                        ..spec
+                    };
+                    out.push((most.key(), most.source()));
+                }
             }
         }
     }
