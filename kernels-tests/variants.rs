@@ -706,23 +706,8 @@ fn a_long_run_times_the_rule_against_its_rival_once_and_reuses_the_winner() {
         g.variants().set_long_run(long_run);
         g
     };
-    let (n, c, o, h, w) = (1, 8, 64, 10, 40);
-    let (x, wt, b) = (
-        rand_vec(61, n * c * h * w),
-        rand_vec(62, o * c * 9),
-        rand_vec(63, o),
-    );
-    let forward = |gpu: &Gpu, v: Option<ConvVariant>| {
-        let (xt, wtt, bt) = (
-            up(gpu, &[n, c, h, w], &x),
-            up(gpu, &[o, c, 3, 3], &wt),
-            up(gpu, &[o], &b),
-        );
-        read(
-            gpu,
-            &conv::conv2d_with(gpu, &xt, &wtt, Some(&bt), 1, 1, false, v).unwrap(),
-        )
-    };
+    let (o, w) = (64, 40);
+    let forward = seeded_conv((1, 8, o, 10, w), 1, 61);
     let first = open(TuneMode::Cache, true);
     if !first.is_cpu() {
         eprintln!("{}: not a CPU adapter, no long-run rivals", first.info.name);
@@ -775,23 +760,8 @@ fn narrow_rows_of_a_long_run_lead_with_the_40_pixel_tile_and_time_the_wide_one()
     };
     // 64 summed channels: the wide tile splits them into two uniform
     // groups, so its bits differ from the 40-pixel tile's.
-    let (n, c, o, h, w) = (2, 64, 64, 10, 10);
-    let (x, wt, b) = (
-        rand_vec(71, n * c * h * w),
-        rand_vec(72, o * c * 9),
-        rand_vec(73, o),
-    );
-    let forward = |gpu: &Gpu, v: Option<ConvVariant>| {
-        let (xt, wtt, bt) = (
-            up(gpu, &[n, c, h, w], &x),
-            up(gpu, &[o, c, 3, 3], &wt),
-            up(gpu, &[o], &b),
-        );
-        read(
-            gpu,
-            &conv::conv2d_with(gpu, &xt, &wtt, Some(&bt), 1, 2, false, v).unwrap(),
-        )
-    };
+    let o = 64;
+    let forward = seeded_conv((2, 64, o, 10, 10), 2, 71);
     let off = open(TuneMode::Off);
     if !off.is_cpu() {
         eprintln!("{}: not a CPU adapter, no long-run rivals", off.info.name);
@@ -819,4 +789,30 @@ fn narrow_rows_of_a_long_run_lead_with_the_40_pixel_tile_and_time_the_wide_one()
         [tile40, wide].iter().any(|v| &v.name() == winner),
         "{winner} is one of the pair"
     );
+}
+
+/// A 3x3 stride-1 forward with bias of `(n, c, o, h, w)` and dilation
+/// `dil` on data seeded from `seed`, run with the given variant or, with
+/// `None`, the one the device chooses.
+fn seeded_conv(
+    (n, c, o, h, w): (usize, usize, usize, usize, usize),
+    dil: usize,
+    seed: u64,
+) -> impl Fn(&Gpu, Option<ConvVariant>) -> Vec<f32> {
+    let (x, wt, b) = (
+        rand_vec(seed, n * c * h * w),
+        rand_vec(seed + 1, o * c * 9),
+        rand_vec(seed + 2, o),
+    );
+    move |gpu: &Gpu, v: Option<ConvVariant>| {
+        let (xt, wtt, bt) = (
+            up(gpu, &[n, c, h, w], &x),
+            up(gpu, &[o, c, 3, 3], &wt),
+            up(gpu, &[o], &b),
+        );
+        read(
+            gpu,
+            &conv::conv2d_with(gpu, &xt, &wtt, Some(&bt), 1, dil, false, v).unwrap(),
+        )
+    }
 }
