@@ -480,6 +480,13 @@ async fn resize_forward_and_backward() {
             30,
             1e-3,
         );
+        // The upscale kernels (the x4 case takes them) against the general
+        // ones: the same bits.
+        let general = resize::Kernels::General;
+        let y0 = resize::resize_with(&gpu, &xt, (oh, ow), mode, general).unwrap();
+        assert_bits_eq(&format!("{tag} general"), &y, &read(&gpu, &y0).await);
+        let dx0 = resize::resize_backward_with(&gpu, &dyt, (h, w), mode, general).unwrap();
+        assert_bits_eq(&format!("{tag} dx general"), &dx, &read(&gpu, &dx0).await);
     }
 }
 
