@@ -48,6 +48,10 @@ fn distinct_values(n: usize, seed: u64) -> Vec<f32> {
 fn maxpool3x3_stride2_odd_and_even() {
     check(2, 3, 9, 11, 3, 2, distinct_values(2 * 3 * 99, 1));
     check(1, 2, 10, 8, 3, 2, distinct_values(160, 2));
+    // One output row and column: one of the four scatter classes runs.
+    check(1, 3, 2, 1, 3, 2, distinct_values(6, 5));
+    // A 3x3 window at stride 1: nine classes, up to nine outputs an input.
+    check(1, 2, 7, 6, 3, 1, distinct_values(84, 6));
 }
 
 #[test]

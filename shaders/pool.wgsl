@@ -19,6 +19,10 @@ struct Params {
     x_base: u32,
     dy_base: u32,
     y_base: u32,
+    // maxpool_scatter: the class of outputs (i % period, j % period) added.
+    class_i: u32,
+    class_j: u32,
+    period: u32,
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
@@ -116,4 +120,32 @@ fn maxpool_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_
         }
     }
     y[P.y_base + e] = g;
+}
+
+// Backward where windows overlap (k > stride), in passes over the classes
+// of outputs (i % period, j % period), period * stride >= k: windows of one
+// class share no input, so each output of the class adds its gradient at
+// its argmax with no other invocation touching that input; dx starts at
+// zero and the classes run in a fixed order (deterministic). An output
+// costs two loads and a load-add-store, where the gather cost each input
+// up to four iterations of two loads (lavapipe loads lane by lane).
+@compute @workgroup_size(WG)
+fn maxpool_scatter(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let e = gid.x + gid.y * nwg.x * WG;
+    let rows = (P.out_h - P.class_i + P.period - 1u) / P.period;
+    let cols = (P.out_w - P.class_j + P.period - 1u) / P.period;
+    if (e >= P.planes * rows * cols) {
+        return;
+    }
+    let pl = e / (rows * cols);
+    let r = e % (rows * cols);
+    let i = (r / cols) * P.period + P.class_i;
+    let j = (r % cols) * P.period + P.class_j;
+    let o = P.dy_base + pl * P.out_h * P.out_w + i * P.out_w + j;
+    let at = arg_in[o];
+    // Every SAME window holds an input; a window without one has none.
+    if (at < P.in_h * P.in_w) {
+        let d = P.y_base + pl * P.in_h * P.in_w + at;
+        y[d] = y[d] + dy[o];
+    }
 }

@@ -32,8 +32,9 @@ const FILES: [(&str, &str, usize); 3] = [
     not(browser_tools),
     ignore = "needs the wasm32 target, wasm-bindgen-cli of Cargo.lock's version, chromium and chromium-driver (.ci/run installs them), found when building the tests"
 )]
+// One reason at a time: a second `ignore` would be an unused attribute.
 #[cfg_attr(
-    not(mammo_data),
+    all(browser_tools, not(mammo_data)),
     ignore = "needs real data: set MAMMO_DATA when building the tests (see data/README.md)"
 )]
 fn the_page_maps_real_scans_like_native_infer_and_uploads_nothing() {

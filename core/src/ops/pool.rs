@@ -7,6 +7,7 @@ use crate::gpu::{Gpu, Kernel, Tensor};
 const FORWARD: Kernel = kernel(&POOL, "maxpool_forward");
 const ARGMAX: Kernel = kernel(&POOL, "maxpool_argmax");
 const BACKWARD: Kernel = kernel(&POOL, "maxpool_backward");
+const SCATTER: Kernel = kernel(&POOL, "maxpool_scatter");
 
 /// (out_h, out_w, pad_t, pad_l).
 pub fn pool_geom(h: usize, w: usize, k: usize, s: usize) -> (usize, usize, usize, usize) {
@@ -21,11 +22,21 @@ enum Pass<'a> {
     Forward { y: &'a Tensor },
     /// arg = the plane index of each window's first maximum.
     Argmax { arg: &'a Tensor },
-    /// dx from dy and `Argmax`'s arg.
+    /// dx from dy and `Argmax`'s arg: a gather over the outputs that
+    /// cover each input.
     Backward {
         dy: &'a Tensor,
         arg: &'a Tensor,
         dx: &'a Tensor,
+    },
+    /// The outputs of class (i % period, j % period) add dy at their
+    /// argmax into dx (zeros before the first class).
+    Scatter {
+        dy: &'a Tensor,
+        arg: &'a Tensor,
+        dx: &'a Tensor,
+        class: (usize, usize),
+        period: usize,
     },
 }
 
@@ -52,6 +63,8 @@ fn run(gpu: &Gpu, op: &'static str, x: &Tensor, pass: Pass, ks: usize, s: usize)
                 .u(db as usize)
                 .u(yb as usize)
         };
+        // Scatter passes only: the class and period words.
+        let class = |p: Params, (ci, cj): (usize, usize), period: usize| p.u(ci).u(cj).u(period);
         match pass {
             Pass::Forward { y } => {
                 let (yw, yb) = outs(y);
@@ -70,6 +83,26 @@ fn run(gpu: &Gpu, op: &'static str, x: &Tensor, pass: Pass, ks: usize, s: usize)
                 let p = params(db, yb);
                 let binds = [(2, &dw), (4, &aw), (3, &yw)];
                 launch(gpu, &BACKWARD, &p, &binds, np * h * w);
+            }
+            Pass::Scatter {
+                dy,
+                arg,
+                dx,
+                class: (ci, cj),
+                period,
+            } => {
+                let ((dw, db), (aw, _)) = (outs(dy), outs(arg));
+                let (yw, yb) = planes(dx);
+                let p = class(params(db, yb), (ci, cj), period);
+                let binds = [(2, &dw), (4, &aw), (3, &yw)];
+                let count = |n: usize, c: usize| (n - c).div_ceil(period);
+                launch(
+                    gpu,
+                    &SCATTER,
+                    &p,
+                    &binds,
+                    np * count(oh, ci) * count(ow, cj),
+                );
             }
         }
     }
@@ -118,13 +151,32 @@ pub fn maxpool2d_backward(
     }
     let arg = gpu.empty(dy.shape())?;
     run(gpu, OP, x, Pass::Argmax { arg: &arg }, k, s)?;
-    let dx = gpu.empty(x.shape())?;
-    let pass = Pass::Backward {
-        dy,
-        arg: &arg,
-        dx: &dx,
-    };
-    run(gpu, OP, x, pass, k, s)?;
+    if k <= s {
+        // Each input lies in at most one window: one gather pass.
+        let dx = gpu.empty(x.shape())?;
+        let pass = Pass::Backward {
+            dy,
+            arg: &arg,
+            dx: &dx,
+        };
+        run(gpu, OP, x, pass, k, s)?;
+        return Ok(dx);
+    }
+    // Overlapping windows (the network's 3x3 stride 2): scatter passes.
+    let dx = gpu.zeros(x.shape())?;
+    let period = k.div_ceil(s);
+    for ci in 0..period.min(oh) {
+        for cj in 0..period.min(ow) {
+            let pass = Pass::Scatter {
+                dy,
+                arg: &arg,
+                dx: &dx,
+                class: (ci, cj),
+                period,
+            };
+            run(gpu, OP, x, pass, k, s)?;
+        }
+    }
     Ok(dx)
 }
 
