@@ -699,15 +699,18 @@ fn corrupt_or_foreign_tuning_files_are_ignored_and_rebuilt() {
 fn a_long_run_times_the_rule_against_its_rival_once_and_reuses_the_winner() {
     // Training on a CPU adapter without a tuned choice: each wide-tile
     // shape times the rule against the 40-pixel tile once, remembers the
-    // faster under its own key, and later runs take it without timing.
+    // faster under its own key, and later runs take it without timing;
+    // without timing the 40-pixel tile runs.
     let path = tune_dir("rivals").join("tune.json");
     let open = |mode, long_run| {
         let g = gpu_with_file(mode, &path);
         g.variants().set_long_run(long_run);
         g
     };
+    // 64 summed channels: the wide tile splits them into uniform groups,
+    // so its bits differ from the 40-pixel tile's.
     let (o, w) = (64, 40);
-    let forward = seeded_conv((1, 8, o, 10, w), 1, 61);
+    let forward = seeded_conv((1, 64, o, 10, w), 1, 61);
     let first = open(TuneMode::Cache, true);
     if !first.is_cpu() {
         eprintln!("{}: not a CPU adapter, no long-run rivals", first.info.name);
@@ -741,9 +744,14 @@ fn a_long_run_times_the_rule_against_its_rival_once_and_reuses_the_winner() {
     ));
     assert_eq!(short.variants().table(), table);
     let off = open(TuneMode::Off, true);
+    let y = forward(&off, None);
     assert!(
-        bits_equal(&forward(&off, None), &forward(&off, Some(rule))),
-        "off: the rule"
+        bits_equal(&y, &forward(&off, Some(rivals[1]))),
+        "off: 40 pixels"
+    );
+    assert!(
+        !bits_equal(&y, &forward(&off, Some(rule))),
+        "the pair differs"
     );
 }
 
