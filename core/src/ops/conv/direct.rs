@@ -102,8 +102,10 @@ impl Tile {
     /// summed channels split to keep the weights uniform (64 -> 64 at
     /// 4x80x80: 3x3 20.9 GFLOP/s against 14.9, stride 2 12.1 against 7.8,
     /// 1x1 12.6 against 5.7; stride 2 with 8 pixels, whose rows read twice
-    /// the columns). On GPUs a small tile that keeps occupancy (autotuning
-    /// is on there).
+    /// the columns). On later CPUs the 40-pixel tile beat those, so a
+    /// long run's pass runs it instead where rows are 32 or more and times
+    /// this tile against it (`ConvVariant::long_run_rival`). On GPUs a
+    /// small tile that keeps occupancy (autotuning is on there).
     pub fn rule(
         cpu: bool,
         long_run: bool,
