@@ -63,8 +63,6 @@ fn run(gpu: &Gpu, op: &'static str, x: &Tensor, pass: Pass, ks: usize, s: usize)
                 .u(db as usize)
                 .u(yb as usize)
         };
-        // Scatter passes only: the class and period words.
-        let class = |p: Params, (ci, cj): (usize, usize), period: usize| p.u(ci).u(cj).u(period);
         match pass {
             Pass::Forward { y } => {
                 let (yw, yb) = outs(y);
@@ -93,7 +91,8 @@ fn run(gpu: &Gpu, op: &'static str, x: &Tensor, pass: Pass, ks: usize, s: usize)
             } => {
                 let ((dw, db), (aw, _)) = (outs(dy), outs(arg));
                 let (yw, yb) = planes(dx);
-                let p = class(params(db, yb), (ci, cj), period);
+                // The class and period words follow the shared ones.
+                let p = params(db, yb).u(ci).u(cj).u(period);
                 let binds = [(2, &dw), (4, &aw), (3, &yw)];
                 let count = |n: usize, c: usize| (n - c).div_ceil(period);
                 launch(

@@ -577,17 +577,11 @@ impl Layout {
 /// flat along the padded plane (`layout`), which fills a 16-pixel tile,
 /// a row of 32 (the kernels of the 32-pixel size class).
 pub(crate) fn rule_row(gpu: &Gpu, (out_h, out_w): (usize, usize), k: usize) -> usize {
-    if narrow_rows(gpu, (out_h, out_w), k) {
+    if amortises_compiles(gpu) && flat_class(k * k, out_h, out_w) {
         32
     } else {
         out_w
     }
-}
-
-/// Whether a stride-1 pass producing `out_h x out_w` with a `k x k`
-/// kernel is in the flat class in work that amortises compiles.
-pub(crate) fn narrow_rows(gpu: &Gpu, (out_h, out_w): (usize, usize), k: usize) -> bool {
-    amortises_compiles(gpu) && flat_class(k * k, out_h, out_w)
 }
 
 /// Whether this work amortises kernels that compile longer or per size:

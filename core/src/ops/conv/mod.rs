@@ -169,10 +169,11 @@ impl ConvVariant {
     /// wins depends on the CPU: on a Zen 4 EPYC the 40-pixel tile ran 3x3
     /// 64 -> 64 at 4x80x80 at 61 GFLOP/s against the rule's 38 (stride 2:
     /// 37 against 24) and won on every such row of a width-1 network but
-    /// one, and on an Intel Xeon too; on an older EPYC the rule's tiles
-    /// won. On shorter rows laid out as rows the rule won every time; on
+    /// one; on an Intel Xeon 51 against 37 (stride 2: 27 against 24); on
+    /// an older EPYC the rule's tiles won. On shorter rows laid out as rows the rule won every time; on
     /// rows under 32 that run flat (`direct::rule_row` calls them 32) the
-    /// rival won on most shapes. So a pass makes this tile the one that
+    /// rival won on most shapes (3x3 dilation 2, 512 -> 512 at 4x10x10:
+    /// 22.3 against 14.6). So a pass makes this tile the one that
     /// runs untimed and the rule the one it is timed against
     /// (`rule_and_rival`). A long run amortises the extra compile and the
     /// few timed runs in its first step. None: nothing to time.
@@ -423,14 +424,8 @@ impl Produce<'_> {
             (Direction::Transposed, s) => (1, w / s),
         };
         let rule = ConvVariant::rule(gpu, (self.g.k, stride), o, row);
-        // Wherever a long run has the 40-pixel tile as a rival it leads,
-        // and the wide tile is what it is timed against; without timing
-        // (`ENGINE_TUNE=off`) it runs. It won on the two latest CPU types
-        // measured, 64 -> 64 at 4x80x80 in GFLOP/s: a Zen 4 EPYC 3x3 61
-        // against 38, stride 2 37 against 24; an Intel Xeon 51 against 37
-        // and 27 against 24; and on rows under 32 run flat (3x3 dilation
-        // 2, 512 -> 512 at 4x10x10: 22.3 against 14.6). The wide tiles won
-        // on an older EPYC, which the timing still finds.
+        // The 40-pixel rival leads (it runs untimed) and the wide rule is
+        // timed against it: see `long_run_rival` for the measurements.
         match ConvVariant::long_run_rival(gpu, rule, row) {
             Some(tile40) => (tile40, Some(rule)),
             None => (rule, None),

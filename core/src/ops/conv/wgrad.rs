@@ -22,6 +22,7 @@ use crate::ops::{
     Params, REDUCE, items_per_window, kernel, launch_lanes, runs, vec4_lanes, wgsl_params,
 };
 use std::fmt::Write;
+use std::sync::Arc;
 
 const SUM_PARTIALS: Kernel = kernel(&REDUCE, "sum_partials");
 /// Invocations a weight-gradient dispatch aims for (chunks x channels): a
@@ -459,18 +460,23 @@ impl Job<'_> {
         )
     }
 
-    /// One dispatch of the kernel `spec` over `chunks` row chunks of the
-    /// block, `g` from `g` (one window per slab, bound at `SLAB_BINDINGS`).
+    /// The pipeline of the kernel `spec`, fetched once per pass over a
+    /// block rather than per dispatch.
+    fn pipeline(&self, spec: WgradSpec) -> Arc<wgpu::ComputePipeline> {
+        self.gpu.pipeline_for(spec.key(), || spec.source(), "main")
+    }
+
+    /// One dispatch of `pipeline` over `chunks` row chunks of the block,
+    /// `g` from `g` (one window per slab, bound at `SLAB_BINDINGS`).
     fn dispatch(
         &self,
-        spec: WgradSpec,
+        pipeline: &wgpu::ComputePipeline,
         p: &WgradParams,
         g: &[Window],
         b: &Block,
         (partials, chunks): (&Window, usize),
     ) {
         let (c_groups, o_groups) = self.groups(b);
-        let pipeline = self.gpu.pipeline_for(spec.key(), || spec.source(), "main");
         let params = bytemuck::cast_slice(bytemuck::bytes_of(p));
         let (flat, y) = ((chunks * c_groups) as u64, o_groups as u32);
         let mut windows: Vec<(u32, &Window)> = SLAB_BINDINGS.iter().copied().zip(g).collect();
@@ -478,7 +484,7 @@ impl Job<'_> {
         let mut texels = vec![];
         b.x.bind(2, &mut windows, &mut texels);
         self.gpu
-            .dispatch_grid(&pipeline, self.op, params, (&windows, &texels), flat, y);
+            .dispatch_grid(pipeline, self.op, params, (&windows, &texels), flat, y);
     }
 
     fn slice(&self, b: &Block) -> DwSlice {
@@ -522,7 +528,8 @@ impl Job<'_> {
             g_base: gb,
             ..self.params(b, rows_per_chunk)
         };
-        self.dispatch(self.spec, &p, &[gw], b, (&pw, chunks));
+        let pipeline = self.pipeline(self.spec);
+        self.dispatch(&pipeline, &p, &[gw], b, (&pw, chunks));
         let add = self.accumulate || !b.first;
         add_partials(gpu, &pw, chunks, self.dw, self.slice(b), add);
         Ok(())
@@ -551,10 +558,10 @@ impl Job<'_> {
             .min(max_rows)
             .min(uniforms.saturating_sub(1))
             .max(1);
-        let spec = WgradSpec {
+        let pipeline = self.pipeline(WgradSpec {
             slabs: per_dispatch,
             ..self.spec
-        };
+        });
         // Enough workgroups per dispatch to keep every CPU thread busy.
         let chunk_rows = rows
             .div_ceil(SLAB_WORKGROUPS.div_ceil(c_groups * o_groups))
@@ -604,7 +611,7 @@ impl Job<'_> {
                     slab_rows: rows as u32,
                     ..self.params(b, chunk_rows)
                 };
-                self.dispatch(spec, &p, &g, b, (&pw, chunks));
+                self.dispatch(&pipeline, &p, &g, b, (&pw, chunks));
             }
             let add = self.accumulate || !b.first || s0 > 0;
             add_partials(gpu, &pw, dispatches * chunks, self.dw, self.slice(b), add);
