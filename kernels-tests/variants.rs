@@ -398,6 +398,7 @@ fn texel_and_storage_inputs_give_bit_identical_weight_gradients() {
                 let wgrad = kernels.iter().find(|k| k.key.starts_with("wgrad")).unwrap();
                 (read(gpu, &dwt), wgrad.key.clone())
             };
+            let mut first = None;
             for t in conv::GemmTile::candidates(&storage, k * k) {
                 let tag = format!(
                     "n{n} c{c} o{o} {h}x{w} k{k} s{s} {} uniform {uniform}",
@@ -410,7 +411,21 @@ fn texel_and_storage_inputs_give_bit_identical_weight_gradients() {
                     "{tag}: kernels {ka} / {kb}"
                 );
                 assert!(bits_equal(&a, &b), "{tag}: texel and storage inputs differ");
+                first.get_or_insert((t, a));
             }
+            // A tile reading storage (a long run's rival) does so on a
+            // texel device too (one of its own: a dry run lists new
+            // kernels only).
+            let (t, a) = first.unwrap();
+            let fresh = Gpu::new(None).expect("a GPU adapter");
+            fresh.set_uniform_operands(uniform);
+            let (c, kc) = run(&fresh, t.reading_storage());
+            assert!(
+                kc.split(' ').any(|k| k == "t0"),
+                "{}: kernel {kc}",
+                t.name()
+            );
+            assert!(bits_equal(&a, &c), "{}: storage reads differ", t.name());
         }
     }
 }
@@ -470,6 +485,12 @@ fn texel_and_storage_inputs_give_bit_identical_direct_passes() {
             let tag = format!("n{n} c{c} o{o} {h}x{w} k{k} s{s} {}", t.name());
             assert_texels_match_storage(&tag, run(&texels, t), run(&storage, t));
         }
+        // A tile reading storage (a long run's rival) does so on a texel
+        // device too (one of its own: a dry run lists new kernels only).
+        let fresh = open(true);
+        let t = training(k, s, o, ow);
+        let tag = format!("n{n} c{c} o{o} {h}x{w} k{k} s{s} {} storage", t.name());
+        assert_texels_match_storage(&tag, run(&fresh, t), run(&fresh, t.reading_storage()));
     }
     let (n, c, o, h, w) = (2, 10, 12, 6, 7);
     let (x, wt) = (rand_vec(55, n * c * h * w), rand_vec(56, c * o * 16));
@@ -717,17 +738,30 @@ fn a_long_run_times_the_rule_against_its_rival_once_and_reuses_the_winner() {
         return;
     }
     let rule = ConvVariant::rule(&first, (3, 1), o, w);
-    let rival = ConvVariant::long_run_rival(&first, rule, w);
-    let rivals = [rule, rival.expect("a wide-row shape has a rival")];
+    let tile40 = conv::Tile::new(40, 16);
+    let (lead, rivals) = ConvVariant::long_run_rivals(&first, rule, w);
+    // With texel operands (on by default on CPU adapters) the lead
+    // reading storage is a rival too.
+    let storage = first
+        .texel_operands()
+        .then_some(ConvVariant::Direct(tile40.reading_storage()));
+    let want: Vec<ConvVariant> = std::iter::once(rule).chain(storage).collect();
+    assert_eq!((lead, &rivals), (ConvVariant::Direct(tile40), &want));
     let short_row = ConvVariant::rule(&first, (3, 1), o, 20);
-    assert!(ConvVariant::long_run_rival(&first, short_row, 20).is_none());
+    let (short_lead, short_rivals) = ConvVariant::long_run_rivals(&first, short_row, 20);
+    assert_eq!(short_lead, short_row, "a short row leads with the rule");
+    assert_eq!(short_rivals.len(), usize::from(first.texel_operands()));
     let y = forward(&first, None);
     let table = first.variants().table();
     assert_eq!(table.len(), 1, "one timed shape: {table:?}");
     let (key, winner) = table.iter().next().unwrap();
-    assert!(key.ends_with("(long-run rivals)"), "{key}");
-    let chosen = rivals.iter().find(|v| &v.name() == winner);
-    let chosen = chosen.unwrap_or_else(|| panic!("{winner} is not one of {rivals:?}"));
+    assert!(
+        key.ends_with("(long-run rivals, texels or storage)"),
+        "{key}"
+    );
+    let field: Vec<ConvVariant> = std::iter::once(lead).chain(rivals).collect();
+    let chosen = field.iter().find(|v| &v.name() == winner);
+    let chosen = chosen.unwrap_or_else(|| panic!("{winner} is not one of {field:?}"));
     assert!(
         bits_equal(&y, &forward(&first, Some(*chosen))),
         "ran the winner"
@@ -745,10 +779,7 @@ fn a_long_run_times_the_rule_against_its_rival_once_and_reuses_the_winner() {
     assert_eq!(short.variants().table(), table);
     let off = open(TuneMode::Off, true);
     let y = forward(&off, None);
-    assert!(
-        bits_equal(&y, &forward(&off, Some(rivals[1]))),
-        "off: 40 pixels"
-    );
+    assert!(bits_equal(&y, &forward(&off, Some(lead))), "off: 40 pixels");
     assert!(
         !bits_equal(&y, &forward(&off, Some(rule))),
         "the pair differs"
@@ -793,9 +824,10 @@ fn narrow_rows_of_a_long_run_lead_with_the_40_pixel_tile_and_time_the_wide_one()
     let table = cache.variants().table();
     assert_eq!(table.len(), 1, "one timed shape: {table:?}");
     let winner = table.values().next().unwrap();
+    let storage = ConvVariant::Direct(conv::Tile::new(40, 16).reading_storage());
     assert!(
-        [tile40, wide].iter().any(|v| &v.name() == winner),
-        "{winner} is one of the pair"
+        [tile40, wide, storage].iter().any(|v| &v.name() == winner),
+        "{winner} is one of the rivals"
     );
 }
 

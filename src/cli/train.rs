@@ -112,7 +112,8 @@ pub struct TrainArgs {
 const LONG_RUN_STEPS: usize = 1000;
 
 /// Says why a long run's first step on a CPU adapter is slow: it times
-/// two wide tiles per convolution shape (`ConvVariant::long_run_rival`).
+/// two or three variants per convolution shape, tiles and texel or
+/// storage reads (`ConvVariant::long_run_rivals`).
 fn note_long_run_timing(gpu: &Gpu) {
     let v = gpu.variants();
     if gpu.is_cpu() && v.long_run() && v.mode() == crate::gpu::TuneMode::Cache {
@@ -120,7 +121,7 @@ fn note_long_run_timing(gpu: &Gpu) {
             .path()
             .map_or("memory".into(), |p| p.display().to_string());
         println!(
-            "long run: the first step times two tiles per convolution shape not yet in {file} (ENGINE_TUNE=off keeps to the rules)"
+            "long run: the first step times two or three kernel variants per convolution shape not yet in {file} (ENGINE_TUNE=off keeps to the rules)"
         );
     }
 }

@@ -36,6 +36,11 @@ pub struct Tile {
     /// prefers the register tiles, whose weight loads are the same in all
     /// lanes).
     pub shared: bool,
+    /// Reads its input from storage even where texel operands are on
+    /// (`reads_texels`): a long run's rival on CPU adapters, where which
+    /// of the two is faster depends on the CPU and the shape
+    /// (`ConvVariant::long_run_rivals`). Same sums, same bits.
+    pub storage: bool,
 }
 
 /// Summed channels a workgroup-memory tile stages per barrier pair.
@@ -69,6 +74,7 @@ impl Tile {
             to,
             wg: 64,
             shared: false,
+            storage: false,
         }
     }
 
@@ -104,7 +110,7 @@ impl Tile {
     /// 1x1 12.6 against 5.7; stride 2 with 8 pixels, whose rows read twice
     /// the columns). On later CPUs the 40-pixel tile beat those, so a
     /// long run's pass runs it instead where rows are 32 or more and times
-    /// this tile against it (`ConvVariant::long_run_rival`). On GPUs a
+    /// this tile against it (`ConvVariant::long_run_rivals`). On GPUs a
     /// small tile that keeps occupancy (autotuning is on there).
     pub fn rule(
         cpu: bool,
@@ -133,6 +139,14 @@ impl Tile {
         }
     }
 
+    /// The same tile reading its input from storage (`storage`).
+    pub const fn reading_storage(self) -> Tile {
+        Tile {
+            storage: true,
+            ..self
+        }
+    }
+
     /// Float accumulators per invocation.
     pub fn accumulators(&self) -> usize {
         self.tp * self.to
@@ -150,7 +164,11 @@ impl Tile {
 
     pub fn name(&self) -> String {
         let mem = if self.shared { "-wgmem" } else { "" };
-        format!("direct-tp{}-to{}-wg{}{mem}", self.tp, self.to, self.wg)
+        let reads = if self.storage { "-storage" } else { "" };
+        format!(
+            "direct-tp{}-to{}-wg{}{mem}{reads}",
+            self.tp, self.to, self.wg
+        )
     }
 }
 
@@ -688,6 +706,7 @@ fn fitting_tile(gpu: &Gpu, j: &DirectJob, tile: Tile) -> Tile {
 
 /// Records the job with the given tile.
 pub(crate) fn run(gpu: &Gpu, j: &DirectJob, tile: Tile) -> Result<()> {
+    let may_read_texels = !tile.storage && reads_texels(gpu);
     let tile = fitting_tile(gpu, j, tile);
     let (n, cs, _, _) = j.src.nchw();
     let (_, co, yh, yw) = j.y.nchw();
@@ -697,6 +716,8 @@ pub(crate) fn run(gpu: &Gpu, j: &DirectJob, tile: Tile) -> Result<()> {
     let sp = plan(gpu, j, tile, rows * cols)?;
     let tile = Tile {
         wg: workgroup_size(gpu, tile, sp.images.min(n) * lay.out_h * col_groups),
+        // Where the input comes from is the spec's `texels`: one kernel.
+        storage: false,
         ..tile
     };
     let y_img = co * yh * yw;
@@ -728,7 +749,7 @@ pub(crate) fn run(gpu: &Gpu, j: &DirectJob, tile: Tile) -> Result<()> {
             // Rows of a multiple of 4 (always for padded copies; a source
             // read as is then has planes and windows of such rows too).
             let vec = gpu.vec4_windows() && cols.is_multiple_of(4);
-            let texels = vec && reads_texels(gpu);
+            let texels = vec && may_read_texels;
             let padded = if as_is {
                 None
             } else {

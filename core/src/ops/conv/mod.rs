@@ -163,24 +163,40 @@ impl ConvVariant {
         ConvVariant::Direct(Tile::rule(gpu.is_cpu(), long_run, ks, produced, out_w))
     }
 
-    /// What a long run (training) on a CPU adapter times once per shape
-    /// when nothing is tuned: the rule's 32- or 64-channel tile against 40
-    /// pixels of 16 channels, on rows of 32 or more (`out_w`). Which one
-    /// wins depends on the CPU: on a Zen 4 EPYC the 40-pixel tile ran 3x3
-    /// 64 -> 64 at 4x80x80 at 61 GFLOP/s against the rule's 38 (stride 2:
-    /// 37 against 24) and won on every such row of a width-1 network but
-    /// one; on an Intel Xeon 51 against 37 (stride 2: 27 against 24); on
-    /// an older EPYC the rule's tiles won. On shorter rows laid out as rows the rule won every time; on
-    /// rows under 32 that run flat (`direct::rule_row` calls them 32) the
-    /// rival won on most shapes (3x3 dilation 2, 512 -> 512 at 4x10x10:
-    /// 22.3 against 14.6). So a pass makes this tile the one that
-    /// runs untimed and the rule the one it is timed against
-    /// (`rule_and_rival`). A long run amortises the extra compile and the
-    /// few timed runs in its first step. None: nothing to time.
-    pub fn long_run_rival(gpu: &Gpu, rule: ConvVariant, out_w: usize) -> Option<ConvVariant> {
+    /// What a long run (training) on a CPU adapter runs untimed (the
+    /// lead) and times against it once per shape when nothing is tuned
+    /// (the rivals). Which tile wins depends on the CPU: on a Zen 4 EPYC
+    /// 40 pixels of 16 channels ran 3x3 64 -> 64 at 4x80x80 at 61 GFLOP/s
+    /// against the rule's 64-channel tile's 38 (stride 2: 37 against 24)
+    /// and won on every such row of a width-1 network but one; on an
+    /// Intel Xeon 51 against 37 (stride 2: 27 against 24); on an older
+    /// EPYC the rule's tiles won. On shorter rows laid out as rows the
+    /// rule won every time; on rows under 32 that run flat
+    /// (`direct::rule_row` calls them 32) the 40-pixel tile won on most
+    /// shapes (3x3 dilation 2, 512 -> 512 at 4x10x10: 22.3 against 14.6).
+    /// So where the rule is that wide tile, the 40-pixel tile leads and
+    /// the rule is its rival. Whether the input is read as texels
+    /// (`Gpu::texel_operands`) or from storage depends on the CPU too:
+    /// texels removed gallivm's per-lane load stalls on an older EPYC,
+    /// but on an Intel Xeon their padded copies cost more than they saved
+    /// (4x8x160x160, ms, texels against storage: stride-2 forward 3.4-4.2
+    /// against 2.2, 4x4 transposed forward 16-16.4 against 11.3-11.6; at
+    /// 64 channels no difference that machine could show); so the lead
+    /// reading storage is a rival too. A long run amortises the
+    /// extra compiles and the few timed runs in its first step.
+    pub fn long_run_rivals(gpu: &Gpu, rule: ConvVariant, out_w: usize) -> (ConvVariant, Vec<Self>) {
+        if !(gpu.is_cpu() && gpu.variants().long_run()) {
+            return (rule, Vec::new());
+        }
         let wide_rule = matches!(rule, ConvVariant::Direct(t) if t.to > 16);
-        (gpu.is_cpu() && gpu.variants().long_run() && wide_rule && out_w >= 32)
-            .then_some(ConvVariant::Direct(Tile::new(40, 16)))
+        let (lead, mut rivals) = match wide_rule && out_w >= 32 {
+            true => (ConvVariant::Direct(Tile::new(40, 16)), vec![rule]),
+            false => (rule, Vec::new()),
+        };
+        if let (true, ConvVariant::Direct(t)) = (gpu.texel_operands(), lead) {
+            rivals.push(ConvVariant::Direct(t.reading_storage()));
+        }
+        (lead, rivals)
     }
 }
 
@@ -225,6 +241,20 @@ impl WgradVariant {
         };
         WgradVariant::Gemm(tile)
     }
+
+    /// The rule and, in a long run on a CPU adapter with texel operands,
+    /// the same tile reading its padded input from storage as its rival
+    /// (see `ConvVariant::long_run_rivals`; 4x8x160x160 on an Intel Xeon,
+    /// storage against texels: 6.7 against 7.8-7.9 ms; 4x4 transposed,
+    /// stride 2: 12.1-12.3 against 17.7 ms).
+    pub fn long_run(gpu: &Gpu, produced: usize) -> (WgradVariant, Vec<WgradVariant>) {
+        let rule = WgradVariant::rule(gpu, produced);
+        let storage = gpu.is_cpu() && gpu.variants().long_run() && gpu.texel_operands();
+        match (storage, rule) {
+            (true, WgradVariant::Gemm(t)) => (rule, vec![WgradVariant::Gemm(t.reading_storage())]),
+            _ => (rule, Vec::new()),
+        }
+    }
 }
 
 /// Runs per candidate when timing one shape (after one warm-up run that
@@ -233,27 +263,28 @@ impl WgradVariant {
 const TUNE_ITERS: usize = 2;
 
 /// The variant for `key`: the remembered winner; else, when tuning is on,
-/// the fastest candidate by `time_one` (remembered); else, in a long run
-/// without tuning, the faster of `rule` and `rival` (remembered under its
-/// own key, so that `engine tune` still times every candidate); else `rule`.
-fn choose<V: Copy>(
+/// the fastest of the candidates and rivals by `time_one` (remembered);
+/// else, in a long run without tuning, the fastest of `lead` and its
+/// `rivals` (remembered under its own key, so that `engine tune` still
+/// times every candidate); else `lead`.
+fn choose<V: Copy + PartialEq>(
     gpu: &Gpu,
     key: &str,
     candidates: &[V],
-    (rule, rival): (V, Option<V>),
+    (lead, rivals): (V, &[V]),
     name: impl Fn(&V) -> String,
     time_one: &dyn Fn(V) -> Result<()>,
 ) -> Result<V> {
-    let v = pick(gpu, key, candidates, (rule, rival), &name, time_one)?;
+    let v = pick(gpu, key, candidates, (lead, rivals), &name, time_one)?;
     gpu.variants().note_used(&name(&v));
     Ok(v)
 }
 
-fn pick<V: Copy>(
+fn pick<V: Copy + PartialEq>(
     gpu: &Gpu,
     key: &str,
     candidates: &[V],
-    (rule, rival): (V, Option<V>),
+    (lead, rivals): (V, &[V]),
     name: &impl Fn(&V) -> String,
     time_one: &dyn Fn(V) -> Result<()>,
 ) -> Result<V> {
@@ -261,14 +292,24 @@ fn pick<V: Copy>(
     if variants.baseline() {
         return Ok(candidates[0]);
     }
+    // Everything a pass may run, each once.
+    let mut known: Vec<V> = candidates.to_vec();
+    for &v in std::iter::once(&lead).chain(rivals) {
+        if !known.contains(&v) {
+            known.push(v);
+        }
+    }
     let remembered = |key: &str| {
         let winner = variants.get(key)?;
-        candidates.iter().find(|v| name(v) == winner).copied()
+        known.iter().find(|v| name(v) == winner).copied()
     };
-    // Without tuning, a long run's rival and its own key.
-    let rivalry = rival
-        .filter(|_| variants.mode() == TuneMode::Cache)
-        .map(|r| ([rule, r], rivals_key(key)));
+    // Without tuning, a long run's rivals and their own key.
+    let rivalry = (!rivals.is_empty() && variants.mode() == TuneMode::Cache).then(|| {
+        let field: Vec<V> = std::iter::once(lead)
+            .chain(rivals.iter().copied())
+            .collect();
+        (field, rivals_key(key))
+    });
     for k in std::iter::once(key).chain(rivalry.as_ref().map(|(_, k)| k.as_str())) {
         if let Some(v) = remembered(k) {
             return Ok(v);
@@ -276,22 +317,23 @@ fn pick<V: Copy>(
     }
     // A dry run dispatches nothing, so it cannot time candidates.
     if gpu.in_dry_run() {
-        return Ok(rule);
+        return Ok(lead);
     }
     let (timed, key) = match (variants.mode(), &rivalry) {
-        (TuneMode::On, _) => (candidates, key),
-        (_, Some((pair, k))) => (&pair[..], k.as_str()),
-        _ => return Ok(rule),
+        (TuneMode::On, _) => (&known[..], key),
+        (_, Some((field, k))) => (&field[..], k.as_str()),
+        _ => return Ok(lead),
     };
-    let best = fastest(gpu, timed, rule, time_one)?;
+    let best = fastest(gpu, timed, lead, time_one)?;
     variants.set(key, &name(&best));
     Ok(best)
 }
 
-/// The key under which the faster of a long run's rule and rival is
-/// remembered.
+/// The key under which the fastest of a long run's lead and rivals is
+/// remembered (a new name since storage reads joined the rivals, so that
+/// older files' pairs are timed again).
 fn rivals_key(key: &str) -> String {
-    format!("{key} (long-run rivals)")
+    format!("{key} (long-run rivals, texels or storage)")
 }
 
 /// The candidate that runs `time_one` fastest (ties: the earliest).
@@ -399,13 +441,13 @@ impl Produce<'_> {
             Some(v) => v,
             None => {
                 let key = shape_key(self.op, self.src, y, self.g);
-                let (rule, rival) = self.rule_and_rival(gpu, y);
+                let (lead, rivals) = self.lead_and_rivals(gpu, y);
                 // Timing (tuning only) writes into a scratch output.
                 choose(
                     gpu,
                     &key,
                     &ConvVariant::candidates(gpu),
-                    (rule, rival),
+                    (lead, &rivals),
                     ConvVariant::name,
                     &|v| self.run_variant(gpu, &gpu.empty(y.shape())?, v),
                 )?
@@ -414,9 +456,10 @@ impl Produce<'_> {
         self.run_variant(gpu, y, v)
     }
 
-    /// The rule's variant and a long run's rival to it: direct passes
-    /// keep their stride; transposed passes run stride-1 phases.
-    fn rule_and_rival(&self, gpu: &Gpu, y: &Tensor) -> (ConvVariant, Option<ConvVariant>) {
+    /// The variant that runs untimed and a long run's rivals to it
+    /// (`ConvVariant::long_run_rivals`): direct passes keep their stride;
+    /// transposed passes run stride-1 phases.
+    fn lead_and_rivals(&self, gpu: &Gpu, y: &Tensor) -> (ConvVariant, Vec<ConvVariant>) {
         let (_, o, h, w) = y.nchw();
         let (stride, row) = match (self.dir, self.g.stride) {
             (_, 1) => (1, direct::rule_row(gpu, (h, w), self.g.k)),
@@ -424,12 +467,7 @@ impl Produce<'_> {
             (Direction::Transposed, s) => (1, w / s),
         };
         let rule = ConvVariant::rule(gpu, (self.g.k, stride), o, row);
-        // The 40-pixel rival leads (it runs untimed) and the wide rule is
-        // timed against it: see `long_run_rival` for the measurements.
-        match ConvVariant::long_run_rival(gpu, rule, row) {
-            Some(tile40) => (tile40, Some(rule)),
-            None => (rule, None),
-        }
+        ConvVariant::long_run_rivals(gpu, rule, row)
     }
 
     fn run_variant(&self, gpu: &Gpu, y: &Tensor, v: ConvVariant) -> Result<()> {
@@ -607,11 +645,12 @@ impl WeightGrad<'_> {
             Some(v) => v,
             None => {
                 let key = shape_key(self.op, self.gout, self.input, self.g);
+                let (rule, rivals) = WgradVariant::long_run(gpu, self.gout.nchw().1);
                 choose(
                     gpu,
                     &key,
                     &WgradVariant::candidates(gpu, self.g.k * self.g.k),
-                    (WgradVariant::rule(gpu, self.gout.nchw().1), None),
+                    (rule, &rivals),
                     WgradVariant::name,
                     &|v| self.run_variant(gpu, &gpu.empty(dw.shape())?, false, v),
                 )?

@@ -47,6 +47,10 @@ pub struct GemmTile {
     pub jt: usize,
     /// Invocations per workgroup (input channels).
     pub wg: usize,
+    /// Reads the padded input from storage even where texel operands are
+    /// on: a long run's rival on CPU adapters (`WgradVariant::long_run`).
+    /// Same sums, same bits.
+    pub storage: bool,
 }
 
 impl GemmTile {
@@ -68,11 +72,25 @@ impl GemmTile {
     ];
 
     pub const fn new(to: usize, jt: usize, wg: usize) -> GemmTile {
-        GemmTile { to, ct: 1, jt, wg }
+        GemmTile {
+            to,
+            ct: 1,
+            jt,
+            wg,
+            storage: false,
+        }
     }
 
     pub const fn with_ct(self, ct: usize) -> GemmTile {
         GemmTile { ct, ..self }
+    }
+
+    /// The same tile reading its padded input from storage (`storage`).
+    pub const fn reading_storage(self) -> GemmTile {
+        GemmTile {
+            storage: true,
+            ..self
+        }
     }
 
     /// Input channels one workgroup covers.
@@ -101,7 +119,8 @@ impl GemmTile {
             1 => String::new(),
             n => format!("-ct{n}"),
         };
-        format!("gemm-to{}{ct}-jt{}-wg{}", self.to, self.jt, self.wg)
+        let reads = if self.storage { "-storage" } else { "" };
+        format!("gemm-to{}{ct}-jt{}-wg{}{reads}", self.to, self.jt, self.wg)
     }
 }
 
@@ -734,7 +753,7 @@ impl Pass<'_> {
             wg: tile.wg,
             vec,
             uniform_g: uniform_g(gpu, vec, ow, tile.to),
-            texels: vec && gpu.texel_operands(),
+            texels: vec && gpu.texel_operands() && !tile.storage,
             slabs: 1,
         };
         let row_cost = ow / jt + 2;
