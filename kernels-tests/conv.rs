@@ -186,6 +186,27 @@ fn conv3x3_dilation2() {
 }
 
 #[test]
+fn conv3x3_rows_of_whole_vec4s_read_with_borders() {
+    // Rows of whole vec4s, read from storage: the direct kernels read the
+    // source itself and select zeros outside it (no padded copy), with the
+    // window's first column 3 (pad 1, 2 with dilation) into a vec4 and rows
+    // above and below; odd heights, a partly masked last tile.
+    for (i, (s, d)) in [(1, 1), (2, 1), (1, 2)].into_iter().enumerate() {
+        let case = Case {
+            n: 2,
+            c: 3,
+            o: 5,
+            h: 7,
+            w: 12,
+            k: 3,
+            s,
+            d,
+        };
+        check_conv(case, 90 + 10 * i as u64);
+    }
+}
+
+#[test]
 fn conv1x1_batch3() {
     check_conv(
         Case {
