@@ -1,4 +1,5 @@
 use crate::common::*;
+use engine::Gpu;
 use engine::ops::conv::{self, conv_geom, cpu, tconv_geom};
 use engine::ops::reduce::{self, cpu as rcpu};
 
@@ -19,7 +20,10 @@ struct Case {
 }
 
 fn check_conv(case: Case, seed: u64) {
-    let gpu = gpu();
+    check_conv_on(gpu(), case, seed);
+}
+
+fn check_conv_on(gpu: &Gpu, case: Case, seed: u64) {
     let Case {
         n,
         c,
@@ -186,11 +190,18 @@ fn conv3x3_dilation2() {
 }
 
 #[test]
-fn conv3x3_rows_of_whole_vec4s_read_with_borders() {
-    // Rows of whole vec4s, read from storage: the direct kernels read the
-    // source itself and select zeros outside it (no padded copy), with the
-    // window's first column 3 (pad 1, 2 with dilation) into a vec4 and rows
-    // above and below; odd heights, a partly masked last tile.
+fn rows_of_whole_vec4s_read_with_borders() {
+    // In a long run, rows of whole vec4s read from storage: the direct
+    // kernels read the source itself and select zeros outside it (no
+    // padded copy), with the window's first column 3 (pad 1, 2 with
+    // dilation) into a vec4 and rows above and below; odd heights, a
+    // partly masked last tile; the 4x4 transposed passes' phases start
+    // at other columns.
+    let gpu = Gpu::new(None).expect("a GPU adapter");
+    gpu.variants().set_long_run(true);
+    gpu.set_texel_operands(false);
+    check_tconv_on(&gpu, (2, 3, 5, 5, 8, 2), 130);
+    check_tconv_on(&gpu, (1, 4, 3, 6, 12, 1), 140);
     for (i, (s, d)) in [(1, 1), (2, 1), (1, 2)].into_iter().enumerate() {
         let case = Case {
             n: 2,
@@ -202,7 +213,7 @@ fn conv3x3_rows_of_whole_vec4s_read_with_borders() {
             s,
             d,
         };
-        check_conv(case, 90 + 10 * i as u64);
+        check_conv_on(&gpu, case, 90 + 10 * i as u64);
     }
 }
 
@@ -297,7 +308,14 @@ fn conv3x3_larger_than_a_workgroup() {
 }
 
 fn check_tconv(n: usize, c: usize, o: usize, h: usize, w: usize, s: usize, seed: u64) {
-    let gpu = gpu();
+    check_tconv_on(gpu(), (n, c, o, h, w, s), seed);
+}
+
+fn check_tconv_on(
+    gpu: &Gpu,
+    (n, c, o, h, w, s): (usize, usize, usize, usize, usize, usize),
+    seed: u64,
+) {
     let tag = format!("tconv n{n} c{c} o{o} {h}x{w} s{s}");
     let x = rand_vec(seed, n * c * h * w);
     let wt = rand_vec(seed + 1, c * o * 16);

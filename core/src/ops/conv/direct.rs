@@ -819,7 +819,9 @@ pub(crate) fn run(gpu: &Gpu, j: &DirectJob, tile: Tile) -> Result<()> {
     // is then has planes and windows of such rows too).
     let vec = gpu.vec4_windows() && cols.is_multiple_of(4);
     let texels = vec && may_read_texels;
-    let borders = (!as_is).then(|| borders(j, &lay, vec && !texels)).flatten();
+    let borders = (!as_is)
+        .then(|| borders(gpu, j, &lay, vec && !texels))
+        .flatten();
     // The plane the kernel reads: the padded copy's, or the source's.
     let (x_rows, x_cols) = match as_is || borders.is_some() {
         true => (ih, iw),
@@ -936,15 +938,20 @@ pub(crate) fn run(gpu: &Gpu, j: &DirectJob, tile: Tile) -> Result<()> {
 /// Whether a job reads its source with zeros outside it instead of a
 /// padded copy (`DirectSpec::borders`), and the offset of its first
 /// column in a vec4: where the kernel reads storage as vec4s (`vec4s`),
-/// the source's rows are whole vec4s, and its output runs as rows (a flat
-/// layout reads the padded plane as one row). On lavapipe a padded copy
-/// moved 2.6 GB/s (each lane's loads and stores are a loop over the SIMD
-/// lanes), while a masked vec4 costs the kernel a select: on an Intel
-/// Xeon a width-0.25 640x640 inference took 108-114 ms against 125-130,
-/// a training step reading storage 411-429 against 432-454 ms.
-fn borders(j: &DirectJob, lay: &Layout, vec4s: bool) -> Option<usize> {
+/// the source's rows are whole vec4s, its output runs as rows (a flat
+/// layout reads the padded plane as one row), and the work amortises
+/// compiles. On lavapipe a padded copy moved 2.6 GB/s (each lane's loads
+/// and stores are a loop over the SIMD lanes), while a masked vec4 costs
+/// the kernel a select: on an Intel Xeon a width-0.25 training step whose
+/// rivals read storage took 411-429 ms against 432-454, and a 640x640
+/// inference 108-114 ms against 125-130. But whether a layer's rows are
+/// whole vec4s depends on the scan's size, so a first scan keeps the
+/// padded copies: with borders, a 900x960 crop after a warm run of its
+/// 1024x1024 film compiled the other family (4.3 s against 2.1 s).
+fn borders(gpu: &Gpu, j: &DirectJob, lay: &Layout, vec4s: bool) -> Option<usize> {
     let iw = j.src.shape()[3];
-    (vec4s && !lay.flat && iw.is_multiple_of(4)).then_some(j.col0.rem_euclid(4) as usize)
+    let fits = vec4s && !lay.flat && iw.is_multiple_of(4);
+    (fits && amortises_compiles(gpu)).then_some(j.col0.rem_euclid(4) as usize)
 }
 
 /// Invocations per workgroup for dispatches of `invocations`: the tile's
