@@ -944,7 +944,7 @@ pub(crate) fn run(gpu: &Gpu, j: &DirectJob, tile: Tile) -> Result<()> {
 /// and stores are a loop over the SIMD lanes), while a masked vec4 costs
 /// the kernel a select: on an Intel Xeon a width-0.25 training step whose
 /// rivals read storage took 411-429 ms against 432-454, and a 640x640
-/// inference 108-114 ms against 125-130. But whether a layer's rows are
+/// inference 107-114 ms against 125-130. But whether a layer's rows are
 /// whole vec4s depends on the scan's size, so a first scan keeps the
 /// padded copies: with borders, a 900x960 crop after a warm run of its
 /// 1024x1024 film compiled the other family (4.3 s against 2.1 s).

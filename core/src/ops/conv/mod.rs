@@ -246,7 +246,7 @@ impl WgradVariant {
     /// the same tile reading its padded input from storage as its rival
     /// (see `ConvVariant::long_run_rivals`; 4x8x160x160 on an Intel Xeon,
     /// storage against texels: 6.7 against 7.8-7.9 ms; 4x4 transposed,
-    /// stride 2: 12.1-12.3 against 17.7 ms).
+    /// stride 2: 12.1-12.9 against 17.7-17.8 ms).
     pub fn long_run(gpu: &Gpu, produced: usize) -> (WgradVariant, Vec<WgradVariant>) {
         let rule = WgradVariant::rule(gpu, produced);
         let storage = gpu.is_cpu() && gpu.variants().long_run() && gpu.texel_operands();
