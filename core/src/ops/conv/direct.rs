@@ -219,7 +219,7 @@ pub(crate) struct DirectSpec {
     /// and steps each pixel's row and column from the invocation's first.
     pub flat: bool,
     /// Reads the source itself, not a padded copy, each vec4 outside it
-    /// as zeros (`bordered`): Some(the job's first column mod 4, the
+    /// as zeros (`fn borders`): Some(the job's first column mod 4, the
     /// offset of a window's first value in its first vec4).
     pub borders: Option<usize>,
 }
@@ -819,9 +819,10 @@ pub(crate) fn run(gpu: &Gpu, j: &DirectJob, tile: Tile) -> Result<()> {
     // is then has planes and windows of such rows too).
     let vec = gpu.vec4_windows() && cols.is_multiple_of(4);
     let texels = vec && may_read_texels;
-    let borders = (!as_is)
-        .then(|| borders(gpu, j, &lay, vec && !texels))
-        .flatten();
+    let borders = match as_is {
+        true => None,
+        false => borders(gpu, j, &lay, vec && !texels),
+    };
     // The plane the kernel reads: the padded copy's, or the source's.
     let (x_rows, x_cols) = match as_is || borders.is_some() {
         true => (ih, iw),

@@ -292,25 +292,15 @@ fn pick<V: Copy + PartialEq>(
     if variants.baseline() {
         return Ok(candidates[0]);
     }
-    // Everything a pass may run, each once.
-    let mut known: Vec<V> = candidates.to_vec();
-    for &v in std::iter::once(&lead).chain(rivals) {
-        if !known.contains(&v) {
-            known.push(v);
-        }
-    }
     let remembered = |key: &str| {
         let winner = variants.get(key)?;
-        known.iter().find(|v| name(v) == winner).copied()
+        let mut known = candidates.iter().chain([&lead]).chain(rivals);
+        known.find(|v| name(v) == winner).copied()
     };
-    // Without tuning, a long run's rivals and their own key.
-    let rivalry = (!rivals.is_empty() && variants.mode() == TuneMode::Cache).then(|| {
-        let field: Vec<V> = std::iter::once(lead)
-            .chain(rivals.iter().copied())
-            .collect();
-        (field, rivals_key(key))
-    });
-    for k in std::iter::once(key).chain(rivalry.as_ref().map(|(_, k)| k.as_str())) {
+    // Without tuning, a long run's rivals are timed under their own key.
+    let rivalry =
+        (!rivals.is_empty() && variants.mode() == TuneMode::Cache).then(|| rivals_key(key));
+    for k in std::iter::once(key).chain(rivalry.as_deref()) {
         if let Some(v) = remembered(k) {
             return Ok(v);
         }
@@ -319,12 +309,26 @@ fn pick<V: Copy + PartialEq>(
     if gpu.in_dry_run() {
         return Ok(lead);
     }
-    let (timed, key) = match (variants.mode(), &rivalry) {
-        (TuneMode::On, _) => (&known[..], key),
-        (_, Some((field, k))) => (&field[..], k.as_str()),
+    let (timed, key): (Vec<V>, &str) = match (variants.mode(), &rivalry) {
+        // Every candidate and rival, each once.
+        (TuneMode::On, _) => {
+            let mut all = candidates.to_vec();
+            for &v in std::iter::once(&lead).chain(rivals) {
+                if !all.contains(&v) {
+                    all.push(v);
+                }
+            }
+            (all, key)
+        }
+        (_, Some(k)) => (
+            std::iter::once(lead)
+                .chain(rivals.iter().copied())
+                .collect(),
+            k,
+        ),
         _ => return Ok(lead),
     };
-    let best = fastest(gpu, timed, lead, time_one)?;
+    let best = fastest(gpu, &timed, lead, time_one)?;
     variants.set(key, &name(&best));
     Ok(best)
 }
