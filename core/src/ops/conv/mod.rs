@@ -242,14 +242,18 @@ impl WgradVariant {
         WgradVariant::Gemm(tile)
     }
 
-    /// The rule and, in a long run on a CPU adapter with texel operands,
-    /// the same tile reading its padded input from storage as its rival
-    /// (see `ConvVariant::long_run_rivals`; 4x8x160x160 on an Intel Xeon,
-    /// storage against texels: 6.7 against 7.8-7.9 ms; 4x4 transposed,
-    /// stride 2: 12.1-12.9 against 17.7-17.8 ms).
+    /// The rule and, in a long run on a CPU adapter with texel operands or
+    /// uniform slabs, the same tile reading both operands from storage as
+    /// its rival (see `ConvVariant::long_run_rivals`). On an Intel Xeon,
+    /// 4x8x160x160, padded input from storage against texels: 6.7 against
+    /// 7.8-7.9 ms; 4x4 transposed, stride 2: 12.1-12.9 against 17.7-17.8
+    /// ms. g from storage too: a width-0.25 step's weight gradients took
+    /// 113.5 against 140.2 ms of GPU time, in 3 dispatches per layer
+    /// rather than up to 30 (slab copies and partial sums per block).
     pub fn long_run(gpu: &Gpu, produced: usize) -> (WgradVariant, Vec<WgradVariant>) {
         let rule = WgradVariant::rule(gpu, produced);
-        let storage = gpu.is_cpu() && gpu.variants().long_run() && gpu.texel_operands();
+        let reads_other = gpu.texel_operands() || gpu.uniform_operands();
+        let storage = gpu.is_cpu() && gpu.variants().long_run() && reads_other;
         match (storage, rule) {
             (true, WgradVariant::Gemm(t)) => (rule, vec![WgradVariant::Gemm(t.reading_storage())]),
             _ => (rule, Vec::new()),
@@ -334,10 +338,11 @@ fn pick<V: Copy + PartialEq>(
 }
 
 /// The key under which the fastest of a long run's lead and rivals is
-/// remembered (a new name since storage reads joined the rivals, so that
-/// older files' pairs are timed again).
+/// remembered (a new name whenever the rivals change, so that older files'
+/// pairs are timed again: last when the weight gradient's storage rival
+/// began to read g from storage too).
 fn rivals_key(key: &str) -> String {
-    format!("{key} (long-run rivals, texels or storage)")
+    format!("{key} (long-run rivals, slabs, texels or storage)")
 }
 
 /// The candidate that runs `time_one` fastest (ties: the earliest).

@@ -47,9 +47,12 @@ pub struct GemmTile {
     pub jt: usize,
     /// Invocations per workgroup (input channels).
     pub wg: usize,
-    /// Reads the padded input from storage even where texel operands are
-    /// on: a long run's rival on CPU adapters (`WgradVariant::long_run`).
-    /// Same sums, same bits.
+    /// Reads both operands from storage even where texel operands or
+    /// uniform slabs are on: a long run's rival on CPU adapters
+    /// (`WgradVariant::long_run`). The padded input from storage gives the
+    /// same sums in the same order; g from storage is cut into row chunks
+    /// of its own rather than the slabs', so its sums are added in another
+    /// order (other bits, the same reference).
     pub storage: bool,
 }
 
@@ -85,7 +88,7 @@ impl GemmTile {
         GemmTile { ct, ..self }
     }
 
-    /// The same tile reading its padded input from storage (`storage`).
+    /// The same tile reading its operands from storage (`storage`).
     pub const fn reading_storage(self) -> GemmTile {
         GemmTile {
             storage: true,
@@ -752,7 +755,7 @@ impl Pass<'_> {
             jt,
             wg: tile.wg,
             vec,
-            uniform_g: uniform_g(gpu, vec, ow, tile.to),
+            uniform_g: uniform_g(gpu, vec, ow, tile.to) && !tile.storage,
             texels: vec && gpu.texel_operands() && !tile.storage,
             slabs: 1,
         };
