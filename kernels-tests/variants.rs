@@ -495,11 +495,27 @@ fn texel_and_storage_inputs_give_bit_identical_direct_passes() {
             assert_texels_match_storage(&tag, run(&texels, t), run(&storage, t));
         }
         // A tile reading storage (a long run's rival) does so on a texel
-        // device too (one of its own: a dry run lists new kernels only).
+        // device too (one of its own: a dry run lists new kernels only),
+        // weights included where they would go through a uniform binding
+        // (these few summed channels are not split into groups, so the
+        // bits stay).
         let fresh = open(true);
         let t = training(k, s, o, ow);
         let tag = format!("n{n} c{c} o{o} {h}x{w} k{k} s{s} {} storage", t.name());
-        assert_texels_match_storage(&tag, run(&fresh, t), run(&fresh, t.reading_storage()));
+        let (a, b) = (run(&fresh, t), run(&fresh, t.reading_storage()));
+        let uniform_w = |keys: &[String]| keys.iter().any(|k| k.contains(" u1 "));
+        assert_eq!(
+            uniform_w(&a.1),
+            fresh.uniform_operands(),
+            "{tag}: {:?}",
+            a.1
+        );
+        assert!(
+            !uniform_w(&b.1),
+            "{tag}: storage read uniform weights {:?}",
+            b.1
+        );
+        assert_texels_match_storage(&tag, a, b);
     }
     let (n, c, o, h, w) = (2, 10, 12, 6, 7);
     let (x, wt) = (rand_vec(55, n * c * h * w), rand_vec(56, c * o * 16));
@@ -751,15 +767,15 @@ fn a_long_run_times_the_rule_against_its_rival_once_and_reuses_the_winner() {
     let (lead, rivals) = ConvVariant::long_run_rivals(&first, rule, w);
     // With texel operands (on by default on CPU adapters) the lead
     // reading storage is a rival too.
-    let storage = first
-        .texel_operands()
+    let storage = (first.texel_operands() || first.uniform_operands())
         .then_some(ConvVariant::Direct(tile40.reading_storage()));
     let want: Vec<ConvVariant> = std::iter::once(rule).chain(storage).collect();
     assert_eq!((lead, &rivals), (ConvVariant::Direct(tile40), &want));
     let short_row = ConvVariant::rule(&first, (3, 1), o, 20);
     let (short_lead, short_rivals) = ConvVariant::long_run_rivals(&first, short_row, 20);
     assert_eq!(short_lead, short_row, "a short row leads with the rule");
-    assert_eq!(short_rivals.len(), usize::from(first.texel_operands()));
+    let reads_other = first.texel_operands() || first.uniform_operands();
+    assert_eq!(short_rivals.len(), usize::from(reads_other));
     let y = forward(&first, None);
     let table = first.variants().table();
     assert_eq!(table.len(), 1, "one timed shape: {table:?}");

@@ -38,10 +38,12 @@ pub struct Tile {
     /// prefers the register tiles, whose weight loads are the same in all
     /// lanes).
     pub shared: bool,
-    /// Reads its input from storage even where texel operands are on
-    /// (`reads_texels`): a long run's rival on CPU adapters, where which
-    /// of the two is faster depends on the CPU and the shape
-    /// (`ConvVariant::long_run_rivals`). Same sums, same bits.
+    /// Reads its input and weights from storage even where texel operands
+    /// (`reads_texels`) or uniform weights (`uniform_weight_groups`) are
+    /// on: a long run's rival on CPU adapters, where which is faster
+    /// depends on the CPU and the shape (`ConvVariant::long_run_rivals`).
+    /// The same sums in the same order, so the same bits, except where
+    /// uniform weights would have split the summed channels into groups.
     pub storage: bool,
 }
 
@@ -634,12 +636,14 @@ fn plan(gpu: &Gpu, j: &DirectJob, tile: Tile, plane: usize) -> Result<Split> {
 /// keeps the sums). Where `cg` summed channels do not fit even so, they
 /// are split into equal groups whose sums accumulate in the output: a
 /// different rounding from the storage path, but 2-3x as fast for 128
-/// summed channels at 20x20 on lavapipe, where storage weight loads cost
-/// a branch per lane.
+/// summed channels at 20x20 on lavapipe (an older AMD EPYC), where storage
+/// weight loads cost a branch per lane. On an Intel Xeon the storage
+/// weights were the faster at 10x10 (64 and 128 channels), so a tile
+/// reading storage (a long run's rival) takes them.
 fn uniform_weight_groups(gpu: &Gpu, j: &DirectJob, tile: Tile, cg: usize) -> (usize, bool) {
     let cs = j.src.shape()[1];
     let most = UNIFORM_VEC4S * 4 / (j.map.kh * j.map.kw * tile.to);
-    if !gpu.uniform_operands() || tile.shared || most == 0 {
+    if !gpu.uniform_operands() || tile.shared || tile.storage || most == 0 {
         return (cg, false);
     }
     if cg <= most {

@@ -181,8 +181,11 @@ impl ConvVariant {
     /// but on an Intel Xeon their padded copies cost more than they saved
     /// (4x8x160x160, ms, texels against storage: stride-2 forward 3.4-4.2
     /// against 2.2, 4x4 transposed forward 16-16.4 against 11.3-11.6; at
-    /// 64 channels no difference that machine could show); so the lead
-    /// reading storage is a rival too. A long run amortises the
+    /// 64 channels no difference that machine could show), and so do
+    /// uniform weights (at 10x10, 64 and 128 channels, a conv5 layer's
+    /// forward took 4.2-4.7 ms from storage against 5.5-6.3 through
+    /// uniform slices); so the lead reading both from storage is a rival
+    /// too. A long run amortises the
     /// extra compiles and the few timed runs in its first step.
     pub fn long_run_rivals(gpu: &Gpu, rule: ConvVariant, out_w: usize) -> (ConvVariant, Vec<Self>) {
         if !(gpu.is_cpu() && gpu.variants().long_run()) {
@@ -193,7 +196,8 @@ impl ConvVariant {
             true => (ConvVariant::Direct(Tile::new(40, 16)), vec![rule]),
             false => (rule, Vec::new()),
         };
-        if let (true, ConvVariant::Direct(t)) = (gpu.texel_operands(), lead) {
+        let reads_other = gpu.texel_operands() || gpu.uniform_operands();
+        if let (true, ConvVariant::Direct(t)) = (reads_other, lead) {
             rivals.push(ConvVariant::Direct(t.reading_storage()));
         }
         (lead, rivals)
