@@ -218,6 +218,67 @@ fn rows_of_whole_vec4s_read_with_borders() {
 }
 
 #[test]
+fn weight_gradients_read_the_source_with_borders() {
+    // Where the weight gradient reads storage as vec4s over rows laid out
+    // as rows (32 columns or more, or stride 2), it reads the source
+    // itself with zeros selected outside it: pads of 1 and 2 (first
+    // columns 3 and 2 into a vec4), none (stride 2 on an even size, 1x1),
+    // odd heights, and the 4x4 transposed passes (pad 1 of a 2x and a 1x
+    // upscale), against the reference and finite differences.
+    let cases = [
+        (1, 1, 3, 32, 5),
+        (2, 1, 3, 64, 7),
+        (1, 2, 3, 36, 5),
+        (1, 1, 1, 32, 3),
+    ];
+    for (i, (s, d, k, w, h)) in cases.into_iter().enumerate() {
+        let case = Case {
+            n: 2,
+            c: 3,
+            o: 5,
+            h,
+            w,
+            k,
+            s,
+            d,
+        };
+        let gpu = bordered_wgrad_gpu(&format!("conv k{k} s{s} d{d} {h}x{w}"), &|gpu| {
+            let (oh, ow, _) = conv_geom(h, w, k, s, d);
+            let xt = up(gpu, &[2, 3, h, w], &vec![0.0; 6 * h * w]);
+            let dyt = up(gpu, &[2, 5, oh, ow], &vec![0.0; 10 * oh * ow]);
+            let dwt = stale(gpu, &[5, 3, k, k]);
+            conv::conv2d_backward_weight(gpu, &dyt, &xt, &dwt, s, d, false)
+        });
+        check_conv_on(&gpu, case, 200 + 10 * i as u64);
+    }
+    for (s, w) in [(2, 8), (1, 32)] {
+        let gpu = bordered_wgrad_gpu(&format!("tconv s{s} width {w}"), &|gpu| {
+            let xt = up(gpu, &[1, 4, 3, w], &vec![0.0; 12 * w]);
+            let dyt = up(gpu, &[1, 6, 3 * s, w * s], &vec![0.0; 18 * s * s * w]);
+            let dwt = stale(gpu, &[4, 6, 4, 4]);
+            conv::tconv2d_backward_weight(gpu, &dyt, &xt, &dwt, s, false)
+        });
+        check_tconv_on(&gpu, (1, 4, 3, 6, w, s), 260 + w as u64);
+    }
+}
+
+/// A device reading storage (no texels) whose weight-gradient kernels for
+/// `pass` (dry run) include a bordered one.
+fn bordered_wgrad_gpu(tag: &str, pass: &dyn Fn(&Gpu) -> engine::Result<()>) -> Gpu {
+    let gpu = Gpu::new(None).expect("a GPU adapter");
+    gpu.set_texel_operands(false);
+    let (done, kernels) = gpu.dry_run(|| pass(&gpu));
+    done.unwrap();
+    let keys: Vec<&String> = kernels.iter().map(|k| &k.key).collect();
+    assert!(
+        keys.iter()
+            .any(|k| k.starts_with("wgrad") && k.contains(" e")),
+        "{tag}: no bordered weight-gradient kernel among {keys:?}"
+    );
+    gpu
+}
+
+#[test]
 fn conv1x1_batch3() {
     check_conv(
         Case {

@@ -364,25 +364,31 @@ fn texel_and_storage_inputs_give_bit_identical_weight_gradients() {
     // of a texture (`Gpu::texel_operands`); the storage path sums the same
     // values in the same order. Every tile, 3x3 (stride 1 and 2) and 1x1,
     // with g from uniform slabs and from storage; more than one texture
-    // row of texels (4096) in the first shape.
-    let storage = Gpu::new(None).expect("a GPU adapter");
-    storage.set_texel_operands(false);
-    let texels = Gpu::new(None).expect("a GPU adapter");
-    texels.set_texel_operands(true);
-    assert!(
-        texels.texel_operands(),
-        "{} has no 4096-texel rows",
-        texels.info.name
-    );
+    // row of texels (4096) in the first shape. Devices of their own per
+    // shape: a dry run lists new kernels only.
+    let open = |texels: bool, uniform: bool| {
+        let gpu = Gpu::new(None).expect("a GPU adapter");
+        gpu.set_texel_operands(texels);
+        gpu.set_uniform_operands(uniform);
+        assert_eq!(
+            gpu.texel_operands(),
+            texels,
+            "{} has no 4096-texel rows",
+            gpu.info.name
+        );
+        gpu
+    };
     for uniform in [true, false] {
-        storage.set_uniform_operands(uniform);
-        texels.set_uniform_operands(uniform);
-        // The second shape's rows of 15 are padded from scalar loads.
+        // The second shape's rows of 15 are padded from scalar loads; the
+        // storage device reads the last two's sources with borders (no
+        // padded copy).
         for (n, c, o, h, w, k, s) in [
             (2, 19, 20, 20, 24, 3, 1),
             (1, 12, 10, 9, 15, 3, 2),
             (2, 9, 6, 5, 8, 1, 1),
+            (1, 17, 6, 5, 32, 3, 1),
         ] {
+            let (storage, texels) = (open(false, uniform), open(true, uniform));
             let x = rand_vec(41, n * c * h * w);
             let (oh, ow, _) = conv_geom(h, w, k, s, 1);
             let dy = rand_vec(42, n * o * oh * ow);
@@ -409,6 +415,16 @@ fn texel_and_storage_inputs_give_bit_identical_weight_gradients() {
                 assert!(
                     word(&ka, "t1") && word(&kb, "t0"),
                     "{tag}: kernels {ka} / {kb}"
+                );
+                let borders = match w {
+                    32 => Some("e-1,-1"),
+                    8 => Some("e0,0"),
+                    _ => None,
+                };
+                assert_eq!(
+                    borders.is_some_and(|e| word(&kb, e)),
+                    borders.is_some(),
+                    "{tag}: {kb}"
                 );
                 assert!(bits_equal(&a, &b), "{tag}: texel and storage inputs differ");
                 first.get_or_insert((t, a));

@@ -161,12 +161,34 @@ struct WgradSpec {
     /// after the other by every invocation: fewer dispatches, which cost
     /// lavapipe tens of microseconds each whatever they do.
     slabs: usize,
+    /// Reads the source itself, not a padded copy, with zeros selected
+    /// outside it (`Borders`). Needs `vec` and not `texels`.
+    borders: Option<Borders>,
+}
+
+/// The source row and column of padded element (0, 0) (`WgradGeom`), as
+/// constants of a kernel that reads the source itself: per row of `g`, a
+/// mask per tap row (`ok{p}`), and per step a mask per vec4 of the row
+/// (`in{q}`; the source's rows are whole vec4s, so a vec4 lies wholly in
+/// or out), then one select per loaded vec4. The same values in the same
+/// order as from the padded copy, so the same bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Borders {
+    row0: isize,
+    col0: isize,
+}
+
+impl Borders {
+    /// Where the first padded column lies in its source vec4.
+    fn shift(&self) -> usize {
+        self.col0.rem_euclid(4) as usize
+    }
 }
 
 impl WgradSpec {
     fn key(&self) -> String {
         format!(
-            "wgrad k{} s{} d{} to{} ct{} jt{} wg{} v{} u{} t{}{}",
+            "wgrad k{} s{} d{} to{} ct{} jt{} wg{} v{} u{} t{}{}{}",
             self.k,
             self.s,
             self.d,
@@ -180,6 +202,10 @@ impl WgradSpec {
             match self.slabs {
                 1 => String::new(),
                 n => format!(" x{n}"),
+            },
+            match self.borders {
+                None => String::new(),
+                Some(b) => format!(" e{},{}", b.row0, b.col0),
             }
         )
     }
@@ -229,6 +255,10 @@ impl WgradSpec {
                 "    let go{v} = P.g_base + min(ob + {v}u, P.o_count - 1u) * P.g_cstride;"
             );
         }
+        if self.borders.is_some() {
+            // The source's planes: rows of x_w, x_cstride elements each.
+            w.push_str("    let src_h = P.x_cstride / P.x_w;\n    let src_q = P.x_w >> 2u;\n");
+        }
         for e in 0..ct {
             for p in 0..k {
                 for q in 0..k {
@@ -271,21 +301,100 @@ impl WgradSpec {
              \x20   for (var gr = row_begin; gr < row_end; gr++) {{\n\
              \x20       let n = gr / P.out_h;\n\
              \x20       let i = gr % P.out_h;\n\
-             \x20       let gb = {g_row};\n\
-             \x20       let xb = n * P.x_nstride + i * {}u * P.x_w;\n\
-             \x20       for (var j = 0u; j < P.out_w; j += {}u) {{",
-            self.s, self.jt
+             \x20       let gb = {g_row};",
+        );
+        self.write_row_start(w);
+        let _ = writeln!(
+            w,
+            "        for (var j = 0u; j < P.out_w; j += {}u) {{",
+            self.jt
         );
         self.write_g_loads(w, b);
         let cols = tap_cols(self.jt, k, self.s, self.d);
-        for e in 0..ct {
-            for p in 0..k {
-                let row = format!("xb + xc{e} + {}u * P.x_w + j * {}u", p * self.d, self.s);
-                write_row_loads(w, "            ", e * k + p, &row, &cols, self.row_loads());
+        match self.borders {
+            Some(borders) => self.write_bordered_loads(w, borders, &cols),
+            None => {
+                for e in 0..ct {
+                    for p in 0..k {
+                        let row = format!("xb + xc{e} + {}u * P.x_w + j * {}u", p * self.d, self.s);
+                        write_row_loads(
+                            w,
+                            "            ",
+                            e * k + p,
+                            &row,
+                            &cols,
+                            self.row_loads(),
+                        );
+                    }
+                }
             }
         }
         self.accumulate(w);
         w.push_str("        }\n    }\n    }\n");
+    }
+
+    /// `xb`, where a row of `g`'s first input row starts in the padded
+    /// copy; with borders, in the source (an i32 that may lie before it),
+    /// and `ok{p}`, whether tap row p lies in the source.
+    fn write_row_start(&self, w: &mut String) {
+        let s = self.s;
+        let Some(b) = self.borders else {
+            let _ = writeln!(w, "        let xb = n * P.x_nstride + i * {s}u * P.x_w;");
+            return;
+        };
+        let _ = writeln!(
+            w,
+            "        let top = i32(i * {s}u) + ({});\n\
+             \x20       let xb = i32(n * P.x_nstride) + top * i32(P.x_w);",
+            b.row0
+        );
+        for p in 0..self.k {
+            let _ = writeln!(w, "        let ok{p} = u32(top + {}) < src_h;", p * self.d);
+        }
+    }
+
+    /// A step's loads from the source (`borders`): `in{q}`, whether the
+    /// step's vec4 q of a row lies in it, then per channel and tap row
+    /// the masked vec4s and their elements `x{row}_{m}` (column m of the
+    /// step's padded window).
+    fn write_bordered_loads(&self, w: &mut String, b: Borders, cols: &[usize]) {
+        let shift = b.shift();
+        let mut quads: Vec<usize> = cols.iter().map(|m| (m + shift) / 4).collect();
+        quads.dedup();
+        let first = (b.col0 - shift as isize) / 4;
+        let _ = writeln!(
+            w,
+            "            let left = i32((j * {}u) >> 2u) + ({first});",
+            self.s
+        );
+        for q in &quads {
+            let _ = writeln!(w, "            let in{q} = u32(left + {q}) < src_q;");
+        }
+        for e in 0..self.ct {
+            for p in 0..self.k {
+                let x = e * self.k + p;
+                let _ = writeln!(
+                    w,
+                    "            let r{x} = ((xb + i32(xc{e}) + {} * i32(P.x_w)) >> 2u) + left;",
+                    p * self.d
+                );
+                for q in &quads {
+                    let _ = writeln!(
+                        w,
+                        "            let xv{x}_{q} = select(vec4<f32>(0.0), X4[u32(max(r{x} + {q}, 0))], ok{p} && in{q});"
+                    );
+                }
+                for m in cols {
+                    let c = m + shift;
+                    let _ = writeln!(
+                        w,
+                        "            let x{x}_{m} = xv{x}_{}.{};",
+                        c / 4,
+                        LANE[c % 4]
+                    );
+                }
+            }
+        }
     }
 
     fn row_loads(&self) -> RowLoads {
@@ -724,9 +833,10 @@ fn flat_gradient(gpu: &Gpu, gout: &Tensor, g: WgradGeom) -> Result<Option<(Tenso
 }
 
 impl Pass<'_> {
-    /// `run` over `gout`, whose rows read the padded input plane `plane`
-    /// gives (rows, columns), or (`None`) the plane its own geometry needs.
-    fn run_on(&self, gout: &Tensor, plane: FlatPlane) -> Result<()> {
+    /// `run` over `gout`, whose rows read the padded input plane `flat`
+    /// gives (rows, columns), or (`None`) the plane its own geometry needs
+    /// (a padded copy, or the source itself with borders).
+    fn run_on(&self, gout: &Tensor, flat: FlatPlane) -> Result<()> {
         let Pass { gpu, op, g, .. } = *self;
         let (n, o_tot, oh, ow) = gout.nchw();
         let (_, c_tot, _, _) = self.input.nchw();
@@ -758,6 +868,7 @@ impl Pass<'_> {
             uniform_g: uniform_g(gpu, vec, ow, tile.to) && !tile.storage,
             texels: vec && gpu.texel_operands() && !tile.storage,
             slabs: 1,
+            borders: None,
         };
         let row_cost = ow / jt + 2;
         if row_cost > gpu.loop_budget() {
@@ -766,7 +877,7 @@ impl Pass<'_> {
                 detail: format!("rows of {ow} columns exceed the per-invocation loop budget"),
             });
         }
-        let (rows, cols) = plane.unwrap_or_else(|| {
+        let (rows, cols) = flat.unwrap_or_else(|| {
             let cols = (ow - 1) * g.s + (g.k - 1) * g.d + 1;
             let cols = if vec { cols.next_multiple_of(4) } else { cols };
             ((oh - 1) * g.s + (g.k - 1) * g.d + 1, cols)
@@ -791,17 +902,31 @@ impl Pass<'_> {
         let imgs = (1 + (win - og * oh * ow) / g_img)
             .min(1 + (win - cg * plane) / (cg * plane))
             .clamp(1, n);
+        let (_, _, ih, iw) = self.input.nchw();
+        let whole = imgs == n && cg == c_tot && n * c_tot * ih * iw <= win;
+        // With borders the source is read as it is: rows of whole vec4s
+        // from storage, laid out as rows, in one block of images and
+        // channels (its window then starts at element 0).
+        let borders = (whole && flat.is_none() && spec.vec && !spec.texels && iw % 4 == 0)
+            .then_some(Borders {
+                row0: g.row0,
+                col0: g.col0,
+            });
         let job = Job {
             gpu,
             op,
             gout,
             dw: self.dw,
-            spec,
+            spec: WgradSpec { borders, ..spec },
             tile,
             kk,
             row_cost,
             accumulate: self.accumulate,
         };
+        if borders.is_some() {
+            let (x, _) = Operand::of(gpu, op, (self.input, 0, n * c_tot * ih * iw), false)?;
+            return job.run_blocks(&x, (0, n, 0, c_tot), (ih * iw, iw), (o_tot, og));
+        }
         for (n0, nb) in runs(n, imgs) {
             for (c0, clen) in runs(c_tot, cg) {
                 let region = PadRegion {
@@ -816,25 +941,41 @@ impl Pass<'_> {
                 };
                 let xp = prep::pad(gpu, op, self.input, &region, spec.texels)?;
                 let x = Operand::padded(gpu, op, &xp, spec.texels)?;
-                for (o0, olen) in runs(o_tot, og) {
-                    // Each (o, c) of dw is written by one block per image group.
-                    let block = Block {
-                        n0,
-                        nb,
-                        c0,
-                        clen,
-                        o0,
-                        olen,
-                        x: &x,
-                        plane,
-                        x_w: cols,
-                        first: n0 == 0,
-                    };
-                    match spec.uniform_g {
-                        true => job.uniform_pass(&block)?,
-                        false => job.storage_pass(&block)?,
-                    }
-                }
+                job.run_blocks(&x, (n0, nb, c0, clen), (plane, cols), (o_tot, og))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Job<'_> {
+    /// The blocks of images `n0..n0+nb` and input channels `c0..c0+clen`
+    /// read from `x` (planes of `plane` elements, rows of `x_w`), `og`
+    /// gradient channels at a time.
+    fn run_blocks(
+        &self,
+        x: &Operand,
+        (n0, nb, c0, clen): (usize, usize, usize, usize),
+        (plane, x_w): (usize, usize),
+        (o_tot, og): (usize, usize),
+    ) -> Result<()> {
+        for (o0, olen) in runs(o_tot, og) {
+            // Each (o, c) of dw is written by one block per image group.
+            let block = Block {
+                n0,
+                nb,
+                c0,
+                clen,
+                o0,
+                olen,
+                x,
+                plane,
+                x_w,
+                first: n0 == 0,
+            };
+            match self.spec.uniform_g {
+                true => self.uniform_pass(&block)?,
+                false => self.storage_pass(&block)?,
             }
         }
         Ok(())
@@ -873,8 +1014,22 @@ pub(crate) fn sample_sources() -> Vec<(String, String)> {
                     uniform_g,
                     texels,
                     slabs: 1,
+                    borders: None,
                 };
                 out.push((spec.key(), spec.source()));
+                if vec && !texels {
+                    // The SAME pads of the geometry: a first column 3 or 2
+                    // into its vec4, or 0 where nothing pads.
+                    let pad = ((k - 1) * d / 2) as isize;
+                    let bordered = WgradSpec {
+                        borders: Some(Borders {
+                            row0: -pad,
+                            col0: -pad,
+                        }),
+                        ..spec
+                    };
+                    out.push((bordered.key(), bordered.source()));
+                }
                 if uniform_g {
                     let most = WgradSpec {
                         slabs: SLAB_BINDINGS.len(),
