@@ -4,7 +4,10 @@ use engine::ops::batchnorm::{self, BnParams, Then, cpu};
 
 /// Normalised outputs are O(1): 1e-4 absolute after f32 mean/variance.
 fn check(n: usize, c: usize, h: usize, w: usize, seed: u64) {
-    let gpu = gpu();
+    check_on(gpu(), (n, c, h, w), seed);
+}
+
+fn check_on(gpu: &Gpu, (n, c, h, w): (usize, usize, usize, usize), seed: u64) {
     let tag = format!("batchnorm n{n} c{c} {h}x{w}");
     let hw = h * w;
     // Offset and scale per channel so the statistics matter.
@@ -125,6 +128,72 @@ fn batchnorm_48_channels() {
 #[test]
 fn batchnorm_planes_longer_than_a_chunk() {
     check(2, 3, 40, 37, 3);
+}
+
+#[test]
+fn batch_statistics_take_one_pass_or_two_where_one_merge_cannot_hold_them() {
+    // One pass over x (per-chunk sums and squared deviations, merged per
+    // channel) where one merge holds every partial; under a 4 KiB binding
+    // 8 images x 130 channels of partials do not fit a window, so the
+    // statistics take the two passes (the mean, then the deviations).
+    let kernels = |gpu: &Gpu, (n, c, h, w)| {
+        let xt = up(gpu, &[n, c, h, w], &rand_vec(21, n * c * h * w));
+        let (one, zero) = (up(gpu, &[c], &vec![1.0; c]), up(gpu, &[c], &vec![0.0; c]));
+        let (rm, rv) = (up(gpu, &[c], &vec![0.0; c]), up(gpu, &[c], &vec![1.0; c]));
+        let p = BnParams {
+            gamma: &one,
+            beta: &zero,
+            running_mean: &rm,
+            running_var: &rv,
+        };
+        let (done, k) = gpu.dry_run(|| batchnorm::batchnorm_train(gpu, &xt, &p, None).map(drop));
+        done.unwrap();
+        k.into_iter().map(|k| k.key).collect::<Vec<_>>()
+    };
+    let has = |keys: &[String], name: &str| keys.iter().any(|k| k.contains(name));
+    let plain = Gpu::new(None).expect("a GPU adapter");
+    let keys = kernels(&plain, (2, 6, 4, 6));
+    assert!(
+        has(&keys, "bn_stat_sums") && !has(&keys, "plane_sums"),
+        "{keys:?}"
+    );
+    let tiny = Gpu::new(None).expect("a GPU adapter");
+    tiny.set_binding_limit(4096);
+    let keys = kernels(&tiny, (8, 130, 2, 2));
+    assert!(
+        has(&keys, "plane_sums") && !has(&keys, "bn_stat_sums"),
+        "{keys:?}"
+    );
+    check_on(&tiny, (8, 130, 2, 2), 22);
+}
+
+#[test]
+fn batch_statistics_of_a_large_mean_and_a_small_spread() {
+    // Values about 100 with a spread of 0.1 in planes of several chunks:
+    // the squared deviations stay about each chunk's own mean, so the
+    // variance does not come from a difference of large sums.
+    let gpu = gpu();
+    let (n, c, h, w) = (3, 2, 40, 36);
+    let x: Vec<f32> = rand_vec(23, n * c * h * w)
+        .iter()
+        .map(|v| 100.0 + 0.1 * v)
+        .collect();
+    let xt = up(gpu, &[n, c, h, w], &x);
+    let (one, zero) = (up(gpu, &[c], &[1.0; 2]), up(gpu, &[c], &[0.0; 2]));
+    let (rm, rv) = (up(gpu, &[c], &[0.0; 2]), up(gpu, &[c], &[1.0; 2]));
+    let p = BnParams {
+        gamma: &one,
+        beta: &zero,
+        running_mean: &rm,
+        running_var: &rv,
+    };
+    let (_, stats) = batchnorm::batchnorm_train(gpu, &xt, &p, None).unwrap();
+    let ones = vec![1.0; c];
+    let (_, mean, var) = cpu::batchnorm_train(&to64(&x), (n, c, h * w), &ones, &[0.0; 2]);
+    let rstd: Vec<f64> = var.iter().map(|v| 1.0 / (v + 1e-5).sqrt()).collect();
+    let got = read(gpu, &stats);
+    assert_close("mean", &got[..c], &mean, 1e-5, 1e-6);
+    assert_close("rstd", &got[c..], &rstd, 1e-3, 1e-4);
 }
 
 #[test]

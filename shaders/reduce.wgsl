@@ -145,6 +145,69 @@ fn bn_grad_sums(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
     dst2[o] = total(sx) * stats[P.stat_base + P.c_total + k.channel];
 }
 
+// Batch norm's statistics in one pass over x, as plane_sums lays partials
+// out: dst gets each chunk's sum, dst2 the sum of its squared deviations
+// from its own mean (the chunk read twice, the second time from cache);
+// bn_merge_stats merges them per channel. Instead of a pass for the mean
+// and a second pass over x for the squared deviations from it.
+@compute @workgroup_size(WG)
+fn bn_stat_sums(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let k = chunk_of(gid.x + gid.y * nwg.x * WG);
+    if (k.plane >= P.planes) {
+        return;
+    }
+    let a0 = P.a_base + k.offset;
+    var s = V(0.0);
+    for (var e = k.start; e < k.end; e++) {
+        s += va[a0 + e];
+    }
+    let sum = total(s);
+    let m = V(sum / f32(max(k.end, k.start + 1u) - k.start) / f32(LANES));
+    var q = V(0.0);
+    for (var e = k.start; e < k.end; e++) {
+        let d = va[a0 + e] - m;
+        q += d * d;
+    }
+    let o = P.out_base + k.plane * P.chunks + k.index;
+    dst[o] = sum;
+    dst2[o] = total(q);
+}
+
+// Channel c's mean and biased variance from bn_stat_sums' partials: the
+// sums (src0) and squared deviations (src1) of `planes` images' `chunks`
+// chunks each (chunk r holds min(chunk_len, plane_len - r * chunk_len)
+// items of `inner` elements), merged pairwise in a fixed order (Chan,
+// Golub and LeVeque's update: the squared deviations stay about each
+// part's own mean, so no large sums cancel). dst[c] = mean,
+// dst[c_total + c] = variance.
+@compute @workgroup_size(WG)
+fn bn_merge_stats(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let c = gid.x + gid.y * nwg.x * WG;
+    if (c >= P.c_total) {
+        return;
+    }
+    var n = 0.0;
+    var mean = 0.0;
+    var m2 = 0.0;
+    for (var i = 0u; i < P.planes; i++) {
+        for (var r = 0u; r < P.chunks; r++) {
+            let items = min(P.chunk_len, P.plane_len - min(r * P.chunk_len, P.plane_len));
+            let nb = f32(items * P.inner);
+            if (nb == 0.0) {
+                continue;
+            }
+            let at = partial_at(i, c, r);
+            let delta = src0[at] / nb - mean;
+            let nt = n + nb;
+            mean += delta * (nb / nt);
+            m2 += src1[at] + delta * delta * (n * nb / nt);
+            n = nt;
+        }
+    }
+    dst[P.out_base + c] = mean;
+    dst[P.out_base + P.c_total + c] = m2 / max(n, 1.0);
+}
+
 // Where partial r of channel c of image n lies in a [image][channel][chunk]
 // stack of partials.
 fn partial_at(n: u32, c: u32, r: u32) -> u32 {

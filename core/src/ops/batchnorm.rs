@@ -1,7 +1,9 @@
 //! Batch norm (docs/MODEL.md): batch statistics over (N, H, W) in training with
 //! the running-statistics update, running statistics in inference, and the
 //! backward pass with the gradients of gamma and beta.
-use super::reduce::{SumOf, bn_grad_partials, channel_sums, combine, combine_bn_grads};
+use super::reduce::{
+    SumOf, bn_batch_stats, bn_grad_partials, channel_sums, combine, combine_bn_grads,
+};
 use super::{
     BATCHNORM, Params, check_rank, items_per_window, kernel, launch, launch_lanes, runs, vec4_lanes,
 };
@@ -205,8 +207,9 @@ pub fn batchnorm_train_then(
     Ok(BnOut { y, pre, stats })
 }
 
-/// The batch's [mean, rstd] per channel (two passes: the mean, then the
-/// squared deviations from it), and the running statistics updated.
+/// The batch's [mean, rstd] per channel (one pass over x where the merge
+/// fits, `reduce::bn_batch_stats`; else two: the mean, then the squared
+/// deviations from it), and the running statistics updated.
 fn batch_stats(
     gpu: &Gpu,
     op: &'static str,
@@ -217,10 +220,12 @@ fn batch_stats(
     let (n, c, h, w) = x.nchw();
     let m = (n * h * w) as f32;
     let stats = gpu.empty(&[2, c])?;
-    let (part, chunks) = channel_sums(gpu, op, SumOf::A, x, None)?;
-    combine(gpu, &part, (n, c, chunks), 1.0 / m, &stats, 0, false)?;
-    let (part, chunks) = channel_sums(gpu, op, SumOf::SqDev, x, Some(&stats))?;
-    combine(gpu, &part, (n, c, chunks), 1.0 / m, &stats, c, false)?;
+    if !bn_batch_stats(gpu, op, x, &stats)? {
+        let (part, chunks) = channel_sums(gpu, op, SumOf::A, x, None)?;
+        combine(gpu, &part, (n, c, chunks), 1.0 / m, &stats, 0, false)?;
+        let (part, chunks) = channel_sums(gpu, op, SumOf::SqDev, x, Some(&stats))?;
+        combine(gpu, &part, (n, c, chunks), 1.0 / m, &stats, c, false)?;
+    }
     let (sw, _) = gpu.window(&stats, 0, 2 * c);
     let (mw, _) = gpu.window(p.running_mean, 0, c);
     let (vw, _) = gpu.window(p.running_var, 0, c);

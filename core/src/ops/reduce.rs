@@ -15,10 +15,28 @@ fn max_combine(gpu: &Gpu) -> usize {
     gpu.loop_budget() / 4
 }
 
-const PLANE_SUMS: Kernel = kernel(&REDUCE, "plane_sums");
+/// A plane-sum kernel and the source bindings its entry point reads (a
+/// bind group may hold no others): 5 `va`, 3 `stats`, 6 `vb`, 7 `vc`.
+struct SumKernel {
+    kernel: Kernel,
+    reads: &'static [u32],
+}
+
+const PLANE_SUMS: SumKernel = SumKernel {
+    kernel: kernel(&REDUCE, "plane_sums"),
+    reads: &[5, 3],
+};
+const BN_GRAD_SUMS: SumKernel = SumKernel {
+    kernel: kernel(&REDUCE, "bn_grad_sums"),
+    reads: &[5, 3, 6, 7],
+};
+const BN_STAT_SUMS: SumKernel = SumKernel {
+    kernel: kernel(&REDUCE, "bn_stat_sums"),
+    reads: &[5],
+};
 const COMBINE: Kernel = kernel(&REDUCE, "combine_channels");
-const BN_GRAD_SUMS: Kernel = kernel(&REDUCE, "bn_grad_sums");
 const COMBINE_BN_GRADS: Kernel = kernel(&REDUCE, "combine_bn_grads");
+const BN_MERGE_STATS: Kernel = kernel(&REDUCE, "bn_merge_stats");
 /// Elements one invocation sums before the combine pass, at least.
 const CHUNK: usize = 1024;
 
@@ -179,19 +197,24 @@ impl SumPlan {
         })
     }
 
+    /// Items (of `lanes` elements) per chunk; the last may hold fewer.
+    fn chunk_len(&self) -> usize {
+        (self.plane_len / self.lanes).div_ceil(self.chunks)
+    }
+
     /// Dispatches `k` over every (plane, chunk) in windows, writing each
     /// output's partials [planes * chunks] (bindings 4 and 8).
     fn dispatch(
         &self,
         gpu: &Gpu,
         op: &'static str,
-        k: &Kernel,
+        k: &SumKernel,
         src: &Sources,
         (mode, flags): (u32, u32),
         outs: &[&Tensor],
     ) -> Result<()> {
         let (plane_len, chunks, lanes) = (self.plane_len, self.chunks, self.lanes);
-        let chunk_len = (plane_len / lanes).div_ceil(chunks);
+        let chunk_len = self.chunk_len();
         let per_window = items_per_window(gpu, op, plane_len, "plane")?.min(items_per_window(
             gpu,
             op,
@@ -228,14 +251,21 @@ impl SumPlan {
                 valid: (valid / lanes) as u32,
                 ..Default::default()
             };
-            let mut binds = vec![(5, &aw), (3, &sw), (4, &out[0].0)];
-            // The two-output kernel (bn_grad_sums) also reads b and c.
+            let source = |b: u32| match b {
+                3 => &sw,
+                6 => &bw,
+                7 => &cw,
+                _ => &aw,
+            };
+            let mut binds: Vec<_> = k.reads.iter().map(|&b| (b, source(b))).collect();
+            binds.push((4, &out[0].0));
             if let Some((w2, base2)) = out.get(1) {
                 // Same offset in same-sized tensors: the same base.
                 debug_assert_eq!(*base2, out[0].1);
-                binds.extend([(6, &bw), (7, &cw), (8, w2)]);
+                binds.push((8, w2));
             }
-            launch_lanes(gpu, k, &Params::of(&p), &binds, np * chunks * lanes, lanes);
+            let elems = np * chunks * lanes;
+            launch_lanes(gpu, &k.kernel, &Params::of(&p), &binds, elems, lanes);
         }
         Ok(())
     }
@@ -292,6 +322,47 @@ pub fn combine(
         offset,
         accumulate,
     )
+}
+
+/// A batch norm's batch statistics of `x` [N, C, H, W] in one pass over x
+/// (`bn_stat_sums`, then `bn_merge_stats`): `stats` [2, C] gets the mean
+/// and the biased variance. False (nothing recorded) where one merge
+/// cannot take every partial: the caller then takes the two passes.
+pub(crate) fn bn_batch_stats(
+    gpu: &Gpu,
+    op: &'static str,
+    x: &Tensor,
+    stats: &Tensor,
+) -> Result<bool> {
+    let (n, c, h, w) = x.nchw();
+    let plan = SumPlan::new(gpu, op, (n * c, h * w, c), x.numel())?;
+    let len = n * c * plan.chunks;
+    if n * plan.chunks > max_combine(gpu) || len.max(2 * c) > gpu.window_elems() {
+        return Ok(false);
+    }
+    let (sums, devs) = (gpu.empty(&[len])?, gpu.empty(&[len])?);
+    let sources = Sources {
+        a: x,
+        b: None,
+        c: None,
+        stats: None,
+    };
+    plan.dispatch(gpu, op, &BN_STAT_SUMS, &sources, (0, 0), &[&sums, &devs])?;
+    let (sw, _) = gpu.window(&sums, 0, len);
+    let (dw, _) = gpu.window(&devs, 0, len);
+    let (ow, _) = gpu.window(stats, 0, 2 * c);
+    let p = ReduceParams {
+        planes: n as u32,
+        plane_len: (h * w / plan.lanes) as u32,
+        chunks: plan.chunks as u32,
+        chunk_len: plan.chunk_len() as u32,
+        c_total: c as u32,
+        inner: plan.lanes as u32,
+        ..Default::default()
+    };
+    let binds = [(1, &sw), (2, &dw), (4, &ow)];
+    launch(gpu, &BN_MERGE_STATS, &Params::of(&p), &binds, c);
+    Ok(true)
 }
 
 /// A batch norm's backward sums in one dispatch: from the partials `pg`
