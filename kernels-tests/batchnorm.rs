@@ -138,14 +138,8 @@ fn batch_statistics_take_one_pass_or_two_where_one_merge_cannot_hold_them() {
     // statistics take the two passes (the mean, then the deviations).
     let kernels = |gpu: &Gpu, (n, c, h, w)| {
         let xt = up(gpu, &[n, c, h, w], &rand_vec(21, n * c * h * w));
-        let (one, zero) = (up(gpu, &[c], &vec![1.0; c]), up(gpu, &[c], &vec![0.0; c]));
-        let (rm, rv) = (up(gpu, &[c], &vec![0.0; c]), up(gpu, &[c], &vec![1.0; c]));
-        let p = BnParams {
-            gamma: &one,
-            beta: &zero,
-            running_mean: &rm,
-            running_var: &rv,
-        };
+        let t = identity_params(gpu, c);
+        let p = bn_params(&t);
         let (done, k) = gpu.dry_run(|| batchnorm::batchnorm_train(gpu, &xt, &p, None).map(drop));
         done.unwrap();
         k.into_iter().map(|k| k.key).collect::<Vec<_>>()
@@ -179,21 +173,28 @@ fn batch_statistics_of_a_large_mean_and_a_small_spread() {
         .map(|v| 100.0 + 0.1 * v)
         .collect();
     let xt = up(gpu, &[n, c, h, w], &x);
-    let (one, zero) = (up(gpu, &[c], &[1.0; 2]), up(gpu, &[c], &[0.0; 2]));
-    let (rm, rv) = (up(gpu, &[c], &[0.0; 2]), up(gpu, &[c], &[1.0; 2]));
-    let p = BnParams {
-        gamma: &one,
-        beta: &zero,
-        running_mean: &rm,
-        running_var: &rv,
-    };
-    let (_, stats) = batchnorm::batchnorm_train(gpu, &xt, &p, None).unwrap();
+    let t = identity_params(gpu, c);
+    let (_, stats) = batchnorm::batchnorm_train(gpu, &xt, &bn_params(&t), None).unwrap();
     let ones = vec![1.0; c];
     let (_, mean, var) = cpu::batchnorm_train(&to64(&x), (n, c, h * w), &ones, &[0.0; 2]);
     let rstd: Vec<f64> = var.iter().map(|v| 1.0 / (v + 1e-5).sqrt()).collect();
     let got = read(gpu, &stats);
     assert_close("mean", &got[..c], &mean, 1e-5, 1e-6);
     assert_close("rstd", &got[c..], &rstd, 1e-3, 1e-4);
+}
+
+/// gamma 1, beta 0, running mean 0 and running variance 1 for `c` channels.
+fn identity_params(gpu: &Gpu, c: usize) -> [engine::Tensor; 4] {
+    [1.0, 0.0, 0.0, 1.0].map(|v| up(gpu, &[c], &vec![v; c]))
+}
+
+fn bn_params(t: &[engine::Tensor; 4]) -> BnParams<'_> {
+    BnParams {
+        gamma: &t[0],
+        beta: &t[1],
+        running_mean: &t[2],
+        running_var: &t[3],
+    }
 }
 
 #[test]
