@@ -114,6 +114,59 @@ impl<'a> Operand<'a> {
     }
 }
 
+/// The vec4s that columns `cols` of a row window read, counted from the
+/// one holding the window's first column (`shift` elements into it):
+/// ascending, once each.
+pub(super) fn quads_of(cols: &[usize], shift: usize) -> Vec<usize> {
+    let mut quads: Vec<usize> = cols.iter().map(|m| (m + shift) / 4).collect();
+    quads.dedup();
+    quads
+}
+
+/// For a kernel that reads the source itself (`borders`): `ok{p}`, whether
+/// tap row p of `k` rows `d` apart from row `top` lies in the source's
+/// `rows` rows.
+pub(super) fn write_row_masks(w: &mut String, indent: &str, (k, d): (usize, usize), rows: &str) {
+    for p in 0..k {
+        let _ = writeln!(w, "{indent}let ok{p} = u32(top + {}) < {rows};", p * d);
+    }
+}
+
+/// For a kernel that reads the source itself: `in{q}`, whether vec4 q of
+/// `quads` from vec4 `left` of a row lies in the source's rows of
+/// `row_quads` vec4s.
+pub(super) fn write_quad_masks(w: &mut String, indent: &str, quads: &[usize], row_quads: &str) {
+    for q in quads {
+        let _ = writeln!(w, "{indent}let in{q} = u32(left + {q}) < {row_quads};");
+    }
+}
+
+/// `let x{x}_{m} = ...` for every column `m` of `cols` (a window starting
+/// `shift` elements into its first vec4) from the source itself, whose
+/// first vec4 is `first` (an i32 vec4 index that may lie before the
+/// source): each vec4 zero unless `ok{ok}` (the row lies in the source)
+/// and its `in{q}`. An outside index is clamped to the binding and its
+/// value dropped.
+pub(super) fn write_bordered_row(
+    w: &mut String,
+    indent: &str,
+    (x, ok): (usize, usize),
+    first: &str,
+    (cols, shift): (&[usize], usize),
+) {
+    let _ = writeln!(w, "{indent}let r{x} = {first};");
+    for q in quads_of(cols, shift) {
+        let _ = writeln!(
+            w,
+            "{indent}let xv{x}_{q} = select(vec4<f32>(0.0), X4[u32(max(r{x} + {q}, 0))], ok{ok} && in{q});"
+        );
+    }
+    for m in cols {
+        let e = m + shift;
+        let _ = writeln!(w, "{indent}let x{x}_{m} = xv{x}_{}.{};", e / 4, LANE[e % 4]);
+    }
+}
+
 /// `let x{p}_{m} = ...` for every column `m` of `cols`, from the row whose
 /// first element is `row` (an element index): scalar loads, or the aligned
 /// vec4s (storage or texels) that hold them.
@@ -133,9 +186,7 @@ pub(super) fn write_row_loads(
         return;
     }
     let _ = writeln!(w, "{indent}let r{p} = ({row}) >> 2u;");
-    let mut quads: Vec<usize> = cols.iter().map(|m| m / 4).collect();
-    quads.dedup();
-    for q in quads {
+    for q in quads_of(cols, 0) {
         let load = match loads {
             RowLoads::Texels => format!("texel(r{p} + {q}u)"),
             _ => format!("X4[r{p} + {q}u]"),

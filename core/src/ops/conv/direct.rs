@@ -18,7 +18,10 @@
 //!
 //! The sum runs over summed channels, then taps in row-major order, for
 //! every tile: all tiles give bit-identical results.
-use super::codegen::{LANE, Operand, RowLoads, UNIFORM_VEC4S, tap_cols, write_row_loads};
+use super::codegen::{
+    LANE, Operand, RowLoads, UNIFORM_VEC4S, quads_of, tap_cols, write_bordered_row,
+    write_quad_masks, write_row_loads, write_row_masks,
+};
 use super::prep::{self, PadRegion, WeightMap};
 use crate::error::Result;
 use crate::gpu::{Gpu, Tensor, holds_accumulators};
@@ -336,21 +339,9 @@ impl DirectSpec {
              \x20   let left = (i32(j0 * {s}u) + bitcast<i32>(P.col0) - {shift}) >> 2u;\n\
              \x20   var xb = i32(P.x_base + {n_expr} * P.x_nstride) + top * i32(P.x_w) + left * 4;"
         );
-        for p in 0..self.kh {
-            let _ = writeln!(w, "    let ok{p} = u32(top + {}) < P.src_h;", p * self.d);
-        }
-        for q in self.border_quads() {
-            let _ = writeln!(w, "    let in{q} = u32(left + {q}) < P.src_q;");
-        }
-    }
-
-    /// The vec4s of a row the tile's taps read, with `borders`.
-    fn border_quads(&self) -> Vec<usize> {
-        let shift = self.borders.unwrap_or(0);
+        write_row_masks(w, "    ", (self.kh, self.d), "P.src_h");
         let cols = tap_cols(self.tile.tp, self.kw, self.s, self.d);
-        let mut quads: Vec<usize> = cols.iter().map(|m| (m + shift) / 4).collect();
-        quads.dedup();
-        quads
+        write_quad_masks(w, "    ", &quads_of(&cols, shift), "P.src_q");
     }
 
     /// What `xb` advances by per summed channel.
@@ -377,7 +368,10 @@ impl DirectSpec {
         let cols = tap_cols(self.tile.tp, self.kw, s, d);
         for p in 0..self.kh {
             match self.borders {
-                Some(shift) => self.write_bordered_row(w, p, shift, &cols),
+                Some(shift) => {
+                    let first = format!("(xb + {} * i32(P.x_w)) >> 2u", p * d);
+                    write_bordered_row(w, "        ", (p, p), &first, (&cols, shift));
+                }
                 None => {
                     let row = format!("xb + {}u * P.x_w", p * d);
                     write_row_loads(w, "        ", p, &row, &cols, self.row_loads());
@@ -399,27 +393,6 @@ impl DirectSpec {
                     }
                 }
             }
-        }
-    }
-
-    /// `x{p}_{m}` for the tile's columns `cols` of tap row `p`, from the
-    /// source's vec4s, zeros where the row or the vec4 lies outside it
-    /// (an outside index is clamped to the binding and its value dropped).
-    fn write_bordered_row(&self, w: &mut String, p: usize, shift: usize, cols: &[usize]) {
-        let _ = writeln!(
-            w,
-            "        let r{p} = (xb + {} * i32(P.x_w)) >> 2u;",
-            p * self.d
-        );
-        for q in self.border_quads() {
-            let _ = writeln!(
-                w,
-                "        let xv{p}_{q} = select(vec4<f32>(0.0), X4[u32(max(r{p} + {q}, 0))], ok{p} && in{q});"
-            );
-        }
-        for m in cols {
-            let e = m + shift;
-            let _ = writeln!(w, "        let x{p}_{m} = xv{p}_{}.{};", e / 4, LANE[e % 4]);
         }
     }
 

@@ -196,8 +196,7 @@ impl ConvVariant {
             true => (ConvVariant::Direct(Tile::new(40, 16)), vec![rule]),
             false => (rule, Vec::new()),
         };
-        let reads_other = gpu.texel_operands() || gpu.uniform_operands();
-        if let (true, ConvVariant::Direct(t)) = (reads_other, lead) {
+        if let (true, ConvVariant::Direct(t)) = (reads_beyond_storage(gpu), lead) {
             rivals.push(ConvVariant::Direct(t.reading_storage()));
         }
         (lead, rivals)
@@ -256,13 +255,20 @@ impl WgradVariant {
     /// rather than up to 30 (slab copies and partial sums per block).
     pub fn long_run(gpu: &Gpu, produced: usize) -> (WgradVariant, Vec<WgradVariant>) {
         let rule = WgradVariant::rule(gpu, produced);
-        let reads_other = gpu.texel_operands() || gpu.uniform_operands();
-        let storage = gpu.is_cpu() && gpu.variants().long_run() && reads_other;
+        let storage = gpu.is_cpu() && gpu.variants().long_run() && reads_beyond_storage(gpu);
         match (storage, rule) {
             (true, WgradVariant::Gemm(t)) => (rule, vec![WgradVariant::Gemm(t.reading_storage())]),
             _ => (rule, Vec::new()),
         }
     }
+}
+
+/// Whether kernels on this adapter read some operands other than from
+/// storage (texels, uniform bindings): then a tile reading everything from
+/// storage (`Tile::reading_storage`, `GemmTile::reading_storage`) is a
+/// kernel of its own, and a long run's rival.
+fn reads_beyond_storage(gpu: &Gpu) -> bool {
+    gpu.texel_operands() || gpu.uniform_operands()
 }
 
 /// Runs per candidate when timing one shape (after one warm-up run that

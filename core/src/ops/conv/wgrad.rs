@@ -12,7 +12,10 @@
 //! and walks a row `jt` columns at a time, loading each needed input value
 //! once per step. Row chunks (split-K) write partial sums that
 //! `reduce::sum_partials` adds in a fixed order: deterministic.
-use super::codegen::{LANE, Operand, RowLoads, UNIFORM_VEC4S, tap_cols, write_row_loads};
+use super::codegen::{
+    LANE, Operand, RowLoads, UNIFORM_VEC4S, quads_of, tap_cols, write_bordered_row,
+    write_quad_masks, write_row_loads, write_row_masks,
+};
 use super::prep::{self, PadRegion, SlabRows};
 use crate::error::{EngineError, Result};
 use crate::gpu::Kernel;
@@ -348,9 +351,7 @@ impl WgradSpec {
              \x20       let xb = i32(n * P.x_nstride) + top * i32(P.x_w);",
             b.row0
         );
-        for p in 0..self.k {
-            let _ = writeln!(w, "        let ok{p} = u32(top + {}) < src_h;", p * self.d);
-        }
+        write_row_masks(w, "        ", (self.k, self.d), "src_h");
     }
 
     /// A step's loads from the source (`borders`): `in{q}`, whether the
@@ -359,40 +360,21 @@ impl WgradSpec {
     /// step's padded window).
     fn write_bordered_loads(&self, w: &mut String, b: Borders, cols: &[usize]) {
         let shift = b.shift();
-        let mut quads: Vec<usize> = cols.iter().map(|m| (m + shift) / 4).collect();
-        quads.dedup();
         let first = (b.col0 - shift as isize) / 4;
         let _ = writeln!(
             w,
             "            let left = i32((j * {}u) >> 2u) + ({first});",
             self.s
         );
-        for q in &quads {
-            let _ = writeln!(w, "            let in{q} = u32(left + {q}) < src_q;");
-        }
+        write_quad_masks(w, "            ", &quads_of(cols, shift), "src_q");
         for e in 0..self.ct {
             for p in 0..self.k {
-                let x = e * self.k + p;
-                let _ = writeln!(
-                    w,
-                    "            let r{x} = ((xb + i32(xc{e}) + {} * i32(P.x_w)) >> 2u) + left;",
+                let row = format!(
+                    "((xb + i32(xc{e}) + {} * i32(P.x_w)) >> 2u) + left",
                     p * self.d
                 );
-                for q in &quads {
-                    let _ = writeln!(
-                        w,
-                        "            let xv{x}_{q} = select(vec4<f32>(0.0), X4[u32(max(r{x} + {q}, 0))], ok{p} && in{q});"
-                    );
-                }
-                for m in cols {
-                    let c = m + shift;
-                    let _ = writeln!(
-                        w,
-                        "            let x{x}_{m} = xv{x}_{}.{};",
-                        c / 4,
-                        LANE[c % 4]
-                    );
-                }
+                let x = (e * self.k + p, p);
+                write_bordered_row(w, "            ", x, &row, (cols, shift));
             }
         }
     }
