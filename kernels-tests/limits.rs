@@ -121,6 +121,22 @@ fn pool_resize_bn_elementwise_loss_adam_split() {
     );
     let want = resize::cpu::resize(&x64, n * c, (h, w), (24, 30), resize::Mode::Bilinear);
     assert_close("tiny resize", &r, &want, 1e-5, 1e-5);
+    // An upscale x2 from rows of 8: the forward and backward passes in
+    // quads, 18 planes over ~5 windows.
+    let small = rand_vec(11, n * c * 8 * 8);
+    let st = up(gpu, &[n, c, 8, 8], &small);
+    let bilinear = resize::Mode::Bilinear;
+    let r = read(gpu, &resize::resize(gpu, &st, 16, 16, bilinear).unwrap());
+    let want = resize::cpu::resize(&to64(&small), n * c, (8, 8), (16, 16), bilinear);
+    assert_close("tiny resize x2", &r, &want, 1e-5, 1e-5);
+    let dy = rand_vec(12, n * c * 16 * 16);
+    let dyt = up(gpu, &[n, c, 16, 16], &dy);
+    let dx = read(
+        gpu,
+        &resize::resize_backward(gpu, &dyt, 8, 8, bilinear).unwrap(),
+    );
+    let want = resize::cpu::resize_backward(&to64(&dy), n * c, (8, 8), (16, 16), bilinear);
+    assert_close("tiny resize x2 dx", &dx, &want, 1e-4, 1e-5);
 
     let one = up(gpu, &[c], &[1.0; 6]);
     let zero = up(gpu, &[c], &[0.0; 6]);

@@ -44,24 +44,33 @@ fn bilinear_power_of_two_upscales_on_odd_sizes() {
     check(2, 1, (3, 5), (6, 10), Mode::Bilinear, 10); // rows of 10: no quads
     check(1, 2, (1, 3), (8, 24), Mode::Bilinear, 11); // one input row, x8
     check(1, 1, (6, 4), (3, 8), Mode::Bilinear, 12); // rows down, columns x2
+    check(1, 3, (3, 8), (12, 32), Mode::Bilinear, 13); // quads, x4
+    check(2, 1, (2, 4), (4, 32), Mode::Bilinear, 14); // quads: columns x8
+    check(1, 3, (5, 12), (7, 20), Mode::Bilinear, 15); // row quads, columns not x2
 }
 
-/// The upscale kernels (`resize_forward_quads`, the tight backward ranges)
-/// against the general ones: the same taps and sums in the same order, so
-/// the same bits.
+/// The upscale and quad kernels (`resize_forward_quads`, the tight
+/// backward ranges, the backward passes in quads where the input's rows are
+/// whole vec4s) against the general ones: the same taps and sums in the
+/// same order, so the same bits.
 #[test]
 fn upscale_kernels_match_the_general_ones_bit_for_bit() {
     let gpu = gpu();
+    let (bilinear, nearest) = (Mode::Bilinear, Mode::Nearest);
     let cases = [
-        (2, 3, (10, 10), (40, 40)),
-        (1, 2, (40, 40), (80, 80)),
-        (1, 2, (5, 7), (10, 28)),
-        (2, 1, (3, 5), (6, 10)),
-        (1, 1, (1, 3), (8, 24)),
-        (1, 1, (6, 4), (3, 8)),
+        (2, 3, (10, 10), (40, 40), bilinear),
+        (1, 2, (40, 40), (80, 80), bilinear), // quads, x2
+        (1, 2, (5, 7), (10, 28), bilinear),
+        (2, 1, (3, 5), (6, 10), bilinear),
+        (1, 1, (1, 3), (8, 24), bilinear),
+        (1, 1, (6, 4), (3, 8), bilinear), // quads: rows down, columns x2
+        (1, 3, (3, 8), (12, 32), bilinear), // quads, x4
+        (2, 1, (2, 4), (4, 32), bilinear), // quads: columns x8
+        (1, 3, (5, 12), (7, 20), bilinear), // row quads, columns not x2
+        (1, 2, (3, 8), (6, 16), nearest), // row quads, nearest
     ];
-    for (i, (n, c, (h, w), (oh, ow))) in cases.into_iter().enumerate() {
-        let tag = format!("{h}x{w} -> {oh}x{ow}");
+    for (i, (n, c, (h, w), (oh, ow), mode)) in cases.into_iter().enumerate() {
+        let tag = format!("{} {h}x{w} -> {oh}x{ow}", mode.name());
         let x = up(gpu, &[n, c, h, w], &rand_vec(20 + i as u64, n * c * h * w));
         let dy = up(
             gpu,
@@ -69,8 +78,8 @@ fn upscale_kernels_match_the_general_ones_bit_for_bit() {
             &rand_vec(40 + i as u64, n * c * oh * ow),
         );
         let run = |k: Kernels| {
-            let y = resize::resize_with(gpu, &x, (oh, ow), Mode::Bilinear, k).unwrap();
-            let dx = resize::resize_backward_with(gpu, &dy, (h, w), Mode::Bilinear, k).unwrap();
+            let y = resize::resize_with(gpu, &x, (oh, ow), mode, k).unwrap();
+            let dx = resize::resize_backward_with(gpu, &dy, (h, w), mode, k).unwrap();
             (read(gpu, &y), read(gpu, &dx))
         };
         let (fast, general) = (run(Kernels::Fast), run(Kernels::General));

@@ -27,6 +27,7 @@ struct Params {
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
 @group(0) @binding(3) var<storage, read_write> y4: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> a4: array<vec4<f32>>;
 
 const WG: u32 = 64u;
 
@@ -80,11 +81,41 @@ fn resize_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
         + th.w1 * (tw.w0 * a[r1 + tw.i0] + tw.w1 * a[r1 + tw.i1]);
 }
 
-// Bilinear upscale of the rows by a power of two (P.up_w >= 2, out_w a
-// multiple of 4): one invocation writes 4 neighbouring outputs, whose taps
-// lie in 4 neighbouring inputs of each source row (at most 3.5 inputs apart
-// at scale 1/2), so 8 loads instead of 16; the same taps, weights and sums
-// as resize_forward, so the same bits.
+// The column upscale factor of resize_forward_quads and
+// resize_backward_cols_quads: the engine compiles them once per factor (2
+// and 4 in the network), so their loops unroll, their indices into loaded
+// values are constants and their taps take a few integer operations.
+const UP: u32 = 2u;
+// Outputs loaded before the first one a quad's columns read (lo % 4), and
+// the vec4s loaded per quad.
+const SKIP: u32 = (4u - (UP / 2u) % 4u) % 4u;
+const LOADS: u32 = (SKIP + 5u * UP + 3u) / 4u;
+
+// taps(j, 1 / UP, n_in) of output j along an axis upscaled by UP, in
+// closed form: with j = UP * m + r the source coordinate is
+// m + (r + 0.5) / UP - 0.5, exact in f32, so the indices and weights are
+// the same values. Outputs left of input 0's centre are clamped to it.
+fn up_taps(j: u32, n_in: u32) -> Taps {
+    let m = j / UP;
+    let r = j % UP;
+    let f = (f32(r) + 0.5) / f32(UP);
+    // The coordinate lies before input m's centre.
+    let before = r < UP / 2u;
+    let clamped = m == 0u && before;
+    var t: Taps;
+    t.i0 = select(m - select(0u, 1u, before), 0u, clamped);
+    t.i1 = min(t.i0 + 1u, n_in - 1u);
+    let l1 = select(select(f - 0.5, f + 0.5, before), 0.0, clamped);
+    t.w0 = 1.0 - l1;
+    t.w1 = l1;
+    return t;
+}
+
+// Bilinear upscale of the rows by UP (a power of two, compiled per factor;
+// out_w a multiple of 4): one invocation writes 4 neighbouring outputs,
+// whose taps lie in 4 neighbouring inputs of each source row (at most 3.5
+// inputs apart at scale 1/2), so 8 loads instead of 16; the same taps,
+// weights and sums as resize_forward, so the same bits.
 @compute @workgroup_size(WG)
 fn resize_forward_quads(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let e = gid.x + gid.y * nwg.x * WG;
@@ -98,14 +129,14 @@ fn resize_forward_quads(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(
     let base = P.a_base + pl * P.in_h * P.in_w;
     let r0 = base + th.i0 * P.in_w;
     let r1 = base + th.i1 * P.in_w;
-    let lo = taps(j0, P.scale_w, P.in_w).i0;
+    let lo = up_taps(j0, P.in_w).i0;
     let last = P.in_w - 1u;
     let c = vec4<u32>(lo, min(lo + 1u, last), min(lo + 2u, last), min(lo + 3u, last));
     let v0 = vec4<f32>(a[r0 + c.x], a[r0 + c.y], a[r0 + c.z], a[r0 + c.w]);
     let v1 = vec4<f32>(a[r1 + c.x], a[r1 + c.y], a[r1 + c.z], a[r1 + c.w]);
     var out = vec4<f32>(0.0);
     for (var k = 0u; k < 4u; k++) {
-        let tw = taps(j0 + k, P.scale_w, P.in_w);
+        let tw = up_taps(j0 + k, P.in_w);
         let i0 = tw.i0 - lo;
         let i1 = tw.i1 - lo;
         out[k] = th.w0 * (tw.w0 * v0[i0] + tw.w1 * v0[i1])
@@ -175,4 +206,77 @@ fn resize_backward_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(
     let at = cell(e, P.in_h, P.in_w);
     let base = P.a_base + at.x * P.out_h * P.in_w + at.z;
     y[P.y_base + e] = axis_sum(at.y, P.scale_h, P.in_h, P.out_h, P.up_h, base, P.in_w);
+}
+
+
+// weight(taps(o), i) of output o = UP * i - UP / 2 + t (t < 2 * UP) along
+// the columns, in closed form: the source coordinate (o + 0.5) / UP - 0.5
+// and its fraction are exact in f32, so these are the same values. Inside,
+// o reads i as its second tap when t < UP, else as its first. Clamped at
+// the ends: the outputs left of column 0's centre read column 0 alone
+// (weight 1), and so do those right of the last column's.
+fn up_weight(i: u32, t: u32) -> f32 {
+    let f = (f32(t) + 0.5) / f32(UP);
+    let clamped = (i == 0u && t >= UP / 2u && t < UP) || (i == P.in_w - 1u && t >= UP);
+    return select(select(2.0 - f, f, t < UP), 1.0, clamped);
+}
+
+// The column pass in quads (P.up_w = UP, in_w a multiple of 4): one
+// invocation sums 4 neighbouring input columns of one row over the 5 * UP
+// outputs that can read them, loaded as vec4s (x2: 4 loads instead of 16).
+// Each column takes the same terms in the same ascending order as
+// resize_backward_cols; a term of weight 0 adds +0, which changes no sum
+// (a sum from +0 is never -0), so the bits are the same.
+@compute @workgroup_size(WG)
+fn resize_backward_cols_quads(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let e = gid.x + gid.y * nwg.x * WG;
+    let quads = P.in_w / 4u;
+    if (e >= P.planes * P.out_h * quads) {
+        return;
+    }
+    let i0 = (e % quads) * 4u;
+    // The first output that reads column i0, and the vec4 it lies in.
+    let lo = i32(i0 * UP) - i32(UP / 2u);
+    let first = (lo - i32(SKIP)) / 4;
+    let row_quads = i32(P.out_w / 4u);
+    let base = i32(P.a_base / 4u) + i32(e / quads) * row_quads;
+    var v: array<vec4<f32>, LOADS>;
+    for (var j = 0u; j < LOADS; j++) {
+        v[j] = a4[u32(base + clamp(first + i32(j), 0, row_quads - 1))];
+    }
+    var sum = vec4<f32>(0.0);
+    for (var k = 0u; k < 4u; k++) {
+        for (var t = 0u; t < 2u * UP; t++) {
+            let u = SKIP + UP * k + t;
+            let o = lo + i32(UP * k + t);
+            let inside = o >= 0 && o < i32(P.out_w);
+            let wt = select(0.0, up_weight(i0 + k, t), inside);
+            sum[k] += select(0.0, wt * v[u / 4u][u % 4u], wt != 0.0);
+        }
+    }
+    y4[P.y_base / 4u + e] = sum;
+}
+
+// The row pass in quads (in_w a multiple of 4): 4 neighbouring columns of
+// one input row at once, the same terms in the same order per column as
+// resize_backward_rows, loaded and stored as vec4s.
+@compute @workgroup_size(WG)
+fn resize_backward_rows_quads(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let e = gid.x + gid.y * nwg.x * WG;
+    let quads = P.in_w / 4u;
+    if (e >= P.planes * P.in_h * quads) {
+        return;
+    }
+    let at = cell(e, P.in_h, quads);
+    let r = out_range(at.y, P.scale_h, P.out_h, P.up_h);
+    let base = P.a_base / 4u + at.x * P.out_h * quads + at.z;
+    var sum = vec4<f32>(0.0);
+    for (var o = r.x; o <= r.y; o++) {
+        let wt = weight(taps(u32(o), P.scale_h, P.in_h), at.y);
+        if (wt == 0.0) {
+            continue;
+        }
+        sum += wt * a4[base + u32(o) * quads];
+    }
+    y4[P.y_base / 4u + e] = sum;
 }

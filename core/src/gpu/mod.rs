@@ -194,6 +194,17 @@ pub fn vec4_source(shader: &Shader) -> String {
         .replace("const LANES: u32 = 1u;", "const LANES: u32 = 4u;")
 }
 
+/// The shader's source with its line `const {name}: u32 = ...;` giving
+/// `value` instead.
+fn specialised_source(shader: &Shader, name: &str, value: u32) -> String {
+    let prefix = format!("const {name}: u32 = ");
+    let line = shader.source.lines().find(|l| l.starts_with(&prefix));
+    let line = line.unwrap_or_else(|| panic!("shader {} has no `{prefix}` line", shader.name));
+    shader
+        .source
+        .replacen(line, &format!("{prefix}{value}u;"), 1)
+}
+
 fn instance() -> wgpu::Instance {
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
     desc.backends = wgpu::Backends::from_env().unwrap_or(backends());
@@ -877,6 +888,23 @@ impl Gpu {
     ) {
         let key = format!("{}:{}:vec4", kernel.shader.name, kernel.entry);
         let pipeline = self.pipeline_for(key, || vec4_source(kernel.shader), kernel.entry);
+        self.dispatch_on(&pipeline, kernel, params, windows, threads);
+    }
+
+    /// `dispatch` of the kernel with its shader's `const {name}: u32` set
+    /// to `value` (one pipeline per value), so that loops over it unroll
+    /// and indices derived from it are constants.
+    pub fn dispatch_specialised(
+        &self,
+        kernel: &Kernel,
+        (name, value): (&str, u32),
+        params: &[u32],
+        windows: &[(u32, &Window)],
+        threads: usize,
+    ) {
+        let key = format!("{}:{}:{name}={value}", kernel.shader.name, kernel.entry);
+        let source = || specialised_source(kernel.shader, name, value);
+        let pipeline = self.pipeline_for(key, source, kernel.entry);
         self.dispatch_on(&pipeline, kernel, params, windows, threads);
     }
 

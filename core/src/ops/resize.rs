@@ -4,10 +4,38 @@ use super::{Params, RESIZE, check_rank, items_per_window, kernel, launch, runs};
 use crate::error::{Result, shape_err};
 use crate::gpu::{Gpu, Kernel, Tensor};
 
-const FORWARD: Kernel = kernel(&RESIZE, "resize_forward");
-const BACKWARD_COLS: Kernel = kernel(&RESIZE, "resize_backward_cols");
-const BACKWARD_ROWS: Kernel = kernel(&RESIZE, "resize_backward_rows");
-const FORWARD_QUADS: Kernel = kernel(&RESIZE, "resize_forward_quads");
+/// A resize kernel and how it reads and writes: `quads_in` reads its
+/// source as vec4s (binding 4, else 1), `quads_out` writes 4 outputs per
+/// invocation (binding 3, else 2); `upscale`: compiled per column upscale
+/// factor (its shader's `UP`).
+struct Pass {
+    kernel: Kernel,
+    quads_in: bool,
+    quads_out: bool,
+    upscale: bool,
+}
+
+const fn pass(entry: &'static str, quads_in: bool, quads_out: bool) -> Pass {
+    Pass {
+        kernel: kernel(&RESIZE, entry),
+        quads_in,
+        quads_out,
+        upscale: false,
+    }
+}
+
+const FORWARD: Pass = pass("resize_forward", false, false);
+const FORWARD_QUADS: Pass = Pass {
+    upscale: true,
+    ..pass("resize_forward_quads", false, true)
+};
+const BACKWARD_COLS: Pass = pass("resize_backward_cols", false, false);
+const BACKWARD_COLS_QUADS: Pass = Pass {
+    upscale: true,
+    ..pass("resize_backward_cols_quads", true, true)
+};
+const BACKWARD_ROWS: Pass = pass("resize_backward_rows", false, false);
+const BACKWARD_ROWS_QUADS: Pass = pass("resize_backward_rows_quads", true, true);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Mode {
@@ -47,13 +75,12 @@ pub enum Kernels {
     General,
 }
 
-/// `src` holds the planes read, `dst` the planes written; `quads`: the
-/// kernel writes 4 outputs per invocation into binding 3.
+/// `src` holds the planes read, `dst` the planes written.
 #[allow(clippy::too_many_arguments)]
 fn run(
     gpu: &Gpu,
     op: &'static str,
-    (k, quads): (&Kernel, bool),
+    k: &Pass,
     src: &Tensor,
     dst: &Tensor,
     (in_h, in_w): (usize, usize),
@@ -82,14 +109,16 @@ fn run(
             .u(yb as usize)
             .u(up_h)
             .u(up_w);
-        let (binding, per_thread) = if quads { (3, 4) } else { (2, 1) };
-        launch(
-            gpu,
-            k,
-            &p,
-            &[(1, &aw), (binding, &yw)],
-            np * dh * dw / per_thread,
-        );
+        let read = if k.quads_in { 4 } else { 1 };
+        let (write, per_thread) = if k.quads_out { (3, 4) } else { (2, 1) };
+        let bound = [(read, &aw), (write, &yw)];
+        let threads = np * dh * dw / per_thread;
+        match k.upscale {
+            true => {
+                gpu.dispatch_specialised(&k.kernel, ("UP", up_w as u32), p.words(), &bound, threads)
+            }
+            false => launch(gpu, &k.kernel, &p, &bound, threads),
+        }
     }
     Ok(())
 }
@@ -99,6 +128,29 @@ fn run(
 fn forward_quads(gpu: &Gpu, mode: Mode, in_w: usize, out_w: usize, kernels: Kernels) -> bool {
     let up = upscale(mode, in_w, out_w) > 0;
     kernels == Kernels::Fast && up && out_w.is_multiple_of(4) && gpu.vec4_windows()
+}
+
+/// The backward column and row passes: in quads where the input's rows
+/// are whole vec4s in vec4-aligned windows, the columns' only for an
+/// upscale by a power of two. On lavapipe each load is a loop over the SIMD
+/// lanes, so a quad's 4 (x2) or 6 (x4) vec4 loads replace 16 or 32 scalar
+/// ones.
+fn backward_passes(
+    gpu: &Gpu,
+    mode: Mode,
+    (in_w, out_w): (usize, usize),
+    kernels: Kernels,
+) -> (&'static Pass, &'static Pass) {
+    let quads = kernels == Kernels::Fast && in_w.is_multiple_of(4) && gpu.vec4_windows();
+    let cols = match quads && upscale(mode, in_w, out_w) > 0 {
+        true => &BACKWARD_COLS_QUADS,
+        false => &BACKWARD_COLS,
+    };
+    let rows = match quads {
+        true => &BACKWARD_ROWS_QUADS,
+        false => &BACKWARD_ROWS,
+    };
+    (cols, rows)
 }
 
 /// x [N, C, H, W] -> [N, C, out_h, out_w].
@@ -121,8 +173,8 @@ pub fn resize_with(
     let (n, c, h, w) = x.nchw();
     let y = gpu.empty(&[n, c, out_h, out_w])?;
     let k = match forward_quads(gpu, mode, w, out_w, kernels) {
-        true => (&FORWARD_QUADS, true),
-        false => (&FORWARD, false),
+        true => &FORWARD_QUADS,
+        false => &FORWARD,
     };
     let (src, out) = ((h, w), (out_h, out_w));
     run(gpu, "resize", k, x, &y, src, out, (mode, kernels))?;
@@ -161,9 +213,10 @@ pub fn resize_backward_with(
     let (src, out) = ((in_h, in_w), (oh, ow));
     let how = (mode, kernels);
     let op = "resize_backward";
-    run(gpu, op, (&BACKWARD_COLS, false), dy, &cols, src, out, how)?;
+    let (cols_pass, rows_pass) = backward_passes(gpu, mode, (in_w, ow), kernels);
+    run(gpu, op, cols_pass, dy, &cols, src, out, how)?;
     let dx = gpu.empty(&[n, c, in_h, in_w])?;
-    run(gpu, op, (&BACKWARD_ROWS, false), &cols, &dx, src, out, how)?;
+    run(gpu, op, rows_pass, &cols, &dx, src, out, how)?;
     Ok(dx)
 }
 
