@@ -329,16 +329,30 @@ impl<'g> Graph<'g> {
 
     pub fn tconv(&mut self, x: Var, w: &ParamRef, b: &ParamRef, stride: usize) -> Result<Var> {
         let y = conv::tconv2d(self.gpu, self.arg(x)?, w.value, b.value, stride)?;
-        Ok(self.finish(y, &[x], |y| {
-            Some(Node::Tconv {
-                x,
-                y,
-                w: w.value.clone(),
-                dw: w.grad.clone(),
-                db: b.grad.clone(),
-                stride,
-            })
-        }))
+        Ok(self.finish(y, &[x], |y| Some(tconv_node(x, y, (w, b), stride))))
+    }
+
+    /// relu(tconv(x)) in one pass. Its nodes are a tconv's and a ReLU's
+    /// around the pre-ReLU value, which is never stored: the tconv's
+    /// backward reads x, the ReLU's y. (One node reading both would keep y
+    /// alive through the tconv's backward passes: 3.2 MiB more at the peak
+    /// of a width-0.25 step.)
+    pub fn tconv_relu(&mut self, x: Var, w: &ParamRef, b: &ParamRef, stride: usize) -> Result<Var> {
+        let xt = self.arg(x)?;
+        let y = conv::tconv2d_with(self.gpu, xt, w.value, Some(b.value), stride, true, None)?;
+        if !self.train {
+            return Ok(self.finish(y, &[x], |_| None));
+        }
+        self.slots.push(Slot {
+            tensor: None,
+            reads: 0,
+            saved_by: 0,
+            input: false,
+        });
+        let pre = Var(self.slots.len() - 1);
+        self.slots[x.0].saved_by += 1;
+        self.nodes.push(tconv_node(x, pre, (w, b), stride));
+        Ok(self.finish(y, &[x], |y| Some(Node::Relu { y, x: pre })))
     }
 
     /// Batch norm: batch statistics and a running-statistics update when
@@ -536,6 +550,17 @@ impl<'g> Graph<'g> {
                 )]
             }
         })
+    }
+}
+
+fn tconv_node(x: Var, y: Var, (w, b): (&ParamRef, &ParamRef), stride: usize) -> Node {
+    Node::Tconv {
+        x,
+        y,
+        w: w.value.clone(),
+        dw: w.grad.clone(),
+        db: b.grad.clone(),
+        stride,
     }
 }
 

@@ -594,8 +594,7 @@ impl Model {
             }
             Step::TconvRelu(c) => {
                 let (wt, b) = l.conv_refs()?;
-                let t = g.tconv(x, &wt, &b, c.stride)?;
-                g.relu(t)
+                g.tconv_relu(x, &wt, &b, c.stride)
             }
             Step::Logits(c) => {
                 let (wt, b) = l.conv_refs()?;
