@@ -89,10 +89,12 @@ fn network_gradients_match_finite_differences() {
         "up_conv6.weight",
         "fc_1.weight",
         "conv5_3.bn.bias",
+        "conv5_3.bias",
         "conv4_0.weight",
         "conv2_3.weight",
         "pool0_1.bn.weight",
         "conv0_1.weight",
+        "up_conv2.bias",
     ] {
         let p = model.get(name).unwrap();
         let grad = gpu.read(&p.train.as_ref().unwrap().grad).unwrap();
@@ -125,7 +127,40 @@ fn network_gradients_match_finite_differences() {
         check(format!("input[{i}]"), dx[i] as f64, &loss_at);
         checked += 1;
     }
-    assert_eq!(checked, 15);
+    assert_eq!(checked, 17);
+
+    // A bias just before batch norm moves nothing the loss sees (batch
+    // norm subtracts each channel's batch mean): its gradient is exactly 0,
+    // which the finite differences above confirm for two. The others are
+    // not.
+    for name in ["conv0_1", "conv2_3", "conv5_0", "fc_1", "up_conv9"] {
+        let db = gpu
+            .read(
+                &model
+                    .get(&format!("{name}.bias"))
+                    .unwrap()
+                    .train
+                    .as_ref()
+                    .unwrap()
+                    .grad,
+            )
+            .unwrap();
+        assert!(db.iter().all(|&v| v == 0.0), "{name}.bias: {db:?}");
+    }
+    for name in ["upsample_4", "upsample_5", "logits"] {
+        let db = gpu
+            .read(
+                &model
+                    .get(&format!("{name}.bias"))
+                    .unwrap()
+                    .train
+                    .as_ref()
+                    .unwrap()
+                    .grad,
+            )
+            .unwrap();
+        assert!(db.iter().any(|&v| v != 0.0), "{name}.bias: {db:?}");
+    }
 }
 
 #[test]

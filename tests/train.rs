@@ -546,9 +546,13 @@ fn swa_averages_the_last_epochs_weights_across_a_resume() {
                 max_relative = 1e-5
             );
         }
-        assert!(
+        // A conv bias just before batch norm has a gradient of 0 and stays.
+        let layer = name.strip_suffix(".bias").filter(|l| !l.ends_with(".bn"));
+        let before_bn = layer.is_some_and(|l| average.contains_key(&format!("{l}.bn.weight")));
+        assert_eq!(
             a.iter().zip(b).any(|(x, y)| x != y),
-            "{name} moved in epoch 3"
+            !before_bn,
+            "{name} moved in epoch 3 (before batch norm: {before_bn})"
         );
     }
     assert!(

@@ -167,6 +167,14 @@ impl Node {
         }
     }
 
+    /// Whether this node is a training batch norm of `v`.
+    fn batch_norms(&self, v: Var) -> bool {
+        match self {
+            Node::Bn { x, .. } | Node::BnRelu { x, .. } | Node::BnAddRelu { x, .. } => *x == v,
+            _ => false,
+        }
+    }
+
     /// The value this node produces.
     fn output(&self) -> Var {
         match self {
@@ -457,12 +465,16 @@ impl<'g> Graph<'g> {
     /// graph's (first) input when `input_grad` is set and it was reached.
     pub fn backward(mut self, out: Var, dy: Tensor) -> Result<Option<Tensor>> {
         let mut grads: Vec<Option<Tensor>> = vec![None; self.slots.len()];
+        // Values whose whole gradient came through one training batch norm.
+        let mut normed_only = vec![false; self.slots.len()];
         grads[out.0] = Some(dy);
         let nodes = std::mem::take(&mut self.nodes);
         for node in nodes.into_iter().rev() {
-            if let Some(g) = grads[node.output().0].take() {
-                for (v, dx) in self.node_backward(&node, &g)? {
+            let y = node.output().0;
+            if let Some(g) = grads[y].take() {
+                for (v, dx) in self.node_backward(&node, &g, normed_only[y])? {
                     if self.wants_grad(v) {
+                        normed_only[v.0] = grads[v.0].is_none() && node.batch_norms(v);
                         accumulate(self.gpu, &mut grads, v, dx)?;
                     }
                 }
@@ -478,7 +490,13 @@ impl<'g> Graph<'g> {
 
     /// One node's backward for the gradient `g` of its output: adds into
     /// its parameter gradients and returns the gradients of its inputs.
-    fn node_backward(&self, node: &Node, g: &Tensor) -> Result<Vec<(Var, Tensor)>> {
+    /// `normed_only`: the output's only reader was a training batch norm.
+    fn node_backward(
+        &self,
+        node: &Node,
+        g: &Tensor,
+        normed_only: bool,
+    ) -> Result<Vec<(Var, Tensor)>> {
         let gpu = self.gpu;
         Ok(match node {
             Node::Conv {
@@ -493,7 +511,13 @@ impl<'g> Graph<'g> {
                 let xt = self.try_value(*x)?;
                 let hw = (xt.shape()[2], xt.shape()[3]);
                 conv::conv2d_backward_weight(gpu, g, xt, dw, *stride, *dil, true)?;
-                reduce::channel_sum(gpu, g, db, true)?;
+                // Batch norm over the batch subtracts each channel's mean,
+                // so the loss does not depend on a bias added just before
+                // it: that gradient is exactly 0 (a sum of g would be the
+                // rounding of 0), and db is left as it is.
+                if !normed_only {
+                    reduce::channel_sum(gpu, g, db, true)?;
+                }
                 // The network input needs no gradient unless asked.
                 if !self.wants_grad(*x) {
                     return Ok(Vec::new());
