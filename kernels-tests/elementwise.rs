@@ -94,6 +94,40 @@ fn sigmoid_is_stable_for_large_logits() {
     }
 }
 
+/// relu_backward then axpy, in one pass: the same bits, NaN in the ReLU's
+/// output passing dy as relu_backward does.
+#[test]
+fn relu_backward_adds_into_a_gradient() {
+    for len in [300, 301] {
+        let gpu = gpu();
+        let (mut y, dy, acc) = (rand_vec(8, len), rand_vec(9, len), rand_vec(10, len));
+        y[7] = f32::NAN;
+        let (yt, dyt) = (up(gpu, &[len], &y), up(gpu, &[len], &dy));
+        let fused = up(gpu, &[len], &acc);
+        elementwise::relu_backward_add(gpu, &yt, &dyt, &fused).unwrap();
+        let apart = up(gpu, &[len], &acc);
+        let masked = elementwise::relu_backward(gpu, &yt, &dyt).unwrap();
+        elementwise::axpy(gpu, 1.0, &masked, &apart).unwrap();
+        let got = read(gpu, &fused);
+        assert_bits_eq("relu_backward_add", &got, &read(gpu, &apart));
+        let want: Vec<f64> = (0..len)
+            .map(|i| {
+                acc[i] as f64
+                    + if y[i] > 0.0 || y[i].is_nan() {
+                        dy[i] as f64
+                    } else {
+                        0.0
+                    }
+            })
+            .collect();
+        assert_close("relu_backward_add", &got, &want, TOL, TOL);
+        assert!(
+            elementwise::relu_backward_add(gpu, &yt, &dyt, &dyt).is_err(),
+            "aliasing is refused"
+        );
+    }
+}
+
 #[test]
 fn axpy_accumulates() {
     axpy_of(300);

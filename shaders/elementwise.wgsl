@@ -49,6 +49,16 @@ fn relu_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
     }
 }
 
+// y += dy where the relu's output a is positive (or NaN): relu_backward
+// and axpy in one pass, for a value whose gradient is already partly summed.
+@compute @workgroup_size(WG)
+fn relu_backward_add(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let e = index(gid, nwg);
+    if (e < P.n) {
+        y[P.y_base + e] += select(b[P.b_base + e], V(0.0), a[P.a_base + e] <= V(0.0));
+    }
+}
+
 @compute @workgroup_size(WG)
 fn add(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let e = index(gid, nwg);

@@ -472,10 +472,14 @@ impl<'g> Graph<'g> {
         for node in nodes.into_iter().rev() {
             let y = node.output().0;
             if let Some(g) = grads[y].take() {
-                for (v, dx) in self.node_backward(&node, &g, normed_only[y])? {
-                    if self.wants_grad(v) {
-                        normed_only[v.0] = grads[v.0].is_none() && node.batch_norms(v);
-                        accumulate(self.gpu, &mut grads, v, dx)?;
+                if let Some(x) = self.relu_into_existing(&node, &g, &grads)? {
+                    normed_only[x.0] = false;
+                } else {
+                    for (v, dx) in self.node_backward(&node, &g, normed_only[y])? {
+                        if self.wants_grad(v) {
+                            normed_only[v.0] = grads[v.0].is_none() && node.batch_norms(v);
+                            accumulate(self.gpu, &mut grads, v, dx)?;
+                        }
                     }
                 }
             }
@@ -486,6 +490,30 @@ impl<'g> Graph<'g> {
         }
         let input = self.slots.iter().position(|s| s.input);
         Ok(input.and_then(|i| grads[i].take()))
+    }
+
+    /// A ReLU's backward pass added straight into its input's gradient,
+    /// where part of it is already summed in a tensor of its own (a
+    /// residual block's skip): `relu_backward_add`, one pass instead of a
+    /// masked copy and an axpy, the same bits. The input, or None when the
+    /// node is not such a ReLU.
+    fn relu_into_existing(
+        &self,
+        node: &Node,
+        g: &Tensor,
+        grads: &[Option<Tensor>],
+    ) -> Result<Option<Var>> {
+        let Node::Relu { y, x } = node else {
+            return Ok(None);
+        };
+        let acc = grads[x.0].as_ref().filter(|acc| !acc.is_shared());
+        match acc {
+            Some(acc) if self.wants_grad(*x) => {
+                elementwise::relu_backward_add(self.gpu, self.try_value(*y)?, g, acc)?;
+                Ok(Some(*x))
+            }
+            _ => Ok(None),
+        }
     }
 
     /// One node's backward for the gradient `g` of its output: adds into

@@ -1,4 +1,4 @@
-//! Elementwise ops: relu (and backward), residual add, add + relu, sigmoid,
+//! Elementwise ops: relu (and backward, also adding into a gradient), residual add, add + relu, sigmoid,
 //! and axpy for accumulating gradients. Split into flat runs that fit one
 //! binding.
 use super::{ELEMENTWISE, Params, kernel, launch_lanes, runs, vec4_lanes};
@@ -7,6 +7,7 @@ use crate::gpu::{Gpu, Kernel, Tensor};
 
 const RELU: Kernel = kernel(&ELEMENTWISE, "relu");
 const RELU_BACKWARD: Kernel = kernel(&ELEMENTWISE, "relu_backward");
+const RELU_BACKWARD_ADD: Kernel = kernel(&ELEMENTWISE, "relu_backward_add");
 const ADD: Kernel = kernel(&ELEMENTWISE, "add");
 const ADD_RELU: Kernel = kernel(&ELEMENTWISE, "add_relu");
 const SIGMOID: Kernel = kernel(&ELEMENTWISE, "sigmoid");
@@ -69,6 +70,18 @@ pub fn relu(gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
 /// dx = dy where the relu's output y is positive.
 pub fn relu_backward(gpu: &Gpu, y: &Tensor, dy: &Tensor) -> Result<Tensor> {
     binary(gpu, "relu_backward", &RELU_BACKWARD, y, dy)
+}
+
+/// acc += dy where the relu's output y is positive: `relu_backward` and
+/// `axpy` in one pass (the same bits), in place.
+pub fn relu_backward_add(gpu: &Gpu, y: &Tensor, dy: &Tensor, acc: &Tensor) -> Result<()> {
+    same_shape("relu_backward_add", y, dy)?;
+    same_shape("relu_backward_add", y, acc)?;
+    if acc.same_buffer(y) || acc.same_buffer(dy) {
+        return shape_err("relu_backward_add", "acc must be a tensor of its own");
+    }
+    run(gpu, &RELU_BACKWARD_ADD, y, Some(dy), acc, 0.0);
+    Ok(())
 }
 
 pub fn add(gpu: &Gpu, a: &Tensor, b: &Tensor) -> Result<Tensor> {
