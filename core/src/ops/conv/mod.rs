@@ -231,16 +231,25 @@ impl WgradVariant {
 
     /// Lanes run over input channels: 8 (lavapipe's SIMD width) on CPU
     /// adapters, two channels each, with 8-column steps and 16 gradient
-    /// channels (8 for narrow layers); 32 lanes elsewhere (a warp or wave
+    /// channels (8 or 4 for narrow layers, whose accumulators past the
+    /// channels would compute zeros: on an Intel Xeon, width 0.25,
+    /// up_conv9's weight gradient (4 gradient channels, 4x160x160) took
+    /// 3.1-3.2 ms with 4 against 5.0 with 8, the logits' 1.0 against 1.7);
+    /// 32 lanes elsewhere (a warp or wave
     /// needs more). On lavapipe a step's gradient values cost a load per
     /// lane although every lane reads the same ones, so two channels per
     /// lane halve that cost per multiply-add (64 x 64 channels at 4x80x80:
-    /// 7.5 -> 10-11 GFLOP/s).
+    /// 7.5 -> 10-11 GFLOP/s); one channel per lane was no faster for 8
+    /// input channels.
     pub fn rule(gpu: &Gpu, produced: usize) -> WgradVariant {
-        let tile = match (gpu.is_cpu(), produced >= 16) {
-            (true, true) => GemmTile::new(16, 8, 8).with_ct(2),
-            (true, false) => GemmTile::new(8, 8, 8).with_ct(2),
-            (false, _) => GemmTile::new(8, 4, 32),
+        let to = match produced {
+            16.. => 16,
+            8.. => 8,
+            _ => 4,
+        };
+        let tile = match gpu.is_cpu() {
+            true => GemmTile::new(to, 8, 8).with_ct(2),
+            false => GemmTile::new(8, 4, 32),
         };
         WgradVariant::Gemm(tile)
     }

@@ -66,7 +66,7 @@ impl GemmTile {
     /// channels per lane (ct2) gained a third on a slower day (whole
     /// step's weight gradients 620 -> 400 ms at width 0.25); four (ct4)
     /// were no faster than two and compiled far longer.
-    pub const CANDIDATES: [GemmTile; 8] = [
+    pub const CANDIDATES: [GemmTile; 9] = [
         GemmTile::new(8, 4, 8),
         GemmTile::new(16, 8, 8),
         GemmTile::new(16, 4, 8),
@@ -75,6 +75,8 @@ impl GemmTile {
         GemmTile::new(16, 8, 8).with_ct(2),
         GemmTile::new(8, 8, 8).with_ct(2),
         GemmTile::new(16, 4, 8).with_ct(2),
+        // The CPU rule for fewer than 8 gradient channels.
+        GemmTile::new(4, 8, 8).with_ct(2),
     ];
 
     pub const fn new(to: usize, jt: usize, wg: usize) -> GemmTile {
