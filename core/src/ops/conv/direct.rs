@@ -59,7 +59,7 @@ impl Tile {
     /// each loaded weight across more pixels and win (tp40-to16 ~25,
     /// tp16-to16 ~21, tp4-to8 ~10); 32-pixel tiles never beat both
     /// neighbours; discrete GPUs prefer fewer registers per invocation.
-    pub const CANDIDATES: [Tile; 13] = [
+    pub const CANDIDATES: [Tile; 14] = [
         Tile::new(16, 64),
         Tile::new(8, 64),
         Tile::new(16, 32),
@@ -73,6 +73,8 @@ impl Tile {
         Tile::new(4, 16),
         Tile::new(4, 8),
         Tile::shared(4, 16),
+        // The CPU rule's on wide rows for fewer than 8 produced channels.
+        Tile::new(40, 4),
     ];
 
     pub const fn new(tp: usize, to: usize) -> Tile {
@@ -99,7 +101,8 @@ impl Tile {
     /// lavapipe a new kernel costs about 1-14 s of LLVM, often more than
     /// the pass itself): 40 pixels from rows of 256, 16 from rows of 32,
     /// else 8, the row's last tile partly masked. Channels: 16 (8 for
-    /// narrow layers), and 8 with 40-pixel tiles, whose 16-channel kernel
+    /// narrow layers, 4 in 40-pixel tiles for fewer than 8), and 8 with
+    /// 40-pixel tiles, whose 16-channel kernel
     /// runs faster but compiles 3x longer (13.6 s against 4.5 s for the
     /// plain 3x3 kernel). A 1x1 kernel (`k == 1`) has a ninth of the
     /// multiply-adds per loaded pixel and compiles in a fraction of that,
@@ -136,13 +139,19 @@ impl Tile {
             32.. if long_run && (k, s) != (3, 1) => return Tile::new(tp, 32),
             _ => {}
         }
-        let to = if produced >= 16 { 16 } else { 8 };
+        let to = match produced {
+            16.. => 16,
+            8.. => 8,
+            _ => 4,
+        };
         let wide = long_run || k == 1;
+        // 4 produced channels only in the 40-pixel tile (the candidates').
+        let to8 = to.max(8);
         match out_w {
             256.. => Tile::new(40, if wide { to } else { 8 }),
             32.. if wide => Tile::new(40, to),
-            32.. => Tile::new(16, to),
-            _ => Tile::new(8, to),
+            32.. => Tile::new(16, to8),
+            _ => Tile::new(8, to8),
         }
     }
 
