@@ -133,32 +133,16 @@ fn network_gradients_match_finite_differences() {
     // norm subtracts each channel's batch mean): its gradient is exactly 0,
     // which the finite differences above confirm for two. The others are
     // not.
+    let bias_grad = |layer: &str| {
+        let p = model.get(&format!("{layer}.bias")).unwrap();
+        gpu.read(&p.train.as_ref().unwrap().grad).unwrap()
+    };
     for name in ["conv0_1", "conv2_3", "conv5_0", "fc_1", "up_conv9"] {
-        let db = gpu
-            .read(
-                &model
-                    .get(&format!("{name}.bias"))
-                    .unwrap()
-                    .train
-                    .as_ref()
-                    .unwrap()
-                    .grad,
-            )
-            .unwrap();
+        let db = bias_grad(name);
         assert!(db.iter().all(|&v| v == 0.0), "{name}.bias: {db:?}");
     }
     for name in ["upsample_4", "upsample_5", "logits"] {
-        let db = gpu
-            .read(
-                &model
-                    .get(&format!("{name}.bias"))
-                    .unwrap()
-                    .train
-                    .as_ref()
-                    .unwrap()
-                    .grad,
-            )
-            .unwrap();
+        let db = bias_grad(name);
         assert!(db.iter().any(|&v| v != 0.0), "{name}.bias: {db:?}");
     }
 }
