@@ -165,6 +165,10 @@ fn pool_resize_bn_elementwise_loss_adam_split() {
         1e-6,
         1e-5,
     );
+    let (fl, fdz) = loss::bce_with_logits_and_grad(gpu, &xt, &tt, 15.0).unwrap();
+    assert_bits_eq("tiny fused bce", &read(gpu, &fl), &l);
+    let dz = loss::bce_with_logits_backward(gpu, &xt, &tt, 15.0).unwrap();
+    assert_bits_eq("tiny fused bce grad", &read(gpu, &fdz), &read(gpu, &dz));
 
     let s = read(gpu, &reduce::sum(gpu, &xt, false, 1.0).unwrap());
     assert_close("tiny sum", &s, &[x64.iter().sum()], 1e-3, 1e-5);

@@ -30,6 +30,10 @@ fn weighted_bce_forward_backward() {
         let scaled: Vec<f32> = dz.iter().map(|v| v * n as f32).collect();
         let fs = |zv: &[f64]| f(zv) * n as f64;
         assert_fd(&format!("bce pw {pw} dz"), fs, &z64, &scaled, 80, 1e-4);
+        // Both in one pass: the same bits.
+        let (fl, fdz) = loss::bce_with_logits_and_grad(gpu, &zt, &tt, pw).unwrap();
+        assert_bits_eq(&format!("fused bce pw {pw}"), &read(gpu, &fl), &l);
+        assert_bits_eq(&format!("fused bce grad pw {pw}"), &read(gpu, &fdz), &dz);
     }
 }
 

@@ -16,6 +16,7 @@ struct Params {
 @group(0) @binding(1) var<storage, read> z: array<f32>;
 @group(0) @binding(2) var<storage, read> t: array<f32>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
+@group(0) @binding(4) var<storage, read_write> dz: array<f32>;
 
 const WG: u32 = 64u;
 
@@ -29,24 +30,44 @@ fn sigmoid(u: f32) -> f32 {
     return select(e / (1.0 + e), 1.0 / (1.0 + e), u >= 0.0);
 }
 
+fn bce(zv: f32, tv: f32) -> f32 {
+    return P.pos_weight * tv * softplus(-zv) + (1.0 - tv) * softplus(zv);
+}
+
+// dl/dz = pos_weight * t * (sigmoid(z) - 1) + (1 - t) * sigmoid(z), times scale.
+fn bce_grad(zv: f32, tv: f32) -> f32 {
+    let s = sigmoid(zv);
+    return P.scale * (P.pos_weight * tv * (s - 1.0) + (1.0 - tv) * s);
+}
+
 @compute @workgroup_size(WG)
 fn bce_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let e = gid.x + gid.y * nwg.x * WG;
     if (e < P.n) {
         let zv = z[P.z_base + e];
         let tv = t[P.t_base + e];
-        y[P.y_base + e] = P.pos_weight * tv * softplus(-zv) + (1.0 - tv) * softplus(zv);
+        y[P.y_base + e] = bce(zv, tv);
     }
 }
 
-// dl/dz = pos_weight * t * (sigmoid(z) - 1) + (1 - t) * sigmoid(z), times scale.
 @compute @workgroup_size(WG)
 fn bce_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let e = gid.x + gid.y * nwg.x * WG;
     if (e < P.n) {
+        y[P.y_base + e] = bce_grad(z[P.z_base + e], t[P.t_base + e]);
+    }
+}
+
+// Both in one pass (a training step needs both): z and t read once, and
+// the exponentials they share computed once; the same expressions, so the
+// same bits.
+@compute @workgroup_size(WG)
+fn bce_forward_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let e = gid.x + gid.y * nwg.x * WG;
+    if (e < P.n) {
         let zv = z[P.z_base + e];
         let tv = t[P.t_base + e];
-        let s = sigmoid(zv);
-        y[P.y_base + e] = P.scale * (P.pos_weight * tv * (s - 1.0) + (1.0 - tv) * s);
+        y[P.y_base + e] = bce(zv, tv);
+        dz[P.y_base + e] = bce_grad(zv, tv);
     }
 }

@@ -31,9 +31,8 @@ pub(crate) fn train_step(
         let x = g.input(gpu.upload(&[per, 1, s, s], &b.images[range.clone()])?);
         let t = gpu.upload(&[per, 1, s, s], &b.masks[range])?;
         let out = model.forward(&mut g, x)?;
-        let l = loss::bce_with_logits(gpu, g.value(out), &t, pos_weight)?;
+        let (l, dz) = loss::bce_with_logits_and_grad(gpu, g.value(out), &t, pos_weight)?;
         elementwise::axpy(gpu, 1.0 / micro as f32, &l, &loss_acc)?;
-        let dz = loss::bce_with_logits_backward(gpu, g.value(out), &t, pos_weight)?;
         g.backward(out, dz)?;
     }
     // The L2 term of the weights this step's data loss was computed with.

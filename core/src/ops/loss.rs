@@ -7,6 +7,7 @@ use crate::gpu::{Gpu, Kernel, Tensor};
 
 const FORWARD: Kernel = kernel(&LOSS, "bce_forward");
 const BACKWARD: Kernel = kernel(&LOSS, "bce_backward");
+const FORWARD_BACKWARD: Kernel = kernel(&LOSS, "bce_forward_backward");
 
 fn check(op: &'static str, z: &Tensor, t: &Tensor) -> Result<()> {
     if z.shape() != t.shape() || z.numel() == 0 {
@@ -22,11 +23,24 @@ fn check(op: &'static str, z: &Tensor, t: &Tensor) -> Result<()> {
     Ok(())
 }
 
-fn run(gpu: &Gpu, k: &Kernel, z: &Tensor, t: &Tensor, y: &Tensor, pos_weight: f32, scale: f32) {
+/// Runs `k` over every pixel, writing y (and `dz` where given, at the same
+/// offsets: both are new tensors of z's shape).
+#[allow(clippy::too_many_arguments)]
+fn run(
+    gpu: &Gpu,
+    k: &Kernel,
+    z: &Tensor,
+    t: &Tensor,
+    y: &Tensor,
+    dz: Option<&Tensor>,
+    pos_weight: f32,
+    scale: f32,
+) {
     for (start, len) in runs(z.numel(), gpu.window_elems()) {
         let (zw, zb) = gpu.window(z, start, len);
         let (tw, tb) = gpu.window(t, start, len);
         let (yw, yb) = gpu.window(y, start, len);
+        let dzw = dz.map(|d| gpu.window(d, start, len).0);
         let p = Params::new()
             .u(len)
             .u(zb as usize)
@@ -34,7 +48,9 @@ fn run(gpu: &Gpu, k: &Kernel, z: &Tensor, t: &Tensor, y: &Tensor, pos_weight: f3
             .u(yb as usize)
             .f(pos_weight)
             .f(scale);
-        launch(gpu, k, &p, &[(1, &zw), (2, &tw), (3, &yw)], len);
+        let mut bound = vec![(1, &zw), (2, &tw), (3, &yw)];
+        bound.extend(dzw.as_ref().map(|w| (4, w)));
+        launch(gpu, k, &p, &bound, len);
     }
 }
 
@@ -42,7 +58,7 @@ fn run(gpu: &Gpu, k: &Kernel, z: &Tensor, t: &Tensor, y: &Tensor, pos_weight: f3
 pub fn bce_with_logits(gpu: &Gpu, z: &Tensor, t: &Tensor, pos_weight: f32) -> Result<Tensor> {
     check("bce_with_logits", z, t)?;
     let per_pixel = gpu.empty(z.shape())?;
-    run(gpu, &FORWARD, z, t, &per_pixel, pos_weight, 1.0);
+    run(gpu, &FORWARD, z, t, &per_pixel, None, pos_weight, 1.0);
     sum(gpu, &per_pixel, false, 1.0 / z.numel() as f32)
 }
 
@@ -55,16 +71,33 @@ pub fn bce_with_logits_backward(
 ) -> Result<Tensor> {
     check("bce_with_logits_backward", z, t)?;
     let dz = gpu.empty(z.shape())?;
+    let scale = 1.0 / z.numel() as f32;
+    run(gpu, &BACKWARD, z, t, &dz, None, pos_weight, scale);
+    Ok(dz)
+}
+
+/// `bce_with_logits` and `bce_with_logits_backward` in one pass over z and
+/// t (the same bits): the mean loss as a [1] tensor, and its gradient.
+pub fn bce_with_logits_and_grad(
+    gpu: &Gpu,
+    z: &Tensor,
+    t: &Tensor,
+    pos_weight: f32,
+) -> Result<(Tensor, Tensor)> {
+    check("bce_with_logits", z, t)?;
+    let (per_pixel, dz) = (gpu.empty(z.shape())?, gpu.empty(z.shape())?);
+    let scale = 1.0 / z.numel() as f32;
     run(
         gpu,
-        &BACKWARD,
+        &FORWARD_BACKWARD,
         z,
         t,
-        &dz,
+        &per_pixel,
+        Some(&dz),
         pos_weight,
-        1.0 / z.numel() as f32,
+        scale,
     );
-    Ok(dz)
+    Ok((sum(gpu, &per_pixel, false, scale)?, dz))
 }
 
 /// The f64 CPU reference (the `reference` feature; the tests enable it).
