@@ -114,6 +114,11 @@ fn pool_resize_bn_elementwise_loss_adam_split() {
         1e-6,
         1e-6,
     );
+    let (ya, arg) = pool::maxpool2d_with_argmax(gpu, &xt, 3, 2).unwrap();
+    assert_bits_eq("tiny maxpool with argmax", &read(gpu, &ya), &y);
+    let dyt = up(gpu, &[n, c, oh, ow], &dy);
+    let dxa = pool::maxpool2d_backward_from(gpu, &[n, c, h, w], (&arg, &dyt), 3, 2).unwrap();
+    assert_bits_eq("tiny maxpool dx from argmax", &read(gpu, &dxa), &dx);
 
     let r = read(
         gpu,

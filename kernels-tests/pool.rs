@@ -22,6 +22,20 @@ fn check(n: usize, c: usize, h: usize, w: usize, k: usize, s: usize, data: Vec<f
     );
     let want = cpu::maxpool2d_backward(&x64, &dy64, (n, c, h, w), k, s);
     assert_close(&format!("{tag} dx"), &dx, &want, 1e-6, 1e-6);
+    // Training's forward keeps each output's argmax for the backward pass:
+    // the same y, the reference's argmax, the same dx.
+    let (ya, arg) = pool::maxpool2d_with_argmax(gpu, &xt, k, s).unwrap();
+    assert_bits_eq(
+        &format!("{tag} forward with argmax"),
+        &read(gpu, &ya),
+        &read(gpu, &y),
+    );
+    let got: Vec<u32> = bytemuck::cast_slice(&read(gpu, &arg)).to_vec();
+    let (_, want_arg) = cpu::maxpool2d(&x64, (n, c, h, w), k, s);
+    let same = got.iter().zip(&want_arg).all(|(&a, &b)| a as usize == b);
+    assert!(same, "{tag} argmax: {got:?} against {want_arg:?}");
+    let dxa = pool::maxpool2d_backward_from(gpu, &[n, c, h, w], (&arg, &dyt), k, s).unwrap();
+    assert_bits_eq(&format!("{tag} dx from argmax"), &read(gpu, &dxa), &dx);
     // Finite differences only where no tie or near-tie makes max kinked.
     let distinct = {
         let mut v = data.clone();

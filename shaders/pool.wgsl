@@ -85,6 +85,19 @@ fn maxpool_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_w
     }
 }
 
+// maxpool_forward that also writes each output's argmax (training, whose
+// backward needs it), with y and arg_out at one base: one pass over x
+// instead of a second one in the backward pass.
+@compute @workgroup_size(WG)
+fn maxpool_forward_argmax(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let e = gid.x + gid.y * nwg.x * WG;
+    if (e < P.planes * P.out_h * P.out_w) {
+        let a = output_argmax(e);
+        y[P.y_base + e] = x[a.x + a.y];
+        arg_out[P.y_base + e] = a.y;
+    }
+}
+
 // arg_out[y_base + e] = the plane index of output e's argmax.
 @compute @workgroup_size(WG)
 fn maxpool_argmax(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {

@@ -1,7 +1,7 @@
 //! The whole network: gradients against finite differences on a tiny
 //! configuration, and checkpoints that round-trip.
 mod support;
-use engine::graph::Graph;
+use engine::graph::{Graph, ParamRef};
 use engine::model::{Meta, Model, ModelConfig};
 use engine::ops::loss;
 use engine::ops::resize::Mode;
@@ -360,9 +360,20 @@ fn the_graph_frees_each_value_after_its_last_use() {
     assert_eq!(g.live(), 2, "a is freed after its second read");
     let e = g.maxpool(a, 2, 2).err().unwrap().to_string();
     assert!(e.contains("freed"), "{e}");
+    // A conv keeps its input for its weight gradient.
+    let (w, b) = (gpu.zeros(&[1, 1, 3, 3]).unwrap(), gpu.zeros(&[1]).unwrap());
+    let (dw, db) = (gpu.zeros(&[1, 1, 3, 3]).unwrap(), gpu.zeros(&[1]).unwrap());
+    let w = ParamRef {
+        value: &w,
+        grad: &dw,
+    };
+    let b = ParamRef {
+        value: &b,
+        grad: &db,
+    };
     let mut g = Graph::new(gpu, true);
     let a = g.input(gpu.upload(&[1, 1, 4, 4], &x).unwrap());
-    g.maxpool(a, 2, 2).unwrap();
+    g.conv(a, &w, &b, 1, 1).unwrap();
     let e = g.maxpool(a, 2, 2).err().unwrap().to_string();
     assert!(e.contains("more ops than announced"), "{e}");
 }

@@ -139,9 +139,12 @@ enum Node {
         b: Var,
         y: Var,
     },
+    /// Keeps each output's argmax from the forward pass, not x.
     MaxPool {
         x: Var,
         y: Var,
+        arg: Tensor,
+        x_shape: Vec<usize>,
         k: usize,
         s: usize,
     },
@@ -157,13 +160,10 @@ impl Node {
     /// The values the backward pass of this node reads.
     fn saved(&self) -> Vec<Var> {
         match self {
-            Node::Conv { x, .. }
-            | Node::Tconv { x, .. }
-            | Node::Bn { x, .. }
-            | Node::MaxPool { x, .. } => vec![*x],
+            Node::Conv { x, .. } | Node::Tconv { x, .. } | Node::Bn { x, .. } => vec![*x],
             Node::BnRelu { x, y, .. } | Node::BnAddRelu { x, y, .. } => vec![*x, *y],
             Node::Relu { y, .. } | Node::AddRelu { y, .. } => vec![*y],
-            Node::Resize { .. } => Vec::new(),
+            Node::MaxPool { .. } | Node::Resize { .. } => Vec::new(),
         }
     }
 
@@ -442,9 +442,26 @@ impl<'g> Graph<'g> {
         Ok(self.finish(y, &[a, b], |y| Some(Node::AddRelu { a, b, y })))
     }
 
+    /// In training the pass also writes each output's argmax, which the
+    /// backward pass reads instead of finding it again in x.
     pub fn maxpool(&mut self, x: Var, k: usize, s: usize) -> Result<Var> {
-        let y = pool::maxpool2d(self.gpu, self.arg(x)?, k, s)?;
-        Ok(self.finish(y, &[x], |y| Some(Node::MaxPool { x, y, k, s })))
+        let xt = self.arg(x)?;
+        if !self.train {
+            let y = pool::maxpool2d(self.gpu, xt, k, s)?;
+            return Ok(self.finish(y, &[x], |_| None));
+        }
+        let x_shape = xt.shape().to_vec();
+        let (y, arg) = pool::maxpool2d_with_argmax(self.gpu, xt, k, s)?;
+        Ok(self.finish(y, &[x], |y| {
+            Some(Node::MaxPool {
+                x,
+                y,
+                arg,
+                x_shape,
+                k,
+                s,
+            })
+        }))
     }
 
     pub fn resize(&mut self, x: Var, h: usize, w: usize, mode: Mode) -> Result<Var> {
@@ -591,8 +608,15 @@ impl<'g> Graph<'g> {
                 let d = elementwise::relu_backward(gpu, self.try_value(*y)?, g)?;
                 vec![(*a, d.clone()), (*b, d)]
             }
-            Node::MaxPool { x, k, s, .. } => {
-                let dx = pool::maxpool2d_backward(gpu, self.try_value(*x)?, g, *k, *s)?;
+            Node::MaxPool {
+                x,
+                arg,
+                x_shape,
+                k,
+                s,
+                ..
+            } => {
+                let dx = pool::maxpool2d_backward_from(gpu, x_shape, (arg, g), *k, *s)?;
                 vec![(*x, dx)]
             }
             Node::Resize { x, mode, in_hw, .. } => {

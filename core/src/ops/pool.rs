@@ -5,6 +5,7 @@ use crate::error::{Result, shape_err};
 use crate::gpu::{Gpu, Kernel, Tensor};
 
 const FORWARD: Kernel = kernel(&POOL, "maxpool_forward");
+const FORWARD_ARGMAX: Kernel = kernel(&POOL, "maxpool_forward_argmax");
 const ARGMAX: Kernel = kernel(&POOL, "maxpool_argmax");
 const BACKWARD: Kernel = kernel(&POOL, "maxpool_backward");
 const SCATTER: Kernel = kernel(&POOL, "maxpool_scatter");
@@ -18,8 +19,11 @@ pub fn pool_geom(h: usize, w: usize, k: usize, s: usize) -> (usize, usize, usize
 
 /// One pool pass over x's planes in windows.
 enum Pass<'a> {
-    /// y = max of each window.
-    Forward { y: &'a Tensor },
+    /// y = max of each window, and where given its argmax as `Argmax`'s.
+    Forward {
+        y: &'a Tensor,
+        arg: Option<&'a Tensor>,
+    },
     /// arg = the plane index of each window's first maximum.
     Argmax { arg: &'a Tensor },
     /// dx from dy and `Argmax`'s arg: a gather over the outputs that
@@ -64,10 +68,16 @@ fn run(gpu: &Gpu, op: &'static str, x: &Tensor, pass: Pass, ks: usize, s: usize)
                 .u(yb as usize)
         };
         match pass {
-            Pass::Forward { y } => {
+            Pass::Forward { y, arg } => {
+                // y and arg: same offsets of same-sized tensors, one base.
                 let (yw, yb) = outs(y);
+                let aw = arg.map(|a| outs(a).0);
                 let p = params(0, yb);
-                launch(gpu, &FORWARD, &p, &[(1, &xw), (3, &yw)], np * oh * ow);
+                let (k, binds) = match &aw {
+                    Some(aw) => (&FORWARD_ARGMAX, vec![(1, &xw), (3, &yw), (5, aw)]),
+                    None => (&FORWARD, vec![(1, &xw), (3, &yw)]),
+                };
+                launch(gpu, k, &p, &binds, np * oh * ow);
             }
             Pass::Argmax { arg } => {
                 let (aw, ab) = outs(arg);
@@ -121,8 +131,35 @@ pub fn maxpool2d(gpu: &Gpu, x: &Tensor, k: usize, s: usize) -> Result<Tensor> {
     let (n, c, h, w) = x.nchw();
     let (oh, ow, _, _) = pool_geom(h, w, k, s);
     let y = gpu.empty(&[n, c, oh, ow])?;
-    run(gpu, "maxpool2d", x, Pass::Forward { y: &y }, k, s)?;
+    run(
+        gpu,
+        "maxpool2d",
+        x,
+        Pass::Forward { y: &y, arg: None },
+        k,
+        s,
+    )?;
     Ok(y)
+}
+
+/// `maxpool2d` and each output's argmax (a u32 plane index per output),
+/// for `maxpool2d_backward_from`: training's forward, in one pass.
+pub fn maxpool2d_with_argmax(
+    gpu: &Gpu,
+    x: &Tensor,
+    k: usize,
+    s: usize,
+) -> Result<(Tensor, Tensor)> {
+    check("maxpool2d", x, k, s)?;
+    let (n, c, h, w) = x.nchw();
+    let (oh, ow, _, _) = pool_geom(h, w, k, s);
+    let (y, arg) = (gpu.empty(&[n, c, oh, ow])?, gpu.empty(&[n, c, oh, ow])?);
+    let pass = Pass::Forward {
+        y: &y,
+        arg: Some(&arg),
+    };
+    run(gpu, "maxpool2d", x, pass, k, s)?;
+    Ok((y, arg))
 }
 
 /// dx of `maxpool2d` from its input x and the output gradient dy.
@@ -133,47 +170,83 @@ pub fn maxpool2d_backward(
     k: usize,
     s: usize,
 ) -> Result<Tensor> {
-    const OP: &str = "maxpool2d_backward";
-    check(OP, x, k, s)?;
-    let (n, c, h, w) = x.nchw();
-    let (oh, ow, _, _) = pool_geom(h, w, k, s);
-    if dy.shape() != [n, c, oh, ow] {
+    check(OP_BACKWARD, x, k, s)?;
+    check_dy(x.shape(), dy, k, s)?;
+    let arg = gpu.empty(dy.shape())?;
+    run(gpu, OP_BACKWARD, x, Pass::Argmax { arg: &arg }, k, s)?;
+    backward_from(gpu, x.shape(), (&arg, dy), k, s)
+}
+
+/// dx of `maxpool2d` over an input of `x_shape` from the argmax that
+/// `maxpool2d_with_argmax` returned and the output gradient dy.
+pub fn maxpool2d_backward_from(
+    gpu: &Gpu,
+    x_shape: &[usize],
+    (arg, dy): (&Tensor, &Tensor),
+    k: usize,
+    s: usize,
+) -> Result<Tensor> {
+    if k == 0 || s == 0 {
         return shape_err(
-            OP,
-            format!(
-                "dy {:?} must be {:?} for x {:?}",
-                dy.shape(),
-                [n, c, oh, ow],
-                x.shape()
-            ),
+            OP_BACKWARD,
+            format!("kernel {k} and stride {s} must be >= 1"),
         );
     }
-    let arg = gpu.empty(dy.shape())?;
-    run(gpu, OP, x, Pass::Argmax { arg: &arg }, k, s)?;
+    check_dy(x_shape, dy, k, s)?;
+    if arg.shape() != dy.shape() {
+        let shapes = format!("argmax {:?} and dy {:?} differ", arg.shape(), dy.shape());
+        return shape_err(OP_BACKWARD, shapes);
+    }
+    backward_from(gpu, x_shape, (arg, dy), k, s)
+}
+
+const OP_BACKWARD: &str = "maxpool2d_backward";
+
+/// dy must have the pooled shape of x's.
+fn check_dy(x_shape: &[usize], dy: &Tensor, k: usize, s: usize) -> Result<()> {
+    let [n, c, h, w] = x_shape[..] else {
+        return shape_err(OP_BACKWARD, format!("input {x_shape:?} must have rank 4"));
+    };
+    let (oh, ow, _, _) = pool_geom(h, w, k, s);
+    if dy.shape() != [n, c, oh, ow] {
+        let want = [n, c, oh, ow];
+        let shapes = format!("dy {:?} must be {want:?} for x {x_shape:?}", dy.shape());
+        return shape_err(OP_BACKWARD, shapes);
+    }
+    Ok(())
+}
+
+/// The backward passes from the argmax. They take the planes' sizes and
+/// windows from dx (x's shape), and read no x.
+fn backward_from(
+    gpu: &Gpu,
+    x_shape: &[usize],
+    (arg, dy): (&Tensor, &Tensor),
+    k: usize,
+    s: usize,
+) -> Result<Tensor> {
     if k <= s {
         // Each input lies in at most one window: one gather pass.
-        let dx = gpu.empty(x.shape())?;
-        let pass = Pass::Backward {
-            dy,
-            arg: &arg,
-            dx: &dx,
-        };
-        run(gpu, OP, x, pass, k, s)?;
+        let dx = gpu.empty(x_shape)?;
+        let pass = Pass::Backward { dy, arg, dx: &dx };
+        run(gpu, OP_BACKWARD, &dx, pass, k, s)?;
         return Ok(dx);
     }
     // Overlapping windows (the network's 3x3 stride 2): scatter passes.
-    let dx = gpu.zeros(x.shape())?;
+    let dx = gpu.zeros(x_shape)?;
+    let (_, _, h, w) = dx.nchw();
+    let (oh, ow, _, _) = pool_geom(h, w, k, s);
     let period = k.div_ceil(s);
     for ci in 0..period.min(oh) {
         for cj in 0..period.min(ow) {
             let pass = Pass::Scatter {
                 dy,
-                arg: &arg,
+                arg,
                 dx: &dx,
                 class: (ci, cj),
                 period,
             };
-            run(gpu, OP, x, pass, k, s)?;
+            run(gpu, OP_BACKWARD, &dx, pass, k, s)?;
         }
     }
     Ok(dx)
