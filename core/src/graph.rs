@@ -228,13 +228,15 @@ impl<'g> Graph<'g> {
     /// A network input: read once by the forward code, and given a
     /// gradient by `backward` only when `input_grad` is set.
     pub fn input(&mut self, t: Tensor) -> Var {
-        self.push(t, true)
+        self.push(Some(t), true)
     }
 
-    fn push(&mut self, t: Tensor, input: bool) -> Var {
+    /// A new value: read once by the forward code when it holds a tensor;
+    /// without one it only links two nodes (`tconv_relu`).
+    fn push(&mut self, t: Option<Tensor>, input: bool) -> Var {
         self.slots.push(Slot {
-            tensor: Some(t),
-            reads: 1,
+            reads: t.is_some() as usize,
+            tensor: t,
             saved_by: 0,
             input,
         });
@@ -294,16 +296,21 @@ impl<'g> Graph<'g> {
         }
     }
 
+    /// Records a node for the backward pass, keeping alive what it reads.
+    fn record(&mut self, node: Node) {
+        for v in node.saved() {
+            self.slots[v.0].saved_by += 1;
+        }
+        self.nodes.push(node);
+    }
+
     /// Pushes an op's output, records its node when training, then uses up
     /// one read of each input (after recording, so that what the node's
     /// backward needs stays alive).
     fn finish(&mut self, y: Tensor, inputs: &[Var], node: impl FnOnce(Var) -> Option<Node>) -> Var {
-        let y = self.push(y, false);
+        let y = self.push(Some(y), false);
         if let Some(node) = self.train.then(|| node(y)).flatten() {
-            for v in node.saved() {
-                self.slots[v.0].saved_by += 1;
-            }
-            self.nodes.push(node);
+            self.record(node);
         }
         for &x in inputs {
             let s = &mut self.slots[x.0];
@@ -335,11 +342,6 @@ impl<'g> Graph<'g> {
         }))
     }
 
-    pub fn tconv(&mut self, x: Var, w: &ParamRef, b: &ParamRef, stride: usize) -> Result<Var> {
-        let y = conv::tconv2d(self.gpu, self.arg(x)?, w.value, b.value, stride)?;
-        Ok(self.finish(y, &[x], |y| Some(tconv_node(x, y, (w, b), stride))))
-    }
-
     /// relu(tconv(x)) in one pass. Its nodes are a tconv's and a ReLU's
     /// around the pre-ReLU value, which is never stored: the tconv's
     /// backward reads x, the ReLU's y. (One node reading both would keep y
@@ -351,15 +353,15 @@ impl<'g> Graph<'g> {
         if !self.train {
             return Ok(self.finish(y, &[x], |_| None));
         }
-        self.slots.push(Slot {
-            tensor: None,
-            reads: 0,
-            saved_by: 0,
-            input: false,
+        let pre = self.push(None, false);
+        self.record(Node::Tconv {
+            x,
+            y: pre,
+            w: w.value.clone(),
+            dw: w.grad.clone(),
+            db: b.grad.clone(),
+            stride,
         });
-        let pre = Var(self.slots.len() - 1);
-        self.slots[x.0].saved_by += 1;
-        self.nodes.push(tconv_node(x, pre, (w, b), stride));
         Ok(self.finish(y, &[x], |y| Some(Node::Relu { y, x: pre })))
     }
 
@@ -487,18 +489,8 @@ impl<'g> Graph<'g> {
         grads[out.0] = Some(dy);
         let nodes = std::mem::take(&mut self.nodes);
         for node in nodes.into_iter().rev() {
-            let y = node.output().0;
-            if let Some(g) = grads[y].take() {
-                if let Some(x) = self.relu_into_existing(&node, &g, &grads)? {
-                    normed_only[x.0] = false;
-                } else {
-                    for (v, dx) in self.node_backward(&node, &g, normed_only[y])? {
-                        if self.wants_grad(v) {
-                            normed_only[v.0] = grads[v.0].is_none() && node.batch_norms(v);
-                            accumulate(self.gpu, &mut grads, v, dx)?;
-                        }
-                    }
-                }
+            if let Some(g) = grads[node.output().0].take() {
+                self.propagate(&node, &g, &mut grads, &mut normed_only)?;
             }
             for v in node.saved() {
                 self.slots[v.0].saved_by -= 1;
@@ -507,6 +499,29 @@ impl<'g> Graph<'g> {
         }
         let input = self.slots.iter().position(|s| s.input);
         Ok(input.and_then(|i| grads[i].take()))
+    }
+
+    /// Adds what `node` passes back from its output's gradient `g` into its
+    /// inputs' gradients, and notes which of them took all of theirs
+    /// through one training batch norm.
+    fn propagate(
+        &self,
+        node: &Node,
+        g: &Tensor,
+        grads: &mut [Option<Tensor>],
+        normed_only: &mut [bool],
+    ) -> Result<()> {
+        if let Some(x) = self.relu_into_existing(node, g, grads)? {
+            normed_only[x.0] = false;
+            return Ok(());
+        }
+        for (v, dx) in self.node_backward(node, g, normed_only[node.output().0])? {
+            if self.wants_grad(v) {
+                normed_only[v.0] = grads[v.0].is_none() && node.batch_norms(v);
+                accumulate(self.gpu, grads, v, dx)?;
+            }
+        }
+        Ok(())
     }
 
     /// A ReLU's backward pass added straight into its input's gradient,
@@ -626,17 +641,6 @@ impl<'g> Graph<'g> {
                 )]
             }
         })
-    }
-}
-
-fn tconv_node(x: Var, y: Var, (w, b): (&ParamRef, &ParamRef), stride: usize) -> Node {
-    Node::Tconv {
-        x,
-        y,
-        w: w.value.clone(),
-        dw: w.grad.clone(),
-        db: b.grad.clone(),
-        stride,
     }
 }
 
