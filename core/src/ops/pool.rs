@@ -120,6 +120,10 @@ fn run(gpu: &Gpu, op: &'static str, x: &Tensor, pass: Pass, ks: usize, s: usize)
 
 fn check(op: &'static str, x: &Tensor, k: usize, s: usize) -> Result<()> {
     check_rank(op, "input", x, 4)?;
+    check_window(op, k, s)
+}
+
+fn check_window(op: &'static str, k: usize, s: usize) -> Result<()> {
     if k == 0 || s == 0 {
         return shape_err(op, format!("kernel {k} and stride {s} must be >= 1"));
     }
@@ -174,11 +178,12 @@ pub fn maxpool2d_backward(
     check_dy(x.shape(), dy, k, s)?;
     let arg = gpu.empty(dy.shape())?;
     run(gpu, OP_BACKWARD, x, Pass::Argmax { arg: &arg }, k, s)?;
-    backward_from(gpu, x.shape(), (&arg, dy), k, s)
+    maxpool2d_backward_from(gpu, x.shape(), (&arg, dy), k, s)
 }
 
 /// dx of `maxpool2d` over an input of `x_shape` from the argmax that
-/// `maxpool2d_with_argmax` returned and the output gradient dy.
+/// `maxpool2d_with_argmax` returned and the output gradient dy. The passes
+/// take the planes' sizes and windows from dx (x's shape) and read no x.
 pub fn maxpool2d_backward_from(
     gpu: &Gpu,
     x_shape: &[usize],
@@ -186,18 +191,36 @@ pub fn maxpool2d_backward_from(
     k: usize,
     s: usize,
 ) -> Result<Tensor> {
-    if k == 0 || s == 0 {
-        return shape_err(
-            OP_BACKWARD,
-            format!("kernel {k} and stride {s} must be >= 1"),
-        );
-    }
+    check_window(OP_BACKWARD, k, s)?;
     check_dy(x_shape, dy, k, s)?;
     if arg.shape() != dy.shape() {
         let shapes = format!("argmax {:?} and dy {:?} differ", arg.shape(), dy.shape());
         return shape_err(OP_BACKWARD, shapes);
     }
-    backward_from(gpu, x_shape, (arg, dy), k, s)
+    if k <= s {
+        // Each input lies in at most one window: one gather pass.
+        let dx = gpu.empty(x_shape)?;
+        let pass = Pass::Backward { dy, arg, dx: &dx };
+        run(gpu, OP_BACKWARD, &dx, pass, k, s)?;
+        return Ok(dx);
+    }
+    // Overlapping windows (the network's 3x3 stride 2): scatter passes.
+    let dx = gpu.zeros(x_shape)?;
+    let (oh, ow) = (dy.shape()[2], dy.shape()[3]);
+    let period = k.div_ceil(s);
+    for ci in 0..period.min(oh) {
+        for cj in 0..period.min(ow) {
+            let pass = Pass::Scatter {
+                dy,
+                arg,
+                dx: &dx,
+                class: (ci, cj),
+                period,
+            };
+            run(gpu, OP_BACKWARD, &dx, pass, k, s)?;
+        }
+    }
+    Ok(dx)
 }
 
 const OP_BACKWARD: &str = "maxpool2d_backward";
@@ -214,42 +237,6 @@ fn check_dy(x_shape: &[usize], dy: &Tensor, k: usize, s: usize) -> Result<()> {
         return shape_err(OP_BACKWARD, shapes);
     }
     Ok(())
-}
-
-/// The backward passes from the argmax. They take the planes' sizes and
-/// windows from dx (x's shape), and read no x.
-fn backward_from(
-    gpu: &Gpu,
-    x_shape: &[usize],
-    (arg, dy): (&Tensor, &Tensor),
-    k: usize,
-    s: usize,
-) -> Result<Tensor> {
-    if k <= s {
-        // Each input lies in at most one window: one gather pass.
-        let dx = gpu.empty(x_shape)?;
-        let pass = Pass::Backward { dy, arg, dx: &dx };
-        run(gpu, OP_BACKWARD, &dx, pass, k, s)?;
-        return Ok(dx);
-    }
-    // Overlapping windows (the network's 3x3 stride 2): scatter passes.
-    let dx = gpu.zeros(x_shape)?;
-    let (_, _, h, w) = dx.nchw();
-    let (oh, ow, _, _) = pool_geom(h, w, k, s);
-    let period = k.div_ceil(s);
-    for ci in 0..period.min(oh) {
-        for cj in 0..period.min(ow) {
-            let pass = Pass::Scatter {
-                dy,
-                arg,
-                dx: &dx,
-                class: (ci, cj),
-                period,
-            };
-            run(gpu, OP_BACKWARD, &dx, pass, k, s)?;
-        }
-    }
-    Ok(dx)
 }
 
 /// The f64 CPU reference (the `reference` feature; the tests enable it).
