@@ -22,7 +22,19 @@ fn conv_all_variants(gpu: &Gpu, shape: ConvShape) {
 /// `conv_all_variants` with only the given direct variants (every weight
 /// gradient variant still): where the others would only repeat kernels
 /// another test proves, each a compile of up to ~15 s on lavapipe.
-fn conv_variants(gpu: &Gpu, (n, c, o, h, w, k, s, d): ConvShape, variants: &[ConvVariant]) {
+fn conv_variants(gpu: &Gpu, shape: ConvShape, variants: &[ConvVariant]) {
+    conv_direct_passes(gpu, shape, variants);
+    conv_weight_gradients(gpu, shape);
+}
+
+/// The forward (with and without ReLU) and input-gradient passes of each
+/// direct variant against the reference; returns each variant's forward
+/// and input gradient.
+fn conv_direct_passes(
+    gpu: &Gpu,
+    (n, c, o, h, w, k, s, d): ConvShape,
+    variants: &[ConvVariant],
+) -> Vec<(Vec<f32>, Vec<f32>)> {
     let tag = format!("conv n{n} c{c} o{o} {h}x{w} k{k} s{s} d{d}");
     let (oh, ow, g) = conv_geom(h, w, k, s, d);
     let (x, wt, b) = (
@@ -41,7 +53,7 @@ fn conv_variants(gpu: &Gpu, (n, c, o, h, w, k, s, d): ConvShape, variants: &[Con
     let y_ref = cpu::conv2d(&x64, (n, c, h, w), &w64, &b64, o, g, (oh, ow));
     let relu_ref: Vec<f64> = y_ref.iter().map(|v| v.max(0.0)).collect();
     let dx_ref = cpu::conv2d_backward_input(&dy64, (n, o, oh, ow), &w64, c, g, (h, w));
-    let dw_ref = cpu::conv2d_backward_weight(&dy64, (n, o, oh, ow), &x64, (c, h, w), g);
+    let mut outs = Vec::new();
     for &v in variants {
         let name = v.name();
         let y = conv::conv2d_with(gpu, &xt, &wtt, Some(&bt), s, d, false, Some(v)).unwrap();
@@ -60,15 +72,24 @@ fn conv_variants(gpu: &Gpu, (n, c, o, h, w, k, s, d): ConvShape, variants: &[Con
             ATOL,
             1e-4,
         );
+        let fwd = read(gpu, &y);
         let dx = conv::conv2d_backward_input_with(gpu, &dyt, &wtt, (h, w), s, d, Some(v)).unwrap();
-        assert_close(
-            &format!("{tag} {name} dx"),
-            &read(gpu, &dx),
-            &dx_ref,
-            ATOL,
-            1e-4,
-        );
+        let dx = read(gpu, &dx);
+        assert_close(&format!("{tag} {name} dx"), &dx, &dx_ref, ATOL, 1e-4);
+        outs.push((fwd, dx));
     }
+    outs
+}
+
+/// Every weight-gradient variant against the reference, written and
+/// accumulated.
+fn conv_weight_gradients(gpu: &Gpu, (n, c, o, h, w, k, s, d): ConvShape) {
+    let tag = format!("conv n{n} c{c} o{o} {h}x{w} k{k} s{s} d{d}");
+    let (oh, ow, g) = conv_geom(h, w, k, s, d);
+    let (x, dy) = (rand_vec(1, n * c * h * w), rand_vec(4, n * o * oh * ow));
+    let (x64, dy64) = (to64(&x), to64(&dy));
+    let (xt, dyt) = (up(gpu, &[n, c, h, w], &x), up(gpu, &[n, o, oh, ow], &dy));
+    let dw_ref = cpu::conv2d_backward_weight(&dy64, (n, o, oh, ow), &x64, (c, h, w), g);
     for v in WgradVariant::candidates(gpu, k * k) {
         let dwt = stale(gpu, &[o, c, k, k]);
         conv::conv2d_backward_weight_with(gpu, &dyt, &xt, &dwt, s, d, false, Some(v)).unwrap();
@@ -86,7 +107,37 @@ fn conv_variants(gpu: &Gpu, (n, c, o, h, w, k, s, d): ConvShape, variants: &[Con
     }
 }
 
-fn tconv_all_variants(gpu: &Gpu, (n, c, o, h, w, s): (usize, usize, usize, usize, usize, usize)) {
+/// (n, c, o, h, w, s) of a 4x4 transposed convolution.
+type TconvShape = (usize, usize, usize, usize, usize, usize);
+
+fn tconv_all_variants(gpu: &Gpu, shape: TconvShape) {
+    tconv_direct_passes(gpu, shape, &ConvVariant::candidates(gpu));
+    let (n, c, o, h, w, s) = shape;
+    let tag = format!("tconv n{n} c{c} o{o} {h}x{w} s{s}");
+    let (x, wt, dy) = (
+        rand_vec(5, n * c * h * w),
+        rand_vec(6, c * o * 16),
+        rand_vec(8, n * o * h * s * w * s),
+    );
+    let (xt, dyt) = (
+        up(gpu, &[n, c, h, w], &x),
+        up(gpu, &[n, o, h * s, w * s], &dy),
+    );
+    let (_, dw_ref) = cpu::tconv2d_backward(&to64(&dy), &to64(&x), (n, c, h, w), &to64(&wt), o, s);
+    for v in WgradVariant::candidates(gpu, 16) {
+        let dwt = stale(gpu, &[c, o, 4, 4]);
+        conv::tconv2d_backward_weight_with(gpu, &dyt, &xt, &dwt, s, false, Some(v)).unwrap();
+        let tag = format!("{tag} {} dw", v.name());
+        assert_close(&tag, &read(gpu, &dwt), &dw_ref, 5e-4, 1e-4);
+    }
+}
+
+/// `conv_direct_passes` of a transposed convolution.
+fn tconv_direct_passes(
+    gpu: &Gpu,
+    (n, c, o, h, w, s): TconvShape,
+    variants: &[ConvVariant],
+) -> Vec<(Vec<f32>, Vec<f32>)> {
     let tag = format!("tconv n{n} c{c} o{o} {h}x{w} s{s}");
     let (x, wt, b) = (
         rand_vec(5, n * c * h * w),
@@ -103,8 +154,9 @@ fn tconv_all_variants(gpu: &Gpu, (n, c, o, h, w, s): (usize, usize, usize, usize
     );
     let y_ref = cpu::tconv2d(&x64, (n, c, h, w), &w64, &b64, o, s);
     let relu_ref: Vec<f64> = y_ref.iter().map(|v| v.max(0.0)).collect();
-    let (dx_ref, dw_ref) = cpu::tconv2d_backward(&dy64, &x64, (n, c, h, w), &w64, o, s);
-    for v in ConvVariant::candidates(gpu) {
+    let (dx_ref, _) = cpu::tconv2d_backward(&dy64, &x64, (n, c, h, w), &w64, o, s);
+    let mut outs = Vec::new();
+    for &v in variants {
         let name = v.name();
         let y = conv::tconv2d_with(gpu, &xt, &wtt, Some(&bt), s, false, Some(v)).unwrap();
         assert_close(
@@ -122,21 +174,13 @@ fn tconv_all_variants(gpu: &Gpu, (n, c, o, h, w, s): (usize, usize, usize, usize
             ATOL,
             1e-4,
         );
+        let fwd = read(gpu, &y);
         let dx = conv::tconv2d_backward_input_with(gpu, &dyt, &wtt, s, Some(v)).unwrap();
-        assert_close(
-            &format!("{tag} {name} dx"),
-            &read(gpu, &dx),
-            &dx_ref,
-            ATOL,
-            1e-4,
-        );
+        let dx = read(gpu, &dx);
+        assert_close(&format!("{tag} {name} dx"), &dx, &dx_ref, ATOL, 1e-4);
+        outs.push((fwd, dx));
     }
-    for v in WgradVariant::candidates(gpu, 16) {
-        let dwt = stale(gpu, &[c, o, 4, 4]);
-        conv::tconv2d_backward_weight_with(gpu, &dyt, &xt, &dwt, s, false, Some(v)).unwrap();
-        let tag = format!("{tag} {} dw", v.name());
-        assert_close(&tag, &read(gpu, &dwt), &dw_ref, 5e-4, 1e-4);
-    }
+    outs
 }
 
 #[test]
@@ -207,6 +251,76 @@ fn every_tconv_variant_matches_the_reference() {
     ] {
         tconv_all_variants(gpu(), shape);
     }
+}
+
+#[test]
+fn wide_two_d_tiles_match_the_reference_and_one_row_tiles_bit_for_bit() {
+    // The 2-D tiles a long run on a CPU adapter times as rivals
+    // (`Tile::two_d`, reading storage) are too wide for `candidates`,
+    // whose every shape would compile each for ~10 s: here the forward,
+    // ReLU, input-gradient and transposed passes on odd shapes (rows not a
+    // multiple of the tile's, narrowed columns, stride 2, dilation 2 on
+    // 10x10, a stride-2 tconv's 2x2 phases, and a 4 KiB binding limit),
+    // against the reference and bit for bit against the one-row tile
+    // reading storage. (They are no rivals for 4x4 kernels.)
+    let open = |limit: Option<u64>| {
+        let gpu = Gpu::new(None).expect("a GPU adapter");
+        gpu.variants().set_long_run(true);
+        if let Some(bytes) = limit {
+            gpu.set_binding_limit(bytes);
+        }
+        gpu
+    };
+    let two_d = [16, 8].map(|to| conv::Tile::two_d(to).expect("a 2-D tile"));
+    let mut field = vec![ConvVariant::Direct(
+        conv::Tile::new(40, 16).reading_storage(),
+    )];
+    field.extend(two_d.map(|t| ConvVariant::Direct(t.reading_storage())));
+    let same_bits = |tag: &str, outs: &[(Vec<f32>, Vec<f32>)]| {
+        for (v, (fwd, dx)) in field.iter().zip(outs).skip(1) {
+            let name = v.name();
+            assert!(bits_equal(fwd, &outs[0].0), "{tag}: {name} forward");
+            assert!(bits_equal(dx, &outs[0].1), "{tag}: {name} input gradient");
+        }
+    };
+    let long_run = open(None);
+    for shape in [
+        (2, 9, 10, 13, 11, 3, 1, 1),
+        (1, 6, 20, 10, 10, 3, 1, 2),
+        (1, 5, 7, 11, 9, 3, 2, 1),
+    ] {
+        same_bits(
+            &format!("{shape:?}"),
+            &conv_direct_passes(&long_run, shape, &field),
+        );
+    }
+    // A stride-2 tconv's forward runs 2x2 phases (its input gradient, a
+    // strided 4x4 kernel, has no 2-D rival).
+    let (n, c, o, h, w, s) = (1, 5, 6, 6, 7, 2);
+    let (x, wt, b) = (
+        rand_vec(5, n * c * h * w),
+        rand_vec(6, c * o * 16),
+        rand_vec(7, o),
+    );
+    let y_ref = cpu::tconv2d(&to64(&x), (n, c, h, w), &to64(&wt), &to64(&b), o, s);
+    let (xt, wtt, bt) = (
+        up(&long_run, &[n, c, h, w], &x),
+        up(&long_run, &[c, o, 4, 4], &wt),
+        up(&long_run, &[o], &b),
+    );
+    let tconv = |v: ConvVariant| {
+        let y = conv::tconv2d_with(&long_run, &xt, &wtt, Some(&bt), s, false, Some(v)).unwrap();
+        read(&long_run, &y)
+    };
+    let first = tconv(field[0]);
+    for &v in &field {
+        let y = tconv(v);
+        assert_close(&format!("tconv {} fwd", v.name()), &y, &y_ref, ATOL, 1e-4);
+        assert!(bits_equal(&y, &first), "tconv: {} forward", v.name());
+    }
+    let tiny = open(Some(TINY_LIMIT));
+    let shape = (2, 12, 20, 12, 11, 3, 1, 1);
+    same_bits("4 KiB", &conv_direct_passes(&tiny, shape, &field));
 }
 
 #[test]
@@ -780,24 +894,32 @@ fn a_long_run_times_the_rule_against_its_rival_once_and_reuses_the_winner() {
     }
     let rule = ConvVariant::rule(&first, (3, 1), o, w);
     let tile40 = conv::Tile::new(40, 16);
-    let (lead, rivals) = ConvVariant::long_run_rivals(&first, rule, w);
+    let (lead, rivals) = ConvVariant::long_run_rivals(&first, rule, (3, w));
     // With texel operands (on by default on CPU adapters) the lead
-    // reading storage is a rival too.
+    // reading storage is a rival too, and so is the 2-D tile.
     let storage = (first.texel_operands() || first.uniform_operands())
         .then_some(ConvVariant::Direct(tile40.reading_storage()));
-    let want: Vec<ConvVariant> = std::iter::once(rule).chain(storage).collect();
+    let two_d = ConvVariant::Direct(conv::Tile::rows(16, 4, 16).reading_storage());
+    let want: Vec<ConvVariant> = std::iter::once(rule)
+        .chain(storage)
+        .chain([two_d])
+        .collect();
     assert_eq!((lead, &rivals), (ConvVariant::Direct(tile40), &want));
     let short_row = ConvVariant::rule(&first, (3, 1), o, 20);
-    let (short_lead, short_rivals) = ConvVariant::long_run_rivals(&first, short_row, 20);
+    let (short_lead, short_rivals) = ConvVariant::long_run_rivals(&first, short_row, (3, 20));
     assert_eq!(short_lead, short_row, "a short row leads with the rule");
     let reads_other = first.texel_operands() || first.uniform_operands();
-    assert_eq!(short_rivals.len(), usize::from(reads_other));
+    assert_eq!(short_rivals.len(), usize::from(reads_other) + 1);
+    assert_eq!(short_rivals.last(), Some(&two_d));
+    // A 1x1 kernel has no rows to share: no 2-D rival.
+    let (_, one_by_one) = ConvVariant::long_run_rivals(&first, short_row, (1, 20));
+    assert!(!one_by_one.contains(&two_d));
     let y = forward(&first, None);
     let table = first.variants().table();
     assert_eq!(table.len(), 1, "one timed shape: {table:?}");
     let (key, winner) = table.iter().next().unwrap();
     assert!(
-        key.ends_with("(long-run rivals, slabs, texels or storage)"),
+        key.ends_with("(long-run rivals, slabs, texels or storage, 2-D tiles)"),
         "{key}"
     );
     let field: Vec<ConvVariant> = std::iter::once(lead).chain(rivals).collect();

@@ -132,6 +132,15 @@ pub(super) fn write_row_masks(w: &mut String, indent: &str, (k, d): (usize, usiz
     }
 }
 
+/// `write_row_masks` for the input rows at `offsets` from row `top`, each
+/// mask named by its offset: `ok{r}`, whether row `top + r` lies in the
+/// source's `rows` rows.
+pub(super) fn write_row_masks_at(w: &mut String, indent: &str, offsets: &[usize], rows: &str) {
+    for r in offsets {
+        let _ = writeln!(w, "{indent}let ok{r} = u32(top + {r}) < {rows};");
+    }
+}
+
 /// For a kernel that reads the source itself: `in{q}`, whether vec4 q of
 /// `quads` from vec4 `left` of a row lies in the source's rows of
 /// `row_quads` vec4s.

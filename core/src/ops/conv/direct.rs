@@ -2,14 +2,15 @@
 //! the kernel size, stride, dilation, register tile and flags baked in, so
 //! every inner loop is straight-line code with constant offsets.
 //!
-//! One invocation computes `tp` output pixels of one row for `to` produced
-//! channels: `tp * to / 4` named vec4 accumulators (no arrays: arrays
-//! indexed at run time spill on lavapipe). The input is a zero-padded copy
-//! (`prep::pad_input`), so the hot loop has no border branches, or, where
-//! the kernel reads storage as vec4s, the source itself, each vec4 outside
-//! it selected to zero (`borders`: no copy); a row of
-//! `(tp-1)*s + (kw-1)*d + 1` input values is loaded once and reused by every
-//! tap of that row. Weights are re-laid [summed][tap][produced]
+//! One invocation computes `tp` output pixels of each of `tr` rows (one
+//! row, or a 2-D tile) for `to` produced channels: `tr * tp * to / 4`
+//! named vec4 accumulators (no arrays: arrays indexed at run time spill on
+//! lavapipe). The input is a zero-padded copy (`prep::pad_input`), so the
+//! hot loop has no border branches, or, where the kernel reads storage as
+//! vec4s, the source itself, each vec4 outside it selected to zero
+//! (`borders`: no copy); an input row of `(tp-1)*s + (kw-1)*d + 1` values
+//! is loaded once per summed channel and reused by every tap of every
+//! output row that reads it. Weights are re-laid [summed][tap][produced]
 //! (`prep::prep_weights`) and the produced-channel group is `workgroup_id.y`,
 //! so every weight load has the same address in all lanes (one broadcast
 //! transaction on a GPU). lavapipe still loads a storage value lane by
@@ -20,7 +21,7 @@
 //! every tile: all tiles give bit-identical results.
 use super::codegen::{
     LANE, Operand, RowLoads, UNIFORM_VEC4S, quads_of, tap_cols, write_bordered_row,
-    write_quad_masks, write_row_loads, write_row_masks,
+    write_quad_masks, write_row_loads, write_row_masks_at,
 };
 use super::prep::{self, PadRegion, WeightMap};
 use crate::error::Result;
@@ -31,8 +32,12 @@ use std::fmt::Write;
 /// The register tile and workgroup size of a direct kernel: one variant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Tile {
-    /// Output pixels per invocation (along a row).
+    /// Output pixels per invocation along a row.
     pub tp: usize,
+    /// Output rows per invocation: a 2-D tile of `tr x tp` pixels, whose
+    /// rows share the input rows they read (3x3, stride 1: `tr + 2` input
+    /// rows for `tr` output rows instead of `3 tr`).
+    pub tr: usize,
     /// Produced channels per invocation (a multiple of 4).
     pub to: usize,
     /// Invocations per workgroup.
@@ -59,7 +64,7 @@ impl Tile {
     /// each loaded weight across more pixels and win (tp40-to16 ~25,
     /// tp16-to16 ~21, tp4-to8 ~10); 32-pixel tiles never beat both
     /// neighbours; discrete GPUs prefer fewer registers per invocation.
-    pub const CANDIDATES: [Tile; 14] = [
+    pub const CANDIDATES: [Tile; 15] = [
         Tile::new(16, 64),
         Tile::new(8, 64),
         Tile::new(16, 32),
@@ -75,11 +80,20 @@ impl Tile {
         Tile::shared(4, 16),
         // The CPU rule's on wide rows for fewer than 8 produced channels.
         Tile::new(40, 4),
+        // A 2-D tile small enough for a GPU's registers. The wider 2-D
+        // tiles of CPU adapters are a long run's rivals (`Tile::two_d`).
+        Tile::rows(8, 2, 8),
     ];
 
     pub const fn new(tp: usize, to: usize) -> Tile {
+        Tile::rows(tp, 1, to)
+    }
+
+    /// A 2-D tile: `tr` rows of `tp` pixels for `to` produced channels.
+    pub const fn rows(tp: usize, tr: usize, to: usize) -> Tile {
         Tile {
             tp,
+            tr,
             to,
             wg: 64,
             shared: false,
@@ -155,6 +169,46 @@ impl Tile {
         }
     }
 
+    /// The 2-D tile of a long run's rivals for a rule of `to` produced
+    /// channels: 16 channels in 4 rows of 16 pixels, 8 in 5 rows; none for
+    /// fewer. Measured on an Intel Xeon (lavapipe, both reading storage,
+    /// GFLOP/s with the weights' re-laying): 3x3 64 -> 64 at 4x80x80 49.2
+    /// against 39.0 for 40 pixels x 16 channels; dilation 2, 512 -> 512 at
+    /// 4x10x10 34.9 against 24.2, where rows of 10 also waste less than
+    /// flat 40-pixel runs. A width-1 training step's forward of conv0_2
+    /// (32 -> 32 at 160x160) took 40 ms against 54.
+    pub fn two_d(to: usize) -> Option<Tile> {
+        match to {
+            16.. => Some(Tile::rows(16, 4, 16)),
+            8.. => Some(Tile::rows(16, 5, 8)),
+            _ => None,
+        }
+    }
+
+    /// A 2-D tile fitted to an output of `out_h x out_w`: as few column
+    /// groups as `tp` allows, each as narrow as they then can be (whole
+    /// vec4s), so that a 10-pixel row takes one group of 12 rather than
+    /// one of 16 (the columns past the row are computed and dropped); and
+    /// one row more per group where that wastes fewer rows (10 rows: two
+    /// groups of 5, not three of 4). The sums are those of any tile.
+    /// One-row tiles keep their shape.
+    pub fn narrowed(self, (out_h, out_w): (usize, usize)) -> Tile {
+        if self.tr == 1 {
+            return self;
+        }
+        let groups = out_w.div_ceil(self.tp);
+        let waste = |tr: usize| out_h.next_multiple_of(tr) - out_h;
+        Tile {
+            tp: out_w.div_ceil(groups).next_multiple_of(4).min(self.tp),
+            tr: if waste(self.tr + 1) < waste(self.tr) {
+                self.tr + 1
+            } else {
+                self.tr
+            },
+            ..self
+        }
+    }
+
     /// The same tile reading its input from storage (`storage`).
     pub const fn reading_storage(self) -> Tile {
         Tile {
@@ -165,7 +219,7 @@ impl Tile {
 
     /// Float accumulators per invocation.
     pub fn accumulators(&self) -> usize {
-        self.tp * self.to
+        self.tp * self.tr * self.to
     }
 
     /// The candidates this adapter can hold (see `gpu::holds_accumulators`).
@@ -181,8 +235,12 @@ impl Tile {
     pub fn name(&self) -> String {
         let mem = if self.shared { "-wgmem" } else { "" };
         let reads = if self.storage { "-storage" } else { "" };
+        let rows = match self.tr {
+            1 => String::new(),
+            tr => format!("-tr{tr}"),
+        };
         format!(
-            "direct-tp{}-to{}-wg{}{mem}{reads}",
+            "direct-tp{}{rows}-to{}-wg{}{mem}{reads}",
             self.tp, self.to, self.wg
         )
     }
@@ -192,6 +250,8 @@ wgsl_params! {
     /// Run-time values of a direct kernel (everything else is baked in).
     pub(crate) struct DirectParams {
         n_count, out_h, out_w, col_groups, c_in,
+        /// Groups of `tr` output rows (`out_h` for one-row tiles).
+        row_groups,
         x_base, x_nstride, x_cstride, x_w,
         w_base, w_cstride, o4_stride,
         o_count, b_base,
@@ -260,7 +320,12 @@ impl DirectSpec {
 
     pub fn source(&self) -> String {
         let Tile {
-            tp, to, wg, shared, ..
+            tp,
+            tr,
+            to,
+            wg,
+            shared,
+            ..
         } = self.tile;
         let o4 = to / 4;
         let mut w = String::new();
@@ -299,14 +364,14 @@ impl DirectSpec {
              \x20   let pix = (wid.x + wid.z * nwg.x) * {wg}u + lid;\n\
              \x20   let cg = pix % P.col_groups;\n\
              \x20   let rr = pix / P.col_groups;\n\
-             \x20   let i = rr % P.out_h;\n\
-             \x20   let n = rr / P.out_h;\n\
+             \x20   let i = rr % P.row_groups * {tr}u;\n\
+             \x20   let n = rr / P.row_groups;\n\
              \x20   {exit}\n\
              \x20   let j0 = cg * {tp}u;\n\
              \x20   var wb = P.w_base + wid.y * {o4}u;"
         );
         self.write_source_start(&mut w, n_expr);
-        for t in 0..tp {
+        for t in 0..tp * tr {
             for u in 0..o4 {
                 let _ = writeln!(w, "    var a{t}_{u} = vec4<f32>(0.0);");
             }
@@ -348,7 +413,7 @@ impl DirectSpec {
              \x20   let left = (i32(j0 * {s}u) + bitcast<i32>(P.col0) - {shift}) >> 2u;\n\
              \x20   var xb = i32(P.x_base + {n_expr} * P.x_nstride) + top * i32(P.x_w) + left * 4;"
         );
-        write_row_masks(w, "    ", (self.kh, self.d), "P.src_h");
+        write_row_masks_at(w, "    ", &self.input_rows(), "P.src_h");
         let cols = tap_cols(self.tile.tp, self.kw, self.s, self.d);
         write_quad_masks(w, "    ", &quads_of(&cols, shift), "P.src_q");
     }
@@ -375,17 +440,19 @@ impl DirectSpec {
     fn write_channel(&self, w: &mut String, weight: &dyn Fn(usize, usize) -> String) {
         let (s, d, o4) = (self.s, self.d, self.tile.to / 4);
         let cols = tap_cols(self.tile.tp, self.kw, s, d);
-        for p in 0..self.kh {
+        for r in self.input_rows() {
             match self.borders {
                 Some(shift) => {
-                    let first = format!("(xb + {} * i32(P.x_w)) >> 2u", p * d);
-                    write_bordered_row(w, "        ", (p, p), &first, (&cols, shift));
+                    let first = format!("(xb + {r} * i32(P.x_w)) >> 2u");
+                    write_bordered_row(w, "        ", (r, r), &first, (&cols, shift));
                 }
                 None => {
-                    let row = format!("xb + {}u * P.x_w", p * d);
-                    write_row_loads(w, "        ", p, &row, &cols, self.row_loads());
+                    let row = format!("xb + {r}u * P.x_w");
+                    write_row_loads(w, "        ", r, &row, &cols, self.row_loads());
                 }
             }
+        }
+        for p in 0..self.kh {
             for q in 0..self.kw {
                 for u in 0..o4 {
                     let wt = weight(p * self.kw + q, u);
@@ -393,16 +460,33 @@ impl DirectSpec {
                 }
             }
         }
-        for t in 0..self.tile.tp {
+        for (a, (r, t)) in self.pixels().enumerate() {
             for u in 0..o4 {
                 for p in 0..self.kh {
                     for q in 0..self.kw {
-                        let m = t * s + q * d;
-                        let _ = writeln!(w, "        a{t}_{u} += x{p}_{m} * w{p}_{q}_{u};");
+                        let (row, m) = (r * s + p * d, t * s + q * d);
+                        let _ = writeln!(w, "        a{a}_{u} += x{row}_{m} * w{p}_{q}_{u};");
                     }
                 }
             }
         }
+    }
+
+    /// The tile's pixels, (row, column) in accumulator order.
+    fn pixels(&self) -> impl Iterator<Item = (usize, usize)> {
+        let (tr, tp) = (self.tile.tr, self.tile.tp);
+        (0..tr).flat_map(move |r| (0..tp).map(move |t| (r, t)))
+    }
+
+    /// The input rows the tile reads, as offsets from its first (each
+    /// loaded once per summed channel, whichever output rows share it).
+    fn input_rows(&self) -> Vec<usize> {
+        let mut rows: Vec<usize> = (0..self.tile.tr)
+            .flat_map(|r| (0..self.kh).map(move |p| r * self.s + p * self.d))
+            .collect();
+        rows.sort_unstable();
+        rows.dedup();
+        rows
     }
 
     /// The channel loop of a workgroup-memory tile: the workgroup copies
@@ -505,10 +589,23 @@ impl DirectSpec {
     fn write_store_spots(&self, w: &mut String) -> Vec<String> {
         let (tp, os) = (self.tile.tp, self.ostep);
         if !self.flat {
-            for t in 0..tp {
-                let _ = writeln!(w, "    let live{t} = j0 + {t}u < P.out_w;");
-            }
-            return (0..tp).map(|t| format!("{}u", t * os)).collect();
+            // A 2-D tile's last row group may run past the output's rows.
+            let in_rows = |r: usize| match self.tile.tr {
+                1 => String::new(),
+                _ => format!(" && i + {r}u < P.out_h"),
+            };
+            return self
+                .pixels()
+                .enumerate()
+                .map(|(a, (r, t))| {
+                    let row = in_rows(r);
+                    let _ = writeln!(w, "    let live{a} = j0 + {t}u < P.out_w{row};");
+                    match r {
+                        0 => format!("{}u", t * os),
+                        _ => format!("{}u * P.y_w + {}u", r * os, t * os),
+                    }
+                })
+                .collect();
         }
         let _ = writeln!(
             w,
@@ -651,9 +748,13 @@ impl Layout {
         self.out_w.div_ceil(tp)
     }
 
+    fn row_groups(&self, tr: usize) -> usize {
+        self.out_h.div_ceil(tr)
+    }
+
     /// Invocation pixels, live or masked.
-    fn lanes(&self, tp: usize) -> usize {
-        self.out_h * self.col_groups(tp) * tp
+    fn lanes(&self, (tp, tr): (usize, usize)) -> usize {
+        self.row_groups(tr) * tr * self.col_groups(tp) * tp
     }
 }
 
@@ -701,13 +802,19 @@ fn padded_cols(vec4: bool, n: usize) -> usize {
 /// `r * cols + c`, every tap at a constant offset from it, and the pixels
 /// of the plane's padding columns are computed and dropped. The sums and
 /// their order are those of the row layout: the results are bit-identical.
-fn layout(gpu: &Gpu, j: &DirectJob, tp: usize) -> Layout {
+fn layout(gpu: &Gpu, j: &DirectJob, (tp, tr): (usize, usize)) -> Layout {
     // The store finds a pixel's row from the padded row's width and
     // checks its column against the output's.
     let stores_whole_rows = j.ostep == 1 && (j.oy, j.ox) == (0, 0) && j.out_w == j.y.shape()[3];
     let may_flat = amortises_compiles(gpu) && stores_whole_rows;
     let geom = (j.map.kh, j.map.kw, j.s, j.d);
-    layout_of(gpu.vec4_windows(), geom, (j.out_h, j.out_w), may_flat, tp)
+    layout_of(
+        gpu.vec4_windows(),
+        geom,
+        (j.out_h, j.out_w),
+        may_flat,
+        (tp, tr),
+    )
 }
 
 fn layout_of(
@@ -715,17 +822,18 @@ fn layout_of(
     (kh, kw, s, d): (usize, usize, usize, usize),
     (out_h, out_w): (usize, usize),
     may_flat: bool,
-    tp: usize,
+    (tp, tr): (usize, usize),
 ) -> Layout {
     let quads = |n: usize| padded_cols(vec4, n);
     let rows = Layout {
         flat: false,
-        rows: (out_h - 1) * s + (kh - 1) * d + 1,
+        // Every row the last row group's loads touch.
+        rows: (out_h.div_ceil(tr) * tr - 1) * s + (kh - 1) * d + 1,
         cols: quads((out_w.div_ceil(tp) * tp - 1) * s + (kw - 1) * d + 1),
         out_h,
         out_w,
     };
-    if s != 1 || !flat_class(kh * kw, out_h, out_w) || !may_flat {
+    if s != 1 || tr > 1 || !flat_class(kh * kw, out_h, out_w) || !may_flat {
         return rows;
     }
     let cols = quads(out_w + (kw - 1) * d);
@@ -739,7 +847,7 @@ fn layout_of(
         out_h: 1,
         out_w: flat_w,
     };
-    if flat.lanes(tp) < rows.lanes(tp) {
+    if flat.lanes((tp, 1)) < rows.lanes((tp, 1)) {
         flat
     } else {
         rows
@@ -760,7 +868,7 @@ fn fitting_tile(gpu: &Gpu, j: &DirectJob, tile: Tile) -> Tile {
         tile.to /= 2;
     }
     let fits = |tp: usize| {
-        let l = layout(gpu, j, tp);
+        let l = layout(gpu, j, (tp, tile.tr));
         l.rows * l.cols <= gpu.window_elems()
     };
     // The candidates' pixel widths, widest first, no wider than `tile`'s.
@@ -774,15 +882,16 @@ fn fitting_tile(gpu: &Gpu, j: &DirectJob, tile: Tile) -> Tile {
 /// Records the job with the given tile.
 pub(crate) fn run(gpu: &Gpu, j: &DirectJob, tile: Tile) -> Result<()> {
     let may_read_texels = !tile.storage && reads_texels(gpu);
-    let tile = fitting_tile(gpu, j, tile);
+    let tile = fitting_tile(gpu, j, tile.narrowed((j.out_h, j.out_w)));
     let (n, cs, _, _) = j.src.nchw();
     let (_, co, yh, yw) = j.y.nchw();
     let (kh, kw) = (j.map.kh, j.map.kw);
-    let lay = layout(gpu, j, tile.tp);
+    let lay = layout(gpu, j, (tile.tp, tile.tr));
     let (rows, cols, col_groups) = (lay.rows, lay.cols, lay.col_groups(tile.tp));
+    let row_groups = lay.row_groups(tile.tr);
     let sp = plan(gpu, j, tile, rows * cols)?;
     let tile = Tile {
-        wg: workgroup_size(gpu, tile, sp.images.min(n) * lay.out_h * col_groups),
+        wg: workgroup_size(gpu, tile, sp.images.min(n) * row_groups * col_groups),
         // Where the input comes from is the spec's `texels`: one kernel.
         storage: false,
         ..tile
@@ -874,6 +983,7 @@ pub(crate) fn run(gpu: &Gpu, j: &DirectJob, tile: Tile) -> Result<()> {
                 let p = DirectParams {
                     n_count: nb as u32,
                     out_h: lay.out_h as u32,
+                    row_groups: row_groups as u32,
                     out_w: lay.out_w as u32,
                     col_groups: col_groups as u32,
                     c_in: clen as u32,
@@ -902,7 +1012,7 @@ pub(crate) fn run(gpu: &Gpu, j: &DirectJob, tile: Tile) -> Result<()> {
                     col0: j.col0 as i32 as u32,
                 };
                 let pipeline = gpu.pipeline_for(spec.key(), || spec.source(), "main");
-                let groups = (nb * lay.out_h * col_groups).div_ceil(tile.wg) as u64;
+                let groups = (nb * row_groups * col_groups).div_ceil(tile.wg) as u64;
                 let (mut windows, mut texel_views) = (vec![(2, &ww), (4, &yw_)], vec![]);
                 x.bind(1, &mut windows, &mut texel_views);
                 if let Some((bw, _)) = &bias {
@@ -987,8 +1097,13 @@ pub(crate) fn sample_sources() -> Vec<(String, String)> {
         (2, 1, 1, 1),
         (4, 4, 1, 1),
     ];
-    for tile in Tile::CANDIDATES {
+    let two_d = [16, 8].into_iter().filter_map(Tile::two_d);
+    for tile in Tile::CANDIDATES.into_iter().chain(two_d) {
         for (i, &(kh, kw, s, d)) in geoms.iter().enumerate() {
+            // The wide 2-D tiles run only kernels of up to 3 taps per axis.
+            if tile.tr > 1 && !holds_accumulators(false, tile.accumulators()) && kh > 3 {
+                continue;
+            }
             let spec = DirectSpec {
                 kh,
                 kw,
@@ -1001,7 +1116,7 @@ pub(crate) fn sample_sources() -> Vec<(String, String)> {
                 vec: i % 3 != 1,
                 uniform_w: !tile.shared && i % 2 == 1,
                 texels: i % 3 == 2,
-                flat: i % 4 == 2,
+                flat: i % 4 == 2 && tile.tr == 1,
                 borders: (i % 3 == 0 && i % 4 != 2).then_some(i % 4),
             };
             out.push((spec.key(), spec.source()));
@@ -1048,7 +1163,7 @@ mod tests {
     fn narrow_stride_1_rows_run_flat_where_that_wastes_less() {
         use super::layout_of;
         // 10x10 from a 3x3 kernel: rows of 12 (10 + 2), 118 pixels.
-        let l = layout_of(true, (3, 3, 1, 1), (10, 10), true, 16);
+        let l = layout_of(true, (3, 3, 1, 1), (10, 10), true, (16, 1));
         assert!(
             l.flat && (l.out_h, l.out_w, l.cols) == (1, 118, 12),
             "{l:?}"
@@ -1058,19 +1173,19 @@ mod tests {
         assert!(l.rows * l.cols >= 2 * 12 + 128 + 2);
         // Dilation 2: rows of 16 (10 + 4, whole vec4s), 154 pixels; with
         // 16-pixel tiles that is as many lanes as rows (a tie keeps rows).
-        let l = layout_of(true, (3, 3, 1, 2), (10, 10), true, 40);
+        let l = layout_of(true, (3, 3, 1, 2), (10, 10), true, (40, 1));
         assert!(l.flat && (l.out_w, l.cols) == (154, 16), "{l:?}");
-        assert!(!layout_of(true, (3, 3, 1, 2), (10, 10), true, 16).flat);
+        assert!(!layout_of(true, (3, 3, 1, 2), (10, 10), true, (16, 1)).flat);
         // 80-pixel rows fill 16-pixel tiles exactly: rows.
-        assert!(!layout_of(true, (3, 3, 1, 1), (80, 80), true, 16).flat);
+        assert!(!layout_of(true, (3, 3, 1, 1), (80, 80), true, (16, 1)).flat);
         // 4-pixel tiles waste as much either way: rows.
-        assert!(!layout_of(true, (3, 3, 1, 1), (10, 10), true, 4).flat);
-        assert!(!layout_of(true, (3, 3, 2, 1), (10, 10), true, 16).flat);
-        assert!(!layout_of(true, (1, 1, 1, 1), (10, 10), true, 16).flat);
-        assert!(!layout_of(true, (3, 3, 1, 1), (10, 10), false, 16).flat);
-        assert!(!layout_of(true, (3, 3, 1, 1), (1, 10), true, 16).flat);
+        assert!(!layout_of(true, (3, 3, 1, 1), (10, 10), true, (4, 1)).flat);
+        assert!(!layout_of(true, (3, 3, 2, 1), (10, 10), true, (16, 1)).flat);
+        assert!(!layout_of(true, (1, 1, 1, 1), (10, 10), true, (16, 1)).flat);
+        assert!(!layout_of(true, (3, 3, 1, 1), (10, 10), false, (16, 1)).flat);
+        assert!(!layout_of(true, (3, 3, 1, 1), (1, 10), true, (16, 1)).flat);
         // Rows of 32 or more keep their layout, whatever the tile wastes.
-        assert!(!layout_of(true, (3, 3, 1, 1), (10, 50), true, 40).flat);
+        assert!(!layout_of(true, (3, 3, 1, 1), (10, 50), true, (40, 1)).flat);
     }
 
     /// GPUs time only tiles their registers hold, their default among

@@ -185,9 +185,16 @@ impl ConvVariant {
     /// uniform weights (at 10x10, 64 and 128 channels, a conv5 layer's
     /// forward took 4.2-4.7 ms from storage against 5.5-6.3 through
     /// uniform slices); so the lead reading both from storage is a rival
-    /// too. A long run amortises the
-    /// extra compiles and the few timed runs in its first step.
-    pub fn long_run_rivals(gpu: &Gpu, rule: ConvVariant, out_w: usize) -> (ConvVariant, Vec<Self>) {
+    /// too. So is a 2-D tile reading storage for kernels of 2 or 3 taps per
+    /// axis (`taps`; `Tile::two_d`): its output rows share the input rows
+    /// they read. A 4x4 kernel's 2-D tile, 4096 vec4 multiply-adds per
+    /// summed channel, took LLVM minutes to compile. A long run amortises
+    /// the extra compiles and the few timed runs in its first step.
+    pub fn long_run_rivals(
+        gpu: &Gpu,
+        rule: ConvVariant,
+        (taps, out_w): (usize, usize),
+    ) -> (ConvVariant, Vec<Self>) {
         if !(gpu.is_cpu() && gpu.variants().long_run()) {
             return (rule, Vec::new());
         }
@@ -198,6 +205,12 @@ impl ConvVariant {
         };
         if let (true, ConvVariant::Direct(t)) = (reads_beyond_storage(gpu), lead) {
             rivals.push(ConvVariant::Direct(t.reading_storage()));
+        }
+        if let ConvVariant::Direct(t) = rule
+            && (2..=3).contains(&taps)
+            && let Some(two_d) = Tile::two_d(t.to)
+        {
+            rivals.push(ConvVariant::Direct(two_d.reading_storage()));
         }
         (lead, rivals)
     }
@@ -369,7 +382,7 @@ fn pick<V: Copy + PartialEq>(
 /// pairs are timed again: last when the weight gradient's storage rival
 /// began to read g from storage too).
 fn rivals_key(key: &str) -> String {
-    format!("{key} (long-run rivals, slabs, texels or storage)")
+    format!("{key} (long-run rivals, slabs, texels or storage, 2-D tiles)")
 }
 
 /// The candidate that runs `time_one` fastest (ties: the earliest).
@@ -506,7 +519,13 @@ impl Produce<'_> {
             (Direction::Transposed, s) => (1, w / s),
         };
         let rule = ConvVariant::rule(gpu, (self.g.k, stride), o, row);
-        ConvVariant::long_run_rivals(gpu, rule, row)
+        // Taps per axis of the kernels that run (a transposed pass runs
+        // stride-1 phases of about k / stride taps).
+        let taps = match self.dir {
+            Direction::Direct => self.g.k,
+            Direction::Transposed => self.g.k.div_ceil(self.g.stride),
+        };
+        ConvVariant::long_run_rivals(gpu, rule, (taps, row))
     }
 
     fn run_variant(&self, gpu: &Gpu, y: &Tensor, v: ConvVariant) -> Result<()> {
