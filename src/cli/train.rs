@@ -112,8 +112,9 @@ pub struct TrainArgs {
 const LONG_RUN_STEPS: usize = 1000;
 
 /// Says why a long run's first step on a CPU adapter is slow: it times
-/// two or three variants per convolution shape, tiles and texel or
-/// storage reads (`ConvVariant::long_run_rivals`).
+/// two to four variants per convolution shape, tiles (2-D ones too) and
+/// texel or storage reads (`ConvVariant::long_run_rivals`), each compiled
+/// first unless Mesa's shader cache has it.
 fn note_long_run_timing(gpu: &Gpu) {
     let v = gpu.variants();
     if gpu.is_cpu() && v.long_run() && v.mode() == crate::gpu::TuneMode::Cache {
@@ -121,7 +122,7 @@ fn note_long_run_timing(gpu: &Gpu) {
             .path()
             .map_or("memory".into(), |p| p.display().to_string());
         println!(
-            "long run: the first step times two or three kernel variants per convolution shape not yet in {file} (ENGINE_TUNE=off keeps to the rules)"
+            "long run: the first step times two to four kernel variants per convolution shape not yet in {file}, compiling those not in Mesa's shader cache (minutes on a new machine; ENGINE_TUNE=off keeps to the rules)"
         );
     }
 }
