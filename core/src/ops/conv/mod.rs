@@ -379,8 +379,7 @@ fn pick<V: Copy + PartialEq>(
 
 /// The key under which the fastest of a long run's lead and rivals is
 /// remembered (a new name whenever the rivals change, so that older files'
-/// pairs are timed again: last when the weight gradient's storage rival
-/// began to read g from storage too).
+/// pairs are timed again: last when the 2-D tiles joined the rivals).
 fn rivals_key(key: &str) -> String {
     format!("{key} (long-run rivals, slabs, texels or storage, 2-D tiles)")
 }
