@@ -123,19 +123,10 @@ pub(super) fn quads_of(cols: &[usize], shift: usize) -> Vec<usize> {
     quads
 }
 
-/// For a kernel that reads the source itself (`borders`): `ok{p}`, whether
-/// tap row p of `k` rows `d` apart from row `top` lies in the source's
-/// `rows` rows.
-pub(super) fn write_row_masks(w: &mut String, indent: &str, (k, d): (usize, usize), rows: &str) {
-    for p in 0..k {
-        let _ = writeln!(w, "{indent}let ok{p} = u32(top + {}) < {rows};", p * d);
-    }
-}
-
-/// `write_row_masks` for the input rows at `offsets` from row `top`, each
-/// mask named by its offset: `ok{r}`, whether row `top + r` lies in the
-/// source's `rows` rows.
-pub(super) fn write_row_masks_at(w: &mut String, indent: &str, offsets: &[usize], rows: &str) {
+/// For a kernel that reads the source itself (`borders`): `ok{r}`, whether
+/// the input row `r` rows below row `top` lies in the source's `rows` rows,
+/// for every offset `r` of `offsets` (each mask named by its offset).
+pub(super) fn write_row_masks(w: &mut String, indent: &str, offsets: &[usize], rows: &str) {
     for r in offsets {
         let _ = writeln!(w, "{indent}let ok{r} = u32(top + {r}) < {rows};");
     }

@@ -21,7 +21,7 @@
 //! every tile: all tiles give bit-identical results.
 use super::codegen::{
     LANE, Operand, RowLoads, UNIFORM_VEC4S, quads_of, tap_cols, write_bordered_row,
-    write_quad_masks, write_row_loads, write_row_masks_at,
+    write_quad_masks, write_row_loads, write_row_masks,
 };
 use super::prep::{self, PadRegion, WeightMap};
 use crate::error::Result;
@@ -396,8 +396,8 @@ impl DirectSpec {
 
     /// `xb`, where the invocation's first input row starts, as an element
     /// index (its first vec4's with `borders`, an i32 that may lie before
-    /// the source); with `borders` also `ok{p}` (tap row p lies in the
-    /// source) and `in{q}` (the row's vec4 q does).
+    /// the source); with `borders` also `ok{r}` (the input row at offset
+    /// r lies in the source) and `in{q}` (the row's vec4 q does).
     fn write_source_start(&self, w: &mut String, n_expr: &str) {
         let s = self.s;
         let Some(shift) = self.borders else {
@@ -413,7 +413,7 @@ impl DirectSpec {
              \x20   let left = (i32(j0 * {s}u) + bitcast<i32>(P.col0) - {shift}) >> 2u;\n\
              \x20   var xb = i32(P.x_base + {n_expr} * P.x_nstride) + top * i32(P.x_w) + left * 4;"
         );
-        write_row_masks_at(w, "    ", &self.input_rows(), "P.src_h");
+        write_row_masks(w, "    ", &self.input_rows(), "P.src_h");
         let cols = tap_cols(self.tile.tp, self.kw, self.s, self.d);
         write_quad_masks(w, "    ", &quads_of(&cols, shift), "P.src_q");
     }
@@ -1097,11 +1097,12 @@ pub(crate) fn sample_sources() -> Vec<(String, String)> {
         (2, 1, 1, 1),
         (4, 4, 1, 1),
     ];
-    let two_d = [16, 8].into_iter().filter_map(Tile::two_d);
-    for tile in Tile::CANDIDATES.into_iter().chain(two_d) {
+    // The wide 2-D tiles run only kernels of up to 3 taps per axis.
+    let candidates = Tile::CANDIDATES.into_iter().map(|t| (t, usize::MAX));
+    let wide = [16, 8].into_iter().filter_map(Tile::two_d).map(|t| (t, 3));
+    for (tile, most_taps) in candidates.chain(wide) {
         for (i, &(kh, kw, s, d)) in geoms.iter().enumerate() {
-            // The wide 2-D tiles run only kernels of up to 3 taps per axis.
-            if tile.tr > 1 && !holds_accumulators(false, tile.accumulators()) && kh > 3 {
+            if kh > most_taps {
                 continue;
             }
             let spec = DirectSpec {

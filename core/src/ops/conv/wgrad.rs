@@ -173,7 +173,7 @@ struct WgradSpec {
 
 /// The source row and column of padded element (0, 0) (`WgradGeom`), as
 /// constants of a kernel that reads the source itself: per row of `g`, a
-/// mask per tap row (`ok{p}`), and per step a mask per vec4 of the row
+/// mask per tap row (`ok{r}`, r its offset), and per step a mask per vec4 of the row
 /// (`in{q}`; the source's rows are whole vec4s, so a vec4 lies wholly in
 /// or out), then one select per loaded vec4. The same values in the same
 /// order as from the padded copy, so the same bits.
@@ -340,7 +340,7 @@ impl WgradSpec {
 
     /// `xb`, where a row of `g`'s first input row starts in the padded
     /// copy; with borders, in the source (an i32 that may lie before it),
-    /// and `ok{p}`, whether tap row p lies in the source.
+    /// and `ok{r}`, whether the tap row at offset r lies in the source.
     fn write_row_start(&self, w: &mut String) {
         let s = self.s;
         let Some(b) = self.borders else {
@@ -353,7 +353,8 @@ impl WgradSpec {
              \x20       let xb = i32(n * P.x_nstride) + top * i32(P.x_w);",
             b.row0
         );
-        write_row_masks(w, "        ", (self.k, self.d), "src_h");
+        let offsets: Vec<usize> = (0..self.k).map(|p| p * self.d).collect();
+        write_row_masks(w, "        ", &offsets, "src_h");
     }
 
     /// A step's loads from the source (`borders`): `in{q}`, whether the
@@ -375,7 +376,7 @@ impl WgradSpec {
                     "((xb + i32(xc{e}) + {} * i32(P.x_w)) >> 2u) + left",
                     p * self.d
                 );
-                let x = (e * self.k + p, p);
+                let x = (e * self.k + p, p * self.d);
                 write_bordered_row(w, "            ", x, &row, (cols, shift));
             }
         }
