@@ -208,6 +208,12 @@ fn specialised_source(shader: &Shader, name: &str, value: u32) -> String {
 fn instance() -> wgpu::Instance {
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
     desc.backends = wgpu::Backends::from_env().unwrap_or(backends());
+    // A release build's flags in every build: wgpu's debug-build defaults
+    // add debug information to each kernel's SPIR-V, so the tests would
+    // run other SPIR-V than the binary ships, and Mesa would cache and
+    // compile it apart (lavapipe: 0.1-60 s of LLVM per kernel).
+    // WGPU_DEBUG=1 and WGPU_VALIDATION=1 still turn them on.
+    desc.flags = wgpu::InstanceFlags::VALIDATION_INDIRECT_CALL.with_env();
     wgpu::Instance::new(desc)
 }
 
