@@ -64,10 +64,14 @@ impl Tile {
     /// each loaded weight across more pixels and win (tp40-to16 ~25,
     /// tp16-to16 ~21, tp4-to8 ~10); 32-pixel tiles never beat both
     /// neighbours; discrete GPUs prefer fewer registers per invocation.
-    pub const CANDIDATES: [Tile; 15] = [
-        Tile::new(16, 64),
+    /// 16 pixels x 64 or 32 channels (1024 and 512 accumulators) are no
+    /// longer candidates: no rule takes them (`Tile::rule`), they won 10 of
+    /// 430 long-run shapes timed over sessions on lavapipe (2x2 test maps
+    /// and one 10x10 layer), and LLVM took 8-60 s per 16 x 64 kernel, so
+    /// `engine tune` and the tests spent minutes compiling them (a cold
+    /// run of the kernel tests: 750 of 2090 s of compiles).
+    pub const CANDIDATES: [Tile; 13] = [
         Tile::new(8, 64),
-        Tile::new(16, 32),
         Tile::new(8, 32),
         Tile::new(40, 16),
         Tile::new(40, 8),
@@ -134,8 +138,13 @@ impl Tile {
     /// 1x1 12.6 against 5.7; stride 2 with 8 pixels, whose rows read twice
     /// the columns). On later CPUs the 40-pixel tile beat those, so a
     /// long run's pass runs it instead where rows are 32 or more and times
-    /// this tile against it (`ConvVariant::long_run_rivals`). On GPUs a
-    /// small tile that keeps occupancy (autotuning is on there).
+    /// this tile against it (`ConvVariant::long_run_rivals`). The 16-pixel
+    /// ones (stride 1, rows of 32 or more) are no longer taken: they won
+    /// 1 of about 230 timed shapes in session 35's tuning file and none of
+    /// session 37's, and a 16 x 64 kernel (1024 accumulators) takes LLVM
+    /// 8-60 s to compile, so a first step paid minutes for a rival that
+    /// lost; there the 40-pixel tile is the rule. On GPUs a small tile
+    /// that keeps occupancy (autotuning is on there).
     pub fn rule(
         cpu: bool,
         long_run: bool,
@@ -146,11 +155,11 @@ impl Tile {
         if !cpu {
             return Tile::new(4, 8);
         }
-        let tp = if s > 1 || out_w < 32 { 8 } else { 16 };
+        let narrow = s > 1 || out_w < 32;
         match produced {
-            64.. if long_run => return Tile::new(tp, 64),
+            64.. if long_run && narrow => return Tile::new(8, 64),
             // 3x3 stride 1 at 32 channels: 40x16 measured faster.
-            32.. if long_run && (k, s) != (3, 1) => return Tile::new(tp, 32),
+            32.. if long_run && narrow && (k, s) != (3, 1) => return Tile::new(8, 32),
             _ => {}
         }
         let to = match produced {
@@ -1187,6 +1196,23 @@ mod tests {
         assert!(!layout_of(true, (3, 3, 1, 1), (1, 10), true, (16, 1)).flat);
         // Rows of 32 or more keep their layout, whatever the tile wastes.
         assert!(!layout_of(true, (3, 3, 1, 1), (10, 50), true, (40, 1)).flat);
+    }
+
+    /// Every tile a rule takes is a candidate, so `engine tune` times it
+    /// and the variant tests, which run the candidates, check it.
+    #[test]
+    fn every_rule_tile_is_a_candidate() {
+        for (cpu, long_run) in [(true, true), (true, false), (false, true)] {
+            for ks in [(1, 1), (3, 1), (3, 2), (4, 1), (4, 2), (2, 1), (1, 2)] {
+                for produced in [1, 4, 8, 12, 16, 32, 64, 512] {
+                    for w in [1, 10, 31, 32, 80, 255, 256, 1000] {
+                        let t = Tile::rule(cpu, long_run, ks, produced, w);
+                        let at = format!("{ks:?} {produced} w{w} long run {long_run}");
+                        assert!(Tile::CANDIDATES.contains(&t), "{at}: {t:?}");
+                    }
+                }
+            }
+        }
     }
 
     /// GPUs time only tiles their registers hold, their default among

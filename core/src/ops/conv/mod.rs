@@ -175,8 +175,11 @@ impl ConvVariant {
     /// (`direct::rule_row` calls them 32) the 40-pixel tile won on most
     /// shapes (3x3 dilation 2, 512 -> 512 at 4x10x10: 22.3 against 14.6).
     /// So where the rule is that wide tile, the 40-pixel tile leads and
-    /// the rule is its rival. Whether the input is read as texels
-    /// (`Gpu::texel_operands`) or from storage depends on the CPU too:
+    /// the rule is its rival: now at stride 2 only, as on stride-1 rows
+    /// of 32 or more the rule itself is the 40-pixel tile (`Tile::rule`:
+    /// the 16 x 64 tile won almost nowhere). Whether the input is read
+    /// as texels (`Gpu::texel_operands`) or from storage depends on the
+    /// CPU too:
     /// texels removed gallivm's per-lane load stalls on an older EPYC,
     /// but on an Intel Xeon their padded copies cost more than they saved
     /// (4x8x160x160, ms, texels against storage: stride-2 forward 3.4-4.2
