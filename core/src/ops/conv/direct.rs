@@ -139,11 +139,11 @@ impl Tile {
     /// the columns). On later CPUs the 40-pixel tile beat those, so a
     /// long run's pass runs it instead where rows are 32 or more and times
     /// this tile against it (`ConvVariant::long_run_rivals`). The 16-pixel
-    /// ones (stride 1, rows of 32 or more) are no longer taken: they won
-    /// 1 of about 230 timed shapes in session 35's tuning file and none of
-    /// session 37's, and a 16 x 64 kernel (1024 accumulators) takes LLVM
-    /// 8-60 s to compile, so a first step paid minutes for a rival that
-    /// lost; there the 40-pixel tile is the rule. On GPUs a small tile
+    /// ones (stride 1, rows of 32 or more) are no longer taken: 16 x 64
+    /// won 10 of 430 long-run shapes timed over sessions on lavapipe, and
+    /// such a kernel (1024 accumulators) takes LLVM 8-60 s to compile, so
+    /// a first step paid minutes for a rival that lost; there the 40-pixel
+    /// tile is the rule. On GPUs a small tile
     /// that keeps occupancy (autotuning is on there).
     pub fn rule(
         cpu: bool,

@@ -179,9 +179,8 @@ impl ConvVariant {
     /// of 32 or more the rule itself is the 40-pixel tile (`Tile::rule`:
     /// the 16 x 64 tile won almost nowhere). Whether the input is read
     /// as texels (`Gpu::texel_operands`) or from storage depends on the
-    /// CPU too:
-    /// texels removed gallivm's per-lane load stalls on an older EPYC,
-    /// but on an Intel Xeon their padded copies cost more than they saved
+    /// CPU too: texels removed gallivm's per-lane load stalls on an older
+    /// EPYC, but on an Intel Xeon their padded copies cost more than they saved
     /// (4x8x160x160, ms, texels against storage: stride-2 forward 3.4-4.2
     /// against 2.2, 4x4 transposed forward 16-16.4 against 11.3-11.6; at
     /// 64 channels no difference that machine could show), and so do

@@ -173,9 +173,9 @@ struct WgradSpec {
 
 /// The source row and column of padded element (0, 0) (`WgradGeom`), as
 /// constants of a kernel that reads the source itself: per row of `g`, a
-/// mask per tap row (`ok{r}`, r its offset), and per step a mask per vec4 of the row
-/// (`in{q}`; the source's rows are whole vec4s, so a vec4 lies wholly in
-/// or out), then one select per loaded vec4. The same values in the same
+/// mask per tap row (`ok{r}`, r its offset), and per step a mask per vec4
+/// of the row (`in{q}`; the source's rows are whole vec4s, so a vec4 lies
+/// wholly in or out), then one select per loaded vec4. The same values in the same
 /// order as from the padded copy, so the same bits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Borders {
