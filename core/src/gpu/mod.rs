@@ -450,6 +450,11 @@ impl Gpu {
             .is_multiple_of(16)
     }
 
+    /// Workgroups one dispatch may have along each axis.
+    pub fn max_groups(&self) -> usize {
+        self.limits.max_compute_workgroups_per_dimension as usize
+    }
+
     /// Elements of f32 that one window may hold at any start offset.
     pub fn window_elems(&self) -> usize {
         let align = self.limits.min_storage_buffer_offset_alignment as u64;
@@ -892,9 +897,19 @@ impl Gpu {
         windows: &[(u32, &Window)],
         threads: usize,
     ) {
+        self.dispatch_on(
+            &self.vec4_pipeline(kernel),
+            kernel,
+            params,
+            windows,
+            threads,
+        );
+    }
+
+    /// The pipeline of `kernel`'s vec4 form (see `dispatch_vec4`).
+    fn vec4_pipeline(&self, kernel: &Kernel) -> Arc<wgpu::ComputePipeline> {
         let key = format!("{}:{}:vec4", kernel.shader.name, kernel.entry);
-        let pipeline = self.pipeline_for(key, || vec4_source(kernel.shader), kernel.entry);
-        self.dispatch_on(&pipeline, kernel, params, windows, threads);
+        self.pipeline_for(key, || vec4_source(kernel.shader), kernel.entry)
     }
 
     /// `dispatch` of the kernel with its shader's `const {name}: u32` set
@@ -912,6 +927,36 @@ impl Gpu {
         let source = || specialised_source(kernel.shader, name, value);
         let pipeline = self.pipeline_for(key, source, kernel.entry);
         self.dispatch_on(&pipeline, kernel, params, windows, threads);
+    }
+
+    /// Records `kernel` (its vec4 form with `vec4`) over `planes` planes
+    /// of `items` items each: workgroups along x (and z) cover a plane's
+    /// items, one row of them per plane along y, so that what depends on
+    /// the plane (its channel, and so the per-channel values the kernel
+    /// loads) is uniform within a workgroup. Shaders take the item as
+    /// `(wid.x + wid.z * nwg.x) * WG + lid` and the plane as `wid.y`.
+    pub fn dispatch_planes(
+        &self,
+        kernel: &Kernel,
+        vec4: bool,
+        params: &[u32],
+        windows: &[(u32, &Window)],
+        (items, planes): (usize, usize),
+    ) {
+        let pipeline = match vec4 {
+            true => self.vec4_pipeline(kernel),
+            false => self.pipeline(kernel),
+        };
+        let flat = items.div_ceil(kernel.workgroup as usize) as u64;
+        let label = kernel.shader.name;
+        let planes = u32::try_from(planes).expect("planes per dispatch exceed u32");
+        self.record_grid(
+            &pipeline,
+            (label, kernel.entry),
+            params,
+            (windows, &[]),
+            (flat, planes),
+        );
     }
 
     fn dispatch_on(
@@ -955,6 +1000,24 @@ impl Gpu {
         flat: u64,
         y: u32,
     ) {
+        self.record_grid(
+            pipeline,
+            (label, label),
+            params,
+            (windows, texels),
+            (flat, y),
+        );
+    }
+
+    /// `dispatch_grid` with the profile's two names given apart.
+    fn record_grid(
+        &self,
+        pipeline: &wgpu::ComputePipeline,
+        names: (&str, &str),
+        params: &[u32],
+        operands: Operands,
+        (flat, y): (u64, u32),
+    ) {
         if flat == 0 || y == 0 {
             return;
         }
@@ -968,13 +1031,7 @@ impl Gpu {
             gz <= max && y as u64 <= max,
             "dispatch of {flat}x{y} workgroups is too large"
         );
-        self.record(
-            pipeline,
-            (label, label),
-            params,
-            (windows, texels),
-            [gx as u32, y, gz as u32],
-        );
+        self.record(pipeline, names, params, operands, [gx as u32, y, gz as u32]);
     }
 
     /// `label`: (the op or shader, the kernel), kept as "op|kernel" in

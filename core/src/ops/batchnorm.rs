@@ -4,9 +4,7 @@
 use super::reduce::{
     SumOf, bn_batch_stats, bn_grad_partials, channel_sums, combine, combine_bn_grads,
 };
-use super::{
-    BATCHNORM, Params, check_rank, items_per_window, kernel, launch, launch_lanes, runs, vec4_lanes,
-};
+use super::{BATCHNORM, Params, check_rank, items_per_window, kernel, launch, runs, vec4_lanes};
 use crate::error::{Result, shape_err};
 use crate::gpu::{Gpu, Kernel, Tensor};
 
@@ -67,7 +65,8 @@ fn per_plane(
 ) -> Result<()> {
     let (n, c, h, w) = x.nchw();
     let hw = h * w;
-    let per_window = items_per_window(gpu, op, hw, "plane")?;
+    // One plane per workgroup row (`Gpu::dispatch_planes`).
+    let per_window = items_per_window(gpu, op, hw, "plane")?.min(gpu.max_groups());
     let chan: Vec<_> = channels
         .iter()
         .map(|(b, t)| (*b, gpu.window(t, 0, t.numel()).0))
@@ -82,8 +81,7 @@ fn per_plane(
         let base = wins[0].1.1;
         debug_assert!(wins.iter().all(|(_, (_, b))| *b == base));
         let p = Params::new()
-            .u(np * hw / lanes)
-            .u(hw)
+            .u(hw / lanes)
             .u(c)
             .u(p0 % c)
             .u(base as usize / lanes)
@@ -96,7 +94,7 @@ fn per_plane(
             .map(|(b, (wnd, _))| (*b, wnd))
             .chain(chan.iter().map(|(b, wnd)| (*b, wnd)))
             .collect();
-        launch_lanes(gpu, k, &p, &binds, np * hw, lanes);
+        gpu.dispatch_planes(k, lanes == 4, p.words(), &binds, (hw / lanes, np));
     }
     Ok(())
 }
@@ -231,7 +229,6 @@ fn batch_stats(
     let (vw, _) = gpu.window(p.running_var, 0, c);
     let fp = Params::new()
         .u(c)
-        .u(0)
         .u(c)
         .u(0)
         .u(0)
