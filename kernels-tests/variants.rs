@@ -398,6 +398,106 @@ fn uniform_and_storage_weights_are_bit_identical() {
 }
 
 #[test]
+fn subgroup_shared_and_lane_by_lane_loads_are_bit_identical() {
+    // With subgroups of one size (lavapipe: 8) a direct kernel's weights
+    // and a weight gradient's g are loaded by a subgroup's lanes together
+    // and broadcast: the same values summed in the same order, so the same
+    // bits as each lane's own loads. Direct tiles of 4 to 64 produced
+    // channels (one row and two), every weight-gradient tile with g from
+    // uniform slabs and from storage; odd shapes leave lanes past the last
+    // image, pixel or channel, which load and store nothing.
+    let open = |subgroups: bool, uniform: bool| {
+        let gpu = Gpu::new(None).expect("a GPU adapter");
+        gpu.set_subgroup_loads(subgroups);
+        gpu.set_uniform_operands(uniform);
+        gpu
+    };
+    let probe = open(true, true);
+    let Some(sg) = probe.subgroup_size() else {
+        assert!(
+            !probe.is_cpu(),
+            "{}: no subgroups of one size",
+            probe.info.name
+        );
+        eprintln!(
+            "{}: subgroups of several sizes; nothing shared",
+            probe.info.name
+        );
+        return;
+    };
+    // A dry run lists the kernels it creates: those of a tile whose
+    // kernel an earlier tile made (the same fitted shape) list none.
+    let listed = std::cell::Cell::new(0);
+    let word = |keys: &[String], w: &str| {
+        listed.set(listed.get() + keys.len());
+        keys.iter().all(|k| k.split(' ').any(|p| p == w))
+    };
+    for uniform in [true, false] {
+        let (lanes, shared) = (open(false, uniform), open(true, uniform));
+        for (n, c, o, h, w, k, s) in [(3, 13, 20, 7, 9, 3, 1), (1, 12, 10, 9, 15, 3, 2)] {
+            let (oh, ow, _) = conv_geom(h, w, k, s, 1);
+            let (x, wt) = (rand_vec(51, n * c * h * w), rand_vec(52, o * c * k * k));
+            let dy = rand_vec(53, n * o * oh * ow);
+            let tag = format!("n{n} c{c} o{o} {h}x{w} k{k} s{s} uniform {uniform}");
+            let direct = |gpu: &Gpu, t: conv::Tile| {
+                let v = Some(ConvVariant::Direct(t));
+                let (xt, wtt) = (up(gpu, &[n, c, h, w], &x), up(gpu, &[o, c, k, k], &wt));
+                let dyt = up(gpu, &[n, o, oh, ow], &dy);
+                let (done, kernels) = gpu.dry_run(|| {
+                    conv::conv2d_with(gpu, &xt, &wtt, None, s, 1, true, v)?;
+                    conv::conv2d_backward_input_with(gpu, &dyt, &wtt, (h, w), s, 1, v)
+                });
+                done.unwrap();
+                let y = conv::conv2d_with(gpu, &xt, &wtt, None, s, 1, true, v).unwrap();
+                let dx = conv::conv2d_backward_input_with(gpu, &dyt, &wtt, (h, w), s, 1, v);
+                let keys: Vec<String> = kernels
+                    .into_iter()
+                    .map(|k| k.key)
+                    .filter(|k| k.starts_with("direct"))
+                    .collect();
+                (read(gpu, &y), read(gpu, &dx.unwrap()), keys)
+            };
+            for t in [
+                conv::Tile::new(8, 64),
+                conv::Tile::new(40, 4),
+                conv::Tile::rows(8, 2, 8),
+            ] {
+                let ((ya, dxa, ka), (yb, dxb, kb)) = (direct(&shared, t), direct(&lanes, t));
+                let tag = format!("{tag} {}", t.name());
+                assert!(word(&ka, &format!("sg{sg}")), "{tag}: not shared: {ka:?}");
+                assert!(word(&kb, "sg0"), "{tag}: shared: {kb:?}");
+                assert!(bits_equal(&ya, &yb), "{tag}: forward differs");
+                assert!(bits_equal(&dxa, &dxb), "{tag}: input gradient differs");
+            }
+            let wgrad = |gpu: &Gpu, t: conv::GemmTile| {
+                let (xt, dyt) = (up(gpu, &[n, c, h, w], &x), up(gpu, &[n, o, oh, ow], &dy));
+                let dwt = stale(gpu, &[o, c, k, k]);
+                let v = Some(WgradVariant::Gemm(t));
+                let run =
+                    || conv::conv2d_backward_weight_with(gpu, &dyt, &xt, &dwt, s, 1, false, v);
+                let (done, kernels) = gpu.dry_run(run);
+                done.unwrap();
+                run().unwrap();
+                let keys: Vec<String> = kernels
+                    .into_iter()
+                    .map(|k| k.key)
+                    .filter(|k| k.starts_with("wgrad"))
+                    .collect();
+                (read(gpu, &dwt), keys)
+            };
+            for t in conv::GemmTile::candidates(&lanes, k * k) {
+                let ((a, ka), (b, kb)) = (wgrad(&shared, t), wgrad(&lanes, t));
+                let tag = format!("{tag} {}", t.name());
+                assert!(word(&ka, &format!("sg{sg}")), "{tag}: not shared: {ka:?}");
+                assert!(word(&kb, "sg0"), "{tag}: shared: {kb:?}");
+                assert!(bits_equal(&a, &b), "{tag}: weight gradient differs");
+            }
+        }
+    }
+    assert!(listed.get() > 0, "no kernel was checked for its loads");
+}
+
+#[test]
 fn summed_channel_groups_for_uniform_weights_match_the_reference() {
     // 130 summed channels of a 3x3 kernel (and 70 of a 4x4) are more than
     // a 16-channel tile's uniform weight slice holds: they are summed in

@@ -117,6 +117,11 @@ pub struct Gpu {
     pub info: wgpu::AdapterInfo,
     pub limits: wgpu::Limits,
     pub timestamps: bool,
+    /// The subgroup size, where the device has subgroup operations and
+    /// every subgroup has the same size (lavapipe: 8, its SIMD width).
+    subgroup: Option<usize>,
+    /// Whether kernels share loads across a subgroup; see `subgroup_size`.
+    subgroup_loads: std::sync::atomic::AtomicBool,
     /// Largest storage binding the ops plan for, in bytes. Starts at the
     /// adapter's limit; tests lower it to prove that splitting works.
     binding_limit: AtomicU64,
@@ -338,6 +343,14 @@ impl Gpu {
         if timestamps {
             features |= wgpu::Features::TIMESTAMP_QUERY;
         }
+        // Browsers want `enable subgroups;`, which naga does not parse yet.
+        let fixed = info.subgroup_min_size == info.subgroup_max_size;
+        let native = cfg!(not(target_arch = "wasm32"));
+        let subgroup = (native && fixed && adapter.features().contains(wgpu::Features::SUBGROUP))
+            .then_some(info.subgroup_min_size as usize);
+        if subgroup.is_some() {
+            features |= wgpu::Features::SUBGROUP;
+        }
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("engine"),
@@ -388,6 +401,8 @@ impl Gpu {
             info,
             limits,
             timestamps,
+            subgroup,
+            subgroup_loads: true.into(),
             binding_limit: AtomicU64::new(binding_limit),
             uniform_operands: uniform_operands.into(),
             texel_operands: texel_operands.into(),
@@ -430,9 +445,11 @@ impl Gpu {
     /// Whether kernels read small read-only operands through a uniform
     /// binding of `UNIFORM_OPERAND_BYTES`. On by default on CPU adapters:
     /// lavapipe loads a storage value lane by lane, each lane behind a
-    /// branch, even when every lane reads the same address, but loads a
-    /// uniform value once and broadcasts it (Mesa's gallivm). Tests turn
-    /// it off to cover the storage path.
+    /// branch, even when every lane reads the same address; a uniform
+    /// value at a run-time offset is gathered lane by lane too, but
+    /// without the branches (Mesa 22.3's gallivm loads once only at
+    /// constant offsets; see `subgroup_size`). Tests turn it off to cover
+    /// the storage path.
     pub fn uniform_operands(&self) -> bool {
         self.uniform_operands.load(Ordering::Relaxed)
     }
@@ -476,6 +493,24 @@ impl Gpu {
     }
 
     /// Whether this adapter runs on the CPU (lavapipe, WARP, ...).
+    /// The subgroup size kernels may count on to share loads, or None.
+    /// A value every lane needs (a convolution's weight, a weight
+    /// gradient's g) is then loaded by the lanes of a subgroup together,
+    /// each its share, and passed to all by `subgroupBroadcast`: lavapipe
+    /// (Mesa 22.3) loads a value at a run-time offset lane by lane even
+    /// when every lane reads the same address (gallivm takes the one-load
+    /// path for constant offsets only), so this makes one load of eight.
+    /// On where the device has subgroups of one size (native builds);
+    /// tests turn it off to cover the lane-by-lane loads.
+    pub fn subgroup_size(&self) -> Option<usize> {
+        self.subgroup
+            .filter(|_| self.subgroup_loads.load(Ordering::Relaxed))
+    }
+
+    pub fn set_subgroup_loads(&self, on: bool) {
+        self.subgroup_loads.store(on, Ordering::Relaxed);
+    }
+
     pub fn is_cpu(&self) -> bool {
         self.info.device_type == wgpu::DeviceType::Cpu
     }

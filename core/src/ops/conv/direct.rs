@@ -13,9 +13,11 @@
 //! output row that reads it. Weights are re-laid [summed][tap][produced]
 //! (`prep::prep_weights`) and the produced-channel group is `workgroup_id.y`,
 //! so every weight load has the same address in all lanes (one broadcast
-//! transaction on a GPU). lavapipe still loads a storage value lane by
-//! lane, so on CPU adapters the weight slice is a uniform binding, whose
-//! uniform-address loads are one load and a broadcast (`uniform_w`).
+//! transaction on a GPU). lavapipe (Mesa 22.3) still loads such a value
+//! lane by lane, from storage with a branch per lane, so on CPU adapters
+//! the weight slice is a uniform binding (`uniform_w`: a gather without
+//! the branches), and with subgroups of one size the lanes of a subgroup
+//! load a channel's weights together and broadcast them (`sg`).
 //!
 //! The sum runs over summed channels, then taps in row-major order, for
 //! every tile: all tiles give bit-identical results.
@@ -291,9 +293,9 @@ pub(crate) struct DirectSpec {
     /// four scalar loads).
     pub vec: bool,
     /// Weights through a uniform binding of `UNIFORM_VEC4S` (see
-    /// `Gpu::uniform_operands`): on lavapipe one load and a broadcast per
-    /// weight instead of a guarded load per lane (3x3 64 -> 64 at 4x80x80
-    /// with the weights' loads removed altogether ran 1.85x as fast).
+    /// `Gpu::uniform_operands`): on lavapipe a gather per weight instead
+    /// of a guarded load per lane (3x3 64 -> 64 at 4x80x80 with the
+    /// weights' loads removed altogether ran 1.85x as fast).
     pub uniform_w: bool,
     /// The input as texels (`reads_texels`; needs `vec`).
     pub texels: bool,
@@ -305,12 +307,16 @@ pub(crate) struct DirectSpec {
     /// as zeros (`fn borders`): Some(the job's first column mod 4, the
     /// offset of a window's first value in its first vec4).
     pub borders: Option<usize>,
+    /// The subgroup size, or 0: a summed channel's weights are loaded by
+    /// the lanes of a subgroup together, each its share, and passed to
+    /// every lane by `subgroupBroadcast` (see `wgrad::WgradSpec::sg`).
+    pub sg: usize,
 }
 
 impl DirectSpec {
     pub fn key(&self) -> String {
         format!(
-            "direct k{}x{} s{} d{} os{} {} b{} a{} v{} u{} f{} e{} t{}",
+            "direct k{}x{} s{} d{} os{} {} b{} a{} v{} u{} f{} e{} t{} sg{}",
             self.kh,
             self.kw,
             self.s,
@@ -323,7 +329,8 @@ impl DirectSpec {
             self.uniform_w as u8,
             self.flat as u8,
             self.borders.map_or("-".into(), |e| e.to_string()),
-            self.texels as u8
+            self.texels as u8,
+            self.sg
         )
     }
 
@@ -358,9 +365,10 @@ impl DirectSpec {
                 SHARED_CHANNELS * self.kh * self.kw * o4
             );
         }
-        // A workgroup-memory kernel keeps every invocation to the barriers:
-        // out-of-range ones read image 0 and store nothing.
-        let (n_expr, exit) = if shared {
+        // A workgroup-memory kernel keeps every invocation to the barriers,
+        // and a subgroup's lanes all take part in its loads: out-of-range
+        // ones read the last image and store nothing.
+        let (n_expr, exit) = if shared || self.sg > 0 {
             ("min(n, P.n_count - 1u)", "let live = n < P.n_count;")
         } else {
             ("n", "if (n >= P.n_count) { return; }")
@@ -369,7 +377,7 @@ impl DirectSpec {
         let _ = writeln!(
             w,
             "@compute @workgroup_size({wg})\n\
-             fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32, @builtin(num_workgroups) nwg: vec3<u32>) {{\n\
+             fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32, @builtin(num_workgroups) nwg: vec3<u32>{}) {{\n\
              \x20   let pix = (wid.x + wid.z * nwg.x) * {wg}u + lid;\n\
              \x20   let cg = pix % P.col_groups;\n\
              \x20   let rr = pix / P.col_groups;\n\
@@ -377,7 +385,11 @@ impl DirectSpec {
              \x20   let n = rr / P.row_groups;\n\
              \x20   {exit}\n\
              \x20   let j0 = cg * {tp}u;\n\
-             \x20   var wb = P.w_base + wid.y * {o4}u;"
+             \x20   var wb = P.w_base + wid.y * {o4}u;",
+            match self.sg {
+                0 => "",
+                _ => ", @builtin(subgroup_invocation_id) sl: u32",
+            }
         );
         self.write_source_start(&mut w, n_expr);
         for t in 0..tp * tr {
@@ -388,6 +400,21 @@ impl DirectSpec {
         if shared {
             self.write_shared_loop(&mut w);
             w.push_str("    if (live) {\n");
+            self.write_store(&mut w);
+            w.push_str("    }\n");
+        } else if self.sg > 0 {
+            self.write_shared_weight_offsets(&mut w);
+            w.push_str("    for (var c = 0u; c < P.c_in; c++) {\n");
+            for r in 0..(self.kh * self.kw * o4).div_ceil(self.sg) {
+                let _ = writeln!(w, "        let wl{r} = W[wb + ws{r}];");
+            }
+            let sg = self.sg;
+            self.write_channel(&mut w, &|tap, u| {
+                let m = tap * o4 + u;
+                format!("subgroupBroadcast(wl{}, {}u)", m / sg, m % sg)
+            });
+            let _ = writeln!(w, "        xb += {};", self.channel_step());
+            w.push_str("        wb += P.w_cstride;\n    }\n    if (live) {\n");
             self.write_store(&mut w);
             w.push_str("    }\n");
         } else {
@@ -425,6 +452,22 @@ impl DirectSpec {
         write_row_masks(w, "    ", &self.input_rows(), "P.src_h");
         let cols = tap_cols(self.tile.tp, self.kw, self.s, self.d);
         write_quad_masks(w, "    ", &quads_of(&cols, shift), "P.src_q");
+    }
+
+    /// With `sg`: `ws{r}`, the offset from `wb` of the weight vec4 lane
+    /// `sl` loads in round r of a summed channel; vec4 m of a channel is
+    /// tap m / (to / 4), produced channels 4 (m % (to / 4)) onwards.
+    fn write_shared_weight_offsets(&self, w: &mut String) {
+        let o4 = self.tile.to / 4;
+        let values = self.kh * self.kw * o4;
+        for r in 0..values.div_ceil(self.sg) {
+            let _ = writeln!(
+                w,
+                "    let wm{r} = min({}u + sl, {}u);\n    let ws{r} = (wm{r} / {o4}u) * P.o4_stride + wm{r} % {o4}u;",
+                r * self.sg,
+                values - 1
+            );
+        }
     }
 
     /// What `xb` advances by per summed channel.
@@ -980,6 +1023,10 @@ pub(crate) fn run(gpu: &Gpu, j: &DirectJob, tile: Tile) -> Result<()> {
                     texels,
                     flat: lay.flat,
                     borders,
+                    sg: gpu
+                        .subgroup_size()
+                        .filter(|&n| !tile.shared && tile.wg.is_multiple_of(n))
+                        .unwrap_or(0),
                 };
                 // An unused binding is not in the generated layout.
                 let bias = j
@@ -1128,8 +1175,13 @@ pub(crate) fn sample_sources() -> Vec<(String, String)> {
                 texels: i % 3 == 2,
                 flat: i % 4 == 2 && tile.tr == 1,
                 borders: (i % 3 == 0 && i % 4 != 2).then_some(i % 4),
+                sg: 0,
             };
             out.push((spec.key(), spec.source()));
+            if !tile.shared {
+                let shared = DirectSpec { sg: 8, ..spec };
+                out.push((shared.key(), shared.source()));
+            }
         }
     }
     out

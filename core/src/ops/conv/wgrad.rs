@@ -155,8 +155,9 @@ struct WgradSpec {
     /// lavapipe a vec4 load costs about half of four scalar loads.
     vec: bool,
     /// `g` through a uniform binding of one slab (`prep::slab_rows`),
-    /// rows [row][channel][column] from `row0`: lavapipe loads a uniform
-    /// value once and broadcasts it (3x3 64 -> 64 at 4x80x80 with the
+    /// rows [row][channel][column] from `row0`: lavapipe gathers a uniform
+    /// value at a run-time offset lane by lane, but without the storage
+    /// loads' branch per lane (3x3 64 -> 64 at 4x80x80 with the
     /// gradient's loads removed altogether ran 2.4x as fast). Needs `vec`.
     uniform_g: bool,
     /// The padded input as texels (`Gpu::texel_operands`). Needs `vec`.
@@ -169,6 +170,12 @@ struct WgradSpec {
     /// Reads the source itself, not a padded copy, with zeros selected
     /// outside it (`Borders`). Needs `vec` and not `texels`.
     borders: Option<Borders>,
+    /// The subgroup size, or 0: with `vec`, a step's gradient values are
+    /// loaded by the lanes of a subgroup together, each its own share, and
+    /// passed to every lane by `subgroupBroadcast`. lavapipe 22.3 loads a
+    /// value that is the same in every lane lane by lane (only constant
+    /// offsets load once), so this is 1/8 of those loads.
+    sg: usize,
 }
 
 /// The source row and column of padded element (0, 0) (`WgradGeom`), as
@@ -193,7 +200,7 @@ impl Borders {
 impl WgradSpec {
     fn key(&self) -> String {
         format!(
-            "wgrad k{} s{} d{} to{} ct{} jt{} wg{} v{} u{} t{}{}{}",
+            "wgrad k{} s{} d{} to{} ct{} jt{} wg{} v{} u{} t{} sg{}{}{}",
             self.k,
             self.s,
             self.d,
@@ -204,6 +211,7 @@ impl WgradSpec {
             self.vec as u8,
             self.uniform_g as u8,
             self.texels as u8,
+            self.sg,
             match self.slabs {
                 1 => String::new(),
                 n => format!(" x{n}"),
@@ -238,13 +246,23 @@ impl WgradSpec {
              @group(0) @binding(1) var<{gt};\n\
              @group(0) @binding(4) var<storage, read_write> D: array<f32>;\n\
              @compute @workgroup_size({wg})\n\
-             fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32, @builtin(num_workgroups) nwg: vec3<u32>) {{\n\
+             fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32, @builtin(num_workgroups) nwg: vec3<u32>{}) {{\n\
              \x20   let flat = wid.x + wid.z * nwg.x;\n\
              \x20   let chunk = flat / P.c_groups;\n\
              \x20   let cb = (flat % P.c_groups) * {}u + lid;\n\
-             \x20   if (cb >= P.c_count) {{ return; }}\n\
+             \x20   {}\n\
              \x20   let ob = wid.y * {to}u;",
-            wg * ct
+            match self.sg {
+                0 => "",
+                _ => ", @builtin(subgroup_invocation_id) sl: u32",
+            },
+            wg * ct,
+            // Every lane of a subgroup takes part in its loads; a lane
+            // past the channels loads the last one and stores nothing.
+            match self.sg {
+                0 => "if (cb >= P.c_count) { return; }",
+                _ => "",
+            },
         );
         // Channels past the end load the last one and store nothing.
         for e in 0..ct {
@@ -260,6 +278,7 @@ impl WgradSpec {
                 "    let go{v} = P.g_base + min(ob + {v}u, P.o_count - 1u) * P.g_cstride;"
             );
         }
+        self.write_shared_offsets(&mut w);
         if self.borders.is_some() {
             // The source's planes: rows of x_w, x_cstride elements each.
             w.push_str("    let src_h = P.x_cstride / P.x_w;\n    let src_q = P.x_w >> 2u;\n");
@@ -382,6 +401,25 @@ impl WgradSpec {
         }
     }
 
+    /// With `sg`: `gs{r}`, the vec4 offset (less the step's) of the
+    /// value lane `sl` loads in round r of a step; value m of a step is
+    /// gradient channel m / (jt / 4), vec4 m % (jt / 4) of the step.
+    fn write_shared_offsets(&self, w: &mut String) {
+        if self.sg == 0 || !self.vec {
+            return;
+        }
+        let q = self.jt / 4;
+        let values = self.to * q;
+        for r in 0..values.div_ceil(self.sg) {
+            let _ = writeln!(
+                w,
+                "    let gm{r} = min({}u + sl, {}u);\n    let gs{r} = ((P.g_base + min(ob + gm{r} / {q}u, P.o_count - 1u) * P.g_cstride) >> 2u) + gm{r} % {q}u;",
+                r * self.sg,
+                values - 1
+            );
+        }
+    }
+
     fn row_loads(&self) -> RowLoads {
         RowLoads::of(self.vec, self.texels)
     }
@@ -395,7 +433,24 @@ impl WgradSpec {
             0 => "G4".to_string(),
             b => format!("G4_{b}"),
         };
-        if self.vec {
+        if self.vec && self.sg > 0 {
+            let q = jt / 4;
+            let _ = writeln!(w, "            let gq = (gb + j) >> 2u;");
+            for r in 0..(to * q).div_ceil(self.sg) {
+                let _ = writeln!(w, "            let gw{r} = {g4}[gs{r} + gq];");
+            }
+            for v in 0..to {
+                for tq in 0..q {
+                    let m = v * q + tq;
+                    let _ = writeln!(
+                        w,
+                        "            let gv{v}_{tq} = subgroupBroadcast(gw{}, {}u);",
+                        m / self.sg,
+                        m % self.sg
+                    );
+                }
+            }
+        } else if self.vec {
             let _ = writeln!(w, "            let gq = (gb + j) >> 2u;");
             for v in 0..to {
                 for tq in 0..jt / 4 {
@@ -854,6 +909,10 @@ impl Pass<'_> {
             texels: vec && gpu.texel_operands() && !tile.storage,
             slabs: 1,
             borders: None,
+            sg: match gpu.subgroup_size() {
+                Some(n) if vec && tile.wg.is_multiple_of(n) => n,
+                _ => 0,
+            },
         };
         let row_cost = ow / jt + 2;
         if row_cost > gpu.loop_budget() {
@@ -1000,8 +1059,13 @@ pub(crate) fn sample_sources() -> Vec<(String, String)> {
                     texels,
                     slabs: 1,
                     borders: None,
+                    sg: 0,
                 };
                 out.push((spec.key(), spec.source()));
+                if vec {
+                    let shared = WgradSpec { sg: 8, ..spec };
+                    out.push((shared.key(), shared.source()));
+                }
                 if vec && !texels {
                     // The SAME pads of the geometry: a first column 3 or 2
                     // into its vec4, or 0 where nothing pads.
