@@ -397,6 +397,78 @@ fn uniform_and_storage_weights_are_bit_identical() {
     }
 }
 
+/// One convolution's inputs, for runs on several devices that must agree.
+struct ConvCase {
+    /// (n, c, o, h, w, k, s)
+    dims: (usize, usize, usize, usize, usize, usize, usize),
+    out: (usize, usize),
+    x: Vec<f32>,
+    wt: Vec<f32>,
+    dy: Vec<f32>,
+}
+
+impl ConvCase {
+    fn new(dims: (usize, usize, usize, usize, usize, usize, usize), seed: u64) -> ConvCase {
+        let (n, c, o, h, w, k, s) = dims;
+        let (oh, ow, _) = conv_geom(h, w, k, s, 1);
+        ConvCase {
+            dims,
+            out: (oh, ow),
+            x: rand_vec(seed, n * c * h * w),
+            wt: rand_vec(seed + 1, o * c * k * k),
+            dy: rand_vec(seed + 2, n * o * oh * ow),
+        }
+    }
+
+    fn tag(&self) -> String {
+        let (n, c, o, h, w, k, s) = self.dims;
+        format!("n{n} c{c} o{o} {h}x{w} k{k} s{s}")
+    }
+
+    /// The forward (with ReLU) and input gradient of direct tile `t`, and
+    /// the keys of the direct kernels they created.
+    fn direct(&self, gpu: &Gpu, t: conv::Tile) -> (Vec<f32>, Vec<f32>, Vec<String>) {
+        let (n, c, o, h, w, k, s) = self.dims;
+        let v = Some(ConvVariant::Direct(t));
+        let (xt, wtt) = (
+            up(gpu, &[n, c, h, w], &self.x),
+            up(gpu, &[o, c, k, k], &self.wt),
+        );
+        let dyt = up(gpu, &[n, o, self.out.0, self.out.1], &self.dy);
+        let forward = || conv::conv2d_with(gpu, &xt, &wtt, None, s, 1, true, v);
+        let backward = || conv::conv2d_backward_input_with(gpu, &dyt, &wtt, (h, w), s, 1, v);
+        let (done, kernels) = gpu.dry_run(|| forward().and_then(|_| backward()));
+        done.unwrap();
+        let (y, dx) = (forward().unwrap(), backward().unwrap());
+        (read(gpu, &y), read(gpu, &dx), keys_of(kernels, "direct"))
+    }
+
+    /// The weight gradient of tile `t`, and the keys of the kernels it
+    /// created.
+    fn wgrad(&self, gpu: &Gpu, t: conv::GemmTile) -> (Vec<f32>, Vec<String>) {
+        let (n, c, o, h, w, k, s) = self.dims;
+        let (xt, dyt) = (
+            up(gpu, &[n, c, h, w], &self.x),
+            up(gpu, &[n, o, self.out.0, self.out.1], &self.dy),
+        );
+        let dwt = stale(gpu, &[o, c, k, k]);
+        let v = Some(WgradVariant::Gemm(t));
+        let run = || conv::conv2d_backward_weight_with(gpu, &dyt, &xt, &dwt, s, 1, false, v);
+        let (done, kernels) = gpu.dry_run(run);
+        done.unwrap();
+        run().unwrap();
+        (read(gpu, &dwt), keys_of(kernels, "wgrad"))
+    }
+}
+
+fn keys_of(kernels: Vec<engine::gpu::KernelSource>, prefix: &str) -> Vec<String> {
+    kernels
+        .into_iter()
+        .map(|k| k.key)
+        .filter(|k| k.starts_with(prefix))
+        .collect()
+}
+
 #[test]
 fn subgroup_shared_and_lane_by_lane_loads_are_bit_identical() {
     // With subgroups of one size (lavapipe: 8) a direct kernel's weights
@@ -428,68 +500,30 @@ fn subgroup_shared_and_lane_by_lane_loads_are_bit_identical() {
     // A dry run lists the kernels it creates: those of a tile whose
     // kernel an earlier tile made (the same fitted shape) list none.
     let listed = std::cell::Cell::new(0);
-    let word = |keys: &[String], w: &str| {
+    let all_say = |keys: &[String], w: &str| {
         listed.set(listed.get() + keys.len());
         keys.iter().all(|k| k.split(' ').any(|p| p == w))
     };
+    let shared_word = format!("sg{sg}");
     for uniform in [true, false] {
         let (lanes, shared) = (open(false, uniform), open(true, uniform));
-        for (n, c, o, h, w, k, s) in [(3, 13, 20, 7, 9, 3, 1), (1, 12, 10, 9, 15, 3, 2)] {
-            let (oh, ow, _) = conv_geom(h, w, k, s, 1);
-            let (x, wt) = (rand_vec(51, n * c * h * w), rand_vec(52, o * c * k * k));
-            let dy = rand_vec(53, n * o * oh * ow);
-            let tag = format!("n{n} c{c} o{o} {h}x{w} k{k} s{s} uniform {uniform}");
-            let direct = |gpu: &Gpu, t: conv::Tile| {
-                let v = Some(ConvVariant::Direct(t));
-                let (xt, wtt) = (up(gpu, &[n, c, h, w], &x), up(gpu, &[o, c, k, k], &wt));
-                let dyt = up(gpu, &[n, o, oh, ow], &dy);
-                let (done, kernels) = gpu.dry_run(|| {
-                    conv::conv2d_with(gpu, &xt, &wtt, None, s, 1, true, v)?;
-                    conv::conv2d_backward_input_with(gpu, &dyt, &wtt, (h, w), s, 1, v)
-                });
-                done.unwrap();
-                let y = conv::conv2d_with(gpu, &xt, &wtt, None, s, 1, true, v).unwrap();
-                let dx = conv::conv2d_backward_input_with(gpu, &dyt, &wtt, (h, w), s, 1, v);
-                let keys: Vec<String> = kernels
-                    .into_iter()
-                    .map(|k| k.key)
-                    .filter(|k| k.starts_with("direct"))
-                    .collect();
-                (read(gpu, &y), read(gpu, &dx.unwrap()), keys)
-            };
-            for t in [
-                conv::Tile::new(8, 64),
-                conv::Tile::new(40, 4),
-                conv::Tile::rows(8, 2, 8),
-            ] {
-                let ((ya, dxa, ka), (yb, dxb, kb)) = (direct(&shared, t), direct(&lanes, t));
-                let tag = format!("{tag} {}", t.name());
-                assert!(word(&ka, &format!("sg{sg}")), "{tag}: not shared: {ka:?}");
-                assert!(word(&kb, "sg0"), "{tag}: shared: {kb:?}");
+        for dims in [(3, 13, 20, 7, 9, 3, 1), (1, 12, 10, 9, 15, 3, 2)] {
+            let case = ConvCase::new(dims, 51);
+            let small_2d = conv::Tile::rows(8, 2, 8);
+            for t in [conv::Tile::new(8, 64), conv::Tile::new(40, 4), small_2d] {
+                let tag = format!("{} uniform {uniform} {}", case.tag(), t.name());
+                let ((ya, dxa, ka), (yb, dxb, kb)) =
+                    (case.direct(&shared, t), case.direct(&lanes, t));
+                assert!(all_say(&ka, &shared_word), "{tag}: not shared: {ka:?}");
+                assert!(all_say(&kb, "sg0"), "{tag}: shared: {kb:?}");
                 assert!(bits_equal(&ya, &yb), "{tag}: forward differs");
                 assert!(bits_equal(&dxa, &dxb), "{tag}: input gradient differs");
             }
-            let wgrad = |gpu: &Gpu, t: conv::GemmTile| {
-                let (xt, dyt) = (up(gpu, &[n, c, h, w], &x), up(gpu, &[n, o, oh, ow], &dy));
-                let dwt = stale(gpu, &[o, c, k, k]);
-                let v = Some(WgradVariant::Gemm(t));
-                let run =
-                    || conv::conv2d_backward_weight_with(gpu, &dyt, &xt, &dwt, s, 1, false, v);
-                let (done, kernels) = gpu.dry_run(run);
-                done.unwrap();
-                run().unwrap();
-                let keys: Vec<String> = kernels
-                    .into_iter()
-                    .map(|k| k.key)
-                    .filter(|k| k.starts_with("wgrad"))
-                    .collect();
-                (read(gpu, &dwt), keys)
-            };
-            for t in conv::GemmTile::candidates(&lanes, k * k) {
-                let ((a, ka), (b, kb)) = (wgrad(&shared, t), wgrad(&lanes, t));
-                let tag = format!("{tag} {}", t.name());
-                assert!(word(&ka, &format!("sg{sg}")), "{tag}: not shared: {ka:?}");
-                assert!(word(&kb, "sg0"), "{tag}: shared: {kb:?}");
+            for t in conv::GemmTile::candidates(&lanes, 9) {
+                let tag = format!("{} uniform {uniform} {}", case.tag(), t.name());
+                let ((a, ka), (b, kb)) = (case.wgrad(&shared, t), case.wgrad(&lanes, t));
+                assert!(all_say(&ka, &shared_word), "{tag}: not shared: {ka:?}");
+                assert!(all_say(&kb, "sg0"), "{tag}: shared: {kb:?}");
                 assert!(bits_equal(&a, &b), "{tag}: weight gradient differs");
             }
         }
