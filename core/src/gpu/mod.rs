@@ -492,7 +492,6 @@ impl Gpu {
         self.variants = v;
     }
 
-    /// Whether this adapter runs on the CPU (lavapipe, WARP, ...).
     /// The subgroup size kernels may count on to share loads, or None.
     /// A value every lane needs (a convolution's weight, a weight
     /// gradient's g) is then loaded by the lanes of a subgroup together,
@@ -511,6 +510,7 @@ impl Gpu {
         self.subgroup_loads.store(on, Ordering::Relaxed);
     }
 
+    /// Whether this adapter runs on the CPU (lavapipe, WARP, ...).
     pub fn is_cpu(&self) -> bool {
         self.info.device_type == wgpu::DeviceType::Cpu
     }
@@ -967,8 +967,8 @@ impl Gpu {
     /// Records `kernel` (its vec4 form with `vec4`) over `planes` planes
     /// of `items` items each: workgroups along x (and z) cover a plane's
     /// items, one row of them per plane along y, so that what depends on
-    /// the plane (its channel, and so the per-channel values the kernel
-    /// loads) is uniform within a workgroup. Shaders take the item as
+    /// the plane (its channel) comes from the workgroup, without a
+    /// division per lane. Shaders take the item as
     /// `(wid.x + wid.z * nwg.x) * WG + lid` and the plane as `wid.y`.
     pub fn dispatch_planes(
         &self,

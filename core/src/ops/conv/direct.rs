@@ -368,7 +368,8 @@ impl DirectSpec {
         // A workgroup-memory kernel keeps every invocation to the barriers,
         // and a subgroup's lanes all take part in its loads: out-of-range
         // ones read the last image and store nothing.
-        let (n_expr, exit) = if shared || self.sg > 0 {
+        let guarded = shared || self.sg > 0;
+        let (n_expr, exit) = if guarded {
             ("min(n, P.n_count - 1u)", "let live = n < P.n_count;")
         } else {
             ("n", "if (n >= P.n_count) { return; }")
@@ -397,33 +398,15 @@ impl DirectSpec {
                 let _ = writeln!(w, "    var a{t}_{u} = vec4<f32>(0.0);");
             }
         }
-        if shared {
-            self.write_shared_loop(&mut w);
+        match shared {
+            true => self.write_shared_loop(&mut w),
+            false => self.write_channel_loop(&mut w),
+        }
+        if guarded {
             w.push_str("    if (live) {\n");
             self.write_store(&mut w);
             w.push_str("    }\n");
-        } else if self.sg > 0 {
-            self.write_shared_weight_offsets(&mut w);
-            w.push_str("    for (var c = 0u; c < P.c_in; c++) {\n");
-            for r in 0..(self.kh * self.kw * o4).div_ceil(self.sg) {
-                let _ = writeln!(w, "        let wl{r} = W[wb + ws{r}];");
-            }
-            let sg = self.sg;
-            self.write_channel(&mut w, &|tap, u| {
-                let m = tap * o4 + u;
-                format!("subgroupBroadcast(wl{}, {}u)", m / sg, m % sg)
-            });
-            let _ = writeln!(w, "        xb += {};", self.channel_step());
-            w.push_str("        wb += P.w_cstride;\n    }\n    if (live) {\n");
-            self.write_store(&mut w);
-            w.push_str("    }\n");
         } else {
-            w.push_str("    for (var c = 0u; c < P.c_in; c++) {\n");
-            self.write_channel(&mut w, &|tap, u| {
-                format!("W[wb + {tap}u * P.o4_stride + {u}u]")
-            });
-            let _ = writeln!(w, "        xb += {};", self.channel_step());
-            w.push_str("        wb += P.w_cstride;\n    }\n");
             self.write_store(&mut w);
         }
         w.push_str("}\n");
@@ -454,13 +437,37 @@ impl DirectSpec {
         write_quad_masks(w, "    ", &quads_of(&cols, shift), "P.src_q");
     }
 
+    /// The loop over summed channels, weights from `W`: each lane's own
+    /// loads, or with `sg` the subgroup's shared ones, broadcast.
+    fn write_channel_loop(&self, w: &mut String) {
+        let (o4, sg) = (self.tile.to / 4, self.sg);
+        let shares = match sg {
+            0 => 0,
+            _ => (self.kh * self.kw * o4).div_ceil(sg),
+        };
+        self.write_shared_weight_offsets(w, shares);
+        w.push_str("    for (var c = 0u; c < P.c_in; c++) {\n");
+        for r in 0..shares {
+            let _ = writeln!(w, "        let wl{r} = W[wb + ws{r}];");
+        }
+        self.write_channel(w, &|tap, u| match sg {
+            0 => format!("W[wb + {tap}u * P.o4_stride + {u}u]"),
+            _ => {
+                let m = tap * o4 + u;
+                format!("subgroupBroadcast(wl{}, {}u)", m / sg, m % sg)
+            }
+        });
+        let _ = writeln!(w, "        xb += {};", self.channel_step());
+        w.push_str("        wb += P.w_cstride;\n    }\n");
+    }
+
     /// With `sg`: `ws{r}`, the offset from `wb` of the weight vec4 lane
-    /// `sl` loads in round r of a summed channel; vec4 m of a channel is
+    /// `sl` loads in round r < `shares` of a summed channel; vec4 m of a channel is
     /// tap m / (to / 4), produced channels 4 (m % (to / 4)) onwards.
-    fn write_shared_weight_offsets(&self, w: &mut String) {
+    fn write_shared_weight_offsets(&self, w: &mut String, shares: usize) {
         let o4 = self.tile.to / 4;
         let values = self.kh * self.kw * o4;
-        for r in 0..values.div_ceil(self.sg) {
+        for r in 0..shares {
             let _ = writeln!(
                 w,
                 "    let wm{r} = min({}u + sl, {}u);\n    let ws{r} = (wm{r} / {o4}u) * P.o4_stride + wm{r} % {o4}u;",

@@ -170,11 +170,11 @@ struct WgradSpec {
     /// Reads the source itself, not a padded copy, with zeros selected
     /// outside it (`Borders`). Needs `vec` and not `texels`.
     borders: Option<Borders>,
-    /// The subgroup size, or 0: with `vec`, a step's gradient values are
-    /// loaded by the lanes of a subgroup together, each its own share, and
-    /// passed to every lane by `subgroupBroadcast`. lavapipe 22.3 loads a
-    /// value that is the same in every lane lane by lane (only constant
-    /// offsets load once), so this is 1/8 of those loads.
+    /// The subgroup size, or 0: a step's gradient values are loaded by the
+    /// lanes of a subgroup together, each its own share, and passed to
+    /// every lane by `subgroupBroadcast`. lavapipe 22.3 loads even a value
+    /// every lane shares once per lane (only constant offsets load once),
+    /// so this is 1/8 of those loads. Needs `vec`.
     sg: usize,
 }
 
@@ -405,7 +405,7 @@ impl WgradSpec {
     /// value lane `sl` loads in round r of a step; value m of a step is
     /// gradient channel m / (jt / 4), vec4 m % (jt / 4) of the step.
     fn write_shared_offsets(&self, w: &mut String) {
-        if self.sg == 0 || !self.vec {
+        if self.sg == 0 {
             return;
         }
         let q = self.jt / 4;
@@ -433,7 +433,7 @@ impl WgradSpec {
             0 => "G4".to_string(),
             b => format!("G4_{b}"),
         };
-        if self.vec && self.sg > 0 {
+        if self.sg > 0 {
             let q = jt / 4;
             let _ = writeln!(w, "            let gq = (gb + j) >> 2u;");
             for r in 0..(to * q).div_ceil(self.sg) {
