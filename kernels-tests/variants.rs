@@ -329,6 +329,64 @@ fn every_variant_splits_under_a_tiny_binding_limit() {
 }
 
 #[test]
+fn pixel_quad_tiles_match_the_reference_and_plain_tiles_bit_for_bit() {
+    // A long run's 1x1 passes take pixel quads (`Tile::quads`: vec4
+    // accumulators of 4 pixels, two summed channels a pass). Planes of
+    // 10x10 (100 pixels: the last 16-pixel tile runs past the plane), 9
+    // summed channels (an odd last one), 37 produced (a partial group);
+    // texels with uniform weights shared by the subgroup, storage with
+    // weights loaded lane by lane, and the 4 KiB binding limit (channel
+    // and image groups that accumulate). The same sums in the same order
+    // as the plain tile of that size, forward and input gradient, where
+    // both group the summed channels alike: under the limit the plain
+    // tile's padded planes (rows of 16) take fewer channels per group.
+    let open = |texels: bool, shared: bool, limit: Option<u64>| {
+        let gpu = Gpu::new(None).expect("a GPU adapter");
+        gpu.variants().set_long_run(true);
+        gpu.set_texel_operands(texels);
+        gpu.set_uniform_operands(shared);
+        gpu.set_subgroup_loads(shared);
+        if let Some(bytes) = limit {
+            gpu.set_binding_limit(bytes);
+        }
+        gpu
+    };
+    let (n, c, o, h, w) = (2, 9, 37, 10, 10);
+    let tiles = [conv::Tile::quads(16, 32), conv::Tile::quads(16, 16)];
+    let quads: Vec<ConvVariant> = tiles.iter().map(|&t| ConvVariant::Direct(t)).collect();
+    let plain: Vec<ConvVariant> = tiles
+        .iter()
+        .map(|t| ConvVariant::Direct(t.without_quads()))
+        .collect();
+    for (gpu, whole_planes) in [
+        (open(true, true, None), true),
+        (open(false, false, None), true),
+        (open(false, true, Some(TINY_LIMIT)), false),
+    ] {
+        let shape = (n, c, o, h, w, 1, 1, 1);
+        let with = conv_direct_passes(&gpu, shape, &quads);
+        let without = conv_direct_passes(&gpu, shape, &plain);
+        for ((a, b), v) in with.iter().zip(&without).zip(&quads) {
+            let name = v.name();
+            if whole_planes {
+                assert!(bits_equal(&a.0, &b.0), "{name}: forward differs");
+                assert!(bits_equal(&a.1, &b.1), "{name}: input gradient differs");
+            }
+        }
+        let (xt, wt) = (
+            up(&gpu, &[n, c, h, w], &rand_vec(1, n * c * h * w)),
+            up(&gpu, &[o, c, 1, 1], &rand_vec(2, o * c)),
+        );
+        let (done, kernels) = gpu.dry_run(|| {
+            conv::conv2d_with(&gpu, &xt, &wt, None, 1, 1, false, Some(quads[0])).map(drop)
+        });
+        done.unwrap();
+        let keys = keys_of(kernels, "direct");
+        assert!(keys.iter().all(|k| k.contains("-quads")), "{keys:?}");
+    }
+}
+
+#[test]
 fn direct_variants_are_bit_identical() {
     // Every direct tile sums channels, then taps, in the same order, so
     // the tuner's choice never changes a result, for 3x3 and 1x1 kernels.
@@ -742,8 +800,13 @@ fn texel_and_storage_inputs_give_bit_identical_direct_passes() {
                 Ok((y, dx))
             })
         };
+        // Pixel-quad tiles run a 3x3 as their plain tile, already listed
+        // (a dry run lists new kernels only).
         let tiles = match (k, s) {
-            (3, 1) => conv::Tile::candidates(&storage),
+            (3, 1) => conv::Tile::candidates(&storage)
+                .into_iter()
+                .filter(|t| !t.quads)
+                .collect(),
             _ => vec![training(k, s, o, ow)],
         };
         for t in tiles {
@@ -1047,7 +1110,7 @@ fn a_long_run_times_the_rule_against_its_rival_once_and_reuses_the_winner() {
     assert_eq!(table.len(), 1, "one timed shape: {table:?}");
     let (key, winner) = table.iter().next().unwrap();
     assert!(
-        key.ends_with("(long-run rivals, slabs, texels or storage, 2-D tiles)"),
+        key.ends_with("(long-run rivals, slabs, texels or storage, 2-D tiles, pixel quads)"),
         "{key}"
     );
     let field: Vec<ConvVariant> = std::iter::once(lead).chain(rivals).collect();

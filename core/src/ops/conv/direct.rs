@@ -55,6 +55,16 @@ pub struct Tile {
     /// The same sums in the same order, so the same bits, except where
     /// uniform weights would have split the summed channels into groups.
     pub storage: bool,
+    /// Pixel quads (`quads_fit` jobs: 1x1, stride 1, the source read as
+    /// is in planes of whole vec4s): each accumulator holds 4 neighbouring
+    /// pixels of one produced channel, stored as one vec4, and a pass sums
+    /// two channels; elsewhere the same tile without. On lavapipe a 1x1
+    /// makes one multiply-add per loaded pixel where a 3x3 makes nine, so
+    /// its stores and accumulator visits weigh 9x as much: a vec4 store
+    /// cost half of four scalar ones (1.27 against 2.52 ms for a 64 -> 64
+    /// output at 4x80x80, session 41), and two channels a pass halve the
+    /// visits. The same sums in the same order: the same bits.
+    pub quads: bool,
 }
 
 /// Summed channels a workgroup-memory tile stages per barrier pair.
@@ -72,7 +82,7 @@ impl Tile {
     /// and one 10x10 layer), and LLVM took 8-60 s per 16 x 64 kernel, so
     /// `engine tune` and the tests spent minutes compiling them (a cold
     /// run of the kernel tests: 750 of 2090 s of compiles).
-    pub const CANDIDATES: [Tile; 13] = [
+    pub const CANDIDATES: [Tile; 15] = [
         Tile::new(8, 64),
         Tile::new(8, 32),
         Tile::new(40, 16),
@@ -89,6 +99,10 @@ impl Tile {
         // A 2-D tile small enough for a GPU's registers. The wider 2-D
         // tiles of CPU adapters are a long run's rivals (`Tile::two_d`).
         Tile::rows(8, 2, 8),
+        // A long run's 1x1 passes (`Tile::rule`); other passes run them
+        // as the plain 16-pixel tiles.
+        Tile::quads(16, 32),
+        Tile::quads(16, 16),
     ];
 
     pub const fn new(tp: usize, to: usize) -> Tile {
@@ -104,6 +118,23 @@ impl Tile {
             wg: 64,
             shared: false,
             storage: false,
+            quads: false,
+        }
+    }
+
+    /// A tile of pixel quads (`quads`), one row of `tp` pixels.
+    pub const fn quads(tp: usize, to: usize) -> Tile {
+        Tile {
+            quads: true,
+            ..Tile::new(tp, to)
+        }
+    }
+
+    /// The same tile without pixel quads.
+    pub const fn without_quads(self) -> Tile {
+        Tile {
+            quads: false,
+            ..self
         }
     }
 
@@ -145,7 +176,10 @@ impl Tile {
     /// won 10 of 430 long-run shapes timed over sessions on lavapipe, and
     /// such a kernel (1024 accumulators) takes LLVM 8-60 s to compile, so
     /// a first step paid minutes for a rival that lost; there the 40-pixel
-    /// tile is the rule. On GPUs a small tile
+    /// tile is the rule. A long run's 1x1 passes over 16 or more produced
+    /// channels take pixel quads (`Tile::quads`) of 16 pixels and 32 (or
+    /// 16) channels: 64 -> 64 at 4x80x80 on an AMD EPYC, 6.8 ms against
+    /// 16.6 for the 40-pixel tile (session 41). On GPUs a small tile
     /// that keeps occupancy (autotuning is on there).
     pub fn rule(
         cpu: bool,
@@ -156,6 +190,9 @@ impl Tile {
     ) -> Tile {
         if !cpu {
             return Tile::new(4, 8);
+        }
+        if long_run && (k, s) == (1, 1) && produced >= 16 {
+            return Tile::quads(16, if produced >= 32 { 32 } else { 16 });
         }
         let narrow = s > 1 || out_w < 32;
         match produced {
@@ -246,12 +283,13 @@ impl Tile {
     pub fn name(&self) -> String {
         let mem = if self.shared { "-wgmem" } else { "" };
         let reads = if self.storage { "-storage" } else { "" };
+        let quads = if self.quads { "-quads" } else { "" };
         let rows = match self.tr {
             1 => String::new(),
             tr => format!("-tr{tr}"),
         };
         format!(
-            "direct-tp{}{rows}-to{}-wg{}{mem}{reads}",
+            "direct-tp{}{rows}-to{}-wg{}{mem}{reads}{quads}",
             self.tp, self.to, self.wg
         )
     }
@@ -273,6 +311,8 @@ wgsl_params! {
         /// With `borders`: the source's rows, its row width in vec4s, and
         /// (i32 bits) the source row and column of the job's element (0, 0).
         src_h, src_q, row0, col0,
+        /// With pixel quads: the input binding's last vec4.
+        x_last,
     }
 }
 
@@ -346,10 +386,12 @@ impl DirectSpec {
         let o4 = to / 4;
         let mut w = String::new();
         w.push_str(DirectParams::WGSL);
-        w.push_str(
+        let y_type = if self.tile.quads { "vec4<f32>" } else { "f32" };
+        let _ = writeln!(
+            w,
             "@group(0) @binding(0) var<uniform> P: Params;\n\
              @group(0) @binding(3) var<storage, read> B: array<f32>;\n\
-             @group(0) @binding(4) var<storage, read_write> Y: array<f32>;\n",
+             @group(0) @binding(4) var<storage, read_write> Y: array<{y_type}>;"
         );
         let weights = if self.uniform_w {
             format!("uniform> W: array<vec4<f32>, {UNIFORM_VEC4S}>")
@@ -393,21 +435,31 @@ impl DirectSpec {
             }
         );
         self.write_source_start(&mut w, n_expr);
-        for t in 0..tp * tr {
-            for u in 0..o4 {
+        // Quads: a{q}_{k}, pixels 4q.. of produced channel k; else
+        // a{t}_{u}, produced channels 4u.. of pixel t.
+        let (pixel_accs, channel_accs) = match self.tile.quads {
+            true => (tp / 4, to),
+            false => (tp * tr, o4),
+        };
+        for t in 0..pixel_accs {
+            for u in 0..channel_accs {
                 let _ = writeln!(w, "    var a{t}_{u} = vec4<f32>(0.0);");
             }
         }
-        match shared {
-            true => self.write_shared_loop(&mut w),
-            false => self.write_channel_loop(&mut w),
+        match (shared, self.tile.quads) {
+            (true, _) => self.write_shared_loop(&mut w),
+            (false, true) => self.write_quad_channel_loop(&mut w),
+            (false, false) => self.write_channel_loop(&mut w),
         }
         if guarded {
             w.push_str("    if (live) {\n");
-            self.write_store(&mut w);
+        }
+        match self.tile.quads {
+            true => self.write_quad_store(&mut w),
+            false => self.write_store(&mut w),
+        }
+        if guarded {
             w.push_str("    }\n");
-        } else {
-            self.write_store(&mut w);
         }
         w.push_str("}\n");
         w
@@ -459,6 +511,94 @@ impl DirectSpec {
         });
         let _ = writeln!(w, "        xb += {};", self.channel_step());
         w.push_str("        wb += P.w_cstride;\n    }\n");
+    }
+
+    /// The channel loop of a pixel-quad tile: two summed channels a pass,
+    /// then the last one where their count is odd; every accumulator's
+    /// multiply-adds of a pass in one statement, in channel order.
+    fn write_quad_channel_loop(&self, w: &mut String) {
+        let (o4, sg) = (self.tile.to / 4, self.sg);
+        let shares = match sg {
+            0 => 0,
+            _ => o4.div_ceil(sg),
+        };
+        self.write_shared_weight_offsets(w, shares);
+        w.push_str("    var c = 0u;\n    for (; c + 1u < P.c_in; c += 2u) {\n");
+        self.write_quad_pass(w, 2, shares);
+        w.push_str("        xb += 2u * P.x_cstride;\n        wb += 2u * P.w_cstride;\n    }\n");
+        w.push_str("    if (c < P.c_in) {\n");
+        self.write_quad_pass(w, 1, shares);
+        w.push_str("    }\n");
+    }
+
+    /// One pass of `channels` summed channels from `xb` and `wb`: each
+    /// channel's quads (the last tile's loads past the binding clamped to
+    /// its last vec4, their pixels never stored) and weights, then the
+    /// sums.
+    fn write_quad_pass(&self, w: &mut String, channels: usize, shares: usize) {
+        let (quads, o4, sg) = (self.tile.tp / 4, self.tile.to / 4, self.sg);
+        for cc in 0..channels {
+            let _ = writeln!(w, "        let r{cc} = (xb + {cc}u * P.x_cstride) >> 2u;");
+            for q in 0..quads {
+                let at = format!("min(r{cc} + {q}u, P.x_last)");
+                let load = match self.row_loads() {
+                    RowLoads::Texels => format!("texel({at})"),
+                    _ => format!("X4[{at}]"),
+                };
+                let _ = writeln!(w, "        let xv{cc}_{q} = {load};");
+            }
+            let wc = format!("wb + {cc}u * P.w_cstride");
+            for r in 0..shares {
+                let _ = writeln!(w, "        let wl{cc}_{r} = W[{wc} + ws{r}];");
+            }
+            for u in 0..o4 {
+                let wt = match sg {
+                    0 => format!("W[{wc} + {u}u]"),
+                    _ => format!("subgroupBroadcast(wl{cc}_{}, {}u)", u / sg, u % sg),
+                };
+                let _ = writeln!(w, "        let w{cc}_{u} = {wt};");
+            }
+        }
+        for q in 0..quads {
+            for k in 0..self.tile.to {
+                let mut sum = format!("a{q}_{k}");
+                for cc in 0..channels {
+                    let _ = write!(sum, " + xv{cc}_{q} * w{cc}_{}.{}", k / 4, LANE[k % 4]);
+                }
+                let _ = writeln!(w, "        a{q}_{k} = {sum};");
+            }
+        }
+    }
+
+    /// The stores of a pixel-quad tile: one vec4 per quad and produced
+    /// channel, the flat plane's quads past its end (`out_w`) dropped.
+    fn write_quad_store(&self, w: &mut String) {
+        let (quads, to) = (self.tile.tp / 4, self.tile.to);
+        let _ = writeln!(
+            w,
+            "    let yb = P.y_base + n * P.y_nstride + j0;\n\
+             \x20   let ob = wid.y * {to}u;\n\
+             \x20   let floor = vec4<f32>(bitcast<f32>(P.relu_floor));"
+        );
+        for q in 0..quads {
+            let _ = writeln!(w, "    let live{q} = j0 + {}u < P.out_w;", 4 * q);
+        }
+        for k in 0..to {
+            let _ = writeln!(
+                w,
+                "    if (ob + {k}u < P.o_count) {{\n        let yo = (yb + (ob + {k}u) * P.y_cstride) >> 2u;"
+            );
+            let bias = if self.bias {
+                let _ = writeln!(w, "        let bv = B[P.b_base + ob + {k}u];");
+                " + bv"
+            } else {
+                ""
+            };
+            for q in 0..quads {
+                let _ = writeln!(w, "        put(yo + {q}u, live{q}, a{q}_{k}{bias}, floor);");
+            }
+            w.push_str("    }\n");
+        }
     }
 
     /// With `sg`: `ws{r}`, the offset from `wb` of the weight vec4 lane
@@ -632,9 +772,13 @@ impl DirectSpec {
     /// when `live` (accumulating onto what is there, for `accumulate`).
     fn store_function(&self) -> String {
         let add = if self.accumulate { " v += Y[i];" } else { "" };
+        let (t, zero) = match self.tile.quads {
+            true => ("vec4<f32>", "vec4<f32>(0.0)"),
+            false => ("f32", "0.0"),
+        };
         format!(
-            "fn put(i: u32, live: bool, sum: f32, floor: f32) {{\n\
-             \x20   if (live) {{ var v = sum;{add} v = select(v, 0.0, v < floor); Y[i] = v; }}\n\
+            "fn put(i: u32, live: bool, sum: {t}, floor: {t}) {{\n\
+             \x20   if (live) {{ var v = sum;{add} v = select(v, {zero}, v < floor); Y[i] = v; }}\n\
              }}\n"
         )
     }
@@ -768,6 +912,19 @@ fn plan(gpu: &Gpu, j: &DirectJob, tile: Tile, plane: usize) -> Result<Split> {
     })
 }
 
+/// Whether a job may run pixel quads (`Tile::quads`): a 1x1, stride-1
+/// pass over whole planes of the source, read as is, whose planes are
+/// whole vec4s in vec4-aligned windows.
+fn quads_fit(gpu: &Gpu, j: &DirectJob) -> bool {
+    let (_, _, ih, iw) = j.src.nchw();
+    let (_, _, yh, yw) = j.y.nchw();
+    (j.map.kh, j.map.kw, j.s, j.d, j.ostep) == (1, 1, 1, 1, 1)
+        && (j.row0, j.col0, j.oy, j.ox) == (0, 0, 0, 0)
+        && (j.out_h, j.out_w, yh, yw) == (ih, iw, ih, iw)
+        && (ih * iw).is_multiple_of(4)
+        && gpu.vec4_windows()
+}
+
 /// Summed channels per group, and whether the weights go through a
 /// uniform binding: on CPU adapters, wherever one tile of produced
 /// channels fits it (`plan` then splits produced channels to fit, which
@@ -803,6 +960,17 @@ struct Layout {
 }
 
 impl Layout {
+    /// Pixel quads' layout: each `h x w` plane as one row.
+    fn plane(h: usize, w: usize) -> Layout {
+        Layout {
+            flat: true,
+            rows: h,
+            cols: w,
+            out_h: 1,
+            out_w: h * w,
+        }
+    }
+
     fn col_groups(&self, tp: usize) -> usize {
         self.out_w.div_ceil(tp)
     }
@@ -941,11 +1109,18 @@ fn fitting_tile(gpu: &Gpu, j: &DirectJob, tile: Tile) -> Tile {
 /// Records the job with the given tile.
 pub(crate) fn run(gpu: &Gpu, j: &DirectJob, tile: Tile) -> Result<()> {
     let may_read_texels = !tile.storage && reads_texels(gpu);
+    let tile = match tile.quads && !quads_fit(gpu, j) {
+        true => tile.without_quads(),
+        false => tile,
+    };
     let tile = fitting_tile(gpu, j, tile.narrowed((j.out_h, j.out_w)));
-    let (n, cs, _, _) = j.src.nchw();
+    let (n, cs, ih, iw) = j.src.nchw();
     let (_, co, yh, yw) = j.y.nchw();
     let (kh, kw) = (j.map.kh, j.map.kw);
-    let lay = layout(gpu, j, (tile.tp, tile.tr));
+    let lay = match tile.quads {
+        true => Layout::plane(ih, iw),
+        false => layout(gpu, j, (tile.tp, tile.tr)),
+    };
     let (rows, cols, col_groups) = (lay.rows, lay.cols, lay.col_groups(tile.tp));
     let row_groups = lay.row_groups(tile.tr);
     let sp = plan(gpu, j, tile, rows * cols)?;
@@ -965,13 +1140,13 @@ pub(crate) fn run(gpu: &Gpu, j: &DirectJob, tile: Tile) -> Result<()> {
     };
     let min_elems = if sp.uniform_w { UNIFORM_VEC4S * 4 } else { 0 };
     let weights = prep::prep_weights(gpu, j.w, &j.map, &grid, min_elems)?;
-    let (ih, iw) = (j.src.shape()[2], j.src.shape()[3]);
     // When the padded view is the source itself (a 1x1 conv whose tile
     // divides the width), read the source: no copy.
     let as_is = (j.row0, j.col0, rows, cols) == (0, 0, ih, iw);
     // Rows of a multiple of 4 (always for padded copies; a source read as
-    // is then has planes and windows of such rows too).
-    let vec = gpu.vec4_windows() && cols.is_multiple_of(4);
+    // is then has planes and windows of such rows too), or with quads
+    // planes of a multiple of 4.
+    let vec = tile.quads || (gpu.vec4_windows() && cols.is_multiple_of(4));
     let texels = vec && may_read_texels;
     let borders = match as_is {
         true => None,
@@ -998,17 +1173,18 @@ pub(crate) fn run(gpu: &Gpu, j: &DirectJob, tile: Tile) -> Result<()> {
                 true => None,
                 false => Some(prep::pad(gpu, j.op, j.src, &region, texels)?),
             };
-            let (x, x_base, x_nstride) = match &padded {
+            let (x, x_base, x_nstride, x_len) = match &padded {
                 Some(xp) => (
                     Operand::padded(gpu, j.op, xp, texels)?,
                     0,
                     clen * rows * cols,
+                    nb * clen * rows * cols,
                 ),
                 None => {
                     let img = cs * ih * iw;
                     let (start, len) = (n0 * img + c0 * ih * iw, (nb - 1) * img + clen * ih * iw);
                     let (x, base) = Operand::of(gpu, j.op, (j.src, start, len), texels)?;
-                    (x, base, img)
+                    (x, base, img, len)
                 }
             };
             for (oi, (o0, olen)) in runs(co, sp.o_group).enumerate() {
@@ -1073,6 +1249,7 @@ pub(crate) fn run(gpu: &Gpu, j: &DirectJob, tile: Tile) -> Result<()> {
                     src_q: (iw / 4) as u32,
                     row0: j.row0 as i32 as u32,
                     col0: j.col0 as i32 as u32,
+                    x_last: ((x_base as usize + x_len) / 4).saturating_sub(1) as u32,
                 };
                 let pipeline = gpu.pipeline_for(spec.key(), || spec.source(), "main");
                 let groups = (nb * row_groups * col_groups).div_ceil(tile.wg) as u64;
@@ -1165,7 +1342,7 @@ pub(crate) fn sample_sources() -> Vec<(String, String)> {
     let wide = [16, 8].into_iter().filter_map(Tile::two_d).map(|t| (t, 3));
     for (tile, most_taps) in candidates.chain(wide) {
         for (i, &(kh, kw, s, d)) in geoms.iter().enumerate() {
-            if kh > most_taps {
+            if kh > most_taps || (tile.quads && (kh, kw, s, d) != (1, 1, 1, 1)) {
                 continue;
             }
             let spec = DirectSpec {
@@ -1183,6 +1360,17 @@ pub(crate) fn sample_sources() -> Vec<(String, String)> {
                 flat: i % 4 == 2 && tile.tr == 1,
                 borders: (i % 3 == 0 && i % 4 != 2).then_some(i % 4),
                 sg: 0,
+            };
+            // Quads read whole vec4s of planes as they are (`quads_fit`).
+            let spec = match tile.quads {
+                true => DirectSpec {
+                    ostep: 1,
+                    vec: true,
+                    flat: true,
+                    borders: None,
+                    ..spec
+                },
+                false => spec,
             };
             out.push((spec.key(), spec.source()));
             if !tile.shared {

@@ -190,8 +190,10 @@ impl ConvVariant {
     /// too. So is a 2-D tile reading storage for kernels of 2 or 3 taps per
     /// axis (`taps`; `Tile::two_d`): its output rows share the input rows
     /// they read. A 4x4 kernel's 2-D tile, 4096 vec4 multiply-adds per
-    /// summed channel, took LLVM minutes to compile. A long run amortises
-    /// the extra compiles and the few timed runs in its first step.
+    /// summed channel, took LLVM minutes to compile. A 1x1 pass whose
+    /// rule is pixel quads leads with them, the 40-pixel tile its rival on
+    /// rows of 32 or more. A long run amortises the extra compiles and the
+    /// few timed runs in its first step.
     pub fn long_run_rivals(
         gpu: &Gpu,
         rule: ConvVariant,
@@ -200,10 +202,11 @@ impl ConvVariant {
         if !(gpu.is_cpu() && gpu.variants().long_run()) {
             return (rule, Vec::new());
         }
-        let wide_rule = matches!(rule, ConvVariant::Direct(t) if t.to > 16);
-        let (lead, mut rivals) = match wide_rule && out_w >= 32 {
-            true => (ConvVariant::Direct(Tile::new(40, 16)), vec![rule]),
-            false => (rule, Vec::new()),
+        let tile40 = ConvVariant::Direct(Tile::new(40, 16));
+        let (lead, mut rivals) = match rule {
+            ConvVariant::Direct(t) if out_w >= 32 && t.quads => (rule, vec![tile40]),
+            ConvVariant::Direct(t) if out_w >= 32 && t.to > 16 => (tile40, vec![rule]),
+            _ => (rule, Vec::new()),
         };
         if let (true, ConvVariant::Direct(t)) = (reads_beyond_storage(gpu), lead) {
             rivals.push(ConvVariant::Direct(t.reading_storage()));
@@ -381,9 +384,9 @@ fn pick<V: Copy + PartialEq>(
 
 /// The key under which the fastest of a long run's lead and rivals is
 /// remembered (a new name whenever the rivals change, so that older files'
-/// pairs are timed again: last when the 2-D tiles joined the rivals).
+/// pairs are timed again: last when the 1x1 passes' pixel quads led).
 fn rivals_key(key: &str) -> String {
-    format!("{key} (long-run rivals, slabs, texels or storage, 2-D tiles)")
+    format!("{key} (long-run rivals, slabs, texels or storage, 2-D tiles, pixel quads)")
 }
 
 /// The candidate that runs `time_one` fastest (ties: the earliest).
