@@ -584,16 +584,7 @@ impl DirectSpec {
             let _ = writeln!(w, "    let live{q} = j0 + {}u < P.out_w;", 4 * q);
         }
         for k in 0..to {
-            let _ = writeln!(
-                w,
-                "    if (ob + {k}u < P.o_count) {{\n        let yo = (yb + (ob + {k}u) * P.y_cstride) >> 2u;"
-            );
-            let bias = if self.bias {
-                let _ = writeln!(w, "        let bv = B[P.b_base + ob + {k}u];");
-                " + bv"
-            } else {
-                ""
-            };
+            let bias = self.open_channel_store(w, k, "(yb + (ob + {k}u) * P.y_cstride) >> 2u");
             for q in 0..quads {
                 let _ = writeln!(w, "        put(yo + {q}u, live{q}, a{q}_{k}{bias}, floor);");
             }
@@ -748,16 +739,7 @@ impl DirectSpec {
         let spots = self.write_store_spots(w);
         for k in 0..to {
             let (u, lane) = (k / 4, LANE[k % 4]);
-            let _ = writeln!(
-                w,
-                "    if (ob + {k}u < P.o_count) {{\n        let yo = yb + (ob + {k}u) * P.y_cstride;"
-            );
-            let bias = if self.bias {
-                let _ = writeln!(w, "        let bv = B[P.b_base + ob + {k}u];");
-                " + bv"
-            } else {
-                ""
-            };
+            let bias = self.open_channel_store(w, k, "yb + (ob + {k}u) * P.y_cstride");
             for (t, at) in spots.iter().enumerate() {
                 let _ = writeln!(
                     w,
@@ -766,6 +748,22 @@ impl DirectSpec {
             }
             w.push_str("    }\n");
         }
+    }
+
+    /// Opens the stores of produced channel `ob + k` (skipped past
+    /// `o_count`): `yo`, its offset by `yo` ("{k}" standing for k), and
+    /// its bias `bv`; returns what adds the bias to a sum.
+    fn open_channel_store(&self, w: &mut String, k: usize, yo: &str) -> &'static str {
+        let yo = yo.replace("{k}", &k.to_string());
+        let _ = writeln!(
+            w,
+            "    if (ob + {k}u < P.o_count) {{\n        let yo = {yo};"
+        );
+        if !self.bias {
+            return "";
+        }
+        let _ = writeln!(w, "        let bv = B[P.b_base + ob + {k}u];");
+        " + bv"
     }
 
     /// `put(i, live, sum, floor)`: stores one output element at `Y[i]`
