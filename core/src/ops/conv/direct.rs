@@ -178,8 +178,10 @@ impl Tile {
     /// a first step paid minutes for a rival that lost; there the 40-pixel
     /// tile is the rule. A long run's 1x1 passes over 16 or more produced
     /// channels take pixel quads (`Tile::quads`) of 16 pixels and 32 (or
-    /// 16) channels: 64 -> 64 at 4x80x80 on an AMD EPYC, 6.8 ms against
-    /// 16.6 for the 40-pixel tile (session 41). On GPUs a small tile
+    /// 16) channels: 64 -> 64 at 4x80x80 on an AMD EPYC, 4.7-7.2 ms
+    /// against 7.4-10.7 for the 40-pixel tile in the same processes
+    /// (session 41); a job they do not fit runs the plain tile of that
+    /// size (`quads_fit`). On GPUs a small tile
     /// that keeps occupancy (autotuning is on there).
     pub fn rule(
         cpu: bool,
@@ -584,7 +586,8 @@ impl DirectSpec {
             let _ = writeln!(w, "    let live{q} = j0 + {}u < P.out_w;", 4 * q);
         }
         for k in 0..to {
-            let bias = self.open_channel_store(w, k, "(yb + (ob + {k}u) * P.y_cstride) >> 2u");
+            let yo = format!("(yb + (ob + {k}u) * P.y_cstride) >> 2u");
+            let bias = self.open_channel_store(w, k, &yo);
             for q in 0..quads {
                 let _ = writeln!(w, "        put(yo + {q}u, live{q}, a{q}_{k}{bias}, floor);");
             }
@@ -739,7 +742,7 @@ impl DirectSpec {
         let spots = self.write_store_spots(w);
         for k in 0..to {
             let (u, lane) = (k / 4, LANE[k % 4]);
-            let bias = self.open_channel_store(w, k, "yb + (ob + {k}u) * P.y_cstride");
+            let bias = self.open_channel_store(w, k, &format!("yb + (ob + {k}u) * P.y_cstride"));
             for (t, at) in spots.iter().enumerate() {
                 let _ = writeln!(
                     w,
@@ -751,10 +754,9 @@ impl DirectSpec {
     }
 
     /// Opens the stores of produced channel `ob + k` (skipped past
-    /// `o_count`): `yo`, its offset by `yo` ("{k}" standing for k), and
-    /// its bias `bv`; returns what adds the bias to a sum.
+    /// `o_count`): names its output offset `yo` (the WGSL `yo`) and its
+    /// bias `bv`; returns what adds the bias to a sum.
     fn open_channel_store(&self, w: &mut String, k: usize, yo: &str) -> &'static str {
-        let yo = yo.replace("{k}", &k.to_string());
         let _ = writeln!(
             w,
             "    if (ob + {k}u < P.o_count) {{\n        let yo = {yo};"
