@@ -201,6 +201,10 @@ fn every_conv_variant_matches_the_reference() {
         // More input channels than a workgroup's 8 lanes: the weight
         // gradient's two-channel lanes, the second group partly past the end.
         (1, 19, 6, 7, 8, 3, 1, 1),
+        // Stride 2 onto rows of whole vec4s: one kernel for every phase
+        // (`BlockTile`), an odd row count dropping the last block's lower
+        // row; more summed channels than a pass's two, an odd last one.
+        (1, 5, 7, 9, 8, 3, 2, 1),
     ] {
         conv_all_variants(gpu(), shape);
     }
@@ -363,6 +367,18 @@ fn pixel_quad_tiles_match_the_reference_and_plain_tiles_bit_for_bit() {
         (open(false, false, None), true),
         (open(false, true, Some(TINY_LIMIT)), false),
     ] {
+        // First, so that the kernels are new to this device and listed.
+        let (xt, wt) = (
+            up(&gpu, &[n, c, h, w], &rand_vec(1, n * c * h * w)),
+            up(&gpu, &[o, c, 1, 1], &rand_vec(2, o * c)),
+        );
+        let (done, kernels) = gpu.dry_run(|| {
+            conv::conv2d_with(&gpu, &xt, &wt, None, 1, 1, false, Some(quads[0])).map(drop)
+        });
+        done.unwrap();
+        let keys = keys_of(kernels, "direct");
+        let all_quads = keys.iter().all(|k| k.contains("-quads"));
+        assert!(!keys.is_empty() && all_quads, "{keys:?}");
         let shape = (n, c, o, h, w, 1, 1, 1);
         let with = conv_direct_passes(&gpu, shape, &quads);
         let without = conv_direct_passes(&gpu, shape, &plain);
@@ -373,16 +389,72 @@ fn pixel_quad_tiles_match_the_reference_and_plain_tiles_bit_for_bit() {
                 assert!(bits_equal(&a.1, &b.1), "{name}: input gradient differs");
             }
         }
-        let (xt, wt) = (
-            up(&gpu, &[n, c, h, w], &rand_vec(1, n * c * h * w)),
-            up(&gpu, &[o, c, 1, 1], &rand_vec(2, o * c)),
+    }
+}
+
+#[test]
+fn phase_blocks_match_the_reference_and_phase_jobs_bit_for_bit() {
+    // A long run's stride-2 transposed passes compute every phase in one
+    // kernel (`BlockTile`): a stride-2 conv's input gradient onto 9x8
+    // (an odd row count: the last blocks' lower rows dropped), 11 summed
+    // channels (two a pass, an odd last one), 13 produced (a partial
+    // group); a stride-2 transpose conv's forward (with bias and ReLU)
+    // onto 10x12. Texels with subgroup-shared uniform weights, storage
+    // with weights loaded lane by lane, and the 4 KiB binding limit. The
+    // same sums in the same order as the phase jobs of the same channels,
+    // where both group the summed channels alike (under the limit each
+    // splits its own way: the reference only).
+    let open = |texels: bool, shared: bool, limit: Option<u64>| {
+        let gpu = Gpu::new(None).expect("a GPU adapter");
+        gpu.variants().set_long_run(true);
+        gpu.set_texel_operands(texels);
+        gpu.set_uniform_operands(shared);
+        gpu.set_subgroup_loads(shared);
+        if let Some(bytes) = limit {
+            gpu.set_binding_limit(bytes);
+        }
+        gpu
+    };
+    let blocks: Vec<ConvVariant> = conv::BlockTile::CANDIDATES
+        .iter()
+        .map(|&t| ConvVariant::Blocks(t))
+        .collect();
+    let phases: Vec<ConvVariant> = conv::BlockTile::CANDIDATES
+        .iter()
+        .map(|t| ConvVariant::Direct(t.plain()))
+        .collect();
+    for (gpu, same_groups) in [
+        (open(true, true, None), true),
+        (open(false, false, None), true),
+        (open(false, true, Some(TINY_LIMIT)), false),
+    ] {
+        // First, so that the kernels are new to this device and listed.
+        let (dyt, wt) = (
+            up(&gpu, &[1, 11, 5, 4], &rand_vec(1, 11 * 20)),
+            up(&gpu, &[11, 13, 3, 3], &rand_vec(2, 11 * 13 * 9)),
         );
         let (done, kernels) = gpu.dry_run(|| {
-            conv::conv2d_with(&gpu, &xt, &wt, None, 1, 1, false, Some(quads[0])).map(drop)
+            conv::conv2d_backward_input_with(&gpu, &dyt, &wt, (9, 8), 2, 1, Some(blocks[0]))
+                .map(drop)
         });
         done.unwrap();
-        let keys = keys_of(kernels, "direct");
-        assert!(keys.iter().all(|k| k.contains("-quads")), "{keys:?}");
+        let keys = keys_of(kernels, "blocks");
+        assert!(!keys.is_empty(), "no block kernel ran");
+        let conv_shape = (2, 13, 11, 9, 8, 3, 2, 1);
+        let with = conv_direct_passes(&gpu, conv_shape, &blocks);
+        let without = conv_direct_passes(&gpu, conv_shape, &phases);
+        let tconv_shape = (1, 11, 13, 5, 6, 2);
+        let t_with = tconv_direct_passes(&gpu, tconv_shape, &blocks);
+        let t_without = tconv_direct_passes(&gpu, tconv_shape, &phases);
+        for (i, v) in blocks.iter().enumerate() {
+            let name = v.name();
+            if same_groups {
+                let dx = bits_equal(&with[i].1, &without[i].1);
+                assert!(dx, "{name}: input gradient differs");
+                let fwd = bits_equal(&t_with[i].0, &t_without[i].0);
+                assert!(fwd, "{name}: transpose forward differs");
+            }
+        }
     }
 }
 

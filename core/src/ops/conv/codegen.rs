@@ -197,3 +197,40 @@ pub(super) fn write_row_loads(
         let _ = writeln!(w, "{indent}let x{p}_{m} = xv{p}_{}.{};", m / 4, LANE[m % 4]);
     }
 }
+
+/// With subgroups of `sg` lanes: `ws{r}`, the offset from `wb` of the
+/// weight vec4 lane `sl` loads in round r < `shares` of a summed channel
+/// of `values` vec4s; vec4 m of a channel is tap m / `o4`, produced
+/// channels 4 (m % `o4`) onwards (taps `o4_stride` apart).
+pub(super) fn write_weight_share_offsets(
+    w: &mut String,
+    (values, o4): (usize, usize),
+    sg: usize,
+    shares: usize,
+) {
+    for r in 0..shares {
+        let _ = writeln!(
+            w,
+            "    let wm{r} = min({}u + sl, {}u);\n    let ws{r} = (wm{r} / {o4}u) * P.o4_stride + wm{r} % {o4}u;",
+            r * sg,
+            values - 1
+        );
+    }
+}
+
+/// `put(i, live, sum, floor)`: stores one output element (a vec4 of them
+/// with `vec4`) at `Y[i]` when `live`, accumulating onto what is there
+/// with `accumulate`, then the ReLU floor (see `DirectSpec::write_store`
+/// for why stores are calls and the ReLU a run-time floor).
+pub(super) fn put_function(accumulate: bool, vec4: bool) -> String {
+    let add = if accumulate { " v += Y[i];" } else { "" };
+    let (t, zero) = match vec4 {
+        true => ("vec4<f32>", "vec4<f32>(0.0)"),
+        false => ("f32", "0.0"),
+    };
+    format!(
+        "fn put(i: u32, live: bool, sum: {t}, floor: {t}) {{\n\
+         \x20   if (live) {{ var v = sum;{add} v = select(v, {zero}, v < floor); Y[i] = v; }}\n\
+         }}\n"
+    )
+}

@@ -22,8 +22,8 @@
 //! The sum runs over summed channels, then taps in row-major order, for
 //! every tile: all tiles give bit-identical results.
 use super::codegen::{
-    LANE, Operand, RowLoads, UNIFORM_VEC4S, quads_of, tap_cols, write_bordered_row,
-    write_quad_masks, write_row_loads, write_row_masks,
+    LANE, Operand, RowLoads, UNIFORM_VEC4S, put_function, quads_of, tap_cols, write_bordered_row,
+    write_quad_masks, write_row_loads, write_row_masks, write_weight_share_offsets,
 };
 use super::prep::{self, PadRegion, WeightMap};
 use crate::error::Result;
@@ -418,7 +418,7 @@ impl DirectSpec {
         } else {
             ("n", "if (n >= P.n_count) { return; }")
         };
-        w.push_str(&self.store_function());
+        w.push_str(&put_function(self.accumulate, self.tile.quads));
         let _ = writeln!(
             w,
             "@compute @workgroup_size({wg})\n\
@@ -595,20 +595,11 @@ impl DirectSpec {
         }
     }
 
-    /// With `sg`: `ws{r}`, the offset from `wb` of the weight vec4 lane
-    /// `sl` loads in round r < `shares` of a summed channel; vec4 m of a channel is
-    /// tap m / (to / 4), produced channels 4 (m % (to / 4)) onwards.
+    /// With `sg`: the offsets of the weight vec4s each lane loads
+    /// (`write_weight_share_offsets`).
     fn write_shared_weight_offsets(&self, w: &mut String, shares: usize) {
-        let o4 = self.tile.to / 4;
-        let values = self.kh * self.kw * o4;
-        for r in 0..shares {
-            let _ = writeln!(
-                w,
-                "    let wm{r} = min({}u + sl, {}u);\n    let ws{r} = (wm{r} / {o4}u) * P.o4_stride + wm{r} % {o4}u;",
-                r * self.sg,
-                values - 1
-            );
-        }
+        let values = self.kh * self.kw * self.tile.to / 4;
+        write_weight_share_offsets(w, (values, self.tile.to / 4), self.sg, shares);
     }
 
     /// What `xb` advances by per summed channel.
@@ -718,7 +709,7 @@ impl DirectSpec {
     /// not a baked flag: one kernel serves layers with and without it (on
     /// lavapipe each distinct kernel costs 1-5 s of LLVM at its first
     /// dispatch, and the select costs the same either way). Each element
-    /// is one call of `put` (`store_function`), with each pixel's
+    /// is one call of `put` (`codegen::put_function`), with each pixel's
     /// condition and offset named once: naga's WGSL front end spends time
     /// quadratic in a function's expression count (`Typifier::grow` walks
     /// the arena from its start at every new expression), and the written
@@ -766,21 +757,6 @@ impl DirectSpec {
         }
         let _ = writeln!(w, "        let bv = B[P.b_base + ob + {k}u];");
         " + bv"
-    }
-
-    /// `put(i, live, sum, floor)`: stores one output element at `Y[i]`
-    /// when `live` (accumulating onto what is there, for `accumulate`).
-    fn store_function(&self) -> String {
-        let add = if self.accumulate { " v += Y[i];" } else { "" };
-        let (t, zero) = match self.tile.quads {
-            true => ("vec4<f32>", "vec4<f32>(0.0)"),
-            false => ("f32", "0.0"),
-        };
-        format!(
-            "fn put(i: u32, live: bool, sum: {t}, floor: {t}) {{\n\
-             \x20   if (live) {{ var v = sum;{add} v = select(v, {zero}, v < floor); Y[i] = v; }}\n\
-             }}\n"
-        )
     }
 
     /// Names each of the tile's pixels' store condition `live{t}` and
@@ -861,15 +837,15 @@ pub(crate) struct DirectJob<'a> {
 }
 
 /// Channel and image groups so that every binding fits one window.
-struct Split {
-    c_group: usize,
-    o_group: usize,
-    images: usize,
+pub(super) struct Split {
+    pub c_group: usize,
+    pub o_group: usize,
+    pub images: usize,
     /// The weight slices go through a uniform binding.
-    uniform_w: bool,
+    pub uniform_w: bool,
 }
 
-fn plan(gpu: &Gpu, j: &DirectJob, tile: Tile, plane: usize) -> Result<Split> {
+pub(super) fn plan(gpu: &Gpu, j: &DirectJob, tile: Tile, plane: usize) -> Result<Split> {
     let (n, cs, ih, iw) = j.src.nchw();
     let (_, co, yh, yw) = j.y.nchw();
     let win = gpu.window_elems();
@@ -1300,7 +1276,7 @@ fn borders(gpu: &Gpu, j: &DirectJob, lay: &Layout, vec4s: bool) -> Option<usize>
 /// -> 11-17, with 8 or 16). A first scan keeps 64: the size would change
 /// with the scan's, and each size a new kernel to compile. The sums are
 /// the same whatever the size; a workgroup-memory tile keeps its own.
-fn workgroup_size(gpu: &Gpu, tile: Tile, invocations: usize) -> usize {
+pub(super) fn workgroup_size(gpu: &Gpu, tile: Tile, invocations: usize) -> usize {
     if !gpu.is_cpu() || tile.shared || !amortises_compiles(gpu) {
         return tile.wg;
     }
@@ -1319,7 +1295,7 @@ fn workgroup_size(gpu: &Gpu, tile: Tile, invocations: usize) -> usize {
 /// compile longer: a first scan with an empty shader cache took 23.3 s
 /// against 20.4, so a first run keeps the storage kernels, as it keeps the
 /// narrower tiles. The sums are the same either way.
-fn reads_texels(gpu: &Gpu) -> bool {
+pub(super) fn reads_texels(gpu: &Gpu) -> bool {
     gpu.texel_operands() && amortises_compiles(gpu)
 }
 

@@ -11,12 +11,14 @@
 //! Both are generated per shape (`direct`, `wgrad`); the first static
 //! kernels remain as the `gather`/`rows` variants. Which variant runs is
 //! chosen per shape by `choose` (rules, a tuning file, or timing).
+mod blocks;
 mod codegen;
 mod direct;
 mod gather;
 mod prep;
 mod wgrad;
 
+pub use blocks::BlockTile;
 pub use direct::Tile;
 pub use wgrad::GemmTile;
 
@@ -140,6 +142,9 @@ pub enum ConvVariant {
     Gather,
     /// Generated direct convolution with this register tile.
     Direct(Tile),
+    /// Every phase of a stride-2 transposed pass in one generated kernel
+    /// (`blocks`); elsewhere the direct tile of the same channels.
+    Blocks(BlockTile),
 }
 
 impl ConvVariant {
@@ -147,6 +152,7 @@ impl ConvVariant {
         match self {
             ConvVariant::Gather => "gather".into(),
             ConvVariant::Direct(t) => t.name(),
+            ConvVariant::Blocks(t) => t.name(),
         }
     }
 
@@ -154,6 +160,8 @@ impl ConvVariant {
     pub fn candidates(gpu: &Gpu) -> Vec<ConvVariant> {
         let mut v = vec![ConvVariant::Gather];
         v.extend(Tile::candidates(gpu).into_iter().map(ConvVariant::Direct));
+        let blocks = BlockTile::CANDIDATES.into_iter();
+        v.extend(blocks.filter(|b| b.fits(gpu)).map(ConvVariant::Blocks));
         v
     }
 
@@ -384,9 +392,10 @@ fn pick<V: Copy + PartialEq>(
 
 /// The key under which the fastest of a long run's lead and rivals is
 /// remembered (a new name whenever the rivals change, so that older files'
-/// pairs are timed again: last when the 1x1 passes' pixel quads led).
+/// pairs are timed again: last when stride-2 transposed passes' phase
+/// blocks led).
 fn rivals_key(key: &str) -> String {
-    format!("{key} (long-run rivals, slabs, texels or storage, 2-D tiles, pixel quads)")
+    format!("{key} (long-run rivals, slabs, texels or storage, 2-D tiles, pixel quads, blocks)")
 }
 
 /// The candidate that runs `time_one` fastest (ties: the earliest).
@@ -529,13 +538,26 @@ impl Produce<'_> {
             Direction::Direct => self.g.k,
             Direction::Transposed => self.g.k.div_ceil(self.g.stride),
         };
-        ConvVariant::long_run_rivals(gpu, rule, (taps, row))
+        let (lead, mut rivals) = ConvVariant::long_run_rivals(gpu, rule, (taps, row));
+        // A stride-2 transposed pass's phases in one kernel lead a long
+        // run on a CPU adapter (`BlockTile::CANDIDATES`), the phase path
+        // and its rivals timed against them.
+        let blocks = gpu.is_cpu() && gpu.variants().long_run();
+        if blocks && self.block_job(gpu, y).is_some() {
+            rivals.insert(0, lead);
+            return (ConvVariant::Blocks(BlockTile::LONG_RUN), rivals);
+        }
+        (lead, rivals)
     }
 
     fn run_variant(&self, gpu: &Gpu, y: &Tensor, v: ConvVariant) -> Result<()> {
         let tile = match v {
             ConvVariant::Direct(tile) => tile,
             ConvVariant::Gather => return self.run_gather(gpu, y),
+            ConvVariant::Blocks(b) => match self.block_job(gpu, y) {
+                Some(job) => return blocks::run(gpu, &job, b),
+                None => b.plain(),
+            },
         };
         match self.dir {
             Direction::Direct => direct::run(gpu, &self.direct_job(y), tile),
@@ -583,6 +605,22 @@ impl Produce<'_> {
             accumulate: self.accumulate,
             relu: self.relu,
         }
+    }
+
+    /// A stride-2 transposed pass as one block job (`blocks`), where that
+    /// fits.
+    fn block_job<'a>(&'a self, gpu: &Gpu, y: &'a Tensor) -> Option<blocks::BlockJob<'a>> {
+        let g = self.g;
+        if (self.dir, g.stride) != (Direction::Transposed, 2) {
+            return None;
+        }
+        let job = DirectJob {
+            map: self.weight_map(0, 0, 1, 1, g.k, g.k),
+            s: 1,
+            ostep: 2,
+            ..self.direct_job(y)
+        };
+        blocks::block_job(gpu, job, (g.k, g.dil, (g.pad_t, g.pad_l)))
     }
 
     /// The transposed pass as one direct job per (row, column) residue
@@ -1252,6 +1290,7 @@ pub mod cpu {
 /// network's geometries, for validation tests.
 pub fn generated_sources() -> Vec<(String, String)> {
     let mut v = direct::sample_sources();
+    v.extend(blocks::sample_sources());
     v.extend(wgrad::sample_sources());
     v.extend(prep::sample_sources());
     v
