@@ -202,9 +202,11 @@ fn every_conv_variant_matches_the_reference() {
         // gradient's two-channel lanes, the second group partly past the end.
         (1, 19, 6, 7, 8, 3, 1, 1),
         // Stride 2 onto rows of whole vec4s: one kernel for every phase
-        // (`BlockTile`), an odd row count dropping the last block's lower
-        // row; more summed channels than a pass's two, an odd last one.
-        (1, 5, 7, 9, 8, 3, 2, 1),
+        // (`BlockTile`), an odd row count dropping the last blocks' lower
+        // rows, rows of 44 summed-grid columns in three groups, the last
+        // one partly past the row; more summed channels than a pass's
+        // two, an odd last one.
+        (1, 5, 7, 7, 88, 3, 2, 1),
     ] {
         conv_all_variants(gpu(), shape);
     }

@@ -41,15 +41,16 @@ pub struct BlockTile {
 
 impl BlockTile {
     /// The candidates `engine tune` and the tests run. Measured on an
-    /// AMD EPYC (lavapipe, in one process, ms): a 3x3 stride-2 input
-    /// gradient 64 -> 64 onto 4x80x80, 16 x 8 with two channels a pass
-    /// 14.2-24.7 against 16.0-32.6 for the best phase tile and 18.5-33.8
-    /// for the 40 x 16 the rule ran; a 4x4 stride-2 transpose conv's
-    /// forward 67-76 against 85-87. Wider tiles (16 x 16, 8 x 16) made
-    /// kernels past the WGSL front end's budget of expressions.
+    /// AMD EPYC (lavapipe, ms, a 3x3 stride-2 input gradient 64 -> 64
+    /// onto 4x80x80, so rows of 40 summed-grid columns): 20 x 8 with two
+    /// channels a pass 11.3-11.5 in three processes, 16 x 8 (narrowed to
+    /// 14) 11.9-12.2, 8 x 8 12.2-12.9, against 13.7-20.4 for the phase
+    /// path's 40 x 16; 8 x 16 swung 11.5-15.4, three channels a pass and
+    /// 14 x 12 were slower. A 4x4 stride-2 transpose conv's forward took
+    /// 67-78 ms with 16 x 8 against 82-106 for the phase path.
     pub const CANDIDATES: [BlockTile; 3] = [
+        BlockTile::new(20, 8, 2),
         BlockTile::new(16, 8, 2),
-        BlockTile::new(16, 8, 1),
         BlockTile::new(8, 8, 2),
     ];
 
@@ -71,6 +72,24 @@ impl BlockTile {
         holds_accumulators(gpu.is_cpu(), 4 * self.tp * self.to)
     }
 
+    /// The tile a `k x k` kernel runs on rows of `cols` summed-grid
+    /// columns. At most `MULTIPLY_ADDS` multiply-adds per produced channel
+    /// and pass (fewer columns where a 4x4 kernel would exceed them: a
+    /// kernel's WGSL grows with them, and naga's front end takes time
+    /// quadratic in its expressions at every process start); then as few
+    /// column groups as that allows, each as narrow as they can be (an
+    /// even width), so that rows of 40 take three groups of 14, not three
+    /// of 16. The sums are those of any tile.
+    pub fn fitted(self, k: usize, cols: usize) -> BlockTile {
+        let most = (MULTIPLY_ADDS / (k * k * self.cpp)) & !1;
+        let tp = self.tp.min(most.max(2));
+        let groups = cols.div_ceil(tp);
+        BlockTile {
+            tp: cols.div_ceil(groups).next_multiple_of(2).min(tp),
+            ..self
+        }
+    }
+
     pub fn name(&self) -> String {
         format!("blocks-tp{}-to{}-c{}", self.tp, self.to, self.cpp)
     }
@@ -87,6 +106,11 @@ wgsl_params! {
         relu_floor,
     }
 }
+
+/// Multiply-adds per produced channel and pass a block kernel makes at
+/// most, `k * k * tp * cpp` (`BlockTile::fitted`): 16 x 8 tiles of a 4x4
+/// kernel with two channels a pass, about 24,700 WGSL expressions.
+const MULTIPLY_ADDS: usize = 512;
 
 /// The phases of one axis: for each residue (0, 1), its taps as (original
 /// tap, offset from the block's summed index), in the phase job's order.
@@ -391,6 +415,7 @@ pub(crate) fn run(gpu: &Gpu, b: &BlockJob, tile: BlockTile) -> Result<()> {
     let j = &b.job;
     let (n, cs, _, _) = j.src.nchw();
     let (_, co, yh, yw) = j.y.nchw();
+    let tile = tile.fitted(b.k, yw.div_ceil(2));
     let (row_groups, col_groups) = (yh.div_ceil(2), yw.div_ceil(2).div_ceil(tile.tp));
     let rows = row_groups + b.reach.0;
     let cols = (col_groups * tile.tp + b.reach.1).next_multiple_of(4);
@@ -503,7 +528,8 @@ pub(crate) fn sample_sources() -> Vec<(String, String)> {
     for (i, (k, pad)) in [(3, 1), (4, 1)].into_iter().enumerate() {
         let phases = axis_phases(k, 2, 1, pad, 8).expect("two phases");
         let (taps, _, _) = axis_taps(&phases).expect("two phases");
-        for (t, &tile) in BlockTile::CANDIDATES.iter().enumerate() {
+        for (t, tile) in BlockTile::CANDIDATES.iter().enumerate() {
+            let tile = tile.fitted(k, 80);
             for sg in [0, 8] {
                 let spec = BlockSpec {
                     k,
