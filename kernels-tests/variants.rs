@@ -405,7 +405,8 @@ fn phase_blocks_match_the_reference_and_phase_jobs_bit_for_bit() {
     // with weights loaded lane by lane, and the 4 KiB binding limit. The
     // same sums in the same order as the phase jobs of the same channels,
     // where both group the summed channels alike (under the limit each
-    // splits its own way: the reference only).
+    // splits its own way: the reference only); the input gradient also
+    // against finite differences.
     let open = |texels: bool, shared: bool, limit: Option<u64>| {
         let gpu = Gpu::new(None).expect("a GPU adapter");
         gpu.variants().set_long_run(true);
@@ -442,6 +443,25 @@ fn phase_blocks_match_the_reference_and_phase_jobs_bit_for_bit() {
         done.unwrap();
         let keys = keys_of(kernels, "blocks");
         assert!(!keys.is_empty(), "no block kernel ran");
+        // The input gradient is the gradient of sum(dy * conv(x)).
+        let (n, c, o, h, w) = (2, 13, 11, 9, 8);
+        let (oh, ow, g) = conv_geom(h, w, 3, 2, 1);
+        let (x, wt, dy) = (
+            rand_vec(31, n * c * h * w),
+            rand_vec(32, o * c * 9),
+            rand_vec(33, n * o * oh * ow),
+        );
+        let (dyt, wtt) = (up(&gpu, &[n, o, oh, ow], &dy), up(&gpu, &[o, c, 3, 3], &wt));
+        let dx = conv::conv2d_backward_input_with(&gpu, &dyt, &wtt, (h, w), 2, 1, Some(blocks[0]));
+        let (dy64, w64, zero) = (to64(&dy), to64(&wt), vec![0.0; o]);
+        let loss = |x: &[f64]| {
+            dot(
+                &dy64,
+                &cpu::conv2d(x, (n, c, h, w), &w64, &zero, o, g, (oh, ow)),
+            )
+        };
+        let dx = read(&gpu, &dx.unwrap());
+        assert_fd("blocks dx", loss, &to64(&x), &dx, 40, 1e-3);
         let conv_shape = (2, 13, 11, 9, 8, 3, 2, 1);
         let with = conv_direct_passes(&gpu, conv_shape, &blocks);
         let without = conv_direct_passes(&gpu, conv_shape, &phases);

@@ -43,7 +43,7 @@ impl BlockTile {
     /// The candidates `engine tune` and the tests run. Measured on an
     /// AMD EPYC (lavapipe, ms, a 3x3 stride-2 input gradient 64 -> 64
     /// onto 4x80x80, so rows of 40 summed-grid columns): 20 x 8 with two
-    /// channels a pass 11.3-11.5 in three processes, 16 x 8 (narrowed to
+    /// channels a pass 11.3-11.5 in three processes, 16 x 8 (fitted to
     /// 14) 11.9-12.2, 8 x 8 12.2-12.9, against 13.7-20.4 for the phase
     /// path's 40 x 16; 8 x 16 swung 11.5-15.4, three channels a pass and
     /// 14 x 12 were slower. A 4x4 stride-2 transpose conv's forward took
@@ -61,7 +61,7 @@ impl BlockTile {
         BlockTile { tp, to, cpp }
     }
 
-    /// The same channels as a plain direct tile (a pass blocks don't fit).
+    /// The direct tile of the same channels, for passes blocks do not fit.
     pub const fn plain(self) -> Tile {
         Tile::new(self.tp, self.to)
     }
@@ -134,9 +134,9 @@ pub(crate) struct BlockSpec {
     pub sg: usize,
 }
 
-/// An axis's taps with offsets counted from the lowest one read, and the
-/// number of source indices a block reads along it beyond its first.
-fn axis_taps(phases: &[AxisPhase]) -> Option<(AxisTaps, isize, usize)> {
+/// An axis's taps with offsets counted from the lowest one read, and that
+/// lowest offset.
+fn axis_taps(phases: &[AxisPhase]) -> Option<(AxisTaps, isize)> {
     let [even, odd] = phases else { return None };
     let lowest = even.min_off.min(odd.min_off);
     let taps = |p: &AxisPhase| -> Vec<(usize, usize)> {
@@ -148,9 +148,12 @@ fn axis_taps(phases: &[AxisPhase]) -> Option<(AxisTaps, isize, usize)> {
             })
             .collect()
     };
-    let all = [taps(even), taps(odd)];
-    let reach = all.iter().flatten().map(|t| t.1).max()?;
-    Some((all, lowest, reach))
+    Some(([taps(even), taps(odd)], lowest))
+}
+
+/// Source indices a block reads along an axis beyond its first.
+fn reach(taps: &AxisTaps) -> usize {
+    taps.iter().flatten().map(|t| t.1).max().unwrap_or(0)
 }
 
 impl BlockSpec {
@@ -168,10 +171,6 @@ impl BlockSpec {
             self.uniform_w as u8,
             self.sg
         )
-    }
-
-    fn reach(taps: &AxisTaps) -> usize {
-        taps.iter().flatten().map(|t| t.1).max().unwrap_or(0)
     }
 
     pub fn source(&self) -> String {
@@ -243,7 +242,7 @@ impl BlockSpec {
 
     /// Source rows a block reads (offsets from its first).
     fn source_rows(&self) -> usize {
-        BlockSpec::reach(&self.rows) + 1
+        reach(&self.rows) + 1
     }
 
     /// The loop over summed channels, `cpp` a pass, then the rest one by
@@ -277,7 +276,7 @@ impl BlockSpec {
     /// channel's source rows and weights, then every accumulator's sums.
     fn write_pass(&self, w: &mut String, channels: usize, shares: usize) {
         let (o4, sg) = (self.tile.to / 4, self.sg);
-        let (rows, cols) = (self.source_rows(), BlockSpec::reach(&self.cols) + 1);
+        let (rows, cols) = (self.source_rows(), reach(&self.cols) + 1);
         let read: Vec<usize> = (0..self.tile.tp + cols - 1).collect();
         for cc in 0..channels {
             for r in 0..rows {
@@ -384,8 +383,6 @@ pub(crate) struct BlockJob<'a> {
     pub k: usize,
     pub rows: AxisTaps,
     pub cols: AxisTaps,
-    /// Source indices a block reads beyond its first, per axis.
-    pub reach: (usize, usize),
 }
 
 /// The job of a stride-2 transposed pass where blocks fit: two phases per
@@ -399,14 +396,13 @@ pub(crate) fn block_job<'a>(
     if !gpu.vec4_windows() || !yw.is_multiple_of(4) || yh < 2 {
         return None;
     }
-    let (rows, row0, rreach) = axis_taps(&axis_phases(k, 2, dil, pad.0, yh)?)?;
-    let (cols, col0, creach) = axis_taps(&axis_phases(k, 2, dil, pad.1, yw)?)?;
+    let (rows, row0) = axis_taps(&axis_phases(k, 2, dil, pad.0, yh)?)?;
+    let (cols, col0) = axis_taps(&axis_phases(k, 2, dil, pad.1, yw)?)?;
     Some(BlockJob {
         job: DirectJob { row0, col0, ..job },
         k,
         rows,
         cols,
-        reach: (rreach, creach),
     })
 }
 
@@ -417,8 +413,8 @@ pub(crate) fn run(gpu: &Gpu, b: &BlockJob, tile: BlockTile) -> Result<()> {
     let (_, co, yh, yw) = j.y.nchw();
     let tile = tile.fitted(b.k, yw.div_ceil(2));
     let (row_groups, col_groups) = (yh.div_ceil(2), yw.div_ceil(2).div_ceil(tile.tp));
-    let rows = row_groups + b.reach.0;
-    let cols = (col_groups * tile.tp + b.reach.1).next_multiple_of(4);
+    let rows = row_groups + reach(&b.rows);
+    let cols = (col_groups * tile.tp + reach(&b.cols)).next_multiple_of(4);
     let plain = tile.plain();
     let sp = direct::plan(gpu, j, plain, rows * cols)?;
     let wg = direct::workgroup_size(gpu, plain, sp.images.min(n) * row_groups * col_groups);
@@ -527,7 +523,7 @@ pub(crate) fn sample_sources() -> Vec<(String, String)> {
     let mut out = Vec::new();
     for (i, (k, pad)) in [(3, 1), (4, 1)].into_iter().enumerate() {
         let phases = axis_phases(k, 2, 1, pad, 8).expect("two phases");
-        let (taps, _, _) = axis_taps(&phases).expect("two phases");
+        let (taps, _) = axis_taps(&phases).expect("two phases");
         for (t, tile) in BlockTile::CANDIDATES.iter().enumerate() {
             let tile = tile.fitted(k, 80);
             for sg in [0, 8] {
