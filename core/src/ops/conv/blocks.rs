@@ -16,13 +16,14 @@
 //! job's order, one multiply-add at a time: the same bits as the phase
 //! path wherever both group the summed channels alike.
 use super::codegen::{
-    LANE, Operand, RowLoads, put_function, write_row_loads, write_weight_share_offsets,
+    ConvOperands, LANE, Operand, RowLoads, UNIFORM_VEC4S, dispatch_conv, put_function,
+    write_row_loads, write_weight_share_offsets,
 };
 use super::direct::{self, DirectJob, Tile};
 use super::prep::{self, PadRegion};
 use super::{AxisPhase, axis_phases};
 use crate::error::Result;
-use crate::gpu::{Gpu, holds_accumulators};
+use crate::gpu::{Gpu, Window, holds_accumulators};
 use crate::ops::{runs, wgsl_params};
 use std::fmt::Write;
 
@@ -179,10 +180,7 @@ impl BlockSpec {
         let mut w = String::new();
         w.push_str(BlockParams::WGSL);
         let weights = match self.uniform_w {
-            true => format!(
-                "uniform> W: array<vec4<f32>, {}>",
-                super::codegen::UNIFORM_VEC4S
-            ),
+            true => format!("uniform> W: array<vec4<f32>, {UNIFORM_VEC4S}>"),
             false => "storage, read> W: array<vec4<f32>>".to_owned(),
         };
         let _ = writeln!(
@@ -406,33 +404,81 @@ pub(crate) fn block_job<'a>(
     })
 }
 
+/// How a block job runs: its tile, grid and splits, fixed for all its
+/// dispatches.
+struct BlockPlan {
+    tile: BlockTile,
+    wg: usize,
+    texels: bool,
+    split: direct::Split,
+    /// Output row pairs and column groups per image.
+    row_groups: usize,
+    col_groups: usize,
+    /// The padded source plane.
+    rows: usize,
+    cols: usize,
+}
+
+impl BlockPlan {
+    fn of(gpu: &Gpu, b: &BlockJob, tile: BlockTile) -> Result<BlockPlan> {
+        let j = &b.job;
+        let (_, _, yh, yw) = j.y.nchw();
+        let tile = tile.fitted(b.k, yw.div_ceil(2));
+        let (row_groups, col_groups) = (yh.div_ceil(2), yw.div_ceil(2).div_ceil(tile.tp));
+        let rows = row_groups + reach(&b.rows);
+        let cols = (col_groups * tile.tp + reach(&b.cols)).next_multiple_of(4);
+        let split = direct::plan(gpu, j, tile.plain(), rows * cols)?;
+        let invocations = split.images.min(j.src.nchw().0) * row_groups * col_groups;
+        Ok(BlockPlan {
+            tile,
+            wg: direct::workgroup_size(gpu, tile.plain(), invocations),
+            texels: direct::reads_texels(gpu),
+            split,
+            row_groups,
+            col_groups,
+            rows,
+            cols,
+        })
+    }
+
+    /// The kernel for summed channels from `c0` (the first group adds the
+    /// bias; later ones accumulate).
+    fn spec(&self, gpu: &Gpu, b: &BlockJob, c0: usize) -> BlockSpec {
+        let first = c0 == 0;
+        BlockSpec {
+            k: b.k,
+            rows: b.rows.clone(),
+            cols: b.cols.clone(),
+            tile: self.tile,
+            wg: self.wg,
+            bias: b.job.bias.is_some() && first,
+            accumulate: b.job.accumulate || !first,
+            texels: self.texels,
+            uniform_w: self.split.uniform_w,
+            sg: gpu
+                .subgroup_size()
+                .filter(|&s| self.wg.is_multiple_of(s))
+                .unwrap_or(0),
+        }
+    }
+}
+
 /// Records the job with the given tile.
 pub(crate) fn run(gpu: &Gpu, b: &BlockJob, tile: BlockTile) -> Result<()> {
     let j = &b.job;
     let (n, cs, _, _) = j.src.nchw();
-    let (_, co, yh, yw) = j.y.nchw();
-    let tile = tile.fitted(b.k, yw.div_ceil(2));
-    let (row_groups, col_groups) = (yh.div_ceil(2), yw.div_ceil(2).div_ceil(tile.tp));
-    let rows = row_groups + reach(&b.rows);
-    let cols = (col_groups * tile.tp + reach(&b.cols)).next_multiple_of(4);
-    let plain = tile.plain();
-    let sp = direct::plan(gpu, j, plain, rows * cols)?;
-    let wg = direct::workgroup_size(gpu, plain, sp.images.min(n) * row_groups * col_groups);
-    let texels = direct::reads_texels(gpu);
+    let co = j.y.nchw().1;
+    let plan = BlockPlan::of(gpu, b, tile)?;
+    let sp = &plan.split;
     let grid = prep::BlockGrid {
         cs,
         c_group: sp.c_group,
         co,
         o_group: sp.o_group,
-        to: tile.to,
+        to: plan.tile.to,
     };
-    let min_elems = if sp.uniform_w {
-        super::codegen::UNIFORM_VEC4S * 4
-    } else {
-        0
-    };
+    let min_elems = if sp.uniform_w { UNIFORM_VEC4S * 4 } else { 0 };
     let weights = prep::prep_weights(gpu, j.w, &j.map, &grid, min_elems)?;
-    let y_img = co * yh * yw;
     for (n0, nb) in runs(n, sp.images) {
         for (ci, (c0, clen)) in runs(cs, sp.c_group).enumerate() {
             let region = PadRegion {
@@ -442,79 +488,75 @@ pub(crate) fn run(gpu: &Gpu, b: &BlockJob, tile: BlockTile) -> Result<()> {
                 planes: clen,
                 row0: j.row0,
                 col0: j.col0,
-                rows,
-                cols,
+                rows: plan.rows,
+                cols: plan.cols,
             };
-            let padded = prep::pad(gpu, j.op, j.src, &region, texels)?;
-            let x = Operand::padded(gpu, j.op, &padded, texels)?;
-            for (oi, (o0, olen)) in runs(co, sp.o_group).enumerate() {
-                let opad = olen.next_multiple_of(tile.to);
-                let first = c0 == 0;
-                let spec = BlockSpec {
-                    k: b.k,
-                    rows: b.rows.clone(),
-                    cols: b.cols.clone(),
-                    tile,
-                    wg,
-                    bias: j.bias.is_some() && first,
-                    accumulate: j.accumulate || !first,
-                    texels,
-                    uniform_w: sp.uniform_w,
-                    sg: gpu
-                        .subgroup_size()
-                        .filter(|&s| wg.is_multiple_of(s))
-                        .unwrap_or(0),
-                };
-                let ww = weights.window(gpu, ci, oi);
-                let bias = j
-                    .bias
-                    .filter(|_| spec.bias)
-                    .map(|t| gpu.window(t, o0, olen));
-                let y_start = n0 * y_img + o0 * yh * yw;
-                let (yw_, yb) = gpu.window(j.y, y_start, (nb - 1) * y_img + olen * yh * yw);
-                let p = BlockParams {
-                    n_count: nb as u32,
-                    row_groups: row_groups as u32,
-                    col_groups: col_groups as u32,
-                    c_in: clen as u32,
-                    x_base: 0,
-                    x_nstride: (clen * rows * cols) as u32,
-                    x_cstride: (rows * cols) as u32,
-                    x_w: cols as u32,
-                    w_cstride: (b.k * b.k * opad / 4) as u32,
-                    o4_stride: (opad / 4) as u32,
-                    o_count: olen as u32,
-                    b_base: bias.as_ref().map_or(0, |t| t.1),
-                    y_base: yb,
-                    y_nstride: y_img as u32,
-                    y_cstride: (yh * yw) as u32,
-                    y_h: yh as u32,
-                    y_w: yw as u32,
-                    relu_floor: match j.relu && c0 + clen == cs {
-                        true => 0.0f32,
-                        false => f32::NEG_INFINITY,
-                    }
-                    .to_bits(),
-                };
-                let pipeline = gpu.pipeline_for(spec.key(), || spec.source(), "main");
-                let groups = (nb * row_groups * col_groups).div_ceil(wg) as u64;
-                let (mut windows, mut texel_views) = (vec![(2, &ww), (4, &yw_)], vec![]);
-                x.bind(1, &mut windows, &mut texel_views);
-                if let Some((bw, _)) = &bias {
-                    windows.push((3, bw));
-                }
-                gpu.dispatch_grid(
-                    &pipeline,
-                    j.op,
-                    bytemuck::cast_slice(bytemuck::bytes_of(&p)),
-                    (&windows, &texel_views),
-                    groups,
-                    (opad / tile.to) as u32,
-                );
+            let padded = prep::pad(gpu, j.op, j.src, &region, plan.texels)?;
+            let x = Operand::padded(gpu, j.op, &padded, plan.texels)?;
+            for (oi, produced) in runs(co, sp.o_group).enumerate() {
+                let w = weights.window(gpu, ci, oi);
+                dispatch(gpu, b, &plan, (&x, &w), ((n0, nb), (c0, clen), produced));
             }
         }
     }
     Ok(())
+}
+
+/// One dispatch: images `n0..n0 + nb`, summed channels `c0..c0 + clen`
+/// (the padded source `x`, the weight block `w`), produced `o0..o0 + olen`.
+fn dispatch(
+    gpu: &Gpu,
+    b: &BlockJob,
+    plan: &BlockPlan,
+    (x, w): (&Operand, &Window),
+    ((n0, nb), (c0, clen), (o0, olen)): ((usize, usize), (usize, usize), (usize, usize)),
+) {
+    let j = &b.job;
+    let (cs, (_, co, yh, yw)) = (j.src.nchw().1, j.y.nchw());
+    let (tile, y_img) = (plan.tile, co * yh * yw);
+    let opad = olen.next_multiple_of(tile.to);
+    let spec = plan.spec(gpu, b, c0);
+    let bias = j
+        .bias
+        .filter(|_| spec.bias)
+        .map(|t| gpu.window(t, o0, olen));
+    let y_start = n0 * y_img + o0 * yh * yw;
+    let (y, y_base) = gpu.window(j.y, y_start, (nb - 1) * y_img + olen * yh * yw);
+    let p = BlockParams {
+        n_count: nb as u32,
+        row_groups: plan.row_groups as u32,
+        col_groups: plan.col_groups as u32,
+        c_in: clen as u32,
+        x_base: 0,
+        x_nstride: (clen * plan.rows * plan.cols) as u32,
+        x_cstride: (plan.rows * plan.cols) as u32,
+        x_w: plan.cols as u32,
+        w_cstride: (b.k * b.k * opad / 4) as u32,
+        o4_stride: (opad / 4) as u32,
+        o_count: olen as u32,
+        b_base: bias.as_ref().map_or(0, |t| t.1),
+        y_base,
+        y_nstride: y_img as u32,
+        y_cstride: (yh * yw) as u32,
+        y_h: yh as u32,
+        y_w: yw as u32,
+        relu_floor: match j.relu && c0 + clen == cs {
+            true => 0.0f32,
+            false => f32::NEG_INFINITY,
+        }
+        .to_bits(),
+    };
+    let pipeline = gpu.pipeline_for(spec.key(), || spec.source(), "main");
+    let groups = (nb * plan.row_groups * plan.col_groups).div_ceil(plan.wg) as u64;
+    let operands = ConvOperands {
+        x,
+        w,
+        bias: bias.as_ref().map(|t| &t.0),
+        y: &y,
+    };
+    let o_groups = (opad / tile.to) as u32;
+    let p = bytemuck::bytes_of(&p);
+    dispatch_conv(gpu, (&pipeline, j.op), p, operands, (groups, o_groups));
 }
 
 /// (key, WGSL) of block kernels: the network's two stride-2 transposed

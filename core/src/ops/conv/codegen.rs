@@ -114,6 +114,40 @@ impl<'a> Operand<'a> {
     }
 }
 
+/// The operands of a generated direct or block kernel, at their bindings:
+/// input 1, weights 2, bias 3 (where the kernel adds it), output 4.
+pub(super) struct ConvOperands<'a, 'b> {
+    pub x: &'b Operand<'a>,
+    pub w: &'b Window<'a>,
+    pub bias: Option<&'b Window<'a>>,
+    pub y: &'b Window<'a>,
+}
+
+/// Records `pipeline` over `groups` workgroups (flat) times `o_groups`
+/// produced-channel groups, with its uniform `params` and `operands`.
+pub(super) fn dispatch_conv(
+    gpu: &Gpu,
+    (pipeline, op): (&wgpu::ComputePipeline, &str),
+    params: &[u8],
+    operands: ConvOperands,
+    (groups, o_groups): (u64, u32),
+) {
+    let (mut windows, mut texel_views) = (vec![(2, operands.w), (4, operands.y)], vec![]);
+    operands.x.bind(1, &mut windows, &mut texel_views);
+    if let Some(b) = operands.bias {
+        windows.push((3, b));
+    }
+    let params = bytemuck::cast_slice(params);
+    gpu.dispatch_grid(
+        pipeline,
+        op,
+        params,
+        (&windows, &texel_views),
+        groups,
+        o_groups,
+    );
+}
+
 /// The vec4s that columns `cols` of a row window read, counted from the
 /// one holding the window's first column (`shift` elements into it):
 /// ascending, once each.

@@ -22,8 +22,9 @@
 //! The sum runs over summed channels, then taps in row-major order, for
 //! every tile: all tiles give bit-identical results.
 use super::codegen::{
-    LANE, Operand, RowLoads, UNIFORM_VEC4S, put_function, quads_of, tap_cols, write_bordered_row,
-    write_quad_masks, write_row_loads, write_row_masks, write_weight_share_offsets,
+    ConvOperands, LANE, Operand, RowLoads, UNIFORM_VEC4S, dispatch_conv, put_function, quads_of,
+    tap_cols, write_bordered_row, write_quad_masks, write_row_loads, write_row_masks,
+    write_weight_share_offsets,
 };
 use super::prep::{self, PadRegion, WeightMap};
 use crate::error::Result;
@@ -1229,19 +1230,15 @@ pub(crate) fn run(gpu: &Gpu, j: &DirectJob, tile: Tile) -> Result<()> {
                 };
                 let pipeline = gpu.pipeline_for(spec.key(), || spec.source(), "main");
                 let groups = (nb * row_groups * col_groups).div_ceil(tile.wg) as u64;
-                let (mut windows, mut texel_views) = (vec![(2, &ww), (4, &yw_)], vec![]);
-                x.bind(1, &mut windows, &mut texel_views);
-                if let Some((bw, _)) = &bias {
-                    windows.push((3, bw));
-                }
-                gpu.dispatch_grid(
-                    &pipeline,
-                    j.op,
-                    bytemuck::cast_slice(bytemuck::bytes_of(&p)),
-                    (&windows, &texel_views),
-                    groups,
-                    (opad / tile.to) as u32,
-                );
+                let operands = ConvOperands {
+                    x: &x,
+                    w: &ww,
+                    bias: bias.as_ref().map(|b| &b.0),
+                    y: &yw_,
+                };
+                let o_groups = (opad / tile.to) as u32;
+                let p = bytemuck::bytes_of(&p);
+                dispatch_conv(gpu, (&pipeline, j.op), p, operands, (groups, o_groups));
             }
         }
     }
