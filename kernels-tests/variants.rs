@@ -334,6 +334,21 @@ fn every_variant_splits_under_a_tiny_binding_limit() {
     tconv_all_variants(gpu, (2, 6, 5, 6, 6, 2));
 }
 
+/// A fresh device in a long run: texel operands or not, uniform weights
+/// shared by the subgroup or storage weights loaded lane by lane, and an
+/// optional binding limit.
+fn long_run_gpu(texels: bool, shared: bool, limit: Option<u64>) -> Gpu {
+    let gpu = Gpu::new(None).expect("a GPU adapter");
+    gpu.variants().set_long_run(true);
+    gpu.set_texel_operands(texels);
+    gpu.set_uniform_operands(shared);
+    gpu.set_subgroup_loads(shared);
+    if let Some(bytes) = limit {
+        gpu.set_binding_limit(bytes);
+    }
+    gpu
+}
+
 #[test]
 fn pixel_quad_tiles_match_the_reference_and_plain_tiles_bit_for_bit() {
     // A long run's 1x1 passes take pixel quads (`Tile::quads`: vec4
@@ -346,17 +361,6 @@ fn pixel_quad_tiles_match_the_reference_and_plain_tiles_bit_for_bit() {
     // as the plain tile of that size, forward and input gradient, where
     // both group the summed channels alike: under the limit the plain
     // tile's padded planes (rows of 16) take fewer channels per group.
-    let open = |texels: bool, shared: bool, limit: Option<u64>| {
-        let gpu = Gpu::new(None).expect("a GPU adapter");
-        gpu.variants().set_long_run(true);
-        gpu.set_texel_operands(texels);
-        gpu.set_uniform_operands(shared);
-        gpu.set_subgroup_loads(shared);
-        if let Some(bytes) = limit {
-            gpu.set_binding_limit(bytes);
-        }
-        gpu
-    };
     let (n, c, o, h, w) = (2, 9, 37, 10, 10);
     let tiles = [conv::Tile::quads(16, 32), conv::Tile::quads(16, 16)];
     let quads: Vec<ConvVariant> = tiles.iter().map(|&t| ConvVariant::Direct(t)).collect();
@@ -365,9 +369,9 @@ fn pixel_quad_tiles_match_the_reference_and_plain_tiles_bit_for_bit() {
         .map(|t| ConvVariant::Direct(t.without_quads()))
         .collect();
     for (gpu, whole_planes) in [
-        (open(true, true, None), true),
-        (open(false, false, None), true),
-        (open(false, true, Some(TINY_LIMIT)), false),
+        (long_run_gpu(true, true, None), true),
+        (long_run_gpu(false, false, None), true),
+        (long_run_gpu(false, true, Some(TINY_LIMIT)), false),
     ] {
         // First, so that the kernels are new to this device and listed.
         let (xt, wt) = (
@@ -407,17 +411,6 @@ fn phase_blocks_match_the_reference_and_phase_jobs_bit_for_bit() {
     // where both group the summed channels alike (under the limit each
     // splits its own way: the reference only); the input gradient also
     // against finite differences.
-    let open = |texels: bool, shared: bool, limit: Option<u64>| {
-        let gpu = Gpu::new(None).expect("a GPU adapter");
-        gpu.variants().set_long_run(true);
-        gpu.set_texel_operands(texels);
-        gpu.set_uniform_operands(shared);
-        gpu.set_subgroup_loads(shared);
-        if let Some(bytes) = limit {
-            gpu.set_binding_limit(bytes);
-        }
-        gpu
-    };
     let blocks: Vec<ConvVariant> = conv::BlockTile::CANDIDATES
         .iter()
         .map(|&t| ConvVariant::Blocks(t))
@@ -427,9 +420,9 @@ fn phase_blocks_match_the_reference_and_phase_jobs_bit_for_bit() {
         .map(|t| ConvVariant::Direct(t.plain()))
         .collect();
     for (gpu, same_groups) in [
-        (open(true, true, None), true),
-        (open(false, false, None), true),
-        (open(false, true, Some(TINY_LIMIT)), false),
+        (long_run_gpu(true, true, None), true),
+        (long_run_gpu(false, false, None), true),
+        (long_run_gpu(false, true, Some(TINY_LIMIT)), false),
     ] {
         // First, so that the kernels are new to this device and listed.
         let (dyt, wt) = (

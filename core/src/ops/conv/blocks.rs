@@ -20,7 +20,7 @@ use super::codegen::{
     write_row_loads, write_weight_share_offsets,
 };
 use super::direct::{self, DirectJob, Tile};
-use super::prep::{self, PadRegion};
+use super::prep;
 use super::{AxisPhase, axis_phases};
 use crate::error::Result;
 use crate::gpu::{Gpu, Window, holds_accumulators};
@@ -470,27 +470,10 @@ pub(crate) fn run(gpu: &Gpu, b: &BlockJob, tile: BlockTile) -> Result<()> {
     let co = j.y.nchw().1;
     let plan = BlockPlan::of(gpu, b, tile)?;
     let sp = &plan.split;
-    let grid = prep::BlockGrid {
-        cs,
-        c_group: sp.c_group,
-        co,
-        o_group: sp.o_group,
-        to: plan.tile.to,
-    };
-    let min_elems = if sp.uniform_w { UNIFORM_VEC4S * 4 } else { 0 };
-    let weights = prep::prep_weights(gpu, j.w, &j.map, &grid, min_elems)?;
+    let weights = direct::job_weights(gpu, j, sp, plan.tile.to)?;
     for (n0, nb) in runs(n, sp.images) {
         for (ci, (c0, clen)) in runs(cs, sp.c_group).enumerate() {
-            let region = PadRegion {
-                n0,
-                images: nb,
-                c0,
-                planes: clen,
-                row0: j.row0,
-                col0: j.col0,
-                rows: plan.rows,
-                cols: plan.cols,
-            };
+            let region = j.pad_region((n0, nb), (c0, clen), (plan.rows, plan.cols));
             let padded = prep::pad(gpu, j.op, j.src, &region, plan.texels)?;
             let x = Operand::padded(gpu, j.op, &padded, plan.texels)?;
             for (oi, produced) in runs(co, sp.o_group).enumerate() {

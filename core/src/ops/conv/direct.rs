@@ -837,6 +837,47 @@ pub(crate) struct DirectJob<'a> {
     pub relu: bool,
 }
 
+impl DirectJob<'_> {
+    /// The part of the source a dispatch reads, as a padded copy of
+    /// `rows x cols` planes: images `n0..n0 + nb`, channels `c0..c0 + clen`.
+    pub fn pad_region(
+        &self,
+        (n0, nb): (usize, usize),
+        (c0, clen): (usize, usize),
+        (rows, cols): (usize, usize),
+    ) -> PadRegion {
+        PadRegion {
+            n0,
+            images: nb,
+            c0,
+            planes: clen,
+            row0: self.row0,
+            col0: self.col0,
+            rows,
+            cols,
+        }
+    }
+}
+
+/// The job's weights re-laid for its split and `to` produced channels a
+/// tile (whole uniform bindings where the split reads them so).
+pub(super) fn job_weights(
+    gpu: &Gpu,
+    j: &DirectJob,
+    sp: &Split,
+    to: usize,
+) -> Result<prep::WeightBlocks> {
+    let grid = prep::BlockGrid {
+        cs: j.src.nchw().1,
+        c_group: sp.c_group,
+        co: j.y.nchw().1,
+        o_group: sp.o_group,
+        to,
+    };
+    let min_elems = if sp.uniform_w { UNIFORM_VEC4S * 4 } else { 0 };
+    prep::prep_weights(gpu, j.w, &j.map, &grid, min_elems)
+}
+
 /// Channel and image groups so that every binding fits one window.
 pub(super) struct Split {
     pub c_group: usize,
@@ -1108,15 +1149,7 @@ pub(crate) fn run(gpu: &Gpu, j: &DirectJob, tile: Tile) -> Result<()> {
         ..tile
     };
     let y_img = co * yh * yw;
-    let grid = prep::BlockGrid {
-        cs,
-        c_group: sp.c_group,
-        co,
-        o_group: sp.o_group,
-        to: tile.to,
-    };
-    let min_elems = if sp.uniform_w { UNIFORM_VEC4S * 4 } else { 0 };
-    let weights = prep::prep_weights(gpu, j.w, &j.map, &grid, min_elems)?;
+    let weights = job_weights(gpu, j, &sp, tile.to)?;
     // When the padded view is the source itself (a 1x1 conv whose tile
     // divides the width), read the source: no copy.
     let as_is = (j.row0, j.col0, rows, cols) == (0, 0, ih, iw);
@@ -1136,16 +1169,7 @@ pub(crate) fn run(gpu: &Gpu, j: &DirectJob, tile: Tile) -> Result<()> {
     };
     for (n0, nb) in runs(n, sp.images) {
         for (ci, (c0, clen)) in runs(cs, sp.c_group).enumerate() {
-            let region = PadRegion {
-                n0,
-                images: nb,
-                c0,
-                planes: clen,
-                row0: j.row0,
-                col0: j.col0,
-                rows,
-                cols,
-            };
+            let region = j.pad_region((n0, nb), (c0, clen), (rows, cols));
             let padded = match as_is || borders.is_some() {
                 true => None,
                 false => Some(prep::pad(gpu, j.op, j.src, &region, texels)?),
