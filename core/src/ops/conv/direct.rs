@@ -1289,42 +1289,27 @@ fn borders(gpu: &Gpu, j: &DirectJob, lay: &Layout, vec4s: bool) -> Option<usize>
 }
 
 /// Invocations per workgroup for dispatches of `invocations`: the tile's
-/// (64), or on a CPU adapter in long runs and batches of many scans one of
-/// 64, 32, 16 and 8 that gives every CPU thread two workgroups, the one
-/// that keeps the threads busiest (`thread_use`; the largest of those
-/// within 5% of the best). lavapipe runs a workgroup on one thread, so a
-/// 10x10 layer's 32 invocations (4 images) in one workgroup left a core
-/// idle (4x256 -> 256 at 10x10 on 2 cores: forward 7.4 -> 12-15 GFLOP/s,
-/// input gradient 7.3 -> 11-17, with 8 or 16), and a stride-2 forward's
-/// 160 (4 images of 40 rows of one 40-pixel tile) in five workgroups of
-/// 32 kept one of two threads idle for a third of the time. A first scan
-/// keeps 64: the size would change with the scan's, and each size a new
-/// kernel to compile. The sums are the same whatever the size; a
-/// workgroup-memory tile keeps its own.
+/// (64), or on a CPU adapter in long runs and batches of many scans the
+/// largest of 32, 16 and 8 that still gives every CPU thread two workgroups.
+/// lavapipe runs a workgroup on one thread, so a 10x10 layer's 32
+/// invocations (4 images) in one workgroup left a core idle (4x256 -> 256
+/// at 10x10 on 2 cores: forward 7.4 -> 12-15 GFLOP/s, input gradient 7.3
+/// -> 11-17, with 8 or 16). Choosing instead the size that keeps the
+/// threads busiest (a stride-2 forward's 160 invocations in ten
+/// workgroups of 16, not five of 32) showed no gain in four rounds
+/// (session 42). A first scan keeps 64: the size would change
+/// with the scan's, and each size a new kernel to compile. The sums are
+/// the same whatever the size; a workgroup-memory tile keeps its own.
 pub(super) fn workgroup_size(gpu: &Gpu, tile: Tile, invocations: usize) -> usize {
     if !gpu.is_cpu() || tile.shared || !amortises_compiles(gpu) {
         return tile.wg;
     }
-    busiest_workgroup(invocations, tile.wg, gpu.cpu_threads())
-}
-
-/// `workgroup_size`'s choice on `threads` CPU threads, at most `most`.
-fn busiest_workgroup(invocations: usize, most: usize, threads: usize) -> usize {
-    let sizes = [64, 32, 16, 8].into_iter().filter(|&wg| wg <= most);
-    let two_each: Vec<usize> = sizes
-        .filter(|&wg| invocations.div_ceil(wg) >= 2 * threads)
-        .collect();
-    let use_of = |wg: usize| thread_use(invocations, wg, threads);
-    let best = two_each.iter().map(|&wg| use_of(wg)).fold(0.0, f64::max);
-    let size = two_each.into_iter().find(|&wg| use_of(wg) >= best - 0.05);
-    size.unwrap_or(8.min(most))
-}
-
-/// The share of `threads` threads' time that `invocations` in workgroups
-/// of `wg` keep busy, each thread running one whole workgroup at a time.
-fn thread_use(invocations: usize, wg: usize, threads: usize) -> f64 {
-    let rounds = invocations.div_ceil(wg).div_ceil(threads);
-    invocations as f64 / (rounds * threads * wg) as f64
+    let threads = gpu.cpu_threads();
+    [64, 32, 16, 8]
+        .into_iter()
+        .filter(|&wg| wg <= tile.wg)
+        .find(|&wg| invocations.div_ceil(wg) >= 2 * threads)
+        .unwrap_or(8.min(tile.wg))
 }
 
 /// Whether a direct kernel reads its input as texels: on CPU adapters
@@ -1458,22 +1443,6 @@ mod tests {
         assert!(!layout_of(true, (3, 3, 1, 1), (1, 10), true, (16, 1)).flat);
         // Rows of 32 or more keep their layout, whatever the tile wastes.
         assert!(!layout_of(true, (3, 3, 1, 1), (10, 50), true, (40, 1)).flat);
-    }
-
-    /// Long runs on CPU adapters pick workgroups that keep both threads
-    /// busy: 160 invocations in ten of 16 (five of 32 leave a thread idle
-    /// a third of the time), 320 in ten of 32, 640 in ten of 64, and
-    /// small dispatches still give each thread two workgroups.
-    #[test]
-    fn workgroups_keep_every_thread_busy() {
-        use super::{busiest_workgroup, thread_use};
-        assert!((thread_use(160, 32, 2) - 160.0 / 192.0).abs() < 1e-12);
-        assert_eq!(thread_use(160, 16, 2), 1.0);
-        let pick = |invocations| busiest_workgroup(invocations, 64, 2);
-        assert_eq!(pick(160), 16);
-        assert_eq!(pick(320), 32);
-        assert_eq!(pick(640), 64);
-        assert_eq!(pick(32), 8);
     }
 
     /// Every tile a rule takes is a candidate, so `engine tune` times it
