@@ -1197,7 +1197,9 @@ fn a_long_run_times_the_rule_against_its_rival_once_and_reuses_the_winner() {
     assert_eq!(table.len(), 1, "one timed shape: {table:?}");
     let (key, winner) = table.iter().next().unwrap();
     assert!(
-        key.ends_with("(long-run rivals, slabs, texels or storage, 2-D tiles, pixel quads)"),
+        key.ends_with(
+            "(long-run rivals, slabs, texels or storage, 2-D tiles, pixel quads, blocks)"
+        ),
         "{key}"
     );
     let field: Vec<ConvVariant> = std::iter::once(lead).chain(rivals).collect();
