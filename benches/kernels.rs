@@ -9,8 +9,15 @@ fn main() -> anyhow::Result<()> {
         h: 80,
         w: 80,
     };
+    let plan = engine::bench::Plan {
+        iters: 5,
+        rounds: 1,
+        filter: "",
+        all: false,
+        with_cpu: true,
+    };
     println!("adapter: {} ({:?})", gpu.info.name, gpu.info.backend);
-    for m in engine::bench::run(&gpu, shape, 5, "", false, true)? {
+    for m in engine::bench::run(&gpu, shape, &plan)? {
         let cpu = m
             .cpu
             .map(|(_, r)| format!("(CPU SGEMM {r:.2})"))

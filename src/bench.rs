@@ -78,7 +78,7 @@ impl Case<'_> {
     fn choices(&self, gpu: &Gpu, all: bool) -> Vec<Choice> {
         match self.family {
             Family::Single => vec![Choice::Chosen],
-            Family::Produce if all => conv::ConvVariant::candidates(gpu)
+            Family::Produce if all => conv::ConvVariant::with_rivals(gpu, self.taps)
                 .into_iter()
                 .map(Choice::Conv)
                 .collect(),
@@ -340,33 +340,47 @@ fn cases<'a>(gpu: &'a Gpu, s: Shape, t: &'a Inputs, filter: &str) -> Vec<Case<'a
         .collect()
 }
 
-/// Times every case whose name contains `filter`, `iters` runs each after
-/// one warm-up run (which also compiles the pipelines). Convolution cases
-/// run the chosen variant and the baseline (every variant with `all`).
-pub fn run(
-    gpu: &Gpu,
-    shape: Shape,
-    iters: usize,
-    filter: &str,
-    all: bool,
-    with_cpu: bool,
-) -> Result<Vec<Measurement>> {
+/// What a kernel run times: the cases whose name contains `filter`, each
+/// choice `iters` runs after one warm-up run (which also compiles its
+/// pipelines), in `rounds` rounds that alternate the choices; every
+/// variant of the convolution cases with `all` (else the chosen one and
+/// the baseline); the CPU reference with `with_cpu`.
+pub struct Plan<'a> {
+    pub iters: usize,
+    pub rounds: usize,
+    pub filter: &'a str,
+    pub all: bool,
+    pub with_cpu: bool,
+}
+
+/// Times the cases of `plan`. Each choice's time is its median round:
+/// on a shared machine a kernel's time moves from second to second, and
+/// rounds that alternate the choices spread that over all of them.
+pub fn run(gpu: &Gpu, shape: Shape, plan: &Plan) -> Result<Vec<Measurement>> {
     let mut out = Vec::new();
     let inputs = Inputs::new(gpu, shape)?;
-    for case in cases(gpu, shape, &inputs, filter) {
+    for case in cases(gpu, shape, &inputs, plan.filter) {
+        let choices = case.choices(gpu, plan.all);
         let mut timed = Vec::new();
-        for choice in case.choices(gpu, all) {
+        for &choice in &choices {
             (case.run)(choice)?;
-            let variant = variant_name(gpu, &case, choice);
-            let secs = gpu.time(iters, &|| (case.run)(choice))?;
-            timed.push((variant, secs));
+            timed.push((variant_name(gpu, &case, choice), Vec::new()));
         }
+        for _ in 0..plan.rounds.max(1) {
+            for (&choice, (_, rounds)) in choices.iter().zip(&mut timed) {
+                rounds.push(gpu.time(plan.iters, &|| (case.run)(choice))?);
+            }
+        }
+        let timed: Vec<(String, f64)> = timed
+            .into_iter()
+            .map(|(variant, rounds)| (variant, median(rounds)))
+            .collect();
         let rate = |secs: f64| case.work / secs * 1e-9;
         let unit = if case.flops { "GFLOP/s" } else { "GB/s" };
-        let baseline = (!all && timed.len() > 1).then(|| (timed[1].1 * 1e3, rate(timed[1].1)));
-        let shown = if all { &timed[..] } else { &timed[..1] };
-        let cpu = case.gemm.filter(|_| with_cpu).map(|(m, k, n)| {
-            let secs = cpu_reference_secs(m, k, n, iters);
+        let baseline = (!plan.all && timed.len() > 1).then(|| (timed[1].1 * 1e3, rate(timed[1].1)));
+        let shown = if plan.all { &timed[..] } else { &timed[..1] };
+        let cpu = case.gemm.filter(|_| plan.with_cpu).map(|(m, k, n)| {
+            let secs = cpu_reference_secs(m, k, n, plan.iters);
             (secs * 1e3, rate(secs))
         });
         for (variant, secs) in shown {
@@ -383,6 +397,16 @@ pub fn run(
         }
     }
     Ok(out)
+}
+
+/// The middle value (the mean of the two middle ones for an even count).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    match v.len() % 2 {
+        0 => (v[m - 1] + v[m]) / 2.0,
+        _ => v[m],
+    }
 }
 
 fn variant_name(gpu: &Gpu, case: &Case, choice: Choice) -> String {
@@ -619,4 +643,16 @@ pub fn cpu_reference_secs(m: usize, k: usize, n: usize, iters: usize) -> f64 {
         run(&mut cols, &mut c);
     }
     start.elapsed().as_secs_f64() / iters as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn median_takes_the_middle_round() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(vec![7.0]), 7.0);
+    }
 }

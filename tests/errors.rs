@@ -363,6 +363,8 @@ fn out_of_range_flag_values_are_usage_errors_in_every_command() {
     assert_bad_input(out, "--swa", &["--swa 4 averages more epochs", "(3)"]);
     let out = engine(&["bench", "--channels", "0"]);
     assert_bad_input(out, "--channels", &["--channels 0 is less than 1"]);
+    let out = engine(&["bench", "--rounds", "0"]);
+    assert_bad_input(out, "--rounds", &["--rounds 0 is less than 1"]);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

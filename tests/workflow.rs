@@ -1113,6 +1113,52 @@ fn bench_model_json_reports_times_and_shares() {
     }
 }
 
+/// `--all-variants` times every candidate and, in a long run on an
+/// adapter that reads beyond storage, each tile's storage reader (the
+/// long run's rivals); `--rounds` is reported and each variant timed.
+#[test]
+fn bench_all_variants_times_the_long_run_rivals_in_rounds() {
+    let (code, out, err) = engine(args![
+        "bench",
+        "--json",
+        "--no-cpu",
+        "--long-run",
+        "--all-variants",
+        "--filter",
+        "conv1x1",
+        "--n",
+        "1",
+        "--channels",
+        "8",
+        "--size",
+        "8",
+        "--iters",
+        "1",
+        "--rounds",
+        "2"
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON object");
+    assert_eq!(v["rounds"], 2, "{v}");
+    let names: Vec<&str> = v["kernels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| {
+            assert!(k["ms"].as_f64().is_some_and(|ms| ms > 0.0), "{k}");
+            k["variant"].as_str().unwrap()
+        })
+        .collect();
+    let g = gpu();
+    let want: Vec<String> = engine::ops::conv::ConvVariant::with_rivals(g, 1)
+        .iter()
+        .map(|v| v.name())
+        .collect();
+    let storage = g.texel_operands() || g.uniform_operands();
+    assert_eq!(want.iter().any(|n| n.contains("-storage")), storage);
+    assert_eq!(names, want);
+}
+
 /// `ENGINE_TRACE_PIPELINES` names each pipeline once, at its first
 /// dispatch, with the two times; without it nothing is printed.
 #[test]

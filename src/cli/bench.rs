@@ -19,6 +19,11 @@ pub struct BenchArgs {
     /// Timed runs per kernel, after one warm-up run.
     #[arg(long, default_value_t = 5)]
     pub iters: usize,
+    /// Rounds of `--iters` runs, alternating a case's variants; each
+    /// variant's median round is shown (for noisy machines, with
+    /// --all-variants).
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
     /// Only the cases whose name contains this text.
     #[arg(long, default_value = "")]
     pub filter: String,
@@ -170,6 +175,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         check_at_least("--n", args.n, 1)?;
         check_at_least("--channels", args.channels, 1)?;
         check_at_least("--size", args.size, 1)?;
+        check_at_least("--rounds", args.rounds, 1)?;
     }
     let gpu = Gpu::new(args.adapter.adapter.as_deref())?;
     if args.model {
@@ -182,16 +188,14 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         h: args.size,
         w: args.size,
     };
-    let run = || {
-        crate::bench::run(
-            &gpu,
-            shape,
-            args.iters.max(1),
-            &args.filter,
-            args.all_variants,
-            !args.no_cpu,
-        )
+    let plan = crate::bench::Plan {
+        iters: args.iters.max(1),
+        rounds: args.rounds,
+        filter: &args.filter,
+        all: args.all_variants,
+        with_cpu: !args.no_cpu,
     };
+    let run = || crate::bench::run(&gpu, shape, &plan);
     if args.json {
         let v = serde_json::json!({
             "adapter": gpu.info.name,
@@ -200,13 +204,14 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
             "long_run": args.long_run,
             "shape": {"n": shape.n, "c": shape.c, "h": shape.h, "w": shape.w},
             "iters": args.iters.max(1),
+            "rounds": args.rounds,
             "kernels": run()?.iter().map(measurement_json).collect::<Vec<_>>(),
         });
         println!("{v}");
         return Ok(());
     }
     println!(
-        "adapter: {} ({:?}); timing: {}; shape n={} c={} {}x{}; {} runs each",
+        "adapter: {} ({:?}); timing: {}; shape n={} c={} {}x{}; {} runs each{}",
         gpu.info.name,
         gpu.info.backend,
         if gpu.timestamps {
@@ -218,7 +223,11 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         shape.c,
         shape.h,
         shape.w,
-        args.iters
+        args.iters,
+        match args.rounds {
+            1 => String::new(),
+            r => format!(", median of {r} alternating rounds"),
+        }
     );
     println!(
         "{:<34} {:<24} {:>10} {:>16} {:>18} {:>18}",

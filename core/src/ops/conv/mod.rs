@@ -165,6 +165,33 @@ impl ConvVariant {
         v
     }
 
+    /// The candidates and every long-run rival for a kernel of `taps`
+    /// taps (`long_run_rivals`): each direct tile reading its operands
+    /// from storage where the adapter reads beyond storage, and the 2-D
+    /// tiles for 2x2 and 3x3 kernels (4 to 9 taps); what `engine bench
+    /// --all-variants` times, so that a long run's choices can be compared
+    /// in one process.
+    pub fn with_rivals(gpu: &Gpu, taps: usize) -> Vec<ConvVariant> {
+        let mut v = Self::candidates(gpu);
+        let mut storage: Vec<Tile> = match reads_beyond_storage(gpu) {
+            true => Tile::candidates(gpu)
+                .into_iter()
+                .filter(|t| !t.shared)
+                .collect(),
+            false => Vec::new(),
+        };
+        if (4..=9).contains(&taps) {
+            storage.extend([16, 8].into_iter().filter_map(Tile::two_d));
+        }
+        for t in storage {
+            let rival = ConvVariant::Direct(t.reading_storage());
+            if !v.contains(&rival) {
+                v.push(rival);
+            }
+        }
+        v
+    }
+
     /// The variant used when no tuned choice exists (see `Tile::rule`).
     pub fn rule(gpu: &Gpu, ks: (usize, usize), produced: usize, out_w: usize) -> ConvVariant {
         let long_run = gpu.variants().long_run();
