@@ -1172,26 +1172,41 @@ fn a_long_run_times_the_rule_against_its_rival_once_and_reuses_the_winner() {
     let rule = ConvVariant::rule(&first, (3, 2), o, w);
     assert_eq!(rule, ConvVariant::Direct(conv::Tile::new(8, 64)));
     let tile40 = conv::Tile::new(40, 16);
-    let (lead, rivals) = ConvVariant::long_run_rivals(&first, rule, (3, w));
-    // With texel operands (on by default on CPU adapters) the lead
-    // reading storage is a rival too, and so is the 2-D tile.
-    let storage = (first.texel_operands() || first.uniform_operands())
-        .then_some(ConvVariant::Direct(tile40.reading_storage()));
-    let two_d = ConvVariant::Direct(conv::Tile::rows(16, 4, 16).reading_storage());
-    let want: Vec<ConvVariant> = std::iter::once(rule)
-        .chain(storage)
-        .chain([two_d])
-        .collect();
-    assert_eq!((lead, &rivals), (ConvVariant::Direct(tile40), &want));
-    let short_row = ConvVariant::rule(&first, (3, 1), o, 20);
-    let (short_lead, short_rivals) = ConvVariant::long_run_rivals(&first, short_row, (3, 20));
-    assert_eq!(short_lead, short_row, "a short row leads with the rule");
+    let (lead, rivals) = ConvVariant::long_run_rivals(&first, rule, (3, 2, w));
+    // With texel operands (on by default on CPU adapters) the 40-pixel
+    // tile reading storage leads at stride 2 (the texel tile's copy of
+    // the input is four times the output) and the texel tile is its
+    // rival; the 2-D tile is a rival too.
     let reads_other = first.texel_operands() || first.uniform_operands();
+    let (tile40, storage40) = (
+        ConvVariant::Direct(tile40),
+        ConvVariant::Direct(tile40.reading_storage()),
+    );
+    let two_d = ConvVariant::Direct(conv::Tile::rows(16, 4, 16).reading_storage());
+    let (want_lead, want) = match reads_other {
+        true => (storage40, vec![rule, tile40, two_d]),
+        false => (tile40, vec![rule, two_d]),
+    };
+    assert_eq!((lead, &rivals), (want_lead, &want));
+    let short_row = ConvVariant::rule(&first, (3, 1), o, 20);
+    let (short_lead, short_rivals) = ConvVariant::long_run_rivals(&first, short_row, (3, 1, 20));
+    assert_eq!(short_lead, short_row, "a short row leads with the rule");
     assert_eq!(short_rivals.len(), usize::from(reads_other) + 1);
     assert_eq!(short_rivals.last(), Some(&two_d));
-    // A 1x1 kernel has no rows to share: no 2-D rival.
-    let (_, one_by_one) = ConvVariant::long_run_rivals(&first, short_row, (1, 20));
+    // A 1x1 kernel has no rows to share: no 2-D rival; it reads its
+    // input in place where it can.
+    let (one_lead, one_by_one) = ConvVariant::long_run_rivals(&first, short_row, (1, 1, 20));
     assert!(!one_by_one.contains(&two_d));
+    let ConvVariant::Direct(short_tile) = short_row else {
+        panic!("{short_row:?}")
+    };
+    assert_eq!(
+        (one_lead, one_by_one.contains(&short_row)),
+        match reads_other {
+            true => (ConvVariant::Direct(short_tile.reading_storage()), true),
+            false => (short_row, false),
+        }
+    );
     let y = forward(&first, None);
     let table = first.variants().table();
     assert_eq!(table.len(), 1, "one timed shape: {table:?}");
@@ -1222,7 +1237,7 @@ fn a_long_run_times_the_rule_against_its_rival_once_and_reuses_the_winner() {
     assert_eq!(short.variants().table(), table);
     let off = open(TuneMode::Off, true);
     let y = forward(&off, None);
-    assert!(bits_equal(&y, &forward(&off, Some(lead))), "off: 40 pixels");
+    assert!(bits_equal(&y, &forward(&off, Some(lead))), "off: the lead");
     assert!(
         !bits_equal(&y, &forward(&off, Some(rule))),
         "the pair differs"
@@ -1271,7 +1286,7 @@ fn narrow_rows_of_a_long_run_run_the_40_pixel_tile_and_time_its_rivals() {
     let winner = table.values().next().unwrap();
     // The winner is the lead or one of its rivals: on some CPUs the
     // 2-D tile wins, on others a one-row tile.
-    let (lead, rivals) = ConvVariant::long_run_rivals(&off, rule, (3, 32));
+    let (lead, rivals) = ConvVariant::long_run_rivals(&off, rule, (3, 1, 32));
     assert_eq!(lead, tile40, "the 40-pixel tile leads");
     assert!(
         !rivals.is_empty() && !rivals.contains(&by_rows),

@@ -228,11 +228,14 @@ impl ConvVariant {
     /// summed channel, took LLVM minutes to compile. A 1x1 pass whose
     /// rule is pixel quads leads with them, the 40-pixel tile its rival on
     /// rows of 32 or more. A long run amortises the extra compiles and the
-    /// few timed runs in its first step.
+    /// few timed runs in its first step. `stride` is the pass's as it
+    /// runs (1 for a transposed pass's phases): a pass that makes fewer
+    /// than 4 multiply-adds per input element and produced channel (1x1,
+    /// 3x3 stride 2) leads with its storage reader (`reads_in_place`).
     pub fn long_run_rivals(
         gpu: &Gpu,
         rule: ConvVariant,
-        (taps, out_w): (usize, usize),
+        (taps, stride, out_w): (usize, usize, usize),
     ) -> (ConvVariant, Vec<Self>) {
         if !(gpu.is_cpu() && gpu.variants().long_run()) {
             return (rule, Vec::new());
@@ -252,7 +255,40 @@ impl ConvVariant {
         {
             rivals.push(ConvVariant::Direct(two_d.reading_storage()));
         }
-        (lead, rivals)
+        match taps * taps < 4 * stride * stride {
+            true => reads_in_place(lead, rivals),
+            false => (lead, rivals),
+        }
+    }
+}
+
+/// The lead's storage reader as the lead, the lead its rival, where the
+/// storage reader is one. A texel tile reads a copy of its input made for
+/// it each time (a padded copy, or the source copied into the texture),
+/// as large as the input; a storage tile reads the source itself where
+/// its rows are whole vec4s (`DirectSpec::borders`), else a copy into a
+/// buffer, which costs about half a copy into the texture. At stride 2
+/// the input is four times the output, and a 1x1 makes one multiply-add
+/// per input element and channel, so the copy is a large part of the
+/// pass: on a Zen 4 EPYC (64 -> 64 at 4x80x80, one process, medians of
+/// five rounds) the 3x3 stride-2 forward took 10.8 ms reading storage
+/// against 15.5 ms reading texels and the 1x1's pixel quads 5.7 against
+/// 7.3, while the 3x3 stride-1 forward took 33.8 against 34.2; on an
+/// Intel Xeon (4x8x160x160) the stride-2 forward 2.2 against 3.4-4.2 ms.
+fn reads_in_place(
+    lead: ConvVariant,
+    mut rivals: Vec<ConvVariant>,
+) -> (ConvVariant, Vec<ConvVariant>) {
+    let ConvVariant::Direct(t) = lead else {
+        return (lead, rivals);
+    };
+    let storage = ConvVariant::Direct(t.reading_storage());
+    match rivals.iter().position(|&r| r == storage) {
+        Some(i) => {
+            rivals[i] = lead;
+            (storage, rivals)
+        }
+        None => (lead, rivals),
     }
 }
 
@@ -565,7 +601,7 @@ impl Produce<'_> {
             Direction::Direct => self.g.k,
             Direction::Transposed => self.g.k.div_ceil(self.g.stride),
         };
-        let (lead, mut rivals) = ConvVariant::long_run_rivals(gpu, rule, (taps, row));
+        let (lead, mut rivals) = ConvVariant::long_run_rivals(gpu, rule, (taps, stride, row));
         // A stride-2 transposed pass's phases in one kernel lead a long
         // run on a CPU adapter (`BlockTile::CANDIDATES`), the phase path
         // and its rivals timed against them.
