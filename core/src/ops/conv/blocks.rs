@@ -16,8 +16,8 @@
 //! job's order, one multiply-add at a time: the same bits as the phase
 //! path wherever both group the summed channels alike.
 use super::codegen::{
-    ConvOperands, LANE, Operand, RowLoads, UNIFORM_VEC4S, dispatch_conv, put_function,
-    write_row_loads, write_weight_share_offsets,
+    ConvOperands, LANE, Operand, RowLoads, UNIFORM_VEC4S, dispatch_conv, open_channel_store,
+    put_function, write_row_loads, write_weight_share_offsets,
 };
 use super::direct::{self, DirectJob, Tile};
 use super::prep;
@@ -349,17 +349,8 @@ impl BlockSpec {
             let _ = writeln!(w, "    let col{h} = 2u * j0 + {}u < P.y_w;", 4 * h);
         }
         for k in 0..to {
-            let _ = writeln!(
-                w,
-                "    if (ob + {k}u < P.o_count) {{\n        let yo = (yb + (ob + {k}u) * P.y_cstride) >> 2u;"
-            );
-            let bias = match self.bias {
-                true => {
-                    let _ = writeln!(w, "        let bv = vec4<f32>(B[P.b_base + ob + {k}u]);");
-                    " + bv"
-                }
-                false => "",
-            };
+            let yo = format!("(yb + (ob + {k}u) * P.y_cstride) >> 2u");
+            let bias = open_channel_store(w, k, &yo, self.bias);
             for h in 0..tp / 2 {
                 let _ = writeln!(
                     w,

@@ -268,3 +268,19 @@ pub(super) fn put_function(accumulate: bool, vec4: bool) -> String {
          }}\n"
     )
 }
+
+/// Opens the store of produced channel `k` of a tile whose channels start
+/// at `ob`: the test that the channel exists, its output offset `yo`,
+/// and with `bias` its bias `bv`; returns what each stored value adds
+/// (`" + bv"`, or nothing). The caller closes the block.
+pub(super) fn open_channel_store(w: &mut String, k: usize, yo: &str, bias: bool) -> &'static str {
+    let _ = writeln!(
+        w,
+        "    if (ob + {k}u < P.o_count) {{\n        let yo = {yo};"
+    );
+    if !bias {
+        return "";
+    }
+    let _ = writeln!(w, "        let bv = B[P.b_base + ob + {k}u];");
+    " + bv"
+}

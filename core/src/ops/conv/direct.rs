@@ -22,9 +22,9 @@
 //! The sum runs over summed channels, then taps in row-major order, for
 //! every tile: all tiles give bit-identical results.
 use super::codegen::{
-    ConvOperands, LANE, Operand, RowLoads, UNIFORM_VEC4S, dispatch_conv, put_function, quads_of,
-    tap_cols, write_bordered_row, write_quad_masks, write_row_loads, write_row_masks,
-    write_weight_share_offsets,
+    ConvOperands, LANE, Operand, RowLoads, UNIFORM_VEC4S, dispatch_conv, open_channel_store,
+    put_function, quads_of, tap_cols, write_bordered_row, write_quad_masks, write_row_loads,
+    write_row_masks, write_weight_share_offsets,
 };
 use super::prep::{self, PadRegion, WeightMap};
 use crate::error::Result;
@@ -588,7 +588,7 @@ impl DirectSpec {
         }
         for k in 0..to {
             let yo = format!("(yb + (ob + {k}u) * P.y_cstride) >> 2u");
-            let bias = self.open_channel_store(w, k, &yo);
+            let bias = open_channel_store(w, k, &yo, self.bias);
             for q in 0..quads {
                 let _ = writeln!(w, "        put(yo + {q}u, live{q}, a{q}_{k}{bias}, floor);");
             }
@@ -734,7 +734,8 @@ impl DirectSpec {
         let spots = self.write_store_spots(w);
         for k in 0..to {
             let (u, lane) = (k / 4, LANE[k % 4]);
-            let bias = self.open_channel_store(w, k, &format!("yb + (ob + {k}u) * P.y_cstride"));
+            let bias =
+                open_channel_store(w, k, &format!("yb + (ob + {k}u) * P.y_cstride"), self.bias);
             for (t, at) in spots.iter().enumerate() {
                 let _ = writeln!(
                     w,
@@ -743,21 +744,6 @@ impl DirectSpec {
             }
             w.push_str("    }\n");
         }
-    }
-
-    /// Opens the stores of produced channel `ob + k` (skipped past
-    /// `o_count`): names its output offset `yo` (the WGSL `yo`) and its
-    /// bias `bv`; returns what adds the bias to a sum.
-    fn open_channel_store(&self, w: &mut String, k: usize, yo: &str) -> &'static str {
-        let _ = writeln!(
-            w,
-            "    if (ob + {k}u < P.o_count) {{\n        let yo = {yo};"
-        );
-        if !self.bias {
-            return "";
-        }
-        let _ = writeln!(w, "        let bv = B[P.b_base + ob + {k}u];");
-        " + bv"
     }
 
     /// Names each of the tile's pixels' store condition `live{t}` and
