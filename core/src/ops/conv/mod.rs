@@ -229,9 +229,9 @@ impl ConvVariant {
     /// rule is pixel quads leads with them, the 40-pixel tile its rival on
     /// rows of 32 or more. A long run amortises the extra compiles and the
     /// few timed runs in its first step. `stride` is the pass's as it
-    /// runs (1 for a transposed pass's phases): a pass that makes fewer
-    /// than 4 multiply-adds per input element and produced channel (1x1,
-    /// 3x3 stride 2) leads with its storage reader (`reads_in_place`).
+    /// runs (1 for a transposed pass's phases): a stride-2 pass that makes
+    /// fewer than 4 multiply-adds per input element and produced channel
+    /// (3x3, not 4x4) leads with its storage reader (`reads_in_place`).
     pub fn long_run_rivals(
         gpu: &Gpu,
         rule: ConvVariant,
@@ -255,7 +255,7 @@ impl ConvVariant {
         {
             rivals.push(ConvVariant::Direct(two_d.reading_storage()));
         }
-        match taps * taps < 4 * stride * stride {
+        match stride > 1 && taps * taps < 4 * stride * stride {
             true => reads_in_place(lead, rivals),
             false => (lead, rivals),
         }
@@ -268,13 +268,16 @@ impl ConvVariant {
 /// as large as the input; a storage tile reads the source itself where
 /// its rows are whole vec4s (`DirectSpec::borders`), else a copy into a
 /// buffer, which costs about half a copy into the texture. At stride 2
-/// the input is four times the output, and a 1x1 makes one multiply-add
-/// per input element and channel, so the copy is a large part of the
-/// pass: on a Zen 4 EPYC (64 -> 64 at 4x80x80, one process, medians of
-/// five rounds) the 3x3 stride-2 forward took 10.8 ms reading storage
-/// against 15.5 ms reading texels and the 1x1's pixel quads 5.7 against
-/// 7.3, while the 3x3 stride-1 forward took 33.8 against 34.2; on an
-/// Intel Xeon (4x8x160x160) the stride-2 forward 2.2 against 3.4-4.2 ms.
+/// the input is four times the output, so the copy is a large part of
+/// the pass: on a Zen 4 EPYC (64 -> 64 at 4x80x80, four processes,
+/// medians of five alternating rounds) the 3x3 stride-2 forward took
+/// 10.8 / 20.2 / 16.8 / 13.2 ms reading storage against 15.5 / 23.7 /
+/// 21.6 / 16.5 reading texels; on an Intel Xeon (4x8x160x160) 2.2
+/// against 3.4-4.2 ms. The 4x4 stride-2 pass (4 multiply-adds per input
+/// element) took 104 against 93 ms, the 3x3 stride-1 forward 50-54
+/// against 39-42 ms, and the 1x1's pixel quads, whose copy is the
+/// source copied into the texture, 5.7 / 8.9 / 9.7 / 8.4 against 7.3 /
+/// 8.9 / 8.4 / 8.6: those keep texels.
 fn reads_in_place(
     lead: ConvVariant,
     mut rivals: Vec<ConvVariant>,
