@@ -165,10 +165,10 @@ impl ConvVariant {
         v
     }
 
-    /// The candidates and every long-run rival for a kernel of `taps`
-    /// taps (`long_run_rivals`): each direct tile reading its operands
-    /// from storage where the adapter reads beyond storage, and the 2-D
-    /// tiles for 2x2 and 3x3 kernels (4 to 9 taps); what `engine bench
+    /// The candidates and every long-run rival for a square kernel of
+    /// `taps` taps (`long_run_rivals`): each direct tile reading its
+    /// operands from storage where the adapter reads beyond storage, and
+    /// the 2-D tiles for kernels of `TWO_D_TAPS` per axis; what `engine bench
     /// --all-variants` times, so that a long run's choices can be compared
     /// in one process.
     pub fn with_rivals(gpu: &Gpu, taps: usize) -> Vec<ConvVariant> {
@@ -180,7 +180,7 @@ impl ConvVariant {
                 .collect(),
             false => Vec::new(),
         };
-        if (4..=9).contains(&taps) {
+        if TWO_D_TAPS.contains(&taps.isqrt()) {
             storage.extend([16, 8].into_iter().filter_map(Tile::two_d));
         }
         for t in storage {
@@ -231,7 +231,8 @@ impl ConvVariant {
     /// few timed runs in its first step. `stride` is the pass's as it
     /// runs (1 for a transposed pass's phases): a stride-2 pass that makes
     /// fewer than 4 multiply-adds per input element and produced channel
-    /// (3x3, not 4x4) leads with its storage reader (`reads_in_place`).
+    /// (3x3, not 4x4) leads with its storage reader, the texel tile its
+    /// rival (`copy_outweighs_texels`).
     pub fn long_run_rivals(
         gpu: &Gpu,
         rule: ConvVariant,
@@ -241,29 +242,35 @@ impl ConvVariant {
             return (rule, Vec::new());
         }
         let tile40 = ConvVariant::Direct(Tile::new(40, 16));
-        let (lead, mut rivals) = match rule {
+        let (mut lead, mut rivals) = match rule {
             ConvVariant::Direct(t) if out_w >= 32 && t.quads => (rule, vec![tile40]),
             ConvVariant::Direct(t) if out_w >= 32 && t.to > 16 => (tile40, vec![rule]),
             _ => (rule, Vec::new()),
         };
         if let (true, ConvVariant::Direct(t)) = (reads_beyond_storage(gpu), lead) {
-            rivals.push(ConvVariant::Direct(t.reading_storage()));
+            let storage = ConvVariant::Direct(t.reading_storage());
+            match copy_outweighs_texels(taps, stride) {
+                true => rivals.push(std::mem::replace(&mut lead, storage)),
+                false => rivals.push(storage),
+            }
         }
         if let ConvVariant::Direct(t) = rule
-            && (2..=3).contains(&taps)
+            && TWO_D_TAPS.contains(&taps)
             && let Some(two_d) = Tile::two_d(t.to)
         {
             rivals.push(ConvVariant::Direct(two_d.reading_storage()));
         }
-        match stride > 1 && taps * taps < 4 * stride * stride {
-            true => reads_in_place(lead, rivals),
-            false => (lead, rivals),
-        }
+        (lead, rivals)
     }
 }
 
-/// The lead's storage reader as the lead, the lead its rival, where the
-/// storage reader is one. A texel tile reads a copy of its input made for
+/// Taps per axis of the kernels a 2-D tile is a long run's rival for.
+const TWO_D_TAPS: std::ops::RangeInclusive<usize> = 2..=3;
+
+/// Whether a pass of `taps` taps per axis and `stride` leads with its
+/// storage reader rather than its texel tile: a stride-2 pass making fewer
+/// than 4 multiply-adds per input element and produced channel (3x3, not
+/// 4x4). A texel tile reads a copy of its input made for
 /// it each time (a padded copy, or the source copied into the texture),
 /// as large as the input; a storage tile reads the source itself where
 /// its rows are whole vec4s (`DirectSpec::borders`), else a copy into a
@@ -278,21 +285,8 @@ impl ConvVariant {
 /// against 39-42 ms, and the 1x1's pixel quads, whose copy is the
 /// source copied into the texture, 5.7 / 8.9 / 9.7 / 8.4 against 7.3 /
 /// 8.9 / 8.4 / 8.6: those keep texels.
-fn reads_in_place(
-    lead: ConvVariant,
-    mut rivals: Vec<ConvVariant>,
-) -> (ConvVariant, Vec<ConvVariant>) {
-    let ConvVariant::Direct(t) = lead else {
-        return (lead, rivals);
-    };
-    let storage = ConvVariant::Direct(t.reading_storage());
-    match rivals.iter().position(|&r| r == storage) {
-        Some(i) => {
-            rivals[i] = lead;
-            (storage, rivals)
-        }
-        None => (lead, rivals),
-    }
+fn copy_outweighs_texels(taps: usize, stride: usize) -> bool {
+    stride > 1 && taps * taps < 4 * stride * stride
 }
 
 /// A variant of the two weight-gradient passes.
