@@ -37,6 +37,10 @@ pub struct Measurement {
     /// The same convolution on the CPU (im2col + multithreaded SGEMM):
     /// (ms, rate).
     pub cpu: Option<(f64, f64)>,
+    /// The median over rounds of this rate as a share of the 3x3
+    /// forward's (its fastest choice) in the same round, for the
+    /// compute-bound cases when the 3x3 forward was timed.
+    pub share_of_3x3_fwd: Option<f64>,
 }
 
 /// Which kernel a convolution case runs.
@@ -336,15 +340,16 @@ fn cases<'a>(gpu: &'a Gpu, s: Shape, t: &'a Inputs, filter: &str) -> Vec<Case<'a
         ),
     ];
     all.into_iter()
-        .filter(|c| c.name.contains(filter))
+        .filter(|c| filter.split(',').any(|f| c.name.contains(f)))
         .collect()
 }
 
-/// What a kernel run times: the cases whose name contains `filter`, each
+/// What a kernel run times: the cases whose name contains `filter` (or
+/// one of its comma-separated texts), each
 /// choice `iters` runs after one warm-up run (which also compiles its
-/// pipelines), in `rounds` rounds that alternate the choices; every
-/// variant of the convolution cases with `all` (else the chosen one and
-/// the baseline); the CPU reference with `with_cpu`.
+/// pipelines), in `rounds` rounds that each time every choice of every
+/// case once; every variant of the convolution cases with `all` (else the
+/// chosen one and the baseline); the CPU reference with `with_cpu`.
 pub struct Plan<'a> {
     pub iters: usize,
     pub rounds: usize,
@@ -353,50 +358,116 @@ pub struct Plan<'a> {
     pub with_cpu: bool,
 }
 
+/// The case whose rate the issue-style shares compare against.
+const REFERENCE_CASE: &str = "conv3x3 fwd ";
+
+/// One case's choice and the seconds of each of its rounds.
+struct Timed {
+    case: usize,
+    choice: Choice,
+    variant: String,
+    /// Whether the output shows it (every choice, or the chosen one).
+    shown: bool,
+    rounds: Vec<f64>,
+}
+
 /// Times the cases of `plan`. Each choice's time is its median round:
 /// on a shared machine a kernel's time moves from second to second, and
-/// rounds that alternate the choices spread that over all of them.
+/// rounds that go through every case and choice spread that over all of
+/// them, so that rates within one run compare.
 pub fn run(gpu: &Gpu, shape: Shape, plan: &Plan) -> Result<Vec<Measurement>> {
-    let mut out = Vec::new();
     let inputs = Inputs::new(gpu, shape)?;
-    for case in cases(gpu, shape, &inputs, plan.filter) {
-        let choices = case.choices(gpu, plan.all);
-        let mut timed = Vec::new();
-        for &choice in &choices {
+    let cases = cases(gpu, shape, &inputs, plan.filter);
+    let mut timed = Vec::new();
+    for (i, case) in cases.iter().enumerate() {
+        for (k, choice) in case.choices(gpu, plan.all).into_iter().enumerate() {
             (case.run)(choice)?;
-            timed.push((variant_name(gpu, &case, choice), Vec::new()));
-        }
-        for _ in 0..plan.rounds.max(1) {
-            for (&choice, (_, rounds)) in choices.iter().zip(&mut timed) {
-                rounds.push(gpu.time(plan.iters, &|| (case.run)(choice))?);
-            }
-        }
-        let timed: Vec<(String, f64)> = timed
-            .into_iter()
-            .map(|(variant, rounds)| (variant, median(rounds)))
-            .collect();
-        let rate = |secs: f64| case.work / secs * 1e-9;
-        let unit = if case.flops { "GFLOP/s" } else { "GB/s" };
-        let baseline = (!plan.all && timed.len() > 1).then(|| (timed[1].1 * 1e3, rate(timed[1].1)));
-        let shown = if plan.all { &timed[..] } else { &timed[..1] };
-        let cpu = case.gemm.filter(|_| plan.with_cpu).map(|(m, k, n)| {
-            let secs = cpu_reference_secs(m, k, n, plan.iters);
-            (secs * 1e3, rate(secs))
-        });
-        for (variant, secs) in shown {
-            let secs = *secs;
-            out.push(Measurement {
-                name: case.name.clone(),
-                variant: variant.clone(),
-                ms: secs * 1e3,
-                rate: rate(secs),
-                unit,
-                baseline,
-                cpu,
+            timed.push(Timed {
+                case: i,
+                choice,
+                variant: variant_name(gpu, case, choice),
+                shown: plan.all || k == 0,
+                rounds: Vec::new(),
             });
         }
     }
+    for _ in 0..plan.rounds.max(1) {
+        for t in &mut timed {
+            let case = &cases[t.case];
+            t.rounds
+                .push(gpu.time(plan.iters, &|| (case.run)(t.choice))?);
+        }
+    }
+    let reference = reference_rounds(&cases, &timed);
+    let mut out = Vec::new();
+    for (i, case) in cases.iter().enumerate() {
+        let mine: Vec<&Timed> = timed.iter().filter(|t| t.case == i).collect();
+        out.extend(measure(case, &mine, reference.as_ref(), plan));
+    }
     Ok(out)
+}
+
+/// The 3x3 forward's work and the rounds of its fastest shown choice (the
+/// engine's own without `all`), if it was timed.
+struct Reference<'t> {
+    work: f64,
+    rounds: &'t [f64],
+}
+
+fn reference_rounds<'t>(cases: &[Case], timed: &'t [Timed]) -> Option<Reference<'t>> {
+    timed
+        .iter()
+        .filter(|t| t.shown && cases[t.case].name.starts_with(REFERENCE_CASE))
+        .min_by(|a, b| median(a.rounds.clone()).total_cmp(&median(b.rounds.clone())))
+        .map(|t| Reference {
+            work: cases[t.case].work,
+            rounds: &t.rounds,
+        })
+}
+
+/// A case's measurements from its choices' rounds.
+fn measure(
+    case: &Case,
+    timed: &[&Timed],
+    reference: Option<&Reference>,
+    plan: &Plan,
+) -> Vec<Measurement> {
+    let rate = |secs: f64| case.work / secs * 1e-9;
+    let unit = if case.flops { "GFLOP/s" } else { "GB/s" };
+    let secs: Vec<f64> = timed.iter().map(|t| median(t.rounds.clone())).collect();
+    let baseline = (!plan.all && secs.len() > 1).then(|| (secs[1] * 1e3, rate(secs[1])));
+    let cpu = case.gemm.filter(|_| plan.with_cpu).map(|(m, k, n)| {
+        let secs = cpu_reference_secs(m, k, n, plan.iters);
+        (secs * 1e3, rate(secs))
+    });
+    timed
+        .iter()
+        .zip(&secs)
+        .filter(|(t, _)| t.shown)
+        .map(|(t, &secs)| Measurement {
+            name: case.name.clone(),
+            variant: t.variant.clone(),
+            ms: secs * 1e3,
+            rate: rate(secs),
+            unit,
+            baseline,
+            cpu,
+            share_of_3x3_fwd: reference
+                .filter(|_| case.flops)
+                .map(|r| share_of_reference(case, &t.rounds, r)),
+        })
+        .collect()
+}
+
+/// The median over rounds of this choice's rate as a share of the 3x3
+/// forward's rate in the same round.
+fn share_of_reference(case: &Case, rounds: &[f64], reference: &Reference) -> f64 {
+    let shares = rounds
+        .iter()
+        .zip(reference.rounds)
+        .map(|(&secs, &reference_secs)| (case.work / secs) / (reference.work / reference_secs))
+        .collect();
+    median(shares)
 }
 
 /// The middle value (the mean of the two middle ones for an even count).

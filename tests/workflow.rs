@@ -1159,6 +1159,46 @@ fn bench_all_variants_times_the_long_run_rivals_in_rounds() {
     assert_eq!(names, want);
 }
 
+/// Several filters separated by commas pick several cases, timed in the
+/// same rounds; each convolution reports its share of the 3x3 forward's
+/// rate (the reference's own share is 1 in every round), other cases none.
+#[test]
+fn bench_rounds_report_each_convolutions_share_of_the_3x3_forward() {
+    let (code, out, err) = engine(args![
+        "bench",
+        "--json",
+        "--no-cpu",
+        "--filter",
+        "conv3x3 fwd,conv1x1,add_relu",
+        "--n",
+        "1",
+        "--channels",
+        "8",
+        "--size",
+        "8",
+        "--iters",
+        "1",
+        "--rounds",
+        "3"
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON object");
+    let kernels = v["kernels"].as_array().unwrap();
+    let share = |prefix: &str| {
+        let k = kernels
+            .iter()
+            .find(|k| k["kernel"].as_str().unwrap().starts_with(prefix));
+        k.unwrap_or_else(|| panic!("no {prefix} in {v}"))["share_of_3x3_fwd"].as_f64()
+    };
+    assert_eq!(kernels.len(), 3, "{v}");
+    assert_eq!(share("conv3x3 fwd"), Some(1.0), "{v}");
+    assert!(
+        share("conv1x1 fwd").is_some_and(|s| s > 0.0 && s.is_finite()),
+        "{v}"
+    );
+    assert_eq!(share("add_relu"), None, "{v}");
+}
+
 /// `ENGINE_TRACE_PIPELINES` names each pipeline once, at its first
 /// dispatch, with the two times; without it nothing is printed.
 #[test]

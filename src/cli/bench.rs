@@ -19,12 +19,15 @@ pub struct BenchArgs {
     /// Timed runs per kernel, after one warm-up run.
     #[arg(long, default_value_t = 5)]
     pub iters: usize,
-    /// Rounds of `--iters` runs, alternating a case's variants; each
-    /// variant's median round is shown (for noisy machines, with
-    /// --all-variants).
+    /// Rounds of `--iters` runs, each going through every case and variant
+    /// once; each one's median round is shown, and each convolution's
+    /// median share of the 3x3 forward's rate in the same rounds (for
+    /// noisy machines).
     #[arg(long, default_value_t = 1)]
     pub rounds: usize,
-    /// Only the cases whose name contains this text.
+    /// Only the cases whose name contains this text, or one of several
+    /// separated by commas ("conv3x3 fwd,conv1x1": a kernel and the 3x3
+    /// forward its share is measured against).
     #[arg(long, default_value = "")]
     pub filter: String,
     /// Time every variant of the convolution cases (not only the chosen
@@ -164,6 +167,7 @@ fn measurement_json(m: &crate::bench::Measurement) -> serde_json::Value {
         "unit": m.unit,
         "baseline": pair(m.baseline),
         "cpu": pair(m.cpu),
+        "share_of_3x3_fwd": m.share_of_3x3_fwd,
     })
 }
 
@@ -226,12 +230,12 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         args.iters,
         match args.rounds {
             1 => String::new(),
-            r => format!(", median of {r} alternating rounds"),
+            r => format!(", median of {r} rounds through every case"),
         }
     );
     println!(
-        "{:<34} {:<24} {:>10} {:>16} {:>18} {:>18}",
-        "kernel", "variant", "ms", "rate", "baseline (gather)", "CPU im2col+SGEMM"
+        "{:<34} {:<24} {:>10} {:>16} {:>10} {:>18} {:>18}",
+        "kernel", "variant", "ms", "rate", "of 3x3 fwd", "baseline (gather)", "CPU im2col+SGEMM"
     );
     for m in run()? {
         let base = m
@@ -242,9 +246,13 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
             .cpu
             .map(|(_, r)| format!("{r:>8.2} {}", m.unit))
             .unwrap_or_default();
+        let share = m
+            .share_of_3x3_fwd
+            .map(|s| format!("{:.0}%", s * 100.0))
+            .unwrap_or_default();
         println!(
-            "{:<34} {:<24} {:>10.3} {:>8.2} {:<7} {:>18} {:>18}",
-            m.name, m.variant, m.ms, m.rate, m.unit, base, cpu
+            "{:<34} {:<24} {:>10.3} {:>8.2} {:<7} {:>10} {:>18} {:>18}",
+            m.name, m.variant, m.ms, m.rate, m.unit, share, base, cpu
         );
     }
     Ok(())
