@@ -1173,18 +1173,20 @@ fn a_long_run_times_the_rule_against_its_rival_once_and_reuses_the_winner() {
     assert_eq!(rule, ConvVariant::Direct(conv::Tile::new(8, 64)));
     let tile40 = conv::Tile::new(40, 16);
     let (lead, rivals) = ConvVariant::long_run_rivals(&first, rule, (3, 2, w));
-    // With texel operands (on by default on CPU adapters) the 40-pixel
-    // tile reading storage leads at stride 2 (the texel tile's copy of
-    // the input is four times the output) and the texel tile is its
-    // rival; the 2-D tile is a rival too.
+    // With texel operands (on by default on CPU adapters) the rule
+    // reading storage leads at stride 2 (the texel tile's copy of the
+    // input is four times the output), the 40-pixel tile reading storage
+    // and its texel tile its rivals; the 2-D tile is a rival too.
+    // Without, the 40-pixel tile leads and the rule is its rival.
     let reads_other = first.texel_operands() || first.uniform_operands();
     let (tile40, storage40) = (
         ConvVariant::Direct(tile40),
         ConvVariant::Direct(tile40.reading_storage()),
     );
+    let storage_rule = ConvVariant::Direct(conv::Tile::new(8, 64).reading_storage());
     let two_d = ConvVariant::Direct(conv::Tile::rows(16, 4, 16).reading_storage());
     let (want_lead, want) = match reads_other {
-        true => (storage40, vec![rule, tile40, two_d]),
+        true => (storage_rule, vec![storage40, tile40, two_d]),
         false => (tile40, vec![rule, two_d]),
     };
     assert_eq!((lead, &rivals), (want_lead, &want));
@@ -1206,7 +1208,7 @@ fn a_long_run_times_the_rule_against_its_rival_once_and_reuses_the_winner() {
     let (key, winner) = table.iter().next().unwrap();
     assert!(
         key.ends_with(
-            "(long-run rivals, slabs, texels or storage, 2-D tiles, pixel quads, blocks)"
+            "(long-run rivals, slabs, texels or storage, 2-D tiles, pixel quads, blocks, wide storage)"
         ),
         "{key}"
     );
