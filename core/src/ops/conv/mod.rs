@@ -467,7 +467,9 @@ fn pick<V: Copy + PartialEq>(
 /// pairs are timed again: last when the wide tile reading storage led
 /// stride-2 3x3 passes).
 fn rivals_key(key: &str) -> String {
-    format!("{key} (long-run rivals, slabs, texels or storage, 2-D tiles, pixel quads, blocks, wide storage)")
+    format!(
+        "{key} (long-run rivals, slabs, texels or storage, 2-D tiles, pixel quads, blocks, wide storage)"
+    )
 }
 
 /// The candidate that runs `time_one` fastest (ties: the earliest).
