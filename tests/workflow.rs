@@ -1118,27 +1118,14 @@ fn bench_model_json_reports_times_and_shares() {
 /// long run's rivals); `--rounds` is reported and each variant timed.
 #[test]
 fn bench_all_variants_times_the_long_run_rivals_in_rounds() {
-    let (code, out, err) = engine(args![
-        "bench",
-        "--json",
-        "--no-cpu",
+    let v = small_bench_json(&[
         "--long-run",
         "--all-variants",
         "--filter",
         "conv1x1",
-        "--n",
-        "1",
-        "--channels",
-        "8",
-        "--size",
-        "8",
-        "--iters",
-        "1",
         "--rounds",
-        "2"
+        "2",
     ]);
-    assert_eq!(code, 0, "{err}");
-    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON object");
     assert_eq!(v["rounds"], 2, "{v}");
     let names: Vec<&str> = v["kernels"]
         .as_array()
@@ -1164,25 +1151,7 @@ fn bench_all_variants_times_the_long_run_rivals_in_rounds() {
 /// rate (the reference's own share is 1 in every round), other cases none.
 #[test]
 fn bench_rounds_report_each_convolutions_share_of_the_3x3_forward() {
-    let (code, out, err) = engine(args![
-        "bench",
-        "--json",
-        "--no-cpu",
-        "--filter",
-        "conv3x3 fwd,conv1x1,add_relu",
-        "--n",
-        "1",
-        "--channels",
-        "8",
-        "--size",
-        "8",
-        "--iters",
-        "1",
-        "--rounds",
-        "3"
-    ]);
-    assert_eq!(code, 0, "{err}");
-    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON object");
+    let v = small_bench_json(&["--filter", "conv3x3 fwd,conv1x1,add_relu", "--rounds", "3"]);
     let kernels = v["kernels"].as_array().unwrap();
     let share = |prefix: &str| {
         let k = kernels
@@ -1197,6 +1166,20 @@ fn bench_rounds_report_each_convolutions_share_of_the_3x3_forward() {
         "{v}"
     );
     assert_eq!(share("add_relu"), None, "{v}");
+}
+
+/// `engine bench --json --no-cpu` at a small shape (1 x 8 channels x 8 x 8,
+/// one run each) with `extra` arguments; it must succeed.
+fn small_bench_json(extra: &[&str]) -> serde_json::Value {
+    let small = ["bench", "--json", "--no-cpu", "--n", "1", "--channels", "8"];
+    let small = small.into_iter().chain(["--size", "8", "--iters", "1"]);
+    let args: Vec<&std::ffi::OsStr> = small
+        .chain(extra.iter().copied())
+        .map(std::ffi::OsStr::new)
+        .collect();
+    let (code, out, err) = engine(&args);
+    assert_eq!(code, 0, "{err}");
+    serde_json::from_str(out.trim()).expect("one JSON object")
 }
 
 /// `ENGINE_TRACE_PIPELINES` names each pipeline once, at its first
