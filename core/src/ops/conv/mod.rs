@@ -246,25 +246,31 @@ impl ConvVariant {
         if !(gpu.is_cpu() && gpu.variants().long_run()) {
             return (rule, Vec::new());
         }
-        let tile40 = ConvVariant::Direct(Tile::new(40, 16));
+        let tile40 = Tile::new(40, 16);
+        let storage_first = reads_beyond_storage(gpu) && copy_outweighs_texels(taps, stride);
         let (mut lead, mut rivals) = match rule {
-            ConvVariant::Direct(t) if out_w >= 32 && t.quads => (rule, vec![tile40]),
-            ConvVariant::Direct(t) if out_w >= 32 && t.to > 16 => (tile40, vec![rule]),
+            ConvVariant::Direct(t) if out_w >= 32 && t.quads => {
+                (rule, vec![ConvVariant::Direct(tile40)])
+            }
+            // Reading storage, the wide rule beat the 40-pixel tile.
+            ConvVariant::Direct(t) if out_w >= 32 && t.to > 16 && storage_first => {
+                let rivals = vec![tile40.reading_storage(), tile40];
+                let rivals = rivals.into_iter().map(ConvVariant::Direct).collect();
+                (ConvVariant::Direct(t.reading_storage()), rivals)
+            }
+            ConvVariant::Direct(t) if out_w >= 32 && t.to > 16 => {
+                (ConvVariant::Direct(tile40), vec![rule])
+            }
             _ => (rule, Vec::new()),
         };
-        let storage_first = reads_beyond_storage(gpu) && copy_outweighs_texels(taps, stride);
-        if let (true, ConvVariant::Direct(t)) = (reads_beyond_storage(gpu), lead) {
+        if let (true, ConvVariant::Direct(t)) = (reads_beyond_storage(gpu), lead)
+            && !t.storage
+        {
             let storage = ConvVariant::Direct(t.reading_storage());
             match storage_first {
                 true => rivals.push(std::mem::replace(&mut lead, storage)),
                 false => rivals.push(storage),
             }
-        }
-        // Reading storage, the wide rule beat the 40-pixel tile: it leads.
-        if let (true, ConvVariant::Direct(t)) = (storage_first, rule)
-            && let Some(i) = rivals.iter().position(|&v| v == rule)
-        {
-            rivals[i] = std::mem::replace(&mut lead, ConvVariant::Direct(t.reading_storage()));
         }
         if let ConvVariant::Direct(t) = rule
             && TWO_D_TAPS.contains(&taps)
